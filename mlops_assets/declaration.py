@@ -1,0 +1,277 @@
+"""The model pipeline declaration: one YAML file per pipeline.
+
+The platform builds every asset, check, job and sensor of a pipeline from this
+declaration, so adding a second model needs a second file and no platform code.
+It is validated when loaded; errors name the file and the bad field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import polars as pl
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PACKAGED_PIPELINES = Path(__file__).parent / "pipelines"
+
+POLARS_TYPES: dict[str, pl.DataType] = {
+    "int8": pl.Int8(),
+    "int16": pl.Int16(),
+    "int32": pl.Int32(),
+    "int64": pl.Int64(),
+    "float32": pl.Float32(),
+    "float64": pl.Float64(),
+    "str": pl.String(),
+    "bool": pl.Boolean(),
+    "date": pl.Date(),
+    "datetime": pl.Datetime("us", "UTC"),
+}
+ColumnType = Literal["int8", "int16", "int32", "int64", "float32", "float64", "str", "bool", "date", "datetime"]
+Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+
+
+class DeclarationError(ValueError):
+    """A pipeline declaration that cannot be used; the message names the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    type: ColumnType
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str] | list[int] | None = None
+    description: str = ""
+
+    @property
+    def dtype(self) -> pl.DataType:
+        return POLARS_TYPES[self.type]
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ColumnSpec":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if (self.min is not None or self.max is not None) and self.type in ("str", "bool"):
+            raise ValueError(f"min/max do not apply to a {self.type} column")
+        if self.allowed is not None and len(self.allowed) == 0:
+            raise ValueError("allowed must list at least one value")
+        return self
+
+
+class LandingSpec(_Strict):
+    """Where files land. ``uri`` defaults to ``$MLOPS_HOME/landing/<pipeline>``."""
+
+    uri: str | None = None
+    format: Literal["parquet", "csv"]
+    file_pattern: str = "{partition}.parquet"
+    reference_tables: dict[Identifier, str] = Field(
+        default_factory=dict,
+        description="Reference tables (name -> file name in the landing zone's reference/ folder).",
+    )
+
+    @model_validator(mode="after")
+    def _pattern(self) -> "LandingSpec":
+        if self.file_pattern.count("{partition}") != 1:
+            raise ValueError("file_pattern must contain '{partition}' exactly once")
+        if "/" in self.file_pattern:
+            raise ValueError("file_pattern is a file name, not a path")
+        return self
+
+    def partition_of(self, file_name: str) -> str | None:
+        """The partition key a landed file name stands for, or None for other files."""
+        prefix, suffix = self.file_pattern.split("{partition}")
+        m = re.fullmatch(re.escape(prefix) + r"(\d{4}-\d{2}-\d{2})" + re.escape(suffix), file_name)
+        return m.group(1) if m else None
+
+    def file_name(self, partition: str) -> str:
+        return self.file_pattern.replace("{partition}", partition)
+
+
+class PartitioningSpec(_Strict):
+    kind: Literal["daily"] = "daily"
+    start: date
+    end: date | None = Field(default=None, description="Exclusive end; open-ended when omitted.")
+
+    @model_validator(mode="after")
+    def _range(self) -> "PartitioningSpec":
+        if self.end is not None and self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class SchemaSpec(_Strict):
+    columns: dict[Identifier, ColumnSpec]
+    unique: list[str] = Field(default_factory=list, description="Columns that together identify a row.")
+    extra_columns: Literal["fail", "drop"] = "fail"
+
+    @model_validator(mode="after")
+    def _known(self) -> "SchemaSpec":
+        if not self.columns:
+            raise ValueError("columns must declare at least one column")
+        unknown = [c for c in self.unique if c not in self.columns]
+        if unknown:
+            raise ValueError(f"unique names columns that are not declared: {unknown}")
+        return self
+
+
+class ValidationSpec(_Strict):
+    max_failure_rate: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class FeaturesSpec(_Strict):
+    module: str = Field(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+    history_days: int = Field(28, ge=0, le=366)
+
+
+class TargetSpec(_Strict):
+    column: str
+    task: Literal["regression", "binary", "multiclass"]
+    classes: list[str] | list[int] | None = None
+    missing_reason: str = "target is missing"
+
+
+class TrainingSpec(_Strict):
+    window_days: int = Field(60, ge=2)
+    validation_days: int = Field(7, ge=1)
+    min_rows: int = Field(200, ge=1)
+    num_boost_round: int = Field(300, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _split(self) -> "TrainingSpec":
+        if self.validation_days >= self.window_days:
+            raise ValueError("validation_days must be smaller than window_days")
+        return self
+
+
+class GatesSpec(_Strict):
+    floors: dict[str, float] = Field(default_factory=dict, description="metric -> bound (direction from the metric)")
+    max_regression: float = Field(0.02, ge=0.0, description="Allowed relative loss against the champion.")
+    holdout_days: int = Field(7, ge=1)
+
+
+class PromotionSpec(_Strict):
+    policy: Literal["auto", "manual"] = "auto"
+
+
+class DriftSpec(_Strict):
+    share_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    column_threshold: float = Field(0.1, ge=0.0)
+    key_columns: list[str] = Field(default_factory=list)
+    new_partitions_to_retrain: int = Field(7, ge=1)
+    cooldown_minutes: int = Field(60, ge=0)
+
+
+class ReplicaGroupSpec(_Strict):
+    replicas: int = Field(2, ge=0)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+
+
+class ServingSpec(_Strict):
+    cpu: ReplicaGroupSpec = ReplicaGroupSpec()
+    gpu: ReplicaGroupSpec | None = None
+    max_batch_rows: int = Field(10_000, ge=1)
+
+
+class PipelineDeclaration(_Strict):
+    name: Identifier
+    description: str = ""
+    landing: LandingSpec
+    partitioning: PartitioningSpec
+    table_schema: SchemaSpec = Field(alias="schema")
+    validation: ValidationSpec = ValidationSpec()
+    features: FeaturesSpec
+    target: TargetSpec
+    training: TrainingSpec = TrainingSpec()
+    gates: GatesSpec = GatesSpec()
+    promotion: PromotionSpec = PromotionSpec()
+    drift: DriftSpec = DriftSpec()
+    serving: ServingSpec = ServingSpec()
+
+    @model_validator(mode="after")
+    def _target(self) -> "PipelineDeclaration":
+        col = self.table_schema.columns.get(self.target.column)
+        if col is None:
+            raise ValueError(f"target.column '{self.target.column}' is not a declared schema column")
+        if self.target.task in ("binary", "multiclass") and not (self.target.classes or col.allowed):
+            raise ValueError(f"target.classes is required for a {self.target.task} target")
+        classes = self.target.classes or col.allowed or []
+        if self.target.task == "binary" and classes and len(classes) != 2:
+            raise ValueError("a binary target needs exactly two classes")
+        return self
+
+    @property
+    def target_classes(self) -> list:
+        return list(self.target.classes or self.table_schema.columns[self.target.column].allowed or [])
+
+    def fingerprint(self) -> str:
+        """A stable hash of the declaration, recorded in lineage."""
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid pipeline declaration {source}:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {field}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_declaration(data: Any, source: str = "<memory>") -> PipelineDeclaration:
+    if not isinstance(data, dict):
+        raise DeclarationError(f"invalid pipeline declaration {source}: expected a mapping at the top level")
+    try:
+        return PipelineDeclaration.model_validate(data)
+    except ValidationError as err:
+        raise DeclarationError(_describe(err, source)) from None
+
+
+def load_declaration(path: str | Path) -> PipelineDeclaration:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise DeclarationError(f"cannot read pipeline declaration {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise DeclarationError(f"pipeline declaration {path} is not valid YAML: {err}") from None
+    return parse_declaration(data, str(path))
+
+
+def declaration_files(spec: str | None = None) -> list[Path]:
+    """Declaration files from ``$MLOPS_PIPELINES`` (files or folders, os.pathsep separated)."""
+    spec = spec if spec is not None else os.environ.get("MLOPS_PIPELINES", str(PACKAGED_PIPELINES))
+    files: list[Path] = []
+    for part in filter(None, spec.split(os.pathsep)):
+        p = Path(part).expanduser()
+        if p.is_dir():
+            files.extend(sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DeclarationError(f"MLOPS_PIPELINES names {p}, which does not exist")
+    return files
+
+
+def load_declarations(spec: str | None = None) -> list[PipelineDeclaration]:
+    decls = [load_declaration(f) for f in declaration_files(spec)]
+    names = [d.name for d in decls]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DeclarationError(f"pipeline names must be unique; declared more than once: {dupes}")
+    return decls

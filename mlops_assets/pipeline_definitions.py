@@ -1,0 +1,39 @@
+"""Builds one declared pipeline's assets, checks, jobs and sensors."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mlops_assets.declaration import PipelineDeclaration
+from mlops_assets.feature_assets import build_features_asset, build_reference_asset, features_key, reference_key
+from mlops_assets.raw_assets import build_landing_spec, build_raw_assets, quarantine_key, raw_key
+from sensors.landing_sensor import build_landing_sensor
+
+
+def daily_partitions(decl: PipelineDeclaration) -> dg.DailyPartitionsDefinition:
+    end = decl.partitioning.end
+    return dg.DailyPartitionsDefinition(
+        start_date=decl.partitioning.start.isoformat(), end_date=end.isoformat() if end else None
+    )
+
+
+def ingest_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_ingest"
+
+
+def build_pipeline(decl: PipelineDeclaration) -> dg.Definitions:
+    partitions = daily_partitions(decl)
+    assets: list = [build_landing_spec(decl), build_raw_assets(decl, partitions), build_features_asset(decl, partitions)]
+    ingest_job = dg.define_asset_job(
+        ingest_job_name(decl),
+        selection=dg.AssetSelection.assets(raw_key(decl), quarantine_key(decl), features_key(decl)),
+        partitions_def=partitions,
+        description="Ingest, validate and featurize one landed day.",
+    )
+    jobs = [ingest_job]
+    reference_job = None
+    if decl.landing.reference_tables:
+        assets.append(build_reference_asset(decl))
+        reference_job = dg.define_asset_job(f"{decl.name}_reference", selection=dg.AssetSelection.assets(reference_key(decl)))
+        jobs.append(reference_job)
+    return dg.Definitions(assets=assets, jobs=jobs, sensors=[build_landing_sensor(decl, ingest_job, reference_job)])
