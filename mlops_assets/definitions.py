@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import dagster as dg
 
 from mlops_assets.declaration import PipelineDeclaration, load_declarations
+from mlops_assets.model_definitions import model_resources
 from mlops_assets.pipeline_definitions import build_pipeline
 from resources.delta_lake import DeltaLakeResource
+from serving.deployment_definitions import serving_resources
 from resources.landing_zone import LandingZoneResource
 
 
@@ -22,6 +24,8 @@ def default_resources() -> dict:
     return {
         "landing": LandingZoneResource(root=_env_or_default("MLOPS_LANDING_URI")),
         "delta": DeltaLakeResource(root=_env_or_default("MLOPS_DELTA_URI")),
+        **model_resources(),
+        **serving_resources(),
     }
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dagster as dg
 
 from mlops_assets.declaration import PipelineDeclaration
+from mlops_assets.model_definitions import build_model_definitions
 from mlops_assets.feature_assets import build_features_asset, build_reference_asset, features_key, reference_key
 from mlops_assets.raw_assets import build_landing_spec, build_raw_assets, quarantine_key, raw_key
 from sensors.landing_sensor import build_landing_sensor
+from serving.deployment_definitions import build_serving_definitions
 
 
 def daily_partitions(decl: PipelineDeclaration) -> dg.DailyPartitionsDefinition:
@@ -36,4 +38,5 @@ def build_pipeline(decl: PipelineDeclaration) -> dg.Definitions:
         assets.append(build_reference_asset(decl))
         reference_job = dg.define_asset_job(f"{decl.name}_reference", selection=dg.AssetSelection.assets(reference_key(decl)))
         jobs.append(reference_job)
-    return dg.Definitions(assets=assets, jobs=jobs, sensors=[build_landing_sensor(decl, ingest_job, reference_job)])
+    data = dg.Definitions(assets=assets, jobs=jobs, sensors=[build_landing_sensor(decl, ingest_job, reference_job)])
+    return dg.Definitions.merge(data, build_model_definitions(decl, partitions), build_serving_definitions(decl))

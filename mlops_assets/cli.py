@@ -1,0 +1,41 @@
+"""`mlops`: one entry point for what is not a Dagster materialization.
+
+Each command group lives in its own module and registers its subcommands here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mlops_assets import data_commands, model_commands
+from mlops_assets.declaration import DeclarationError
+from serving import commands as serving_commands
+
+COMMAND_MODULES = [data_commands, model_commands, serving_commands]
+
+
+class CommandError(Exception):
+    """A command that cannot do what was asked; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlops", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (CommandError, DeclarationError, LookupError, ValueError) as err:
+        print(f"mlops {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

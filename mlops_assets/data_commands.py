@@ -1,0 +1,158 @@
+"""`mlops` commands about data and the local platform: land, pipelines, demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+from mlops_assets.declaration import PipelineDeclaration, load_declarations
+from mlops_assets.home import MlopsHome
+from resources.landing_zone import LandingZoneResource
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DAGSTER_YAML = """\
+# Written by `mlops demo`: embedded defaults (SQLite storage under this folder).
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 3
+    tag_concurrency_limits:
+      # one ingestion run per pipeline at a time, so days are featurized in landing order
+      - key: "dagster/job_name"
+        value: {applyLimitPerUniqueValue: true}
+        limit: 1
+"""
+
+
+def pipeline_by_name(name: str) -> PipelineDeclaration:
+    decls = {d.name: d for d in load_declarations()}
+    if name not in decls:
+        raise LookupError(f"no pipeline named '{name}'; declared: {', '.join(sorted(decls)) or 'none'}")
+    return decls[name]
+
+
+def landing_zone() -> LandingZoneResource:
+    return LandingZoneResource(root=os.environ.get("MLOPS_LANDING_URI", ""))
+
+
+def land(args: argparse.Namespace) -> int:
+    decl = pipeline_by_name(args.pipeline)
+    landing = landing_zone()
+    if args.file:
+        if not args.partition:
+            raise ValueError("--file needs --partition YYYY-MM-DD")
+        partition = date.fromisoformat(args.partition).isoformat()
+        source = Path(args.file)
+        if not source.is_file():
+            raise ValueError(f"--file {source} does not exist")
+        uri = landing.write_bytes(decl.name, decl.landing.file_name(partition), source.read_bytes())
+        print(f"landed {uri}")
+        return 0
+    if decl.name != "flights" and not decl.features.module.startswith("mlops_assets.flights"):
+        raise ValueError(f"only the flights demo generates data; land {decl.name} files with --file and --partition")
+    from mlops_assets.flights.landing import land_days
+
+    start = date.fromisoformat(args.start)
+    for uri in land_days(decl, landing, start, args.days):
+        print(f"landed {uri}")
+    return 0
+
+
+def pipelines(args: argparse.Namespace) -> int:
+    for decl in load_declarations():
+        print(
+            f"{decl.name}: {decl.target.task} on {decl.target.column}, {decl.landing.format} files "
+            f"'{decl.landing.file_pattern}', features {decl.features.module}, declaration {decl.fingerprint()}"
+        )
+    return 0
+
+
+def _prepare_home(home: MlopsHome) -> dict[str, str]:
+    home.dagster.mkdir(parents=True, exist_ok=True)
+    (home.dagster / "dagster.yaml").write_text(DAGSTER_YAML)
+    env = dict(os.environ, MLOPS_HOME=str(home.root), DAGSTER_HOME=str(home.dagster))
+    return env
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Start Dagster (webserver + daemon, sensors on) and land flights days as an upstream system would."""
+    home = MlopsHome.from_env()
+    if args.reset and home.root.exists():
+        shutil.rmtree(home.root)
+    env = _prepare_home(home)
+    os.environ.update(MLOPS_HOME=env["MLOPS_HOME"], DAGSTER_HOME=env["DAGSTER_HOME"])
+    decl = pipeline_by_name("flights")
+    landing = landing_zone()
+    from mlops_assets.flights.landing import land_days
+
+    start = date.fromisoformat(args.start)
+    first = min(args.initial_days, args.days)
+    land_days(decl, landing, start, first)
+    dagster_bin = Path(sys.executable).with_name("dagster")
+    cmd = [str(dagster_bin), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    server = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env)
+    print(
+        f"\nMLOps demo\n  Dagster UI:   http://{args.host}:{args.port}\n"
+        f"  MLflow UI:    mlflow ui --backend-store-uri {home.mlflow_tracking_uri} (run it in another shell)\n"
+        f"  platform home: {home.root}\n"
+        f"  landed {first} days from {start}; one more day every {args.interval:g}s up to {args.days}\n"
+        "  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    stop = threading.Event()
+
+    def keep_landing() -> None:
+        for i in range(first, args.days):
+            if stop.wait(args.interval):
+                return
+            day = start + timedelta(days=i)
+            land_days(decl, landing, day, 1)
+            print(f"[demo] landed {day}", flush=True)
+
+    threading.Thread(target=keep_landing, daemon=True).start()
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop.set()
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("land", help="land data files into a pipeline's landing zone")
+    p.add_argument("pipeline")
+    p.add_argument("--start", default="2013-01-01", help="first day (flights demo)")
+    p.add_argument("--days", type=int, default=1, help="number of days (flights demo)")
+    p.add_argument("--file", help="land this file instead of demo data")
+    p.add_argument("--partition", help="the day the --file stands for (YYYY-MM-DD)")
+    p.set_defaults(handler=land)
+
+    p = commands.add_parser("pipelines", help="list the declared pipelines (validates every declaration)")
+    p.set_defaults(handler=pipelines)
+
+    p = commands.add_parser("demo", help="start the local platform and land the flights demo")
+    p.add_argument("--start", default="2013-01-01")
+    p.add_argument("--days", type=int, default=120, help="days to land in all")
+    p.add_argument("--initial-days", type=int, default=21, help="days landed before Dagster starts")
+    p.add_argument("--interval", type=float, default=20.0, help="seconds between later days")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--reset", action="store_true", help="wipe $MLOPS_HOME first")
+    p.set_defaults(handler=demo)

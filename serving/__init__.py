@@ -1,0 +1,1 @@
+"""Ray Serve applications for declared pipelines (lifecycle step 6)."""
