@@ -10,6 +10,8 @@ A feature module is plain Python named in the declaration (``features.module``):
   over clean rows of *earlier* days only (the platform never passes the day
   being featurized), joined in by ``build_features`` through ``reference``.
 - ``CATEGORICAL_FEATURES`` (optional): output columns LightGBM treats as categories.
+- ``INPUT_COLUMNS`` (optional): the raw columns a request must carry; by default
+  every declared column but the target.
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ class FeatureModule:
     @property
     def categorical(self) -> list[str]:
         return list(getattr(self.module, "CATEGORICAL_FEATURES", []))
+
+    def input_columns(self, decl: PipelineDeclaration) -> list[str]:
+        declared = [c for c in decl.table_schema.columns if c != decl.target.column]
+        wanted = list(getattr(self.module, "INPUT_COLUMNS", declared))
+        unknown = [c for c in wanted if c not in decl.table_schema.columns]
+        if unknown:
+            raise FeatureCodeError(f"{self.name}.INPUT_COLUMNS names undeclared columns: {unknown}")
+        return wanted
 
     def code_hash(self) -> str:
         """Hash of the feature source, recorded in model lineage."""

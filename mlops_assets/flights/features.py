@@ -13,6 +13,8 @@ import polars as pl
 from mlops_assets.feature_contract import FeatureReference
 
 CATEGORICAL_FEATURES = ["carrier_code", "origin_code", "dest_code"]
+# what a prediction request carries: known once the flight has left the gate
+INPUT_COLUMNS = ["year", "month", "day", "sched_dep_time", "dep_delay", "carrier", "tailnum", "origin", "dest", "distance", "time_hour"]
 WEATHER_COLUMNS = ["temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
 UTC_US = pl.Datetime("us", "UTC")
 
