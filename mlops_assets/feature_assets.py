@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 
 from mlops_assets.declaration import PipelineDeclaration
-from mlops_assets.feature_contract import FeatureReference, categories, load_feature_module
+from mlops_assets.feature_contract import FeatureModule, FeatureReference, categories, load_feature_module
 from mlops_assets.ingest import SOURCE_ROW, LandedFileError, read_landed
 from mlops_assets.metadata import preview, table_schema
 from mlops_assets.raw_assets import raw_key
@@ -36,6 +36,25 @@ def reference_signature(decl: PipelineDeclaration, landing: LandingZoneResource)
             return None
         parts.append(f"{name}={landed.signature}")
     return ",".join(parts)
+
+
+def reference_as_of(
+    delta: DeltaLakeResource, decl: PipelineDeclaration, module: FeatureModule, partition: str
+) -> tuple[FeatureReference, dict]:
+    """What build_features may look up for records of `partition`: reference tables and
+    statistics over clean rows of the days strictly before it. Training and serving both use it."""
+    history = read_clean(delta, decl.name, days_before(partition, decl.features.history_days))
+    declared = list(decl.table_schema.columns)
+    tables, versions = read_reference(delta, decl.name, list(decl.landing.reference_tables))
+    if history is not None and history.height:
+        tables.update(module.history_stats(history.select(declared)))
+        used = sorted(history.get_column(PARTITION_COLUMN).unique().to_list())
+    else:
+        empty = pl.DataFrame(schema={n: c.dtype for n, c in decl.table_schema.columns.items()})
+        tables.update(module.history_stats(empty))
+        used = []
+    reference = FeatureReference(tables=tables, categories=categories(decl))
+    return reference, {"history_partitions": used, "reference_versions": versions, "raw_version": delta.version(decl.name, RAW)}
 
 
 def build_reference_asset(decl: PipelineDeclaration) -> dg.AssetsDefinition:
@@ -92,20 +111,15 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
         records = read_clean(delta, decl.name, [partition])
         if records is None or records.height == 0:
             raise dg.Failure(f"no clean rows for partition {partition}: ingest it first")
-        history_days = days_before(partition, decl.features.history_days)
-        history = read_clean(delta, decl.name, history_days)
-        history = history if history is not None else records.clear()
         try:
-            tables, ref_versions = read_reference(delta, decl.name, list(decl.landing.reference_tables))
+            reference, lineage = reference_as_of(delta, decl, module, partition)
         except LookupError as err:
             raise dg.Failure(str(err)) from None
-        tables.update(module.history_stats(history.select(declared)))
-        reference = FeatureReference(tables=tables, categories=categories(decl))
         built = module.build(records.select(declared), reference)
         frame = pl.concat([records.select(*keys, SOURCE_ROW), built], how="horizontal")
         version = delta.write_partition(decl.name, FEATURES, frame, partition, context.run.run_id)
         without_target = frame.get_column(target).null_count()
-        history_used = sorted(history.get_column(PARTITION_COLUMN).unique().to_list()) if history.height else []
+        history_used = lineage["history_partitions"]
         return dg.MaterializeResult(
             metadata={
                 "partition": partition,
@@ -115,8 +129,8 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
                 "rows_without_target_reason": decl.target.missing_reason,
                 "history_partitions": len(history_used),
                 "history_range": f"{history_used[0]} .. {history_used[-1]}" if history_used else "none",
-                "raw_delta_version": delta.version(decl.name, RAW),
-                "reference_delta_versions": ref_versions,
+                "raw_delta_version": lineage["raw_version"],
+                "reference_delta_versions": lineage["reference_versions"],
                 "feature_code_hash": module.code_hash(),
                 "delta_table": delta.table_uri(decl.name, FEATURES),
                 "delta_version": version,
