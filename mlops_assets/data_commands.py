@@ -111,6 +111,8 @@ def demo(args: argparse.Namespace) -> int:
         flush=True,
     )
     stop = threading.Event()
+    # a SIGTERM (service manager, timeout) stops Dagster too, through the finally below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def keep_landing() -> None:
         for i in range(first, args.days):
