@@ -17,7 +17,9 @@ from typing import Annotated, Any, Literal
 
 import polars as pl
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mlops_assets.model_metrics import ALL_METRIC_NAMES
 
 PACKAGED_PIPELINES = Path(__file__).parent / "pipelines"
 
@@ -148,11 +150,15 @@ class TrainingSpec(_Strict):
     early_stopping_rounds: int = Field(30, ge=1)
     params: dict[str, Any] = Field(default_factory=dict)
     seed: int = 42
+    num_threads: int = Field(2, ge=1, le=256, description="Fixed thread count: LightGBM is deterministic only with one.")
 
     @model_validator(mode="after")
     def _split(self) -> "TrainingSpec":
         if self.validation_days >= self.window_days:
             raise ValueError("validation_days must be smaller than window_days")
+        fixed = sorted({"seed", "deterministic", "num_threads", "objective", "num_class"} & set(self.params))
+        if fixed:
+            raise ValueError(f"params must not set {fixed}: the platform sets them (use training.seed / num_threads)")
         return self
 
 
@@ -160,6 +166,18 @@ class GatesSpec(_Strict):
     floors: dict[str, float] = Field(default_factory=dict, description="metric -> bound (direction from the metric)")
     max_regression: float = Field(0.02, ge=0.0, description="Allowed relative loss against the champion.")
     holdout_days: int = Field(7, ge=1)
+    compare_metrics: list[str] = Field(
+        default_factory=list, description="Metrics compared with the champion; empty means the task's primary metric."
+    )
+
+    @field_validator("floors", "compare_metrics")
+    @classmethod
+    def _known_metrics(cls, value):
+        """Names are checked against every task here and against the pipeline's task when it is built."""
+        unknown = sorted(n for n in value if n not in ALL_METRIC_NAMES)
+        if unknown:
+            raise ValueError(f"unknown metric names {unknown}; known: {', '.join(sorted(ALL_METRIC_NAMES))}")
+        return value
 
 
 class PromotionSpec(_Strict):
@@ -175,17 +193,43 @@ class DriftSpec(_Strict):
 
 
 class ReplicaGroupSpec(_Strict):
+    """One group of model replicas; min/max_replicas (both set) switch on Serve autoscaling."""
+
     replicas: int = Field(2, ge=0)
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
-    min_replicas: int | None = None
-    max_replicas: int | None = None
+    min_replicas: int | None = Field(None, ge=0)
+    max_replicas: int | None = Field(None, ge=1)
+    max_surge_percent: int = Field(100, ge=0, le=100, description="Extra replicas started before old ones stop on a restart.")
+    max_ongoing_requests: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ReplicaGroupSpec":
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("set both min_replicas and max_replicas (autoscaling) or neither")
+        if self.min_replicas is not None and self.min_replicas > self.max_replicas:  # type: ignore[operator]
+            raise ValueError("min_replicas is greater than max_replicas")
+        return self
+
+
+class TrafficSpec(_Strict):
+    """Initial traffic to the `challenger`; changed at run time without restarting replicas."""
+
+    canary_share: float = Field(0.0, ge=0.0, le=1.0, description="Share of requests answered by the challenger.")
+    shadow: bool = Field(False, description="Mirror every request to the challenger; log its predictions only.")
 
 
 class ServingSpec(_Strict):
     cpu: ReplicaGroupSpec = ReplicaGroupSpec()
     gpu: ReplicaGroupSpec | None = None
+    challenger: ReplicaGroupSpec = ReplicaGroupSpec(replicas=1, num_cpus=0.25)
+    traffic: TrafficSpec = TrafficSpec()
     max_batch_rows: int = Field(10_000, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    token_env: str = Field("MLOPS_SERVE_TOKEN", description="Env var with the optional bearer token for predictions.")
+    admin_token_env: str = Field("MLOPS_SERVE_ADMIN_TOKEN", description="Env var with the token admin endpoints require.")
+    log_queue_rows: int = Field(100_000, ge=1, description="Prediction-log rows buffered before overflow is counted.")
+    log_flush_seconds: float = Field(2.0, gt=0)
 
 
 class PipelineDeclaration(_Strict):

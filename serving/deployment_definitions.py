@@ -1,16 +1,137 @@
-"""The `<pipeline>/deployment` asset and the sensor that follows the champion alias."""
+"""The `<pipeline>/deployment` asset and the sensor that follows the champion alias.
 
-from __future__ import annotations
+Materializing the asset makes Serve run the versions the `champion` and
+`challenger` aliases name now: each version is loaded once here first (a broken
+model fails the run, not the replicas), then the pipeline's application is
+updated through user_config, which Serve rolls out replica by replica with no
+failed request. The sensor starts it whenever either alias moves (promotion,
+rollback, new challenger).
+"""
+
+import json
 
 import dagster as dg
+from pydantic import Field
 
 from mlops_assets.declaration import PipelineDeclaration
 from mlops_assets.home import MlopsHome
+from serving.registry import CHALLENGER, CHAMPION, resolve_alias
+from serving.settings import ServeSettings
+
+
+class ServingResource(dg.ConfigurableResource):
+    """Where Serve runs and where its replicas find models and tables."""
+
+    ray_address: str = Field(default="auto", description="Ray cluster to join ('auto': the one running on this host).")
+    http_host: str = Field(default="127.0.0.1", description="Serve HTTP proxy host (when this call starts Serve).")
+    http_port: int = Field(default=8000)
+    public_url: str = Field(default="", description="URL clients use; empty: http://<http_host>:<http_port>.")
+    tracking_uri: str = Field(default="", description="MLflow tracking/registry URI; empty: $MLOPS_HOME's SQLite.")
+    delta_root: str = Field(default="", description="Delta table root for replicas; empty: $MLOPS_HOME/delta.")
+    pipelines: str = Field(default="", description="Declaration files for replicas; empty: $MLOPS_PIPELINES or packaged.")
+    gateway_replicas: int = Field(default=2, ge=1)
+    router_replicas: int = Field(default=2, ge=1)
+    rollout_timeout_s: float = Field(default=300.0, gt=0)
+
+    def settings(self, pipeline: str = "") -> ServeSettings:
+        return ServeSettings(pipeline=pipeline, tracking_uri=self.tracking_uri, delta_root=self.delta_root, pipelines=self.pipelines)
+
+    def url(self) -> str:
+        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
+
+
+def deployment_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return dg.AssetKey([decl.name, "deployment"])
+
+
+def deploy_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_deploy"
+
+
+def build_deployment_asset(decl: PipelineDeclaration) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=deployment_key(decl),
+        group_name=decl.name,
+        kinds={"ray"},
+        description=f"The Ray Serve application of {decl.name}: the `champion` on "
+        f"{decl.serving.cpu.replicas} CPU replicas" + (" (+ GPU replicas where Ray sees a GPU)" if decl.serving.gpu else "")
+        + ", the `challenger` for canary/shadow traffic.",
+    )
+    def deployment(context: dg.AssetExecutionContext, serving: ServingResource) -> dg.MaterializeResult:
+        from serving import control
+
+        control.connect(serving.ray_address)
+        control.start(serving.http_host, serving.http_port)
+        settings = serving.settings(decl.name)
+        try:
+            versions = control.follow_aliases(
+                decl, settings, gateway_replicas=serving.gateway_replicas, router_replicas=serving.router_replicas
+            )
+        except LookupError as err:
+            raise dg.Failure(str(err)) from None
+        status = control.wait_for_version(decl.name, versions[CHAMPION], serving.rollout_timeout_s)  # type: ignore[arg-type]
+        traffic = control.traffic_of(decl.name)
+        url = serving.url()
+        replicas = {n: d["replicas"].get("RUNNING", 0) for n, d in status["deployments"].items()}
+        context.log.info(f"{decl.name}: serving champion v{versions[CHAMPION]} at {url}/v2/models/{decl.name}")
+        return dg.MaterializeResult(
+            metadata={
+                "endpoint": dg.MetadataValue.url(f"{url}/v2/models/{decl.name}"),
+                "infer_url": f"{url}/v2/models/{decl.name}/infer",
+                "predict_url": f"{url}/v1/models/{decl.name}:predict",
+                "openapi": dg.MetadataValue.url(f"{url}/docs"),
+                "champion_version": versions[CHAMPION],
+                "challenger_version": versions[CHALLENGER] if versions[CHALLENGER] is not None else "none",
+                "canary_share": float(traffic.get("canary_share", 0.0)),
+                "shadow": bool(traffic.get("shadow", False)),
+                "replicas": dg.MetadataValue.json(replicas),
+                "app_status": status["status"],
+            }
+        )
+
+    return deployment
+
+
+def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{decl.name}_champion_sensor",
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Redeploys {decl.name} when its `champion` or `challenger` alias moves.",
+    )
+    def champion_sensor(context: dg.SensorEvaluationContext, serving: ServingResource):
+        uri = serving.settings(decl.name).resolved_tracking_uri()
+        now = {"champion": resolve_alias(uri, decl.name, CHAMPION), "challenger": resolve_alias(uri, decl.name, CHALLENGER)}
+        if now["champion"] is None:
+            return dg.SkipReason(f"model {decl.name} has no champion yet")
+        before = json.loads(context.cursor) if context.cursor else {"moves": 0}
+        if before.get("champion") == now["champion"] and before.get("challenger") == now["challenger"]:
+            return dg.SkipReason(f"aliases unchanged (champion v{now['champion']})")
+        moves = int(before.get("moves", 0)) + 1
+        context.update_cursor(json.dumps({**now, "moves": moves}))
+        return dg.RunRequest(
+            run_key=f"{decl.name}-aliases-{moves}",
+            tags={
+                "mlops/champion_version": str(now["champion"]),
+                "mlops/challenger_version": str(now["challenger"]),
+                "mlops/reason": f"champion {before.get('champion')} -> {now['champion']}, "
+                f"challenger {before.get('challenger')} -> {now['challenger']}",
+            },
+        )
+
+    return champion_sensor
 
 
 def build_serving_definitions(decl: PipelineDeclaration) -> dg.Definitions:
-    return dg.Definitions()
+    asset = build_deployment_asset(decl)
+    job = dg.define_asset_job(
+        deploy_job_name(decl), selection=dg.AssetSelection.assets(deployment_key(decl)), description="Roll serving to the aliased versions."
+    )
+    return dg.Definitions(assets=[asset], jobs=[job], sensors=[build_champion_sensor(decl, job)])
 
 
 def serving_resources(home: MlopsHome | None = None) -> dict:
-    return {}
+    if home is None:
+        return {"serving": ServingResource()}
+    return {"serving": ServingResource(tracking_uri=home.mlflow_tracking_uri, delta_root=str(home.delta))}

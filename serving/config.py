@@ -1,0 +1,86 @@
+"""The Serve config (what `serve deploy` / `serve run` and KubeRay's RayService take), built from declarations.
+
+One application per declared pipeline (no HTTP route of its own) plus the
+gateway application on `/`. Model versions and traffic shares are
+`user_config` overrides, never builder `args`: Serve hashes args into the code
+version, so changing them would restart replicas instead of reconfiguring them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from mlops_assets.declaration import PipelineDeclaration
+from serving.app import CHALLENGER_DEPLOYMENT, CHAMPION_DEPLOYMENT, CHAMPION_GPU_DEPLOYMENT, ROUTER_DEPLOYMENT
+from serving.settings import ServeSettings
+
+GATEWAY_APP = "mlops"
+APP_BUILDER = "serving.app:build_app"
+GATEWAY_BUILDER = "serving.app:build_gateway"
+
+
+def settings_args(settings: ServeSettings | None) -> dict[str, Any]:
+    """Only the settings that differ from the environment defaults, so the file stays portable."""
+    if settings is None:
+        return {}
+    return {k: v for k, v in settings.model_dump(exclude={"pipeline"}).items() if v not in ("", None)}
+
+
+def pipeline_app(
+    decl: PipelineDeclaration,
+    settings: ServeSettings | None = None,
+    champion: int | None = None,
+    challenger: int | None = None,
+    traffic: dict | None = None,
+    gpu: bool = False,
+    router_replicas: int = 2,
+) -> dict:
+    traffic = traffic or decl.serving.traffic.model_dump()
+    args: dict[str, Any] = {"pipeline": decl.name, **settings_args(settings)}
+    if router_replicas != 2:
+        args["router_replicas"] = router_replicas
+    deployments = [
+        {"name": CHAMPION_DEPLOYMENT, "user_config": {"model_version": champion}},
+        {"name": CHALLENGER_DEPLOYMENT, "user_config": {"model_version": challenger}},
+        {"name": ROUTER_DEPLOYMENT, "user_config": {"canary_share": float(traffic["canary_share"]), "shadow": bool(traffic["shadow"])}},
+    ]
+    if gpu:
+        deployments.insert(1, {"name": CHAMPION_GPU_DEPLOYMENT, "user_config": {"model_version": champion}})
+    return {"name": decl.name, "route_prefix": None, "import_path": APP_BUILDER, "args": args, "deployments": deployments}
+
+
+def gateway_app(settings: ServeSettings | None = None, replicas: int = 2) -> dict:
+    args = settings_args(settings)
+    if replicas != 2:
+        args["replicas"] = replicas
+    return {"name": GATEWAY_APP, "route_prefix": "/", "import_path": GATEWAY_BUILDER, "args": args}
+
+
+def serve_config(
+    decls: Sequence[PipelineDeclaration], host: str = "0.0.0.0", port: int = 8000, settings: ServeSettings | None = None
+) -> dict:
+    """The whole config; versions left null make each replica follow its alias when it starts."""
+    apps = [gateway_app(settings)] + [pipeline_app(d, settings) for d in decls]
+    return {"proxy_location": "EveryNode", "http_options": {"host": host, "port": port}, "applications": apps}
+
+
+def check(config: dict) -> ServeDeploySchema:
+    """Raises pydantic's ValidationError where Serve would refuse the config."""
+    return ServeDeploySchema.model_validate(config)
+
+
+HEADER = """\
+# Ray Serve config for every declared pipeline, generated from the declarations:
+#   mlops serve config > deploy/serve_config.yaml   (tests/test_serving_config.py checks it is current)
+# Run it:  serve run deploy/serve_config.yaml   or   serve deploy deploy/serve_config.yaml
+# Model versions are null: each replica loads what the `champion` / `challenger` alias names when
+# it starts; the <pipeline>/deployment asset pins versions through user_config overrides.
+"""
+
+
+def to_yaml(config: dict) -> str:
+    return HEADER + yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,178 @@
+"""Changing what Serve runs: deploy a pipeline, move versions, set traffic; always declaratively.
+
+Every change reads the applications Serve runs now, edits one pipeline's entry and
+applies the whole set through the controller, as `serve deploy` would. Because
+model versions and shares are `user_config` overrides, Serve reconfigures the
+running replicas one at a time (rolling) instead of restarting them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import ray
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+
+from mlops_assets.declaration import PipelineDeclaration
+from serving.app import CHALLENGER_DEPLOYMENT, CHAMPION_DEPLOYMENT, CHAMPION_GPU_DEPLOYMENT, ROUTER_DEPLOYMENT, gpu_group_enabled
+from serving.config import GATEWAY_APP, gateway_app, pipeline_app
+from serving.registry import CHALLENGER, CHAMPION, load_version, resolve_alias
+from serving.settings import ServeSettings
+
+_lock = threading.Lock()
+
+
+def connect(ray_address: str = "auto") -> None:
+    """Join the running Ray cluster (no-op when this process already joined one)."""
+    if not ray.is_initialized():
+        try:
+            ray.init(address=ray_address, namespace="serve", include_dashboard=False, log_to_driver=False)
+        except ConnectionError as err:
+            raise LookupError(f"no Ray cluster at '{ray_address}': start one with `mlops serve start` ({err})") from None
+
+
+def start(http_host: str = "127.0.0.1", http_port: int = 8000) -> None:
+    """Start Serve's controller and proxy on this cluster if they are not running."""
+    serve.start(http_options={"host": http_host, "port": http_port})
+
+
+def _client():
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client()
+
+
+def current_apps() -> dict[str, dict]:
+    configs = ray.get(_client()._controller.get_app_configs.remote())
+    return {name: cfg.model_dump(exclude_unset=True) for name, cfg in configs.items()}
+
+
+def apply(apps: dict[str, dict]) -> None:
+    _client().deploy_apps(ServeDeploySchema.model_validate({"applications": list(apps.values())}))
+
+
+def _user_config(app: dict, deployment: str) -> dict:
+    for d in app.get("deployments", []):
+        if d["name"] == deployment:
+            return dict(d.get("user_config") or {})
+    return {}
+
+
+def deploy_pipeline(
+    decl: PipelineDeclaration,
+    settings: ServeSettings,
+    champion: int | None,
+    challenger: int | None,
+    gateway_replicas: int = 2,
+    router_replicas: int = 2,
+) -> dict:
+    """Point the pipeline's application at these versions, keeping its current traffic settings."""
+    with _lock:
+        apps = current_apps()
+        existing = apps.get(decl.name)
+        traffic = _user_config(existing, ROUTER_DEPLOYMENT) if existing else None
+        apps[decl.name] = pipeline_app(
+            decl, settings, champion, challenger, traffic or None, gpu_group_enabled(decl), router_replicas
+        )
+        if GATEWAY_APP not in apps:
+            apps[GATEWAY_APP] = gateway_app(settings, gateway_replicas)
+        apply(apps)
+        return apps[decl.name]
+
+
+def set_traffic(pipeline: str, canary_share: float | None = None, shadow: bool | None = None) -> dict:
+    """Change the canary share and/or shadow switch: a router reconfigure, no replica restarts."""
+    with _lock:
+        apps = current_apps()
+        if pipeline not in apps:
+            raise LookupError(f"pipeline '{pipeline}' is not deployed")
+        app = apps[pipeline]
+        traffic = _user_config(app, ROUTER_DEPLOYMENT)
+        if canary_share is not None:
+            if not 0.0 <= canary_share <= 1.0:
+                raise ValueError("canary_share must be between 0 and 1")
+            traffic["canary_share"] = float(canary_share)
+        if shadow is not None:
+            traffic["shadow"] = bool(shadow)
+        for d in app["deployments"]:
+            if d["name"] == ROUTER_DEPLOYMENT:
+                d["user_config"] = traffic
+        apply(apps)
+        return traffic
+
+
+def traffic_of(pipeline: str) -> dict:
+    app = current_apps().get(pipeline)
+    return _user_config(app, ROUTER_DEPLOYMENT) if app else {}
+
+
+def aliases(decl: PipelineDeclaration, settings: ServeSettings) -> dict[str, int | None]:
+    uri = settings.resolved_tracking_uri()
+    return {CHAMPION: resolve_alias(uri, decl.name, CHAMPION), CHALLENGER: resolve_alias(uri, decl.name, CHALLENGER)}
+
+
+def follow_aliases(decl: PipelineDeclaration, settings: ServeSettings, **kwargs) -> dict[str, int | None]:
+    """Deploy what the aliases name now; each version is loaded here first, so a broken one never reaches replicas."""
+    versions = aliases(decl, settings)
+    if versions[CHAMPION] is None:
+        raise LookupError(f"model {decl.name} has no '{CHAMPION}' alias yet: nothing to serve")
+    uri = settings.resolved_tracking_uri()
+    for version in versions.values():
+        if version is not None:
+            load_version(uri, decl.name, version)
+    deploy_pipeline(decl, settings, versions[CHAMPION], versions[CHALLENGER], **kwargs)
+    return versions
+
+
+def app_status(name: str) -> dict:
+    """Status of one application: app status and per-deployment status and replica counts."""
+    status = serve.status().applications.get(name)
+    if status is None:
+        return {"status": "NOT_DEPLOYED", "deployments": {}}
+    return {
+        "status": str(status.status.value if hasattr(status.status, "value") else status.status),
+        "message": status.message,
+        "deployments": {
+            n: {"status": str(d.status.value if hasattr(d.status, "value") else d.status), "replicas": dict(d.replica_states)}
+            for n, d in status.deployments.items()
+        },
+    }
+
+
+def wait_for_version(name: str, version: int, timeout_s: float = 180.0, deployments=(CHAMPION_DEPLOYMENT,)) -> dict:
+    """Block until the app runs, its deployments are healthy and the champion answers with `version`."""
+    deadline = time.time() + timeout_s
+    agreeing = 0
+    last: dict = {}
+    while time.time() < deadline:
+        last = app_status(name)
+        healthy = last["status"] == "RUNNING" and all(
+            last["deployments"].get(d, {}).get("status") == "HEALTHY" for d in deployments
+        )
+        seen = None
+        if healthy:
+            try:
+                seen = serve.get_app_handle(name).status.remote().result(timeout_s=10)["champion"]["model_version"]
+            except Exception:  # app still (re)building: keep polling until the deadline
+                seen = None
+        agreeing = agreeing + 1 if seen == version else 0
+        if agreeing >= 6:
+            return last
+        time.sleep(0.25)
+    raise TimeoutError(f"application {name} did not serve version {version} within {timeout_s:.0f}s: {last}")
+
+
+__all__ = [
+    "CHALLENGER_DEPLOYMENT",
+    "CHAMPION_GPU_DEPLOYMENT",
+    "apply",
+    "connect",
+    "current_apps",
+    "deploy_pipeline",
+    "follow_aliases",
+    "set_traffic",
+    "start",
+    "wait_for_version",
+]

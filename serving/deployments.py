@@ -1,0 +1,203 @@
+"""The Serve deployments of one pipeline: model servers and the router in front of them.
+
+`ModelServer` holds one model version (role champion or challenger, on CPU or
+GPU) with its feature reference. The version arrives in `user_config`; a change
+loads the new version next to the old one and swaps a single reference, so
+requests in flight finish on the old model and none fails during a swap.
+
+`Router` validates records, then sends each request to the champion, or, for a
+declared canary share, to the challenger; with shadow on it also mirrors the
+request to the challenger, whose answer is logged and never returned. The
+share lives in the router's `user_config`, so it changes without restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import polars as pl
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from mlops_assets.feature_contract import FeatureReference, load_feature_module
+from serving.prediction_log import PredictionLogger, log_rows
+from serving.reference import serving_reference
+from serving.registry import CHALLENGER, CHAMPION, LoadedModel, load_version, resolve_alias
+from serving.requests import RequestSchema, typed_frame
+from serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(RuntimeError):
+    """No model loaded for this role (yet); answered with 503."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: LoadedModel
+    reference: FeatureReference
+    info: dict
+
+
+@serve.deployment
+class ModelServer:
+    def __init__(self, settings: dict, role: str, device: str = "cpu"):
+        self.settings = ServeSettings(**settings)
+        self.decl = self.settings.declaration()
+        self.module = load_feature_module(self.decl)
+        self.role = role
+        self.device = device
+        self.loaded: Loaded | None = None
+        self.loads = 0
+        self.cache_dir = tempfile.mkdtemp(prefix=f"mlops-serve-{self.decl.name}-{role}-")
+        flush = self.settings.log_flush_seconds or self.decl.serving.log_flush_seconds
+        self.logger = PredictionLogger(self.settings.delta(), self.decl.name, self.decl.serving.log_queue_rows, flush)
+
+    def reconfigure(self, config: dict) -> None:
+        """Load the configured version (None: whatever the role's alias points at) and swap it in."""
+        uri = self.settings.resolved_tracking_uri()
+        version = (config or {}).get("model_version")
+        if version is None:
+            version = resolve_alias(uri, self.decl.name, CHAMPION if self.role == CHAMPION else CHALLENGER)
+        if version is None:
+            # nothing registered under the alias yet: stay up, report not ready
+            self.loaded = None
+            return
+        model = load_version(uri, self.decl.name, int(version), self.device, self.cache_dir)
+        reference, info = serving_reference(self.decl, self.module, self.settings.delta())
+        previous, self.loaded = self.loaded, Loaded(model, reference, info)
+        self.loads += 1
+        if previous is not None and previous.model.local_dir:
+            shutil.rmtree(previous.model.local_dir, ignore_errors=True)
+
+    def predict(self, frame: pl.DataFrame, request_id: str, received_at: float, role: str, served: bool) -> dict:
+        loaded = self.loaded  # one read: the whole request uses one version even if a swap lands meanwhile
+        if loaded is None:
+            raise NotReady(f"no {self.role} model loaded for pipeline {self.decl.name}")
+        features = self.module.build(frame, loaded.reference)
+        result = loaded.model.predict(features)
+        self.logger.log(
+            log_rows(
+                features=features,
+                result=result,
+                pipeline=self.decl.name,
+                model_version=loaded.model.version,
+                role=role,
+                served=served,
+                request_id=request_id,
+                received_at=received_at,
+            )
+        )
+        result["model_version"] = loaded.model.version
+        return result
+
+    def status(self) -> dict:
+        loaded = self.loaded
+        return {
+            "role": self.role,
+            "device": self.device,
+            "ready": loaded is not None,
+            "model_version": loaded.model.version if loaded else None,
+            "task": loaded.model.task if loaded else None,
+            "feature_columns": loaded.model.feature_columns if loaded else [],
+            "reference": loaded.info if loaded else {},
+            "loads": self.loads,
+            "prediction_log": self.logger.stats(),
+        }
+
+    def flush_log(self) -> int:
+        return self.logger.flush()
+
+    def __del__(self):
+        # graceful shutdown: write what is queued before the replica goes away
+        logger = getattr(self, "logger", None)
+        if logger is not None:
+            logger.close()
+        shutil.rmtree(getattr(self, "cache_dir", ""), ignore_errors=True)
+
+
+@serve.deployment
+class Router:
+    def __init__(
+        self,
+        settings: dict,
+        champion: DeploymentHandle,
+        challenger: DeploymentHandle,
+        champion_gpu: DeploymentHandle | None = None,
+        gpu_share: float = 0.0,
+    ):
+        self.settings = ServeSettings(**settings)
+        self.decl = self.settings.declaration()
+        module = load_feature_module(self.decl)
+        self.schema = RequestSchema.of(self.decl, module.input_columns(self.decl))
+        self.champion = champion
+        self.challenger = challenger
+        self.champion_gpu = champion_gpu
+        self.gpu_share = gpu_share if champion_gpu is not None else 0.0
+        self.canary_share = self.decl.serving.traffic.canary_share
+        self.shadow = self.decl.serving.traffic.shadow
+        self.rng = random.Random()
+        self.counts: Counter[str] = Counter()
+        self._background: set[asyncio.Task] = set()
+
+    def reconfigure(self, config: dict) -> None:
+        config = config or {}
+        self.canary_share = float(config.get("canary_share", self.decl.serving.traffic.canary_share))
+        self.shadow = bool(config.get("shadow", self.decl.serving.traffic.shadow))
+
+    def _champion(self) -> DeploymentHandle:
+        if self.champion_gpu is not None and self.rng.random() < self.gpu_share:
+            return self.champion_gpu
+        return self.champion
+
+    async def predict(self, records: list[dict], request_id: str, received_at: float) -> dict:
+        frame = await asyncio.to_thread(typed_frame, records, self.schema)
+        role = "canary" if self.canary_share > 0 and self.rng.random() < self.canary_share else CHAMPION
+        result = None
+        if role == "canary":
+            try:
+                result = await self.challenger.predict.remote(frame, request_id, received_at, "canary", True)
+            except NotReady:
+                role = CHAMPION  # no challenger registered: the champion answers
+        if result is None:
+            result = await self._champion().predict.remote(frame, request_id, received_at, CHAMPION, True)
+        if self.shadow and role == CHAMPION:
+            task = asyncio.create_task(self._mirror(frame, request_id, received_at))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        self.counts[role] += 1
+        result["role"] = role
+        return result
+
+    async def _mirror(self, frame: pl.DataFrame, request_id: str, received_at: float) -> None:
+        try:
+            await self.challenger.predict.remote(frame, request_id, received_at, "shadow", False)
+            self.counts["shadow"] += 1
+        except NotReady:
+            self.counts["shadow_skipped"] += 1
+        except Exception as err:  # a failing shadow must never touch the served answer; it is counted and logged
+            self.counts["shadow_failed"] += 1
+            log.warning("shadow request %s failed: %s", request_id, err)
+
+    async def status(self) -> dict:
+        champion = await self.champion.status.remote()
+        challenger = await self.challenger.status.remote()
+        gpu = await self.champion_gpu.status.remote() if self.champion_gpu is not None else None
+        return {
+            "pipeline": self.decl.name,
+            "ready": bool(champion["ready"]),
+            "champion": champion,
+            "challenger": challenger,
+            "champion_gpu": gpu,
+            "traffic": {"canary_share": self.canary_share, "shadow": self.shadow, "gpu_share": self.gpu_share},
+            "routed": dict(self.counts),
+            "checked_at": time.time(),
+        }

@@ -1,0 +1,291 @@
+"""The HTTP face of serving: Open Inference Protocol (KServe V2) and TF-Serving V1 REST.
+
+One FastAPI ingress for every declared pipeline forwards to that pipeline's
+Serve application (its router). It owns what is about HTTP: body and batch
+limits, JSON parsing, the bearer token for predictions, the admin token, error
+codes, request ids, and the OpenAPI document (`/openapi.json`, `/docs`).
+Every answer names the model version that made it (body and `X-Model-Version`).
+"""
+
+import asyncio
+import hmac
+import os
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from mlops_assets.feature_contract import load_feature_module
+from serving.deployments import NotReady
+from serving.requests import V2_OUT_TYPE, RequestError, RequestSchema, parse_json, records_from_v1, records_from_v2
+from serving.settings import ServeSettings
+
+SERVER_NAME = "mlops-serving"
+api = FastAPI(
+    title="MLOps model serving",
+    description="Open Inference Protocol (KServe V2) and TF-Serving style V1 REST for every declared pipeline. "
+    "V2 infer takes one input tensor per raw input column; V1 predict takes raw records as `instances`.",
+    version="1",
+)
+
+
+class V1PredictRequest(BaseModel):
+    instances: list[dict[str, Any]] = Field(description="Raw records: one object per record with every input column.")
+
+
+class V1PredictResponse(BaseModel):
+    predictions: list[Any]
+    model_name: str
+    model_version: str
+    request_id: str
+    role: str = Field(description="champion, or canary when the challenger answered")
+
+
+class V2Tensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+
+
+class V2InferRequest(BaseModel):
+    id: str | None = None
+    inputs: list[V2Tensor] = Field(description="One tensor per raw input column, each of shape [n].")
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[V2Tensor]
+
+
+class TrafficRequest(BaseModel):
+    canary_share: float | None = Field(None, ge=0.0, le=1.0)
+    shadow: bool | None = None
+
+
+def _body_doc(model: type[BaseModel]) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def _error(status: int, message: str, field: str | None = None, request_id: str | None = None) -> JSONResponse:
+    body: dict = {"error": message}
+    if field:
+        body["field"] = field
+    headers = {"X-Request-Id": request_id} if request_id else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@serve.deployment
+@serve.ingress(api)
+class Gateway:
+    def __init__(self, settings: dict):
+        self.settings = ServeSettings(**settings)
+        self.decls = self.settings.declarations()
+        self.schemas = {
+            name: RequestSchema.of(d, load_feature_module(d).input_columns(d)) for name, d in self.decls.items()
+        }
+        self._handles: dict[str, DeploymentHandle] = {}
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _router(self, name: str) -> DeploymentHandle:
+        if name not in self._handles:
+            self._handles[name] = serve.get_app_handle(name)
+        return self._handles[name]
+
+    def _unknown(self, name: str) -> JSONResponse | None:
+        if name in self.decls:
+            return None
+        return _error(404, f"unknown model '{name}'; served models: {', '.join(sorted(self.decls)) or 'none'}", "name")
+
+    def _token_ok(self, request: Request, env_name: str) -> bool:
+        expected = os.environ.get(env_name, "")
+        given = request.headers.get("authorization", "")
+        return bool(expected) and hmac.compare_digest(given.encode(), f"Bearer {expected}".encode())
+
+    def _predict_auth(self, request: Request, name: str) -> JSONResponse | None:
+        env_name = self.decls[name].serving.token_env
+        if os.environ.get(env_name) and not self._token_ok(request, env_name):
+            return _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+        return None
+
+    def _admin_auth(self, request: Request, name: str) -> JSONResponse | None:
+        env_name = self.decls[name].serving.admin_token_env
+        if not os.environ.get(env_name):
+            return _error(403, f"admin endpoints are disabled: no admin token configured (${env_name})")
+        if not self._token_ok(request, env_name):
+            return _error(401, "admin endpoints need the admin bearer token (Authorization: Bearer <token>)")
+        return None
+
+    async def _body(self, request: Request, name: str) -> Any:
+        limit = self.decls[name].serving.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RequestError(f"request body of {declared} bytes is larger than the limit of {limit}", status=413)
+        body = await request.body()
+        if len(body) > limit:
+            raise RequestError(f"request body of {len(body)} bytes is larger than the limit of {limit}", status=413)
+        return parse_json(body)
+
+    async def _status(self, name: str) -> dict | None:
+        try:
+            return await self._router(name).status.remote()
+        except Exception:  # app not deployed (yet) or being replaced: reported as not ready
+            return None
+
+    async def _predict(self, request: Request, name: str, decode) -> tuple[dict, str] | JSONResponse:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        received_at = time.time()
+        problem = self._unknown(name) or self._predict_auth(request, name)
+        if problem is not None:
+            return problem
+        try:
+            body = await self._body(request, name)
+            records = decode(body, self.schemas[name])
+            if isinstance(body, dict) and isinstance(body.get("id"), str):
+                request_id = body["id"]
+            result = await self._router(name).predict.remote(records, request_id, received_at)
+        except RequestError as err:
+            return _error(err.status, err.message, err.field, request_id)
+        except NotReady as err:
+            return _error(503, str(err).splitlines()[-1], request_id=request_id)
+        return result, request_id
+
+    # --- Open Inference Protocol (KServe V2) ---------------------------------------------------
+
+    @api.get("/v2/health/live", tags=["v2"])
+    async def live(self) -> dict:
+        return {"live": True}
+
+    @api.get("/v2/health/ready", tags=["v2"])
+    async def ready(self):
+        statuses = await asyncio.gather(*[self._status(n) for n in self.decls])
+        models = {n: bool(s and s["ready"]) for n, s in zip(self.decls, statuses)}
+        ready = bool(models) and all(models.values())
+        return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
+
+    @api.get("/v2", tags=["v2"])
+    async def server_metadata(self) -> dict:
+        return {"name": SERVER_NAME, "version": "2", "extensions": [], "models": sorted(self.decls)}
+
+    @api.get("/v2/models/{name}", tags=["v2"])
+    async def model_metadata(self, name: str):
+        problem = self._unknown(name)
+        if problem is not None:
+            return problem
+        decl, schema = self.decls[name], self.schemas[name]
+        status = await self._status(name)
+        version = status["champion"]["model_version"] if status else None
+        outputs = [{"name": "predictions", "datatype": "FP64" if decl.target.task != "multiclass" else "BYTES", "shape": [-1]}]
+        if decl.target.task != "regression":
+            outputs += [{"name": "labels", "datatype": "BYTES", "shape": [-1]}, {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(decl.target_classes)]}]
+        return {
+            "name": name,
+            "versions": [str(version)] if version is not None else [],
+            "platform": "lightgbm",
+            "task": decl.target.task,
+            "inputs": [
+                {"name": c, "datatype": V2_OUT_TYPE.get(s.type, "FP64" if s.type.startswith("float") else s.type.upper()), "shape": [-1]}
+                for c, s in schema.columns.items()
+            ],
+            "outputs": outputs,
+        }
+
+    @api.get("/v2/models/{name}/ready", tags=["v2"])
+    async def model_ready(self, name: str):
+        problem = self._unknown(name)
+        if problem is not None:
+            return problem
+        status = await self._status(name)
+        ready = bool(status and status["ready"])
+        version = status["champion"]["model_version"] if status else None
+        body = {"name": name, "ready": ready, "model_version": None if version is None else str(version)}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @api.post("/v2/models/{name}/infer", tags=["v2"], response_model=V2InferResponse, openapi_extra=_body_doc(V2InferRequest))
+    async def infer(self, name: str, request: Request):
+        answer = await self._predict(request, name, records_from_v2)
+        if isinstance(answer, JSONResponse):
+            return answer
+        result, request_id = answer
+        n = len(result["predictions"])
+        pred_type = "BYTES" if result["predictions"] and isinstance(result["predictions"][0], str) else "FP64"
+        outputs = [{"name": "predictions", "shape": [n], "datatype": pred_type, "data": result["predictions"]}]
+        if "labels" in result:
+            outputs.append({"name": "labels", "shape": [n], "datatype": "BYTES", "data": [str(l) for l in result["labels"]]})
+            k = len(result["probabilities"][0]) if n else 0
+            flat = [p for row in result["probabilities"] for p in row]
+            outputs.append({"name": "probabilities", "shape": [n, k], "datatype": "FP64", "data": flat})
+        version = str(result["model_version"])
+        body = {"model_name": name, "model_version": version, "id": request_id, "outputs": outputs, "parameters": {"role": result["role"]}}
+        return JSONResponse(body, headers={"X-Model-Version": version, "X-Request-Id": request_id})
+
+    # --- TF-Serving style V1 -------------------------------------------------------------------
+
+    @api.get("/v1/models/{name}", tags=["v1"])
+    async def v1_status(self, name: str):
+        problem = self._unknown(name)
+        if problem is not None:
+            return problem
+        status = await self._status(name)
+        version = status["champion"]["model_version"] if status else None
+        state = "AVAILABLE" if status and status["ready"] else "UNAVAILABLE"
+        return {"model_version_status": [{"version": "" if version is None else str(version), "state": state}]}
+
+    @api.post("/v1/models/{name}:predict", tags=["v1"], response_model=V1PredictResponse, openapi_extra=_body_doc(V1PredictRequest))
+    async def v1_predict(self, name: str, request: Request):
+        answer = await self._predict(request, name, records_from_v1)
+        if isinstance(answer, JSONResponse):
+            return answer
+        result, request_id = answer
+        version = str(result["model_version"])
+        body = {"predictions": result["predictions"], "model_name": name, "model_version": version, "request_id": request_id, "role": result["role"]}
+        if "probabilities" in result:
+            body["probabilities"] = result["probabilities"]
+        return JSONResponse(body, headers={"X-Model-Version": version, "X-Request-Id": request_id})
+
+    # --- admin (token required) ----------------------------------------------------------------
+
+    @api.get("/admin/models/{name}/status", tags=["admin"])
+    async def admin_status(self, name: str, request: Request):
+        problem = self._unknown(name) or self._admin_auth(request, name)
+        if problem is not None:
+            return problem
+        return await self._status(name) or _error(503, f"model '{name}' is not deployed")
+
+    @api.post("/admin/models/{name}/traffic", tags=["admin"], openapi_extra=_body_doc(TrafficRequest))
+    async def admin_traffic(self, name: str, request: Request):
+        problem = self._unknown(name) or self._admin_auth(request, name)
+        if problem is not None:
+            return problem
+        from serving import control
+
+        try:
+            body = TrafficRequest.model_validate(parse_json(await request.body()))
+        except RequestError as err:
+            return _error(400, err.message)
+        except ValueError as err:
+            return _error(400, f"bad traffic settings: {err}")
+        applied = await asyncio.to_thread(control.set_traffic, name, body.canary_share, body.shadow)
+        return {"model_name": name, "traffic": applied}
+
+    @api.post("/admin/models/{name}/reload", tags=["admin"])
+    async def admin_reload(self, name: str, request: Request):
+        """Point the application at the versions the `champion`/`challenger` aliases name now."""
+        problem = self._unknown(name) or self._admin_auth(request, name)
+        if problem is not None:
+            return problem
+        from serving import control
+
+        try:
+            versions = await asyncio.to_thread(control.follow_aliases, self.decls[name], self.settings)
+        except LookupError as err:
+            return _error(409, str(err))
+        return {"model_name": name, **versions}

@@ -1,0 +1,142 @@
+"""The prediction log: every served (and shadow) prediction, appended to Delta off the request path.
+
+Requests put rows on a bounded in-memory queue and never wait for storage: a
+background thread drains it and appends batches to `<pipeline>/prediction_log`.
+When the queue is full the rows are dropped and counted (`overflow_rows`), so a
+slow or broken store can cost log rows but never a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from datetime import datetime, timezone
+
+import polars as pl
+
+from resources.delta_lake import DeltaLakeResource
+
+TABLE = "prediction_log"
+log = logging.getLogger(__name__)
+
+
+class PredictionLogger:
+    def __init__(self, delta: DeltaLakeResource, pipeline: str, max_rows: int, flush_seconds: float, batch_rows: int = 5000):
+        self.delta = delta
+        self.pipeline = pipeline
+        self.max_rows = max_rows
+        self.flush_seconds = flush_seconds
+        self.batch_rows = batch_rows
+        self._queue: queue.Queue[pl.DataFrame] = queue.Queue()
+        self._queued_rows = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.logged_rows = 0
+        self.overflow_rows = 0
+        self.write_errors = 0
+        self.last_error = ""
+        self._thread = threading.Thread(target=self._run, name=f"prediction-log-{pipeline}", daemon=True)
+        self._thread.start()
+
+    def log(self, frame: pl.DataFrame) -> bool:
+        """Queue rows without blocking; False (and counted) when the queue is full."""
+        with self._lock:
+            if self._queued_rows + frame.height > self.max_rows or self._stop.is_set():
+                self.overflow_rows += frame.height
+                return False
+            self._queued_rows += frame.height
+        self._queue.put_nowait(frame)
+        return True
+
+    def _drain(self) -> list[pl.DataFrame]:
+        frames, rows = [], 0
+        while rows < self.batch_rows:
+            try:
+                frame = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            frames.append(frame)
+            rows += frame.height
+        with self._lock:
+            self._queued_rows -= rows
+        return frames
+
+    def flush(self) -> int:
+        """Write everything queued now; returns rows written."""
+        written = 0
+        while frames := self._drain():
+            batch = pl.concat(frames, how="diagonal_relaxed")
+            try:
+                self.delta.append(self.pipeline, TABLE, batch)
+                self.logged_rows += batch.height
+                written += batch.height
+            except Exception as err:  # storage trouble must not kill the logger; it is counted and kept visible
+                self.write_errors += 1
+                self.last_error = f"{type(err).__name__}: {err}"[:500]
+                log.error("prediction log append failed (%d rows lost): %s", batch.height, self.last_error)
+        return written
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_seconds):
+            self.flush()
+        self.flush()
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def stats(self) -> dict:
+        return {
+            "logged_rows": self.logged_rows,
+            "queued_rows": self._queued_rows,
+            "overflow_rows": self.overflow_rows,
+            "write_errors": self.write_errors,
+            "last_error": self.last_error,
+        }
+
+
+def log_rows(
+    *,
+    features: pl.DataFrame,
+    result: dict,
+    pipeline: str,
+    model_version: int,
+    role: str,
+    served: bool,
+    request_id: str,
+    received_at: float,
+) -> pl.DataFrame:
+    """One row per record: metadata columns, the prediction, then the feature columns."""
+    n = features.height
+    now = time.time()
+    preds = result["predictions"]
+    numeric = result.get("probabilities") is None or isinstance(preds[0], float)
+    meta = pl.DataFrame(
+        {
+            "request_id": [request_id] * n,
+            "record": list(range(n)),
+            "logged_at": [datetime.fromtimestamp(now, timezone.utc)] * n,
+            "pipeline": [pipeline] * n,
+            "model_version": [model_version] * n,
+            "role": [role] * n,
+            "served": [served] * n,
+            "latency_ms": [(now - received_at) * 1000.0] * n,
+            "prediction": [float(p) for p in preds] if numeric else [max(p) for p in result["probabilities"]],
+            "label": [None if l is None else str(l) for l in result.get("labels", [None] * n)],
+        },
+        schema={
+            "request_id": pl.String,
+            "record": pl.Int32,
+            "logged_at": pl.Datetime("us", "UTC"),
+            "pipeline": pl.String,
+            "model_version": pl.Int64,
+            "role": pl.String,
+            "served": pl.Boolean,
+            "latency_ms": pl.Float64,
+            "prediction": pl.Float64,
+            "label": pl.String,
+        },
+    )
+    return pl.concat([meta, features], how="horizontal")

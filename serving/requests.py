@@ -1,0 +1,182 @@
+"""Turning request bodies into typed, validated records, or a 4xx that names the problem.
+
+Both protocols end in the same place: a list of raw records with the pipeline's
+input columns. Typing and checks reuse the ingestion path (`conform` casts to
+the declared types, `validate` runs the declared pandera checks), so a request
+is held to exactly the rules a landed file is.
+
+Accepted layouts:
+- V1 (TF-Serving style): `{"instances": [{column: value, ...}, ...]}`.
+- V2 (Open Inference Protocol): one input tensor per raw input column,
+  `{"name": column, "shape": [n] or [n, 1], "datatype": ..., "data": [n values]}`;
+  dates and datetimes as BYTES ISO strings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from mlops_assets.declaration import ColumnSpec, PipelineDeclaration, SchemaSpec
+from mlops_assets.ingest import SOURCE_ROW, LandedFileError, conform
+from mlops_assets.validation import REASON, validate
+
+MAX_REPORTED = 10
+V2_TYPES = {
+    "int8": {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"},
+    "float32": {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"},
+    "str": {"BYTES"},
+    "bool": {"BOOL"},
+    "date": {"BYTES"},
+    "datetime": {"BYTES"},
+}
+for _t in ("int16", "int32", "int64"):
+    V2_TYPES[_t] = V2_TYPES["int8"]
+V2_TYPES["float64"] = V2_TYPES["float32"]
+V2_OUT_TYPE = {"str": "BYTES", "date": "BYTES", "datetime": "BYTES", "bool": "BOOL"}
+
+
+class RequestError(ValueError):
+    """A request the server refuses; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.field = field
+
+
+@dataclass(frozen=True)
+class RequestSchema:
+    """What a request of one pipeline must carry."""
+
+    pipeline: str
+    columns: dict[str, ColumnSpec]  # the input columns, declaration order
+    ignored: frozenset[str]  # declared columns a client may send but the model does not read
+    max_batch_rows: int
+
+    @classmethod
+    def of(cls, decl: PipelineDeclaration, input_columns: list[str]) -> "RequestSchema":
+        cols = {c: decl.table_schema.columns[c] for c in input_columns}
+        ignored = frozenset(decl.table_schema.columns) - set(cols)
+        return cls(decl.name, cols, ignored, decl.serving.max_batch_rows)
+
+    def spec(self) -> SchemaSpec:
+        return SchemaSpec(columns=self.columns, unique=[], extra_columns="fail")
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(f"request body is not valid JSON: {err}") from None
+
+
+def _check_size(n: int, schema: RequestSchema) -> None:
+    if n == 0:
+        raise RequestError("empty batch: send at least one record")
+    if n > schema.max_batch_rows:
+        raise RequestError(f"batch of {n} records is larger than the limit of {schema.max_batch_rows}", status=413)
+
+
+def _as_text(value: Any, column: str, row: int) -> str | None:
+    """Values travel as text into `conform`, which reads them as the declared type."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value) if not isinstance(value, float) else repr(value)
+    raise RequestError(f"record {row}: field '{column}' must be a scalar, got {type(value).__name__}", field=column)
+
+
+def records_from_v1(body: Any, schema: RequestSchema) -> list[dict]:
+    if not isinstance(body, dict) or "instances" not in body:
+        raise RequestError('expected a JSON object {"instances": [{...record...}, ...]}')
+    extra = sorted(set(body) - {"instances", "request_id"})
+    if extra:
+        raise RequestError(f"unknown top-level field(s): {', '.join(extra)}", field=extra[0])
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        raise RequestError("'instances' must be a list of records", field="instances")
+    _check_size(len(instances), schema)
+    for i, rec in enumerate(instances):
+        if not isinstance(rec, dict):
+            raise RequestError(f"record {i}: expected an object of column -> value, got {type(rec).__name__}")
+    return instances
+
+
+def records_from_v2(body: Any, schema: RequestSchema) -> list[dict]:
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+        raise RequestError('expected an Open Inference Protocol request {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
+    columns: dict[str, list] = {}
+    rows: int | None = None
+    for k, tensor in enumerate(body["inputs"]):
+        if not isinstance(tensor, dict):
+            raise RequestError(f"inputs[{k}] must be an object")
+        name = tensor.get("name")
+        for key in ("name", "shape", "datatype", "data"):
+            if key not in tensor:
+                raise RequestError(f"inputs[{k}] ({name or 'unnamed'}) has no '{key}'", field=name)
+        if name in schema.ignored:
+            continue
+        if name not in schema.columns:
+            raise RequestError(f"unknown input '{name}'; inputs are the raw columns: {', '.join(schema.columns)}", field=name)
+        if name in columns:
+            raise RequestError(f"input '{name}' is given twice", field=name)
+        spec = schema.columns[name]
+        dtype = str(tensor["datatype"]).upper()
+        if dtype not in V2_TYPES[spec.type]:
+            raise RequestError(
+                f"input '{name}' has datatype {dtype}; column {name} is {spec.type} "
+                f"(send one of {', '.join(sorted(V2_TYPES[spec.type]))})",
+                field=name,
+            )
+        shape, data = tensor["shape"], tensor["data"]
+        if not isinstance(data, list) or not isinstance(shape, list) or not all(isinstance(s, int) for s in shape):
+            raise RequestError(f"input '{name}': shape must be a list of integers and data a list", field=name)
+        if data and isinstance(data[0], list):  # nested row-major data is allowed by the protocol
+            data = [v for row in data for v in (row if isinstance(row, list) else [row])]
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or shape[0] != len(data):
+            raise RequestError(f"input '{name}': shape {shape} does not match {len(data)} values (expected [n] or [n, 1])", field=name)
+        if rows is not None and len(data) != rows:
+            raise RequestError(f"input '{name}' has {len(data)} values, other inputs have {rows}", field=name)
+        rows = len(data)
+        columns[name] = data
+    missing = [c for c in schema.columns if c not in columns]
+    if missing:
+        raise RequestError(f"missing input(s): {', '.join(missing)}", field=missing[0])
+    _check_size(rows or 0, schema)
+    return [{c: columns[c][i] for c in columns} for i in range(rows or 0)]
+
+
+def typed_frame(records: list[dict], schema: RequestSchema) -> pl.DataFrame:
+    """Validated records as a frame of the declared types, or RequestError naming field and record."""
+    _check_size(len(records), schema)
+    text: dict[str, list] = {c: [] for c in schema.columns}
+    for i, rec in enumerate(records):
+        unknown = [k for k in rec if k not in schema.columns and k not in schema.ignored]
+        if unknown:
+            raise RequestError(f"record {i}: unknown field(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+        missing = [c for c in schema.columns if c not in rec]
+        if missing:
+            raise RequestError(f"record {i}: missing field(s): {', '.join(missing)}", field=missing[0])
+        for c in schema.columns:
+            text[c].append(_as_text(rec[c], c, i))
+    frame = pl.DataFrame(text, schema={c: pl.String for c in schema.columns})
+    try:
+        conformed = conform(frame, schema.spec(), "request")
+        result = validate(conformed, schema.spec())
+    except (LandedFileError, ValueError) as err:
+        raise RequestError(f"request does not fit the declared schema: {err}") from None
+    if result.quarantine.height:
+        bad = result.quarantine.select(SOURCE_ROW, REASON).head(MAX_REPORTED).rows()
+        first_field = str(bad[0][1]).split(":", 1)[0]
+        more = result.quarantine.height - len(bad)
+        detail = "; ".join(f"record {row}: {reason}" for row, reason in bad)
+        raise RequestError(detail + (f" (and {more} more records)" if more > 0 else ""), status=422, field=first_field)
+    return result.clean.drop(SOURCE_ROW)

@@ -1,0 +1,307 @@
+"""Serving on a real local Ray Serve: HTTP protocols, parity, errors, canary, shadow, prediction log, swaps.
+
+One Ray instance and one deployed flights application for the whole module
+(see tests/serving_fixtures.py); requests are real HTTP on loopback.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import polars as pl
+import pytest
+import requests
+
+from serving import control
+from serving.config import GATEWAY_APP
+from serving.prediction_log import TABLE
+from tests.serving_fixtures import (  # noqa: F401  (fixtures)
+    ADMIN_TOKEN,
+    offline_features,
+    ray_serve,
+    request_records,
+    serving_registry,
+)
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def served(ray_serve, serving_registry):
+    """The flights application serving v1 (champion) with v2 as challenger."""
+    settings = serving_registry_settings(serving_registry)
+    control.deploy_pipeline(
+        serving_registry.decl, settings, serving_registry.champion, serving_registry.challenger, gateway_replicas=1
+    )
+    control.wait_for_version("flights", serving_registry.champion, timeout_s=240)
+    wait_http(ray_serve.base_url + "/v2/models/flights/ready")
+    return ray_serve
+
+
+def serving_registry_settings(reg):
+    from serving.settings import ServeSettings
+
+    return ServeSettings(pipeline="flights", tracking_uri=reg.tracking_uri, delta_root=reg.delta.root, log_flush_seconds=0.3)
+
+
+def wait_http(url: str, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s")
+
+
+def predict(base: str, records: list[dict], request_id: str | None = None, **kw) -> requests.Response:
+    headers = {"X-Request-Id": request_id} if request_id else {}
+    return requests.post(f"{base}/v1/models/flights:predict", json={"instances": records}, headers=headers, timeout=30, **kw)
+
+
+def set_traffic(base: str, **body) -> None:
+    r = requests.post(f"{base}/admin/models/flights/traffic", json=body, headers=ADMIN, timeout=60)
+    assert r.status_code == 200, r.text
+    deadline = time.time() + 60
+    while time.time() < deadline:  # the router replicas reconfigure asynchronously
+        status = requests.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
+        if all(status["traffic"][k] == v for k, v in body.items()):
+            seen = [requests.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json() for _ in range(6)]
+            if all(all(s["traffic"][k] == v for k, v in body.items()) for s in seen):
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"traffic {body} not applied")
+
+
+def read_log(reg, request_ids: set[str], expected_rows: int, timeout_s: float = 60) -> pl.DataFrame:
+    deadline = time.time() + timeout_s
+    rows = pl.DataFrame()
+    while time.time() < deadline:
+        lf = reg.delta.scan("flights", TABLE)
+        if lf is not None:
+            rows = lf.filter(pl.col("request_id").is_in(list(request_ids))).collect()
+            if rows.height >= expected_rows:
+                return rows
+        time.sleep(0.3)
+    raise AssertionError(f"prediction log has {rows.height} of {expected_rows} rows for {len(request_ids)} requests")
+
+
+def test_v1_prediction_equals_offline_prediction_of_the_same_version(served, serving_registry):
+    records = request_records(25)
+    r = predict(served.base_url, records)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == str(serving_registry.champion) == r.headers["X-Model-Version"]
+    booster = serving_registry.boosters[serving_registry.champion]
+    features = offline_features(serving_registry, records)
+    expected = booster.predict(features.select(booster.feature_name()).cast(pl.Float64).to_numpy())
+    np.testing.assert_allclose(body["predictions"], expected, rtol=0, atol=1e-9)
+
+
+def test_v2_protocol_endpoints_and_infer(served, serving_registry):
+    base = served.base_url
+    assert requests.get(f"{base}/v2/health/live", timeout=10).json() == {"live": True}
+    ready = requests.get(f"{base}/v2/health/ready", timeout=10)
+    assert ready.status_code == 200 and ready.json()["models"] == {"flights": True}
+    meta = requests.get(f"{base}/v2/models/flights", timeout=10).json()
+    assert meta["versions"] == [str(serving_registry.champion)]
+    assert [i["name"] for i in meta["inputs"]][:3] == ["year", "month", "day"]
+    model_ready = requests.get(f"{base}/v2/models/flights/ready", timeout=10)
+    assert model_ready.status_code == 200 and model_ready.json()["ready"] is True
+    assert requests.get(f"{base}/v1/models/flights", timeout=10).json()["model_version_status"][0]["state"] == "AVAILABLE"
+
+    records = request_records(10)
+    types = {int: "INT64", float: "FP64", str: "BYTES"}
+    inputs = [
+        {"name": c, "shape": [len(records)], "datatype": types[type(records[0][c])], "data": [r[c] for r in records]}
+        for c in records[0]
+    ]
+    r = requests.post(f"{base}/v2/models/flights/infer", json={"id": "v2-req", "inputs": inputs}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_name"] == "flights" and body["model_version"] == str(serving_registry.champion) and body["id"] == "v2-req"
+    v1 = predict(base, records).json()["predictions"]
+    np.testing.assert_allclose(body["outputs"][0]["data"], v1, rtol=0, atol=1e-12)
+    assert body["outputs"][0]["shape"] == [10]
+
+    spec = requests.get(f"{base}/openapi.json", timeout=10).json()
+    assert {"/v2/models/{name}/infer", "/v1/models/{name}:predict", "/v2/health/ready"} <= set(spec["paths"])
+
+
+def _without(record: dict, key: str) -> dict:
+    return {k: v for k, v in record.items() if k != key}
+
+
+BAD_V1 = {
+    "missing field": (lambda r: [_without(r, "dep_delay")], 400, "dep_delay"),
+    "unknown field": (lambda r: [dict(r, colour="red")], 400, "colour"),
+    "wrong type": (lambda r: [dict(r, distance="far")], 422, "distance"),
+    "unknown category": (lambda r: [dict(r, carrier="ZZ")], 422, "carrier"),
+    "out of range": (lambda r: [dict(r, month=13)], 422, "month"),
+    "null in required": (lambda r: [dict(r, origin=None)], 422, "origin"),
+    "nested value": (lambda r: [dict(r, dest=["JFK"])], 400, "dest"),
+    "empty batch": (lambda r: [], 400, "empty batch"),
+    "oversized batch": (lambda r: [r] * 10_001, 413, "10000"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_V1))
+def test_bad_v1_requests_get_4xx_naming_the_problem(served, case):
+    make, status, named = BAD_V1[case]
+    r = predict(served.base_url, make(request_records(1)[0]))
+    assert r.status_code == status, r.text
+    assert named in r.json()["error"]
+
+
+def test_malformed_unknown_and_oversized_bodies(served, serving_registry):
+    base = served.base_url
+    r = requests.post(f"{base}/v1/models/flights:predict", data=b'{"instances": [', headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    r = requests.post(f"{base}/v1/models/flights:predict", json={"records": []}, timeout=10)
+    assert r.status_code == 400 and "instances" in r.json()["error"]
+    r = requests.post(f"{base}/v1/models/nosuch:predict", json={"instances": request_records(1)}, timeout=10)
+    assert r.status_code == 404 and "unknown model 'nosuch'" in r.json()["error"]
+    assert requests.get(f"{base}/v2/models/nosuch/ready", timeout=10).status_code == 404
+    big = b'{"instances": [' + b" " * (serving_registry.decl.serving.max_body_bytes + 1) + b"]}"
+    r = requests.post(f"{base}/v1/models/flights:predict", data=big, timeout=30)
+    assert r.status_code == 413 and "larger than the limit" in r.json()["error"]
+    good = request_records(1)[0]
+    bad_v2 = [
+        ({"inputs": [{"name": "carrier", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, "carrier"),
+        ({"inputs": [{"name": c, "shape": [1], "datatype": "BYTES" if isinstance(v, str) else "FP64", "data": [v]} for c, v in good.items() if c != "dest"]}, "dest"),
+        ({"inputs": [{"name": "nope", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, "nope"),
+    ]
+    for body, named in bad_v2:
+        r = requests.post(f"{base}/v2/models/flights/infer", json=body, timeout=10)
+        assert r.status_code == 400 and named in r.json()["error"], r.text
+    # the replicas are still answering
+    assert predict(base, request_records(2)).status_code == 200
+
+
+def test_admin_endpoints_refuse_without_the_token(served):
+    base = served.base_url
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        assert requests.post(f"{base}/admin/models/flights/traffic", json={"canary_share": 1.0}, headers=headers, timeout=10).status_code == 401
+        assert requests.post(f"{base}/admin/models/flights/reload", headers=headers, timeout=10).status_code == 401
+        assert requests.get(f"{base}/admin/models/flights/status", headers=headers, timeout=10).status_code == 401
+    assert control.traffic_of("flights")["canary_share"] == 0.0
+    r = requests.post(f"{base}/admin/models/flights/traffic", json={"canary_share": 2}, headers=ADMIN, timeout=10)
+    assert r.status_code == 400
+
+
+def test_canary_share_is_observed_and_changes_without_restarts(served, serving_registry):
+    base = served.base_url
+    before = requests.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
+    set_traffic(base, canary_share=0.3)
+    try:
+        versions = [predict(base, request_records(1)).json()["model_version"] for _ in range(200)]
+    finally:
+        set_traffic(base, canary_share=0.0)
+    share = versions.count(str(serving_registry.challenger)) / len(versions)
+    assert 0.18 <= share <= 0.42, share  # binomial(200, 0.3): about 4 standard deviations
+    assert set(versions) == {str(serving_registry.champion), str(serving_registry.challenger)}
+    after = requests.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
+    assert after["champion"]["loads"] == before["champion"]["loads"]  # model replicas were not reloaded
+
+
+def test_shadow_is_logged_never_returned_and_log_rows_match_requests(served, serving_registry):
+    base = served.base_url
+    set_traffic(base, shadow=True)
+    try:
+        sent: dict[str, tuple[list[dict], list[float]]] = {}
+        for n in (1, 3, 7):
+            rid = f"shadow-{uuid.uuid4().hex}"
+            records = request_records(n)
+            body = predict(base, records, request_id=rid).json()
+            assert body["model_version"] == str(serving_registry.champion) and body["role"] == "champion"
+            assert body["request_id"] == rid
+            sent[rid] = (records, body["predictions"])
+    finally:
+        set_traffic(base, shadow=False)
+    total = sum(len(r) for r, _ in sent.values())
+    log = read_log(serving_registry, set(sent), expected_rows=2 * total)
+    served_rows = log.filter(pl.col("served"))
+    shadow_rows = log.filter(~pl.col("served"))
+    assert served_rows.height == total and shadow_rows.height == total
+    assert set(served_rows["model_version"]) == {serving_registry.champion}
+    assert set(shadow_rows["model_version"]) == {serving_registry.challenger}
+    assert set(shadow_rows["role"]) == {"shadow"}
+    for rid, (records, predictions) in sent.items():
+        rows = served_rows.filter(pl.col("request_id") == rid).sort("record")
+        assert rows.height == len(records)
+        np.testing.assert_allclose(rows["prediction"].to_list(), predictions, rtol=0, atol=1e-12)
+        assert rows["dep_delay"].to_list() == [r["dep_delay"] for r in records]  # features are logged
+        assert (rows["latency_ms"] > 0).all()
+    challenger = serving_registry.boosters[serving_registry.challenger]
+    rid = next(iter(sent))
+    shadow = shadow_rows.filter(pl.col("request_id") == rid).sort("record")
+    expected = challenger.predict(shadow.select(challenger.feature_name()).cast(pl.Float64).to_numpy())
+    np.testing.assert_allclose(shadow["prediction"].to_list(), expected, rtol=0, atol=1e-9)
+
+
+def test_swap_under_load_via_sensor_and_asset_has_no_failed_request(served, serving_registry):
+    """A client hammers the endpoint while the champion alias moves and the deployment asset rolls it out."""
+    import dagster as dg
+
+    from serving.deployment_definitions import ServingResource, build_serving_definitions
+
+    reg = serving_registry
+    resource = ServingResource(
+        http_host="127.0.0.1", http_port=served.port, tracking_uri=reg.tracking_uri, delta_root=reg.delta.root,
+        gateway_replicas=1, rollout_timeout_s=240,
+    )
+    defs = dg.Definitions.merge(build_serving_definitions(reg.decl), dg.Definitions(resources={"serving": resource}))
+    sensor = defs.get_sensor_def("flights_champion_sensor")
+    job = defs.resolve_job_def("flights_deploy")
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def hammer():
+        records = request_records(3)
+        session = requests.Session()
+        while not stop.is_set():
+            try:
+                r = session.post(f"{served.base_url}/v1/models/flights:predict", json={"instances": records}, timeout=30)
+                results.append((r.status_code, r.json().get("model_version", r.text)))
+            except requests.RequestException as err:
+                results.append((-1, repr(err)))
+
+    with dg.instance_for_test() as instance:
+        cursor = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources={"serving": resource})).cursor
+        threads = [threading.Thread(target=hammer) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1.0)
+            reg.set_alias("champion", reg.challenger)  # promotion
+            ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"serving": resource})
+            run_requests = list(sensor.evaluate_tick(ctx).run_requests or [])
+            assert len(run_requests) == 1 and run_requests[0].tags["mlops/champion_version"] == str(reg.challenger)
+            result = job.execute_in_process(instance=instance, tags=run_requests[0].tags)
+            assert result.success
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+            reg.set_alias("champion", reg.champion)
+            control.deploy_pipeline(reg.decl, serving_registry_settings(reg), reg.champion, reg.challenger, gateway_replicas=1)
+    failures = [r for r in results if r[0] != 200]
+    assert not failures, failures[:5]
+    versions = [v for _, v in results]
+    assert versions[0] == str(reg.champion) and versions[-1] == str(reg.challenger)
+    assert len(results) > 20
+    meta = result.asset_materializations_for_node("flights__deployment")[0].metadata
+    assert meta["champion_version"].value == reg.challenger
+    control.wait_for_version("flights", reg.champion, timeout_s=120)
+
+
+def test_gateway_app_is_one_app_for_all_pipelines(served):
+    apps = control.current_apps()
+    assert set(apps) == {GATEWAY_APP, "flights"}
+    assert apps["flights"].get("route_prefix") is None
