@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlops_assets import data_commands, model_commands
+from mlops_assets import bench_commands, data_commands, model_commands
 from mlops_assets.declaration import DeclarationError
 from serving import commands as serving_commands
 
-COMMAND_MODULES = [data_commands, model_commands, serving_commands]
+COMMAND_MODULES = [data_commands, model_commands, serving_commands, bench_commands]
 
 
 class CommandError(Exception):
