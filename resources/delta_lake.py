@@ -4,15 +4,32 @@ Writes go through deltalake directly rather than an IO manager: a partition is
 replaced with a predicate overwrite, so re-running a day replaces only that day
 (the Delta IO manager overwrites the whole table when the partition column is
 not a date, dagster#34064). Every commit carries the Dagster run id.
+
+The root is a local folder by default or an object-store URI (s3://bucket/prefix)
+on a cluster. Object-store options are resolved at call time from explicit
+``storage_options`` over the environment (see ``object_store_options``), so
+credentials live in the process environment (a Kubernetes Secret), never in a
+file, in the run config or in the Dagster UI.
+
+Concurrent writers on S3: delta-rs 1.x commits a version by creating
+``_delta_log/<version>.json`` with a conditional PUT (``If-None-Match: *``), so
+two writers can never both create the same version; the loser gets a
+CommitFailedError when its change conflicts (the same partition), and is
+rebased otherwise. ``_commit`` re-runs a conflicting write against the new
+snapshot, so the partition is replaced, never duplicated. The unsafe
+alternatives (``AWS_S3_ALLOW_UNSAFE_RENAME``, conditional put disabled) are
+refused rather than silently accepted.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import polars as pl
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, get_dagster_logger
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from pydantic import Field
@@ -21,12 +38,74 @@ from mlops_assets.home import MlopsHome
 
 PARTITION_COLUMN = "_partition"
 
+# Standard AWS variables (read by every AWS SDK, pyarrow and MLflow too) -> object_store option keys.
+# Later entries win, so the S3-specific endpoint beats the generic one.
+AWS_ENV_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+    ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+    ("AWS_SESSION_TOKEN", "aws_session_token"),
+    ("AWS_DEFAULT_REGION", "aws_region"),
+    ("AWS_REGION", "aws_region"),
+    ("AWS_ENDPOINT_URL", "aws_endpoint_url"),
+    ("AWS_ENDPOINT_URL_S3", "aws_endpoint_url"),
+    ("AWS_ALLOW_HTTP", "aws_allow_http"),
+)
+# Any other object_store option (also for gs:// and az://): MLOPS_STORAGE_<KEY>=value -> <key>: value.
+STORAGE_ENV_PREFIX = "MLOPS_STORAGE_"
+S3_SCHEMES = ("s3://", "s3a://")
+
+
+def is_object_store(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def object_store_options(
+    uri: str, explicit: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Options for `uri`: explicit values over MLOPS_STORAGE_* over the standard AWS_* variables.
+
+    Keys are lower-cased object_store keys (`aws_endpoint_url`, `aws_allow_http`, ...).
+    Local paths get no options. S3 always gets `aws_conditional_put: etag` (put-if-absent
+    commits; safe with concurrent writers, no DynamoDB lock needed); settings that would
+    allow a commit to overwrite another writer's are refused.
+    """
+    if not is_object_store(uri):
+        return {}
+    env = os.environ if environ is None else environ
+    options: dict[str, str] = {}
+    if uri.startswith(S3_SCHEMES):
+        for var, key in AWS_ENV_OPTIONS:
+            if env.get(var):
+                options[key] = env[var]
+    for var, value in env.items():
+        if var.startswith(STORAGE_ENV_PREFIX) and value:
+            options[var.removeprefix(STORAGE_ENV_PREFIX).lower()] = value
+    options.update({k.lower(): str(v) for k, v in (explicit or {}).items()})
+    if uri.startswith(S3_SCHEMES):
+        if options.get("aws_s3_allow_unsafe_rename", "").lower() == "true":
+            raise ValueError(
+                "AWS_S3_ALLOW_UNSAFE_RENAME=true lets concurrent Dagster runs overwrite each other's "
+                "Delta commits; remove it: commits use conditional puts (aws_conditional_put=etag)"
+            )
+        options.setdefault("aws_conditional_put", "etag")
+        if options["aws_conditional_put"].strip().lower() != "etag":
+            raise ValueError(
+                f"aws_conditional_put={options['aws_conditional_put']!r}: only 'etag' gives safe "
+                "concurrent Delta commits (put-if-absent); the store must support If-None-Match"
+            )
+        options.pop("aws_s3_allow_unsafe_rename", None)
+    return options
+
 
 class DeltaLakeResource(ConfigurableResource):
     """Root of the Delta tables: a local folder by default, an object-store URI in production."""
 
     root: str = Field(default="", description="Table root URI; empty means $MLOPS_HOME/delta.")
-    storage_options: dict[str, str] = Field(default_factory=dict)
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Non-secret object_store options over the environment (AWS_*, MLOPS_STORAGE_*); "
+        "keep credentials in environment variables.",
+    )
     commit_retries: int = Field(default=5, ge=0)
 
     def root_uri(self) -> str:
@@ -36,7 +115,7 @@ class DeltaLakeResource(ConfigurableResource):
         return f"{self.root_uri()}/{pipeline}/{table}"
 
     def _options(self) -> dict[str, str] | None:
-        return dict(self.storage_options) or None
+        return object_store_options(self.root_uri(), self.storage_options) or None
 
     def table(self, pipeline: str, table: str) -> DeltaTable | None:
         try:
@@ -48,16 +127,20 @@ class DeltaLakeResource(ConfigurableResource):
         t = self.table(pipeline, table)
         return None if t is None else t.version()
 
-    def _commit(self, write, what: str) -> None:
-        """Retry a commit that lost a race with a concurrent writer of another partition."""
+    def _commit(self, write: Callable[[], object], what: str) -> None:
+        """Re-run a write that lost a commit race: it is rebuilt on the new snapshot, never stacked on it."""
         for attempt in range(self.commit_retries + 1):
             try:
                 write()
                 return
             except CommitFailedError as err:
                 if attempt == self.commit_retries:
-                    raise CommitFailedError(f"{what}: gave up after {attempt + 1} attempts: {err}") from err
-                time.sleep(0.05 * 2**attempt)
+                    raise CommitFailedError(
+                        f"{what}: a concurrent writer won every one of {attempt + 1} attempts; "
+                        f"nothing was written by this attempt. Last conflict: {err}"
+                    ) from err
+                get_dagster_logger().info(f"{what}: commit conflict ({err}); retrying")
+                time.sleep(random.uniform(0.5, 1.0) * 0.1 * 2**attempt)
 
     def write_partition(
         self, pipeline: str, table: str, frame: pl.DataFrame, partition: str, run_id: str
