@@ -1,0 +1,248 @@
+"""One MLflow run per training and the registered model version with its lineage.
+
+The registered model is named after the pipeline; its version tags are the
+contract serving builds against (feature columns, classes, task) and the
+lineage a person audits (Delta table and version, partition range, feature
+code and declaration hashes, git commit, Dagster run id, metrics). Downstream
+code gets a ``ModelPointer`` (name, version, URI), never a model object and
+never "the latest file".
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import lightgbm as lgb
+import matplotlib
+
+matplotlib.use("Agg")  # no display: the plot is an artifact file
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import polars as pl  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.data.delta_dataset_source import DeltaDatasetSource  # noqa: E402
+from mlflow.entities.model_registry import ModelVersion  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from mlops_assets.training import TrainedModel, TrainingData, TrainingPlan  # noqa: E402
+from resources.mlflow_registry import MlflowRegistryResource  # noqa: E402
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PLAN_TAG = "mlops.training_plan"
+STATUS_TAG = "mlops.status"
+GATES_TAG = "mlops.gates"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class ModelPointer:
+    """Where a model version lives in the registry: what the model asset's materialization carries."""
+
+    name: str
+    version: str
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def to_metadata(self) -> dict:
+        return {"model_name": self.name, "model_version": self.version, "model_uri": self.uri, "mlflow_run_id": self.run_id}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> "ModelPointer":
+        def value(key: str) -> str:
+            v = metadata.get(key)
+            if v is None:
+                raise LookupError(f"materialization metadata has no '{key}': not a model pointer")
+            return str(getattr(v, "value", v))
+
+        return cls(name=value("model_name"), version=value("model_version"), run_id=value("mlflow_run_id"))
+
+
+def latest_pointer(instance: dg.DagsterInstance, key: dg.AssetKey) -> ModelPointer:
+    """The pointer recorded by the latest materialization of a model asset."""
+    event = instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise LookupError(f"{key.to_user_string()} has not been materialized yet: train a model first")
+    return ModelPointer.from_metadata(dict(event.asset_materialization.metadata))
+
+
+def git_commit() -> tuple[str, bool]:
+    """(commit, dirty) of the code that trained; ('unknown', False) outside a git checkout."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+    return sha.stdout.strip(), bool(dirty.stdout.strip())
+
+
+def version_tags(
+    plan: TrainingPlan, model: TrainedModel, *, declaration_hash: str, feature_code_hash: str, dagster_run_id: str
+) -> dict[str, str]:
+    commit, dirty = git_commit()
+    tags = {
+        "mlops.pipeline": plan.pipeline,
+        "mlops.task": plan.task,
+        "mlops.feature_columns": json.dumps(model.booster.feature_name()),
+        "mlops.categorical_features": json.dumps(plan.categorical_features),
+        "mlops.declaration_hash": declaration_hash,
+        "mlops.feature_code_hash": feature_code_hash,
+        "mlops.features_table": plan.features_table,
+        "mlops.features_delta_version": str(plan.features_version),
+        "mlops.partition_start": plan.partition_start,
+        "mlops.partition_end": plan.partition_end,
+        "mlops.validation_start": plan.validation_start,
+        "mlops.holdout_start": plan.holdout_start,
+        "mlops.git_commit": commit,
+        "mlops.git_dirty": str(dirty).lower(),
+        "mlops.dagster_run_id": dagster_run_id,
+        "mlops.best_iteration": str(model.best_iteration),
+        STATUS_TAG: "candidate",
+        PLAN_TAG: plan.to_json(),
+        **{f"metric.{k}": repr(float(v)) for k, v in model.validation_metrics.items()},
+    }
+    if plan.task != "regression":
+        tags["mlops.classes"] = json.dumps(plan.classes)
+    return tags
+
+
+def _importance_figure(booster: lgb.Booster):
+    gains = booster.feature_importance(importance_type="gain")
+    names = booster.feature_name()
+    order = sorted(range(len(names)), key=lambda i: gains[i])[-25:]
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.3 * len(order))))
+    ax.barh([names[i] for i in order], [gains[i] for i in order])
+    ax.set_xlabel("total gain")
+    ax.set_title("feature importance")
+    fig.tight_layout()
+    return fig
+
+
+@dataclass(frozen=True)
+class Registered:
+    pointer: ModelPointer
+    experiment_id: str
+
+
+def log_and_register(
+    registry: MlflowRegistryResource,
+    plan: TrainingPlan,
+    data: TrainingData,
+    model: TrainedModel,
+    tags: dict[str, str],
+    sample: pl.DataFrame,
+) -> Registered:
+    """One MLflow run (params, metrics, input, importance plot, model) and one new model version, no alias."""
+    with registry.writing() as client:
+        experiment_id = registry.experiment_id(client, plan.pipeline)
+        run_name = f"{plan.pipeline}-{tags['mlops.dagster_run_id'][:8]}"
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={"mlops.pipeline": plan.pipeline, "mlops.dagster_run_id": tags["mlops.dagster_run_id"]}) as run:
+            mlflow.log_params(
+                {
+                    **{f"lgb.{k}": v for k, v in plan.params.items()},
+                    "num_boost_round": plan.num_boost_round,
+                    "early_stopping_rounds": plan.early_stopping_rounds,
+                    "best_iteration": model.best_iteration,
+                    "partition_start": plan.partition_start,
+                    "partition_end": plan.partition_end,
+                    "validation_start": plan.validation_start,
+                    "holdout_start": plan.holdout_start,
+                    "features_delta_version": plan.features_version,
+                    "rows_without_target_reason": plan.missing_reason,
+                }
+            )
+            mlflow.log_metrics(
+                {
+                    **{f"validation_{k}": v for k, v in model.validation_metrics.items()},
+                    "train_rows": data.train.rows,
+                    "validation_rows": data.validation.rows,
+                    "holdout_rows": data.holdout.rows,
+                    "rows_without_target": data.rows_without_target,
+                }
+            )
+            for name, values in model.curve.items():
+                client.log_batch(
+                    run.info.run_id,
+                    metrics=[mlflow.entities.Metric(f"curve_{name}", v, 0, i) for i, v in enumerate(values)],
+                )
+            source = DeltaDatasetSource(path=plan.features_table, delta_table_version=plan.features_version)
+            dataset = mlflow.data.from_polars(
+                sample, source=source, name=f"{plan.pipeline}_features@v{plan.features_version}[{plan.partition_start}..{plan.partition_end}]"
+            )
+            mlflow.log_input(
+                dataset,
+                context="training",
+                tags={
+                    "delta_table": plan.features_table,
+                    "delta_version": str(plan.features_version),
+                    "partition_start": plan.partition_start,
+                    "partition_end": plan.partition_end,
+                },
+            )
+            fig = _importance_figure(model.booster)
+            mlflow.log_figure(fig, "feature_importance.png")
+            plt.close(fig)
+            mlflow.log_dict(
+                dict(zip(model.booster.feature_name(), model.booster.feature_importance("gain").tolist())),
+                "feature_importance.json",
+            )
+            mlflow.log_text(plan.to_json(), "training_plan.json")
+            info = mlflow.lightgbm.log_model(
+                model.booster, name="model", pip_requirements=[f"lightgbm=={lgb.__version__}"]
+            )
+            version = mlflow.register_model(info.model_uri, plan.pipeline, tags=tags)
+        return Registered(ModelPointer(plan.pipeline, str(version.version), run.info.run_id), experiment_id)
+
+
+def get_version(client: MlflowClient, name: str, version: str | int) -> ModelVersion:
+    """A registered version, or LookupError naming what is missing."""
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as err:
+        if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code) or "not found" in str(err).lower():
+            raise LookupError(f"model {name} has no version {version}") from None
+        raise
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version an alias points at, or None when the alias (or the model) does not exist."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code) or "INVALID_PARAMETER_VALUE" in str(err.error_code):
+            return None
+        raise
+
+
+def load_booster(registry: MlflowRegistryResource, name: str, version: str | int) -> lgb.Booster:
+    """The registered LightGBM text model (no pickle), loaded as serving loads it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _download(registry, name, version, tmp)
+        files = sorted(Path(path).rglob("*.lgb"))
+        if not files:
+            raise LookupError(f"model {name} version {version} has no LightGBM model file")
+        return lgb.Booster(model_file=str(files[0]))
+
+
+def _download(registry: MlflowRegistryResource, name: str, version: str | int, dst: str) -> str:
+    with registry.writing():  # the models:/ resolver reads the process-wide registry URI
+        return mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=dst)
+
+
+def plan_of(version: ModelVersion) -> TrainingPlan:
+    text = version.tags.get(PLAN_TAG)
+    if not text:
+        raise LookupError(f"model {version.name} version {version.version} records no training plan ({PLAN_TAG})")
+    return TrainingPlan.from_json(text)
+
+
+def metrics_of(version: ModelVersion, prefix: str = "metric.") -> dict[str, float]:
+    return {k.removeprefix(prefix): float(v) for k, v in version.tags.items() if k.startswith(prefix)}

@@ -1,0 +1,103 @@
+"""MLflow tracking and model registry as a typed Dagster resource.
+
+dagster-mlflow's ``mlflow_tracking`` is a legacy untyped ``@resource``
+(dagster#15053) and its ``end_mlflow_on_run_finished`` hook ends MLflow runs
+before the Dagster run is over (dagster#21872). This resource instead hands out
+an ``MlflowClient`` bound to configured URIs, and serializes writes to an
+embedded SQLite store, which fails with "database is locked" under parallel
+writers (mlflow#4123).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from dagster import ConfigurableResource
+from filelock import FileLock
+from mlflow import MlflowClient
+from pydantic import Field
+
+from mlops_assets.home import MlopsHome
+
+# mlflow's fluent API (start_run, log_model) keeps the tracking URI in a process global
+_FLUENT = threading.RLock()
+
+
+class MlflowRegistryResource(ConfigurableResource):
+    """Where runs, artifacts and registered models live; empty values mean the $MLOPS_HOME defaults."""
+
+    tracking_uri: str = Field(default="", description="MLflow tracking URI; empty: sqlite under $MLOPS_HOME/mlflow.")
+    registry_uri: str = Field(default="", description="Model registry URI; empty: the tracking URI.")
+    artifact_root: str = Field(default="", description="Artifact location of new experiments; empty: $MLOPS_HOME/mlflow/artifacts.")
+    ui_url: str = Field(default="http://127.0.0.1:5000", description="MLflow UI base URL, for links in Dagster metadata.")
+    lock_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the SQLite store's write lock.")
+
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or MlopsHome.from_env().mlflow_tracking_uri
+
+    def resolved_registry_uri(self) -> str:
+        return self.registry_uri or self.resolved_tracking_uri()
+
+    def resolved_artifact_root(self) -> str:
+        return self.artifact_root or str(MlopsHome.from_env().mlflow / "artifacts")
+
+    def client(self) -> MlflowClient:
+        self._ensure_sqlite_folder()
+        return MlflowClient(tracking_uri=self.resolved_tracking_uri(), registry_uri=self.resolved_registry_uri())
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def model_url(self, name: str, version: str) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/models/{name}/versions/{version}"
+
+    def _sqlite_path(self) -> Path | None:
+        uri = self.resolved_tracking_uri()
+        return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+    def _ensure_sqlite_folder(self) -> None:
+        path = self._sqlite_path()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def writing(self) -> Iterator[MlflowClient]:
+        """Exclusive write access: a file lock beside an SQLite store, and the fluent API pointed here.
+
+        The lock also covers the store's first creation, where two processes
+        would otherwise both run the schema migrations.
+        """
+        path = self._sqlite_path()
+        with _FLUENT:
+            lock = FileLock(str(path) + ".lock", timeout=self.lock_timeout_s) if path else None
+            if lock is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+                lock.acquire()
+            try:
+                mlflow.set_tracking_uri(self.resolved_tracking_uri())
+                mlflow.set_registry_uri(self.resolved_registry_uri())
+                yield self.client()
+            finally:
+                if lock is not None:
+                    lock.release()
+
+    def experiment_id(self, client: MlflowClient, name: str) -> str:
+        """The experiment for a pipeline, created with its artifacts under the configured root."""
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        root = self.resolved_artifact_root()
+        if "://" not in root:
+            Path(root).mkdir(parents=True, exist_ok=True)
+            root = Path(root).resolve().as_uri()
+        return client.create_experiment(name, artifact_location=f"{root.rstrip('/')}/{name}")
+
+
+def mlflow_resource_for(home: MlopsHome) -> MlflowRegistryResource:
+    return MlflowRegistryResource(
+        tracking_uri=home.mlflow_tracking_uri, artifact_root=str(home.mlflow / "artifacts")
+    )

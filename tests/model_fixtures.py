@@ -1,0 +1,67 @@
+"""Fixtures for model tests: a fresh platform home over copied flights features, small training settings.
+
+The shared ``flights_ingested`` home is read-only, so each test copies its
+Delta tables into its own home and gets its own MLflow store, audit log and
+Dagster instance.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from mlops_assets.declaration import PACKAGED_PIPELINES, PipelineDeclaration, parse_declaration
+from mlops_assets.home import MlopsHome
+from mlops_assets.model_definitions import model_resources
+from resources.mlflow_registry import MlflowRegistryResource
+from tests.conftest import Platform
+
+# 35 days land (Jan 1 - Feb 4): a 21-day window, 4 hold-out days, 4 validation days
+SMALL_TRAINING = {
+    "window_days": 21,
+    "validation_days": 4,
+    "min_rows": 500,
+    "num_boost_round": 40,
+    "early_stopping_rounds": 10,
+    "params": {"learning_rate": 0.1, "num_leaves": 15, "min_data_in_leaf": 40},
+}
+SMALL_GATES = {"floors": {"mae": 30.0}, "max_regression": 0.02, "holdout_days": 4}
+
+
+def flights_decl(training: dict | None = None, gates: dict | None = None, policy: str = "auto", **extra) -> PipelineDeclaration:
+    data = yaml.safe_load((PACKAGED_PIPELINES / "flights.yaml").read_text())
+    data["training"] = {**SMALL_TRAINING, **(training or {})}
+    data["gates"] = {**SMALL_GATES, **(gates or {})}
+    data["promotion"] = {"policy": policy}
+    data.update(extra)
+    return parse_declaration(data, "flights (test)")
+
+
+class ModelHome:
+    """One platform home; `platform(decl)` builds definitions for a (changed) declaration over the same state."""
+
+    def __init__(self, root: Path, instance: dg.DagsterInstance):
+        self.root = root
+        self.instance = instance
+        self.home = MlopsHome(root)
+
+    def platform(self, *decls: PipelineDeclaration) -> Platform:
+        return Platform(self.root, list(decls), self.instance)
+
+    @property
+    def registry(self) -> MlflowRegistryResource:
+        return model_resources(self.home)["mlflow"]
+
+
+@pytest.fixture
+def model_home(tmp_path: Path, flights_ingested: Platform, monkeypatch) -> Iterator[ModelHome]:
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    shutil.copytree(flights_ingested.root / "delta", tmp_path / "delta")
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        yield ModelHome(tmp_path, instance)
