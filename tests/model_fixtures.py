@@ -7,6 +7,7 @@ Dagster instance.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from mlops_assets.cli import main as cli_main
 from mlops_assets.declaration import PACKAGED_PIPELINES, PipelineDeclaration, parse_declaration
 from mlops_assets.home import MlopsHome
 from mlops_assets.model_definitions import model_resources
@@ -53,15 +55,44 @@ class ModelHome:
     def platform(self, *decls: PipelineDeclaration) -> Platform:
         return Platform(self.root, list(decls), self.instance)
 
+    def declare(self, *decls: PipelineDeclaration) -> None:
+        """Point `mlops` commands (MLOPS_PIPELINES) at these declarations."""
+        folder = self.root / "pipelines"
+        folder.mkdir(exist_ok=True)
+        for old in folder.glob("*.yaml"):
+            old.unlink()
+        for d in decls:
+            (folder / f"{d.name}.yaml").write_text(yaml.safe_dump(d.model_dump(mode="json", by_alias=True)))
+        os.environ["MLOPS_PIPELINES"] = str(folder)
+
+    def mlops(self, *argv: str, capsys) -> tuple[int, str, str]:
+        """Run an `mlops` command in-process; returns (exit code, stdout, stderr)."""
+        capsys.readouterr()
+        code = cli_main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
     @property
     def registry(self) -> MlflowRegistryResource:
         return model_resources(self.home)["mlflow"]
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its schema created once (the migrations take seconds per store)."""
+    home = MlopsHome(tmp_path_factory.mktemp("mlflow_template"))
+    MlflowRegistryResource(tracking_uri=home.mlflow_tracking_uri).client().search_experiments()
+    return home.mlflow / "mlflow.db"
+
+
 @pytest.fixture
-def model_home(tmp_path: Path, flights_ingested: Platform, monkeypatch) -> Iterator[ModelHome]:
+def model_home(tmp_path: Path, flights_ingested: Platform, empty_mlflow_store: Path, monkeypatch) -> Iterator[ModelHome]:
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("MLOPS_DELTA_URI", str(tmp_path / "delta"))
     shutil.copytree(flights_ingested.root / "delta", tmp_path / "delta")
+    (tmp_path / "mlflow").mkdir()
+    shutil.copy(empty_mlflow_store, tmp_path / "mlflow" / "mlflow.db")
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        monkeypatch.setenv("MLOPS_PIPELINES", str(PACKAGED_PIPELINES))
         yield ModelHome(tmp_path, instance)
