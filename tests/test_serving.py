@@ -26,6 +26,7 @@ from tests.serving_fixtures import (  # noqa: F401  (fixtures)
     serving_registry,
 )
 
+V2_TYPE = {int: "INT64", float: "FP64", str: "BYTES"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
@@ -116,9 +117,8 @@ def test_v2_protocol_endpoints_and_infer(served, serving_registry):
     assert requests.get(f"{base}/v1/models/flights", timeout=10).json()["model_version_status"][0]["state"] == "AVAILABLE"
 
     records = request_records(10)
-    types = {int: "INT64", float: "FP64", str: "BYTES"}
     inputs = [
-        {"name": c, "shape": [len(records)], "datatype": types[type(records[0][c])], "data": [r[c] for r in records]}
+        {"name": c, "shape": [len(records)], "datatype": V2_TYPE[type(records[0][c])], "data": [r[c] for r in records]}
         for c in records[0]
     ]
     r = requests.post(f"{base}/v2/models/flights/infer", json={"id": "v2-req", "inputs": inputs}, timeout=30)
@@ -173,7 +173,7 @@ def test_malformed_unknown_and_oversized_bodies(served, serving_registry):
     good = request_records(1)[0]
     bad_v2 = [
         ({"inputs": [{"name": "carrier", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, "carrier"),
-        ({"inputs": [{"name": c, "shape": [1], "datatype": "BYTES" if isinstance(v, str) else "FP64", "data": [v]} for c, v in good.items() if c != "dest"]}, "dest"),
+        ({"inputs": [{"name": c, "shape": [1], "datatype": V2_TYPE[type(v)], "data": [v]} for c, v in good.items() if c != "dest"]}, "dest"),
         ({"inputs": [{"name": "nope", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, "nope"),
     ]
     for body, named in bad_v2:
