@@ -18,19 +18,15 @@ from pathlib import Path
 
 import dagster as dg
 import lightgbm as lgb
-import matplotlib
+import mlflow
+import polars as pl
+from mlflow import MlflowClient
+from mlflow.data.delta_dataset_source import DeltaDatasetSource
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
-matplotlib.use("Agg")  # no display: the plot is an artifact file
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import polars as pl  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.data.delta_dataset_source import DeltaDatasetSource  # noqa: E402
-from mlflow.entities.model_registry import ModelVersion  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-
-from mlops_assets.training import TrainedModel, TrainingData, TrainingPlan  # noqa: E402
-from resources.mlflow_registry import MlflowRegistryResource  # noqa: E402
+from mlops_assets.training import TrainedModel, TrainingData, TrainingPlan
+from resources.mlflow_registry import MlflowRegistryResource
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -115,10 +111,14 @@ def version_tags(
 
 
 def _importance_figure(booster: lgb.Booster):
+    """A matplotlib Figure without pyplot: no display, no global figure registry (Agg renders the PNG)."""
+    from matplotlib.figure import Figure
+
     gains = booster.feature_importance(importance_type="gain")
     names = booster.feature_name()
     order = sorted(range(len(names)), key=lambda i: gains[i])[-25:]
-    fig, ax = plt.subplots(figsize=(8, max(3, 0.3 * len(order))))
+    fig = Figure(figsize=(8, max(3, 0.3 * len(order))))
+    ax = fig.subplots()
     ax.barh([names[i] for i in order], [gains[i] for i in order])
     ax.set_xlabel("total gain")
     ax.set_title("feature importance")
@@ -189,7 +189,6 @@ def log_and_register(
             )
             fig = _importance_figure(model.booster)
             mlflow.log_figure(fig, "feature_importance.png")
-            plt.close(fig)
             mlflow.log_dict(
                 dict(zip(model.booster.feature_name(), model.booster.feature_importance("gain").tolist())),
                 "feature_importance.json",
