@@ -1,9 +1,158 @@
-"""`mlops` commands about serving."""
+"""`mlops serve ...`: run the local serving stack and steer it (what is not a Dagster materialization).
+
+- `mlops serve start`: start Ray + Serve on this machine, deploy every pipeline that has a
+  champion, and keep running until Ctrl-C (the Dagster deployment asset joins this Ray).
+- `mlops serve deploy PIPELINE`: roll the pipeline to what its aliases name now.
+- `mlops serve traffic PIPELINE --canary 0.1 [--shadow|--no-shadow]`: change the challenger's share.
+- `mlops serve status`: applications, versions, traffic, prediction-log counters.
+- `mlops serve config [-o FILE]`: the Serve config for `serve run` / `serve deploy` / KubeRay.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _connect(args: argparse.Namespace) -> None:
+    from serving import control
+
+    control.connect(args.address)
+
+
+def _pipelines(names: list[str] | None):
+    from mlops_assets.declaration import load_declarations
+
+    decls = {d.name: d for d in load_declarations()}
+    unknown = [n for n in names or [] if n not in decls]
+    if unknown:
+        raise LookupError(f"no pipeline named {', '.join(unknown)}; declared: {', '.join(sorted(decls))}")
+    return [decls[n] for n in names] if names else list(decls.values())
+
+
+def start(args: argparse.Namespace) -> int:
+    import ray
+
+    from serving import control
+    from serving.settings import ServeSettings
+
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace="serve")
+    control.start(args.host, args.port)
+    print(f"Ray Serve on http://{args.host}:{args.port} (Ray address {ray.get_runtime_context().gcs_address})", flush=True)
+    for decl in _pipelines(args.pipelines):
+        try:
+            versions = control.follow_aliases(decl, ServeSettings(pipeline=decl.name))
+        except LookupError as err:
+            print(f"  {decl.name}: not deployed yet ({err}); the {decl.name}/deployment asset deploys it once promoted", flush=True)
+            continue
+        control.wait_for_version(decl.name, versions["champion"])  # type: ignore[arg-type]
+        print(
+            f"  {decl.name}: champion v{versions['champion']}\n"
+            f"    curl -s http://{args.host}:{args.port}/v2/models/{decl.name}\n"
+            f"    curl -s -X POST http://{args.host}:{args.port}/v1/models/{decl.name}:predict "
+            "-H 'Content-Type: application/json' -d '{\"instances\": [...]}'",
+            flush=True,
+        )
+    print("Ctrl-C stops serving.", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
+def deploy(args: argparse.Namespace) -> int:
+    from serving import control
+    from serving.settings import ServeSettings
+
+    _connect(args)
+    for decl in _pipelines([args.pipeline]):
+        versions = control.follow_aliases(decl, ServeSettings(pipeline=decl.name))
+        control.wait_for_version(decl.name, versions["champion"])  # type: ignore[arg-type]
+        print(f"{decl.name}: champion v{versions['champion']}, challenger {versions['challenger']}")
+    return 0
+
+
+def traffic(args: argparse.Namespace) -> int:
+    from serving import control
+
+    _connect(args)
+    _pipelines([args.pipeline])
+    applied = control.set_traffic(args.pipeline, args.canary, args.shadow)
+    print(f"{args.pipeline}: {json.dumps(applied)}")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    from serving import control
+
+    _connect(args)
+    for decl in _pipelines(args.pipelines):
+        app = control.app_status(decl.name)
+        line = {"pipeline": decl.name, **app, "traffic": control.traffic_of(decl.name)}
+        if app["status"] == "RUNNING":
+            line["models"] = serve.get_app_handle(decl.name).status.remote().result(timeout_s=30)
+        print(json.dumps(line, indent=2, default=str))
+    return 0
+
+
+def config(args: argparse.Namespace) -> int:
+    from mlops_assets.declaration import load_declarations
+    from serving.config import check, serve_config, to_yaml
+
+    cfg = serve_config(load_declarations(), host=args.host, port=args.port)
+    check(cfg)
+    text = to_yaml(cfg)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    return None
+    serve = commands.add_parser("serve", help="run and steer model serving (Ray Serve)")
+    sub = serve.add_subparsers(dest="serve_command", required=True, metavar="SUBCOMMAND")
+    address = os.environ.get("RAY_ADDRESS", "auto")
+
+    p = sub.add_parser("start", help="start Ray + Serve here and serve every champion (foreground)")
+    p.add_argument("pipelines", nargs="*", help="pipelines to deploy (default: all declared)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--num-cpus", type=int, default=None)
+    p.set_defaults(handler=start)
+
+    p = sub.add_parser("deploy", help="roll a pipeline to the versions its aliases name now")
+    p.add_argument("pipeline")
+    p.add_argument("--address", default=address)
+    p.set_defaults(handler=deploy)
+
+    p = sub.add_parser("traffic", help="set the challenger's canary share and/or shadow mirroring")
+    p.add_argument("pipeline")
+    p.add_argument("--canary", type=float, default=None, help="share of requests the challenger answers (0..1)")
+    p.add_argument("--shadow", action=argparse.BooleanOptionalAction, default=None, help="mirror requests to the challenger")
+    p.add_argument("--address", default=address)
+    p.set_defaults(handler=traffic)
+
+    p = sub.add_parser("status", help="applications, versions, traffic and prediction-log counters")
+    p.add_argument("pipelines", nargs="*")
+    p.add_argument("--address", default=address)
+    p.set_defaults(handler=status)
+
+    p = sub.add_parser("config", help="print (or write) the Serve config for serve run / serve deploy / KubeRay")
+    p.add_argument("-o", "--output")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(handler=config)

@@ -256,7 +256,7 @@ def test_swap_under_load_via_sensor_and_asset_has_no_failed_request(served, serv
         gateway_replicas=1, rollout_timeout_s=240,
     )
     defs = dg.Definitions.merge(build_serving_definitions(reg.decl), dg.Definitions(resources={"serving": resource}))
-    sensor = defs.get_sensor_def("flights_champion_sensor")
+    sensor = defs.resolve_sensor_def("flights_champion_sensor")
     job = defs.resolve_job_def("flights_deploy")
     results: list[tuple[int, str]] = []
     stop = threading.Event()
