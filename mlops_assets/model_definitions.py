@@ -155,7 +155,7 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
     @dg.multi_asset_check(name=f"{decl.name}__gates", specs=specs)
     def model_gates(context: dg.AssetCheckExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         run_id = context.run.run_id
-        pointer = registry.latest_pointer(context.instance, key)
+        pointer = registry.run_pointer(context.instance, key, run_id)
         evaluation = gates.evaluate(decl, delta, mlflow, pointer.version)
         promotion.record_evaluation(delta, mlflow, evaluation, actor=f"dagster:{run_id}", dagster_run_id=run_id)
         context.log.info(f"{pointer.uri}: gates {'passed' if evaluation.passed else 'FAILED: ' + ', '.join(evaluation.failed)}")
@@ -190,7 +190,7 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
     )
     def promote(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         run_id = context.run.run_id
-        pointer = registry.latest_pointer(context.instance, key)
+        pointer = registry.run_pointer(context.instance, key, run_id)
         try:
             decision = promotion.promote_after_gates(decl, delta, mlflow, pointer.version, actor=f"dagster:{run_id}", dagster_run_id=run_id)
         except ValueError as err:

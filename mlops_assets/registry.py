@@ -19,11 +19,13 @@ from pathlib import Path
 import dagster as dg
 import lightgbm as lgb
 import mlflow
+import pandas as pd
 import polars as pl
 from mlflow import MlflowClient
 from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
 
 from mlops_assets.training import TrainedModel, TrainingData, TrainingPlan
 from resources.mlflow_registry import MlflowRegistryResource
@@ -62,8 +64,20 @@ class ModelPointer:
         return cls(name=value("model_name"), version=value("model_version"), run_id=value("mlflow_run_id"))
 
 
-def latest_pointer(instance: dg.DagsterInstance, key: dg.AssetKey) -> ModelPointer:
-    """The pointer recorded by the latest materialization of a model asset."""
+def run_pointer(instance: dg.DagsterInstance, key: dg.AssetKey, run_id: str) -> ModelPointer:
+    """The pointer a model asset recorded in this run; else (a check or promotion run alone) its latest one.
+
+    Reading this run's own materialization first keeps two overlapping
+    trainings of one pipeline from gating or promoting each other's model.
+    """
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    mine = [
+        r.event_log_entry.asset_materialization
+        for r in records
+        if r.event_log_entry.asset_materialization is not None and r.event_log_entry.asset_materialization.asset_key == key
+    ]
+    if mine:
+        return ModelPointer.from_metadata(dict(mine[-1].metadata))
     event = instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
         raise LookupError(f"{key.to_user_string()} has not been materialized yet: train a model first")
@@ -194,8 +208,12 @@ def log_and_register(
                 "feature_importance.json",
             )
             mlflow.log_text(plan.to_json(), "training_plan.json")
+            example = pd.DataFrame(data.validation.X[:50], columns=plan.feature_columns)
             info = mlflow.lightgbm.log_model(
-                model.booster, name="model", pip_requirements=[f"lightgbm=={lgb.__version__}"]
+                model.booster,
+                name="model",
+                pip_requirements=[f"lightgbm=={lgb.__version__}"],
+                signature=infer_signature(example, model.booster.predict(example.to_numpy())),
             )
             version = mlflow.register_model(info.model_uri, plan.pipeline, tags=tags)
         return Registered(ModelPointer(plan.pipeline, str(version.version), run.info.run_id), experiment_id)
