@@ -50,8 +50,8 @@ class S3Server:
             aws_secret_access_key="testing", region_name="us-east-1",
         )
 
-    def keys(self, prefix: str) -> list[str]:
-        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+    def keys(self, prefix: str, bucket: str | None = None) -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket or self.bucket, Prefix=prefix)
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
