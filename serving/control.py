@@ -66,13 +66,19 @@ def deploy_pipeline(
     champion: int | None,
     challenger: int | None,
     gateway_replicas: int = 2,
-    router_replicas: int = 2,
+    router_replicas: int | None = None,
 ) -> dict:
-    """Point the pipeline's application at these versions, keeping its current traffic settings."""
+    """Point the pipeline's application at these versions, keeping its traffic settings and router size.
+
+    Only `user_config` changes for a running app (a rolling reconfigure); its builder args stay
+    as they are unless the settings differ, since Serve restarts every replica when args change.
+    """
     with _lock:
         apps = current_apps()
         existing = apps.get(decl.name)
         traffic = _user_config(existing, ROUTER_DEPLOYMENT) if existing else None
+        if router_replicas is None:
+            router_replicas = int((existing or {}).get("args", {}).get("router_replicas", 2))
         apps[decl.name] = pipeline_app(
             decl, settings, champion, challenger, traffic or None, gpu_group_enabled(decl), router_replicas
         )

@@ -30,11 +30,18 @@ class ServingResource(dg.ConfigurableResource):
     delta_root: str = Field(default="", description="Delta table root for replicas; empty: $MLOPS_HOME/delta.")
     pipelines: str = Field(default="", description="Declaration files for replicas; empty: $MLOPS_PIPELINES or packaged.")
     gateway_replicas: int = Field(default=2, ge=1)
-    router_replicas: int = Field(default=2, ge=1)
+    router_replicas: int | None = Field(default=None, ge=1, description="None: keep the running app's (2 when new).")
     rollout_timeout_s: float = Field(default=300.0, gt=0)
+    log_flush_seconds: float | None = Field(default=None, gt=0, description="Prediction-log flush interval; None: the declaration's.")
 
     def settings(self, pipeline: str = "") -> ServeSettings:
-        return ServeSettings(pipeline=pipeline, tracking_uri=self.tracking_uri, delta_root=self.delta_root, pipelines=self.pipelines)
+        return ServeSettings(
+            pipeline=pipeline,
+            tracking_uri=self.tracking_uri,
+            delta_root=self.delta_root,
+            pipelines=self.pipelines,
+            log_flush_seconds=self.log_flush_seconds,
+        )
 
     def url(self) -> str:
         return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")

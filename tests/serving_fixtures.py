@@ -29,6 +29,7 @@ from mlops_assets.tables import FEATURES, days_before, read_clean, read_referenc
 from resources.delta_lake import DeltaLakeResource
 
 ADMIN_TOKEN = "test-admin-token"
+PREDICT_TOKEN = "test-predict-token"
 SERVE_DAY = date(2013, 2, 5)  # the day after the last ingested one: requests are "today's" flights
 
 
@@ -149,7 +150,7 @@ def ray_serve() -> Iterator[ServeInstance]:
 
     saved = {k: os.environ.get(k) for k in ("MLOPS_SERVE_ADMIN_TOKEN", "MLOPS_SERVE_TOKEN")}
     os.environ["MLOPS_SERVE_ADMIN_TOKEN"] = ADMIN_TOKEN  # workers inherit the driver's environment
-    os.environ.pop("MLOPS_SERVE_TOKEN", None)
+    os.environ["MLOPS_SERVE_TOKEN"] = PREDICT_TOKEN
     port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="mlops-serving-tests")
     try:

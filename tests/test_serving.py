@@ -20,6 +20,7 @@ from serving.config import GATEWAY_APP
 from serving.prediction_log import TABLE
 from tests.serving_fixtures import (  # noqa: F401  (fixtures)
     ADMIN_TOKEN,
+    PREDICT_TOKEN,
     offline_features,
     ray_serve,
     request_records,
@@ -30,12 +31,23 @@ V2_TYPE = {int: "INT64", float: "FP64", str: "BYTES"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+def client() -> requests.Session:
+    """An HTTP client that carries the prediction bearer token the test instance requires."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {PREDICT_TOKEN}"
+    return session
+
+
+HTTP = client()
+
+
 @pytest.fixture(scope="module")
 def served(ray_serve, serving_registry):
     """The flights application serving v1 (champion) with v2 as challenger."""
     settings = serving_registry_settings(serving_registry)
     control.deploy_pipeline(
-        serving_registry.decl, settings, serving_registry.champion, serving_registry.challenger, gateway_replicas=1
+        serving_registry.decl, settings, serving_registry.champion, serving_registry.challenger, gateway_replicas=1,
+        router_replicas=1,
     )
     control.wait_for_version("flights", serving_registry.champion, timeout_s=240)
     wait_http(ray_serve.base_url + "/v2/models/flights/ready")
@@ -62,17 +74,17 @@ def wait_http(url: str, timeout_s: float = 120) -> None:
 
 def predict(base: str, records: list[dict], request_id: str | None = None, **kw) -> requests.Response:
     headers = {"X-Request-Id": request_id} if request_id else {}
-    return requests.post(f"{base}/v1/models/flights:predict", json={"instances": records}, headers=headers, timeout=30, **kw)
+    return HTTP.post(f"{base}/v1/models/flights:predict", json={"instances": records}, headers=headers, timeout=30, **kw)
 
 
 def set_traffic(base: str, **body) -> None:
-    r = requests.post(f"{base}/admin/models/flights/traffic", json=body, headers=ADMIN, timeout=60)
+    r = HTTP.post(f"{base}/admin/models/flights/traffic", json=body, headers=ADMIN, timeout=60)
     assert r.status_code == 200, r.text
     deadline = time.time() + 60
     while time.time() < deadline:  # the router replicas reconfigure asynchronously
-        status = requests.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
+        status = HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
         if all(status["traffic"][k] == v for k, v in body.items()):
-            seen = [requests.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json() for _ in range(6)]
+            seen = [HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json() for _ in range(6)]
             if all(all(s["traffic"][k] == v for k, v in body.items()) for s in seen):
                 return
         time.sleep(0.3)
@@ -106,22 +118,22 @@ def test_v1_prediction_equals_offline_prediction_of_the_same_version(served, ser
 
 def test_v2_protocol_endpoints_and_infer(served, serving_registry):
     base = served.base_url
-    assert requests.get(f"{base}/v2/health/live", timeout=10).json() == {"live": True}
-    ready = requests.get(f"{base}/v2/health/ready", timeout=10)
+    assert HTTP.get(f"{base}/v2/health/live", timeout=10).json() == {"live": True}
+    ready = HTTP.get(f"{base}/v2/health/ready", timeout=10)
     assert ready.status_code == 200 and ready.json()["models"] == {"flights": True}
-    meta = requests.get(f"{base}/v2/models/flights", timeout=10).json()
+    meta = HTTP.get(f"{base}/v2/models/flights", timeout=10).json()
     assert meta["versions"] == [str(serving_registry.champion)]
     assert [i["name"] for i in meta["inputs"]][:3] == ["year", "month", "day"]
-    model_ready = requests.get(f"{base}/v2/models/flights/ready", timeout=10)
+    model_ready = HTTP.get(f"{base}/v2/models/flights/ready", timeout=10)
     assert model_ready.status_code == 200 and model_ready.json()["ready"] is True
-    assert requests.get(f"{base}/v1/models/flights", timeout=10).json()["model_version_status"][0]["state"] == "AVAILABLE"
+    assert HTTP.get(f"{base}/v1/models/flights", timeout=10).json()["model_version_status"][0]["state"] == "AVAILABLE"
 
     records = request_records(10)
     inputs = [
         {"name": c, "shape": [len(records)], "datatype": V2_TYPE[type(records[0][c])], "data": [r[c] for r in records]}
         for c in records[0]
     ]
-    r = requests.post(f"{base}/v2/models/flights/infer", json={"id": "v2-req", "inputs": inputs}, timeout=30)
+    r = HTTP.post(f"{base}/v2/models/flights/infer", json={"id": "v2-req", "inputs": inputs}, timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model_name"] == "flights" and body["model_version"] == str(serving_registry.champion) and body["id"] == "v2-req"
@@ -129,7 +141,7 @@ def test_v2_protocol_endpoints_and_infer(served, serving_registry):
     np.testing.assert_allclose(body["outputs"][0]["data"], v1, rtol=0, atol=1e-12)
     assert body["outputs"][0]["shape"] == [10]
 
-    spec = requests.get(f"{base}/openapi.json", timeout=10).json()
+    spec = HTTP.get(f"{base}/openapi.json", timeout=10).json()
     assert {"/v2/models/{name}/infer", "/v1/models/{name}:predict", "/v2/health/ready"} <= set(spec["paths"])
 
 
@@ -160,15 +172,15 @@ def test_bad_v1_requests_get_4xx_naming_the_problem(served, case):
 
 def test_malformed_unknown_and_oversized_bodies(served, serving_registry):
     base = served.base_url
-    r = requests.post(f"{base}/v1/models/flights:predict", data=b'{"instances": [', headers={"Content-Type": "application/json"}, timeout=10)
+    r = HTTP.post(f"{base}/v1/models/flights:predict", data=b'{"instances": [', headers={"Content-Type": "application/json"}, timeout=10)
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
-    r = requests.post(f"{base}/v1/models/flights:predict", json={"records": []}, timeout=10)
+    r = HTTP.post(f"{base}/v1/models/flights:predict", json={"records": []}, timeout=10)
     assert r.status_code == 400 and "instances" in r.json()["error"]
-    r = requests.post(f"{base}/v1/models/nosuch:predict", json={"instances": request_records(1)}, timeout=10)
+    r = HTTP.post(f"{base}/v1/models/nosuch:predict", json={"instances": request_records(1)}, timeout=10)
     assert r.status_code == 404 and "unknown model 'nosuch'" in r.json()["error"]
-    assert requests.get(f"{base}/v2/models/nosuch/ready", timeout=10).status_code == 404
+    assert HTTP.get(f"{base}/v2/models/nosuch/ready", timeout=10).status_code == 404
     big = b'{"instances": [' + b" " * (serving_registry.decl.serving.max_body_bytes + 1) + b"]}"
-    r = requests.post(f"{base}/v1/models/flights:predict", data=big, timeout=30)
+    r = HTTP.post(f"{base}/v1/models/flights:predict", data=big, timeout=30)
     assert r.status_code == 413 and "larger than the limit" in r.json()["error"]
     good = request_records(1)[0]
     bad_v2 = [
@@ -177,26 +189,40 @@ def test_malformed_unknown_and_oversized_bodies(served, serving_registry):
         ({"inputs": [{"name": "nope", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, "nope"),
     ]
     for body, named in bad_v2:
-        r = requests.post(f"{base}/v2/models/flights/infer", json=body, timeout=10)
+        r = HTTP.post(f"{base}/v2/models/flights/infer", json=body, timeout=10)
         assert r.status_code == 400 and named in r.json()["error"], r.text
     # the replicas are still answering
     assert predict(base, request_records(2)).status_code == 200
 
 
-def test_admin_endpoints_refuse_without_the_token(served):
+def test_admin_endpoints_refuse_without_the_token_and_reload_with_it(served, serving_registry):
     base = served.base_url
     for headers in ({}, {"Authorization": "Bearer wrong"}):
-        assert requests.post(f"{base}/admin/models/flights/traffic", json={"canary_share": 1.0}, headers=headers, timeout=10).status_code == 401
-        assert requests.post(f"{base}/admin/models/flights/reload", headers=headers, timeout=10).status_code == 401
-        assert requests.get(f"{base}/admin/models/flights/status", headers=headers, timeout=10).status_code == 401
+        assert HTTP.post(f"{base}/admin/models/flights/traffic", json={"canary_share": 1.0}, headers=headers, timeout=10).status_code == 401
+        assert HTTP.post(f"{base}/admin/models/flights/reload", headers=headers, timeout=10).status_code == 401
+        assert HTTP.get(f"{base}/admin/models/flights/status", headers=headers, timeout=10).status_code == 401
     assert control.traffic_of("flights")["canary_share"] == 0.0
-    r = requests.post(f"{base}/admin/models/flights/traffic", json={"canary_share": 2}, headers=ADMIN, timeout=10)
+    r = HTTP.post(f"{base}/admin/models/flights/traffic", json={"canary_share": 2}, headers=ADMIN, timeout=10)
     assert r.status_code == 400
+    r = HTTP.post(f"{base}/admin/models/flights/reload", headers=ADMIN, timeout=120)
+    assert r.status_code == 200, r.text
+    assert (r.json()["champion"], r.json()["challenger"]) == (serving_registry.champion, serving_registry.challenger)
+    assert control.current_apps()["flights"]["args"].get("router_replicas") == 1  # a reload never rebuilds the app
+
+
+def test_prediction_endpoints_need_the_bearer_token_when_one_is_set(served):
+    base, body = served.base_url, {"instances": request_records(1)}
+    assert requests.post(f"{base}/v1/models/flights:predict", json=body, timeout=10).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert requests.post(f"{base}/v1/models/flights:predict", json=body, headers=wrong, timeout=10).status_code == 401
+    assert requests.post(f"{base}/v2/models/flights/infer", json={"inputs": []}, timeout=10).status_code == 401
+    assert HTTP.post(f"{base}/v1/models/flights:predict", json=body, timeout=10).status_code == 200
+    assert requests.get(f"{base}/v2/health/ready", timeout=10).status_code == 200  # probes stay open
 
 
 def test_canary_share_is_observed_and_changes_without_restarts(served, serving_registry):
     base = served.base_url
-    before = requests.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
+    before = HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
     set_traffic(base, canary_share=0.3)
     try:
         versions = [predict(base, request_records(1)).json()["model_version"] for _ in range(200)]
@@ -205,7 +231,7 @@ def test_canary_share_is_observed_and_changes_without_restarts(served, serving_r
     share = versions.count(str(serving_registry.challenger)) / len(versions)
     assert 0.18 <= share <= 0.42, share  # binomial(200, 0.3): about 4 standard deviations
     assert set(versions) == {str(serving_registry.champion), str(serving_registry.challenger)}
-    after = requests.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
+    after = HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
     assert after["champion"]["loads"] == before["champion"]["loads"]  # model replicas were not reloaded
 
 
@@ -253,7 +279,7 @@ def test_swap_under_load_via_sensor_and_asset_has_no_failed_request(served, serv
     reg = serving_registry
     resource = ServingResource(
         http_host="127.0.0.1", http_port=served.port, tracking_uri=reg.tracking_uri, delta_root=reg.delta.root,
-        gateway_replicas=1, rollout_timeout_s=240,
+        gateway_replicas=1, rollout_timeout_s=240, log_flush_seconds=0.3,
     )
     defs = dg.Definitions.merge(build_serving_definitions(reg.decl), dg.Definitions(resources={"serving": resource}))
     sensor = defs.resolve_sensor_def("flights_champion_sensor")
@@ -263,7 +289,7 @@ def test_swap_under_load_via_sensor_and_asset_has_no_failed_request(served, serv
 
     def hammer():
         records = request_records(3)
-        session = requests.Session()
+        session = client()
         while not stop.is_set():
             try:
                 r = session.post(f"{served.base_url}/v1/models/flights:predict", json={"instances": records}, timeout=30)
@@ -289,8 +315,7 @@ def test_swap_under_load_via_sensor_and_asset_has_no_failed_request(served, serv
             stop.set()
             for t in threads:
                 t.join()
-            reg.set_alias("champion", reg.champion)
-            control.deploy_pipeline(reg.decl, serving_registry_settings(reg), reg.champion, reg.challenger, gateway_replicas=1)
+            reg.set_alias("champion", reg.champion)  # the registry as the other tests expect it
     failures = [r for r in results if r[0] != 200]
     assert not failures, failures[:5]
     versions = [v for _, v in results]
@@ -298,7 +323,9 @@ def test_swap_under_load_via_sensor_and_asset_has_no_failed_request(served, serv
     assert len(results) > 20
     meta = result.asset_materializations_for_node("flights__deployment")[0].metadata
     assert meta["champion_version"].value == reg.challenger
-    control.wait_for_version("flights", reg.champion, timeout_s=120)
+    # the swap reconfigured the running replicas (second load), it did not replace them
+    loads = {HTTP.get(f"{served.base_url}/admin/models/flights/status", headers=ADMIN, timeout=10).json()["champion"]["loads"] for _ in range(8)}
+    assert loads == {2}, loads
 
 
 def test_gateway_app_is_one_app_for_all_pipelines(served):
