@@ -185,11 +185,15 @@ class PromotionSpec(_Strict):
 
 
 class DriftSpec(_Strict):
-    share_threshold: float = Field(0.3, ge=0.0, le=1.0)
-    column_threshold: float = Field(0.1, ge=0.0)
-    key_columns: list[str] = Field(default_factory=list)
+    """When monitoring asks for retraining. A column drifts when its test (chosen as
+    Evidently's DataDriftPreset chooses) says so; see mlops_assets/drift.py."""
+
+    share_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Share of drifted feature columns that triggers retraining.")
+    key_columns: list[str] = Field(default_factory=list, description="Feature columns whose drift alone triggers retraining.")
     new_partitions_to_retrain: int = Field(7, ge=1)
     cooldown_minutes: int = Field(60, ge=0)
+    html_report: bool = Field(True, description="Render Evidently's HTML report for each drift check.")
+    report_sample_rows: int = Field(5000, ge=100, description="Rows per side given to Evidently's HTML report.")
 
 
 class ReplicaGroupSpec(_Strict):

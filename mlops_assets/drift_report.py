@@ -26,6 +26,10 @@ def evidently_drift(
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
+    # Evidently refuses a column with no values on either side; drift.detect skips those too
+    empty = {c for c in numerical + categorical for f in (reference, current) if f.get_column(c).drop_nulls().len() == 0}
+    numerical = [c for c in numerical if c not in empty]
+    categorical = [c for c in categorical if c not in empty]
     columns = numerical + categorical
 
     def prepare(frame: pl.DataFrame):

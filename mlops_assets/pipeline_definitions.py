@@ -5,10 +5,12 @@ from __future__ import annotations
 import dagster as dg
 
 from mlops_assets.declaration import PipelineDeclaration
-from mlops_assets.model_definitions import build_model_definitions
+from mlops_assets.model_definitions import build_model_definitions, train_job_name
+from mlops_assets.monitoring_assets import batch_scores_key, build_monitoring_assets, feature_drift_key, monitor_job_name
 from mlops_assets.feature_assets import build_features_asset, build_reference_asset, features_key, reference_key
 from mlops_assets.raw_assets import build_landing_spec, build_raw_assets, quarantine_key, raw_key
 from sensors.landing_sensor import build_landing_sensor
+from sensors.retrain_sensors import build_drift_sensor, build_monitor_sensor, build_new_data_sensor, build_retrain_schedule
 from serving.deployment_definitions import build_serving_definitions
 
 
@@ -39,4 +41,26 @@ def build_pipeline(decl: PipelineDeclaration) -> dg.Definitions:
         reference_job = dg.define_asset_job(f"{decl.name}_reference", selection=dg.AssetSelection.assets(reference_key(decl)))
         jobs.append(reference_job)
     data = dg.Definitions(assets=assets, jobs=jobs, sensors=[build_landing_sensor(decl, ingest_job, reference_job)])
-    return dg.Definitions.merge(data, build_model_definitions(decl, partitions), build_serving_definitions(decl))
+    return dg.Definitions.merge(
+        data, build_model_definitions(decl, partitions), build_monitoring(decl, partitions), build_serving_definitions(decl)
+    )
+
+
+def build_monitoring(decl: PipelineDeclaration, partitions: dg.PartitionsDefinition) -> dg.Definitions:
+    monitor_job = dg.define_asset_job(
+        monitor_job_name(decl),
+        selection=dg.AssetSelection.assets(feature_drift_key(decl), batch_scores_key(decl)),
+        partitions_def=partitions,
+        description="Drift check and batch scores of one featurized day, against the champion.",
+    )
+    train_job = train_job_name(decl)
+    return dg.Definitions(
+        assets=build_monitoring_assets(decl, partitions),
+        jobs=[monitor_job],
+        sensors=[
+            build_monitor_sensor(decl, monitor_job.name),
+            build_new_data_sensor(decl, train_job),
+            build_drift_sensor(decl, train_job),
+        ],
+        schedules=[build_retrain_schedule(decl, train_job)],
+    )

@@ -1,0 +1,170 @@
+"""Sensors and the schedule that keep models fresh without a person.
+
+- ``<pipeline>_monitor_sensor``: each feature partition that arrives after the
+  champion's training window is checked for drift and batch-scored.
+- ``<pipeline>_new_data_sensor``: enough new featurized days since the champion's
+  window ended (or since the last request) -> training.
+- ``<pipeline>_drift_sensor``: a drift report over its declared threshold
+  (share of drifted columns, or a key column) -> training.
+- ``<pipeline>_weekly_retrain``: the fallback schedule.
+
+Retraining requests share a cooldown and are skipped while a training run is
+queued or running; the cause is on the run's tags (``mlops/trigger``,
+``mlops/reason``). Gates and the promotion policy then decide.
+"""
+
+import json
+import time
+
+import dagster as dg
+import polars as pl
+
+from mlops_assets import drift_metrics
+from mlops_assets.declaration import PipelineDeclaration
+from mlops_assets.tables import FEATURES
+from resources.delta_lake import DeltaLakeResource
+from resources.mlflow_registry import MlflowRegistryResource
+
+TRIGGER_TAG = "mlops/trigger"
+REASON_TAG = "mlops/reason"
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def retrain_blocker(instance: dg.DagsterInstance, decl: PipelineDeclaration, train_job: str) -> str | None:
+    """Why a retraining must not be requested now (a run in flight, or the cooldown), else None."""
+    if instance.get_runs(filters=dg.RunsFilter(job_name=train_job, statuses=IN_FLIGHT), limit=1):
+        return f"a {train_job} run is already queued or running"
+    records = instance.get_run_records(filters=dg.RunsFilter(job_name=train_job), limit=1)
+    if records:
+        age = time.time() - records[0].create_timestamp.timestamp()
+        cooldown = decl.drift.cooldown_minutes * 60
+        if age < cooldown:
+            return f"cooldown: the last {train_job} run started {age / 60:.1f} min ago (cooldown {decl.drift.cooldown_minutes} min)"
+    return None
+
+
+def _retrain_request(train_job: str, run_key: str, trigger: str, reason: str) -> dg.RunRequest:
+    return dg.RunRequest(run_key=run_key, job_name=train_job, tags={TRIGGER_TAG: trigger, REASON_TAG: reason[:1000]})
+
+
+def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDefinition:
+    first_model_needs = max(decl.drift.new_partitions_to_retrain, decl.training.validation_days + decl.gates.holdout_days + 1)
+
+    @dg.sensor(
+        name=f"{decl.name}_new_data_sensor",
+        job_name=train_job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Retrains {decl.name} when {decl.drift.new_partitions_to_retrain} new featurized days have arrived "
+        "since the champion's training window ended.",
+    )
+    def new_data_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        champ = drift_metrics.champion(decl.name, mlflow)
+        available = delta.partitions(decl.name, FEATURES)
+        bases = [b for b in (champ.plan.partition_end if champ else None, cursor.get("requested_through")) if b]
+        base = max(bases) if bases else None
+        new = [p for p in available if base is None or p > base]
+        needed = decl.drift.new_partitions_to_retrain if champ else first_model_needs
+        if len(new) < needed:
+            return dg.SkipReason(f"{len(new)} new featurized days since {base or 'the start'}; {needed} needed")
+        blocker = retrain_blocker(context.instance, decl, train_job)
+        if blocker:
+            return dg.SkipReason(blocker)
+        what = f"champion v{champ.version}'s window ended {champ.plan.partition_end}" if champ else "no champion yet"
+        reason = f"{len(new)} new featurized days {new[0]}..{new[-1]} ({what})"
+        return dg.SensorResult(
+            run_requests=[_retrain_request(train_job, f"new-data:{new[-1]}:v{champ.version if champ else 0}", "new_data", reason)],
+            cursor=json.dumps({"requested_through": new[-1]}),
+        )
+
+    return new_data_sensor
+
+
+def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{decl.name}_drift_sensor",
+        job_name=train_job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Retrains {decl.name} when a drift report passes its threshold "
+        f"(share >= {decl.drift.share_threshold} or a key column: {', '.join(decl.drift.key_columns) or 'none'}).",
+    )
+    def drift_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        champ = drift_metrics.champion(decl.name, mlflow)
+        if champ is None:
+            return dg.SkipReason("no champion yet")
+        reports = drift_metrics.reports(delta, decl.name)
+        after = int(cursor.get("after_us", 0))
+        fresh = reports.with_columns(pl.col("computed_at").dt.epoch("us").alias("_us")).filter(
+            (pl.col("model_version") == champ.version) & (pl.col("_us") > after)
+        )
+        latest = int(fresh.get_column("_us").max()) if fresh.height else after
+        alerts = fresh.filter(pl.col("alert"))
+        if alerts.height == 0:
+            return dg.SensorResult(
+                skip_reason=dg.SkipReason(f"no new drift alert for champion v{champ.version}"),
+                cursor=json.dumps({"after_us": latest}),
+            )
+        blocker = retrain_blocker(context.instance, decl, train_job)
+        if blocker:
+            return dg.SkipReason(f"drift alert waiting: {blocker}")
+        last = alerts.tail(1).to_dicts()[0]
+        reason = f"{last['source']} drift on {last['window']} against champion v{champ.version}: {last['alert_reason']}"
+        return dg.SensorResult(
+            run_requests=[_retrain_request(train_job, f"drift:v{champ.version}:{last['source']}:{last['window']}", "drift", reason)],
+            cursor=json.dumps({"after_us": latest}),
+        )
+
+    return drift_sensor
+
+
+def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{decl.name}_monitor_sensor",
+        job_name=monitor_job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Checks drift and batch-scores each {decl.name} feature day that arrives after the champion's training window.",
+    )
+    def monitor_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
+        champ = drift_metrics.champion(decl.name, mlflow)
+        if champ is None:
+            return dg.SkipReason("no champion yet")
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        done = set(cursor.get(str(champ.version), []))
+        new = [p for p in delta.partitions(decl.name, FEATURES) if p > champ.plan.partition_end and p not in done]
+        if not new:
+            return dg.SkipReason(f"no feature days after champion v{champ.version}'s window ({champ.plan.partition_end})")
+        cursor = {str(champ.version): sorted(done | set(new))}
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(run_key=f"monitor:{p}:v{champ.version}", job_name=monitor_job, partition_key=p, tags={TRIGGER_TAG: "monitor_sensor"})
+                for p in new
+            ],
+            cursor=json.dumps(cursor),
+        )
+
+    return monitor_sensor
+
+
+def build_retrain_schedule(decl: PipelineDeclaration, train_job: str) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name=f"{decl.name}_weekly_retrain",
+        cron_schedule="0 3 * * 1",
+        job_name=train_job,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Fallback: retrain weekly even when no sensor asked.",
+    )
+    def weekly_retrain(context: dg.ScheduleEvaluationContext, delta: DeltaLakeResource):
+        if not delta.partitions(decl.name, FEATURES):
+            return dg.SkipReason("no featurized days yet")
+        return dg.RunRequest(tags={TRIGGER_TAG: "schedule", REASON_TAG: "weekly fallback retraining"})
+
+    return weekly_retrain
