@@ -42,6 +42,7 @@ def start(args: argparse.Namespace) -> int:
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace="serve")
     control.start(args.host, args.port)
+    control.ensure_gateway(ServeSettings())
     print(f"Ray Serve on http://{args.host}:{args.port} (Ray address {ray.get_runtime_context().gcs_address})", flush=True)
     for decl in _pipelines(args.pipelines):
         try:

@@ -88,6 +88,15 @@ def deploy_pipeline(
         return apps[decl.name]
 
 
+def ensure_gateway(settings: ServeSettings, replicas: int = 2) -> None:
+    """Deploy the HTTP gateway if it is not running, so health endpoints answer before any model is served."""
+    with _lock:
+        apps = current_apps()
+        if GATEWAY_APP not in apps:
+            apps[GATEWAY_APP] = gateway_app(settings, replicas)
+            apply(apps)
+
+
 def set_traffic(pipeline: str, canary_share: float | None = None, shadow: bool | None = None) -> dict:
     """Change the canary share and/or shadow switch: a router reconfigure, no replica restarts."""
     with _lock:

@@ -7,6 +7,7 @@ One Ray instance and one deployed flights application for the whole module
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 import uuid
 
@@ -225,7 +226,9 @@ def test_canary_share_is_observed_and_changes_without_restarts(served, serving_r
     before = HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
     set_traffic(base, canary_share=0.3)
     try:
-        versions = [predict(base, request_records(1)).json()["model_version"] for _ in range(200)]
+        record = request_records(1)
+        with ThreadPoolExecutor(4) as pool:
+            versions = list(pool.map(lambda _: predict(base, record).json()["model_version"], range(200)))
     finally:
         set_traffic(base, canary_share=0.0)
     share = versions.count(str(serving_registry.challenger)) / len(versions)
