@@ -74,12 +74,14 @@ def partition_counts(delta: DeltaLakeResource, table: str) -> dict[str, int]:
     return dict(lf.group_by("_partition").len().collect().iter_rows())
 
 
-def test_options_come_from_the_environment_and_unsafe_commits_are_refused(s3_env: S3Server):
+def test_options_come_from_the_environment_and_unsafe_commits_are_refused(s3_env: S3Server, monkeypatch):
     options = object_store_options("s3://bucket/delta")
     assert options["aws_endpoint_url"] == s3_env.endpoint
     assert options["aws_access_key_id"] == "testing"
     assert options["aws_conditional_put"] == "etag"
     assert object_store_options("/local/delta") == {}
+    monkeypatch.setenv("MLOPS_STORAGE_AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false")
+    assert object_store_options("s3://bucket/delta")["aws_virtual_hosted_style_request"] == "false"
     explicit = object_store_options("s3://bucket/delta", {"AWS_REGION": "eu-west-1"})
     assert explicit["aws_region"] == "eu-west-1", "explicit options beat the environment"
     with pytest.raises(ValueError, match="AWS_S3_ALLOW_UNSAFE_RENAME"):
@@ -131,6 +133,19 @@ def test_sensor_ingestion_and_features_on_s3(s3_platform: Platform, s3: S3Server
     assert plat.delta.partitions("flights", "raw") == DAYS
     assert s3.keys(f"{request.node.name}/delta/flights/raw/_delta_log/"), "Delta log lives on S3"
     assert not (tmp_path / "delta").exists() and not (tmp_path / "landing").exists(), "nothing written locally"
+
+    # the same days through the laptop defaults give the same tables: only the storage differs
+    local_root = tmp_path / "local"
+    (local_root / "dagster").mkdir(parents=True)
+    with dg.instance_for_test(temp_dir=str(local_root / "dagster")) as local_instance:
+        local = Platform(local_root, [decl], local_instance)
+        land_days(decl, local.landing, date(2013, 1, 1), len(DAYS))
+        local.run("flights_reference")
+        local.ingest("flights", DAYS)
+        for table in ("raw", "quarantine", "features"):
+            on_s3 = plat.delta.read_partitions("flights", table, DAYS)
+            on_disk = local.delta.read_partitions("flights", table, DAYS)
+            assert on_s3.sort(on_s3.columns).equals(on_disk.sort(on_disk.columns)), f"{table} differs on S3"
 
     # idempotent re-ingest of a partition on S3
     features_before = plat.delta.read_partitions("flights", "features", [DAYS[1]]).sort(pl.all())
