@@ -194,6 +194,7 @@ class DriftSpec(_Strict):
     cooldown_minutes: int = Field(60, ge=0)
     html_report: bool = Field(True, description="Render Evidently's HTML report for each drift check.")
     report_sample_rows: int = Field(5000, ge=100, description="Rows per side given to Evidently's HTML report.")
+    serving_window_rows: int = Field(1000, ge=1, description="Logged predictions that make a serving drift window.")
 
 
 class ReplicaGroupSpec(_Strict):

@@ -5,13 +5,22 @@ from __future__ import annotations
 import dagster as dg
 
 from mlops_assets.declaration import PipelineDeclaration
-from mlops_assets.model_definitions import build_model_definitions, train_job_name
+from mlops_assets.delivery_metrics_assets import build_delivery_metrics_asset, delivery_metrics_key
+from mlops_assets.model_definitions import build_model_definitions, promotion_key, train_job_name
 from mlops_assets.monitoring_assets import batch_scores_key, build_monitoring_assets, feature_drift_key, monitor_job_name
 from mlops_assets.feature_assets import build_features_asset, build_reference_asset, features_key, reference_key
 from mlops_assets.raw_assets import build_landing_spec, build_raw_assets, quarantine_key, raw_key
 from sensors.landing_sensor import build_landing_sensor
-from sensors.retrain_sensors import build_drift_sensor, build_monitor_sensor, build_new_data_sensor, build_retrain_schedule
-from serving.deployment_definitions import build_serving_definitions
+from mlops_assets.serving_drift_assets import build_serving_drift_asset, serving_drift_job_name, serving_drift_key
+from sensors.retrain_sensors import (
+    build_delivery_sensor,
+    build_drift_sensor,
+    build_monitor_sensor,
+    build_new_data_sensor,
+    build_retrain_schedule,
+    build_serving_drift_sensor,
+)
+from serving.deployment_definitions import build_serving_definitions, deployment_key
 
 
 def daily_partitions(decl: PipelineDeclaration) -> dg.DailyPartitionsDefinition:
@@ -54,13 +63,22 @@ def build_monitoring(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
         description="Drift check and batch scores of one featurized day, against the champion.",
     )
     train_job = train_job_name(decl)
+    serving_drift_job = dg.define_asset_job(serving_drift_job_name(decl), selection=dg.AssetSelection.assets(serving_drift_key(decl)))
+    delivery_job = dg.define_asset_job(f"{decl.name}_delivery_metrics", selection=dg.AssetSelection.assets(delivery_metrics_key(decl)))
+    deployed = deployment_key(decl)
     return dg.Definitions(
-        assets=build_monitoring_assets(decl, partitions),
-        jobs=[monitor_job],
+        assets=[
+            *build_monitoring_assets(decl, partitions),
+            build_serving_drift_asset(decl, deployed),
+            build_delivery_metrics_asset(decl, deployed, promotion_key(decl), train_job),
+        ],
+        jobs=[monitor_job, serving_drift_job, delivery_job],
         sensors=[
             build_monitor_sensor(decl, monitor_job.name),
             build_new_data_sensor(decl, train_job),
             build_drift_sensor(decl, train_job),
+            build_serving_drift_sensor(decl, serving_drift_job.name),
+            build_delivery_sensor(decl, delivery_job.name, [promotion_key(decl), deployed]),
         ],
         schedules=[build_retrain_schedule(decl, train_job)],
     )

@@ -154,6 +154,48 @@ def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str) -> dg.Sens
     return monitor_sensor
 
 
+def build_serving_drift_sensor(decl: PipelineDeclaration, job_name: str) -> dg.SensorDefinition:
+    from mlops_assets.serving_drift_assets import last_watermark, new_log_rows
+
+    @dg.sensor(
+        name=f"{decl.name}_serving_drift_sensor",
+        job_name=job_name,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Checks logged serving traffic for drift and skew every {decl.drift.serving_window_rows} served predictions.",
+    )
+    def serving_drift_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource):
+        after = last_watermark(context.instance, decl)
+        rows = new_log_rows(delta, decl, after)
+        count = 0 if rows is None else rows.select(pl.len()).collect().item()
+        if count < decl.drift.serving_window_rows:
+            return dg.SkipReason(f"{count} served predictions logged since the last check; {decl.drift.serving_window_rows} needed")
+        return dg.RunRequest(run_key=f"serving-drift:{after}", job_name=job_name, tags={TRIGGER_TAG: "serving_drift_sensor"})
+
+    return serving_drift_sensor
+
+
+def build_delivery_sensor(decl: PipelineDeclaration, job_name: str, watched: list[dg.AssetKey]) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{decl.name}_delivery_sensor",
+        job_name=job_name,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Recomputes delivery metrics after each promotion decision or deployment.",
+    )
+    def delivery_sensor(context: dg.SensorEvaluationContext):
+        latest = []
+        for key in watched:
+            event = context.instance.get_latest_materialization_event(key)
+            latest.append(event.storage_id if event is not None else 0)
+        marker = ",".join(map(str, latest))
+        if not any(latest) or marker == context.cursor:
+            return dg.SkipReason("no new promotion decision or deployment")
+        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"delivery:{marker}", job_name=job_name)], cursor=marker)
+
+    return delivery_sensor
+
+
 def build_retrain_schedule(decl: PipelineDeclaration, train_job: str) -> dg.ScheduleDefinition:
     @dg.schedule(
         name=f"{decl.name}_weekly_retrain",

@@ -1,0 +1,99 @@
+"""``<pipeline>/serving_drift``: what the model actually saw in production.
+
+Each materialization takes the prediction-log rows logged since the previous
+one (served traffic; shadow rows are the challenger's and are left out) and,
+per model version that answered, compares the logged features with that
+version's exact training snapshot: training-serving skew, reported per column
+like feature drift, into ``drift_metrics`` (source ``serving``).
+"""
+
+from datetime import datetime, timezone
+
+import dagster as dg
+import polars as pl
+
+from mlops_assets import drift_metrics
+from mlops_assets.declaration import PipelineDeclaration
+from mlops_assets.drift import detect
+from mlops_assets.metadata import preview
+from mlops_assets.monitoring_assets import html_report
+from resources.delta_lake import DeltaLakeResource
+from resources.mlflow_registry import MlflowRegistryResource
+
+PREDICTION_LOG = "prediction_log"  # written by serving/prediction_log.py
+WATERMARK = "logged_through_us"
+
+
+def serving_drift_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return dg.AssetKey([decl.name, "serving_drift"])
+
+
+def serving_drift_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_serving_drift"
+
+
+def last_watermark(instance: dg.DagsterInstance, decl: PipelineDeclaration) -> int:
+    event = instance.get_latest_materialization_event(serving_drift_key(decl))
+    if event is None or event.asset_materialization is None:
+        return 0
+    value = event.asset_materialization.metadata.get(WATERMARK)
+    return int(value.value) if value is not None else 0
+
+
+def new_log_rows(delta: DeltaLakeResource, decl: PipelineDeclaration, after_us: int) -> pl.LazyFrame | None:
+    log = delta.scan(decl.name, PREDICTION_LOG)
+    if log is None:
+        return None
+    return log.filter(pl.col("served") & (pl.col("logged_at").dt.epoch("us") > after_us))
+
+
+def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.AssetKey) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=serving_drift_key(decl),
+        deps=[deployment_key],
+        group_name=decl.name,
+        kinds={"evidently", "delta"},
+        description="Logged serving features since the last check against the training snapshot of the version "
+        "that served them (training-serving skew), per column, into drift_metrics.",
+    )
+    def serving_drift(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
+        after = last_watermark(context.instance, decl)
+        rows = new_log_rows(delta, decl, after)
+        logged = rows.collect() if rows is not None else pl.DataFrame()
+        if logged.height == 0:
+            raise dg.Failure(
+                f"no served predictions logged since {datetime.fromtimestamp(after / 1e6, timezone.utc).isoformat()}: "
+                "nothing to compare",
+                allow_retries=False,
+            )
+        through = int(logged.select(pl.col("logged_at").dt.epoch("us").max()).item())
+        window = f"log {datetime.fromtimestamp(after / 1e6, timezone.utc):%Y-%m-%dT%H:%M:%S}..{datetime.fromtimestamp(through / 1e6, timezone.utc):%Y-%m-%dT%H:%M:%S}"
+        summary, alerts, html = [], [], ""
+        for (version,), served in logged.group_by("model_version"):
+            model = drift_metrics.model_version(decl.name, mlflow, int(version))
+            reference = drift_metrics.reference_profile(delta, model, context.run.run_id)
+            result = detect(reference, served, decl.drift.share_threshold)
+            if not html:
+                html = html_report(decl, delta, model, served, f"serving_drift_{through}_v{version}")
+            written = drift_metrics.record(
+                delta, decl.name, result, source="serving", window=window, model_version=int(version),
+                rows=served.height, key_columns=decl.drift.key_columns, run_id=context.run.run_id, html_report=html,
+            )
+            reason = written.get_column("alert_reason")[0]
+            if reason:
+                alerts.append(f"v{version}: {reason}")
+            summary.append({"model_version": int(version), "rows": served.height, "drift_share": result.share, "drifted": ", ".join(result.drifted()) or "none"})
+        metadata = {
+            WATERMARK: through,
+            "window": window,
+            "rows": logged.height,
+            "by_version": preview(pl.DataFrame(summary), rows=len(summary)),
+            "max_drift_share": max(s["drift_share"] for s in summary),
+            "alert": bool(alerts),
+            "alert_reason": "; ".join(alerts) or "none",
+        }
+        if html:
+            metadata["report"] = dg.MetadataValue.path(html)
+        return dg.MaterializeResult(metadata=metadata)
+
+    return serving_drift

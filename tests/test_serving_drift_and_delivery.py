@@ -1,0 +1,74 @@
+"""Serving drift/skew from the prediction log, and delivery metrics from the audit log and run history."""
+
+import time
+from datetime import date
+
+import dagster as dg
+import polars as pl
+
+from mlops_assets import drift_metrics
+from mlops_assets.flights.landing import land_days
+from serving.prediction_log import log_rows
+from tests.model_fixtures import empty_mlflow_store, flights_decl, model_home  # noqa: F401  (fixtures)
+from tests.test_monitoring import sensor_tick, train
+
+
+def served_log(plat, day: str, version: int, plan) -> pl.DataFrame:
+    """What the serving layer logs for a day of requests (its own row builder; Ray is not under test here)."""
+    features = plat.delta.read_partitions("flights", "features", [day]).select(plan.feature_columns)
+    preds = {"predictions": [0.0] * features.height}
+    return log_rows(features=features, result=preds, pipeline="flights", model_version=version, role="champion", served=True, request_id=f"req-{day}", received_at=time.time())
+
+
+def materialize(plat, key: list[str]) -> dg.ExecuteInProcessResult:
+    return plat.defs.resolve_job_def("__ASSET_JOB").execute_in_process(instance=plat.instance, asset_selection=[dg.AssetKey(key)])
+
+
+def test_serving_skew_and_delivery_metrics(model_home):  # noqa: F811
+    decl = flights_decl(drift={"serving_window_rows": 1000, "html_report": False, "cooldown_minutes": 0})
+    plat = model_home.platform(decl)
+    land_days(decl, plat.landing, date(2013, 1, 28), 1)
+    plat.ingest("flights", ["2013-01-28"])  # so the instance knows when the window's newest day landed
+    assert train(plat).success
+    champ = drift_metrics.champion("flights", plat.resources()["mlflow"])
+    empty = plat.defs.resolve_job_def("__ASSET_JOB").execute_in_process(
+        instance=plat.instance, asset_selection=[dg.AssetKey(["flights", "serving_drift"])], raise_on_error=False
+    )
+    assert not empty.success
+    assert any(
+        "no served predictions logged" in (e.step_failure_data.user_failure_data.description or "")
+        for e in empty.all_events
+        if e.is_step_failure and e.step_failure_data.user_failure_data
+    )
+    assert "0 served predictions" in sensor_tick(plat, "flights_serving_drift_sensor").skip_message
+    for day in ("2013-01-29", "2013-01-30"):
+        plat.delta.append("flights", "prediction_log", served_log(plat, day, champ.version, champ.plan))
+    # shadow rows are the challenger's: never counted as served traffic
+    shadow = served_log(plat, "2013-01-31", champ.version, champ.plan).with_columns(pl.lit(False).alias("served"), pl.lit("shadow").alias("role"))
+    plat.delta.append("flights", "prediction_log", shadow)
+
+    tick = sensor_tick(plat, "flights_serving_drift_sensor")
+    (request,) = tick.run_requests
+    result = plat.run(request.job_name)
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    served_rows = sum(plat.delta.read_partitions("flights", "features", [d]).height for d in ("2013-01-29", "2013-01-30"))
+    assert meta["rows"].value == served_rows
+    rows = plat.delta.scan("flights", "drift_metrics").filter(pl.col("source") == "serving").collect()
+    assert set(rows.get_column("model_version")) == {champ.version}
+    assert set(rows.get_column("column")) == set(champ.plan.feature_columns)
+    assert rows.get_column("rows").unique().to_list() == [served_rows]
+    assert "0 served predictions" in sensor_tick(plat, "flights_serving_drift_sensor").skip_message, "the watermark moved"
+
+    # delivery metrics: the serving layer reports the champion it serves through the deployment asset
+    plat.instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key=dg.AssetKey(["flights", "deployment"]), metadata={"champion_version": champ.version})
+    )
+    result = materialize(plat, ["flights", "delivery_metrics"])
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["deployments_total"].value == 1.0
+    assert meta["promotion_decisions"].value == 1.0 and meta["change_failure_rate"].value == 0.0
+    landed = plat.landing.stat("flights", "flights_2013-01-28.parquet").mtime_ns / 1e9
+    served_at = plat.instance.get_latest_materialization_event(dg.AssetKey(["flights", "deployment"])).timestamp
+    assert abs(meta["lead_time_last_s"].value - (served_at - landed)) < 1e-3
+    history = plat.delta.scan("flights", "delivery_metrics").collect()
+    assert history.height == 1 and history.get_column("deployments_total").item() == 1
