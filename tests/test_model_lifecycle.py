@@ -152,3 +152,17 @@ def test_gate_metrics_of_another_task_are_refused_when_the_pipeline_is_built():
         build_definitions([decl], resources={})
     with pytest.raises(DeclarationError, match="must be greater than"):
         build_definitions([flights_decl(training={"window_days": 8})], resources={})
+
+
+def test_training_before_any_data_fails_clearly(platform):
+    result = platform.run("flights_train", raise_on_error=False)
+    assert not result.success
+    failure = [e for e in result.all_events if e.is_step_failure][0]
+    assert "no featurized partitions yet: ingest some days first" in failure.step_failure_data.error.message
+
+
+def test_training_with_too_few_rows_fails_clearly_and_registers_nothing(model_home):
+    result = model_home.platform(flights_decl(training={"min_rows": 10**7})).run("flights_train", raise_on_error=False)
+    failure = [e for e in result.all_events if e.is_step_failure][0]
+    assert "fewer than training.min_rows=10000000" in failure.step_failure_data.error.message
+    assert model_home.registry.client().search_registered_models() == []
