@@ -61,7 +61,11 @@ class LandingZoneResource(ConfigurableResource):
             return pafs.LocalFileSystem(), uri.removeprefix("file://")
         options = object_store_options(uri, self.storage_options)
         if uri.startswith(S3_SCHEMES):
-            return _s3_filesystem(tuple(sorted(options.items()))), uri.split("://", 1)[1]
+            path = uri.split("://", 1)[1]
+            if not options.get("aws_region") and not options.get("aws_endpoint_url"):
+                # AWS without a configured region: ask S3 where the bucket lives, as delta-rs does
+                options["aws_region"] = _bucket_region(path.split("/", 1)[0])
+            return _s3_filesystem(tuple(sorted(options.items()))), path
         return pafs.FileSystem.from_uri(uri)
 
     def list_files(self, pipeline: str, folder: str = "") -> list[LandedFile]:
@@ -107,6 +111,11 @@ class LandingZoneResource(ConfigurableResource):
             out.write(data)
         fs.move(tmp, final)
         return final_uri
+
+
+@lru_cache(maxsize=32)
+def _bucket_region(bucket: str) -> str:
+    return pafs.resolve_s3_region(bucket)
 
 
 @lru_cache(maxsize=8)
