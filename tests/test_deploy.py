@@ -20,14 +20,15 @@ import jsonschema
 import pytest
 import yaml
 
-# not (yet) in pyproject's dev extra: skip with the reason rather than fail at import
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install 'kubernetes-validate>=1.31,<2'")
-DockerfileParser = pytest.importorskip("dockerfile_parse", reason="pip install 'dockerfile-parse>=2,<3'").DockerfileParser
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.object_store_fixtures import free_port, moto_s3_server
 from tests.postgres_fixtures import postgres_server
+
+# not (yet) in pyproject's dev extra: skip with the reason rather than fail at import
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install 'kubernetes-validate>=1.31,<2'")
+DockerfileParser = pytest.importorskip("dockerfile_parse", reason="pip install 'dockerfile-parse>=2,<3'").DockerfileParser
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -436,6 +437,10 @@ def test_rayservice_matches_the_kuberay_crd_and_kubernetes_pod_schema(rayservice
     for group in cluster["workerGroupSpecs"]:
         validate_pod_template(group["template"])
         assert group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
+    typo = json.loads(json.dumps(cluster["workerGroupSpecs"][0]["template"]))
+    typo["spec"]["containers"][0]["resource"] = typo["spec"]["containers"][0].pop("resources")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_pod_template(typo)
 
 
 def test_rayservice_has_cpu_and_gpu_groups_and_upgrades_without_downtime(rayservice: dict):
