@@ -249,12 +249,23 @@ CHART_SCHEMA_EXCERPT = {
                     "type": "array",
                     "minItems": 1,
                     "items": {
+                        # UserDeployment of charts/dagster-user-deployments/values.schema.json
                         "type": "object",
-                        "required": ["name", "image", "dagsterApiGrpcArgs", "port"],
-                        "properties": {
+                        "required": ["name", "image", "port"],
+                        "additionalProperties": False,
+                        "properties": {k: {} for k in [
+                            "name", "image", "dagsterApiGrpcArgs", "codeServerArgs", "includeConfigInLaunchedRuns",
+                            "port", "env", "envConfigMaps", "envSecrets", "annotations", "nodeSelector", "affinity",
+                            "tolerations", "podSecurityContext", "securityContext", "resources", "livenessProbe",
+                            "readinessProbe", "startupProbe", "labels", "volumeMounts", "volumes", "schedulerName",
+                            "initContainers", "sidecarContainers",
+                        ]} | {
                             "image": {"type": "object", "required": ["repository", "pullPolicy"]},
                             "dagsterApiGrpcArgs": {"type": "array", "items": {"type": "string"}},
                             "port": {"type": "integer"},
+                            "envSecrets": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+                            "envConfigMaps": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+                            "includeConfigInLaunchedRuns": {"type": "object", "properties": {"enabled": {"type": "boolean"}}},
                         },
                     },
                 },
