@@ -120,7 +120,9 @@ def plan_training(decl: PipelineDeclaration, delta: DeltaLakeResource, end: str 
     available = delta.partitions(decl.name, FEATURES)
     if version is None or not available:
         raise TrainingDataError(f"pipeline {decl.name} has no featurized partitions yet: ingest some days first")
-    last = date.fromisoformat(end) if end else date.fromisoformat(available[-1])
+    if end is not None and end not in available:
+        raise TrainingDataError(f"pipeline {decl.name}: day {end} has no features; the window must end on a featurized day")
+    last = date.fromisoformat(end or available[-1])
     first = last - timedelta(days=decl.training.window_days - 1)
     window = [p for p in available if first.isoformat() <= p <= last.isoformat()]
     if not window:

@@ -166,3 +166,19 @@ def test_training_with_too_few_rows_fails_clearly_and_registers_nothing(model_ho
     failure = [e for e in result.all_events if e.is_step_failure][0]
     assert "fewer than training.min_rows=10000000" in failure.step_failure_data.error.message
     assert model_home.registry.client().search_registered_models() == []
+
+
+def test_the_window_end_is_configurable_and_must_be_a_featurized_day(model_home):
+    plat = model_home.platform(flights_decl())
+    job = plat.defs.resolve_job_def("flights_train")
+    config = {"ops": {"flights__model": {"config": {"end_partition": "2013-03-01"}}}}
+    result = job.execute_in_process(instance=model_home.instance, run_config=config, raise_on_error=False)
+    failure = [e for e in result.all_events if e.is_step_failure][0]
+    assert "day 2013-03-01 has no features" in failure.step_failure_data.error.message
+
+    config = {"ops": {"flights__model": {"config": {"end_partition": "2013-02-01"}}}}
+    assert job.execute_in_process(instance=model_home.instance, run_config=config).success
+    tags = model_home.registry.client().get_model_version("flights", "1").tags
+    assert (tags["mlops.partition_start"], tags["mlops.partition_end"], tags["mlops.holdout_start"]) == (
+        "2013-01-12", "2013-02-01", "2013-01-29"
+    )
