@@ -251,3 +251,21 @@ def test_a_commit_built_on_a_stale_snapshot_cannot_overwrite_the_log(s3_env: S3S
         )
     rows = delta.read_partitions("race", "t", ["p"])
     assert rows["writer"].unique().to_list() == ["winner"] and rows.height == 10
+
+
+def test_code_location_defaults_follow_the_environment(s3_env: S3Server, tmp_path: Path, flights_decl, monkeypatch, request):
+    """The deployed code location (default resources) goes to S3 from environment variables alone."""
+    from mlops_assets.flights.landing import land_reference
+
+    root = s3_root(s3_env, request)
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("MLOPS_LANDING_URI", f"{root}/landing")
+    monkeypatch.setenv("MLOPS_DELTA_URI", f"{root}/delta")
+    (tmp_path / "dagster").mkdir()
+    defs = build_definitions([flights_decl])  # resources=None: what the code location serves
+    land_reference(flights_decl, LandingZoneResource(root=f"{root}/landing"))
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        result = defs.resolve_job_def("flights_reference").execute_in_process(instance=instance)
+    assert result.success
+    assert s3_env.keys(f"{request.node.name}/delta/flights/reference_weather/_delta_log/")
+    assert not (tmp_path / "delta").exists()
