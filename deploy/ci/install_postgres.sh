@@ -21,7 +21,11 @@ if ! command -v apt-get >/dev/null; then
   exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
-if $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null; then
+# binaries only: no default cluster on port 5432 (the tests start their own on a free port)
+$SUDO mkdir -p /etc/postgresql-common
+echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
+if $SUDO apt-get update -qq \
+  && $SUDO apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold postgresql >/dev/null; then
   echo "install_postgres: installed $(ls /usr/lib/postgresql)"
 else
   echo "install_postgres: apt-get install postgresql failed; Postgres tests will be skipped" >&2
