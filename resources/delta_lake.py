@@ -114,8 +114,16 @@ class DeltaLakeResource(ConfigurableResource):
     def table_uri(self, pipeline: str, table: str) -> str:
         return f"{self.root_uri()}/{pipeline}/{table}"
 
-    def _options(self) -> dict[str, str] | None:
+    def resolved_storage_options(self) -> dict[str, str] | None:
+        """What to pass as `storage_options` to deltalake/polars for these tables (None when local).
+
+        For code outside this resource that opens a table URI itself (Ray workers, benchmarks).
+        Resolved on each call from the environment: do not log or persist it (it holds credentials).
+        """
         return object_store_options(self.root_uri(), self.storage_options) or None
+
+    def _options(self) -> dict[str, str] | None:
+        return self.resolved_storage_options()
 
     def table(self, pipeline: str, table: str) -> DeltaTable | None:
         try:

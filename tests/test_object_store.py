@@ -153,7 +153,7 @@ def test_sensor_ingestion_and_features_on_s3(s3_platform: Platform, s3: S3Server
     again = plat.run("flights_ingest", DAYS[1])
     assert partition_counts(plat.delta, "raw") == SOURCE_ROWS, "re-ingest must not duplicate rows"
     assert plat.delta.version("flights", "raw") > version
-    last = DeltaTable(plat.delta.table_uri("flights", "raw"), storage_options=plat.delta._options()).history(1)[0]
+    last = DeltaTable(plat.delta.table_uri("flights", "raw"), storage_options=plat.delta.resolved_storage_options()).history(1)[0]
     assert last["dagster_run_id"] == again.run_id
     features_after = plat.delta.read_partitions("flights", "features", [DAYS[1]]).sort(pl.all())
     assert features_after.equals(features_before)
@@ -185,7 +185,7 @@ def _frame(n: int, marker: str) -> pl.DataFrame:
 
 
 def _history_run_ids(delta: DeltaLakeResource, table: str) -> list[str]:
-    dt = DeltaTable(delta.table_uri("race", table), storage_options=delta._options())
+    dt = DeltaTable(delta.table_uri("race", table), storage_options=delta.resolved_storage_options())
     return [h["dagster_run_id"] for h in dt.history() if "dagster_run_id" in h]
 
 
@@ -239,7 +239,7 @@ def test_a_commit_built_on_a_stale_snapshot_cannot_overwrite_the_log(s3_env: S3S
     writer that read version N before another writer committed N+1 conflicts instead of clobbering."""
     delta = DeltaLakeResource(root=f"{s3_root(s3_env, request)}/delta")
     delta.write_partition("race", "t", _frame(10, "seed"), "p", "seed")
-    stale = DeltaTable(delta.table_uri("race", "t"), storage_options=delta._options())
+    stale = DeltaTable(delta.table_uri("race", "t"), storage_options=delta.resolved_storage_options())
     delta.write_partition("race", "t", _frame(10, "winner"), "p", "winner")
     with pytest.raises(CommitFailedError):
         write_deltalake(
