@@ -224,7 +224,7 @@ def get_version(client: MlflowClient, name: str, version: str | int) -> ModelVer
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as err:
-        if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code) or "not found" in str(err).lower():
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise LookupError(f"model {name} has no version {version}") from None
         raise
 
@@ -234,7 +234,8 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as err:
-        if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code) or "INVALID_PARAMETER_VALUE" in str(err.error_code):
+        missing_alias = err.error_code == "INVALID_PARAMETER_VALUE" and f"alias {alias} not found" in str(err)
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST" or missing_alias:
             return None
         raise
 

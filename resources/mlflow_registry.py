@@ -17,7 +17,7 @@ from pathlib import Path
 
 import mlflow
 from dagster import ConfigurableResource
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from mlflow import MlflowClient
 from pydantic import Field
 
@@ -76,7 +76,12 @@ class MlflowRegistryResource(ConfigurableResource):
             lock = FileLock(str(path) + ".lock", timeout=self.lock_timeout_s) if path else None
             if lock is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-                lock.acquire()
+                try:
+                    lock.acquire()
+                except Timeout:
+                    raise TimeoutError(
+                        f"another writer held the MLflow store lock {lock.lock_file} for more than {self.lock_timeout_s:g}s"
+                    ) from None
             try:
                 mlflow.set_tracking_uri(self.resolved_tracking_uri())
                 mlflow.set_registry_uri(self.resolved_registry_uri())
