@@ -49,6 +49,9 @@ AWS_ENV_OPTIONS: tuple[tuple[str, str], ...] = (
     ("AWS_ENDPOINT_URL", "aws_endpoint_url"),
     ("AWS_ENDPOINT_URL_S3", "aws_endpoint_url"),
     ("AWS_ALLOW_HTTP", "aws_allow_http"),
+    # read so that an unsafe value set in the environment is refused, not silently used
+    ("AWS_CONDITIONAL_PUT", "aws_conditional_put"),
+    ("AWS_S3_ALLOW_UNSAFE_RENAME", "aws_s3_allow_unsafe_rename"),
 )
 # Any other object_store option (also for gs:// and az://): MLOPS_STORAGE_<KEY>=value -> <key>: value.
 STORAGE_ENV_PREFIX = "MLOPS_STORAGE_"
@@ -145,7 +148,7 @@ class DeltaLakeResource(ConfigurableResource):
                 if attempt == self.commit_retries:
                     raise CommitFailedError(
                         f"{what}: a concurrent writer won every one of {attempt + 1} attempts; "
-                        f"nothing was written by this attempt. Last conflict: {err}"
+                        f"this write was not committed. Last conflict: {err}"
                     ) from err
                 get_dagster_logger().info(f"{what}: commit conflict ({err}); retrying")
                 time.sleep(random.uniform(0.5, 1.0) * 0.1 * 2**attempt)
