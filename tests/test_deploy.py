@@ -653,3 +653,16 @@ def test_dagster_runs_on_postgres_storage(tmp_path: Path, monkeypatch, flights_d
         )[0][0]
         assert materialized >= 2, "raw, quarantine and features materializations are in Postgres"
         assert pg.query("dagster", "SELECT to_regclass('instigators') IS NOT NULL")[0][0], "schedule storage tables exist"
+
+
+# ---------------------------------------------------------------- README
+
+def test_cluster_readme_names_settings_the_code_reads():
+    """Every variable the README puts in the platform ConfigMap is read by the code or its libraries."""
+    readme = (DEPLOY / "README.md").read_text()
+    configmap = set(re.findall(r"--from-literal=([A-Z_][A-Z0-9_]*)=", readme.split("create configmap mlops-platform", 1)[1].split("```", 1)[0]))
+    assert {"MLOPS_DELTA_URI", "MLOPS_LANDING_URI"} <= configmap
+    source = "\n".join(p.read_text() for d in ("mlops_assets", "resources", "serving", "sensors") for p in (ROOT / d).rglob("*.py"))
+    read_by_libraries = {"MLFLOW_TRACKING_URI", "AWS_REGION", "MLOPS_HOME"}
+    for name in configmap - read_by_libraries:
+        assert f'"{name}"' in source, f"the README sets {name}, which no code reads"
