@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-import time
+import threading
 from pathlib import Path
 
 
@@ -58,11 +59,13 @@ def start(args: argparse.Namespace) -> int:
             "-H 'Content-Type: application/json' -d '{\"instances\": [...]}'",
             flush=True,
         )
-    print("Ctrl-C stops serving.", flush=True)
+    print("Ctrl-C (or SIGTERM) stops serving.", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+        while not stop.wait(1.0):
+            pass
         return 0
     finally:
         from ray import serve

@@ -38,6 +38,13 @@ def start(http_host: str = "127.0.0.1", http_port: int = 8000) -> None:
     serve.start(http_options={"host": http_host, "port": http_port})
 
 
+def http_url() -> str:
+    """Where the running Serve proxy listens (0.0.0.0 reported as 127.0.0.1)."""
+    config = _client().http_config
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+    return f"http://{host}:{config.port}"
+
+
 def _client():
     from ray.serve.context import _get_global_client
 

@@ -44,7 +44,12 @@ class ServingResource(dg.ConfigurableResource):
         )
 
     def url(self) -> str:
-        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
+        """The public URL when set, else where the running proxy actually listens."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        from serving import control
+
+        return control.http_url()
 
 
 def deployment_key(decl: PipelineDeclaration) -> dg.AssetKey:

@@ -73,9 +73,9 @@ def wait_http(url: str, timeout_s: float = 120) -> None:
     raise TimeoutError(f"{url} not ready after {timeout_s}s")
 
 
-def predict(base: str, records: list[dict], request_id: str | None = None, **kw) -> requests.Response:
+def predict(base: str, records: list[dict], request_id: str | None = None, session: requests.Session | None = None, **kw) -> requests.Response:
     headers = {"X-Request-Id": request_id} if request_id else {}
-    return HTTP.post(f"{base}/v1/models/flights:predict", json={"instances": records}, headers=headers, timeout=30, **kw)
+    return (session or HTTP).post(f"{base}/v1/models/flights:predict", json={"instances": records}, headers=headers, timeout=30, **kw)
 
 
 def set_traffic(base: str, **body) -> None:
@@ -228,7 +228,7 @@ def test_canary_share_is_observed_and_changes_without_restarts(served, serving_r
     try:
         record = request_records(1)
         with ThreadPoolExecutor(4) as pool:
-            versions = list(pool.map(lambda _: predict(base, record).json()["model_version"], range(200)))
+            versions = list(pool.map(lambda _: predict(base, record, session=client()).json()["model_version"], range(200)))
     finally:
         set_traffic(base, canary_share=0.0)
     share = versions.count(str(serving_registry.challenger)) / len(versions)
@@ -326,6 +326,7 @@ def test_swap_under_load_via_sensor_and_asset_has_no_failed_request(served, serv
     assert len(results) > 20
     meta = result.asset_materializations_for_node("flights__deployment")[0].metadata
     assert meta["champion_version"].value == reg.challenger
+    assert meta["infer_url"].value == f"{served.base_url}/v2/models/flights/infer"
     # the swap reconfigured the running replicas (second load), it did not replace them
     loads = {HTTP.get(f"{served.base_url}/admin/models/flights/status", headers=ADMIN, timeout=10).json()["champion"]["loads"] for _ in range(8)}
     assert loads == {2}, loads
