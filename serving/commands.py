@@ -126,6 +126,14 @@ def config(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_process(env: dict[str, str], host: str = "127.0.0.1", port: int = 8000) -> "subprocess.Popen":
+    """`mlops serve start` as a child process, for `mlops demo` to run beside Dagster (stop it with SIGTERM)."""
+    import subprocess
+
+    exe = Path(sys.executable).with_name("mlops")
+    return subprocess.Popen([str(exe), "serve", "start", "--host", host, "--port", str(port)], env=env)
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run and steer model serving (Ray Serve)")
     sub = serve.add_subparsers(dest="serve_command", required=True, metavar="SUBCOMMAND")

@@ -9,6 +9,7 @@ rollback, new challenger).
 """
 
 import json
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
@@ -114,6 +115,8 @@ def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition
     )
     def champion_sensor(context: dg.SensorEvaluationContext, serving: ServingResource):
         uri = serving.settings(decl.name).resolved_tracking_uri()
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+            return dg.SkipReason(f"no MLflow registry yet at {uri}")
         now = {"champion": resolve_alias(uri, decl.name, CHAMPION), "challenger": resolve_alias(uri, decl.name, CHALLENGER)}
         if now["champion"] is None:
             return dg.SkipReason(f"model {decl.name} has no champion yet")

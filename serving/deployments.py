@@ -113,6 +113,11 @@ class ModelServer:
             "prediction_log": self.logger.stats(),
         }
 
+    def check_health(self) -> None:
+        """Serve restarts a replica whose prediction logger died (its rows would pile up unseen)."""
+        if not self.logger.alive():
+            raise RuntimeError(f"prediction logger of {self.decl.name}/{self.role} stopped: {self.logger.last_error}")
+
     def flush_log(self) -> int:
         return self.logger.flush()
 

@@ -87,6 +87,9 @@ class PredictionLogger:
         self._stop.set()
         self._thread.join(timeout)
 
+    def alive(self) -> bool:
+        return self._thread.is_alive() or self._stop.is_set()
+
     def stats(self) -> dict:
         return {
             "logged_rows": self.logged_rows,

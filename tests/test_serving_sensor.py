@@ -1,0 +1,65 @@
+"""The champion sensor starts a deployment run on every alias move, promotion and rollback alike."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import lightgbm as lgb
+import numpy as np
+
+from mlops_assets.declaration import PACKAGED_PIPELINES, load_declaration
+from serving.deployment_definitions import ServingResource, build_serving_definitions
+
+
+def _register(uri: str, tmp_path, name: str) -> int:
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.get_experiment_by_name(name) or mlflow.get_experiment(
+        mlflow.create_experiment(name, artifact_location=(tmp_path / "artifacts").as_uri())
+    )
+    x = np.random.default_rng(0).normal(size=(100, 2))
+    booster = lgb.train({"verbose": -1, "objective": "regression"}, lgb.Dataset(x, x[:, 0]), 2)
+    with mlflow.start_run(experiment_id=exp.experiment_id):
+        info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=name)
+    return int(info.registered_model_version)
+
+
+def test_sensor_follows_promotions_and_rollbacks(tmp_path):
+    from mlflow import MlflowClient
+
+    decl = load_declaration(PACKAGED_PIPELINES / "flights.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    resource = ServingResource(tracking_uri=uri)
+    defs = dg.Definitions.merge(build_serving_definitions(decl), dg.Definitions(resources={"serving": resource}))
+    sensor = defs.resolve_sensor_def("flights_champion_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+    with dg.instance_for_test() as instance:
+        cursor = None
+
+        def tick():
+            nonlocal cursor
+            data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"serving": resource}))
+            cursor = data.cursor or cursor
+            return data
+
+        assert "no MLflow registry yet" in tick().skip_message  # nothing created behind the user's back
+        (tmp_path / "mlflow").mkdir()
+        v1, v2 = _register(uri, tmp_path, "flights"), _register(uri, tmp_path, "flights")
+        assert "no champion" in tick().skip_message
+        client = MlflowClient(uri, uri)
+        keys = []
+        for version in (v1, v2, v1):  # promote v1, promote v2, roll back to v1
+            client.set_registered_model_alias("flights", "champion", str(version))
+            requests = tick().run_requests
+            assert len(requests) == 1 and requests[0].tags["mlops/champion_version"] == str(version)
+            keys.append(requests[0].run_key)
+            assert "unchanged" in tick().skip_message
+        assert len(set(keys)) == 3  # a rollback is a new run, not a duplicate run key
+        client.set_registered_model_alias("flights", "challenger", str(v2))
+        requests = tick().run_requests
+        assert len(requests) == 1 and requests[0].tags["mlops/challenger_version"] == str(v2)
+        assert json.loads(cursor)["moves"] == 4
