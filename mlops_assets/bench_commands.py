@@ -16,6 +16,27 @@ def bench_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rows takes comma-separated row counts, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--rows takes positive row counts, got {text!r}")
+    return sizes
+
+
+def bench_pipeline(args: argparse.Namespace) -> int:
+    from mlops_assets.bench.pipeline_bench import bench, print_report
+
+    sides = ("platform",) if args.platform_only else ("platform", "pandas")
+    result = bench(args.rows, days=args.days, check_rows=args.check_rows, training=not args.no_training, sides=sides)
+    print_report(result)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="run a benchmark").add_subparsers(dest="benchmark", required=True)
     p = bench.add_parser("drift", help="drift decision vs Evidently DataDriftPreset")
@@ -24,3 +45,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--categorical", type=int, default=5)
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_drift)
+    p = bench.add_parser("pipeline", help="ingest + validate + featurize vs pandas; training vs bare lgb.train")
+    p.add_argument("--rows", type=_sizes, default=[1_000_000, 10_000_000], help="comma-separated sizes (default 1000000,10000000)")
+    p.add_argument("--days", type=int, default=365, help="daily partitions the rows are spread over (default 365)")
+    p.add_argument("--check-rows", type=int, default=30_000, help="rows of the platform/pandas agreement check")
+    p.add_argument("--no-training", action="store_true", help="skip the training-overhead measurement")
+    p.add_argument("--platform-only", action="store_true", help="skip the pandas baseline")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(handler=bench_pipeline)
