@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 
 import polars as pl
+import pyarrow.fs as pafs
 from dagster import ConfigurableResource, get_dagster_logger
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
@@ -37,6 +41,9 @@ from pydantic import Field
 from mlops_assets.home import MlopsHome
 
 PARTITION_COLUMN = "_partition"
+# how far back a writer looks for its own commit; concurrent writers of one table stay far below this
+COMMIT_LOOKBACK = 256
+COMMIT_FILE = re.compile(r"\d{20}\.json")
 
 # Standard AWS variables (read by every AWS SDK, pyarrow and MLflow too) -> object_store option keys.
 # Later entries win, so the S3-specific endpoint beats the generic one.
@@ -100,6 +107,46 @@ def object_store_options(
     return options
 
 
+def pyarrow_filesystem(uri: str, explicit: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem for `uri` configured like delta-rs (same options), and the path within it."""
+    if not is_object_store(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(uri.removeprefix("file://"))
+    options = object_store_options(uri, explicit)
+    if not uri.startswith(S3_SCHEMES):
+        return pafs.FileSystem.from_uri(uri)
+    path = uri.split("://", 1)[1]
+    if not options.get("aws_region") and not options.get("aws_endpoint_url"):
+        # AWS without a configured region: ask S3 where the bucket lives, as delta-rs does
+        options["aws_region"] = _bucket_region(path.split("/", 1)[0])
+    return _s3_filesystem(tuple(sorted(options.items()))), path
+
+
+@lru_cache(maxsize=32)
+def _bucket_region(bucket: str) -> str:
+    return pafs.resolve_s3_region(bucket)
+
+
+@lru_cache(maxsize=8)
+def _s3_filesystem(options: tuple[tuple[str, str], ...]) -> pafs.S3FileSystem:
+    """One S3 client per option set; buckets are provisioned, never created by the platform."""
+    opts = dict(options)
+    endpoint = opts.get("aws_endpoint_url") or opts.get("endpoint_url") or None
+    scheme = None
+    if endpoint and "://" in endpoint:
+        scheme, endpoint = endpoint.split("://", 1)
+    elif opts.get("aws_allow_http", "").lower() == "true":
+        scheme = "http"
+    return pafs.S3FileSystem(
+        access_key=opts.get("aws_access_key_id"),
+        secret_key=opts.get("aws_secret_access_key"),
+        session_token=opts.get("aws_session_token"),
+        region=opts.get("aws_region") or "us-east-1",
+        endpoint_override=endpoint,
+        scheme=scheme,
+        force_virtual_addressing=opts.get("aws_virtual_hosted_style_request", "").lower() == "true",
+    )
+
+
 class DeltaLakeResource(ConfigurableResource):
     """Root of the Delta tables: a local folder by default, an object-store URI in production."""
 
@@ -153,58 +200,66 @@ class DeltaLakeResource(ConfigurableResource):
                 get_dagster_logger().info(f"{what}: commit conflict ({err}); retrying")
                 time.sleep(random.uniform(0.5, 1.0) * 0.1 * 2**attempt)
 
+    def _write(self, uri: str, data: pl.DataFrame, what: str, metadata: dict[str, str], **options) -> int:
+        """Commit one write (retrying lost races) and return the version of *this* commit.
+
+        Under concurrent writers the table's latest version may already be another run's
+        commit, so the commit is found by a unique id in its metadata: lineage recorded
+        from the returned version always points at the data this run wrote.
+        """
+        commit_id = uuid.uuid4().hex
+        properties = CommitProperties(custom_metadata={**metadata, "mlops_commit_id": commit_id})
+        self._commit(
+            lambda: write_deltalake(
+                uri, data.to_arrow(), storage_options=self._options(), commit_properties=properties, **options
+            ),
+            what,
+        )
+        return self._version_of_commit(uri, commit_id, what)
+
+    def _version_of_commit(self, uri: str, commit_id: str, what: str) -> int:
+        """Find the log entry carrying `commit_id`, newest first; its file name is its version.
+
+        Read from the log files rather than DeltaTable.history(): under concurrent commits
+        delta-rs 1.6 can label history entries with versions off by the commits that landed
+        between loading the snapshot and listing the log.
+        """
+        fs, path = pyarrow_filesystem(f"{uri}/_delta_log", self.storage_options)
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=False))
+        commits = sorted((i for i in infos if COMMIT_FILE.fullmatch(i.base_name)), key=lambda i: i.base_name, reverse=True)
+        for info in commits[:COMMIT_LOOKBACK]:
+            with fs.open_input_stream(info.path) as stream:
+                if commit_id.encode() in stream.read():
+                    return int(info.base_name.split(".")[0])
+        raise RuntimeError(f"{what}: committed, but the commit is not among the last {COMMIT_LOOKBACK} versions of {uri}")
+
     def write_partition(
         self, pipeline: str, table: str, frame: pl.DataFrame, partition: str, run_id: str
     ) -> int:
-        """Replace one partition of a table (creating the table if needed); returns the new version."""
+        """Replace one partition of a table (creating the table if needed); returns the commit's version."""
         if "'" in partition:
             raise ValueError(f"invalid partition key {partition!r}")
         frame = frame.with_columns(pl.lit(partition, dtype=pl.String).alias(PARTITION_COLUMN))
-        uri = self.table_uri(pipeline, table)
-        self._commit(
-            lambda: write_deltalake(
-                uri,
-                frame.to_arrow(),
-                mode="overwrite",
-                predicate=f"{PARTITION_COLUMN} = '{partition}'",
-                partition_by=[PARTITION_COLUMN],
-                storage_options=self._options(),
-                commit_properties=CommitProperties(
-                    custom_metadata={"dagster_run_id": run_id, "partition": partition}
-                ),
-            ),
+        return self._write(
+            self.table_uri(pipeline, table),
+            frame,
             f"writing {table} partition {partition}",
+            {"dagster_run_id": run_id, "partition": partition},
+            mode="overwrite",
+            predicate=f"{PARTITION_COLUMN} = '{partition}'",
+            partition_by=[PARTITION_COLUMN],
         )
-        return self.version(pipeline, table)  # type: ignore[return-value]
 
     def overwrite(self, pipeline: str, table: str, frame: pl.DataFrame, run_id: str) -> int:
-        uri = self.table_uri(pipeline, table)
-        self._commit(
-            lambda: write_deltalake(
-                uri,
-                frame.to_arrow(),
-                mode="overwrite",
-                schema_mode="overwrite",
-                storage_options=self._options(),
-                commit_properties=CommitProperties(custom_metadata={"dagster_run_id": run_id}),
-            ),
-            f"overwriting {table}",
+        return self._write(
+            self.table_uri(pipeline, table), frame, f"overwriting {table}", {"dagster_run_id": run_id},
+            mode="overwrite", schema_mode="overwrite",
         )
-        return self.version(pipeline, table)  # type: ignore[return-value]
 
     def append(self, pipeline: str, table: str, frame: pl.DataFrame, run_id: str = "") -> int:
-        uri = self.table_uri(pipeline, table)
-        self._commit(
-            lambda: write_deltalake(
-                uri,
-                frame.to_arrow(),
-                mode="append",
-                storage_options=self._options(),
-                commit_properties=CommitProperties(custom_metadata={"dagster_run_id": run_id}),
-            ),
-            f"appending to {table}",
+        return self._write(
+            self.table_uri(pipeline, table), frame, f"appending to {table}", {"dagster_run_id": run_id}, mode="append"
         )
-        return self.version(pipeline, table)  # type: ignore[return-value]
 
     def scan(self, pipeline: str, table: str, version: int | None = None) -> pl.LazyFrame | None:
         if self.table(pipeline, table) is None:

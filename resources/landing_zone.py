@@ -14,14 +14,13 @@ Delta tables use, so one set of variables configures both.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import pyarrow.fs as pafs
 from dagster import ConfigurableResource
 from pydantic import Field
 
 from mlops_assets.home import MlopsHome
-from resources.delta_lake import S3_SCHEMES, is_object_store, object_store_options
+from resources.delta_lake import pyarrow_filesystem
 
 
 @dataclass(frozen=True)
@@ -57,16 +56,7 @@ class LandingZoneResource(ConfigurableResource):
 
     def filesystem(self, uri: str) -> tuple[pafs.FileSystem, str]:
         """The pyarrow filesystem for `uri` and the path within it."""
-        if not is_object_store(uri):
-            return pafs.LocalFileSystem(), uri.removeprefix("file://")
-        options = object_store_options(uri, self.storage_options)
-        if uri.startswith(S3_SCHEMES):
-            path = uri.split("://", 1)[1]
-            if not options.get("aws_region") and not options.get("aws_endpoint_url"):
-                # AWS without a configured region: ask S3 where the bucket lives, as delta-rs does
-                options["aws_region"] = _bucket_region(path.split("/", 1)[0])
-            return _s3_filesystem(tuple(sorted(options.items()))), path
-        return pafs.FileSystem.from_uri(uri)
+        return pyarrow_filesystem(uri, self.storage_options)
 
     def list_files(self, pipeline: str, folder: str = "") -> list[LandedFile]:
         """Complete files directly in the pipeline's landing folder (or a subfolder)."""
@@ -112,28 +102,3 @@ class LandingZoneResource(ConfigurableResource):
         fs.move(tmp, final)
         return final_uri
 
-
-@lru_cache(maxsize=32)
-def _bucket_region(bucket: str) -> str:
-    return pafs.resolve_s3_region(bucket)
-
-
-@lru_cache(maxsize=8)
-def _s3_filesystem(options: tuple[tuple[str, str], ...]) -> pafs.S3FileSystem:
-    """One S3 client per option set; buckets are provisioned, never created by the platform."""
-    opts = dict(options)
-    endpoint = opts.get("aws_endpoint_url") or opts.get("endpoint_url") or None
-    scheme = None
-    if endpoint and "://" in endpoint:
-        scheme, endpoint = endpoint.split("://", 1)
-    elif opts.get("aws_allow_http", "").lower() == "true":
-        scheme = "http"
-    return pafs.S3FileSystem(
-        access_key=opts.get("aws_access_key_id"),
-        secret_key=opts.get("aws_secret_access_key"),
-        session_token=opts.get("aws_session_token"),
-        region=opts.get("aws_region") or "us-east-1",
-        endpoint_override=endpoint,
-        scheme=scheme,
-        force_virtual_addressing=opts.get("aws_virtual_hosted_style_request", "").lower() == "true",
-    )

@@ -197,8 +197,17 @@ def test_concurrent_writers_of_different_partitions_both_land(s3_env: S3Server, 
     delta = DeltaLakeResource(root=f"{s3_root(s3_env, request)}/delta")
     delta.write_partition("race", "t", _frame(1, "seed"), "p0", "seed")
     parts = ["p1", "p2", "p3"]
-    outcome = _race([lambda p=p: delta.write_partition("race", "t", _frame(50, p), p, f"run-{p}") for p in parts])
+    versions: dict[str, int] = {}
+
+    def writer(p: str):
+        return lambda: versions.__setitem__(p, delta.write_partition("race", "t", _frame(50, p), p, f"run-{p}"))
+
+    outcome = _race([writer(p) for p in parts])
     assert outcome == [None] * len(parts)
+    # each writer is told the version of its own commit, even when others committed after it
+    dt = DeltaTable(delta.table_uri("race", "t"), storage_options=delta.resolved_storage_options())
+    by_version = {h["version"]: h.get("dagster_run_id") for h in dt.history()}
+    assert {p: by_version[v] for p, v in versions.items()} == {p: f"run-{p}" for p in parts}
     counts = partition_counts_of(delta, "t")
     assert counts == {"p0": 1, "p1": 50, "p2": 50, "p3": 50}
     assert sorted(_history_run_ids(delta, "t")) == sorted(["seed", *(f"run-{p}" for p in parts)])
