@@ -50,6 +50,8 @@ def record_evaluation(
             client.set_model_version_tag(name, version, f"gate.{gate.name}", "passed" if gate.passed else "failed")
         for k, v in evaluation.challenger_metrics.items():
             client.set_model_version_tag(name, version, f"holdout.{k}", repr(float(v)))
+        if mv.aliases:  # checks re-run on a serving or waiting version: record, but decide nothing
+            return
         client.set_model_version_tag(name, version, GATES_TAG, "passed" if evaluation.passed else "failed: " + ",".join(evaluation.failed))
         client.set_model_version_tag(name, version, STATUS_TAG, "passed" if evaluation.passed else "rejected")
         if not evaluation.passed:

@@ -181,3 +181,25 @@ def test_rollback_moves_champion_back_and_is_logged(model_home, capsys):
     code, _, err = model_home.mlops("rollback", "flights", "--by", "erin", capsys=capsys)
     assert code == 2 and "no previous champion" in err
     assert aliases(model_home) == (1, None) and history(plat.delta, "flights").height == before
+
+
+def test_gates_rerun_alone_on_the_champion_decide_nothing(model_home):
+    import dagster as dg
+
+    from mlops_assets.model_definitions import model_key
+
+    decl = flights_decl()
+    plat = model_home.platform(decl)
+    assert plat.run("flights_train").success
+    result = dg.materialize(
+        [*plat.defs.assets, *plat.defs.asset_checks],
+        selection=dg.AssetSelection.checks_for_assets(model_key(decl)),
+        instance=model_home.instance,
+        resources=plat.resources(),
+    )
+    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
+        "quality_floors": True, "no_regression": True, "data_checks": True
+    }
+    assert not result.asset_materializations_for_node("flights__model")  # the pointer was read, nothing retrained
+    assert model_home.registry.client().get_model_version("flights", "1").tags["mlops.status"] == "promoted"
+    assert aliases(model_home) == (1, None) and actions(plat) == [("promote", 1)]
