@@ -9,6 +9,7 @@ Every answer names the model version that made it (body and `X-Model-Version`).
 
 import asyncio
 import hmac
+import logging
 import os
 import time
 import uuid
@@ -26,6 +27,7 @@ from serving.requests import V2_OUT_TYPE, RequestError, RequestSchema, parse_jso
 from serving.settings import ServeSettings
 
 SERVER_NAME = "mlops-serving"
+log = logging.getLogger(__name__)
 api = FastAPI(
     title="MLOps model serving",
     description="Open Inference Protocol (KServe V2) and TF-Serving style V1 REST for every declared pipeline. "
@@ -156,6 +158,10 @@ class Gateway:
             return _error(err.status, err.message, err.field, request_id)
         except NotReady as err:
             return _error(503, str(err).splitlines()[-1], request_id=request_id)
+        except Exception as err:  # a bug or an unavailable backend: answered as a 500 with its reason, never a dead replica
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            log.exception("request %s to %s failed", request_id, name)
+            return _error(500, f"prediction failed: {reason}", request_id=request_id)
         return result, request_id
 
     # --- Open Inference Protocol (KServe V2) ---------------------------------------------------
