@@ -16,10 +16,12 @@ import dagster as dg
 import pytest
 import yaml
 
+from mlops_assets.audit_log import history
 from mlops_assets.cli import main as cli_main
 from mlops_assets.declaration import PACKAGED_PIPELINES, PipelineDeclaration, parse_declaration
 from mlops_assets.home import MlopsHome
 from mlops_assets.model_definitions import model_resources
+from mlops_assets.registry import CHALLENGER, CHAMPION, alias_version
 from resources.mlflow_registry import MlflowRegistryResource
 from tests.conftest import Platform
 
@@ -42,6 +44,19 @@ def flights_decl(training: dict | None = None, gates: dict | None = None, policy
     data["promotion"] = {"policy": policy}
     data.update(extra)
     return parse_declaration(data, "flights (test)")
+
+
+WORSE = {"num_boost_round": 2, "params": {"learning_rate": 0.02, "num_leaves": 3}}
+
+
+def aliases(model_home: "ModelHome") -> tuple[int | None, int | None]:
+    client = model_home.registry.client()
+    champion, challenger = alias_version(client, "flights", CHAMPION), alias_version(client, "flights", CHALLENGER)
+    return (int(champion.version) if champion else None, int(challenger.version) if challenger else None)
+
+
+def actions(plat) -> list[tuple[str, int]]:
+    return [(r["action"], r["model_version"]) for r in history(plat.delta, "flights").iter_rows(named=True)]
 
 
 class ModelHome:

@@ -10,10 +10,8 @@ from mlops_assets import gates, training
 from mlops_assets.audit_log import history
 from mlops_assets.declaration import DeclarationError
 from mlops_assets.definitions import build_definitions
-from mlops_assets.registry import CHALLENGER, CHAMPION, alias_version
 from mlops_assets.reproduce import compare_predictions
-from tests.model_fixtures import SMALL_GATES, empty_mlflow_store, flights_decl, model_home  # noqa: F401
-from tests.test_model_promotion import WORSE, actions, aliases
+from tests.model_fixtures import SMALL_GATES, WORSE, actions, aliases, empty_mlflow_store, flights_decl, model_home  # noqa: F401
 
 
 def test_reproduce_gives_identical_predictions_from_the_recorded_delta_version(model_home, capsys):

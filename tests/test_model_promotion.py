@@ -13,27 +13,14 @@ import lightgbm as lgb
 import mlflow
 
 from mlops_assets.audit_log import history
-from mlops_assets.registry import CHALLENGER, CHAMPION, alias_version, load_booster
-from tests.model_fixtures import empty_mlflow_store, flights_decl, model_home  # noqa: F401
+from mlops_assets.registry import CHAMPION, alias_version, load_booster
+from tests.model_fixtures import WORSE, actions, aliases, empty_mlflow_store, flights_decl, model_home  # noqa: F401
 
 LINEAGE_TAGS = [
     "mlops.pipeline", "mlops.task", "mlops.feature_columns", "mlops.categorical_features", "mlops.declaration_hash",
     "mlops.feature_code_hash", "mlops.features_table", "mlops.features_delta_version", "mlops.partition_start",
     "mlops.partition_end", "mlops.git_commit", "mlops.dagster_run_id", "metric.mae", "metric.rmse",
 ]
-WORSE = {"num_boost_round": 2, "params": {"learning_rate": 0.02, "num_leaves": 3}}
-
-
-def aliases(model_home) -> tuple[int | None, int | None]:
-    client = model_home.registry.client()
-    champion, challenger = alias_version(client, "flights", CHAMPION), alias_version(client, "flights", CHALLENGER)
-    return (int(champion.version) if champion else None, int(challenger.version) if challenger else None)
-
-
-def actions(plat) -> list[tuple[str, int]]:
-    return [(r["action"], r["model_version"]) for r in history(plat.delta, "flights").iter_rows(named=True)]
-
-
 def test_first_model_is_promoted_on_floors_with_lineage(model_home):
     decl = flights_decl()
     plat = model_home.platform(decl)
