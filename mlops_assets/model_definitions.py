@@ -72,6 +72,15 @@ class ApprovalConfig(dg.Config):
     reason: str = Field(min_length=1, description="Why.")
 
 
+def run_trigger(run: dg.DagsterRun) -> str:
+    """Why this run was started, from the tags sensors and schedules put on it, for the audit log's why."""
+    tags = run.tags
+    source = tags.get("dagster/sensor_name") or tags.get("dagster/schedule_name")
+    trigger, reason = tags.get("mlops/trigger"), tags.get("mlops/reason")
+    parts = [p for p in (f"by {source}" if source else "", trigger or "", reason or "") if p]
+    return f" (run started {': '.join(parts)})" if parts else ""
+
+
 def _metadata_value(value):
     if isinstance(value, (dict, list)):
         return dg.MetadataValue.json(value)
@@ -157,7 +166,9 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
         run_id = context.run.run_id
         pointer = registry.run_pointer(context.instance, key, run_id)
         evaluation = gates.evaluate(decl, delta, mlflow, pointer.version)
-        promotion.record_evaluation(delta, mlflow, evaluation, actor=f"dagster:{run_id}", dagster_run_id=run_id)
+        promotion.record_evaluation(
+            delta, mlflow, evaluation, actor=f"dagster:{run_id}", dagster_run_id=run_id, trigger=run_trigger(context.run)
+        )
         context.log.info(f"{pointer.uri}: gates {'passed' if evaluation.passed else 'FAILED: ' + ', '.join(evaluation.failed)}")
         for gate in evaluation.gates:
             yield dg.AssetCheckResult(
@@ -192,7 +203,10 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
         run_id = context.run.run_id
         pointer = registry.run_pointer(context.instance, key, run_id)
         try:
-            decision = promotion.promote_after_gates(decl, delta, mlflow, pointer.version, actor=f"dagster:{run_id}", dagster_run_id=run_id)
+            decision = promotion.promote_after_gates(
+                decl, delta, mlflow, pointer.version, actor=f"dagster:{run_id}", dagster_run_id=run_id,
+                trigger=run_trigger(context.run),
+            )
         except ValueError as err:
             raise dg.Failure(str(err), allow_retries=False) from None
         context.log.info(decision.message)

@@ -40,7 +40,12 @@ def _int(version: str | int | None) -> int | None:
 
 
 def record_evaluation(
-    delta: DeltaLakeResource, registry: MlflowRegistryResource, evaluation: Evaluation, actor: str, dagster_run_id: str
+    delta: DeltaLakeResource,
+    registry: MlflowRegistryResource,
+    evaluation: Evaluation,
+    actor: str,
+    dagster_run_id: str,
+    trigger: str = "",
 ) -> None:
     """Write the gate outcome on the version; a failure is a rejection in the audit log."""
     name, version = evaluation.pipeline, evaluation.version
@@ -55,7 +60,7 @@ def record_evaluation(
         client.set_model_version_tag(name, version, GATES_TAG, "passed" if evaluation.passed else "failed: " + ",".join(evaluation.failed))
         client.set_model_version_tag(name, version, STATUS_TAG, "passed" if evaluation.passed else "rejected")
         if not evaluation.passed:
-            reasons = "; ".join(f"{g.name}: {g.description}" for g in evaluation.gates if not g.passed)
+            reasons = "; ".join(f"{g.name}: {g.description}" for g in evaluation.gates if not g.passed) + trigger
             record(
                 delta,
                 name,
@@ -88,6 +93,7 @@ def promote_after_gates(
     version: str,
     actor: str,
     dagster_run_id: str = "",
+    trigger: str = "",
 ) -> Decision:
     """Policy auto: `champion` moves to the version. Policy manual: it becomes the `challenger`."""
     name = decl.name
@@ -110,7 +116,7 @@ def promote_after_gates(
         record(
             delta,
             name,
-            AuditEvent(action, int(mv.version), actor=actor, reason=why, alias=alias, from_version=from_version,
+            AuditEvent(action, int(mv.version), actor=actor, reason=why + trigger, alias=alias, from_version=from_version,
                        metrics=metrics, dagster_run_id=dagster_run_id, mlflow_run_id=mv.run_id or ""),
         )
     return Decision(action, int(mv.version), from_version, f"{alias} -> v{mv.version} (was {f'v{from_version}' if from_version else 'none'})")

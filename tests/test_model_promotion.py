@@ -149,9 +149,14 @@ def test_rollback_moves_champion_back_and_is_logged(model_home, capsys):
     model_home.declare(decl)
     plat = model_home.platform(decl)
     assert plat.run("flights_train").success
-    # the same settings on a one-day-later window: no regression, promoted
-    assert model_home.platform(flights_decl(training={"window_days": 22})).run("flights_train").success
+    # the same settings on a one-day-longer window, started by a drift sensor: no regression, promoted
+    later = model_home.platform(flights_decl(training={"window_days": 22}))
+    tags = {"mlops/trigger": "drift", "mlops/reason": "drift share 0.42 > 0.30"}
+    assert later.defs.resolve_job_def("flights_train").execute_in_process(instance=model_home.instance, tags=tags).success
     assert aliases(model_home) == (2, None)
+    promoted = history(plat.delta, "flights").tail(1).row(0, named=True)
+    assert (promoted["action"], promoted["from_version"]) == ("promote", 1)
+    assert promoted["reason"] == "gates passed; policy auto (run started drift: drift share 0.42 > 0.30)"
 
     code, out, err = model_home.mlops("rollback", "flights", "--by", "erin", "--reason", "latency spike", capsys=capsys)
     assert code == 0, err
