@@ -10,6 +10,7 @@ writers (mlflow#4123).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,11 +83,13 @@ class MlflowRegistryResource(ConfigurableResource):
                     raise TimeoutError(
                         f"another writer held the MLflow store lock {lock.lock_file} for more than {self.lock_timeout_s:g}s"
                     ) from None
+            saved = _save_fluent_uris()
             try:
                 mlflow.set_tracking_uri(self.resolved_tracking_uri())
                 mlflow.set_registry_uri(self.resolved_registry_uri())
                 yield self.client()
             finally:
+                _restore_fluent_uris(saved)
                 if lock is not None:
                     lock.release()
 
@@ -100,6 +103,30 @@ class MlflowRegistryResource(ConfigurableResource):
             Path(root).mkdir(parents=True, exist_ok=True)
             root = Path(root).resolve().as_uri()
         return client.create_experiment(name, artifact_location=f"{root.rstrip('/')}/{name}")
+
+
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _save_fluent_uris() -> tuple:
+    """mlflow.set_*_uri change module globals and os.environ; other code in the process must not see ours."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    return (tracking_utils._tracking_uri, registry_utils._registry_uri, {k: os.environ.get(k) for k in _URI_ENV})
+
+
+def _restore_fluent_uris(saved: tuple) -> None:
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    tracking_uri, registry_uri, env = saved
+    mlflow.set_tracking_uri(tracking_uri)
+    registry_utils._registry_uri = registry_uri
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def mlflow_resource_for(home: MlopsHome) -> MlflowRegistryResource:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,17 @@ def test_another_process_waits_for_the_sqlite_write_lock(tmp_path):
     # once released, the other process gets it
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert "GOT THE LOCK" in out.stdout, out.stderr[-2000:]
+
+
+def test_writing_leaves_the_process_mlflow_settings_as_they_were(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    registry = MlflowRegistryResource(tracking_uri=MlopsHome(tmp_path).mlflow_tracking_uri)
+    with registry.writing():
+        assert mlflow.get_tracking_uri() == registry.resolved_tracking_uri()
+        assert mlflow.get_registry_uri() == registry.resolved_registry_uri()
+    assert mlflow.get_tracking_uri() == before
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
