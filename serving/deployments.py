@@ -30,7 +30,7 @@ from mlops_assets.feature_contract import FeatureReference, load_feature_module
 from serving.prediction_log import PredictionLogger, log_rows
 from serving.reference import serving_reference
 from serving.registry import CHALLENGER, CHAMPION, LoadedModel, load_version, resolve_alias
-from serving.requests import RequestSchema, typed_frame
+from serving.requests import RequestError, RequestSchema, typed_frame
 from serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 class NotReady(RuntimeError):
     """No model loaded for this role (yet); answered with 503."""
+
+
+class VersionNotHere(LookupError):
+    """A request pinned to a version this replica does not hold."""
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,14 @@ class ModelServer:
         if previous is not None and previous.model.local_dir:
             shutil.rmtree(previous.model.local_dir, ignore_errors=True)
 
-    def predict(self, frame: pl.DataFrame, request_id: str, received_at: float, role: str, served: bool) -> dict:
+    def predict(
+        self, frame: pl.DataFrame, request_id: str, received_at: float, role: str, served: bool, version: int | None = None
+    ) -> dict:
         loaded = self.loaded  # one read: the whole request uses one version even if a swap lands meanwhile
         if loaded is None:
             raise NotReady(f"no {self.role} model loaded for pipeline {self.decl.name}")
+        if version is not None and loaded.model.version != version:
+            raise VersionNotHere(f"{self.role} serves v{loaded.model.version}, not v{version}")
         features = self.module.build(frame, loaded.reference)
         result = loaded.model.predict(features)
         self.logger.log(
@@ -163,8 +171,10 @@ class Router:
             return self.champion_gpu
         return self.champion
 
-    async def predict(self, records: list[dict], request_id: str, received_at: float) -> dict:
+    async def predict(self, records: list[dict], request_id: str, received_at: float, version: int | None = None) -> dict:
         frame = await asyncio.to_thread(typed_frame, records, self.schema)
+        if version is not None:
+            return await self._pinned(frame, request_id, received_at, version)
         role = "canary" if self.canary_share > 0 and self.rng.random() < self.canary_share else CHAMPION
         result = None
         if role == "canary":
@@ -181,6 +191,18 @@ class Router:
         self.counts[role] += 1
         result["role"] = role
         return result
+
+    async def _pinned(self, frame: pl.DataFrame, request_id: str, received_at: float, version: int) -> dict:
+        """A request for one version (`/v2/models/{name}/versions/{v}/infer`): whichever role holds it answers."""
+        for role, handle in ((CHAMPION, self._champion()), (CHALLENGER, self.challenger)):
+            try:
+                result = await handle.predict.remote(frame, request_id, received_at, role, True, version)
+            except (VersionNotHere, NotReady):
+                continue
+            self.counts[f"pinned_{role}"] += 1
+            result["role"] = role
+            return result
+        raise RequestError(f"version {version} of {self.decl.name} is not being served (only the champion and challenger are)", status=404, field="version")
 
     async def _mirror(self, frame: pl.DataFrame, request_id: str, received_at: float) -> None:
         try:

@@ -142,7 +142,7 @@ class Gateway:
         except Exception:  # app not deployed (yet) or being replaced: reported as not ready
             return None
 
-    async def _predict(self, request: Request, name: str, decode) -> tuple[dict, str] | JSONResponse:
+    async def _predict(self, request: Request, name: str, decode, version: int | None = None) -> tuple[dict, str] | JSONResponse:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         received_at = time.time()
         problem = self._unknown(name) or self._predict_auth(request, name)
@@ -153,7 +153,7 @@ class Gateway:
             records = decode(body, self.schemas[name])
             if isinstance(body, dict) and isinstance(body.get("id"), str):
                 request_id = body["id"]
-            result = await self._router(name).predict.remote(records, request_id, received_at)
+            result = await self._router(name).predict.remote(records, request_id, received_at, version)
         except RequestError as err:
             return _error(err.status, err.message, err.field, request_id)
         except NotReady as err:
@@ -217,7 +217,50 @@ class Gateway:
 
     @api.post("/v2/models/{name}/infer", tags=["v2"], response_model=V2InferResponse, openapi_extra=_body_doc(V2InferRequest))
     async def infer(self, name: str, request: Request):
-        answer = await self._predict(request, name, records_from_v2)
+        return await self._infer(name, request, None)
+
+    @api.post(
+        "/v2/models/{name}/versions/{version}/infer", tags=["v2"], response_model=V2InferResponse, openapi_extra=_body_doc(V2InferRequest)
+    )
+    async def infer_version(self, name: str, version: str, request: Request):
+        """Pinned to one version: answered by whichever of champion and challenger holds it, else 404."""
+        if not version.isdigit():
+            return _error(404, f"model versions are numbers, got '{version}'", "version")
+        return await self._infer(name, request, int(version))
+
+    @api.get("/v2/models/{name}/versions/{version}", tags=["v2"])
+    async def version_metadata(self, name: str, version: str):
+        found = await self._served_version(name, version)
+        if isinstance(found, JSONResponse):
+            return found
+        meta = await self.model_metadata(name)
+        return {**meta, "versions": [version]}
+
+    @api.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"])
+    async def version_ready(self, name: str, version: str):
+        found = await self._served_version(name, version)
+        if isinstance(found, JSONResponse):
+            return found
+        return {"name": name, "ready": True, "model_version": version, "role": found}
+
+    async def _served_version(self, name: str, version: str) -> str | JSONResponse:
+        """The role serving `version` now, or a 404 naming what is served."""
+        problem = self._unknown(name)
+        if problem is not None:
+            return problem
+        status = await self._status(name) or {}
+        served = {
+            str(status[role]["model_version"]): role
+            for role in ("champion", "challenger")
+            if status.get(role) and status[role]["model_version"] is not None
+        }
+        if version not in served:
+            listing = ", ".join(f"{role} v{v}" for v, role in served.items()) or "none"
+            return _error(404, f"version {version} of {name} is not being served (served: {listing})", "version")
+        return served[version]
+
+    async def _infer(self, name: str, request: Request, version: int | None):
+        answer = await self._predict(request, name, records_from_v2, version)
         if isinstance(answer, JSONResponse):
             return answer
         result, request_id = answer

@@ -146,6 +146,25 @@ def test_v2_protocol_endpoints_and_infer(served, serving_registry):
     assert {"/v2/models/{name}/infer", "/v1/models/{name}:predict", "/v2/health/ready"} <= set(spec["paths"])
 
 
+def test_v2_version_pinned_endpoints(served, serving_registry):
+    base, reg = served.base_url, serving_registry
+    records = request_records(4)
+    inputs = [{"name": c, "shape": [4], "datatype": V2_TYPE[type(records[0][c])], "data": [r[c] for r in records]} for c in records[0]]
+    for version in (reg.champion, reg.challenger):
+        assert HTTP.get(f"{base}/v2/models/flights/versions/{version}/ready", timeout=10).status_code == 200
+        assert HTTP.get(f"{base}/v2/models/flights/versions/{version}", timeout=10).json()["versions"] == [str(version)]
+        r = HTTP.post(f"{base}/v2/models/flights/versions/{version}/infer", json={"inputs": inputs}, timeout=30)
+        assert r.status_code == 200 and r.json()["model_version"] == str(version), r.text
+        booster = reg.boosters[version]
+        features = offline_features(reg, records)
+        expected = booster.predict(features.select(booster.feature_name()).cast(pl.Float64).to_numpy())
+        np.testing.assert_allclose(r.json()["outputs"][0]["data"], expected, rtol=0, atol=1e-9)
+    r = HTTP.post(f"{base}/v2/models/flights/versions/99/infer", json={"inputs": inputs}, timeout=30)
+    assert r.status_code == 404 and "version 99" in r.json()["error"]
+    missing = HTTP.get(f"{base}/v2/models/flights/versions/99/ready", timeout=10)
+    assert missing.status_code == 404 and f"champion v{reg.champion}" in missing.json()["error"]
+
+
 def _without(record: dict, key: str) -> dict:
     return {k: v for k, v in record.items() if k != key}
 
