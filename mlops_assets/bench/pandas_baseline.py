@@ -10,6 +10,7 @@ readable reason per row, and one feature row per clean row, in order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,31 +84,32 @@ def ingest_validate(frame: pd.DataFrame, schema: SchemaSpec) -> PandasResult:
     flagged: list[np.ndarray] = []
     reasons: list[pd.Series] = []
 
-    def add(mask: pd.Series | np.ndarray, reason: pd.Series | str) -> None:
+    def add(mask: pd.Series | np.ndarray, reason: str | Callable[[np.ndarray], pd.Series]) -> None:
+        """Record `reason` for the rows in `mask`; reason texts are built for those rows only."""
         mask = np.asarray(mask, dtype=bool)
         if mask.any():
             hit = rows[mask]
             flagged.append(hit)
-            reasons.append(pd.Series(reason if isinstance(reason, str) else np.asarray(reason)[mask], index=hit))
+            text = reason if isinstance(reason, str) else np.asarray(reason(mask))
+            reasons.append(pd.Series(text, index=hit))
 
     for name, spec in schema.columns.items():
         source, cast = frame[name], typed[name]
         failed = source.notna().to_numpy() & cast.isna().to_numpy()
-        if failed.any():
-            add(failed, f"{name}: cannot read '" + _text(source).fillna("") + f"' as {spec.type}")
+        add(failed, lambda m, n=name, s=source, t=spec.type: f"{n}: cannot read '" + _text(s[m]) + f"' as {t}")
         null = cast.isna().to_numpy()
         if not spec.nullable:
             add(null, f"{name}: null in a required column")
         present = ~null
         if spec.min is not None:
             below = present & (cast < spec.min).fillna(False).to_numpy()
-            add(below, f"{name}: " + _number(cast) + f" is below the minimum {spec.min}")
+            add(below, lambda m, n=name, c=cast, v=spec.min: f"{n}: " + _number(c[m]) + f" is below the minimum {v}")
         if spec.max is not None:
             above = present & (cast > spec.max).fillna(False).to_numpy()
-            add(above, f"{name}: " + _number(cast) + f" is above the maximum {spec.max}")
+            add(above, lambda m, n=name, c=cast, v=spec.max: f"{n}: " + _number(c[m]) + f" is above the maximum {v}")
         if spec.allowed is not None:
             unknown = present & ~cast.isin(spec.allowed).to_numpy()
-            add(unknown, f"{name}: unknown category '" + cast.astype(str) + "'")
+            add(unknown, lambda m, n=name, c=cast: f"{n}: unknown category '" + c[m].astype(str) + "'")
     if schema.unique:
         add(typed.duplicated(list(schema.unique), keep=False), f"duplicate key ({', '.join(schema.unique)})")
 
