@@ -26,7 +26,7 @@ from tests.conftest import Platform
 from tests.pipelines.classifier_features import CLASSES, declaration, land
 
 REPO = Path(__file__).resolve().parent.parent
-DAYS = 8
+DAYS = 6
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_binary_and_multiclass_train_in_parallel_processes(classifier_home, monk
         )
         for name in ("binary_demo", "multiclass_demo")
     }
-    outputs = {name: p.communicate(timeout=240)[0] for name, p in workers.items()}
+    outputs = {name: p.communicate(timeout=540)[0] for name, p in workers.items()}
     for name, p in workers.items():
         assert p.returncode == 0, f"{name} failed:\n{outputs[name][-4000:]}"
     assert "database is locked" not in "".join(outputs.values())

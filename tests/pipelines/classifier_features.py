@@ -54,7 +54,7 @@ def declaration(task: str, name: str | None = None, fmt: str = "csv") -> Pipelin
             "features": {"module": "tests.pipelines.classifier_features", "history_days": 0},
             "target": {"column": "label", "task": task, "missing_reason": "label not yet known"},
             "training": {
-                "window_days": 8,
+                "window_days": 6,
                 "validation_days": 2,
                 "min_rows": 200,
                 "num_boost_round": 30,
