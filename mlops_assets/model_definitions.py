@@ -8,7 +8,8 @@ the aliases as they were. ``<pipeline>_approve`` is the approval for policy
 ``manual``, with the version and approver as run config.
 """
 
-
+# no `from __future__ import annotations` here: Dagster reads the Config and resource annotations of
+# the asset functions when they are defined
 import os
 
 import dagster as dg
