@@ -11,8 +11,8 @@ from mlops_assets.declaration import PipelineDeclaration, load_declarations
 from mlops_assets.model_definitions import model_resources
 from mlops_assets.pipeline_definitions import build_pipeline
 from resources.delta_lake import DeltaLakeResource
-from serving.deployment_definitions import serving_resources
 from resources.landing_zone import LandingZoneResource
+from serving.deployment_definitions import serving_resources
 
 
 def _env_or_default(name: str) -> str | dg.EnvVar:

@@ -6,12 +6,12 @@ import dagster as dg
 
 from mlops_assets.declaration import PipelineDeclaration
 from mlops_assets.delivery_metrics_assets import build_delivery_metrics_asset, delivery_metrics_key
+from mlops_assets.feature_assets import build_features_asset, build_reference_asset, features_key, reference_key
 from mlops_assets.model_definitions import build_model_definitions, promotion_key, train_job_name
 from mlops_assets.monitoring_assets import batch_scores_key, build_monitoring_assets, feature_drift_key, monitor_job_name
-from mlops_assets.feature_assets import build_features_asset, build_reference_asset, features_key, reference_key
 from mlops_assets.raw_assets import build_landing_spec, build_raw_assets, quarantine_key, raw_key
-from sensors.landing_sensor import build_landing_sensor
 from mlops_assets.serving_drift_assets import build_serving_drift_asset, serving_drift_job_name, serving_drift_key
+from sensors.landing_sensor import build_landing_sensor
 from sensors.retrain_sensors import (
     build_delivery_sensor,
     build_drift_sensor,

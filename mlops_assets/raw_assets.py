@@ -9,7 +9,6 @@ not computed; the data is written either way, so nothing is lost.
 
 
 import dagster as dg
-import polars as pl
 
 from mlops_assets.declaration import PipelineDeclaration
 from mlops_assets.ingest import SOURCE_ROW, LandedFileError, conform, read_landed

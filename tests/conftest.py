@@ -15,8 +15,8 @@ from mlops_assets.flights.landing import land_days
 from mlops_assets.home import MlopsHome
 from mlops_assets.model_definitions import model_resources
 from resources.delta_lake import DeltaLakeResource
-from serving.deployment_definitions import serving_resources
 from resources.landing_zone import LandingZoneResource
+from serving.deployment_definitions import serving_resources
 
 TESTS = Path(__file__).parent
 

@@ -1,6 +1,5 @@
 """The fast drift decision agrees with Evidently's on the same data."""
 
-from datetime import date
 
 import numpy as np
 import polars as pl

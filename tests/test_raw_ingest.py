@@ -1,6 +1,5 @@
 """Landed file -> raw + quarantine Delta partitions: idempotent, nothing lost, bad files fail loudly."""
 
-import io
 import json
 from datetime import date
 
