@@ -75,6 +75,8 @@ class ModelServer:
             # nothing registered under the alias yet: stay up, report not ready
             self.loaded = None
             return
+        if self.loaded is not None and self.loaded.model.version == int(version):
+            return  # Serve also reconfigures on rank changes (surge rollouts): nothing to load then
         model = load_version(uri, self.decl.name, int(version), self.device, self.cache_dir)
         reference, info = serving_reference(self.decl, self.module, self.settings.delta())
         previous, self.loaded = self.loaded, Loaded(model, reference, info)

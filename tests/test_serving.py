@@ -6,6 +6,7 @@ One Ray instance and one deployed flights application for the whole module
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 import time
@@ -355,3 +356,44 @@ def test_gateway_app_is_one_app_for_all_pipelines(served):
     apps = control.current_apps()
     assert set(apps) == {GATEWAY_APP, "flights"}
     assert apps["flights"].get("route_prefix") is None
+
+
+@pytest.mark.skipif(not os.environ.get("MLOPS_SERVING_SLOW"), reason="replaces every replica (about a minute); set MLOPS_SERVING_SLOW=1")
+def test_restart_with_surge_under_load_has_no_failed_request(served, serving_registry):
+    """A change Serve cannot apply in place (builder args) starts new replicas before stopping old ones."""
+    reg = serving_registry
+    results: list[int] = []
+    stop = threading.Event()
+
+    def hammer():
+        session, records = client(), request_records(2)
+        while not stop.is_set():
+            try:
+                results.append(predict(served.base_url, records, session=session).status_code)
+            except requests.RequestException:
+                results.append(-1)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        changed = serving_registry_settings(reg).model_copy(update={"log_flush_seconds": 0.31})  # new args: new code version
+        control.deploy_pipeline(reg.decl, changed, reg.champion, reg.challenger)
+        deadline = time.time() + 240
+        seen: list = []
+        while time.time() < deadline:  # until every replica is a new one (first load)
+            loads = {HTTP.get(f"{served.base_url}/admin/models/flights/status", headers=ADMIN, timeout=10).json()["champion"]["loads"] for _ in range(6)}
+            app = control.app_status("flights")
+            seen.append((round(time.time()), sorted(loads), app["status"], {n: d["replicas"] for n, d in app["deployments"].items()}))
+            if loads == {1} and app["status"] == "RUNNING" and control.current_apps()["flights"]["args"].get("log_flush_seconds") == 0.31:
+                break
+            time.sleep(2.0)
+        else:
+            raise TimeoutError(f"replicas were not replaced: {seen[-5:]}")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert results and all(code == 200 for code in results), {c: results.count(c) for c in set(results)}
