@@ -416,7 +416,10 @@ def print_report(r: dict) -> None:
         f"agreement check: {a['rows']:,} rows, {a['clean']:,} clean / {a['quarantined']:,} quarantined, "
         f"{a['feature_values']:,} feature values: platform and pandas identical"
     )
-    print(f"pipeline: ingest + validate + featurize, one daily partition at a time ({r['days']} days of 2013)")
+    print(
+        f"pipeline: ingest + validate + featurize, one daily partition at a time ({r['days']} days of 2013); "
+        "Delta writes/reads between the assets not included on either side"
+    )
     print(f"{'rows':>12} {'side':<9}{'seconds':>9}{'rows/s':>12}{'peak MB':>9}{'quarant.':>10}  stages (s)")
     for e in r["sizes"]:
         for side in ("platform", "pandas"):
