@@ -101,8 +101,12 @@ def demo(args: argparse.Namespace) -> int:
     dagster_bin = Path(sys.executable).with_name("dagster")
     cmd = [str(dagster_bin), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
     server = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env)
+    from serving.commands import serve_process
+
+    serving = serve_process(env, args.host, args.serve_port)
     print(
         f"\nMLOps demo\n  Dagster UI:   http://{args.host}:{args.port}\n"
+        f"  Predictions:  http://{args.host}:{args.serve_port}/v1/models/flights:predict  (OpenAPI: /docs), once a champion is promoted\n"
         f"  MLflow UI:    mlflow ui --backend-store-uri {home.mlflow_tracking_uri} (run it in another shell)\n"
         f"  platform home: {home.root}\n"
         f"  landed {first} days from {start}; one more day every {args.interval:g}s up to {args.days}\n"
@@ -128,12 +132,14 @@ def demo(args: argparse.Namespace) -> int:
         return 0
     finally:
         stop.set()
-        if server.poll() is None:
-            server.send_signal(signal.SIGINT)
+        for process, sig in ((serving, signal.SIGTERM), (server, signal.SIGINT)):
+            if process.poll() is None:
+                process.send_signal(sig)
+        for process in (serving, server):
             try:
-                server.wait(timeout=30)
+                process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                server.kill()
+                process.kill()
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -154,6 +160,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--initial-days", type=int, default=21, help="days landed before Dagster starts")
     p.add_argument("--interval", type=float, default=20.0, help="seconds between later days")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--port", type=int, default=3000, help="Dagster UI port")
+    p.add_argument("--serve-port", type=int, default=8000, help="Ray Serve HTTP port")
     p.add_argument("--reset", action="store_true", help="wipe $MLOPS_HOME first")
     p.set_defaults(handler=demo)
