@@ -28,7 +28,10 @@ run_coordinator:
     max_concurrent_runs: 3
     tag_concurrency_limits:
       # one ingestion run per pipeline at a time, so days are featurized in landing order
-      - key: "dagster/job_name"
+      - key: "mlops/ingest"
+        value: {applyLimitPerUniqueValue: true}
+        limit: 1
+      - key: "mlops/training"
         value: {applyLimitPerUniqueValue: true}
         limit: 1
 """

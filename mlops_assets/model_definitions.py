@@ -255,6 +255,7 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
         train_job_name(decl),
         selection=dg.AssetSelection.assets(key, promotion_key(decl)),
         description="Train, register, gate and promote (or put up for approval) a model.",
+        tags={"mlops/training": decl.name},  # the run queue allows one training run per pipeline at a time
     )
     return dg.Definitions(assets=[model, promote], asset_checks=[model_gates], jobs=[train_job, approve_job])
 

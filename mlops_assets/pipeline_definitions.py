@@ -42,6 +42,9 @@ def build_pipeline(decl: PipelineDeclaration) -> dg.Definitions:
         selection=dg.AssetSelection.assets(raw_key(decl), quarantine_key(decl), features_key(decl)),
         partitions_def=partitions,
         description="Ingest, validate and featurize one landed day.",
+        # the run queue limits this tag to one run per pipeline (deploy/local, deploy/helm), so that
+        # days are featurized in landing order and each sees the history before it
+        tags={"mlops/ingest": decl.name},
     )
     jobs = [ingest_job]
     reference_job = None
