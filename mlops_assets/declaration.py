@@ -151,6 +151,8 @@ class TrainingSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     seed: int = 42
     num_threads: int = Field(2, ge=1, le=256, description="Fixed thread count: LightGBM is deterministic only with one.")
+    engine: Literal["local", "ray"] = Field("local", description="Where LightGBM trains: in the Dagster step or on Ray Train workers.")
+    ray_workers: int = Field(2, ge=1, le=1024, description="Ray Train workers when engine is ray (each reads its share of the days).")
 
     @model_validator(mode="after")
     def _split(self) -> "TrainingSpec":

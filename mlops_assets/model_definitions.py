@@ -118,7 +118,12 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
             f"{data.train.rows} train, {data.validation.rows} validation, {data.holdout.rows} hold-out rows; "
             f"{data.rows_without_target} rows excluded ({plan.missing_reason})"
         )
-        trained = training.train(plan, data)
+        try:
+            trained = training.train_as_planned(plan, data, delta)
+        except training.TrainingDataError as err:
+            raise dg.Failure(str(err), allow_retries=False) from None
+        if plan.engine == "ray":
+            context.log.info(f"trained on Ray Train with {plan.ray_workers} workers")
         tags = registry.version_tags(
             plan, trained, declaration_hash=decl.fingerprint(), feature_code_hash=module.code_hash(), dagster_run_id=run_id
         )
@@ -131,6 +136,7 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
                 "mlflow_model_version": dg.MetadataValue.url(mlflow.model_url(pointer.name, pointer.version)),
                 "validation_metrics": dg.MetadataValue.json(trained.validation_metrics),
                 "best_iteration": trained.best_iteration,
+                "training_engine": plan.engine if plan.engine == "local" else f"ray ({plan.ray_workers} workers)",
                 "partition_range": f"{plan.partition_start}..{plan.partition_end}",
                 "validation_from": plan.validation_start,
                 "holdout_from": plan.holdout_start,

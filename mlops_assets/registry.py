@@ -115,6 +115,8 @@ def version_tags(
         "mlops.git_dirty": str(dirty).lower(),
         "mlops.dagster_run_id": dagster_run_id,
         "mlops.best_iteration": str(model.best_iteration),
+        "mlops.training_engine": plan.engine,
+        "mlops.ray_workers": str(plan.ray_workers),
         STATUS_TAG: "candidate",
         PLAN_TAG: plan.to_json(),
         **{f"metric.{k}": repr(float(v)) for k, v in model.validation_metrics.items()},

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlops_assets.registry import get_version, load_booster, plan_of
-from mlops_assets.training import predict, prepare, read_window, train
+from mlops_assets.training import predict, prepare, read_window, train_as_planned
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 
@@ -69,7 +69,7 @@ def reproduce(pipeline: str, version: str | int, delta: DeltaLakeResource, regis
     mv = get_version(registry.client(), pipeline, version)
     plan = plan_of(mv)
     data = prepare(read_window(plan, delta), plan)
-    retrained = train(plan, data)
+    retrained = train_as_planned(plan, data, delta)
     registered = load_booster(registry, pipeline, version)
     comparison = compare_predictions(
         predict(registered, data.holdout.X, plan.task), predict(retrained.booster, data.holdout.X, plan.task)

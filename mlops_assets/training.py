@@ -55,6 +55,9 @@ class TrainingPlan:
     num_boost_round: int
     early_stopping_rounds: int
     missing_reason: str = "target is missing"
+    engine: str = "local"  # local | ray: the model depends on it (and on the worker count), so it is part of the plan
+    ray_workers: int = 0
+    num_threads: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -149,6 +152,9 @@ def plan_training(decl: PipelineDeclaration, delta: DeltaLakeResource, end: str 
         num_boost_round=decl.training.num_boost_round,
         early_stopping_rounds=decl.training.early_stopping_rounds,
         missing_reason=decl.target.missing_reason,
+        engine=decl.training.engine,
+        ray_workers=decl.training.ray_workers if decl.training.engine == "ray" else 0,
+        num_threads=decl.training.num_threads,
     )
 
 
@@ -227,6 +233,16 @@ def prepare(frame: pl.DataFrame, plan: TrainingPlan, min_rows: int = 1) -> Train
 def predict(booster: lgb.Booster, X: np.ndarray, task: str) -> np.ndarray:
     """Regression values, P(classes[1]) for binary, per-class probabilities for multiclass."""
     return np.asarray(booster.predict(X))
+
+
+def train_as_planned(plan: TrainingPlan, data: TrainingData, delta: DeltaLakeResource) -> TrainedModel:
+    """Train on the engine the plan names: here, or on Ray Train workers reading their own days.
+    Training and `mlops reproduce` both come through here, so a model is reproduced as it was made."""
+    if plan.engine == "ray":
+        from mlops_assets.ray_training import train_on_ray
+
+        return train_on_ray(plan, delta, plan.ray_workers, {"CPU": max(plan.num_threads, 1)})
+    return train(plan, data)
 
 
 def train(plan: TrainingPlan, data: TrainingData) -> TrainedModel:

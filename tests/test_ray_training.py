@@ -31,6 +31,7 @@ from mlops_assets.ray_training import (
 from mlops_assets.tables import FEATURES
 from resources.delta_lake import DeltaLakeResource, pyarrow_filesystem
 from tests import model_fixtures
+from tests.model_fixtures import empty_mlflow_store, model_home  # noqa: F401  (fixtures)
 from tests.conftest import Platform
 
 WORKERS = 2
@@ -177,3 +178,21 @@ def test_workers_read_an_object_store_table_with_the_resource_options(both: Both
             rank: r.train_partitions for rank, r in both.distributed.worker_reads.items()
         }
         assert model.checkpoint_path and any(k.endswith("/model.txt") for k in s3.keys("ray/runs/"))
+
+
+def test_model_asset_trains_on_ray_with_the_same_lineage_and_gates(local_ray, model_home):  # noqa: F811
+    """The per-pipeline switch: same asset, tracking, registry lineage and gates; reproducible on Ray too."""
+    from mlops_assets.reproduce import reproduce
+    from tests.test_monitoring import train
+
+    plat = model_home.platform(model_fixtures.flights_decl(training={"engine": "ray", "ray_workers": WORKERS}))
+    result = train(plat)
+    assert result.success
+    model_event = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "model"][0]
+    assert model_event.materialization.metadata["training_engine"].value == f"ray ({WORKERS} workers)"
+    mlflow = plat.resources()["mlflow"]
+    version = mlflow.client().get_model_version_by_alias("flights", "champion")
+    assert version.tags["mlops.training_engine"] == "ray" and version.tags["mlops.ray_workers"] == str(WORKERS)
+    assert {c.check_name for c in result.get_asset_check_evaluations() if c.passed} >= {"quality_floors", "no_regression", "data_checks"}
+    again = reproduce("flights", version.version, plat.delta, mlflow)
+    assert again.comparison.differing == 0, again.report()
