@@ -3,21 +3,35 @@
 Every failing row gets a readable reason; the split is exact, so
 raw rows = clean rows + quarantined rows. Duplicate keys quarantine every copy
 (pandera's polars backend reports them all, and which copy is right is unknown).
+
+The pandera schema is the one definition of what valid means. Running it through
+pandera's polars backend evaluates every check as its own query (about 170 per
+flights partition), so by default the schema's checks are compiled into one
+polars pass over the frame: the same expressions pandera's built-in checks and
+core checks use (nullable, ``ge``/``le``/``isin``..., multi-column uniqueness),
+with the same null handling, giving failure cases in pandera's own shape
+(index, column, check, failure_case) for the failing rows only. A schema with
+anything the compiler does not know (custom checks, grouped checks, a dtype
+that does not match) is validated by pandera itself. ``engine="pandera"`` forces
+that path; tests check that both give the same split and the same reasons.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 import pandera.polars as pa
 import polars as pl
+from pandera.engines import polars_engine
 
 from mlops_assets.declaration import SchemaSpec
 from mlops_assets.ingest import SOURCE_ROW, ConformedFile
 
 REASON = "_reason"
 ORIGINAL = "_original"
+CASES_SCHEMA = {"index": pl.UInt32, "column": pl.String, "check": pl.String, "failure_case": pl.String}
 
 
 def pandera_schema(schema: SchemaSpec) -> pa.DataFrameSchema:
@@ -48,6 +62,149 @@ def _readable(check: str, column: str | None, value: str | None, schema: SchemaS
     return f"{column}: failed {check} (got '{value}')"
 
 
+# -- the compiled pass ------------------------------------------------------------------------------
+
+# pandera's built-in polars checks (pandera/backends/polars/builtin_checks.py), as expressions
+_BUILTIN: dict = {
+    "equal_to": lambda c, k: c.eq(k["value"]),
+    "not_equal_to": lambda c, k: c.ne(k["value"]),
+    "greater_than": lambda c, k: c.gt(k["min_value"]),
+    "greater_than_or_equal_to": lambda c, k: c.ge(k["min_value"]),
+    "less_than": lambda c, k: c.lt(k["max_value"]),
+    "less_than_or_equal_to": lambda c, k: c.le(k["max_value"]),
+    "isin": lambda c, k: c.is_in(list(k["allowed_values"])),
+    "notin": lambda c, k: c.is_in(list(k["forbidden_values"])).not_(),
+}
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One check of the schema as a polars expression: True where a row fails it."""
+
+    column: str | None  # None: a frame-wide check (uniqueness)
+    check: str  # the check's identifier as pandera reports it
+    failed: pl.Expr
+
+
+def _identifier(check: pa.Check) -> str:
+    # as pandera's failure_cases_metadata names a check
+    return check.error if check.error is not None else (check.name if check.name is not None else str(check))
+
+
+def compile_schema(dfs: pa.DataFrameSchema, frame_schema: pl.Schema) -> list[_Rule] | None:
+    """The schema's checks as expressions over a frame of `frame_schema`; None when some part
+    cannot be compiled faithfully (then pandera validates)."""
+    if dfs.checks or dfs.parsers or dfs.coerce or dfs.add_missing_columns or dfs.strict:
+        return None
+    rules: list[_Rule] = []
+    for name, col in dfs.columns.items():
+        if col.regex or col.unique or col.coerce or col.parsers or name not in frame_schema:
+            return None
+        dtype = frame_schema[name]
+        if col.dtype is not None:
+            try:
+                if not col.dtype.check(polars_engine.Engine.dtype(dtype)):
+                    return None  # pandera reports the wrong dtype for the whole frame
+            except Exception:
+                return None
+        c = pl.col(name)
+        if not col.nullable:
+            null = c.is_null() | c.is_nan() if dtype.is_float() else c.is_null()
+            rules.append(_Rule(name, "not_nullable", null))
+        for check in col.checks:
+            build = _BUILTIN.get(check.name)
+            if build is None or check.groupby is not None or check.element_wise or check.n_failure_cases is not None:
+                return None
+            passed = build(c, check._check_kwargs)
+            passed = passed | passed.is_null() if check.ignore_na else passed.fill_null(False)
+            rules.append(_Rule(name, _identifier(check), passed.not_()))
+    if dfs.unique:
+        if not all(isinstance(x, str) for x in dfs.unique):
+            return None
+        subset = [x for x in dfs.unique if x in frame_schema]
+        if subset:
+            rules.append(_Rule(None, "multiple_fields_uniqueness", pl.struct(subset).is_duplicated()))
+    return rules
+
+
+def _compiled_cases(data: pl.DataFrame, rules: list[_Rule]) -> pl.DataFrame:
+    """Failure cases of the compiled rules, in pandera's shape: one pass over the frame,
+    then the failing rows only."""
+    flags = [f"_fail{i}" for i in range(len(rules))]
+    failing = (
+        data.lazy()
+        .with_row_index("index")
+        .with_columns(*[r.failed.alias(f) for r, f in zip(rules, flags)])
+        .filter(pl.any_horizontal(flags))
+        .collect()
+    )
+    if failing.height == 0:
+        return pl.DataFrame(schema=CASES_SCHEMA)
+    hit = failing.select(pl.col(flags).any()).row(0)
+    rows = failing.lazy()
+    cases = [
+        rows.filter(pl.col(flag)).select(
+            pl.col("index").cast(pl.UInt32),
+            pl.lit(rule.column, pl.String).alias("column"),
+            pl.lit(rule.check, pl.String).alias("check"),
+            (pl.col(rule.column).cast(pl.String) if rule.column is not None else pl.lit(None, pl.String)).alias(
+                "failure_case"
+            ),
+        )
+        for rule, flag, any_hit in zip(rules, flags, hit)
+        if any_hit
+    ]
+    return pl.concat(cases).collect()
+
+
+def _pandera_cases(data: pl.DataFrame, dfs: pa.DataFrameSchema) -> pl.DataFrame:
+    """pandera's own lazy validation: its failure cases, or none."""
+    try:
+        dfs.validate(data, lazy=True)
+    except pa.errors.SchemaErrors as err:
+        cases = err.failure_cases
+        if cases.get_column("index").null_count() > 0:
+            # a frame-level failure with no row (for example a wrong dtype): fail everything loudly
+            bad = cases.filter(pl.col("index").is_null()).select("column", "check").unique().rows()
+            raise ValueError(f"schema check failed for the whole file: {bad}") from err
+        return cases.select(
+            pl.col("index").cast(pl.UInt32), pl.col("column").cast(pl.String), pl.col("check").cast(pl.String),
+            pl.col("failure_case").cast(pl.String),
+        )
+    return pl.DataFrame(schema=CASES_SCHEMA)
+
+
+_SCHEMAS: dict[int, tuple[SchemaSpec, pa.DataFrameSchema]] = {}
+_RULES: dict[tuple, list[_Rule] | None] = {}  # keyed by the pandera schema (kept alive in _SCHEMAS) and the frame's dtypes
+
+
+def _schema_for(schema: SchemaSpec) -> pa.DataFrameSchema:
+    """The pandera schema of a declaration, built once per declaration object."""
+    hit = _SCHEMAS.get(id(schema))
+    if hit is None or hit[0] is not schema:
+        if len(_SCHEMAS) > 64:
+            _SCHEMAS.clear()
+        hit = (schema, pandera_schema(schema))
+        _SCHEMAS[id(schema)] = hit
+    return hit[1]
+
+
+def failure_cases(data: pl.DataFrame, schema: SchemaSpec, engine: Literal["compiled", "pandera"] = "compiled") -> pl.DataFrame:
+    """Row-level failure cases of the declared pandera schema: index, column, check, failure_case."""
+    dfs = _schema_for(schema)
+    rules = None
+    if engine == "compiled":
+        key = (id(dfs), tuple(data.schema.items()))
+        if key not in _RULES:
+            if len(_RULES) > 64:
+                _RULES.clear()
+            _RULES[key] = compile_schema(dfs, data.schema)
+        rules = _RULES[key]
+    if rules is None:
+        return _pandera_cases(data, dfs)
+    return _compiled_cases(data, rules)
+
+
 @dataclass(frozen=True)
 class ValidationResult:
     clean: pl.DataFrame
@@ -60,23 +217,20 @@ class ValidationResult:
         return self.quarantine.height / total if total else 0.0
 
 
-def validate(conformed: ConformedFile, schema: SchemaSpec) -> ValidationResult:
+def validate(
+    conformed: ConformedFile, schema: SchemaSpec, engine: Literal["compiled", "pandera"] = "compiled"
+) -> ValidationResult:
     frame = conformed.frame
-    data = frame.drop(SOURCE_ROW)
+    if not frame.get_column(SOURCE_ROW).is_sorted():
+        frame = frame.sort(SOURCE_ROW)
+    cases = failure_cases(frame.drop(SOURCE_ROW), schema, engine)
     problems = [conformed.cast_failures.select(pl.col(SOURCE_ROW).cast(pl.UInt32), pl.col("reason"))]
-    try:
-        pandera_schema(schema).validate(data, lazy=True)
-    except pa.errors.SchemaErrors as err:
-        cases = err.failure_cases
-        if cases.get_column("index").null_count() > 0:
-            # a frame-level failure with no row (for example a wrong dtype): fail everything loudly
-            bad = cases.filter(pl.col("index").is_null()).select("column", "check").unique().rows()
-            raise ValueError(f"schema check failed for the whole file: {bad}") from err
+    if cases.height:
         rows = frame.get_column(SOURCE_ROW)
         problems.append(
             pl.DataFrame(
                 {
-                    SOURCE_ROW: rows.gather(cases.get_column("index").cast(pl.UInt32)),
+                    SOURCE_ROW: rows.gather(cases.get_column("index")),
                     "reason": [
                         _readable(c, col, v, schema)
                         for c, col, v in cases.select("check", "column", "failure_case").iter_rows()
@@ -87,14 +241,23 @@ def validate(conformed: ConformedFile, schema: SchemaSpec) -> ValidationResult:
         )
     all_problems = pl.concat(problems).unique()
     per_row = all_problems.group_by(SOURCE_ROW).agg(pl.col("reason").sort().str.join("; ").alias(REASON))
-    quarantined = frame.join(per_row, on=SOURCE_ROW, how="inner").sort(SOURCE_ROW)
-    originals = conformed.original.filter(pl.col(SOURCE_ROW).is_in(quarantined.get_column(SOURCE_ROW).implode()))
-    original_json = originals.select(
+    if per_row.height == 0:
+        quarantined = frame.clear().with_columns(pl.lit(None, pl.String).alias(REASON), pl.lit(None, pl.String).alias(ORIGINAL))
+        return ValidationResult(clean=frame, quarantine=quarantined, reasons=pl.DataFrame(schema={"reason": pl.String, "rows": pl.UInt32}))
+    # frame is in _source_row order, and filters keep the order
+    bad = frame.select(pl.col(SOURCE_ROW).is_in(per_row.get_column(SOURCE_ROW).implode())).to_series()
+    original_json = conformed.original.filter(
+        pl.col(SOURCE_ROW).is_in(per_row.get_column(SOURCE_ROW).implode())
+    ).select(
         SOURCE_ROW,
         pl.struct(pl.exclude(SOURCE_ROW).cast(pl.String)).struct.json_encode().alias(ORIGINAL),
     )
-    quarantined = quarantined.join(original_json, on=SOURCE_ROW, how="left")
-    clean = frame.join(per_row.select(SOURCE_ROW), on=SOURCE_ROW, how="anti").sort(SOURCE_ROW)
+    quarantined = (
+        frame.filter(bad)
+        .join(per_row, on=SOURCE_ROW, how="left", maintain_order="left")
+        .join(original_json, on=SOURCE_ROW, how="left", maintain_order="left")
+    )
+    clean = frame.filter(bad.not_())
     kinds = (
         all_problems.with_columns(pl.col("reason").str.replace(r"'[^']*'|-?\d+(\.\d+)?", "…", literal=False))
         .group_by("reason")
