@@ -37,6 +37,32 @@ def bench_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env_pair(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--ours-env takes NAME=VALUE, got {text!r}")
+    name, value = text.split("=", 1)
+    return name, value
+
+
+def bench_serving(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mlops_assets.bench.serving_bench import bench, print_report
+
+    result = bench(
+        Path(args.workdir) if args.workdir else None,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        sides=tuple(args.sides.split(",")),
+        ours_env=dict(args.ours_env or []),
+        num_cpus=args.num_cpus,
+    )
+    print_report(result)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="run a benchmark").add_subparsers(dest="benchmark", required=True)
     p = bench.add_parser("drift", help="drift decision vs Evidently DataDriftPreset")
@@ -53,3 +79,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--platform-only", action="store_true", help="skip the pandas baseline")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_pipeline)
+    p = bench.add_parser("serving", help="Ray Serve endpoint vs `mlflow models serve` vs a naive FastAPI app, with wrk")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of load per case (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load before each case (default 1)")
+    p.add_argument("--sides", default="ours,mlflow,naive", help="servers to run, comma-separated (default ours,mlflow,naive)")
+    p.add_argument("--workdir", help="platform home to build or reuse (keeps the trained champion between runs); default: a temp folder")
+    p.add_argument("--ours-env", type=_env_pair, action="append", metavar="NAME=VALUE", help="extra environment for our server (levers)")
+    p.add_argument("--num-cpus", type=int, default=2, help="CPUs our Ray instance declares (default 2)")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(handler=bench_serving)
