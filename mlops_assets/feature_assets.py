@@ -47,11 +47,13 @@ def reference_as_of(
     declared = list(decl.table_schema.columns)
     tables, versions = read_reference(delta, decl.name, list(decl.landing.reference_tables))
     if history is not None and history.height:
-        tables.update(module.history_stats(history.select(declared)))
-        used = sorted(history.get_column(PARTITION_COLUMN).unique().to_list())
+        days = history.partition_by(PARTITION_COLUMN, as_dict=True)
+        used = sorted(key for (key,) in days)
+        # one partial per day, combined (the module's history_partial/combine_history, when it has them)
+        tables.update(module.history_from_days([days[(key,)].select(declared) for key in used]))
     else:
         empty = pl.DataFrame(schema={n: c.dtype for n, c in decl.table_schema.columns.items()})
-        tables.update(module.history_stats(empty))
+        tables.update(module.history_from_days([empty]))
         used = []
     reference = FeatureReference(tables=tables, categories=categories(decl))
     return reference, {"history_partitions": used, "reference_versions": versions, "raw_version": delta.version(decl.name, RAW)}

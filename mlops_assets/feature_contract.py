@@ -9,6 +9,12 @@ A feature module is plain Python named in the declaration (``features.module``):
 - ``history_stats(history) -> dict[str, pl.DataFrame]`` (optional): aggregates
   over clean rows of *earlier* days only (the platform never passes the day
   being featurized), joined in by ``build_features`` through ``reference``.
+- ``history_partial(day) -> dict`` and ``combine_history(partials) -> dict``
+  (optional, together): the same statistics in two steps, so each day is
+  aggregated once and a window of days costs one combine of small partials
+  instead of re-grouping every row of the window for every day.
+  ``combine_history([history_partial(d) for d in days])`` must equal
+  ``history_stats(pl.concat(days))``.
 - ``CATEGORICAL_FEATURES`` (optional): output columns LightGBM treats as categories.
 - ``INPUT_COLUMNS`` (optional): the raw columns a request must carry; by default
   every declared column but the target.
@@ -19,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -69,6 +75,27 @@ class FeatureModule:
     def history_stats(self, history: pl.DataFrame) -> dict[str, pl.DataFrame]:
         fn = getattr(self.module, "history_stats", None)
         return dict(fn(history)) if fn is not None else {}
+
+    @property
+    def has_partials(self) -> bool:
+        return callable(getattr(self.module, "history_partial", None)) and callable(
+            getattr(self.module, "combine_history", None)
+        )
+
+    def history_partial(self, day: pl.DataFrame) -> dict[str, pl.DataFrame] | pl.DataFrame:
+        """One day's share of the history statistics (the day's rows themselves when the
+        module has no partials)."""
+        return dict(self.module.history_partial(day)) if self.has_partials else day
+
+    def combine_history(self, partials: Sequence[dict[str, pl.DataFrame] | pl.DataFrame]) -> dict[str, pl.DataFrame]:
+        """History statistics from per-day partials (oldest day first; at least one)."""
+        if self.has_partials:
+            return dict(self.module.combine_history(list(partials)))
+        return self.history_stats(pl.concat(list(partials)))
+
+    def history_from_days(self, days: Sequence[pl.DataFrame]) -> dict[str, pl.DataFrame]:
+        """History statistics over several days' clean rows (oldest first; at least one frame)."""
+        return self.combine_history([self.history_partial(d) for d in days])
 
     def build(self, records: pl.DataFrame, reference: FeatureReference) -> pl.DataFrame:
         out = self.module.build_features(records, reference)

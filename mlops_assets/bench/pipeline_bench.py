@@ -13,10 +13,11 @@ Generation is not timed.
 What is timed, per daily partition, exactly as the assets do it:
 
 - platform: ``read_landed`` + ``conform`` + ``validate`` (the ingest asset), then
-  ``history_stats`` over the clean rows of the ``history_days`` days before and
-  ``load_feature_module(decl).build`` (the features asset). The Delta writes and
-  reads between the two assets are not timed on either side: earlier days'
-  clean rows are kept in memory.
+  the history statistics of the ``history_days`` days before (each day's
+  ``history_partial`` computed once, when the day is done; ``combine_history``
+  over the window) and ``load_feature_module(decl).build`` (the features asset).
+  The Delta writes and reads between the two assets are not timed on either
+  side: earlier days' partials (platform) or clean rows (pandas) are kept in memory.
 - pandas: ``mlops_assets.bench.pandas_baseline``, the same steps.
 
 Each side runs in its own subprocess (peak memory = its VmHWM). Before timing,
@@ -134,7 +135,7 @@ class PlatformPipeline:
         self.keys = list(dict.fromkeys([*self.decl.table_schema.unique, self.decl.target.column]))
         self.reference_tables = dict(reference_frames())
         self.categories = categories(self.decl)
-        self.clean: dict[str, pl.DataFrame] = {}
+        self.partials: dict[str, object] = {}  # per-day history partials of the last history_days days
         self.timers: dict[str, float] = defaultdict(float)
 
     def day(self, partition: str, path: Path) -> tuple:
@@ -151,21 +152,23 @@ class PlatformPipeline:
         t2 = time.perf_counter()
         result = validate(conformed, schema)
         t3 = time.perf_counter()
-        # features asset: clean rows of the day, history of the days strictly before it
+        # features asset: clean rows of the day, history of the days strictly before it,
+        # from each earlier day's partial (computed once per day, below)
         records = result.clean
-        earlier = [self.clean[p] for p in _history_days(partition, self.decl.features.history_days) if p in self.clean]
-        if earlier:
-            history = pl.concat(earlier)
-        else:
-            history = pl.DataFrame(schema={n: c.dtype for n, c in schema.columns.items()})
-        tables = {**self.reference_tables, **self.module.history_stats(history)}
+        earlier = [self.partials[p] for p in _history_days(partition, self.decl.features.history_days) if p in self.partials]
+        if not earlier:
+            empty = pl.DataFrame(schema={n: c.dtype for n, c in schema.columns.items()})
+            earlier = [self.module.history_partial(empty)]
+        tables = {**self.reference_tables, **self.module.combine_history(earlier)}
         t4 = time.perf_counter()
         built = self.module.build(records.select(self.declared), FeatureReference(tables=tables, categories=self.categories))
         features = pl.concat([records.select(*self.keys, SOURCE_ROW), built], how="horizontal")
         t5 = time.perf_counter()
-        self.clean[partition] = records.select(self.declared)
-        self.clean.pop(_history_days(partition, self.decl.features.history_days + 1)[0], None)
-        for name, a, b in [("read", t0, t1), ("cast", t1, t2), ("validate", t2, t3), ("history", t3, t4), ("features", t4, t5)]:
+        self.partials[partition] = self.module.history_partial(records.select(self.declared))
+        self.partials.pop(_history_days(partition, self.decl.features.history_days + 1)[0], None)
+        t6 = time.perf_counter()
+        for name, a, b in [("read", t0, t1), ("cast", t1, t2), ("validate", t2, t3), ("history", t3, t4), ("features", t4, t5),
+                           ("history", t5, t6)]:
             t[name] += b - a
         return conformed.frame.height, result, features
 
