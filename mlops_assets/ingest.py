@@ -53,11 +53,14 @@ def read_landed(data: bytes, file: str, fmt: str) -> pl.DataFrame:
     return frame
 
 
-def _cast(values: pl.Series, spec: ColumnSpec) -> pl.Series:
+def _cast(source: pl.DataType, spec: ColumnSpec, name: str) -> pl.Expr:
+    """The expression that reads column `name` (of type `source`) as the declared type;
+    a value it cannot read becomes null."""
     target = spec.dtype
-    if values.dtype == target:
+    values = pl.col(name)
+    if source == target:
         return values
-    if values.dtype == pl.String:
+    if source == pl.String:
         stripped = values.str.strip_chars()
         if spec.type == "date":
             return stripped.str.to_date(strict=False)
@@ -67,11 +70,11 @@ def _cast(values: pl.Series, spec: ColumnSpec) -> pl.Series:
             lowered = stripped.str.to_lowercase()
             return lowered.replace_strict(BOOL_WORDS, default=None, return_dtype=pl.Boolean)
         return stripped.cast(target, strict=False)
-    if values.dtype.is_float() and target.is_integer():
+    if source.is_float() and target.is_integer():
         whole = values.is_null() | (values == values.round(0))
-        return pl.select(pl.when(whole).then(values).otherwise(None).cast(target, strict=False)).to_series()
-    if spec.type == "datetime" and isinstance(values.dtype, pl.Datetime):
-        if values.dtype.time_zone is None:
+        return pl.when(whole).then(values).otherwise(None).cast(target, strict=False)
+    if spec.type == "datetime" and isinstance(source, pl.Datetime):
+        if source.time_zone is None:
             return values.dt.replace_time_zone("UTC").dt.cast_time_unit("us")
         return values.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
     return values.cast(target, strict=False)
@@ -91,27 +94,41 @@ def conform(frame: pl.DataFrame, schema: SchemaSpec, file: str) -> ConformedFile
             "(declare them, or set schema.extra_columns: drop)",
         )
     original = frame.select(declared).with_row_index(SOURCE_ROW)
-    typed: list[pl.Series] = []
-    failures: list[pl.DataFrame] = []
+    def unreadable(name: str) -> LandedFileError:  # e.g. a nested type nothing can cast
+        return LandedFileError(file, f"column {name} has type {frame.schema[name]}, which cannot be read as {schema.columns[name].type}")
+
+    casts = {name: _cast(frame.schema[name], spec, name).alias(name) for name, spec in schema.columns.items()}
+    try:
+        typed = frame.select(*casts.values())
+    except pl.exceptions.PolarsError:
+        for name, expr in casts.items():  # which column
+            try:
+                frame.select(expr)
+            except pl.exceptions.PolarsError:
+                raise unreadable(name) from None
+        raise
     for name, spec in schema.columns.items():
-        source = frame.get_column(name)
-        cast = _cast(source, spec).alias(name)
-        typed.append(cast)
-        if cast.dtype != spec.dtype:  # e.g. a nested type nothing can cast
-            raise LandedFileError(file, f"column {name} has type {source.dtype}, which cannot be read as {spec.type}")
-        failed = source.is_not_null() & cast.is_null()
-        if failed.any():
-            failures.append(
-                pl.DataFrame({SOURCE_ROW: original[SOURCE_ROW], "value": source.cast(pl.String, strict=False)})
-                .filter(failed)
-                .select(
-                    SOURCE_ROW,
-                    pl.format("{}: cannot read '{}' as {}", pl.lit(name), pl.col("value"), pl.lit(spec.type)).alias(
-                        "reason"
-                    ),
-                )
+        if typed.schema[name] != spec.dtype:
+            raise unreadable(name)
+    # one pass: which columns have values that could not be read
+    lost = pl.concat([frame.select(declared), typed.select(pl.all().name.suffix("__typed"))], how="horizontal").select(
+        (pl.col(name).is_not_null() & pl.col(f"{name}__typed").is_null()).any().alias(name) for name in declared
+    ).row(0)
+    failures: list[pl.DataFrame] = []
+    for name, failed_any in zip(declared, lost):
+        if not failed_any:
+            continue
+        spec = schema.columns[name]
+        failed = frame.get_column(name).is_not_null() & typed.get_column(name).is_null()
+        failures.append(
+            pl.DataFrame({SOURCE_ROW: original[SOURCE_ROW], "value": frame.get_column(name).cast(pl.String, strict=False)})
+            .filter(failed)
+            .select(
+                SOURCE_ROW,
+                pl.format("{}: cannot read '{}' as {}", pl.lit(name), pl.col("value"), pl.lit(spec.type)).alias("reason"),
             )
-    result = pl.DataFrame(typed).with_columns(original[SOURCE_ROW])
+        )
+    result = typed.with_columns(original[SOURCE_ROW])
     cast_failures = (
         pl.concat(failures)
         if failures
