@@ -18,6 +18,8 @@ that path; tests check that both give the same split and the same reasons.
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -79,11 +81,12 @@ _BUILTIN: dict = {
 
 @dataclass(frozen=True)
 class _Rule:
-    """One check of the schema as a polars expression: True where a row fails it."""
+    """One check of the schema: `failed` is True where a row fails it."""
 
     column: str | None  # None: a frame-wide check (uniqueness)
     check: str  # the check's identifier as pandera reports it
-    failed: pl.Expr
+    failed: pl.Expr | None  # a row-wise expression, or None for the uniqueness of `subset`
+    subset: tuple[str, ...] = ()
 
 
 def _identifier(check: pa.Check) -> str:
@@ -123,38 +126,43 @@ def compile_schema(dfs: pa.DataFrameSchema, frame_schema: pl.Schema) -> list[_Ru
             return None
         subset = [x for x in dfs.unique if x in frame_schema]
         if subset:
-            rules.append(_Rule(None, "multiple_fields_uniqueness", pl.struct(subset).is_duplicated()))
+            rules.append(_Rule(None, "multiple_fields_uniqueness", None, tuple(subset)))
     return rules
 
 
 def _compiled_cases(data: pl.DataFrame, rules: list[_Rule]) -> pl.DataFrame:
-    """Failure cases of the compiled rules, in pandera's shape: one pass over the frame,
-    then the failing rows only."""
-    flags = [f"_fail{i}" for i in range(len(rules))]
-    failing = (
-        data.lazy()
-        .with_row_index("index")
-        .with_columns(*[r.failed.alias(f) for r, f in zip(rules, flags)])
-        .filter(pl.any_horizontal(flags))
-        .collect()
-    )
-    if failing.height == 0:
+    """Failure cases of the compiled rules, in pandera's shape: one pass over the frame for
+    every row-wise check, then the failing rows only."""
+    row_rules = [r for r in rules if r.failed is not None]
+    flags = data.select(*[r.failed.alias(f"_fail{i}") for i, r in enumerate(row_rules)]).get_columns() if row_rules else []
+    for rule in rules:
+        if rule.failed is None:  # as pandera's check_column_values_are_unique does it
+            flags.append(data.select(rule.subset).is_duplicated())
+    ordered = row_rules + [r for r in rules if r.failed is None]
+    if not flags:
         return pl.DataFrame(schema=CASES_SCHEMA)
-    hit = failing.select(pl.col(flags).any()).row(0)
-    rows = failing.lazy()
-    cases = [
-        rows.filter(pl.col(flag)).select(
-            pl.col("index").cast(pl.UInt32),
-            pl.lit(rule.column, pl.String).alias("column"),
-            pl.lit(rule.check, pl.String).alias("check"),
-            (pl.col(rule.column).cast(pl.String) if rule.column is not None else pl.lit(None, pl.String)).alias(
-                "failure_case"
-            ),
+    failing = functools.reduce(operator.or_, flags)
+    if not failing.any():
+        return pl.DataFrame(schema=CASES_SCHEMA)
+    rows = data.with_row_index("index").filter(failing)
+    index, column, check, value = [], [], [], []
+    for rule, flag in zip(ordered, flags):
+        hit = flag.filter(failing)
+        if not hit.any():
+            continue
+        index.append(rows.get_column("index").filter(hit))
+        n = index[-1].len()
+        column.extend([rule.column] * n)
+        check.extend([rule.check] * n)
+        value.append(
+            rows.get_column(rule.column).filter(hit).cast(pl.String)
+            if rule.column is not None
+            else pl.Series([None] * n, dtype=pl.String)
         )
-        for rule, flag, any_hit in zip(rules, flags, hit)
-        if any_hit
-    ]
-    return pl.concat(cases).collect()
+    return pl.DataFrame(
+        {"index": pl.concat(index).cast(pl.UInt32), "column": column, "check": check, "failure_case": pl.concat(value)},
+        schema=CASES_SCHEMA,
+    )
 
 
 def _pandera_cases(data: pl.DataFrame, dfs: pa.DataFrameSchema) -> pl.DataFrame:
@@ -224,7 +232,9 @@ def validate(
     if not frame.get_column(SOURCE_ROW).is_sorted():
         frame = frame.sort(SOURCE_ROW)
     cases = failure_cases(frame.drop(SOURCE_ROW), schema, engine)
-    problems = [conformed.cast_failures.select(pl.col(SOURCE_ROW).cast(pl.UInt32), pl.col("reason"))]
+    problems = []
+    if conformed.cast_failures.height:
+        problems.append(conformed.cast_failures.select(pl.col(SOURCE_ROW).cast(pl.UInt32), pl.col("reason")))
     if cases.height:
         rows = frame.get_column(SOURCE_ROW)
         problems.append(
@@ -239,29 +249,33 @@ def validate(
                 schema={SOURCE_ROW: pl.UInt32, "reason": pl.String},
             )
         )
-    all_problems = pl.concat(problems).unique()
-    per_row = all_problems.group_by(SOURCE_ROW).agg(pl.col("reason").sort().str.join("; ").alias(REASON))
-    if per_row.height == 0:
+    if not problems:
         quarantined = frame.clear().with_columns(pl.lit(None, pl.String).alias(REASON), pl.lit(None, pl.String).alias(ORIGINAL))
         return ValidationResult(clean=frame, quarantine=quarantined, reasons=pl.DataFrame(schema={"reason": pl.String, "rows": pl.UInt32}))
+    all_problems = pl.concat(problems).unique()
+    per_row = all_problems.group_by(SOURCE_ROW).agg(pl.col("reason").sort().str.join("; ").alias(REASON))
     # frame is in _source_row order, and filters keep the order
-    bad = frame.select(pl.col(SOURCE_ROW).is_in(per_row.get_column(SOURCE_ROW).implode())).to_series()
-    original_json = conformed.original.filter(
-        pl.col(SOURCE_ROW).is_in(per_row.get_column(SOURCE_ROW).implode())
-    ).select(
-        SOURCE_ROW,
-        pl.struct(pl.exclude(SOURCE_ROW).cast(pl.String)).struct.json_encode().alias(ORIGINAL),
+    quarantined_rows = per_row.get_column(SOURCE_ROW).implode()
+    bad = frame.select(pl.col(SOURCE_ROW).is_in(quarantined_rows)).to_series()
+    original_json = (
+        conformed.original.lazy()
+        .filter(pl.col(SOURCE_ROW).is_in(quarantined_rows))
+        .select(SOURCE_ROW, pl.struct(pl.exclude(SOURCE_ROW).cast(pl.String)).struct.json_encode().alias(ORIGINAL))
     )
     quarantined = (
         frame.filter(bad)
-        .join(per_row, on=SOURCE_ROW, how="left", maintain_order="left")
+        .lazy()
+        .join(per_row.lazy(), on=SOURCE_ROW, how="left", maintain_order="left")
         .join(original_json, on=SOURCE_ROW, how="left", maintain_order="left")
+        .collect()
     )
     clean = frame.filter(bad.not_())
     kinds = (
-        all_problems.with_columns(pl.col("reason").str.replace(r"'[^']*'|-?\d+(\.\d+)?", "…", literal=False))
+        all_problems.lazy()
+        .with_columns(pl.col("reason").str.replace(r"'[^']*'|-?\d+(\.\d+)?", "…", literal=False))
         .group_by("reason")
         .agg(pl.col(SOURCE_ROW).n_unique().alias("rows"))
         .sort("rows", descending=True)
+        .collect()
     )
     return ValidationResult(clean=clean, quarantine=quarantined, reasons=kinds)
