@@ -21,6 +21,7 @@ from mlops_assets.feature_assets import features_key
 from mlops_assets.feature_contract import load_feature_module
 from mlops_assets.home import MlopsHome
 from mlops_assets.model_metrics import METRICS
+from mlops_assets.ray_training import RayCapacityError
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource, mlflow_resource_for
 
@@ -120,7 +121,7 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
         )
         try:
             trained = training.train_as_planned(plan, data, delta)
-        except training.TrainingDataError as err:
+        except (training.TrainingDataError, RayCapacityError) as err:
             raise dg.Failure(str(err), allow_retries=False) from None
         if plan.engine == "ray":
             context.log.info(f"trained on Ray Train with {plan.ray_workers} workers")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import uuid
@@ -226,6 +227,10 @@ def _train_worker(config: dict, storage_options: _Hidden) -> None:
         )
 
 
+class RayCapacityError(RuntimeError):
+    """The Ray cluster cannot fit the declared training workers."""
+
+
 def _data_error(err: BaseException) -> TrainingDataError | None:
     """A TrainingDataError raised in a worker, unwrapped from Ray's exceptions."""
     failures = getattr(err, "worker_failures", None) or {}
@@ -240,6 +245,30 @@ def _data_error(err: BaseException) -> TrainingDataError | None:
             return e
         pending.extend([e.__cause__, getattr(e, "cause", None)])
     return None
+
+
+def check_capacity(num_workers: int, resources: dict) -> None:
+    """Fail now, naming the settings, when a fixed-size Ray cluster can never fit the workers.
+
+    Ray Train otherwise waits for the resources forever and the training step hangs. Only a
+    cluster without an autoscaler is judged (a local instance, `RAY_ADDRESS` unset); on a
+    KubeRay cluster the autoscaler may still add the nodes.
+    """
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    total = ray.cluster_resources()
+    for name, amount in resources.items():
+        needed = num_workers * float(amount)
+        if float(total.get(name, 0.0)) < needed:
+            raise RayCapacityError(
+                f"training.ray_workers={num_workers} workers x {amount} {name} (training.num_threads) need {needed:g} {name}, "
+                f"but the local Ray instance has {float(total.get(name, 0.0)):g}: lower training.ray_workers or "
+                "training.num_threads, or set RAY_ADDRESS to a larger cluster"
+            )
 
 
 def train_on_ray(
@@ -274,6 +303,7 @@ def train_on_ray(
         raise TrainingDataError(
             f"pipeline {plan.pipeline}: no featurized validation days in {plan.validation_start}..{plan.holdout_start}"
         )
+    check_capacity(num_workers, resources)
     shares = assign_partitions(train_days, num_workers)
     options = _Hidden(delta.resolved_storage_options())
 

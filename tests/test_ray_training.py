@@ -31,8 +31,8 @@ from mlops_assets.ray_training import (
 from mlops_assets.tables import FEATURES
 from resources.delta_lake import DeltaLakeResource, pyarrow_filesystem
 from tests import model_fixtures
-from tests.model_fixtures import empty_mlflow_store, model_home  # noqa: F401  (fixtures)
 from tests.conftest import Platform
+from tests.model_fixtures import empty_mlflow_store, model_home  # noqa: F401  (fixtures)
 
 WORKERS = 2
 HOLDOUT_TOLERANCE = 0.05  # relative, on hold-out MAE and RMSE
@@ -185,7 +185,7 @@ def test_model_asset_trains_on_ray_with_the_same_lineage_and_gates(local_ray, mo
     from mlops_assets.reproduce import reproduce
     from tests.test_monitoring import train
 
-    plat = model_home.platform(model_fixtures.flights_decl(training={"engine": "ray", "ray_workers": WORKERS}))
+    plat = model_home.platform(model_fixtures.flights_decl(training={"engine": "ray", "ray_workers": WORKERS, "num_threads": 1}))
     result = train(plat)
     assert result.success
     model_event = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "model"][0]
@@ -196,3 +196,13 @@ def test_model_asset_trains_on_ray_with_the_same_lineage_and_gates(local_ray, mo
     assert {c.check_name for c in result.get_asset_check_evaluations() if c.passed} >= {"quality_floors", "no_regression", "data_checks"}
     again = reproduce("flights", version.version, plat.delta, mlflow)
     assert again.comparison.differing == 0, again.report()
+
+
+def test_workers_that_can_never_fit_fail_at_once_naming_the_settings(local_ray, monkeypatch):
+    """Ray Train would wait forever for CPUs a fixed local instance does not have."""
+    from mlops_assets.ray_training import RayCapacityError, check_capacity
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    check_capacity(WORKERS, {"CPU": 1})
+    with pytest.raises(RayCapacityError, match=r"training.ray_workers=2 workers x 2 CPU .* need 4 CPU.* has 2"):
+        check_capacity(WORKERS, {"CPU": 2})
