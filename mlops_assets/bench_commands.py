@@ -56,6 +56,8 @@ def bench_serving(args: argparse.Namespace) -> int:
         sides=tuple(args.sides.split(",")),
         ours_env=dict(args.ours_env or []),
         num_cpus=args.num_cpus,
+        cases=tuple(c.strip() for c in args.cases.split(",")) if args.cases else None,
+        protocols=tuple(args.protocols.split(",")),
     )
     print_report(result)
     if args.json:
@@ -86,5 +88,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", help="platform home to build or reuse (keeps the trained champion between runs); default: a temp folder")
     p.add_argument("--ours-env", type=_env_pair, action="append", metavar="NAME=VALUE", help="extra environment for our server (levers)")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs our Ray instance declares (default 2)")
+    p.add_argument("--cases", help="only these cases, comma-separated: 'single c=1,single c=16,batch 1k,batch 10k' (default all)")
+    p.add_argument("--protocols", default="v1,v2", help="our protocols to load (default v1,v2)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_serving)

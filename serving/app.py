@@ -8,6 +8,8 @@ group where Ray sees enough GPUs, the challenger, and the router as ingress.
 
 from __future__ import annotations
 
+import os
+
 from ray.serve import Application
 
 from mlops_assets.declaration import PipelineDeclaration, ReplicaGroupSpec
@@ -24,6 +26,13 @@ ROUTER_DEPLOYMENT = "router"
 GATEWAY_DEPLOYMENT = "gateway"
 
 
+def logging_options() -> dict:
+    """Serve's per-request access log is off unless MLOPS_SERVE_ACCESS_LOG=1: every request is already in the
+    prediction log, and three access lines per request (gateway, router, model) cost measurable CPU (`mlops bench serving`).
+    Warnings and errors are logged either way."""
+    return {"logging_config": {"enable_access_log": os.environ.get("MLOPS_SERVE_ACCESS_LOG", "0") == "1"}}
+
+
 def group_options(group: ReplicaGroupSpec) -> dict:
     """Serve options of one replica group: fixed count or autoscaling bounds, resources, surge."""
     options: dict = {
@@ -31,6 +40,7 @@ def group_options(group: ReplicaGroupSpec) -> dict:
         "max_ongoing_requests": group.max_ongoing_requests,
         "max_surge_percent": group.max_surge_percent,
         "graceful_shutdown_timeout_s": 30,
+        **logging_options(),
     }
     if group.min_replicas is not None:
         options["autoscaling_config"] = {
@@ -79,6 +89,7 @@ def build_app(args: dict) -> Application:
         max_ongoing_requests=64,
         max_surge_percent=100,
         user_config={"canary_share": serving.traffic.canary_share, "shadow": serving.traffic.shadow},
+        **logging_options(),
     ).bind(payload, champion, challenger, gpu, gpu_share)
     return router
 
@@ -91,4 +102,5 @@ def build_gateway(args: dict) -> Application:
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=256,
         max_surge_percent=100,
+        **logging_options(),
     ).bind(settings.model_dump())

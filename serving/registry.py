@@ -20,6 +20,7 @@ import polars as pl
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 TASKS = ("regression", "binary", "multiclass")
+SMALL_BATCH = 1_000  # rows below which prediction runs on one thread
 
 
 class ModelLoadError(RuntimeError):
@@ -71,7 +72,10 @@ class LoadedModel:
             from serving.gpu import gpu_predict
 
             return gpu_predict(self._gpu, x, self.task)
-        out = np.asarray(self.booster.predict(x))  # type: ignore[union-attr]
+        # one thread below SMALL_BATCH rows: OpenMP's fork/join costs more than the trees (0.2 ms vs 0.04 ms for
+        # one row on 2 busy cores), and replicas, not threads, are what serves concurrent requests
+        threads = 1 if x.shape[0] < SMALL_BATCH else 0
+        out = np.asarray(self.booster.predict(x, num_threads=threads))  # type: ignore[union-attr]
         if self.task == "binary":
             return np.column_stack([1.0 - out, out])
         return out

@@ -442,8 +442,14 @@ def bench(
     sides: tuple[str, ...] = ("ours", "mlflow", "naive"),
     ours_env: dict[str, str] | None = None,
     num_cpus: int = 2,
+    cases: tuple[str, ...] | None = None,
+    protocols: tuple[str, ...] = ("v1", "v2"),
     log=print,
 ) -> dict:
+    """Everything above in one run; `cases` (names from CASES) and `protocols` (ours: v1, v2) narrow it for lever runs."""
+    chosen = [c for c in CASES if cases is None or c[0] in cases]
+    if not chosen:
+        raise ValueError(f"no case among {cases}; cases are {', '.join(c[0] for c in CASES)}")
     wrk_path()  # fail before any training when the load generator is missing
     keep = workdir is not None
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mlops-bench-serving-"))
@@ -452,8 +458,8 @@ def bench(
     try:
         log(f"platform home {root} (training the champion unless it has one)")
         home = prepare_home(root, log)
-        sizes = sorted({n for _, n, _ in CASES})
-        reqs = request_rows(home, max(sizes))
+        sizes = sorted({n for _, n, _ in chosen} | {1000})
+        reqs = request_rows(home, max(sizes + [10_000]))
         bodies = {}
         for n in sizes:
             records, feats = reqs.records[:n], reqs.features.head(n)
@@ -474,6 +480,7 @@ def bench(
                     "v1": f"http://127.0.0.1:{ports['ours']}/v1/models/{PIPELINE}:predict",
                     "v2": f"http://127.0.0.1:{ports['ours']}/v2/models/{PIPELINE}/infer",
                 }
+                urls = {k: v for k, v in urls.items() if k in protocols}
             elif side == "mlflow":
                 server = mlflow_server(home, ports["mlflow"], logs)
                 urls = {"features": f"http://127.0.0.1:{ports['mlflow']}/invocations"}
@@ -487,7 +494,7 @@ def bench(
                     diff = _check(f"{side} {protocol}", _predictions(_post(url, bodies[1000][protocol]), protocol), reqs.expected[:1000])
                     log(f"  {side} {protocol}: ready in {startup:.0f}s, 1,000 predictions match Booster.predict (max diff {diff:.1e})")
                 for protocol, url in urls.items():
-                    for case, n, c in CASES:
+                    for case, n, c in chosen:
                         w = run_wrk(url, bodies[n][protocol], c, duration_s, logs, f"{side}-{protocol}-{n}-{c}", warmup_s)
                         row = {"side": side, "protocol": protocol, "case": case, "rows": n, "concurrency": c, **w, "rows_s": w["req_s"] * n}
                         result["results"].append(row)
