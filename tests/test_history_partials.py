@@ -79,3 +79,12 @@ def test_on_real_days_through_the_feature_module(flights_decl):
     stats = module.history_from_days([empty])
     assert stats["route_stats"].height == 0 and stats["carrier_stats"].height == 0
     assert stats["route_stats"].schema == direct(empty)["route_stats"].schema
+
+
+def test_category_codes_are_positions_and_unknowns_are_null():
+    values = pl.DataFrame({"dest": ["BOS", None, "XXX", "ATL", "ORD", "BOS"]})
+    allowed = ["ATL", "BOS", "ORD"]
+    codes = values.select(features._code("dest", allowed)).to_series()
+    mapped = values.select(pl.col("dest").replace_strict(allowed, [0, 1, 2], default=None, return_dtype=pl.Int16)).to_series()
+    assert codes.dtype == pl.Int16 and codes.to_list() == [1, None, None, 0, 2, 1]
+    assert codes.equals(mapped, check_names=False)

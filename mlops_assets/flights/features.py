@@ -61,7 +61,10 @@ def history_stats(history: pl.DataFrame) -> dict[str, pl.DataFrame]:
 
 
 def _code(column: str, values: list) -> pl.Expr:
-    """Stable integer code from the declared categories; unknown values become null."""
+    """Stable integer code from the declared categories (their position); unknown values become null."""
+    if values and all(isinstance(v, str) for v in values) and len(set(values)) == len(values):
+        # an Enum's physical value is the category's position: one lookup, no per-call mapping table
+        return pl.col(column).cast(pl.String).cast(pl.Enum(values), strict=False).to_physical().cast(pl.Int16)
     return pl.col(column).replace_strict(values, list(range(len(values))), default=None, return_dtype=pl.Int16)
 
 
