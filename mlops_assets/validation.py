@@ -182,32 +182,41 @@ def _pandera_cases(data: pl.DataFrame, dfs: pa.DataFrameSchema) -> pl.DataFrame:
     return pl.DataFrame(schema=CASES_SCHEMA)
 
 
-_SCHEMAS: dict[int, tuple[SchemaSpec, pa.DataFrameSchema]] = {}
-_RULES: dict[tuple, list[_Rule] | None] = {}  # keyed by the pandera schema (kept alive in _SCHEMAS) and the frame's dtypes
+@dataclass(frozen=True)
+class _Compiled:
+    declaration: SchemaSpec  # held, so its id is not reused while this entry exists
+    schema: pa.DataFrameSchema
+    rules: dict  # the frame's dtypes -> compiled rules (None: pandera validates)
+
+
+_SCHEMAS: dict[int, _Compiled] = {}
+
+
+def _compiled_for(schema: SchemaSpec) -> _Compiled:
+    """The pandera schema of a declaration and its compiled rules, built once per declaration object."""
+    hit = _SCHEMAS.get(id(schema))
+    if hit is None or hit.declaration is not schema:
+        if len(_SCHEMAS) >= 64:
+            _SCHEMAS.clear()
+        hit = _Compiled(schema, pandera_schema(schema), {})
+        _SCHEMAS[id(schema)] = hit
+    return hit
 
 
 def _schema_for(schema: SchemaSpec) -> pa.DataFrameSchema:
-    """The pandera schema of a declaration, built once per declaration object."""
-    hit = _SCHEMAS.get(id(schema))
-    if hit is None or hit[0] is not schema:
-        if len(_SCHEMAS) > 64:
-            _SCHEMAS.clear()
-        hit = (schema, pandera_schema(schema))
-        _SCHEMAS[id(schema)] = hit
-    return hit[1]
+    return _compiled_for(schema).schema
 
 
 def failure_cases(data: pl.DataFrame, schema: SchemaSpec, engine: Literal["compiled", "pandera"] = "compiled") -> pl.DataFrame:
     """Row-level failure cases of the declared pandera schema: index, column, check, failure_case."""
-    dfs = _schema_for(schema)
+    compiled = _compiled_for(schema)
+    dfs = compiled.schema
     rules = None
     if engine == "compiled":
-        key = (id(dfs), tuple(data.schema.items()))
-        if key not in _RULES:
-            if len(_RULES) > 64:
-                _RULES.clear()
-            _RULES[key] = compile_schema(dfs, data.schema)
-        rules = _RULES[key]
+        key = tuple(data.schema.items())
+        if key not in compiled.rules:
+            compiled.rules[key] = compile_schema(dfs, data.schema)
+        rules = compiled.rules[key]
     if rules is None:
         return _pandera_cases(data, dfs)
     return _compiled_cases(data, rules)
