@@ -35,7 +35,52 @@ def _pipelines(names: list[str] | None):
     return [decls[n] for n in names] if names else list(decls.values())
 
 
+# Serve's HAProxy ingress with direct ingress: HAProxy (C) forwards HTTP straight to the gateway
+# replicas instead of through the Python proxy actor; `mlops bench serving` measures the difference.
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ingress_env(proxy: str, folder: str) -> dict[str, str]:
+    """Environment for Ray (set before it starts) selecting the ingress; nothing where the user already chose.
+
+    HAProxy's files and its stats/metrics ports are this instance's own (`folder`, free ports), so
+    two `mlops serve start` on one host (or anyone else's Serve) do not share /tmp/haproxy-serve.
+    """
+    if proxy != "haproxy" or "RAY_SERVE_ENABLE_HA_PROXY" in os.environ:
+        return {}
+    return {
+        **HAPROXY_ENV,
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+    }
+
+
 def start(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="mlops-haproxy-")
+    os.environ.update(ingress_env(args.proxy, folder))  # before Ray and Serve import their constants
+    try:
+        return _start(args)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start(args: argparse.Namespace) -> int:
     import ray
 
     from serving import control
@@ -44,7 +89,8 @@ def start(args: argparse.Namespace) -> int:
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace="serve")
     control.start(args.host, args.port)
     control.ensure_gateway(ServeSettings())
-    print(f"Ray Serve on http://{args.host}:{args.port} (Ray address {ray.get_runtime_context().gcs_address})", flush=True)
+    ingress = "HAProxy + direct ingress" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "Serve's proxy"
+    print(f"Ray Serve on http://{args.host}:{args.port} via {ingress} (Ray address {ray.get_runtime_context().gcs_address})", flush=True)
     for decl in _pipelines(args.pipelines):
         try:
             versions = control.follow_aliases(decl, ServeSettings(pipeline=decl.name))
@@ -126,7 +172,7 @@ def config(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_process(env: dict[str, str], host: str = "127.0.0.1", port: int = 8000) -> "subprocess.Popen":
+def serve_process(env: dict[str, str], host: str = "127.0.0.1", port: int = 8000):
     """`mlops serve start` as a child process, for `mlops demo` to run beside Dagster (stop it with SIGTERM)."""
     import subprocess
 
@@ -144,6 +190,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument(
+        "--proxy",
+        choices=("haproxy", "serve"),
+        default="haproxy",
+        help="HTTP ingress: Serve's HAProxy + direct ingress (default; see `mlops bench serving`) or Serve's Python proxy",
+    )
     p.set_defaults(handler=start)
 
     p = sub.add_parser("deploy", help="roll a pipeline to the versions its aliases name now")
