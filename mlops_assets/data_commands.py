@@ -101,12 +101,7 @@ def demo(args: argparse.Namespace) -> int:
     start = date.fromisoformat(args.start)
     first = min(args.initial_days, args.days)
     land_days(decl, landing, start, first)
-    dagster_bin = Path(sys.executable).with_name("dagster")
-    cmd = [str(dagster_bin), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
-    server = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env)
-    from serving.commands import serve_process
-
-    serving = serve_process(env, args.host, args.serve_port)
+    processes = start_local_platform(env, args.host, args.port, args.serve_port)
     print(
         f"\nMLOps demo\n  Dagster UI:   http://{args.host}:{args.port}\n"
         f"  Predictions:  http://{args.host}:{args.serve_port}/v1/models/flights:predict  (OpenAPI: /docs), once a champion is promoted\n"
@@ -130,19 +125,35 @@ def demo(args: argparse.Namespace) -> int:
 
     threading.Thread(target=keep_landing, daemon=True).start()
     try:
-        return server.wait()
+        return processes[0].wait()
     except KeyboardInterrupt:
         return 0
     finally:
         stop.set()
-        for process, sig in ((serving, signal.SIGTERM), (server, signal.SIGINT)):
-            if process.poll() is None:
-                process.send_signal(sig)
-        for process in (serving, server):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_local_platform(processes)
+
+
+def start_local_platform(env: dict[str, str], host: str, port: int, serve_port: int) -> list[subprocess.Popen]:
+    """Dagster (webserver + daemon) and Ray Serve as child processes, on the home `env` names."""
+    from serving.commands import serve_process
+
+    dagster_bin = Path(sys.executable).with_name("dagster")
+    cmd = [str(dagster_bin), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", host, "-p", str(port)]
+    server = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env)
+    return [server, serve_process(env, host, serve_port)]
+
+
+def stop_local_platform(processes: list[subprocess.Popen]) -> None:
+    """Stop what `start_local_platform` started, and only that: Dagster by SIGINT, serving by SIGTERM."""
+    server, serving = processes
+    for process, sig in ((serving, signal.SIGTERM), (server, signal.SIGINT)):
+        if process.poll() is None:
+            process.send_signal(sig)
+    for process in (serving, server):
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def register(commands: argparse._SubParsersAction) -> None:
