@@ -84,7 +84,7 @@ class LoadedModel:
         """JSON-ready predictions: `predictions` always, plus `labels`/`probabilities` for classifiers."""
         raw = self.raw_predict(features)
         if self.task == "regression":
-            return {"predictions": [float(v) for v in raw]}
+            return {"predictions": np.asarray(raw, dtype=np.float64).tolist()}
         probs = np.asarray(raw, dtype=float)
         labels = [self.classes[i] for i in probs.argmax(axis=1)]
         if self.task == "binary":

@@ -129,3 +129,26 @@ def test_batch_without_a_model_is_not_ready(serving_registry, schema, tmp_path):
         assert isinstance(answers[0], NotReady)
     finally:
         s.logger.close()
+
+
+def test_log_rows_columns_and_values():
+    from datetime import datetime, timezone
+
+    from serving.prediction_log import log_rows
+
+    features = pl.DataFrame({"f": [1.0, 2.0, 3.0]})
+    multiclass = {"predictions": ["a", "b", "a"], "labels": ["a", "b", "a"], "probabilities": [[0.7, 0.3], [0.4, 0.6], [0.9, 0.1]]}
+    rows = log_rows(features=features, result=multiclass, pipeline="p", model_version=3, role="canary", served=False,
+                    request_id="r", received_at=0.0)
+    assert rows.schema == pl.Schema({
+        "request_id": pl.String, "record": pl.Int32, "logged_at": pl.Datetime("us", "UTC"), "pipeline": pl.String,
+        "model_version": pl.Int64, "role": pl.String, "served": pl.Boolean, "latency_ms": pl.Float64,
+        "prediction": pl.Float64, "label": pl.String, "f": pl.Float64,
+    })
+    assert rows.drop("logged_at", "latency_ms").rows() == [
+        ("r", 0, "p", 3, "canary", False, 0.7, "a", 1.0), ("r", 1, "p", 3, "canary", False, 0.6, "b", 2.0), ("r", 2, "p", 3, "canary", False, 0.9, "a", 3.0),
+    ]
+    assert rows["logged_at"].n_unique() == 1 and rows["logged_at"][0] <= datetime.now(timezone.utc)
+    regression = log_rows(features=features, result={"predictions": [1.5, -2.0, 0.0]}, pipeline="p", model_version=1, role="champion",
+                          served=True, request_id="q", received_at=0.0)
+    assert regression["prediction"].to_list() == [1.5, -2.0, 0.0] and regression["label"].null_count() == 3
