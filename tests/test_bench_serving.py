@@ -101,5 +101,7 @@ def test_naive_app_answers_lightgbms_predictions(naive, tmp_path):
     np.testing.assert_array_equal(np.asarray(answer["predictions"]), booster.predict(rows.to_numpy()))
     if shutil.which("wrk") is None:
         pytest.skip(WRK_MISSING)
-    result = run_wrk(url, features_body(rows.head(1)), connections=2, duration_s=1, workdir=tmp_path, tag="t", warmup_s=0)
+    result = run_wrk(url, features_body(rows.head(1)), connections=2, duration_s=1, workdir=tmp_path, tag="t", warmup_s=0,
+                     server_sid=server.proc.pid)
     assert result["requests"] > 0 and result["non2xx"] == 0 and result["p50_ms"] > 0
+    assert result["server_cpu_ms_per_req"] >= 0  # the server's own session, not wrk's

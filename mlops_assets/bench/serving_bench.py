@@ -278,6 +278,21 @@ class Server:
         self.log.close()
 
 
+def session_cpu_s(sid: int) -> float:
+    """CPU seconds (user + system) of the live processes of one session: a server and everything it started
+    (Ray's raylet, workers and HAProxy included). Less sensitive to other work on the host than wall-clock rates."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp session ...
+        if int(fields[3]) == sid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _exe(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
@@ -367,7 +382,9 @@ def parse_wrk(output: str) -> dict:
     return out
 
 
-def run_wrk(url: str, body: bytes, connections: int, duration_s: float, workdir: Path, tag: str, warmup_s: float = 1.0) -> dict:
+def run_wrk(
+    url: str, body: bytes, connections: int, duration_s: float, workdir: Path, tag: str, warmup_s: float = 1.0, server_sid: int | None = None
+) -> dict:
     body_file = workdir / f"{tag}.json"
     body_file.write_bytes(body)
     script = workdir / f"{tag}.lua"
@@ -376,10 +393,14 @@ def run_wrk(url: str, body: bytes, connections: int, duration_s: float, workdir:
     base = [wrk, "-t1", f"-c{connections}", "--latency", "--timeout", "60s", "-s", str(script)]
     if warmup_s > 0:
         subprocess.run([*base, f"-d{max(1, round(warmup_s))}s", url], capture_output=True, text=True, timeout=warmup_s + 120)
+    cpu = session_cpu_s(server_sid) if server_sid else None
     done = subprocess.run([*base, f"-d{max(1, round(duration_s))}s", url], capture_output=True, text=True, timeout=duration_s + 180)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-    return parse_wrk(done.stdout)
+    out = parse_wrk(done.stdout)
+    if cpu is not None and out["requests"]:
+        out["server_cpu_ms_per_req"] = (session_cpu_s(server_sid) - cpu) * 1e3 / out["requests"]  # type: ignore[arg-type]
+    return out
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -418,11 +439,18 @@ def in_process(home: Home, features: pl.DataFrame, repeat: int = 5) -> dict:
     out["lightgbm_rows_s"] = best(lambda: booster.predict(x))
     out["lightgbm_1thread_rows_s"] = best(lambda: booster.predict(x, num_threads=1))
     try:
-        import lleaves  # noqa: F401  (compiled trees; optional)
+        import hashlib
 
+        import lleaves  # compiled trees; optional
+
+        digest = hashlib.sha256(home.model_file.read_bytes()).hexdigest()[:16]
         model = lleaves.Model(model_file=str(home.model_file))
-        model.compile(cache=str(home.root / "lleaves.bin"))
+        start = time.perf_counter()
+        model.compile(cache=str(home.root / f"lleaves-{digest}.bin"))  # compiled once per model file, then loaded
+        out["lleaves_compile_s"] = time.perf_counter() - start
+        out["lleaves_max_abs_diff"] = float(np.max(np.abs(model.predict(x) - booster.predict(x))))
         out["lleaves_rows_s"] = best(lambda: model.predict(x))
+        out["lleaves_1thread_rows_s"] = best(lambda: model.predict(x, n_jobs=1))
     except ImportError:
         out["lleaves_rows_s"] = None
     out["ceiling"] = "lleaves" if out["lleaves_rows_s"] else "lightgbm"
@@ -495,11 +523,12 @@ def bench(
                     log(f"  {side} {protocol}: ready in {startup:.0f}s, 1,000 predictions match Booster.predict (max diff {diff:.1e})")
                 for protocol, url in urls.items():
                     for case, n, c in chosen:
-                        w = run_wrk(url, bodies[n][protocol], c, duration_s, logs, f"{side}-{protocol}-{n}-{c}", warmup_s)
+                        w = run_wrk(url, bodies[n][protocol], c, duration_s, logs, f"{side}-{protocol}-{n}-{c}", warmup_s, server.proc.pid)
                         row = {"side": side, "protocol": protocol, "case": case, "rows": n, "concurrency": c, **w, "rows_s": w["req_s"] * n}
                         result["results"].append(row)
                         log(f"  {side:6} {protocol:8} {case:12} {row['req_s']:9.1f} req/s  {row['rows_s']:11.0f} rows/s  "
-                            f"p50 {row.get('p50_ms', float('nan')):8.2f} ms  p99 {row.get('p99_ms', float('nan')):8.2f} ms"
+                            f"p50 {row.get('p50_ms', float('nan')):8.2f} ms  p99 {row.get('p99_ms', float('nan')):8.2f} ms  "
+                            f"server CPU {row.get('server_cpu_ms_per_req', float('nan')):7.2f} ms/req"
                             + (f"  ERRORS non2xx={row['non2xx']} socket={row['socket_errors']}" if row["non2xx"] or row["socket_errors"] else ""))
             finally:
                 server.stop()
@@ -551,6 +580,8 @@ def ratios(result: dict) -> list[dict]:
                 if theirs is not None and theirs["req_s"]:
                     line[f"ours/{other} throughput"] = ours["req_s"] / theirs["req_s"]
                     line[f"ours/{other} p50"] = ours["p50_ms"] / theirs["p50_ms"]
+                    if ours.get("server_cpu_ms_per_req") and theirs.get("server_cpu_ms_per_req"):
+                        line[f"ours/{other} CPU per request"] = ours["server_cpu_ms_per_req"] / theirs["server_cpu_ms_per_req"]
             out.append(line)
     return out
 
@@ -590,15 +621,20 @@ def print_report(r: dict) -> None:
           f"{r['duration_s']:.0f}s per case; load {before['load_1m']} before / {after.get('load_1m', '?')} after, {before['cpus']} cpus")
     if r.get("ours_env"):
         print(f"ours with {' '.join(f'{k}={v}' for k, v in r['ours_env'].items())}")
-    print(f"| {'server':<7}| {'request':<9}| {'case':<12}| {'req/s':>9} | {'rows/s':>11} | {'p50 ms':>8} | {'p99 ms':>8} |")
-    print(f"|{'-' * 8}|{'-' * 10}|{'-' * 13}|{'-' * 10}:|{'-' * 12}:|{'-' * 9}:|{'-' * 9}:|")
+    print(f"| {'server':<7}| {'request':<9}| {'case':<12}| {'req/s':>9} | {'rows/s':>11} | {'p50 ms':>8} | {'p99 ms':>8} | {'CPU ms/req':>10} |")
+    print(f"|{'-' * 8}|{'-' * 10}|{'-' * 13}|{'-' * 10}:|{'-' * 12}:|{'-' * 9}:|{'-' * 9}:|{'-' * 11}:|")
     for row in r["results"]:
         request = {"v1": "V1 raw", "v2": "V2 raw", "features": "features"}[row["protocol"]]
         err = " (errors)" if row["non2xx"] or row["socket_errors"] else ""
         print(f"| {row['side']:<7}| {request:<9}| {row['case']:<12}| {row['req_s']:>9,.1f} | {row['rows_s']:>11,.0f} | "
-              f"{row.get('p50_ms', float('nan')):>8.2f} | {row.get('p99_ms', float('nan')):>8.2f} |{err}")
+              f"{row.get('p50_ms', float('nan')):>8.2f} | {row.get('p99_ms', float('nan')):>8.2f} | "
+              f"{row.get('server_cpu_ms_per_req', float('nan')):>10.2f} |{err}")
     ip = r["in_process"]
-    lleaves = f", lleaves {ip['lleaves_rows_s']:,.0f}" if ip["lleaves_rows_s"] else ", lleaves not installed"
+    lleaves = (
+        f", lleaves {ip['lleaves_rows_s']:,.0f} (1 thread {ip['lleaves_1thread_rows_s']:,.0f}; max diff to LightGBM {ip['lleaves_max_abs_diff']:.1e})"
+        if ip["lleaves_rows_s"]
+        else ", lleaves not installed"
+    )
     print(f"in-process prediction of 10,000 feature rows: LightGBM {ip['lightgbm_rows_s']:,.0f} rows/s "
           f"(1 thread {ip['lightgbm_1thread_rows_s']:,.0f}){lleaves}")
     for line in r["ratios"]:
