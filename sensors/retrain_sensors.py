@@ -186,8 +186,8 @@ def build_delivery_sensor(decl: PipelineDeclaration, job_name: str, watched: lis
     def delivery_sensor(context: dg.SensorEvaluationContext):
         latest = []
         for key in watched:
-            event = context.instance.get_latest_materialization_event(key)
-            latest.append(event.storage_id if event is not None else 0)
+            page = context.instance.fetch_materializations(key, limit=1, ascending=False)
+            latest.append(page.records[0].storage_id if page.records else 0)
         marker = ",".join(map(str, latest))
         if not any(latest) or marker == context.cursor:
             return dg.SkipReason("no new promotion decision or deployment")

@@ -59,7 +59,11 @@ def test_serving_skew_and_delivery_metrics(model_home):  # noqa: F811
     assert rows.get_column("rows").unique().to_list() == [served_rows]
     assert "0 served predictions" in sensor_tick(plat, "flights_serving_drift_sensor").skip_message, "the watermark moved"
 
-    # delivery metrics: the serving layer reports the champion it serves through the deployment asset
+    # delivery metrics: the sensor asks for them after each promotion decision or deployment, once
+    tick = sensor_tick(plat, "flights_delivery_sensor")
+    (request,) = tick.run_requests
+    assert sensor_tick(plat, "flights_delivery_sensor", cursor=tick.cursor).skip_message == "no new promotion decision or deployment"
+    # the serving layer reports the champion it serves through the deployment asset
     plat.instance.report_runless_asset_event(
         dg.AssetMaterialization(asset_key=dg.AssetKey(["flights", "deployment"]), metadata={"champion_version": champ.version})
     )
@@ -70,5 +74,6 @@ def test_serving_skew_and_delivery_metrics(model_home):  # noqa: F811
     landed = plat.landing.stat("flights", "flights_2013-01-28.parquet").mtime_ns / 1e9
     served_at = plat.instance.get_latest_materialization_event(dg.AssetKey(["flights", "deployment"])).timestamp
     assert abs(meta["lead_time_last_s"].value - (served_at - landed)) < 1e-3
+    assert sensor_tick(plat, "flights_delivery_sensor", cursor=tick.cursor).run_requests, "a deployment is news"
     history = plat.delta.scan("flights", "delivery_metrics").collect()
     assert history.height == 1 and history.get_column("deployments_total").item() == 1
