@@ -58,6 +58,7 @@ def bench_serving(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         cases=tuple(c.strip() for c in args.cases.split(",")) if args.cases else None,
         protocols=tuple(args.protocols.split(",")),
+        proxy=args.proxy,
     )
     print_report(result)
     if args.json:
@@ -90,5 +91,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs our Ray instance declares (default 2)")
     p.add_argument("--cases", help="only these cases, comma-separated: 'single c=1,single c=16,batch 1k,batch 10k' (default all)")
     p.add_argument("--protocols", default="v1,v2", help="our protocols to load (default v1,v2)")
+    p.add_argument("--proxy", choices=("serve", "haproxy"), default="serve", help="our ingress (`mlops serve start --proxy`)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_serving)

@@ -35,9 +35,12 @@ def _pipelines(names: list[str] | None):
     return [decls[n] for n in names] if names else list(decls.values())
 
 
-# Serve's HAProxy ingress with direct ingress: HAProxy (C) forwards HTTP straight to the gateway
-# replicas instead of through the Python proxy actor; `mlops bench serving` measures the difference.
+# Serve's HAProxy ingress with direct ingress (opt-in, `--proxy haproxy`): HAProxy (C) forwards HTTP
+# straight to the gateway replicas instead of through the Python proxy actor. Not the default: each
+# replica then listens on a port of its own, and two Serve instances on one host that draw from the same
+# range answer each other's requests (seen on a shared host), so an instance needs a private range.
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+PORT_BLOCK = 200
 
 
 def _free_port() -> int:
@@ -48,14 +51,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _free_block(size: int = PORT_BLOCK, low: int = 20_000, high: int = 29_000, tries: int = 50) -> int:
+    """The first port of `size` consecutive ports nobody listens on now (random start, so instances differ)."""
+    import random
+    import socket
+
+    for _ in range(tries):
+        base = random.randrange(low, high - size)
+        for port in range(base, base + size):
+            with socket.socket() as s:
+                try:
+                    s.bind(("0.0.0.0", port))
+                except OSError:
+                    break
+        else:
+            return base
+    raise RuntimeError(f"no {size} free consecutive ports in {low}..{high} for the direct-ingress replicas")
+
+
 def ingress_env(proxy: str, folder: str) -> dict[str, str]:
     """Environment for Ray (set before it starts) selecting the ingress; nothing where the user already chose.
 
-    HAProxy's files and its stats/metrics ports are this instance's own (`folder`, free ports), so
-    two `mlops serve start` on one host (or anyone else's Serve) do not share /tmp/haproxy-serve.
+    With HAProxy, its files, its stats/metrics ports and the replicas' direct-ingress port ranges are
+    this instance's own (`folder`, free ports, free blocks), so two instances on one host never share
+    /tmp/haproxy-serve or a replica port.
     """
     if proxy != "haproxy" or "RAY_SERVE_ENABLE_HA_PROXY" in os.environ:
         return {}
+    http, grpc = _free_block(), _free_block(low=40_000, high=49_000)
     return {
         **HAPROXY_ENV,
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
@@ -65,6 +88,10 @@ def ingress_env(proxy: str, folder: str) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
         "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + PORT_BLOCK - 1),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + PORT_BLOCK - 1),
     }
 
 
@@ -193,8 +220,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--proxy",
         choices=("haproxy", "serve"),
-        default="haproxy",
-        help="HTTP ingress: Serve's HAProxy + direct ingress (default; see `mlops bench serving`) or Serve's Python proxy",
+        default="serve",
+        help="HTTP ingress: Serve's Python proxy (default) or HAProxy + direct ingress with private ports (see `mlops bench serving`)",
     )
     p.set_defaults(handler=start)
 

@@ -297,10 +297,13 @@ def _exe(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def ours_server(home: Home, port: int, logs: Path, extra_env: dict[str, str] | None = None, num_cpus: int = 2) -> Server:
+def ours_server(
+    home: Home, port: int, logs: Path, extra_env: dict[str, str] | None = None, num_cpus: int = 2, proxy: str = "serve"
+) -> Server:
     env = {**os.environ, **home.env, **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)  # a fresh Ray of its own, like `mlops serve start` on a laptop
-    argv = [_exe("mlops"), "serve", "start", PIPELINE, "--host", "127.0.0.1", "--port", str(port), "--num-cpus", str(num_cpus)]
+    argv = [_exe("mlops"), "serve", "start", PIPELINE, "--host", "127.0.0.1", "--port", str(port), "--num-cpus", str(num_cpus),
+            "--proxy", proxy]
     return Server("ours", argv, env, f"http://127.0.0.1:{port}/v2/health/ready", logs / "ours.log")
 
 
@@ -472,6 +475,7 @@ def bench(
     num_cpus: int = 2,
     cases: tuple[str, ...] | None = None,
     protocols: tuple[str, ...] = ("v1", "v2"),
+    proxy: str = "serve",
     log=print,
 ) -> dict:
     """Everything above in one run; `cases` (names from CASES) and `protocols` (ours: v1, v2) narrow it for lever runs."""
@@ -497,13 +501,14 @@ def bench(
             "model": {"name": PIPELINE, "version": home.version, "trees": _trees(home), "features": len(home.feature_columns)},
             "duration_s": duration_s,
             "ours_env": ours_env or {},
+            "ours_proxy": proxy,
             "results": [],
             "in_process": in_process(home, reqs.features.head(10_000)),
         }
         ports = {k: _free(p) for k, p in PORTS.items()}
         for side in sides:
             if side == "ours":
-                server = ours_server(home, ports["ours"], logs, ours_env, num_cpus)
+                server = ours_server(home, ports["ours"], logs, ours_env, num_cpus, proxy)
                 urls = {
                     "v1": f"http://127.0.0.1:{ports['ours']}/v1/models/{PIPELINE}:predict",
                     "v2": f"http://127.0.0.1:{ports['ours']}/v2/models/{PIPELINE}/infer",
@@ -619,6 +624,7 @@ def print_report(r: dict) -> None:
     before, after = r["machine_before"], r.get("machine_after", {})
     print(f"\nserving, LightGBM {m['name']} v{m['version']} ({m['trees']} trees, {m['features']} features), wrk on loopback, "
           f"{r['duration_s']:.0f}s per case; load {before['load_1m']} before / {after.get('load_1m', '?')} after, {before['cpus']} cpus")
+    print(f"ours: `mlops serve start --proxy {r.get('ours_proxy', 'serve')}`")
     if r.get("ours_env"):
         print(f"ours with {' '.join(f'{k}={v}' for k, v in r['ours_env'].items())}")
     print(f"| {'server':<7}| {'request':<9}| {'case':<12}| {'req/s':>9} | {'rows/s':>11} | {'p50 ms':>8} | {'p99 ms':>8} | {'CPU ms/req':>10} |")
