@@ -105,6 +105,32 @@ def build_deployment_asset(decl: PipelineDeclaration) -> dg.AssetsDefinition:
     return deployment
 
 
+ROLLOUT_RETRIES = 3
+
+
+def _retry_failed_rollout(context: dg.SensorEvaluationContext, decl: PipelineDeclaration, state: dict) -> dg.RunRequest | None:
+    """Request the rollout again when the last one for these aliases failed (Ray busy, a replica that
+    would not start): otherwise serving keeps the old champion until the next alias move.
+    At most ROLLOUT_RETRIES times per move; the failed runs stay visible in the run history."""
+    moves, retries = int(state.get("moves", 0)), int(state.get("retries", 0))
+    if retries >= ROLLOUT_RETRIES:
+        return None
+    records = context.instance.get_run_records(
+        filters=dg.RunsFilter(job_name=deploy_job_name(decl), tags={"mlops/champion_version": str(state["champion"])}), limit=1
+    )
+    if not records or records[0].dagster_run.status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+        return None
+    failed = records[0].dagster_run
+    context.update_cursor(json.dumps({**state, "retries": retries + 1}))
+    return dg.RunRequest(
+        run_key=f"{decl.name}-aliases-{moves}-retry-{retries + 1}",
+        tags={
+            **{k: v for k, v in failed.tags.items() if k.startswith("mlops/")},
+            "mlops/reason": f"retry {retries + 1} of {ROLLOUT_RETRIES}: rollout run {failed.run_id} {failed.status.value.lower()}",
+        },
+    )
+
+
 def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"{decl.name}_champion_sensor",
@@ -122,7 +148,7 @@ def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition
             return dg.SkipReason(f"model {decl.name} has no champion yet")
         before = json.loads(context.cursor) if context.cursor else {"moves": 0}
         if before.get("champion") == now["champion"] and before.get("challenger") == now["challenger"]:
-            return dg.SkipReason(f"aliases unchanged (champion v{now['champion']})")
+            return _retry_failed_rollout(context, decl, before) or dg.SkipReason(f"aliases unchanged (champion v{now['champion']})")
         moves = int(before.get("moves", 0)) + 1
         context.update_cursor(json.dumps({**now, "moves": moves}))
         return dg.RunRequest(

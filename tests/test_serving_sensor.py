@@ -63,3 +63,43 @@ def test_sensor_follows_promotions_and_rollbacks(tmp_path):
         requests = tick().run_requests
         assert len(requests) == 1 and requests[0].tags["mlops/challenger_version"] == str(v2)
         assert json.loads(cursor)["moves"] == 4
+
+
+def test_a_failed_rollout_is_requested_again_a_bounded_number_of_times(tmp_path):
+    from mlflow import MlflowClient
+
+    from serving.deployment_definitions import ROLLOUT_RETRIES
+
+    decl = load_declaration(PACKAGED_PIPELINES / "flights.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    (tmp_path / "mlflow").mkdir()
+    resource = ServingResource(tracking_uri=uri)
+    defs = dg.Definitions.merge(build_serving_definitions(decl), dg.Definitions(resources={"serving": resource}))
+    sensor, job = defs.resolve_sensor_def("flights_champion_sensor"), defs.resolve_job_def("flights_deploy")
+    MlflowClient(uri, uri).set_registered_model_alias("flights", "champion", str(_register(uri, tmp_path, "flights")))
+
+    with dg.instance_for_test() as instance:
+        cursor = None
+
+        def tick():
+            nonlocal cursor
+            data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"serving": resource}))
+            cursor = data.cursor or cursor
+            return data
+
+        def run_and_fail(request) -> None:  # the rollout run as the daemon would launch it, failing (no Ray here)
+            run = instance.create_run_for_job(job_def=job, tags={**request.tags, "dagster/run_key": request.run_key})
+            instance.report_run_failed(run)
+
+        (request,) = tick().run_requests
+        assert "unchanged" in tick().skip_message, "nothing to retry while the rollout has not failed"
+        keys = [request.run_key]
+        for attempt in range(1, ROLLOUT_RETRIES + 1):
+            run_and_fail(request)
+            (request,) = tick().run_requests
+            assert request.tags["mlops/reason"].startswith(f"retry {attempt} of {ROLLOUT_RETRIES}")
+            assert request.tags["mlops/champion_version"] == "1"
+            keys.append(request.run_key)
+        run_and_fail(request)
+        assert "unchanged" in tick().skip_message, "retries are bounded"
+        assert len(set(keys)) == ROLLOUT_RETRIES + 1
