@@ -526,6 +526,11 @@ def bench(
                 for protocol, url in urls.items():
                     diff = _check(f"{side} {protocol}", _predictions(_post(url, bodies[1000][protocol]), protocol), reqs.expected[:1000])
                     log(f"  {side} {protocol}: ready in {startup:.0f}s, 1,000 predictions match Booster.predict (max diff {diff:.1e})")
+                idle = session_cpu_s(server.proc.pid)
+                time.sleep(3.0)
+                idle_cores = (session_cpu_s(server.proc.pid) - idle) / 3.0
+                result.setdefault("idle_cpu_cores", {})[side] = idle_cores
+                log(f"  {side}: {idle_cores:.2f} cores busy while idle (its whole process session)")
                 for protocol, url in urls.items():
                     for case, n, c in chosen:
                         w = run_wrk(url, bodies[n][protocol], c, duration_s, logs, f"{side}-{protocol}-{n}-{c}", warmup_s, server.proc.pid)
@@ -643,6 +648,9 @@ def print_report(r: dict) -> None:
     )
     print(f"in-process prediction of 10,000 feature rows: LightGBM {ip['lightgbm_rows_s']:,.0f} rows/s "
           f"(1 thread {ip['lightgbm_1thread_rows_s']:,.0f}){lleaves}")
+    if r.get("idle_cpu_cores"):
+        print("CPU while idle (cores): " + ", ".join(f"{k} {v:.2f}" for k, v in r["idle_cpu_cores"].items())
+              + "; CPU ms/req counts the server's whole process session, idle work included")
     for line in r["ratios"]:
         parts = [f"{k} {v:.2f}x" for k, v in line.items() if k not in ("case", "protocol")]
         print(f"  {line['case']:12} {line['protocol']}: " + ", ".join(parts))
