@@ -8,14 +8,17 @@ running replicas one at a time (rolling) instead of restarting them.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from pathlib import Path
 
 import ray
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from mlops_assets.declaration import PipelineDeclaration
+from mlops_assets.home import MlopsHome
 from serving.app import CHALLENGER_DEPLOYMENT, CHAMPION_DEPLOYMENT, CHAMPION_GPU_DEPLOYMENT, ROUTER_DEPLOYMENT, gpu_group_enabled
 from serving.config import GATEWAY_APP, gateway_app, pipeline_app
 from serving.registry import CHALLENGER, CHAMPION, load_version, resolve_alias
@@ -24,18 +27,47 @@ from serving.settings import ServeSettings
 _lock = threading.Lock()
 
 
+def published_address_file() -> Path:
+    """Where the Ray cluster serving this platform home is named, for Dagster runs to join it."""
+    return MlopsHome.from_env().root / "serving" / "ray_address"
+
+
+def publish_address() -> None:
+    """Name this process's Ray cluster in the platform home. Ray's own 'auto' picks the newest
+    cluster on the host, which is the wrong one as soon as a second Ray runs beside ours."""
+    path = published_address_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(ray.get_runtime_context().gcs_address)
+
+
+def resolve_address(ray_address: str) -> str:
+    """'auto' means the cluster published in the platform home while it answers, else Ray's 'auto'."""
+    path = published_address_file()
+    if ray_address != "auto" or not path.exists():
+        return ray_address
+    published = path.read_text().strip()
+    host, _, port = published.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except (OSError, ValueError):
+        return ray_address  # stale: that cluster is gone
+    return published
+
+
 def connect(ray_address: str = "auto") -> None:
     """Join the running Ray cluster (no-op when this process already joined one)."""
     if not ray.is_initialized():
+        address = resolve_address(ray_address)
         try:
-            ray.init(address=ray_address, namespace="serve", include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, namespace="serve", include_dashboard=False, log_to_driver=False)
         except ConnectionError as err:
-            raise LookupError(f"no Ray cluster at '{ray_address}': start one with `mlops serve start` ({err})") from None
+            raise LookupError(f"no Ray cluster at '{address}': start one with `mlops serve start` ({err})") from None
 
 
 def start(http_host: str = "127.0.0.1", http_port: int = 8000) -> None:
-    """Start Serve's controller and proxy on this cluster if they are not running."""
+    """Start Serve's controller and proxy on this cluster if they are not running; name the cluster."""
     serve.start(http_options={"host": http_host, "port": http_port})
+    publish_address()
 
 
 def http_url() -> str:

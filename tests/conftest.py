@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -47,6 +48,19 @@ class Platform:
 def days(start: str, n: int) -> list[str]:
     first = date.fromisoformat(start)
     return [(first + timedelta(days=i)).isoformat() for i in range(n)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_home(tmp_path_factory) -> Iterator[Path]:
+    """Tests that set no platform home of their own write into a temporary one, never ./.mlops."""
+    home = tmp_path_factory.mktemp("mlops-home")
+    saved = os.environ.get("MLOPS_HOME")
+    os.environ["MLOPS_HOME"] = str(home)
+    yield home
+    if saved is None:
+        os.environ.pop("MLOPS_HOME", None)
+    else:
+        os.environ["MLOPS_HOME"] = saved
 
 
 @pytest.fixture(scope="session")
