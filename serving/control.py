@@ -8,6 +8,8 @@ running replicas one at a time (rolling) instead of restarting them.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import threading
 import time
@@ -33,11 +35,14 @@ def published_address_file() -> Path:
 
 
 def publish_address() -> None:
-    """Name this process's Ray cluster in the platform home. Ray's own 'auto' picks the newest
-    cluster on the host, which is the wrong one as soon as a second Ray runs beside ours."""
+    """Name this process's Ray cluster (and its auth mode) in the platform home. Ray's own 'auto'
+    picks the newest cluster on the host, which is the wrong one as soon as a second Ray runs
+    beside ours. Ray 2.60 turns token auth on for local clusters: a process joining by address
+    needs RAY_AUTH_MODE=token (the token is the user's ~/.ray/auth_token)."""
     path = published_address_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(ray.get_runtime_context().gcs_address)
+    published = {"address": ray.get_runtime_context().gcs_address, "auth_mode": os.environ.get("RAY_AUTH_MODE", "")}
+    path.write_text(json.dumps(published))
 
 
 def resolve_address(ray_address: str) -> str:
@@ -45,13 +50,15 @@ def resolve_address(ray_address: str) -> str:
     path = published_address_file()
     if ray_address != "auto" or not path.exists():
         return ray_address
-    published = path.read_text().strip()
-    host, _, port = published.rpartition(":")
     try:
+        published = json.loads(path.read_text())
+        host, _, port = published["address"].rpartition(":")
         socket.create_connection((host, int(port)), timeout=2).close()
-    except (OSError, ValueError):
-        return ray_address  # stale: that cluster is gone
-    return published
+    except (OSError, ValueError, KeyError, TypeError):
+        return ray_address  # unreadable or stale: that cluster is gone
+    if published.get("auth_mode"):
+        os.environ.setdefault("RAY_AUTH_MODE", published["auth_mode"])
+    return published["address"]
 
 
 def connect(ray_address: str = "auto") -> None:

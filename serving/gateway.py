@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from mlops_assets.feature_contract import load_feature_module
@@ -99,7 +100,10 @@ class Gateway:
 
     def _router(self, name: str) -> DeploymentHandle:
         if name not in self._handles:
-            self._handles[name] = serve.get_app_handle(name)
+            try:
+                self._handles[name] = serve.get_app_handle(name)
+            except RayServeException:
+                raise NotReady(f"model '{name}' is not deployed yet: its deployment asset rolls it out once a champion is promoted") from None
         return self._handles[name]
 
     def _unknown(self, name: str) -> JSONResponse | None:
