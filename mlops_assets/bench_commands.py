@@ -66,6 +66,18 @@ def bench_serving(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_leadtime(args: argparse.Namespace) -> int:
+    from mlops_assets.bench.lead_time_bench import bench, print_report
+
+    result = bench(
+        initial_days=args.initial_days, port=args.port, serve_port=args.serve_port, timeout=args.timeout, keep=args.keep
+    )
+    print_report(result)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="run a benchmark").add_subparsers(dest="benchmark", required=True)
     p = bench.add_parser("drift", help="drift decision vs Evidently DataDriftPreset")
@@ -94,3 +106,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--proxy", choices=("serve", "haproxy"), default="serve", help="our ingress (`mlops serve start --proxy`)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_serving)
+    p = bench.add_parser("leadtime", help="a landed day to the model trained on it answering, on the local platform")
+    p.add_argument("--initial-days", type=int, default=28, help="days landed before the platform starts (default 28)")
+    p.add_argument("--port", type=int, default=3019, help="Dagster UI port of the bench platform (default 3019)")
+    p.add_argument("--serve-port", type=int, default=8019, help="Ray Serve port of the bench platform (default 8019)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each stage (default 900)")
+    p.add_argument("--keep", action="store_true", help="keep the bench platform home (its runs and tables) afterwards")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(handler=bench_leadtime)

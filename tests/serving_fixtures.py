@@ -164,3 +164,17 @@ def ray_serve() -> Iterator[ServeInstance]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture
+def champion_server(serving_registry):
+    """The model server class Serve runs in each replica, in this process, holding the champion."""
+    from serving.deployments import ModelServer
+    from serving.settings import ServeSettings
+
+    s = ModelServer.func_or_class(
+        ServeSettings(pipeline="flights", tracking_uri=serving_registry.tracking_uri, delta_root=serving_registry.delta.root).model_dump(),
+        "champion",
+    )
+    yield s
+    s.logger.close()

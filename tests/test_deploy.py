@@ -19,7 +19,6 @@ import dagster as dg
 import jsonschema
 import pytest
 import yaml
-
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 

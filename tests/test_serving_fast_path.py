@@ -19,7 +19,7 @@ from mlops_assets.feature_contract import load_feature_module
 from serving.deployments import ModelServer, NotReady, VersionNotHere
 from serving.requests import RequestError, RequestSchema, checked_frame, fast_typed_frame, typed_frame
 from serving.settings import ServeSettings
-from tests.serving_fixtures import offline_features, request_records, serving_registry  # noqa: F401
+from tests.serving_fixtures import champion_server, offline_features, request_records, serving_registry  # noqa: F401
 
 Server = ModelServer.func_or_class
 
@@ -84,13 +84,8 @@ def test_missing_field_takes_the_full_path(schema):
 
 
 @pytest.fixture
-def server(serving_registry):
-    s = Server(
-        ServeSettings(pipeline="flights", tracking_uri=serving_registry.tracking_uri, delta_root=serving_registry.delta.root).model_dump(),
-        "champion",
-    )
-    yield s
-    s.logger.close()
+def server(champion_server):
+    return champion_server
 
 
 def test_batched_requests_get_lightgbms_predictions_each(server, serving_registry, schema):

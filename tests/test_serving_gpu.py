@@ -92,7 +92,8 @@ def test_gpu_replica_group_is_built_only_where_ray_sees_a_gpu():
     from ray.serve._private.build_app import build_app
 
     from mlops_assets.declaration import PACKAGED_PIPELINES, load_declaration
-    from serving.app import CHAMPION_GPU_DEPLOYMENT, build_app as build_pipeline_app, gpu_group_enabled
+    from serving.app import CHAMPION_GPU_DEPLOYMENT, gpu_group_enabled
+    from serving.app import build_app as build_pipeline_app
 
     if ray.is_initialized():
         pytest.skip("run this file on its own: it starts its own Ray with the GPU visible")

@@ -12,11 +12,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from mlops_assets.feature_contract import load_feature_module
 from serving.deployments import ModelServer, NotReady
 from serving.requests import RequestSchema, typed_frame
 from serving.settings import ServeSettings
-from mlops_assets.feature_contract import load_feature_module
-from tests.serving_fixtures import offline_features, request_records, serving_registry  # noqa: F401
+from tests.serving_fixtures import champion_server, offline_features, request_records, serving_registry  # noqa: F401
 
 Server = ModelServer.func_or_class  # the plain class Serve runs in each replica
 
@@ -27,13 +27,8 @@ def _frame(reg, n: int) -> pl.DataFrame:
 
 
 @pytest.fixture
-def server(serving_registry):
-    s = Server(
-        ServeSettings(pipeline="flights", tracking_uri=serving_registry.tracking_uri, delta_root=serving_registry.delta.root).model_dump(),
-        "champion",
-    )
-    yield s
-    s.logger.close()
+def server(champion_server):
+    return champion_server
 
 
 def test_not_ready_without_a_champion(serving_registry, tmp_path):

@@ -27,6 +27,19 @@ def _register(uri: str, tmp_path, name: str) -> int:
     return int(info.registered_model_version)
 
 
+class Ticker:
+    """Evaluates the sensor against a real instance, carrying its cursor from tick to tick."""
+
+    def __init__(self, sensor, instance, resource):
+        self.sensor, self.instance, self.resource, self.cursor = sensor, instance, resource, None
+
+    def __call__(self):
+        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources={"serving": self.resource})
+        data = self.sensor.evaluate_tick(context)
+        self.cursor = data.cursor or self.cursor
+        return data
+
+
 def test_sensor_follows_promotions_and_rollbacks(tmp_path):
     from mlflow import MlflowClient
 
@@ -38,13 +51,7 @@ def test_sensor_follows_promotions_and_rollbacks(tmp_path):
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
     with dg.instance_for_test() as instance:
-        cursor = None
-
-        def tick():
-            nonlocal cursor
-            data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"serving": resource}))
-            cursor = data.cursor or cursor
-            return data
+        tick = Ticker(sensor, instance, resource)
 
         assert "no MLflow registry yet" in tick().skip_message  # nothing created behind the user's back
         (tmp_path / "mlflow").mkdir()
@@ -62,7 +69,7 @@ def test_sensor_follows_promotions_and_rollbacks(tmp_path):
         client.set_registered_model_alias("flights", "challenger", str(v2))
         requests = tick().run_requests
         assert len(requests) == 1 and requests[0].tags["mlops/challenger_version"] == str(v2)
-        assert json.loads(cursor)["moves"] == 4
+        assert json.loads(tick.cursor)["moves"] == 4
 
 
 def test_a_failed_rollout_is_requested_again_a_bounded_number_of_times(tmp_path):
@@ -79,13 +86,7 @@ def test_a_failed_rollout_is_requested_again_a_bounded_number_of_times(tmp_path)
     MlflowClient(uri, uri).set_registered_model_alias("flights", "champion", str(_register(uri, tmp_path, "flights")))
 
     with dg.instance_for_test() as instance:
-        cursor = None
-
-        def tick():
-            nonlocal cursor
-            data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"serving": resource}))
-            cursor = data.cursor or cursor
-            return data
+        tick = Ticker(sensor, instance, resource)
 
         def run_and_fail(request) -> None:  # the rollout run as the daemon would launch it, failing (no Ray here)
             run = instance.create_run_for_job(job_def=job, tags={**request.tags, "dagster/run_key": request.run_key})
