@@ -6,6 +6,7 @@ Each command group lives in its own module and registers its subcommands here.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mlops_assets import bench_commands, data_commands, model_commands
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ray 2.60 turns token auth on for the local cluster `mlops serve start` creates; the other
+    # commands join it by address, which needs the mode set before Ray is imported
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

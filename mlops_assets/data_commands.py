@@ -137,6 +137,9 @@ def start_local_platform(env: dict[str, str], host: str, port: int, serve_port: 
     """Dagster (webserver + daemon) and Ray Serve as child processes, on the home `env` names."""
     from serving.commands import serve_process
 
+    # Ray 2.60 turns token auth on for the local cluster serving starts; Dagster runs join it by
+    # address, which needs the mode in their environment from the start
+    env = dict(env, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"))
     dagster_bin = Path(sys.executable).with_name("dagster")
     cmd = [str(dagster_bin), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", host, "-p", str(port)]
     server = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env)

@@ -38,7 +38,7 @@ def publish_address() -> None:
     """Name this process's Ray cluster (and its auth mode) in the platform home. Ray's own 'auto'
     picks the newest cluster on the host, which is the wrong one as soon as a second Ray runs
     beside ours. Ray 2.60 turns token auth on for local clusters: a process joining by address
-    needs RAY_AUTH_MODE=token (the token is the user's ~/.ray/auth_token)."""
+    needs RAY_AUTH_MODE=token in its environment (the token is the user's ~/.ray/auth_token)."""
     path = published_address_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     published = {"address": ray.get_runtime_context().gcs_address, "auth_mode": os.environ.get("RAY_AUTH_MODE", "")}
@@ -56,8 +56,12 @@ def resolve_address(ray_address: str) -> str:
         socket.create_connection((host, int(port)), timeout=2).close()
     except (OSError, ValueError, KeyError, TypeError):
         return ray_address  # unreadable or stale: that cluster is gone
-    if published.get("auth_mode"):
-        os.environ.setdefault("RAY_AUTH_MODE", published["auth_mode"])
+    if published.get("auth_mode") == "token" and os.environ.get("RAY_AUTH_MODE") != "token":
+        # Ray reads the mode when it is imported, and never turns auth on for an explicit address
+        raise LookupError(
+            f"the serving Ray cluster at {published['address']} uses token auth: start this process with "
+            "RAY_AUTH_MODE=token (the token is ~/.ray/auth_token; `mlops demo` sets it for Dagster)"
+        )
     return published["address"]
 
 
