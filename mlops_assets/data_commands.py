@@ -34,6 +34,9 @@ run_coordinator:
       - key: "mlops/training"
         value: {applyLimitPerUniqueValue: true}
         limit: 1
+      - key: "mlops/deploy"
+        value: {applyLimitPerUniqueValue: true}
+        limit: 1
 """
 
 

@@ -167,7 +167,12 @@ def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition
 def build_serving_definitions(decl: PipelineDeclaration) -> dg.Definitions:
     asset = build_deployment_asset(decl)
     job = dg.define_asset_job(
-        deploy_job_name(decl), selection=dg.AssetSelection.assets(deployment_key(decl)), description="Roll serving to the aliased versions."
+        deploy_job_name(decl),
+        selection=dg.AssetSelection.assets(deployment_key(decl)),
+        description="Roll serving to the aliased versions.",
+        # the run queue allows one rollout per pipeline at a time: a rollout started for an
+        # older alias move must not wait for its version while a newer one replaces it
+        tags={"mlops/deploy": decl.name},
     )
     return dg.Definitions(assets=[asset], jobs=[job], sensors=[build_champion_sensor(decl, job)])
 

@@ -665,3 +665,21 @@ def test_cluster_readme_names_settings_the_code_reads():
     read_by_libraries = {"MLFLOW_TRACKING_URI", "AWS_REGION", "MLOPS_HOME"}
     for name in configmap - read_by_libraries:
         assert f'"{name}"' in source, f"the README sets {name}, which no code reads"
+
+
+def test_every_queue_tag_the_jobs_carry_is_limited_in_every_run_queue_config():
+    """One ingestion, one training and one rollout per pipeline at a time: laptop, VM and Helm agree."""
+    from mlops_assets.data_commands import DAGSTER_YAML
+    from mlops_assets.definitions import defs
+    queue_keys = {"mlops/ingest", "mlops/training", "mlops/deploy"}
+    carried = {k for job in defs.resolve_all_job_defs() for k in (job.tags or {}) if k in queue_keys}
+    assert carried == queue_keys, f"jobs carry {carried}"
+    helm = load_yaml(DEPLOY / "helm" / "dagster-values.yaml")["dagsterDaemon"]["runCoordinator"]["config"]
+    configs = {
+        "local": yaml.safe_load(DAGSTER_YAML)["run_coordinator"]["config"]["tag_concurrency_limits"],
+        "vm": load_yaml(DEPLOY / "dagster" / "dagster.yaml")["run_coordinator"]["config"]["tag_concurrency_limits"],
+        "helm": helm["queuedRunCoordinator"]["tagConcurrencyLimits"],
+    }
+    for name, limits in configs.items():
+        per_pipeline = {t["key"] for t in limits if t["limit"] == 1 and t.get("value") == {"applyLimitPerUniqueValue": True}}
+        assert queue_keys <= per_pipeline, f"{name}: {queue_keys - per_pipeline} not limited to one per pipeline"
