@@ -25,6 +25,27 @@ from resources.mlflow_registry import MlflowRegistryResource
 DELIVERY_METRICS = "delivery_metrics"
 
 
+SNAPSHOT_SCHEMA = {
+    "computed_at": pl.Datetime("us", "UTC"),
+    "deployments_total": pl.Int64,
+    "deployments_last_7d": pl.Int64,
+    "deployment_frequency_per_day": pl.Float64,
+    "lead_time_median_s": pl.Float64,
+    "lead_time_last_s": pl.Float64,
+    "promotion_decisions": pl.Int64,
+    "failed_changes": pl.Int64,
+    "change_failure_rate": pl.Float64,
+    "restores": pl.Int64,
+    "time_to_restore_median_s": pl.Float64,
+}
+
+
+def snapshot_frame(snapshot: dict) -> pl.DataFrame:
+    """One history row with fixed types: a metric with no value yet is a typed null, so the
+    first snapshot does not fix a column as Null and refuse every later number."""
+    return pl.DataFrame([snapshot], schema=SNAPSHOT_SCHEMA)
+
+
 def delivery_metrics_key(decl: PipelineDeclaration) -> dg.AssetKey:
     return dg.AssetKey([decl.name, DELIVERY_METRICS])
 
@@ -123,7 +144,7 @@ def build_delivery_metrics_asset(decl: PipelineDeclaration, deployment_key: dg.A
     )
     def delivery_metrics(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         snapshot, leads = compute(decl, context.instance, delta, mlflow, deployment_key, train_job, datetime.now(timezone.utc))
-        history_version = delta.append(decl.name, DELIVERY_METRICS, pl.DataFrame([snapshot]), context.run.run_id)
+        history_version = delta.append(decl.name, DELIVERY_METRICS, snapshot_frame(snapshot), context.run.run_id)
         history = delta.scan(decl.name, DELIVERY_METRICS).sort("computed_at").collect()  # type: ignore[union-attr]
         metadata = {k: (float(v) if isinstance(v, (int, float)) else "n/a") for k, v in snapshot.items() if k != "computed_at"}
         metadata.update(

@@ -77,3 +77,20 @@ def test_serving_skew_and_delivery_metrics(model_home):  # noqa: F811
     assert sensor_tick(plat, "flights_delivery_sensor", cursor=tick.cursor).run_requests, "a deployment is news"
     history = plat.delta.scan("flights", "delivery_metrics").collect()
     assert history.height == 1 and history.get_column("deployments_total").item() == 1
+
+
+def test_snapshots_with_and_without_values_append_to_one_history(tmp_path):
+    """The first snapshot has no lead time or restore yet; later ones do: one typed history table."""
+    from datetime import datetime, timezone
+
+    from mlops_assets.delivery_metrics_assets import SNAPSHOT_SCHEMA, snapshot_frame
+    from resources.delta_lake import DeltaLakeResource
+
+    delta = DeltaLakeResource(root=str(tmp_path))
+    empty = {k: None for k in SNAPSHOT_SCHEMA} | {"computed_at": datetime.now(timezone.utc), "deployments_total": 0}
+    full = {k: 1.5 if v == pl.Float64 else 1 for k, v in SNAPSHOT_SCHEMA.items()} | {"computed_at": datetime.now(timezone.utc)}
+    delta.append("flights", "delivery_metrics", snapshot_frame(empty), "run-1")
+    delta.append("flights", "delivery_metrics", snapshot_frame(full), "run-2")
+    history = delta.scan("flights", "delivery_metrics").collect().sort("deployments_total")
+    assert history.height == 2
+    assert history.get_column("time_to_restore_median_s").to_list() == [None, 1.5]
