@@ -49,7 +49,7 @@ def build_landing_sensor(
     @dg.sensor(
         name=f"{decl.name}_landing_sensor",
         jobs=jobs,
-        minimum_interval_seconds=15,
+        minimum_interval_seconds=5,  # a landed file waits at most this long for its run
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Starts ingestion of each new or replaced file in the {decl.name} landing zone.",
     )

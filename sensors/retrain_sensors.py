@@ -58,7 +58,7 @@ def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.Senso
     @dg.sensor(
         name=f"{decl.name}_new_data_sensor",
         job_name=train_job,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=10,  # part of the landing-to-served lead time
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Retrains {decl.name} when {decl.drift.new_partitions_to_retrain} new featurized days have arrived "
         "since the champion's training window ended.",

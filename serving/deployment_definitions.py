@@ -135,7 +135,7 @@ def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition
     @dg.sensor(
         name=f"{decl.name}_champion_sensor",
         job=job,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=10,  # a new champion waits at most this long for its rollout
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Redeploys {decl.name} when its `champion` or `challenger` alias moves.",
     )

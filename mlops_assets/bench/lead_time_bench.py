@@ -131,7 +131,7 @@ def _wait(predicate, timeout: float, what: str, poll: float = 0.25):
     raise TimeoutError(f"gave up after {timeout:.0f}s waiting for {what}")
 
 
-def _runs_since(instance, since: float) -> list[RunSpan]:
+def _runs_since(instance, since: float, until: float) -> list[RunSpan]:
     import dagster as dg
 
     records = instance.get_run_records(filters=dg.RunsFilter(created_after=datetime.fromtimestamp(since - 1, timezone.utc)))
@@ -146,6 +146,7 @@ def _runs_since(instance, since: float) -> list[RunSpan]:
                 opened[key] = entry.timestamp
             elif key in opened:
                 steps.append((key, opened.pop(key), entry.timestamp))
+        steps.extend((key, began, until) for key, began in opened.items())  # still running at `until`
         runs.append(
             RunSpan(
                 job=run.job_name,
@@ -231,13 +232,17 @@ def bench(
             f"a model trained on {trigger_day} to answer",
         )
         served_at = time.time()
+        try:  # let the chain's runs finish so their records are complete
+            _wait(lambda: not _busy(instance), 120, "the runs to finish", poll=1.0)
+        except TimeoutError:
+            pass
         result = LeadTime(
             landed_day=trigger_day.isoformat(),
             landed_at=landed_at,
             served_at=served_at,
             version_before=before,
             version_after=after,
-            runs=_runs_since(instance, landed_at),
+            runs=_runs_since(instance, landed_at, served_at),
             first_champion_seconds=first_champion,
         )
         return {"initial_days": initial_days, "home": str(root) if keep else None, **result.to_dict()}
