@@ -29,9 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Ray 2.60 turns token auth on for the local cluster `mlops serve start` creates; the other
-    # commands join it by address, which needs the mode set before Ray is imported
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -41,5 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> int:
+    """The `mlops` console script. Ray 2.60 turns token auth on for the local cluster
+    `mlops serve start` creates; the other commands join it by address, which needs the mode
+    in the environment before Ray is imported (so here, not in `main`, which tests call in a
+    process whose Ray is already set up)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
