@@ -263,6 +263,7 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
         selection=dg.AssetSelection.assets(key, promotion_key(decl)),
         description="Train, register, gate and promote (or put up for approval) a model.",
         tags={"mlops/training": decl.name},  # the run queue allows one training run per pipeline at a time
+        executor_def=dg.in_process_executor,  # steps in the run's own process: a subprocess per step cost ~3 s each of the lead time
     )
     return dg.Definitions(assets=[model, promote], asset_checks=[model_gates], jobs=[train_job, approve_job])
 
