@@ -293,6 +293,14 @@ def parse_declaration(data: Any, source: str = "<memory>") -> PipelineDeclaratio
         raise DeclarationError(_describe(err, source)) from None
 
 
+def derive_declaration(base: PipelineDeclaration, source: str, **sections: dict) -> PipelineDeclaration:
+    """`base` with some sections updated key by key, validated again (benchmarks run variants)."""
+    data = base.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return parse_declaration(data, source)
+
+
 def load_declaration(path: str | Path) -> PipelineDeclaration:
     path = Path(path)
     try:

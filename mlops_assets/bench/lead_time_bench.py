@@ -101,14 +101,12 @@ class LeadTime:
 
 def bench_declaration(folder: Path) -> Path:
     """The flights declaration with one-day retraining and no cooldown, written into `folder`."""
-    from mlops_assets.declaration import PipelineDeclaration, load_declarations
+    from mlops_assets.declaration import derive_declaration, load_declarations
 
     source = next(d for d in load_declarations() if d.name == "flights")
-    data = source.model_dump(mode="json", exclude_none=True, by_alias=True)
-    data["drift"].update(new_partitions_to_retrain=1, cooldown_minutes=0)
-    PipelineDeclaration.model_validate(data)  # the edited declaration must still be valid
+    decl = derive_declaration(source, "flights (lead-time bench)", drift={"new_partitions_to_retrain": 1, "cooldown_minutes": 0})
     path = folder / "flights.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(yaml.safe_dump(decl.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False))
     return path
 
 

@@ -76,13 +76,10 @@ class Home:
 
 
 def bench_declaration():
-    from mlops_assets.declaration import PACKAGED_PIPELINES, parse_declaration
+    from mlops_assets.declaration import PACKAGED_PIPELINES, derive_declaration, load_declaration
 
-    data = yaml.safe_load((PACKAGED_PIPELINES / "flights.yaml").read_text())
-    data["training"] = {**data.get("training", {}), **BENCH_TRAINING}
-    data["gates"] = {**data.get("gates", {}), **BENCH_GATES}
-    data["promotion"] = {"policy": "auto"}
-    return parse_declaration(data, "flights (bench)")
+    packaged = load_declaration(PACKAGED_PIPELINES / "flights.yaml")
+    return derive_declaration(packaged, "flights (bench)", training=BENCH_TRAINING, gates=BENCH_GATES, promotion={"policy": "auto"})
 
 
 def _env(root: Path, pipelines: Path) -> dict[str, str]:
