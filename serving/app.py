@@ -1,8 +1,8 @@
 """Application builders named in the Serve config (`serving.app:build_app`, `serving.app:build_gateway`).
 
 `build_app({"pipeline": name, ...})` builds one pipeline's application from its
-declaration: the champion on the CPU replica group, the champion on the GPU
-group where Ray sees enough GPUs, the challenger, and the router as ingress.
+declaration: the challenger, the champion on the GPU group where Ray sees enough
+GPUs, and the champion on the CPU replica group as ingress (it routes).
 `build_gateway({...})` builds the HTTP ingress shared by all pipelines.
 """
 
@@ -13,7 +13,7 @@ import os
 from ray.serve import Application
 
 from mlops_assets.declaration import PipelineDeclaration, ReplicaGroupSpec
-from serving.deployments import ModelServer, Router
+from serving.deployments import ModelServer
 from serving.gateway import Gateway
 from serving.gpu import ray_gpus
 from serving.registry import CHALLENGER, CHAMPION
@@ -22,13 +22,12 @@ from serving.settings import ServeSettings
 CHAMPION_DEPLOYMENT = "champion"
 CHAMPION_GPU_DEPLOYMENT = "champion_gpu"
 CHALLENGER_DEPLOYMENT = "challenger"
-ROUTER_DEPLOYMENT = "router"
 GATEWAY_DEPLOYMENT = "gateway"
 
 
 def logging_options() -> dict:
     """Serve's per-request access log is off unless MLOPS_SERVE_ACCESS_LOG=1: every request is already in the
-    prediction log, and three access lines per request (gateway, router, model) cost measurable CPU (`mlops bench serving`).
+    prediction log, and two access lines per request (gateway, model) cost measurable CPU (`mlops bench serving`).
     Warnings and errors are logged either way."""
     return {"logging_config": {"enable_access_log": os.environ.get("MLOPS_SERVE_ACCESS_LOG", "0") == "1"}}
 
@@ -69,9 +68,6 @@ def build_app(args: dict) -> Application:
     decl = settings.declaration()
     serving = decl.serving
     payload = settings.model_dump()
-    champion = ModelServer.options(
-        name=CHAMPION_DEPLOYMENT, user_config={"model_version": None}, **group_options(serving.cpu)
-    ).bind(payload, CHAMPION, "cpu")
     challenger = ModelServer.options(
         name=CHALLENGER_DEPLOYMENT, user_config={"model_version": None}, **group_options(serving.challenger)
     ).bind(payload, CHALLENGER, "cpu")
@@ -82,16 +78,14 @@ def build_app(args: dict) -> Application:
             name=CHAMPION_GPU_DEPLOYMENT, user_config={"model_version": None}, **group_options(serving.gpu)
         ).bind(payload, CHAMPION, "gpu")
         gpu_share = serving.gpu.replicas / (serving.gpu.replicas + serving.cpu.replicas)
-    router = Router.options(
-        name=ROUTER_DEPLOYMENT,
-        num_replicas=int(args.get("router_replicas", 2)),
-        ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=64,
-        max_surge_percent=100,
-        user_config={"canary_share": serving.traffic.canary_share, "shadow": serving.traffic.shadow},
-        **logging_options(),
-    ).bind(payload, champion, challenger, gpu, gpu_share)
-    return router
+    return ModelServer.options(
+        name=CHAMPION_DEPLOYMENT, user_config=champion_config(None, serving.traffic.model_dump()), **group_options(serving.cpu)
+    ).bind(payload, CHAMPION, "cpu", challenger, gpu, gpu_share)
+
+
+def champion_config(version: int | None, traffic: dict) -> dict:
+    """The champion's `user_config`: its version and the traffic shares it routes by."""
+    return {"model_version": version, "canary_share": float(traffic["canary_share"]), "shadow": bool(traffic["shadow"])}
 
 
 def build_gateway(args: dict) -> Application:

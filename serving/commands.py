@@ -179,7 +179,7 @@ def status(args: argparse.Namespace) -> int:
         app = control.app_status(decl.name)
         line = {"pipeline": decl.name, **app, "traffic": control.traffic_of(decl.name)}
         if app["status"] == "RUNNING":
-            line["models"] = serve.get_app_handle(decl.name).status.remote().result(timeout_s=30)
+            line["models"] = serve.get_app_handle(decl.name).pipeline_status.remote().result(timeout_s=30)
         print(json.dumps(line, indent=2, default=str))
     return 0
 

@@ -15,7 +15,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from mlops_assets.declaration import PipelineDeclaration
-from serving.app import CHALLENGER_DEPLOYMENT, CHAMPION_DEPLOYMENT, CHAMPION_GPU_DEPLOYMENT, ROUTER_DEPLOYMENT
+from serving.app import CHALLENGER_DEPLOYMENT, CHAMPION_DEPLOYMENT, CHAMPION_GPU_DEPLOYMENT, champion_config
 from serving.settings import ServeSettings
 
 GATEWAY_APP = "mlops"
@@ -37,16 +37,12 @@ def pipeline_app(
     challenger: int | None = None,
     traffic: dict | None = None,
     gpu: bool = False,
-    router_replicas: int = 2,
 ) -> dict:
-    traffic = traffic or decl.serving.traffic.model_dump()
+    traffic = {**decl.serving.traffic.model_dump(), **(traffic or {})}
     args: dict[str, Any] = {"pipeline": decl.name, **settings_args(settings)}
-    if router_replicas != 2:
-        args["router_replicas"] = router_replicas
     deployments = [
-        {"name": CHAMPION_DEPLOYMENT, "user_config": {"model_version": champion}},
+        {"name": CHAMPION_DEPLOYMENT, "user_config": champion_config(champion, traffic)},
         {"name": CHALLENGER_DEPLOYMENT, "user_config": {"model_version": challenger}},
-        {"name": ROUTER_DEPLOYMENT, "user_config": {"canary_share": float(traffic["canary_share"]), "shadow": bool(traffic["shadow"])}},
     ]
     if gpu:
         deployments.insert(1, {"name": CHAMPION_GPU_DEPLOYMENT, "user_config": {"model_version": champion}})

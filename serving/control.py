@@ -21,7 +21,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from mlops_assets.declaration import PipelineDeclaration
 from mlops_assets.home import MlopsHome
-from serving.app import CHALLENGER_DEPLOYMENT, CHAMPION_DEPLOYMENT, CHAMPION_GPU_DEPLOYMENT, ROUTER_DEPLOYMENT, gpu_group_enabled
+from serving.app import CHALLENGER_DEPLOYMENT, CHAMPION_DEPLOYMENT, CHAMPION_GPU_DEPLOYMENT, gpu_group_enabled
 from serving.config import GATEWAY_APP, gateway_app, pipeline_app
 from serving.registry import CHALLENGER, CHAMPION, load_version, resolve_alias
 from serving.settings import ServeSettings
@@ -110,28 +110,31 @@ def _user_config(app: dict, deployment: str) -> dict:
     return {}
 
 
+TRAFFIC_KEYS = ("canary_share", "shadow")
+
+
+def _traffic(app: dict | None) -> dict:
+    """The traffic shares in a running app's config (they sit in the champion's user_config)."""
+    config = _user_config(app, CHAMPION_DEPLOYMENT) if app else {}
+    return {k: config[k] for k in TRAFFIC_KEYS if k in config}
+
+
 def deploy_pipeline(
     decl: PipelineDeclaration,
     settings: ServeSettings,
     champion: int | None,
     challenger: int | None,
     gateway_replicas: int = 2,
-    router_replicas: int | None = None,
 ) -> dict:
-    """Point the pipeline's application at these versions, keeping its traffic settings and router size.
+    """Point the pipeline's application at these versions, keeping its traffic settings.
 
     Only `user_config` changes for a running app (a rolling reconfigure); its builder args stay
     as they are unless the settings differ, since Serve restarts every replica when args change.
     """
     with _lock:
         apps = current_apps()
-        existing = apps.get(decl.name)
-        traffic = _user_config(existing, ROUTER_DEPLOYMENT) if existing else None
-        if router_replicas is None:
-            router_replicas = int((existing or {}).get("args", {}).get("router_replicas", 2))
-        apps[decl.name] = pipeline_app(
-            decl, settings, champion, challenger, traffic or None, gpu_group_enabled(decl), router_replicas
-        )
+        traffic = _traffic(apps.get(decl.name))
+        apps[decl.name] = pipeline_app(decl, settings, champion, challenger, traffic, gpu_group_enabled(decl))
         if GATEWAY_APP not in apps:
             apps[GATEWAY_APP] = gateway_app(settings, gateway_replicas)
         apply(apps)
@@ -148,13 +151,13 @@ def ensure_gateway(settings: ServeSettings, replicas: int = 2) -> None:
 
 
 def set_traffic(pipeline: str, canary_share: float | None = None, shadow: bool | None = None) -> dict:
-    """Change the canary share and/or shadow switch: a router reconfigure, no replica restarts."""
+    """Change the canary share and/or shadow switch: a champion reconfigure, no restarts and no model loads."""
     with _lock:
         apps = current_apps()
         if pipeline not in apps:
             raise LookupError(f"pipeline '{pipeline}' is not deployed")
         app = apps[pipeline]
-        traffic = _user_config(app, ROUTER_DEPLOYMENT)
+        traffic = _traffic(app)
         if canary_share is not None:
             if not 0.0 <= canary_share <= 1.0:
                 raise ValueError("canary_share must be between 0 and 1")
@@ -162,15 +165,14 @@ def set_traffic(pipeline: str, canary_share: float | None = None, shadow: bool |
         if shadow is not None:
             traffic["shadow"] = bool(shadow)
         for d in app["deployments"]:
-            if d["name"] == ROUTER_DEPLOYMENT:
-                d["user_config"] = traffic
+            if d["name"] == CHAMPION_DEPLOYMENT:
+                d["user_config"] = {**(d.get("user_config") or {}), **traffic}
         apply(apps)
         return traffic
 
 
 def traffic_of(pipeline: str) -> dict:
-    app = current_apps().get(pipeline)
-    return _user_config(app, ROUTER_DEPLOYMENT) if app else {}
+    return _traffic(current_apps().get(pipeline))
 
 
 def aliases(decl: PipelineDeclaration, settings: ServeSettings) -> dict[str, int | None]:
@@ -219,7 +221,7 @@ def wait_for_version(name: str, version: int, timeout_s: float = 180.0, deployme
         seen = None
         if healthy:
             try:
-                seen = serve.get_app_handle(name).status.remote().result(timeout_s=10)["champion"]["model_version"]
+                seen = serve.get_app_handle(name).status.remote().result(timeout_s=10)["model_version"]  # a champion replica's
             except Exception:  # app still (re)building: keep polling until the deadline
                 seen = None
         agreeing = agreeing + 1 if seen == version else 0

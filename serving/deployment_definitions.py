@@ -31,7 +31,6 @@ class ServingResource(dg.ConfigurableResource):
     delta_root: str = Field(default="", description="Delta table root for replicas; empty: $MLOPS_HOME/delta.")
     pipelines: str = Field(default="", description="Declaration files for replicas; empty: $MLOPS_PIPELINES or packaged.")
     gateway_replicas: int = Field(default=2, ge=1)
-    router_replicas: int | None = Field(default=None, ge=1, description="None: keep the running app's (2 when new).")
     rollout_timeout_s: float = Field(default=300.0, gt=0)
     log_flush_seconds: float | None = Field(default=None, gt=0, description="Prediction-log flush interval; None: the declaration's.")
 
@@ -77,9 +76,7 @@ def build_deployment_asset(decl: PipelineDeclaration) -> dg.AssetsDefinition:
         control.start(serving.http_host, serving.http_port)
         settings = serving.settings(decl.name)
         try:
-            versions = control.follow_aliases(
-                decl, settings, gateway_replicas=serving.gateway_replicas, router_replicas=serving.router_replicas
-            )
+            versions = control.follow_aliases(decl, settings, gateway_replicas=serving.gateway_replicas)
         except LookupError as err:
             raise dg.Failure(str(err)) from None
         status = control.wait_for_version(decl.name, versions[CHAMPION], serving.rollout_timeout_s)  # type: ignore[arg-type]

@@ -1,14 +1,18 @@
-"""The Serve deployments of one pipeline: model servers and the router in front of them.
+"""The Serve deployments of one pipeline: model servers, the champion's CPU group also routing.
 
 `ModelServer` holds one model version (role champion or challenger, on CPU or
 GPU) with its feature reference. The version arrives in `user_config`; a change
 loads the new version next to the old one and swaps a single reference, so
 requests in flight finish on the old model and none fails during a swap.
 
-`Router` validates records, then sends each request to the champion, or, for a
-declared canary share, to the challenger; with shadow on it also mirrors the
-request to the challenger, whose answer is logged and never returned. The
-share lives in the router's `user_config`, so it changes without restarts.
+The champion's CPU group is the application's ingress (`route`): it types the
+records, then answers itself, or hands the request to the challenger for the
+declared canary share (or to the GPU group for its share); with shadow on it
+also mirrors the request to the challenger, whose answer is logged and never
+returned. Routing in the champion rather than in a router deployment in front
+of it saves a Ray hand-off per request (`mlops bench serving`). Shares live in
+the champion's `user_config` next to its version, so they change without
+restarts or model loads.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from serving.requests import RequestError, RequestSchema, typed_frame
 from serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
-INLINE_ROWS = 64  # requests up to this many records are typed on the router's event loop
+INLINE_ROWS = 64  # requests up to this many records are typed on the event loop, larger ones in a thread
 
 
 class NotReady(RuntimeError):
@@ -55,12 +59,30 @@ class Loaded:
 
 @serve.deployment
 class ModelServer:
-    def __init__(self, settings: dict, role: str, device: str = "cpu"):
+    def __init__(
+        self,
+        settings: dict,
+        role: str,
+        device: str = "cpu",
+        challenger: DeploymentHandle | None = None,
+        champion_gpu: DeploymentHandle | None = None,
+        gpu_share: float = 0.0,
+    ):
         self.settings = ServeSettings(**settings)
         self.decl = self.settings.declaration()
         self.module = load_feature_module(self.decl)
         self.role = role
         self.device = device
+        # routing (used where this is the application's ingress: the champion's CPU group)
+        self.schema = RequestSchema.of(self.decl, self.module.input_columns(self.decl))
+        self.challenger = challenger
+        self.champion_gpu = champion_gpu
+        self.gpu_share = gpu_share if champion_gpu is not None else 0.0
+        self.canary_share = self.decl.serving.traffic.canary_share
+        self.shadow = self.decl.serving.traffic.shadow
+        self.rng = random.Random()
+        self.counts: Counter[str] = Counter()
+        self._background: set[asyncio.Task] = set()
         self.loaded: Loaded | None = None
         self.loads = 0
         self.cache_dir = tempfile.mkdtemp(prefix=f"mlops-serve-{self.decl.name}-{role}-")
@@ -68,9 +90,13 @@ class ModelServer:
         self.logger = PredictionLogger(self.settings.delta(), self.decl.name, self.decl.serving.log_queue_rows, flush)
 
     def reconfigure(self, config: dict) -> None:
-        """Load the configured version (None: whatever the role's alias points at) and swap it in."""
+        """Apply the traffic shares; load the configured version (None: whatever the role's alias points at) and swap it in."""
+        config = config or {}
+        traffic = self.decl.serving.traffic
+        self.canary_share = float(config.get("canary_share", traffic.canary_share))
+        self.shadow = bool(config.get("shadow", traffic.shadow))
         uri = self.settings.resolved_tracking_uri()
-        version = (config or {}).get("model_version")
+        version = config.get("model_version")
         if version is None:
             version = resolve_alias(uri, self.decl.name, CHAMPION if self.role == CHAMPION else CHALLENGER)
         if version is None:
@@ -220,67 +246,29 @@ class ModelServer:
     def flush_log(self) -> int:
         return self.logger.flush()
 
-    def __del__(self):
-        # graceful shutdown: write what is queued before the replica goes away
-        logger = getattr(self, "logger", None)
-        if logger is not None:
-            logger.close()
-        shutil.rmtree(getattr(self, "cache_dir", ""), ignore_errors=True)
+    # --- routing: the champion's CPU group is the application's ingress ---------------------------
 
-
-@serve.deployment
-class Router:
-    def __init__(
-        self,
-        settings: dict,
-        champion: DeploymentHandle,
-        challenger: DeploymentHandle,
-        champion_gpu: DeploymentHandle | None = None,
-        gpu_share: float = 0.0,
-    ):
-        self.settings = ServeSettings(**settings)
-        self.decl = self.settings.declaration()
-        module = load_feature_module(self.decl)
-        self.schema = RequestSchema.of(self.decl, module.input_columns(self.decl))
-        self.champion = champion
-        self.challenger = challenger
-        self.champion_gpu = champion_gpu
-        self.gpu_share = gpu_share if champion_gpu is not None else 0.0
-        self.canary_share = self.decl.serving.traffic.canary_share
-        self.shadow = self.decl.serving.traffic.shadow
-        self.rng = random.Random()
-        self.counts: Counter[str] = Counter()
-        self._background: set[asyncio.Task] = set()
-
-    def reconfigure(self, config: dict) -> None:
-        config = config or {}
-        self.canary_share = float(config.get("canary_share", self.decl.serving.traffic.canary_share))
-        self.shadow = bool(config.get("shadow", self.decl.serving.traffic.shadow))
-
-    def _champion(self) -> DeploymentHandle:
-        if self.champion_gpu is not None and self.rng.random() < self.gpu_share:
-            return self.champion_gpu
-        return self.champion
-
-    async def predict(self, records: list[dict], request_id: str, received_at: float, version: int | None = None) -> dict:
+    async def route(self, records: list[dict], request_id: str, received_at: float, version: int | None = None) -> dict:
+        """Type the records, pick who answers (champion, canary or a pinned version), mirror to the shadow."""
         # small requests are typed inline (the fast path takes ~0.2 ms, less than a hop to a worker thread);
-        # large ones in a thread, so the router keeps routing meanwhile
+        # large ones in a thread, so the replica keeps answering meanwhile
         if len(records) <= INLINE_ROWS:
             frame = typed_frame(records, self.schema)
         else:
             frame = await asyncio.to_thread(typed_frame, records, self.schema)
         if version is not None:
             return await self._pinned(frame, request_id, received_at, version)
-        role = "canary" if self.canary_share > 0 and self.rng.random() < self.canary_share else CHAMPION
+        role = CHAMPION
         result = None
-        if role == "canary":
+        if self.challenger is not None and self.canary_share > 0 and self.rng.random() < self.canary_share:
+            role = "canary"
             try:
                 result = await self.challenger.infer.remote(frame, request_id, received_at, "canary", True)
             except NotReady:
                 role = CHAMPION  # no challenger registered: the champion answers
         if result is None:
-            result = await self._champion().infer.remote(frame, request_id, received_at, CHAMPION, True)
-        if self.shadow and role == CHAMPION:
+            result = await self._champion(frame, request_id, received_at, CHAMPION, True)
+        if self.shadow and role == CHAMPION and self.challenger is not None:
             task = asyncio.create_task(self._mirror(frame, request_id, received_at))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -288,11 +276,20 @@ class Router:
         result["role"] = role
         return result
 
+    def _champion(self, *request):
+        """This replica answers, or the GPU group for its share of the requests."""
+        if self.champion_gpu is not None and self.rng.random() < self.gpu_share:
+            return self.champion_gpu.infer.remote(*request)
+        return self.infer(*request)
+
     async def _pinned(self, frame: pl.DataFrame, request_id: str, received_at: float, version: int) -> dict:
         """A request for one version (`/v2/models/{name}/versions/{v}/infer`): whichever role holds it answers."""
-        for role, handle in ((CHAMPION, self._champion()), (CHALLENGER, self.challenger)):
+        holders = [(CHAMPION, self._champion)]
+        if self.challenger is not None:
+            holders.append((CHALLENGER, self.challenger.infer.remote))
+        for role, answer in holders:
             try:
-                result = await handle.infer.remote(frame, request_id, received_at, role, True, version)
+                result = await answer(frame, request_id, received_at, role, True, version)
             except (VersionNotHere, NotReady):
                 continue
             self.counts[f"pinned_{role}"] += 1
@@ -310,9 +307,10 @@ class Router:
             self.counts["shadow_failed"] += 1
             log.warning("shadow request %s failed: %s", request_id, err)
 
-    async def status(self) -> dict:
-        champion = await self.champion.status.remote()
-        challenger = await self.challenger.status.remote()
+    async def pipeline_status(self) -> dict:
+        """The application's status as the ingress sees it: this champion replica, the challenger, the GPU group, traffic."""
+        champion = self.status()
+        challenger = await self.challenger.status.remote() if self.challenger is not None else None
         gpu = await self.champion_gpu.status.remote() if self.champion_gpu is not None else None
         return {
             "pipeline": self.decl.name,
@@ -324,3 +322,10 @@ class Router:
             "routed": dict(self.counts),
             "checked_at": time.time(),
         }
+
+    def __del__(self):
+        # graceful shutdown: write what is queued before the replica goes away
+        logger = getattr(self, "logger", None)
+        if logger is not None:
+            logger.close()
+        shutil.rmtree(getattr(self, "cache_dir", ""), ignore_errors=True)

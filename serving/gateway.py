@@ -1,7 +1,7 @@
 """The HTTP face of serving: Open Inference Protocol (KServe V2) and TF-Serving V1 REST.
 
 One FastAPI ingress for every declared pipeline forwards to that pipeline's
-Serve application (its router). It owns what is about HTTP: body and batch
+Serve application (its champion, which routes). It owns what is about HTTP: body and batch
 limits, JSON parsing, the bearer token for predictions, the admin token, error
 codes, request ids, and the OpenAPI document (`/openapi.json`, `/docs`).
 Every answer names the model version that made it (body and `X-Model-Version`).
@@ -98,7 +98,7 @@ class Gateway:
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def _router(self, name: str) -> DeploymentHandle:
+    def _app(self, name: str) -> DeploymentHandle:
         if name not in self._handles:
             try:
                 self._handles[name] = serve.get_app_handle(name)
@@ -142,7 +142,7 @@ class Gateway:
 
     async def _status(self, name: str) -> dict | None:
         try:
-            return await self._router(name).status.remote()
+            return await self._app(name).pipeline_status.remote()
         except Exception:  # app not deployed (yet) or being replaced: reported as not ready
             return None
 
@@ -157,7 +157,7 @@ class Gateway:
             records = decode(body, self.schemas[name])
             if isinstance(body, dict) and isinstance(body.get("id"), str):
                 request_id = body["id"]
-            result = await self._router(name).predict.remote(records, request_id, received_at, version)
+            result = await self._app(name).route.remote(records, request_id, received_at, version)
         except RequestError as err:
             return _error(err.status, err.message, err.field, request_id)
         except NotReady as err:

@@ -48,8 +48,7 @@ def served(ray_serve, serving_registry):
     """The flights application serving v1 (champion) with v2 as challenger."""
     settings = serving_registry_settings(serving_registry)
     control.deploy_pipeline(
-        serving_registry.decl, settings, serving_registry.champion, serving_registry.challenger, gateway_replicas=1,
-        router_replicas=1,
+        serving_registry.decl, settings, serving_registry.champion, serving_registry.challenger, gateway_replicas=1
     )
     control.wait_for_version("flights", serving_registry.champion, timeout_s=240)
     wait_http(ray_serve.base_url + "/v2/models/flights/ready")
@@ -83,7 +82,7 @@ def set_traffic(base: str, **body) -> None:
     r = HTTP.post(f"{base}/admin/models/flights/traffic", json=body, headers=ADMIN, timeout=60)
     assert r.status_code == 200, r.text
     deadline = time.time() + 60
-    while time.time() < deadline:  # the router replicas reconfigure asynchronously
+    while time.time() < deadline:  # the champion replicas reconfigure asynchronously
         status = HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
         if all(status["traffic"][k] == v for k, v in body.items()):
             seen = [HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json() for _ in range(6)]
@@ -228,7 +227,7 @@ def test_admin_endpoints_refuse_without_the_token_and_reload_with_it(served, ser
     r = HTTP.post(f"{base}/admin/models/flights/reload", headers=ADMIN, timeout=120)
     assert r.status_code == 200, r.text
     assert (r.json()["champion"], r.json()["challenger"]) == (serving_registry.champion, serving_registry.challenger)
-    assert control.current_apps()["flights"]["args"].get("router_replicas") == 1  # a reload never rebuilds the app
+    assert control.current_apps()["flights"]["args"].get("log_flush_seconds") == 0.3  # a reload keeps the builder args (no restart)
 
 
 def test_prediction_endpoints_need_the_bearer_token_when_one_is_set(served):

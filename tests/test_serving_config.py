@@ -51,7 +51,7 @@ def test_builders_build_apps_whose_deployments_match_the_overrides():
         overridden = {d.name for d in app.deployments}
         assert overridden <= deployed, (app.name, overridden - deployed)
         if app.name != "mlops":
-            assert built.ingress_deployment_name == "router"
+            assert built.ingress_deployment_name == "champion"  # the champion routes: no router hop
             assert CHAMPION_GPU_DEPLOYMENT not in deployed  # no Ray GPUs visible here: CPU replicas only
 
 
@@ -63,5 +63,8 @@ def test_replica_groups_map_to_serve_options():
     scaled = group_options(decl.serving.cpu.model_copy(update={"min_replicas": 2, "max_replicas": 6}))
     assert "num_replicas" not in scaled and scaled["autoscaling_config"]["max_replicas"] == 6
     gpu_app = pipeline_app(decl, champion=3, challenger=4, gpu=True)
-    assert [d["name"] for d in gpu_app["deployments"]] == ["champion", CHAMPION_GPU_DEPLOYMENT, "challenger", "router"]
+    assert [d["name"] for d in gpu_app["deployments"]] == ["champion", CHAMPION_GPU_DEPLOYMENT, "challenger"]
     assert {d["user_config"].get("model_version") for d in gpu_app["deployments"][:2]} == {3}
+    assert gpu_app["deployments"][0]["user_config"] == {"model_version": 3, "canary_share": 0.0, "shadow": False}
+    kept = pipeline_app(decl, champion=3, traffic={"canary_share": 0.25})  # a partial override keeps the declared rest
+    assert kept["deployments"][0]["user_config"] == {"model_version": 3, "canary_share": 0.25, "shadow": False}

@@ -6,6 +6,7 @@ replica must never answer from a half-loaded model and never fail a request.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 
 from mlops_assets.feature_contract import load_feature_module
 from serving.deployments import ModelServer, NotReady
-from serving.requests import RequestSchema, typed_frame
+from serving.requests import RequestError, RequestSchema, typed_frame
 from serving.settings import ServeSettings
 from tests.serving_fixtures import champion_server, offline_features, request_records, serving_registry  # noqa: F401
 
@@ -82,3 +83,43 @@ def test_reconfigure_swaps_atomically_under_concurrent_predictions(server, servi
     assert not errors, errors[:3]
     assert set(answers) <= {serving_registry.champion, serving_registry.challenger}
     assert server.status()["model_version"] == serving_registry.champion and server.status()["loads"] == 3
+
+
+def test_traffic_shares_reconfigure_without_a_model_load(server, serving_registry):
+    """Shares sit in the champion's user_config next to its version: changing them loads nothing."""
+    server.reconfigure({"model_version": serving_registry.champion})
+    loads = server.status()["loads"]
+    server.reconfigure({"model_version": serving_registry.champion, "canary_share": 0.4, "shadow": True})
+    assert (server.canary_share, server.shadow, server.status()["loads"]) == (0.4, True, loads)
+    server.reconfigure({"model_version": serving_registry.champion})  # shares left out: the declared ones
+    assert (server.canary_share, server.shadow) == (0.0, False)
+
+
+def test_route_types_records_and_answers_champion_and_pinned_versions(server, serving_registry):
+    """The ingress path in-process (no challenger bound): raw records in, LightGBM's predictions out."""
+    server.reconfigure({"model_version": serving_registry.champion, "canary_share": 1.0, "shadow": True})
+    records = request_records(3)
+    booster = serving_registry.boosters[serving_registry.champion]
+    expected = booster.predict(offline_features(serving_registry, records).select(booster.feature_name()).cast(pl.Float64).to_numpy())
+
+    async def unbatched(*item):  # @serve.batch needs a Serve replica; batching has its own test (test_serving_fast_path)
+        answer = server.predict_many([(*item, None)[:6]])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    server.infer = unbatched
+
+    async def requests():
+        answer = await server.route(records, "r", 0.0)
+        pinned = await server.route(records, "p", 0.0, serving_registry.champion)
+        with pytest.raises(RequestError) as missing:
+            await server.route(records, "q", 0.0, 999)
+        return answer, pinned, missing.value
+
+    answer, pinned, missing = asyncio.run(requests())
+    assert answer["role"] == "champion" and answer["model_version"] == serving_registry.champion  # no challenger: no canary
+    np.testing.assert_array_equal(np.asarray(answer["predictions"]), expected)
+    assert pinned["role"] == "champion" and pinned["predictions"] == answer["predictions"]
+    assert missing.status == 404 and "version 999" in missing.message
+    assert server.counts == {"champion": 1, "pinned_champion": 1}
