@@ -25,8 +25,6 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from scipy import stats
-from scipy.spatial import distance
 
 Kind = Literal["numerical", "categorical"]
 QUANTILE_GRID = 2000
@@ -107,11 +105,15 @@ def _proportions(ref: dict[str, int], cur: dict[str, int]) -> tuple[np.ndarray, 
 
 
 def _js(ref: dict[str, int], cur: dict[str, int]) -> float:
+    from scipy.spatial import distance  # scipy where drift is decided: every Dagster run imports this module
+
     p, q, _ = _proportions(ref, cur)
     return float(distance.jensenshannon(p, q))
 
 
 def _chi2(ref: dict[str, int], cur: dict[str, int]) -> float:
+    from scipy import stats
+
     p, _, keys = _proportions(ref, cur)
     observed = np.array([cur.get(k, 0) for k in keys], dtype=float)
     expected = p * observed.sum()
@@ -122,6 +124,8 @@ def _chi2(ref: dict[str, int], cur: dict[str, int]) -> float:
 
 
 def _z_test(ref: dict[str, int], cur: dict[str, int]) -> float:
+    from scipy import stats
+
     keys = sorted(set(ref) | set(cur))
     if len(keys) < 2:
         return 1.0
@@ -137,6 +141,8 @@ def _z_test(ref: dict[str, int], cur: dict[str, int]) -> float:
 
 def _column(ref: ColumnProfile, current: pl.Series) -> tuple[str, float, float, bool]:
     """(method, score, threshold, drifted) for one column, chosen as Evidently chooses."""
+    from scipy import stats
+
     if ref.kind == "numerical":
         cur_values = _numeric(current)
         cur_counts = _key_counts(pl.Series(cur_values)) if ref.counts else {}

@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
 import polars as pl
 
 from mlops_assets.ingest import SOURCE_ROW
@@ -155,6 +154,7 @@ def _worker_params(plan: TrainingPlan, network: dict[str, Any], threads: int) ->
 
 def _train_worker(config: dict, storage_options: _Hidden) -> None:
     """Ray Train loop of one worker: read own days, train data-parallel, report the checkpoint."""
+    import lightgbm as lgb
     import ray.train
     from ray.train import Checkpoint
     from ray.train.lightgbm import get_network_params

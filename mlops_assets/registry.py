@@ -15,20 +15,19 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import lightgbm as lgb
-import mlflow
-import pandas as pd
 import polars as pl
-from mlflow import MlflowClient
-from mlflow.data.delta_dataset_source import DeltaDatasetSource
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
 from mlops_assets.training import TrainedModel, TrainingData, TrainingPlan
 from resources.mlflow_registry import MlflowRegistryResource
+
+if TYPE_CHECKING:  # mlflow and lightgbm are imported where used: every Dagster run imports this module,
+    # and most runs (ingest, rollout) need neither (about 3 s of each run's start-up on 2 cores)
+    import lightgbm as lgb
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -157,6 +156,12 @@ def log_and_register(
     sample: pl.DataFrame,
 ) -> Registered:
     """One MLflow run (params, metrics, input, importance plot, model) and one new model version, no alias."""
+    import lightgbm as lgb
+    import mlflow
+    import pandas as pd
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.models import infer_signature
+
     with registry.writing() as client:
         experiment_id = registry.experiment_id(client, plan.pipeline)
         run_name = f"{plan.pipeline}-{tags['mlops.dagster_run_id'][:8]}"
@@ -223,6 +228,8 @@ def log_and_register(
 
 def get_version(client: MlflowClient, name: str, version: str | int) -> ModelVersion:
     """A registered version, or LookupError naming what is missing."""
+    from mlflow.exceptions import MlflowException
+
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as err:
@@ -233,6 +240,8 @@ def get_version(client: MlflowClient, name: str, version: str | int) -> ModelVer
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     """The version an alias points at, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as err:
@@ -244,6 +253,8 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
 
 def load_booster(registry: MlflowRegistryResource, name: str, version: str | int) -> lgb.Booster:
     """The registered LightGBM text model (no pickle), loaded as serving loads it."""
+    import lightgbm as lgb
+
     with tempfile.TemporaryDirectory() as tmp:
         path = _download(registry, name, version, tmp)
         files = sorted(Path(path).rglob("*.lgb"))
@@ -253,6 +264,8 @@ def load_booster(registry: MlflowRegistryResource, name: str, version: str | int
 
 
 def _download(registry: MlflowRegistryResource, name: str, version: str | int, dst: str) -> str:
+    import mlflow
+
     with registry.writing():  # the models:/ resolver reads the process-wide registry URI
         return mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=dst)
 

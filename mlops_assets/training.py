@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
 import numpy as np
 import polars as pl
 
@@ -26,6 +26,9 @@ from mlops_assets.ingest import SOURCE_ROW
 from mlops_assets.model_metrics import score
 from mlops_assets.tables import FEATURES
 from resources.delta_lake import PARTITION_COLUMN, DeltaLakeResource
+
+if TYPE_CHECKING:  # lightgbm (and the scikit-learn it imports, about 2 s) only where a model is trained
+    import lightgbm as lgb
 
 BASE_OBJECTIVE = {"regression": "regression", "binary": "binary", "multiclass": "multiclass"}
 EARLY_STOPPING_METRIC = {"regression": "l1", "binary": "binary_logloss", "multiclass": "multi_logloss"}
@@ -246,6 +249,8 @@ def train_as_planned(plan: TrainingPlan, data: TrainingData, delta: DeltaLakeRes
 
 
 def train(plan: TrainingPlan, data: TrainingData) -> TrainedModel:
+    import lightgbm as lgb
+
     dtrain = lgb.Dataset(
         data.train.X,
         label=data.train.y,

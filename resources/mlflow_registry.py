@@ -15,14 +15,16 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
 from dagster import ConfigurableResource
 from filelock import FileLock, Timeout
-from mlflow import MlflowClient
 from pydantic import Field
 
 from mlops_assets.home import MlopsHome
+
+if TYPE_CHECKING:  # mlflow is imported where used: it adds about 1.5 s to every process that loads the definitions
+    from mlflow import MlflowClient
 
 # mlflow's fluent API (start_run, log_model) keeps the tracking URI in a process global
 _FLUENT = threading.RLock()
@@ -47,6 +49,8 @@ class MlflowRegistryResource(ConfigurableResource):
         return self.artifact_root or str(MlopsHome.from_env().mlflow / "artifacts")
 
     def client(self) -> MlflowClient:
+        from mlflow import MlflowClient
+
         self._ensure_sqlite_folder()
         return MlflowClient(tracking_uri=self.resolved_tracking_uri(), registry_uri=self.resolved_registry_uri())
 
@@ -72,6 +76,8 @@ class MlflowRegistryResource(ConfigurableResource):
         The lock also covers the store's first creation, where two processes
         would otherwise both run the schema migrations.
         """
+        import mlflow
+
         path = self._sqlite_path()
         with _FLUENT:
             lock = FileLock(str(path) + ".lock", timeout=self.lock_timeout_s) if path else None
@@ -117,6 +123,7 @@ def _save_fluent_uris() -> tuple:
 
 
 def _restore_fluent_uris(saved: tuple) -> None:
+    import mlflow
     from mlflow.tracking._model_registry import utils as registry_utils
 
     tracking_uri, registry_uri, env = saved

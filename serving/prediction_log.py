@@ -65,10 +65,18 @@ class PredictionLogger:
         return frames
 
     def flush(self) -> int:
-        """Write everything queued now; returns rows written."""
+        """Write the rows queued when the flush starts (in batches of `batch_rows`); returns rows written.
+
+        Rows queued meanwhile wait for the next flush: draining until the queue is empty never ends
+        under steady traffic, and turned the log into back-to-back commits of a few hundred rows
+        (about 5 a second, a third of a core per replica in `mlops bench serving`).
+        """
+        with self._lock:
+            pending = self._queued_rows
         written = 0
-        while frames := self._drain():
+        while pending > 0 and (frames := self._drain()):
             batch = pl.concat(frames, how="diagonal_relaxed")
+            pending -= batch.height
             try:
                 self.delta.append(self.pipeline, TABLE, batch)
                 self.logged_rows += batch.height

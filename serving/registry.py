@@ -12,10 +12,13 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
 import numpy as np
 import polars as pl
+
+if TYPE_CHECKING:  # lightgbm where a model is loaded: the champion sensor imports this module in Dagster
+    import lightgbm as lgb
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -107,6 +110,7 @@ def _tag_list(tags: dict, key: str, name: str, version: int) -> list:
 
 def load_version(tracking_uri: str, name: str, version: int, device: str = "cpu", cache_dir: str | None = None) -> LoadedModel:
     """Download `models:/<name>/<version>` and load its LightGBM text file (never a pickle)."""
+    import lightgbm as lgb
     import mlflow
     from mlflow.exceptions import MlflowException
 

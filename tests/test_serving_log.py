@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import polars as pl
@@ -70,3 +71,32 @@ def test_background_thread_flushes_without_being_asked(tmp_path):
         assert logger.stats()["logged_rows"] == 2
     finally:
         logger.close()
+
+
+def test_a_flush_ends_under_steady_traffic(tmp_path):
+    """A flush writes what was queued when it started; rows arriving meanwhile wait for the next one.
+    (Draining until empty never ended under load: back-to-back commits of a few rows each.)"""
+    delta = DeltaLakeResource(root=str(tmp_path / "delta"))
+    logger = PredictionLogger(delta, "flights", max_rows=100_000, flush_seconds=3600, batch_rows=4)
+    for i in range(10):
+        logger.log(_rows(f"q{i}", 1))
+    stop = threading.Event()
+
+    def traffic():  # one row a millisecond, for at most about 3 s
+        for i in range(3000):
+            if stop.is_set():
+                return
+            logger.log(_rows(f"t{i}", 1))
+            time.sleep(0.001)
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        written = logger.flush()
+        version = delta.version("flights", TABLE)
+    finally:
+        stop.set()
+        sender.join()
+        logger.close()
+    assert 10 <= written <= 10 + 3  # the queued rows, in batches of 4 (the last batch may take up to 3 newcomers)
+    assert version == 2  # three commits: 4 + 4 + 4 rows
