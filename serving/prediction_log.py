@@ -126,26 +126,24 @@ def log_rows(
     preds = result["predictions"]
     numeric = result.get("probabilities") is None or isinstance(preds[0], float)
     labels = result.get("labels")
-    # columns from numpy and repeats rather than Python lists: ~10x cheaper for 10,000-row requests
-    meta = pl.DataFrame(
-        [
-            pl.repeat(request_id, n, dtype=pl.String, eager=True).alias("request_id"),
-            pl.Series("record", np.arange(n, dtype=np.int32)),
-            pl.repeat(datetime.fromtimestamp(now, timezone.utc), n, dtype=pl.Datetime("us", "UTC"), eager=True).alias("logged_at"),
-            pl.repeat(pipeline, n, dtype=pl.String, eager=True).alias("pipeline"),
-            pl.repeat(model_version, n, dtype=pl.Int64, eager=True).alias("model_version"),
-            pl.repeat(role, n, dtype=pl.String, eager=True).alias("role"),
-            pl.repeat(served, n, dtype=pl.Boolean, eager=True).alias("served"),
-            pl.repeat((now - received_at) * 1000.0, n, dtype=pl.Float64, eager=True).alias("latency_ms"),
-            pl.Series(
-                "prediction",
-                np.asarray(preds, dtype=np.float64) if numeric else np.asarray([max(p) for p in result["probabilities"]], dtype=np.float64),
-            ),
-            (
-                pl.Series("label", [None if lab is None else str(lab) for lab in labels], dtype=pl.String)
-                if labels is not None
-                else pl.repeat(None, n, dtype=pl.String, eager=True).alias("label")
-            ),
-        ]
+    # columns from numpy, constants as literals broadcast in one select: ~10x cheaper than Python lists
+    # for 10,000-row requests, and one query instead of one per constant for single-row ones
+    prediction = np.asarray(preds, dtype=np.float64) if numeric else np.asarray([max(p) for p in result["probabilities"]], dtype=np.float64)
+    label = (
+        pl.Series("label", [None if lab is None else str(lab) for lab in labels], dtype=pl.String)
+        if labels is not None
+        else pl.lit(None, pl.String).alias("label")
+    )
+    meta = pl.DataFrame({"record": np.arange(n, dtype=np.int32), "prediction": prediction}).select(
+        pl.lit(request_id, pl.String).alias("request_id"),
+        pl.col("record"),
+        pl.lit(datetime.fromtimestamp(now, timezone.utc), pl.Datetime("us", "UTC")).alias("logged_at"),
+        pl.lit(pipeline, pl.String).alias("pipeline"),
+        pl.lit(model_version, pl.Int64).alias("model_version"),
+        pl.lit(role, pl.String).alias("role"),
+        pl.lit(served, pl.Boolean).alias("served"),
+        pl.lit((now - received_at) * 1000.0, pl.Float64).alias("latency_ms"),
+        pl.col("prediction"),
+        label,
     )
     return pl.concat([meta, features], how="horizontal")
