@@ -1,7 +1,8 @@
 """The Serve config (what `serve deploy` / `serve run` and KubeRay's RayService take), built from declarations.
 
-One application per declared pipeline (no HTTP route of its own) plus the
-gateway application on `/`. Model versions and traffic shares are
+One application per declared pipeline, whose only HTTP route is its V2 infer
+path (`/v2/models/<name>/infer`, taken by the champion itself), plus the gateway
+application on `/` for everything else. Model versions and traffic shares are
 `user_config` overrides, never builder `args`: Serve hashes args into the code
 version, so changing them would restart replicas instead of reconfiguring them.
 """
@@ -46,7 +47,12 @@ def pipeline_app(
     ]
     if gpu:
         deployments.insert(1, {"name": CHAMPION_GPU_DEPLOYMENT, "user_config": {"model_version": champion}})
-    return {"name": decl.name, "route_prefix": None, "import_path": APP_BUILDER, "args": args, "deployments": deployments}
+    return {"name": decl.name, "route_prefix": infer_route(decl.name), "import_path": APP_BUILDER, "args": args, "deployments": deployments}
+
+
+def infer_route(pipeline: str) -> str:
+    """The pipeline application's route prefix: the hot path goes straight to its champion, not through the gateway."""
+    return f"/v2/models/{pipeline}/infer"
 
 
 def gateway_app(settings: ServeSettings | None = None, replicas: int = 2) -> dict:

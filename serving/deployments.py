@@ -28,22 +28,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
 
 from mlops_assets.feature_contract import FeatureReference, load_feature_module
+from serving.http_answers import NotReady, answer_prediction, error, v2_infer_response
 from serving.prediction_log import PredictionLogger, log_rows
 from serving.reference import serving_reference
 from serving.registry import CHALLENGER, CHAMPION, LoadedModel, load_version, resolve_alias
-from serving.requests import RequestError, RequestSchema, typed_frame
+from serving.requests import RequestError, RequestSchema, records_from_v2, typed_frame
 from serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 INLINE_ROWS = 64  # requests up to this many records are typed on the event loop, larger ones in a thread
-
-
-class NotReady(RuntimeError):
-    """No model loaded for this role (yet); answered with 503."""
 
 
 class VersionNotHere(LookupError):
@@ -306,6 +305,16 @@ class ModelServer:
         except Exception as err:  # a failing shadow must never touch the served answer; it is counted and logged
             self.counts["shadow_failed"] += 1
             log.warning("shadow request %s failed: %s", request_id, err)
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        """`POST /v2/models/{name}/infer`, taken straight from Serve's proxy (the application's route prefix):
+        one Ray hand-off fewer than through the gateway, answered exactly as the gateway answers it."""
+        if request.method != "POST":
+            return error(405, f"{request.method} {request.url.path}: infer takes POST")
+        answer = await answer_prediction(request, self.decl, self.schema, records_from_v2, self.route)
+        if isinstance(answer, JSONResponse):
+            return answer
+        return v2_infer_response(self.decl.name, *answer)
 
     async def pipeline_status(self) -> dict:
         """The application's status as the ingress sees it: this champion replica, the challenger, the GPU group, traffic."""

@@ -8,11 +8,7 @@ Every answer names the model version that made it (body and `X-Model-Version`).
 """
 
 import asyncio
-import hmac
-import logging
 import os
-import time
-import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,12 +19,11 @@ from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from mlops_assets.feature_contract import load_feature_module
-from serving.deployments import NotReady
+from serving.http_answers import NotReady, answer_prediction, error, token_ok, v2_infer_response
 from serving.requests import V2_OUT_TYPE, RequestError, RequestSchema, parse_json, records_from_v1, records_from_v2
 from serving.settings import ServeSettings
 
 SERVER_NAME = "mlops-serving"
-log = logging.getLogger(__name__)
 api = FastAPI(
     title="MLOps model serving",
     description="Open Inference Protocol (KServe V2) and TF-Serving style V1 REST for every declared pipeline. "
@@ -77,14 +72,6 @@ def _body_doc(model: type[BaseModel]) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-def _error(status: int, message: str, field: str | None = None, request_id: str | None = None) -> JSONResponse:
-    body: dict = {"error": message}
-    if field:
-        body["field"] = field
-    headers = {"X-Request-Id": request_id} if request_id else None
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 @serve.deployment
 @serve.ingress(api)
 class Gateway:
@@ -109,36 +96,15 @@ class Gateway:
     def _unknown(self, name: str) -> JSONResponse | None:
         if name in self.decls:
             return None
-        return _error(404, f"unknown model '{name}'; served models: {', '.join(sorted(self.decls)) or 'none'}", "name")
-
-    def _token_ok(self, request: Request, env_name: str) -> bool:
-        expected = os.environ.get(env_name, "")
-        given = request.headers.get("authorization", "")
-        return bool(expected) and hmac.compare_digest(given.encode(), f"Bearer {expected}".encode())
-
-    def _predict_auth(self, request: Request, name: str) -> JSONResponse | None:
-        env_name = self.decls[name].serving.token_env
-        if os.environ.get(env_name) and not self._token_ok(request, env_name):
-            return _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
-        return None
+        return error(404, f"unknown model '{name}'; served models: {', '.join(sorted(self.decls)) or 'none'}", "name")
 
     def _admin_auth(self, request: Request, name: str) -> JSONResponse | None:
         env_name = self.decls[name].serving.admin_token_env
         if not os.environ.get(env_name):
-            return _error(403, f"admin endpoints are disabled: no admin token configured (${env_name})")
-        if not self._token_ok(request, env_name):
-            return _error(401, "admin endpoints need the admin bearer token (Authorization: Bearer <token>)")
+            return error(403, f"admin endpoints are disabled: no admin token configured (${env_name})")
+        if not token_ok(request, env_name):
+            return error(401, "admin endpoints need the admin bearer token (Authorization: Bearer <token>)")
         return None
-
-    async def _body(self, request: Request, name: str) -> Any:
-        limit = self.decls[name].serving.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise RequestError(f"request body of {declared} bytes is larger than the limit of {limit}", status=413)
-        body = await request.body()
-        if len(body) > limit:
-            raise RequestError(f"request body of {len(body)} bytes is larger than the limit of {limit}", status=413)
-        return parse_json(body)
 
     async def _status(self, name: str) -> dict | None:
         try:
@@ -147,26 +113,14 @@ class Gateway:
             return None
 
     async def _predict(self, request: Request, name: str, decode, version: int | None = None) -> tuple[dict, str] | JSONResponse:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        received_at = time.time()
-        problem = self._unknown(name) or self._predict_auth(request, name)
+        problem = self._unknown(name)
         if problem is not None:
             return problem
-        try:
-            body = await self._body(request, name)
-            records = decode(body, self.schemas[name])
-            if isinstance(body, dict) and isinstance(body.get("id"), str):
-                request_id = body["id"]
-            result = await self._app(name).route.remote(records, request_id, received_at, version)
-        except RequestError as err:
-            return _error(err.status, err.message, err.field, request_id)
-        except NotReady as err:
-            return _error(503, str(err).splitlines()[-1], request_id=request_id)
-        except Exception as err:  # a bug or an unavailable backend: answered as a 500 with its reason, never a dead replica
-            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            log.exception("request %s to %s failed", request_id, name)
-            return _error(500, f"prediction failed: {reason}", request_id=request_id)
-        return result, request_id
+
+        async def route(records: list[dict], request_id: str, received_at: float) -> dict:
+            return await self._app(name).route.remote(records, request_id, received_at, version)
+
+        return await answer_prediction(request, self.decls[name], self.schemas[name], decode, route)
 
     # --- Open Inference Protocol (KServe V2) ---------------------------------------------------
 
@@ -229,7 +183,7 @@ class Gateway:
     async def infer_version(self, name: str, version: str, request: Request):
         """Pinned to one version: answered by whichever of champion and challenger holds it, else 404."""
         if not version.isdigit():
-            return _error(404, f"model versions are numbers, got '{version}'", "version")
+            return error(404, f"model versions are numbers, got '{version}'", "version")
         return await self._infer(name, request, int(version))
 
     @api.get("/v2/models/{name}/versions/{version}", tags=["v2"])
@@ -260,25 +214,14 @@ class Gateway:
         }
         if version not in served:
             listing = ", ".join(f"{role} v{v}" for v, role in served.items()) or "none"
-            return _error(404, f"version {version} of {name} is not being served (served: {listing})", "version")
+            return error(404, f"version {version} of {name} is not being served (served: {listing})", "version")
         return served[version]
 
     async def _infer(self, name: str, request: Request, version: int | None):
         answer = await self._predict(request, name, records_from_v2, version)
         if isinstance(answer, JSONResponse):
             return answer
-        result, request_id = answer
-        n = len(result["predictions"])
-        pred_type = "BYTES" if result["predictions"] and isinstance(result["predictions"][0], str) else "FP64"
-        outputs = [{"name": "predictions", "shape": [n], "datatype": pred_type, "data": result["predictions"]}]
-        if "labels" in result:
-            outputs.append({"name": "labels", "shape": [n], "datatype": "BYTES", "data": [str(l) for l in result["labels"]]})
-            k = len(result["probabilities"][0]) if n else 0
-            flat = [p for row in result["probabilities"] for p in row]
-            outputs.append({"name": "probabilities", "shape": [n, k], "datatype": "FP64", "data": flat})
-        version = str(result["model_version"])
-        body = {"model_name": name, "model_version": version, "id": request_id, "outputs": outputs, "parameters": {"role": result["role"]}}
-        return JSONResponse(body, headers={"X-Model-Version": version, "X-Request-Id": request_id})
+        return v2_infer_response(name, *answer)
 
     # --- TF-Serving style V1 -------------------------------------------------------------------
 
@@ -311,7 +254,7 @@ class Gateway:
         problem = self._unknown(name) or self._admin_auth(request, name)
         if problem is not None:
             return problem
-        return await self._status(name) or _error(503, f"model '{name}' is not deployed")
+        return await self._status(name) or error(503, f"model '{name}' is not deployed")
 
     @api.post("/admin/models/{name}/traffic", tags=["admin"], openapi_extra=_body_doc(TrafficRequest))
     async def admin_traffic(self, name: str, request: Request):
@@ -323,9 +266,9 @@ class Gateway:
         try:
             body = TrafficRequest.model_validate(parse_json(await request.body()))
         except RequestError as err:
-            return _error(400, err.message)
+            return error(400, err.message)
         except ValueError as err:
-            return _error(400, f"bad traffic settings: {err}")
+            return error(400, f"bad traffic settings: {err}")
         applied = await asyncio.to_thread(control.set_traffic, name, body.canary_share, body.shadow)
         return {"model_name": name, "traffic": applied}
 
@@ -340,5 +283,5 @@ class Gateway:
         try:
             versions = await asyncio.to_thread(control.follow_aliases, self.decls[name], self.settings)
         except LookupError as err:
-            return _error(409, str(err))
+            return error(409, str(err))
         return {"model_name": name, **versions}

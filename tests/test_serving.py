@@ -354,7 +354,11 @@ def test_swap_under_load_via_sensor_and_asset_has_no_failed_request(served, serv
 def test_gateway_app_is_one_app_for_all_pipelines(served):
     apps = control.current_apps()
     assert set(apps) == {GATEWAY_APP, "flights"}
-    assert apps["flights"].get("route_prefix") is None
+    # the pipeline app's only route is its V2 infer path, answered by the champion itself (one Ray hand-off
+    # fewer); everything else, V1 and the pinned-version infer included, is the gateway's
+    assert apps["flights"].get("route_prefix") == "/v2/models/flights/infer"
+    r = HTTP.get(f"{served.base_url}/v2/models/flights/infer", timeout=10)
+    assert r.status_code == 405 and "infer takes POST" in r.json()["error"]
 
 
 @pytest.mark.skipif(not os.environ.get("MLOPS_SERVING_SLOW"), reason="replaces every replica (about a minute); set MLOPS_SERVING_SLOW=1")

@@ -39,7 +39,7 @@ def test_config_round_trips_through_serve_deploy_schema():
     names = [a.name for a in schema.applications]
     assert names[0] == "mlops" and schema.applications[0].route_prefix == "/"
     for app in schema.applications[1:]:
-        assert app.route_prefix is None and app.import_path == "serving.app:build_app"
+        assert app.route_prefix == f"/v2/models/{app.name}/infer" and app.import_path == "serving.app:build_app"
 
 
 def test_builders_build_apps_whose_deployments_match_the_overrides():
