@@ -103,7 +103,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs our Ray instance declares (default 2)")
     p.add_argument("--cases", help="only these cases, comma-separated: 'single c=1,single c=16,batch 1k,batch 10k' (default all)")
     p.add_argument("--protocols", default="v1,v2", help="our protocols to load (default v1,v2)")
-    p.add_argument("--proxy", choices=("serve", "haproxy"), default="serve", help="our ingress (`mlops serve start --proxy`)")
+    p.add_argument("--proxy", choices=("haproxy", "serve"), default="haproxy", help="our ingress (`mlops serve start --proxy`; haproxy is its default)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_serving)
     p = bench.add_parser("leadtime", help="a landed day to the model trained on it answering, on the local platform")

@@ -295,7 +295,7 @@ def _exe(name: str) -> str:
 
 
 def ours_server(
-    home: Home, port: int, logs: Path, extra_env: dict[str, str] | None = None, num_cpus: int = 2, proxy: str = "serve"
+    home: Home, port: int, logs: Path, extra_env: dict[str, str] | None = None, num_cpus: int = 2, proxy: str = "haproxy"
 ) -> Server:
     env = {**os.environ, **home.env, **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)  # a fresh Ray of its own, like `mlops serve start` on a laptop
@@ -472,7 +472,7 @@ def bench(
     num_cpus: int = 2,
     cases: tuple[str, ...] | None = None,
     protocols: tuple[str, ...] = ("v1", "v2"),
-    proxy: str = "serve",
+    proxy: str = "haproxy",
     log=print,
 ) -> dict:
     """Everything above in one run; `cases` (names from CASES) and `protocols` (ours: v1, v2) narrow it for lever runs."""
@@ -626,7 +626,7 @@ def print_report(r: dict) -> None:
     before, after = r["machine_before"], r.get("machine_after", {})
     print(f"\nserving, LightGBM {m['name']} v{m['version']} ({m['trees']} trees, {m['features']} features), wrk on loopback, "
           f"{r['duration_s']:.0f}s per case; load {before['load_1m']} before / {after.get('load_1m', '?')} after, {before['cpus']} cpus")
-    print(f"ours: `mlops serve start --proxy {r.get('ours_proxy', 'serve')}`")
+    print(f"ours: `mlops serve start --proxy {r.get('ours_proxy', 'haproxy')}`")
     if r.get("ours_env"):
         print(f"ours with {' '.join(f'{k}={v}' for k, v in r['ours_env'].items())}")
     print(f"| {'server':<7}| {'request':<9}| {'case':<12}| {'req/s':>9} | {'rows/s':>11} | {'p50 ms':>8} | {'p99 ms':>8} | {'CPU ms/req':>10} |")
