@@ -157,9 +157,13 @@ def stop_local_platform(processes: list[subprocess.Popen]) -> None:
             process.send_signal(sig)
     for process in (serving, server):
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            process.kill()
+            if process is serving:
+                os.killpg(process.pid, signal.SIGKILL)  # its own group: its Ray processes go with it
+            else:
+                process.kill()
+            process.wait()
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -109,6 +109,10 @@ def ingress_env(proxy: str, folder: str) -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + PORT_BLOCK - 1),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + PORT_BLOCK - 1),
+        # a stopping ingress replica stays open this long for an external load balancer to deregister it
+        # (Ray's default 30 s made every stop of `mlops serve start` take over 30 s); here HAProxy is
+        # Serve's own, reloaded as the replica goes, and it retries refused connections
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     }
 
 
@@ -221,7 +225,8 @@ def serve_process(env: dict[str, str], host: str = "127.0.0.1", port: int = 8000
     import subprocess
 
     exe = Path(sys.executable).with_name("mlops")
-    return subprocess.Popen([str(exe), "serve", "start", "--host", host, "--port", str(port)], env=env)
+    # its own process group, so whatever its Ray leaves behind can be stopped with it (`stop_local_platform`)
+    return subprocess.Popen([str(exe), "serve", "start", "--host", host, "--port", str(port)], env=env, start_new_session=True)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
