@@ -78,7 +78,7 @@ def build_monitoring(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
         ],
         jobs=[monitor_job, serving_drift_job, delivery_job],
         sensors=[
-            build_monitor_sensor(decl, monitor_job.name),
+            build_monitor_sensor(decl, monitor_job.name, train_job),
             build_new_data_sensor(decl, train_job),
             build_drift_sensor(decl, train_job),
             build_serving_drift_sensor(decl, serving_drift_job.name),

@@ -40,6 +40,12 @@ def test_drift_scores_and_retraining_requests(model_home):  # noqa: F811
     champ = drift_metrics.champion("flights", plat.resources()["mlflow"])
     assert champ.version == 1 and champ.plan.partition_end == TRAIN_END
 
+    # monitoring waits while a training run is queued or running (it would compete for the cores)
+    queued = plat.instance.create_run_for_job(job_def=plat.defs.resolve_job_def("flights_train"))
+    waiting = sensor_tick(plat, "flights_monitor_sensor")
+    assert not waiting.run_requests and "7 feature day(s) wait for monitoring: a flights_train run" in waiting.skip_message
+    plat.instance.delete_run(queued.run_id)
+
     # every featurized day after the champion's window is monitored, once
     tick = sensor_tick(plat, "flights_monitor_sensor")
     partitions = sorted(r.partition_key for r in tick.run_requests)
