@@ -27,7 +27,7 @@ GATEWAY_DEPLOYMENT = "gateway"
 
 def logging_options() -> dict:
     """Serve's per-request access log is off unless MLOPS_SERVE_ACCESS_LOG=1: every request is already in the
-    prediction log, and two access lines per request (gateway, model) cost measurable CPU (`mlops bench serving`).
+    prediction log, and an access line per Serve hop costs measurable CPU (`mlops bench serving`).
     Warnings and errors are logged either way."""
     return {"logging_config": {"enable_access_log": os.environ.get("MLOPS_SERVE_ACCESS_LOG", "0") == "1"}}
 
