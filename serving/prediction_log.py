@@ -69,7 +69,7 @@ class PredictionLogger:
 
         Rows queued meanwhile wait for the next flush: draining until the queue is empty never ends
         under steady traffic, and turned the log into back-to-back commits of a few hundred rows
-        (about 5 a second, a third of a core per replica in `mlops bench serving`).
+        (about 6 a second during `mlops bench serving`).
         """
         with self._lock:
             pending = self._queued_rows

@@ -17,7 +17,8 @@ One run:
 3. drives each with ``wrk`` (a separate C process, a Lua script POSTing fixed bodies):
    single-row requests at concurrency 1 and 16, then 1,000- and 10,000-row batches;
 4. measures in-process prediction of the same 10,000 feature rows (LightGBM, and
-   lleaves' compiled trees where installed) as the ceiling for batches.
+   lleaves' compiled trees where installed) as the ceiling for batches, and the champion's
+   own work for one single-row request (typing, features, predict, log row), in-process.
 
 Every server's answers are checked against ``Booster.predict`` on the offline features
 before it is timed. The servers never share a Python process with the load generator.
@@ -458,6 +459,43 @@ def in_process(home: Home, features: pl.DataFrame, repeat: int = 5) -> dict:
     return out
 
 
+def champion_steps(home: Home, records: list[dict], repeat: int = 300) -> dict:
+    """Milliseconds of the champion's own work for one single-row request, in this process: the
+    floor under any request path (typing, features, predict, log row), apart from Ray and HTTP."""
+    from serving.deployments import ModelServer
+    from serving.requests import typed_frame
+    from serving.settings import ServeSettings
+
+    settings = ServeSettings(
+        pipeline=PIPELINE, tracking_uri=home.tracking_uri, delta_root=str(home.root / "delta"), pipelines=str(home.pipelines)
+    )
+    server = ModelServer.func_or_class(settings.model_dump(), "champion")  # the class each replica runs
+    try:
+        server.reconfigure({"model_version": home.version})
+        loaded = server.loaded
+        frame = typed_frame(records, server.schema)
+        features = server.module.build(frame, loaded.reference)
+        result = loaded.model.predict(features)
+        item = (frame, "bench", time.time(), "champion", True, None)
+
+        def ms(fn) -> float:
+            fn()
+            start = time.perf_counter()
+            for _ in range(repeat):
+                fn()
+            return (time.perf_counter() - start) / repeat * 1000
+
+        return {
+            "typing_ms": ms(lambda: typed_frame(records, server.schema)),
+            "features_ms": ms(lambda: server.module.build(frame, loaded.reference)),
+            "predict_ms": ms(lambda: loaded.model.predict(features)),
+            "log_row_ms": ms(lambda: server._log_frame(loaded, features, result, [item], [1])),
+            "predict_many_ms": ms(lambda: server.predict_many([item])),
+        }
+    finally:
+        server.logger.close()
+
+
 def _load() -> dict:
     one, five, fifteen = os.getloadavg()
     return {"load_1m": round(one, 2), "load_5m": round(five, 2), "load_15m": round(fifteen, 2), "cpus": os.cpu_count()}
@@ -501,6 +539,7 @@ def bench(
             "ours_proxy": proxy,
             "results": [],
             "in_process": in_process(home, reqs.features.head(10_000)),
+            "champion_steps": champion_steps(home, reqs.records[:1]),
         }
         ports = {k: _free(p) for k, p in PORTS.items()}
         for side in sides:
@@ -645,6 +684,11 @@ def print_report(r: dict) -> None:
     )
     print(f"in-process prediction of 10,000 feature rows: LightGBM {ip['lightgbm_rows_s']:,.0f} rows/s "
           f"(1 thread {ip['lightgbm_1thread_rows_s']:,.0f}){lleaves}")
+    cs = r.get("champion_steps")
+    if cs:
+        print(f"champion's own work per single-row request, in-process: typing {cs['typing_ms']:.2f} ms, features "
+              f"{cs['features_ms']:.2f} ms, predict {cs['predict_ms']:.2f} ms, log row {cs['log_row_ms']:.2f} ms "
+              f"(predict_many, all but typing: {cs['predict_many_ms']:.2f} ms)")
     if r.get("idle_cpu_cores"):
         print("CPU while idle (cores): " + ", ".join(f"{k} {v:.2f}" for k, v in r["idle_cpu_cores"].items())
               + "; CPU ms/req counts the server's whole process session, idle work included")
