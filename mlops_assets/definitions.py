@@ -1,39 +1,38 @@
-"""The code location: every declared pipeline plus the shared resources, assembled in one place."""
+"""The code location: every declared pipeline with the platform's resources.
+
+By default the pipelines are the `MlPipeline` components in the package's defs folder
+(`mlops_assets/defs/*/defs.yaml`), loaded by Dagster's own defs loader. `MLOPS_PIPELINES`
+(files or folders, os.pathsep separated) points the platform at declarations elsewhere
+instead: plain declaration files or component files, built by the same component.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import dagster as dg
 
-from mlops_assets.declaration import PipelineDeclaration, load_declarations
-from mlops_assets.model_definitions import model_resources
-from mlops_assets.pipeline_definitions import build_pipeline
-from resources.delta_lake import DeltaLakeResource
-from resources.landing_zone import LandingZoneResource
-from serving.deployment_definitions import serving_resources
-
-
-def _env_or_default(name: str) -> str | dg.EnvVar:
-    """EnvVar when set (so the UI shows where a value came from), else the $MLOPS_HOME default."""
-    return dg.EnvVar(name) if os.environ.get(name) else ""
-
-
-def default_resources() -> dict:
-    return {
-        "landing": LandingZoneResource(root=_env_or_default("MLOPS_LANDING_URI")),
-        "delta": DeltaLakeResource(root=_env_or_default("MLOPS_DELTA_URI")),
-        **model_resources(),
-        **serving_resources(),
-    }
+from mlops_assets import defs as defs_folder
+from mlops_assets.components import MlPipeline, platform_resources
+from mlops_assets.core.declaration import PipelineDeclaration, load_declarations
 
 
 def build_definitions(declarations: Sequence[PipelineDeclaration], resources: dict | None = None) -> dg.Definitions:
+    """The pipelines' definitions with `resources` (default: the platform's)."""
+    pipelines = [MlPipeline(d, with_resources=False).build_defs() for d in declarations]
+    shared = dg.Definitions(resources=resources) if resources is not None else platform_resources()
+    return dg.Definitions.merge(*pipelines, shared)
+
+
+def location() -> dg.Definitions:
+    if os.environ.get("MLOPS_PIPELINES"):
+        return build_definitions(load_declarations())
+    # the package's parent is the project root, installed editable or not
     return dg.Definitions.merge(
-        *[build_pipeline(d) for d in declarations],
-        dg.Definitions(resources=resources if resources is not None else default_resources()),
+        dg.load_defs(defs_folder, project_root=Path(defs_folder.__file__).parent.parent.parent), platform_resources()
     )
 
 
-defs = build_definitions(load_declarations())
+defs = location()

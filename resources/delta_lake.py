@@ -38,9 +38,9 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from pydantic import Field
 
-from mlops_assets.home import MlopsHome
+from mlops_assets.core.home import MlopsHome
+from mlops_assets.core.names import PARTITION_COLUMN
 
-PARTITION_COLUMN = "_partition"
 # how far back a writer looks for its own commit; concurrent writers of one table stay far below this
 COMMIT_LOOKBACK = 256
 COMMIT_FILE = re.compile(r"\d{20}\.json")
@@ -69,9 +69,7 @@ def is_object_store(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
-def object_store_options(
-    uri: str, explicit: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None
-) -> dict[str, str]:
+def object_store_options(uri: str, explicit: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Options for `uri`: explicit values over MLOPS_STORAGE_* over the standard AWS_* variables.
 
     Keys are lower-cased object_store keys (`aws_endpoint_url`, `aws_allow_http`, ...).
@@ -210,9 +208,7 @@ class DeltaLakeResource(ConfigurableResource):
         commit_id = uuid.uuid4().hex
         properties = CommitProperties(custom_metadata={**metadata, "mlops_commit_id": commit_id})
         self._commit(
-            lambda: write_deltalake(
-                uri, data.to_arrow(), storage_options=self._options(), commit_properties=properties, **options
-            ),
+            lambda: write_deltalake(uri, data.to_arrow(), storage_options=self._options(), commit_properties=properties, **options),
             what,
         )
         return self._version_of_commit(uri, commit_id, what)
@@ -233,9 +229,7 @@ class DeltaLakeResource(ConfigurableResource):
                     return int(info.base_name.split(".")[0])
         raise RuntimeError(f"{what}: committed, but the commit is not among the last {COMMIT_LOOKBACK} versions of {uri}")
 
-    def write_partition(
-        self, pipeline: str, table: str, frame: pl.DataFrame, partition: str, run_id: str
-    ) -> int:
+    def write_partition(self, pipeline: str, table: str, frame: pl.DataFrame, partition: str, run_id: str) -> int:
         """Replace one partition of a table (creating the table if needed); returns the commit's version."""
         if "'" in partition:
             raise ValueError(f"invalid partition key {partition!r}")
@@ -252,25 +246,23 @@ class DeltaLakeResource(ConfigurableResource):
 
     def overwrite(self, pipeline: str, table: str, frame: pl.DataFrame, run_id: str) -> int:
         return self._write(
-            self.table_uri(pipeline, table), frame, f"overwriting {table}", {"dagster_run_id": run_id},
-            mode="overwrite", schema_mode="overwrite",
+            self.table_uri(pipeline, table),
+            frame,
+            f"overwriting {table}",
+            {"dagster_run_id": run_id},
+            mode="overwrite",
+            schema_mode="overwrite",
         )
 
     def append(self, pipeline: str, table: str, frame: pl.DataFrame, run_id: str = "") -> int:
-        return self._write(
-            self.table_uri(pipeline, table), frame, f"appending to {table}", {"dagster_run_id": run_id}, mode="append"
-        )
+        return self._write(self.table_uri(pipeline, table), frame, f"appending to {table}", {"dagster_run_id": run_id}, mode="append")
 
     def scan(self, pipeline: str, table: str, version: int | None = None) -> pl.LazyFrame | None:
         if self.table(pipeline, table) is None:
             return None
-        return pl.scan_delta(
-            self.table_uri(pipeline, table), version=version, storage_options=self._options()
-        )
+        return pl.scan_delta(self.table_uri(pipeline, table), version=version, storage_options=self._options())
 
-    def read_partitions(
-        self, pipeline: str, table: str, partitions: Sequence[str], version: int | None = None
-    ) -> pl.DataFrame | None:
+    def read_partitions(self, pipeline: str, table: str, partitions: Sequence[str], version: int | None = None) -> pl.DataFrame | None:
         """Rows of the given partitions, or None when the table does not exist yet."""
         lf = self.scan(pipeline, table, version)
         if lf is None:

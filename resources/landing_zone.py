@@ -19,7 +19,8 @@ import pyarrow.fs as pafs
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from mlops_assets.home import MlopsHome
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.home import MlopsHome
 from resources.delta_lake import pyarrow_filesystem
 
 
@@ -102,3 +103,13 @@ class LandingZoneResource(ConfigurableResource):
         fs.move(tmp, final)
         return final_uri
 
+
+def reference_signature(decl: PipelineDeclaration, landing: LandingZoneResource) -> str | None:
+    """Signature of the landed reference files; None while any is missing."""
+    parts = []
+    for name, file_name in sorted(decl.landing.reference_tables.items()):
+        landed = landing.stat(decl.name, "reference", file_name)
+        if landed is None:
+            return None
+        parts.append(f"{name}={landed.signature}")
+    return ",".join(parts)

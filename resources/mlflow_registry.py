@@ -21,7 +21,7 @@ from dagster import ConfigurableResource
 from filelock import FileLock, Timeout
 from pydantic import Field
 
-from mlops_assets.home import MlopsHome
+from mlops_assets.core.home import MlopsHome
 
 if TYPE_CHECKING:  # mlflow is imported where used: it adds about 1.5 s to every process that loads the definitions
     from mlflow import MlflowClient
@@ -137,6 +137,4 @@ def _restore_fluent_uris(saved: tuple) -> None:
 
 
 def mlflow_resource_for(home: MlopsHome) -> MlflowRegistryResource:
-    return MlflowRegistryResource(
-        tracking_uri=home.mlflow_tracking_uri, artifact_root=str(home.mlflow / "artifacts")
-    )
+    return MlflowRegistryResource(tracking_uri=home.mlflow_tracking_uri, artifact_root=str(home.mlflow / "artifacts"))

@@ -8,28 +8,24 @@ has reference tables, partitions wait until the reference asset has been
 materialized from the reference files as they are now.
 """
 
-
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 import dagster as dg
 
-from mlops_assets.declaration import PipelineDeclaration
-from mlops_assets.feature_assets import reference_key, reference_signature
-from resources.landing_zone import LandingZoneResource
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.names import FILE_TAG, TRIGGER_TAG, reference_key, sensor_name
+from resources.landing_zone import LandingZoneResource, reference_signature
 
 # define_asset_job returns an unresolved job definition that dagster does not export by name
 JobTarget = Any
-
-TRIGGER_TAG = "mlops/trigger"
-FILE_TAG = "mlops/landed_file"
 
 
 def _in_range(decl: PipelineDeclaration, partition: str) -> bool:
     d = date.fromisoformat(partition)
     end = decl.partitioning.end
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     return decl.partitioning.start <= d < today and (end is None or d < end)
 
 
@@ -41,13 +37,11 @@ def _materialized_reference_signature(instance: dg.DagsterInstance, decl: Pipeli
     return None if value is None else str(value.value)
 
 
-def build_landing_sensor(
-    decl: PipelineDeclaration, ingest_job: JobTarget, reference_job: JobTarget | None
-) -> dg.SensorDefinition:
+def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, reference_job: JobTarget | None) -> dg.SensorDefinition:
     jobs = [ingest_job] + ([reference_job] if reference_job is not None else [])
 
     @dg.sensor(
-        name=f"{decl.name}_landing_sensor",
+        name=sensor_name(decl, "landing"),
         jobs=jobs,
         minimum_interval_seconds=5,  # a landed file waits at most this long for its run
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -77,9 +71,7 @@ def build_landing_sensor(
             partition = decl.landing.partition_of(landed.name)
             if partition is None or not _in_range(decl, partition):
                 if landed.name not in ignored:
-                    context.log.warning(
-                        f"ignoring {landed.name}: not a {decl.landing.file_pattern} file for a partition in range"
-                    )
+                    context.log.warning(f"ignoring {landed.name}: not a {decl.landing.file_pattern} file for a partition in range")
                     ignored.add(landed.name)
                 continue
             if seen.get(landed.name) == landed.signature:

@@ -19,14 +19,21 @@ import time
 import dagster as dg
 import polars as pl
 
-from mlops_assets import drift_metrics
-from mlops_assets.declaration import PipelineDeclaration
-from mlops_assets.tables import FEATURES
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.names import (
+    FEATURES,
+    REASON_TAG,
+    TRIGGER_TAG,
+    WATERMARK,
+    retrain_schedule_name,
+    sensor_name,
+    serving_drift_key,
+)
+from resources import pipeline_tables, registered_models
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
+from resources.pipeline_tables import new_log_rows
 
-TRIGGER_TAG = "mlops/trigger"
-REASON_TAG = "mlops/reason"
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -64,7 +71,7 @@ def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.Senso
     first_model_needs = max(decl.drift.new_partitions_to_retrain, decl.training.validation_days + decl.gates.holdout_days + 1)
 
     @dg.sensor(
-        name=f"{decl.name}_new_data_sensor",
+        name=sensor_name(decl, "new_data"),
         job_name=train_job,
         minimum_interval_seconds=10,  # part of the landing-to-served lead time
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -73,7 +80,7 @@ def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.Senso
     )
     def new_data_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         cursor = json.loads(context.cursor) if context.cursor else {}
-        champ = drift_metrics.champion(decl.name, mlflow)
+        champ = registered_models.champion(decl.name, mlflow)
         available = delta.partitions(decl.name, FEATURES)
         bases = [b for b in (champ.plan.partition_end if champ else None, cursor.get("requested_through")) if b]
         base = max(bases) if bases else None
@@ -96,7 +103,7 @@ def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.Senso
 
 def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDefinition:
     @dg.sensor(
-        name=f"{decl.name}_drift_sensor",
+        name=sensor_name(decl, "drift"),
         job_name=train_job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -105,10 +112,10 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
     )
     def drift_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         cursor = json.loads(context.cursor) if context.cursor else {}
-        champ = drift_metrics.champion(decl.name, mlflow)
+        champ = registered_models.champion(decl.name, mlflow)
         if champ is None:
             return dg.SkipReason("no champion yet")
-        reports = drift_metrics.reports(delta, decl.name)
+        reports = pipeline_tables.drift_reports(delta, decl.name)
         after = int(cursor.get("after_us", 0))
         fresh = reports.with_columns(pl.col("computed_at").dt.epoch("us").alias("_us")).filter(
             (pl.col("model_version") == champ.version) & (pl.col("_us") > after)
@@ -135,14 +142,14 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
 
 def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job: str) -> dg.SensorDefinition:
     @dg.sensor(
-        name=f"{decl.name}_monitor_sensor",
+        name=sensor_name(decl, "monitor"),
         job_name=monitor_job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Checks drift and batch-scores each {decl.name} feature day that arrives after the champion's training window.",
     )
     def monitor_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
-        champ = drift_metrics.champion(decl.name, mlflow)
+        champ = registered_models.champion(decl.name, mlflow)
         if champ is None:
             return dg.SkipReason("no champion yet")
         cursor = json.loads(context.cursor) if context.cursor else {}
@@ -158,7 +165,9 @@ def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job:
         cursor = {str(champ.version): sorted(done | set(new))}
         return dg.SensorResult(
             run_requests=[
-                dg.RunRequest(run_key=f"monitor:{p}:v{champ.version}", job_name=monitor_job, partition_key=p, tags={TRIGGER_TAG: "monitor_sensor"})
+                dg.RunRequest(
+                    run_key=f"monitor:{p}:v{champ.version}", job_name=monitor_job, partition_key=p, tags={TRIGGER_TAG: "monitor_sensor"}
+                )
                 for p in new
             ],
             cursor=json.dumps(cursor),
@@ -168,10 +177,9 @@ def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job:
 
 
 def build_serving_drift_sensor(decl: PipelineDeclaration, job_name: str) -> dg.SensorDefinition:
-    from mlops_assets.serving_drift_assets import last_watermark, new_log_rows
 
     @dg.sensor(
-        name=f"{decl.name}_serving_drift_sensor",
+        name=sensor_name(decl, "serving_drift"),
         job_name=job_name,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -190,7 +198,7 @@ def build_serving_drift_sensor(decl: PipelineDeclaration, job_name: str) -> dg.S
 
 def build_delivery_sensor(decl: PipelineDeclaration, job_name: str, watched: list[dg.AssetKey]) -> dg.SensorDefinition:
     @dg.sensor(
-        name=f"{decl.name}_delivery_sensor",
+        name=sensor_name(decl, "delivery"),
         job_name=job_name,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -211,7 +219,7 @@ def build_delivery_sensor(decl: PipelineDeclaration, job_name: str, watched: lis
 
 def build_retrain_schedule(decl: PipelineDeclaration, train_job: str) -> dg.ScheduleDefinition:
     @dg.schedule(
-        name=f"{decl.name}_weekly_retrain",
+        name=retrain_schedule_name(decl),
         cron_schedule="0 3 * * 1",
         job_name=train_job,
         default_status=dg.DefaultScheduleStatus.RUNNING,
@@ -223,3 +231,11 @@ def build_retrain_schedule(decl: PipelineDeclaration, train_job: str) -> dg.Sche
         return dg.RunRequest(tags={TRIGGER_TAG: "schedule", REASON_TAG: "weekly fallback retraining"})
 
     return weekly_retrain
+
+
+def last_watermark(instance: dg.DagsterInstance, decl: PipelineDeclaration) -> int:
+    event = instance.get_latest_materialization_event(serving_drift_key(decl))
+    if event is None or event.asset_materialization is None:
+        return 0
+    value = event.asset_materialization.metadata.get(WATERMARK)
+    return int(value.value) if value is not None else 0

@@ -12,17 +12,19 @@ import os
 
 from ray.serve import Application
 
-from mlops_assets.declaration import PipelineDeclaration, ReplicaGroupSpec
+from mlops_assets.core.declaration import ReplicaGroupSpec
+from mlops_assets.core.names import CHALLENGER, CHAMPION
+from resources.serving import ServeSettings
+from serving.config import (
+    CHALLENGER_DEPLOYMENT,
+    CHAMPION_DEPLOYMENT,
+    CHAMPION_GPU_DEPLOYMENT,
+    GATEWAY_DEPLOYMENT,
+    champion_config,
+)
 from serving.deployments import ModelServer
 from serving.gateway import Gateway
-from serving.gpu import ray_gpus
-from serving.registry import CHALLENGER, CHAMPION
-from serving.settings import ServeSettings
-
-CHAMPION_DEPLOYMENT = "champion"
-CHAMPION_GPU_DEPLOYMENT = "champion_gpu"
-CHALLENGER_DEPLOYMENT = "challenger"
-GATEWAY_DEPLOYMENT = "gateway"
+from serving.gpu import gpu_group_enabled
 
 
 def logging_options() -> dict:
@@ -53,12 +55,6 @@ def group_options(group: ReplicaGroupSpec) -> dict:
     return options
 
 
-def gpu_group_enabled(decl: PipelineDeclaration) -> bool:
-    """GPU replicas only where Ray sees the GPUs they ask for; otherwise the CPU group serves alone."""
-    gpu = decl.serving.gpu
-    return bool(gpu and gpu.replicas > 0 and gpu.num_gpus > 0 and ray_gpus() >= gpu.num_gpus)
-
-
 def _settings(args: dict) -> ServeSettings:
     return ServeSettings(**{k: v for k, v in (args or {}).items() if k in ServeSettings.model_fields})
 
@@ -74,18 +70,13 @@ def build_app(args: dict) -> Application:
     gpu, gpu_share = None, 0.0
     if gpu_group_enabled(decl):
         assert serving.gpu is not None
-        gpu = ModelServer.options(
-            name=CHAMPION_GPU_DEPLOYMENT, user_config={"model_version": None}, **group_options(serving.gpu)
-        ).bind(payload, CHAMPION, "gpu")
+        gpu = ModelServer.options(name=CHAMPION_GPU_DEPLOYMENT, user_config={"model_version": None}, **group_options(serving.gpu)).bind(
+            payload, CHAMPION, "gpu"
+        )
         gpu_share = serving.gpu.replicas / (serving.gpu.replicas + serving.cpu.replicas)
     return ModelServer.options(
         name=CHAMPION_DEPLOYMENT, user_config=champion_config(None, serving.traffic.model_dump()), **group_options(serving.cpu)
     ).bind(payload, CHAMPION, "cpu", challenger, gpu, gpu_share)
-
-
-def champion_config(version: int | None, traffic: dict) -> dict:
-    """The champion's `user_config`: its version and the traffic shares it routes by."""
-    return {"model_version": version, "canary_share": float(traffic["canary_share"]), "shadow": bool(traffic["shadow"])}
 
 
 def build_gateway(args: dict) -> Application:

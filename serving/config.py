@@ -15,9 +15,8 @@ from typing import Any
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from mlops_assets.declaration import PipelineDeclaration
-from serving.app import CHALLENGER_DEPLOYMENT, CHAMPION_DEPLOYMENT, CHAMPION_GPU_DEPLOYMENT, champion_config
-from serving.settings import ServeSettings
+from mlops_assets.core.declaration import PipelineDeclaration
+from resources.serving import ServeSettings
 
 GATEWAY_APP = "mlops"
 APP_BUILDER = "serving.app:build_app"
@@ -86,3 +85,20 @@ HEADER = """\
 
 def to_yaml(config: dict) -> str:
     return HEADER + yaml.safe_dump(config, sort_keys=False)
+
+
+CHAMPION_DEPLOYMENT = "champion"
+
+
+CHAMPION_GPU_DEPLOYMENT = "champion_gpu"
+
+
+CHALLENGER_DEPLOYMENT = "challenger"
+
+
+GATEWAY_DEPLOYMENT = "gateway"
+
+
+def champion_config(version: int | None, traffic: dict) -> dict:
+    """The champion's `user_config`: its version and the traffic shares it routes by."""
+    return {"model_version": version, "canary_share": float(traffic["canary_share"]), "shadow": bool(traffic["shadow"])}

@@ -19,12 +19,21 @@ import ray
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
-from mlops_assets.declaration import PipelineDeclaration
-from mlops_assets.home import MlopsHome
-from serving.app import CHALLENGER_DEPLOYMENT, CHAMPION_DEPLOYMENT, CHAMPION_GPU_DEPLOYMENT, gpu_group_enabled
-from serving.config import GATEWAY_APP, gateway_app, pipeline_app
-from serving.registry import CHALLENGER, CHAMPION, load_version, resolve_alias
-from serving.settings import ServeSettings
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.home import MlopsHome
+from mlops_assets.core.names import CHALLENGER, CHAMPION
+from resources.registered_models import resolve_alias
+from resources.serving import ServeSettings
+from serving.config import (
+    CHALLENGER_DEPLOYMENT,
+    CHAMPION_DEPLOYMENT,
+    CHAMPION_GPU_DEPLOYMENT,
+    GATEWAY_APP,
+    gateway_app,
+    pipeline_app,
+)
+from serving.gpu import gpu_group_enabled
+from serving.loaded_model import load_version
 
 _lock = threading.Lock()
 
@@ -215,9 +224,7 @@ def wait_for_version(name: str, version: int, timeout_s: float = 180.0, deployme
     last: dict = {}
     while time.time() < deadline:
         last = app_status(name)
-        healthy = last["status"] == "RUNNING" and all(
-            last["deployments"].get(d, {}).get("status") == "HEALTHY" for d in deployments
-        )
+        healthy = last["status"] == "RUNNING" and all(last["deployments"].get(d, {}).get("status") == "HEALTHY" for d in deployments)
         seen = None
         if healthy:
             try:

@@ -33,13 +33,15 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
-from mlops_assets.feature_contract import FeatureReference, load_feature_module
+from mlops_assets.core.feature_contract import FeatureReference, load_feature_module
+from mlops_assets.core.names import CHALLENGER, CHAMPION
+from resources.registered_models import resolve_alias
+from resources.serving import ServeSettings
 from serving.http_answers import NotReady, answer_prediction, error, v2_infer_response
+from serving.loaded_model import LoadedModel, load_version
 from serving.prediction_log import PredictionLogger, log_rows
 from serving.reference import serving_reference
-from serving.registry import CHALLENGER, CHAMPION, LoadedModel, load_version, resolve_alias
 from serving.requests import RequestError, RequestSchema, records_from_v2, typed_frame
-from serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 INLINE_ROWS = 64  # requests up to this many records are typed on the event loop, larger ones in a thread
@@ -294,7 +296,9 @@ class ModelServer:
             self.counts[f"pinned_{role}"] += 1
             result["role"] = role
             return result
-        raise RequestError(f"version {version} of {self.decl.name} is not being served (only the champion and challenger are)", status=404, field="version")
+        raise RequestError(
+            f"version {version} of {self.decl.name} is not being served (only the champion and challenger are)", status=404, field="version"
+        )
 
     async def _mirror(self, frame: pl.DataFrame, request_id: str, received_at: float) -> None:
         try:

@@ -18,10 +18,24 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
-from mlops_assets.feature_contract import load_feature_module
-from serving.http_answers import NotReady, answer_prediction, error, token_ok, v2_infer_response
-from serving.requests import V2_OUT_TYPE, RequestError, RequestSchema, parse_json, records_from_v1, records_from_v2
-from serving.settings import ServeSettings
+from mlops_assets.core.feature_contract import load_feature_module
+from resources.serving import ServeSettings
+from serving import control
+from serving.http_answers import (
+    NotReady,
+    answer_prediction,
+    error,
+    token_ok,
+    v2_infer_response,
+)
+from serving.requests import (
+    V2_OUT_TYPE,
+    RequestError,
+    RequestSchema,
+    parse_json,
+    records_from_v1,
+    records_from_v2,
+)
 
 SERVER_NAME = "mlops-serving"
 api = FastAPI(
@@ -78,9 +92,7 @@ class Gateway:
     def __init__(self, settings: dict):
         self.settings = ServeSettings(**settings)
         self.decls = self.settings.declarations()
-        self.schemas = {
-            name: RequestSchema.of(d, load_feature_module(d).input_columns(d)) for name, d in self.decls.items()
-        }
+        self.schemas = {name: RequestSchema.of(d, load_feature_module(d).input_columns(d)) for name, d in self.decls.items()}
         self._handles: dict[str, DeploymentHandle] = {}
 
     # --- helpers -------------------------------------------------------------------------------
@@ -90,7 +102,9 @@ class Gateway:
             try:
                 self._handles[name] = serve.get_app_handle(name)
             except RayServeException:
-                raise NotReady(f"model '{name}' is not deployed yet: its deployment asset rolls it out once a champion is promoted") from None
+                raise NotReady(
+                    f"model '{name}' is not deployed yet: its deployment asset rolls it out once a champion is promoted"
+                ) from None
         return self._handles[name]
 
     def _unknown(self, name: str) -> JSONResponse | None:
@@ -149,7 +163,10 @@ class Gateway:
         version = status["champion"]["model_version"] if status else None
         outputs = [{"name": "predictions", "datatype": "FP64" if decl.target.task != "multiclass" else "BYTES", "shape": [-1]}]
         if decl.target.task != "regression":
-            outputs += [{"name": "labels", "datatype": "BYTES", "shape": [-1]}, {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(decl.target_classes)]}]
+            outputs += [
+                {"name": "labels", "datatype": "BYTES", "shape": [-1]},
+                {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(decl.target_classes)]},
+            ]
         return {
             "name": name,
             "versions": [str(version)] if version is not None else [],
@@ -242,7 +259,13 @@ class Gateway:
             return answer
         result, request_id = answer
         version = str(result["model_version"])
-        body = {"predictions": result["predictions"], "model_name": name, "model_version": version, "request_id": request_id, "role": result["role"]}
+        body = {
+            "predictions": result["predictions"],
+            "model_name": name,
+            "model_version": version,
+            "request_id": request_id,
+            "role": result["role"],
+        }
         if "probabilities" in result:
             body["probabilities"] = result["probabilities"]
         return JSONResponse(body, headers={"X-Model-Version": version, "X-Request-Id": request_id})
@@ -261,8 +284,6 @@ class Gateway:
         problem = self._unknown(name) or self._admin_auth(request, name)
         if problem is not None:
             return problem
-        from serving import control
-
         try:
             body = TrafficRequest.model_validate(parse_json(await request.body()))
         except RequestError as err:
@@ -278,8 +299,6 @@ class Gateway:
         problem = self._unknown(name) or self._admin_auth(request, name)
         if problem is not None:
             return problem
-        from serving import control
-
         try:
             versions = await asyncio.to_thread(control.follow_aliases, self.decls[name], self.settings)
         except LookupError as err:

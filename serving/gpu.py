@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlops_assets.core.declaration import PipelineDeclaration
+
 GPU_PACKAGE = "nvforest"
 
 
@@ -41,3 +43,9 @@ def gpu_predict(forest, x: np.ndarray, task: str) -> np.ndarray:
     if task == "binary" and probs.ndim == 1:
         probs = np.column_stack([1.0 - probs, probs])
     return probs
+
+
+def gpu_group_enabled(decl: PipelineDeclaration) -> bool:
+    """GPU replicas only where Ray sees the GPUs they ask for; otherwise the CPU group serves alone."""
+    gpu = decl.serving.gpu
+    return bool(gpu and gpu.replicas > 0 and gpu.num_gpus > 0 and ray_gpus() >= gpu.num_gpus)

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
-from mlops_assets.declaration import PipelineDeclaration
+from mlops_assets.core.declaration import PipelineDeclaration
 from serving.requests import RequestError, RequestSchema, parse_json
 
 log = logging.getLogger(__name__)

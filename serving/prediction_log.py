@@ -12,14 +12,14 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
 
+from mlops_assets.core.names import PREDICTION_LOG
 from resources.delta_lake import DeltaLakeResource
 
-TABLE = "prediction_log"
 log = logging.getLogger(__name__)
 
 
@@ -78,7 +78,7 @@ class PredictionLogger:
             batch = pl.concat(frames, how="diagonal_relaxed")
             pending -= batch.height
             try:
-                self.delta.append(self.pipeline, TABLE, batch)
+                self.delta.append(self.pipeline, PREDICTION_LOG, batch)
                 self.logged_rows += batch.height
                 written += batch.height
             except Exception as err:  # storage trouble must not kill the logger; it is counted and kept visible
@@ -137,7 +137,7 @@ def log_rows(
     meta = pl.DataFrame({"record": np.arange(n, dtype=np.int32), "prediction": prediction}).select(
         pl.lit(request_id, pl.String).alias("request_id"),
         pl.col("record"),
-        pl.lit(datetime.fromtimestamp(now, timezone.utc), pl.Datetime("us", "UTC")).alias("logged_at"),
+        pl.lit(datetime.fromtimestamp(now, UTC), pl.Datetime("us", "UTC")).alias("logged_at"),
         pl.lit(pipeline, pl.String).alias("pipeline"),
         pl.lit(model_version, pl.Int64).alias("model_version"),
         pl.lit(role, pl.String).alias("role"),

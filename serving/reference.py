@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from mlops_assets.declaration import PipelineDeclaration
-from mlops_assets.feature_assets import reference_as_of
-from mlops_assets.feature_contract import FeatureModule, FeatureReference
-from mlops_assets.tables import RAW
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.feature_contract import FeatureModule, FeatureReference
+from mlops_assets.core.names import RAW
 from resources.delta_lake import DeltaLakeResource
+from resources.pipeline_tables import reference_as_of
 
 
 def serving_reference(decl: PipelineDeclaration, module: FeatureModule, delta: DeltaLakeResource) -> tuple[FeatureReference, dict]:

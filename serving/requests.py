@@ -21,9 +21,10 @@ from typing import Any
 
 import polars as pl
 
-from mlops_assets.declaration import ColumnSpec, PipelineDeclaration, SchemaSpec
-from mlops_assets.ingest import SOURCE_ROW, LandedFileError, conform
-from mlops_assets.validation import REASON, validate
+from mlops_assets.core.declaration import ColumnSpec, PipelineDeclaration, SchemaSpec
+from mlops_assets.core.names import SOURCE_ROW
+from mlops_assets.core.records import LandedFileError, conform
+from mlops_assets.core.validation import REASON, validate
 
 MAX_REPORTED = 10
 V2_TYPES = {
@@ -132,8 +133,7 @@ def records_from_v2(body: Any, schema: RequestSchema) -> list[dict]:
         dtype = str(tensor["datatype"]).upper()
         if dtype not in V2_TYPES[spec.type]:
             raise RequestError(
-                f"input '{name}' has datatype {dtype}; column {name} is {spec.type} "
-                f"(send one of {', '.join(sorted(V2_TYPES[spec.type]))})",
+                f"input '{name}' has datatype {dtype}; column {name} is {spec.type} (send one of {', '.join(sorted(V2_TYPES[spec.type]))})",
                 field=name,
             )
         shape, data = tensor["shape"], tensor["data"]

@@ -1,53 +1,15 @@
-"""Shared fixtures: a real platform home in a temp folder, a real Dagster instance."""
+"""Test configuration: the shared fixtures live in tests/support and are registered here once, as
+pytest plugins; test modules use them by name and never import them (or each other)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import date, timedelta
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
-from mlops_assets.declaration import PACKAGED_PIPELINES, PipelineDeclaration, load_declaration
-from mlops_assets.definitions import build_definitions
-from mlops_assets.flights.landing import land_days
-from mlops_assets.home import MlopsHome
-from mlops_assets.model_definitions import model_resources
-from resources.delta_lake import DeltaLakeResource
-from resources.landing_zone import LandingZoneResource
-from serving.deployment_definitions import serving_resources
-
-TESTS = Path(__file__).parent
-
-
-class Platform:
-    """One platform home: landing zone, Delta tables, a Dagster instance and definitions."""
-
-    def __init__(self, root: Path, declarations: list[PipelineDeclaration], instance: dg.DagsterInstance):
-        self.root = root
-        self.landing = LandingZoneResource(root=str(root / "landing"))
-        self.delta = DeltaLakeResource(root=str(root / "delta"))
-        self.declarations = {d.name: d for d in declarations}
-        self.instance = instance
-        self.defs = build_definitions(declarations, resources=self.resources())
-
-    def resources(self) -> dict:
-        return {"landing": self.landing, "delta": self.delta, **model_resources(MlopsHome(self.root)), **serving_resources(MlopsHome(self.root))}
-
-    def run(self, job_name: str, partition: str | None = None, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
-        return self.defs.resolve_job_def(job_name).execute_in_process(
-            instance=self.instance, partition_key=partition, raise_on_error=raise_on_error
-        )
-
-    def ingest(self, pipeline: str, partitions: list[str], raise_on_error: bool = True) -> list[dg.ExecuteInProcessResult]:
-        return [self.run(f"{pipeline}_ingest", p, raise_on_error) for p in partitions]
-
-
-def days(start: str, n: int) -> list[str]:
-    first = date.fromisoformat(start)
-    return [(first + timedelta(days=i)).isoformat() for i in range(n)]
+pytest_plugins = ["tests.support.platform", "tests.support.models", "tests.support.serving"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,30 +23,3 @@ def session_home(tmp_path_factory) -> Iterator[Path]:
         os.environ.pop("MLOPS_HOME", None)
     else:
         os.environ["MLOPS_HOME"] = saved
-
-
-@pytest.fixture(scope="session")
-def flights_decl() -> PipelineDeclaration:
-    return load_declaration(PACKAGED_PIPELINES / "flights.yaml")
-
-
-@pytest.fixture
-def platform(tmp_path: Path, flights_decl: PipelineDeclaration, monkeypatch) -> Iterator[Platform]:
-    """A fresh platform home with the flights pipeline; nothing landed yet."""
-    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
-    (tmp_path / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
-        yield Platform(tmp_path, [flights_decl], instance)
-
-
-@pytest.fixture(scope="session")
-def flights_ingested(tmp_path_factory, flights_decl) -> Iterator[Platform]:
-    """Shared, read-only: 35 flights days landed, reference loaded, ingested and featurized."""
-    root = tmp_path_factory.mktemp("flights_home")
-    (root / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
-        plat = Platform(root, [flights_decl], instance)
-        land_days(flights_decl, plat.landing, date(2013, 1, 1), 35)
-        plat.run("flights_reference")
-        plat.ingest("flights", days("2013-01-01", 35))
-        yield plat

@@ -6,8 +6,8 @@ import os
 import dagster as dg
 import polars as pl
 
-from mlops_assets.declaration import PACKAGED_PIPELINES, load_declaration
-from tests.conftest import TESTS, Platform
+from mlops_assets.core.declaration import PACKAGED_PIPELINES, load_declaration
+from tests.support.platform import TESTS, Platform
 
 
 def test_second_declaration_needs_no_platform_code(monkeypatch):
@@ -35,7 +35,11 @@ def test_pipelines_run_side_by_side_without_touching_each_other(tmp_path, flight
         rows = "".join(f"m{i % 4 + 1},2024-03-0{d}T{i:02d}:00:00Z,{20 + i},0.{i},{i % 2}\n" for d in (1, 2) for i in range(12))
         for d in (1, 2):
             day_rows = [r for r in rows.splitlines(keepends=True) if f"2024-03-0{d}T" in r]
-            plat.landing.write_bytes("telemetry", f"readings-2024-03-0{d}.csv", ("machine_id,reading_time,temperature,vibration,failure\n" + "".join(day_rows)).encode())
+            plat.landing.write_bytes(
+                "telemetry",
+                f"readings-2024-03-0{d}.csv",
+                ("machine_id,reading_time,temperature,vibration,failure\n" + "".join(day_rows)).encode(),
+            )
         sensor = plat.defs.resolve_sensor_def("telemetry_landing_sensor")
         tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=plat.resources(), definitions=plat.defs))
         assert sorted(r.partition_key for r in tick.run_requests) == ["2024-03-01", "2024-03-02"]

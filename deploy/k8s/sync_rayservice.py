@@ -20,7 +20,7 @@ BLOCK = re.compile(r"(?ms)^(  serveConfigV2: \|\n)(.*?)(?=^  \S)")
 
 
 def expected_serve_config() -> dict:
-    from mlops_assets.declaration import load_declarations
+    from mlops_assets.core.declaration import load_declarations
     from serving.config import serve_config
 
     config = serve_config(load_declarations())

@@ -13,8 +13,8 @@ from datetime import date, timedelta
 import numpy as np
 import polars as pl
 
-from mlops_assets.declaration import PipelineDeclaration, parse_declaration
-from mlops_assets.feature_contract import FeatureReference
+from mlops_assets.core.declaration import PipelineDeclaration, parse_declaration
+from mlops_assets.core.feature_contract import FeatureReference
 from resources.landing_zone import LandingZoneResource
 
 CATEGORICAL_FEATURES = ["color_code"]

@@ -2,17 +2,13 @@
 
 import polars as pl
 
-from mlops_assets.feature_contract import FeatureReference
+from mlops_assets.core.feature_contract import FeatureReference
 
 CATEGORICAL_FEATURES = ["machine_code"]
 
 
 def history_stats(history: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    return {
-        "machine_stats": history.group_by("machine_id").agg(
-            pl.col("temperature").mean().alias("machine_mean_temperature")
-        )
-    }
+    return {"machine_stats": history.group_by("machine_id").agg(pl.col("temperature").mean().alias("machine_mean_temperature"))}
 
 
 def build_features(records: pl.DataFrame, reference: FeatureReference) -> pl.DataFrame:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from tests.conftest import Platform
 from tests.pipelines.classifier_features import declaration
+from tests.support.platform import Platform
 
 
 def main(home: str, pipeline: str) -> int:

@@ -1,0 +1,116 @@
+"""`mlops bench ...`: benchmark scripts whose figures the README reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def bench_drift(args: argparse.Namespace) -> int:
+    from mlops_assets.cli.bench.drift_bench import bench, print_report
+
+    result = bench(args.rows, args.numerical, args.categorical)
+    print_report(result)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rows takes comma-separated row counts, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--rows takes positive row counts, got {text!r}")
+    return sizes
+
+
+def bench_pipeline(args: argparse.Namespace) -> int:
+    from mlops_assets.cli.bench.pipeline_bench import bench, print_report
+
+    sides = ("platform",) if args.platform_only else ("platform", "pandas")
+    result = bench(args.rows, days=args.days, check_rows=args.check_rows, training=not args.no_training, sides=sides)
+    print_report(result)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--ours-env takes NAME=VALUE, got {text!r}")
+    name, value = text.split("=", 1)
+    return name, value
+
+
+def bench_serving(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mlops_assets.cli.bench.serving_bench import bench, print_report
+
+    result = bench(
+        Path(args.workdir) if args.workdir else None,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        sides=tuple(args.sides.split(",")),
+        ours_env=dict(args.ours_env or []),
+        num_cpus=args.num_cpus,
+        cases=tuple(c.strip() for c in args.cases.split(",")) if args.cases else None,
+        protocols=tuple(args.protocols.split(",")),
+        proxy=args.proxy,
+    )
+    print_report(result)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def bench_leadtime(args: argparse.Namespace) -> int:
+    from mlops_assets.cli.bench.lead_time_bench import bench, print_report
+
+    result = bench(initial_days=args.initial_days, port=args.port, serve_port=args.serve_port, timeout=args.timeout, keep=args.keep)
+    print_report(result)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="run a benchmark").add_subparsers(dest="benchmark", required=True)
+    p = bench.add_parser("drift", help="drift decision vs Evidently DataDriftPreset")
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--numerical", type=int, default=15)
+    p.add_argument("--categorical", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(handler=bench_drift)
+    p = bench.add_parser("pipeline", help="ingest + validate + featurize vs pandas; training vs bare lgb.train")
+    p.add_argument("--rows", type=_sizes, default=[1_000_000, 10_000_000], help="comma-separated sizes (default 1000000,10000000)")
+    p.add_argument("--days", type=int, default=365, help="daily partitions the rows are spread over (default 365)")
+    p.add_argument("--check-rows", type=int, default=30_000, help="rows of the platform/pandas agreement check")
+    p.add_argument("--no-training", action="store_true", help="skip the training-overhead measurement")
+    p.add_argument("--platform-only", action="store_true", help="skip the pandas baseline")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(handler=bench_pipeline)
+    p = bench.add_parser("serving", help="Ray Serve endpoint vs `mlflow models serve` vs a naive FastAPI app, with wrk")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of load per case (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load before each case (default 1)")
+    p.add_argument("--sides", default="ours,mlflow,naive", help="servers to run, comma-separated (default ours,mlflow,naive)")
+    p.add_argument("--workdir", help="platform home to build or reuse (keeps the trained champion between runs); default: a temp folder")
+    p.add_argument("--ours-env", type=_env_pair, action="append", metavar="NAME=VALUE", help="extra environment for our server (levers)")
+    p.add_argument("--num-cpus", type=int, default=2, help="CPUs our Ray instance declares (default 2)")
+    p.add_argument("--cases", help="only these cases, comma-separated: 'single c=1,single c=16,batch 1k,batch 10k' (default all)")
+    p.add_argument("--protocols", default="v1,v2", help="our protocols to load (default v1,v2)")
+    p.add_argument(
+        "--proxy", choices=("haproxy", "serve"), default="haproxy", help="our ingress (`mlops serve start --proxy`; haproxy is its default)"
+    )
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(handler=bench_serving)
+    p = bench.add_parser("leadtime", help="a landed day to the model trained on it answering, on the local platform")
+    p.add_argument("--initial-days", type=int, default=28, help="days landed before the platform starts (default 28)")
+    p.add_argument("--port", type=int, default=3019, help="Dagster UI port of the bench platform (default 3019)")
+    p.add_argument("--serve-port", type=int, default=8019, help="Ray Serve port of the bench platform (default 8019)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each stage (default 900)")
+    p.add_argument("--keep", action="store_true", help="keep the bench platform home (its runs and tables) afterwards")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(handler=bench_leadtime)

@@ -1,0 +1,206 @@
+"""`mlops` commands about data and the local platform: land, pipelines, demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from datetime import date, timedelta
+from pathlib import Path
+
+from mlops_assets.core.declaration import PipelineDeclaration, load_declarations
+from mlops_assets.core.home import MlopsHome
+from resources.landing_zone import LandingZoneResource
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DAGSTER_YAML = """\
+# Written by `mlops demo`: embedded defaults (SQLite storage under this folder).
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 3
+    tag_concurrency_limits:
+      # one ingestion run per pipeline at a time, so days are featurized in landing order
+      - key: "mlops/ingest"
+        value: {applyLimitPerUniqueValue: true}
+        limit: 1
+      - key: "mlops/training"
+        value: {applyLimitPerUniqueValue: true}
+        limit: 1
+      - key: "mlops/deploy"
+        value: {applyLimitPerUniqueValue: true}
+        limit: 1
+"""
+
+
+def pipeline_by_name(name: str) -> PipelineDeclaration:
+    decls = {d.name: d for d in load_declarations()}
+    if name not in decls:
+        raise LookupError(f"no pipeline named '{name}'; declared: {', '.join(sorted(decls)) or 'none'}")
+    return decls[name]
+
+
+def landing_zone() -> LandingZoneResource:
+    return LandingZoneResource(root=os.environ.get("MLOPS_LANDING_URI", ""))
+
+
+def land(args: argparse.Namespace) -> int:
+    decl = pipeline_by_name(args.pipeline)
+    landing = landing_zone()
+    if args.file:
+        if not args.partition:
+            raise ValueError("--file needs --partition YYYY-MM-DD")
+        partition = date.fromisoformat(args.partition).isoformat()
+        source = Path(args.file)
+        if not source.is_file():
+            raise ValueError(f"--file {source} does not exist")
+        uri = landing.write_bytes(decl.name, decl.landing.file_name(partition), source.read_bytes())
+        print(f"landed {uri}")
+        return 0
+    if decl.name != "flights" and not decl.features.module.startswith("mlops_assets.defs.flights"):
+        raise ValueError(f"only the flights demo generates data; land {decl.name} files with --file and --partition")
+    from mlops_assets.defs.flights.upstream import land_days
+
+    start = date.fromisoformat(args.start)
+    for uri in land_days(decl, landing, start, args.days):
+        print(f"landed {uri}")
+    return 0
+
+
+def pipelines(args: argparse.Namespace) -> int:
+    for decl in load_declarations():
+        print(
+            f"{decl.name}: {decl.target.task} on {decl.target.column}, {decl.landing.format} files "
+            f"'{decl.landing.file_pattern}', features {decl.features.module}, declaration {decl.fingerprint()}"
+        )
+    return 0
+
+
+def _prepare_home(home: MlopsHome) -> dict[str, str]:
+    home.dagster.mkdir(parents=True, exist_ok=True)
+    (home.dagster / "dagster.yaml").write_text(DAGSTER_YAML)
+    env = dict(os.environ, MLOPS_HOME=str(home.root), DAGSTER_HOME=str(home.dagster))
+    return env
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Start Dagster (webserver + daemon, sensors on) and land flights days as an upstream system would."""
+    home = MlopsHome.from_env()
+    if args.reset and home.root.exists():
+        shutil.rmtree(home.root)
+    env = _prepare_home(home)
+    os.environ.update(MLOPS_HOME=env["MLOPS_HOME"], DAGSTER_HOME=env["DAGSTER_HOME"])
+    decl = pipeline_by_name("flights")
+    landing = landing_zone()
+    from mlops_assets.defs.flights.upstream import land_days
+
+    start = date.fromisoformat(args.start)
+    first = min(args.initial_days, args.days)
+    land_days(decl, landing, start, first)
+    processes = start_local_platform(env, args.host, args.port, args.serve_port, args.mlflow_port)
+    print(
+        f"\nMLOps demo\n  Dagster UI:   http://{args.host}:{args.port}\n"
+        f"  Predictions:  http://{args.host}:{args.serve_port}/v1/models/flights:predict  (OpenAPI: /docs), once a champion is promoted\n"
+        f"  MLflow UI:    http://{args.host}:{args.mlflow_port}  (experiments and the registry; Dagster's links point here)\n"
+        f"  platform home: {home.root}\n"
+        f"  landed {first} days from {start}; one more day every {args.interval:g}s up to {args.days}\n"
+        "  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    stop = threading.Event()
+    # a SIGTERM (service manager, timeout) stops Dagster too, through the finally below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    def keep_landing() -> None:
+        for i in range(first, args.days):
+            if stop.wait(args.interval):
+                return
+            day = start + timedelta(days=i)
+            land_days(decl, landing, day, 1)
+            print(f"[demo] landed {day}", flush=True)
+
+    threading.Thread(target=keep_landing, daemon=True).start()
+    try:
+        return processes[0].wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop.set()
+        stop_local_platform(processes)
+
+
+def start_local_platform(
+    env: dict[str, str], host: str, port: int, serve_port: int, mlflow_port: int | None = None
+) -> list[subprocess.Popen]:
+    """Dagster (`dg dev`: webserver, daemon, code server), Ray Serve and, given a port, the MLflow UI
+    as child processes, on the home `env` names."""
+    from mlops_assets.cli.serve_commands import serve_process
+
+    # Ray 2.60 turns token auth on for the local cluster serving starts; Dagster runs join it by
+    # address, which needs the mode in their environment from the start. `dg` runs the project of
+    # pyproject.toml's [tool.dg] in this interpreter's environment.
+    env = dict(env, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"), VIRTUAL_ENV=sys.prefix)
+    if mlflow_port is not None:
+        env["MLOPS_MLFLOW_UI_URL"] = f"http://{host}:{mlflow_port}"
+    bin_dir = Path(sys.executable).parent
+    server = subprocess.Popen([str(bin_dir / "dg"), "dev", "-h", host, "-p", str(port)], cwd=REPO_ROOT, env=env)
+    processes = [server, serve_process(env, host, serve_port)]
+    if mlflow_port is not None:
+        home = MlopsHome(Path(env["MLOPS_HOME"]))
+        home.mlflow.mkdir(parents=True, exist_ok=True)
+        cmd = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", home.mlflow_tracking_uri, "--host", host, "--port", str(mlflow_port)]
+        processes.append(subprocess.Popen(cmd, cwd=home.mlflow, env=env, start_new_session=True))
+    return processes
+
+
+def stop_local_platform(processes: list[subprocess.Popen]) -> None:
+    """Stop what `start_local_platform` started, and only that: Dagster by SIGINT, serving and the
+    MLflow UI by SIGTERM."""
+    server, serving, *others = processes
+    for process, sig in ((serving, signal.SIGTERM), (server, signal.SIGINT)):
+        if process.poll() is None:
+            process.send_signal(sig)
+    for process in others:  # the MLflow UI runs its server workers in its own process group
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in (serving, server, *others):
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            if process is not server:
+                os.killpg(process.pid, signal.SIGKILL)  # its own group: its Ray processes go with it
+            else:
+                process.kill()
+            process.wait()
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("land", help="land data files into a pipeline's landing zone")
+    p.add_argument("pipeline")
+    p.add_argument("--start", default="2013-01-01", help="first day (flights demo)")
+    p.add_argument("--days", type=int, default=1, help="number of days (flights demo)")
+    p.add_argument("--file", help="land this file instead of demo data")
+    p.add_argument("--partition", help="the day the --file stands for (YYYY-MM-DD)")
+    p.set_defaults(handler=land)
+
+    p = commands.add_parser("pipelines", help="list the declared pipelines (validates every declaration)")
+    p.set_defaults(handler=pipelines)
+
+    p = commands.add_parser("demo", help="start the local platform and land the flights demo")
+    p.add_argument("--start", default="2013-01-01")
+    p.add_argument("--days", type=int, default=120, help="days to land in all")
+    p.add_argument("--initial-days", type=int, default=21, help="days landed before Dagster starts")
+    p.add_argument("--interval", type=float, default=20.0, help="seconds between later days")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000, help="Dagster UI port")
+    p.add_argument("--serve-port", type=int, default=8000, help="Ray Serve HTTP port")
+    p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port")
+    p.add_argument("--reset", action="store_true", help="wipe $MLOPS_HOME first")
+    p.set_defaults(handler=demo)

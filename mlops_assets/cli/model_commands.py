@@ -1,0 +1,154 @@
+"""`mlops` commands about models: status, approve, rollback, history, reproduce.
+
+They act on the same registry and audit log as the Dagster assets, through the
+same functions, configured from the environment ($MLOPS_HOME, MLOPS_DELTA_URI,
+MLOPS_MLFLOW_TRACKING_URI, MLOPS_MLFLOW_REGISTRY_URI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+
+import polars as pl
+
+from mlops_assets.cli.data_commands import pipeline_by_name
+from mlops_assets.core.declaration import load_declarations
+from resources.audit_log import history as audit_history
+from resources.delta_lake import DeltaLakeResource
+from resources.mlflow_registry import MlflowRegistryResource
+
+
+def delta_lake() -> DeltaLakeResource:
+    return DeltaLakeResource(root=os.environ.get("MLOPS_DELTA_URI", ""))
+
+
+def mlflow_registry() -> MlflowRegistryResource:
+    return MlflowRegistryResource(
+        tracking_uri=os.environ.get("MLOPS_MLFLOW_TRACKING_URI", ""),
+        registry_uri=os.environ.get("MLOPS_MLFLOW_REGISTRY_URI", ""),
+    )
+
+
+def version_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"version must be a positive integer, not '{text}'") from None
+    if value < 1:
+        raise ValueError(f"version must be a positive integer, not '{text}'")
+    return value
+
+
+def _fmt_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())) or "none"
+
+
+def status(args: argparse.Namespace) -> int:
+    from mlops_assets.core.names import CHALLENGER, CHAMPION
+    from mlops_assets.models.promotion import describe
+
+    names = [pipeline_by_name(args.pipeline).name] if args.pipeline else [d.name for d in load_declarations()]
+    registry = mlflow_registry()
+    for name in names:
+        decl = pipeline_by_name(name)
+        print(f"{name} (policy {decl.promotion.policy}, {decl.target.task} on {decl.target.column})")
+        for alias in (CHAMPION, CHALLENGER):
+            d = describe(registry, name, alias)
+            if d is None:
+                print(f"  {alias}: none")
+                continue
+            print(f"  {alias}: v{d['version']} ({d['status']})")
+            print(f"    validation: {_fmt_metrics(d['validation_metrics'])}")
+            print(f"    hold-out:   {_fmt_metrics(d['holdout_metrics'])}")
+            print(f"    data:       partitions {d['partitions']} (hold-out from {d['holdout_from']}), {d['features']}")
+            print(f"    lineage:    git {d['git_commit']}, dagster run {d['dagster_run_id']}, {d['feature_columns']} features")
+    return 0
+
+
+def approve(args: argparse.Namespace) -> int:
+    from mlops_assets.models.promotion import approve as approve_version
+
+    decl = pipeline_by_name(args.pipeline)
+    decision = approve_version(decl.name, delta_lake(), mlflow_registry(), version_number(args.version), args.by, args.reason)
+    print(f"{decl.name}: {decision.message}")
+    return 0
+
+
+def rollback(args: argparse.Namespace) -> int:
+    from mlops_assets.models.promotion import rollback as rollback_champion
+
+    decl = pipeline_by_name(args.pipeline)
+    decision = rollback_champion(decl.name, delta_lake(), mlflow_registry(), args.by, args.reason)
+    print(f"{decl.name}: {decision.message}")
+    return 0
+
+
+def history(args: argparse.Namespace) -> int:
+    decl = pipeline_by_name(args.pipeline)
+    events = audit_history(delta_lake(), decl.name)
+    if args.limit:
+        events = events.tail(args.limit)
+    if args.json:
+        print(json.dumps(events.with_columns(pl.col("at").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")).to_dicts(), indent=2))
+        return 0
+    if events.height == 0:
+        print(f"{decl.name}: no promotions, rejections, approvals or rollbacks yet")
+        return 0
+    for e in events.iter_rows(named=True):
+        moved = f" {e['alias']} v{e['from_version'] or '-'} -> v{e['model_version']}" if e["alias"] else f" v{e['model_version']}"
+        gates = f" failed gates: {e['failed_gates']};" if e["failed_gates"] else ""
+        print(f"{e['at']:%Y-%m-%d %H:%M:%S} UTC  {e['action']:<14}{moved}  by {e['actor']}:{gates} {e['reason']}")
+        metrics = json.loads(e["metrics"] or "{}")
+        holdout = metrics.get("holdout") or {}
+        if holdout:
+            print(f"{'':25}hold-out: {_fmt_metrics(holdout)}")
+    return 0
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    from mlops_assets.models.reproduce import reproduce as reproduce_version
+
+    decl = pipeline_by_name(args.pipeline)
+    result = reproduce_version(decl.name, version_number(args.version), delta_lake(), mlflow_registry())
+    print(result.report())
+    return 0 if result.comparison.identical else 1
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("status", help="champion and challenger of each model: metrics and data ranges")
+    p.add_argument("pipeline", nargs="?", help="one pipeline (default: all declared)")
+    p.set_defaults(handler=status)
+
+    p = commands.add_parser("approve", help="approve a model version that passed its gates: it becomes champion")
+    p.add_argument("pipeline")
+    p.add_argument("version")
+    p.add_argument("--by", required=True, help="who approves")
+    p.add_argument("--reason", required=True, help="why")
+    p.set_defaults(handler=approve)
+
+    p = commands.add_parser("rollback", help="move champion back to the previous champion")
+    p.add_argument("pipeline")
+    p.add_argument("--by", default=_who(), help="who rolls back (default: the current user)")
+    p.add_argument("--reason", default="rollback to the previous champion", help="why")
+    p.set_defaults(handler=rollback)
+
+    p = commands.add_parser("history", help="the audit log of a model: promotions, rejections, approvals, rollbacks")
+    p.add_argument("pipeline")
+    p.add_argument("--limit", type=int, default=0, help="only the last N events")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=history)
+
+    p = commands.add_parser("reproduce", help="re-train a version from its recorded data and compare predictions")
+    p.add_argument("pipeline")
+    p.add_argument("version")
+    p.set_defaults(handler=reproduce)

@@ -1,0 +1,272 @@
+"""`mlops serve ...`: run the local serving stack and steer it (what is not a Dagster materialization).
+
+- `mlops serve start`: start Ray + Serve on this machine, deploy every pipeline that has a
+  champion, and keep running until Ctrl-C (the Dagster deployment asset joins this Ray).
+- `mlops serve deploy PIPELINE`: roll the pipeline to what its aliases name now.
+- `mlops serve traffic PIPELINE --canary 0.1 [--shadow|--no-shadow]`: change the challenger's share.
+- `mlops serve status`: applications, versions, traffic, prediction-log counters.
+- `mlops serve config [-o FILE]`: the Serve config for `serve run` / `serve deploy` / KubeRay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def _connect(args: argparse.Namespace) -> None:
+    from serving import control
+
+    control.connect(args.address)
+
+
+def _pipelines(names: list[str] | None):
+    from mlops_assets.core.declaration import load_declarations
+
+    decls = {d.name: d for d in load_declarations()}
+    unknown = [n for n in names or [] if n not in decls]
+    if unknown:
+        raise LookupError(f"no pipeline named {', '.join(unknown)}; declared: {', '.join(sorted(decls))}")
+    return [decls[n] for n in names] if names else list(decls.values())
+
+
+# Serve's HAProxy ingress with direct ingress (the default, `--proxy haproxy`): HAProxy (C) forwards HTTP
+# straight to the ingress replicas (the gateway, and each champion for its V2 infer route) instead of
+# through the Python proxy actor: V2 single-row 131 -> 782 req/s at c=16 here (`mlops bench serving`). Each replica
+# then listens on a port of its own, and two Serve instances on one host that draw from the same range
+# answer each other's requests (seen on a shared host), so each instance claims a private block.
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+PORT_BLOCK = 200
+_claims: list = []  # lock files of the port blocks this process holds (released when it exits)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _free_block(size: int = PORT_BLOCK, low: int = 20_000, high: int = 29_000) -> int:
+    """The first port of a block of `size` ports that no other instance on this host has claimed and nobody
+    listens on now. Blocks are aligned (they never half-overlap) and claimed by an exclusive lock on a file
+    per block, held for this process's life: two instances starting at once cannot pick the same block."""
+    import fcntl
+    import random
+    import socket
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / "mlops-ingress-ports"
+    folder.mkdir(exist_ok=True)
+    bases = list(range(low, high - size + 1, size))
+    random.shuffle(bases)
+    for base in bases:
+        claim = open(folder / f"{base}-{size}.lock", "w")
+        try:
+            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            claim.close()  # another instance holds this block
+            continue
+        for port in range(base, base + size):
+            with socket.socket() as s:
+                try:
+                    s.bind(("0.0.0.0", port))
+                except OSError:
+                    break
+        else:
+            _claims.append(claim)
+            return base
+        claim.close()
+    raise RuntimeError(f"no free block of {size} ports in {low}..{high} for the direct-ingress replicas")
+
+
+def ingress_env(proxy: str, folder: str) -> dict[str, str]:
+    """Environment for Ray (set before it starts) selecting the ingress; nothing where the user already chose.
+
+    With HAProxy, its files, its stats/metrics ports and the replicas' direct-ingress port ranges are
+    this instance's own (`folder`, free ports, free blocks), so two instances on one host never share
+    /tmp/haproxy-serve or a replica port.
+    """
+    if proxy != "haproxy" or "RAY_SERVE_ENABLE_HA_PROXY" in os.environ:
+        return {}
+    http, grpc = _free_block(), _free_block(low=40_000, high=49_000)
+    return {
+        **HAPROXY_ENV,
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + PORT_BLOCK - 1),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + PORT_BLOCK - 1),
+        # a stopping ingress replica stays open this long for an external load balancer to deregister it
+        # (Ray's default 30 s made every stop of `mlops serve start` take over 30 s); here HAProxy is
+        # Serve's own, reloaded as the replica goes, and it retries refused connections
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }
+
+
+def start(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="mlops-haproxy-")
+    os.environ.update(ingress_env(args.proxy, folder))  # before Ray and Serve import their constants
+    try:
+        return _start(args)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start(args: argparse.Namespace) -> int:
+    import ray
+
+    from resources.serving import ServeSettings
+    from serving import control
+
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace="serve")
+    control.start(args.host, args.port)
+    control.ensure_gateway(ServeSettings())
+    ingress = "HAProxy + direct ingress" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "Serve's proxy"
+    print(f"Ray Serve on http://{args.host}:{args.port} via {ingress} (Ray address {ray.get_runtime_context().gcs_address})", flush=True)
+    for decl in _pipelines(args.pipelines):
+        try:
+            versions = control.follow_aliases(decl, ServeSettings(pipeline=decl.name))
+        except LookupError as err:
+            print(f"  {decl.name}: not deployed yet ({err}); the {decl.name}/deployment asset deploys it once promoted", flush=True)
+            continue
+        control.wait_for_version(decl.name, versions["champion"])  # type: ignore[arg-type]
+        print(
+            f"  {decl.name}: champion v{versions['champion']}\n"
+            f"    curl -s http://{args.host}:{args.port}/v2/models/{decl.name}\n"
+            f"    curl -s -X POST http://{args.host}:{args.port}/v1/models/{decl.name}:predict "
+            "-H 'Content-Type: application/json' -d '{\"instances\": [...]}'",
+            flush=True,
+        )
+    print("Ctrl-C (or SIGTERM) stops serving.", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+        return 0
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
+def deploy(args: argparse.Namespace) -> int:
+    from resources.serving import ServeSettings
+    from serving import control
+
+    _connect(args)
+    for decl in _pipelines([args.pipeline]):
+        versions = control.follow_aliases(decl, ServeSettings(pipeline=decl.name))
+        control.wait_for_version(decl.name, versions["champion"])  # type: ignore[arg-type]
+        print(f"{decl.name}: champion v{versions['champion']}, challenger {versions['challenger']}")
+    return 0
+
+
+def traffic(args: argparse.Namespace) -> int:
+    from serving import control
+
+    _connect(args)
+    _pipelines([args.pipeline])
+    applied = control.set_traffic(args.pipeline, args.canary, args.shadow)
+    print(f"{args.pipeline}: {json.dumps(applied)}")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    from serving import control
+
+    _connect(args)
+    for decl in _pipelines(args.pipelines):
+        app = control.app_status(decl.name)
+        line = {"pipeline": decl.name, **app, "traffic": control.traffic_of(decl.name)}
+        if app["status"] == "RUNNING":
+            line["models"] = serve.get_app_handle(decl.name).pipeline_status.remote().result(timeout_s=30)
+        print(json.dumps(line, indent=2, default=str))
+    return 0
+
+
+def config(args: argparse.Namespace) -> int:
+    from mlops_assets.core.declaration import load_declarations
+    from serving.config import check, serve_config, to_yaml
+
+    cfg = serve_config(load_declarations(), host=args.host, port=args.port)
+    check(cfg)
+    text = to_yaml(cfg)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def serve_process(env: dict[str, str], host: str = "127.0.0.1", port: int = 8000):
+    """`mlops serve start` as a child process, for `mlops demo` to run beside Dagster (stop it with SIGTERM)."""
+    import subprocess
+
+    exe = Path(sys.executable).with_name("mlops")
+    # its own process group, so whatever its Ray leaves behind can be stopped with it (`stop_local_platform`)
+    return subprocess.Popen([str(exe), "serve", "start", "--host", host, "--port", str(port)], env=env, start_new_session=True)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="run and steer model serving (Ray Serve)")
+    sub = serve.add_subparsers(dest="serve_command", required=True, metavar="SUBCOMMAND")
+    address = os.environ.get("RAY_ADDRESS", "auto")
+
+    p = sub.add_parser("start", help="start Ray + Serve here and serve every champion (foreground)")
+    p.add_argument("pipelines", nargs="*", help="pipelines to deploy (default: all declared)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument(
+        "--proxy",
+        choices=("haproxy", "serve"),
+        default="haproxy",
+        help="HTTP ingress: HAProxy + direct ingress with private ports (default; about 6x the V2 single-row throughput, "
+        "see `mlops bench serving`) or Serve's Python proxy",
+    )
+    p.set_defaults(handler=start)
+
+    p = sub.add_parser("deploy", help="roll a pipeline to the versions its aliases name now")
+    p.add_argument("pipeline")
+    p.add_argument("--address", default=address)
+    p.set_defaults(handler=deploy)
+
+    p = sub.add_parser("traffic", help="set the challenger's canary share and/or shadow mirroring")
+    p.add_argument("pipeline")
+    p.add_argument("--canary", type=float, default=None, help="share of requests the challenger answers (0..1)")
+    p.add_argument("--shadow", action=argparse.BooleanOptionalAction, default=None, help="mirror requests to the challenger")
+    p.add_argument("--address", default=address)
+    p.set_defaults(handler=traffic)
+
+    p = sub.add_parser("status", help="applications, versions, traffic and prediction-log counters")
+    p.add_argument("pipelines", nargs="*")
+    p.add_argument("--address", default=address)
+    p.set_defaults(handler=status)
+
+    p = sub.add_parser("config", help="print (or write) the Serve config for serve run / serve deploy / KubeRay")
+    p.add_argument("-o", "--output")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(handler=config)

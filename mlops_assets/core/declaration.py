@@ -1,0 +1,378 @@
+"""The model pipeline declaration: one YAML file per pipeline.
+
+The platform builds every asset, check, job and sensor of a pipeline from this
+declaration, so adding a second model needs a second file and no platform code.
+It is validated when loaded; errors name the file and the bad field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import polars as pl
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mlops_assets.core.metrics import ALL_METRIC_NAMES
+
+# the package's own defs folder (a Dagster Components defs folder): one folder per pipeline, each
+# with a defs.yaml whose component type is MLPIPELINE_TYPE and whose attributes are the declaration
+PACKAGED_PIPELINES = Path(__file__).resolve().parent.parent / "defs"
+MLPIPELINE_TYPE = "mlops_assets.components.MlPipeline"
+
+POLARS_TYPES: dict[str, pl.DataType] = {
+    "int8": pl.Int8(),
+    "int16": pl.Int16(),
+    "int32": pl.Int32(),
+    "int64": pl.Int64(),
+    "float32": pl.Float32(),
+    "float64": pl.Float64(),
+    "str": pl.String(),
+    "bool": pl.Boolean(),
+    "date": pl.Date(),
+    "datetime": pl.Datetime("us", "UTC"),
+}
+ColumnType = Literal["int8", "int16", "int32", "int64", "float32", "float64", "str", "bool", "date", "datetime"]
+Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+
+
+class DeclarationError(ValueError):
+    """A pipeline declaration that cannot be used; the message names the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    type: ColumnType
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str] | list[int] | None = None
+    description: str = ""
+
+    @property
+    def dtype(self) -> pl.DataType:
+        return POLARS_TYPES[self.type]
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ColumnSpec":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if (self.min is not None or self.max is not None) and self.type in ("str", "bool"):
+            raise ValueError(f"min/max do not apply to a {self.type} column")
+        if self.allowed is not None and len(self.allowed) == 0:
+            raise ValueError("allowed must list at least one value")
+        return self
+
+
+class LandingSpec(_Strict):
+    """Where files land. ``uri`` defaults to ``$MLOPS_HOME/landing/<pipeline>``."""
+
+    uri: str | None = None
+    format: Literal["parquet", "csv"]
+    file_pattern: str = "{partition}.parquet"
+    reference_tables: dict[Identifier, str] = Field(
+        default_factory=dict,
+        description="Reference tables (name -> file name in the landing zone's reference/ folder).",
+    )
+
+    @model_validator(mode="after")
+    def _pattern(self) -> "LandingSpec":
+        if self.file_pattern.count("{partition}") != 1:
+            raise ValueError("file_pattern must contain '{partition}' exactly once")
+        if "/" in self.file_pattern:
+            raise ValueError("file_pattern is a file name, not a path")
+        return self
+
+    def partition_of(self, file_name: str) -> str | None:
+        """The partition key a landed file name stands for, or None for other files."""
+        prefix, suffix = self.file_pattern.split("{partition}")
+        m = re.fullmatch(re.escape(prefix) + r"(\d{4}-\d{2}-\d{2})" + re.escape(suffix), file_name)
+        return m.group(1) if m else None
+
+    def file_name(self, partition: str) -> str:
+        return self.file_pattern.replace("{partition}", partition)
+
+
+class PartitioningSpec(_Strict):
+    kind: Literal["daily"] = "daily"
+    start: date
+    end: date | None = Field(default=None, description="Exclusive end; open-ended when omitted.")
+
+    @model_validator(mode="after")
+    def _range(self) -> "PartitioningSpec":
+        if self.end is not None and self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class SchemaSpec(_Strict):
+    columns: dict[Identifier, ColumnSpec]
+    unique: list[str] = Field(default_factory=list, description="Columns that together identify a row.")
+    extra_columns: Literal["fail", "drop"] = "fail"
+
+    @model_validator(mode="after")
+    def _known(self) -> "SchemaSpec":
+        if not self.columns:
+            raise ValueError("columns must declare at least one column")
+        unknown = [c for c in self.unique if c not in self.columns]
+        if unknown:
+            raise ValueError(f"unique names columns that are not declared: {unknown}")
+        return self
+
+
+class ValidationSpec(_Strict):
+    max_failure_rate: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class FeaturesSpec(_Strict):
+    module: str = Field(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+    history_days: int = Field(28, ge=0, le=366)
+
+
+class TargetSpec(_Strict):
+    column: str
+    task: Literal["regression", "binary", "multiclass"]
+    classes: list[str] | list[int] | None = None
+    missing_reason: str = "target is missing"
+
+
+class TrainingSpec(_Strict):
+    window_days: int = Field(60, ge=2)
+    validation_days: int = Field(7, ge=1)
+    min_rows: int = Field(200, ge=1)
+    num_boost_round: int = Field(300, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 42
+    num_threads: int = Field(2, ge=1, le=256, description="Fixed thread count: LightGBM is deterministic only with one.")
+    engine: Literal["local", "ray"] = Field("local", description="Where LightGBM trains: in the Dagster step or on Ray Train workers.")
+    ray_workers: int = Field(2, ge=1, le=1024, description="Ray Train workers when engine is ray (each reads its share of the days).")
+
+    @model_validator(mode="after")
+    def _split(self) -> "TrainingSpec":
+        if self.validation_days >= self.window_days:
+            raise ValueError("validation_days must be smaller than window_days")
+        fixed = sorted({"seed", "deterministic", "num_threads", "objective", "num_class"} & set(self.params))
+        if fixed:
+            raise ValueError(f"params must not set {fixed}: the platform sets them (use training.seed / num_threads)")
+        return self
+
+
+class GatesSpec(_Strict):
+    floors: dict[str, float] = Field(default_factory=dict, description="metric -> bound (direction from the metric)")
+    max_regression: float = Field(0.02, ge=0.0, description="Allowed relative loss against the champion.")
+    holdout_days: int = Field(7, ge=1)
+    compare_metrics: list[str] = Field(
+        default_factory=list, description="Metrics compared with the champion; empty means the task's primary metric."
+    )
+
+    @field_validator("floors", "compare_metrics")
+    @classmethod
+    def _known_metrics(cls, value):
+        """Names are checked against every task here and against the pipeline's task when it is built."""
+        unknown = sorted(n for n in value if n not in ALL_METRIC_NAMES)
+        if unknown:
+            raise ValueError(f"unknown metric names {unknown}; known: {', '.join(sorted(ALL_METRIC_NAMES))}")
+        return value
+
+
+class PromotionSpec(_Strict):
+    policy: Literal["auto", "manual"] = "auto"
+
+
+class DriftSpec(_Strict):
+    """When monitoring asks for retraining. A column drifts when its test (chosen as
+    Evidently's DataDriftPreset chooses) says so; see mlops_assets/drift.py."""
+
+    share_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Share of drifted feature columns that triggers retraining.")
+    key_columns: list[str] = Field(default_factory=list, description="Feature columns whose drift alone triggers retraining.")
+    new_partitions_to_retrain: int = Field(7, ge=1)
+    cooldown_minutes: int = Field(60, ge=0)
+    html_report: bool = Field(True, description="Render Evidently's HTML report for each drift check.")
+    report_sample_rows: int = Field(5000, ge=100, description="Rows per side given to Evidently's HTML report.")
+    serving_window_rows: int = Field(1000, ge=1, description="Logged predictions that make a serving drift window.")
+
+
+class ReplicaGroupSpec(_Strict):
+    """One group of model replicas; min/max_replicas (both set) switch on Serve autoscaling."""
+
+    replicas: int = Field(2, ge=0)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    min_replicas: int | None = Field(None, ge=0)
+    max_replicas: int | None = Field(None, ge=1)
+    max_surge_percent: int = Field(100, ge=0, le=100, description="Extra replicas started before old ones stop on a restart.")
+    max_ongoing_requests: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ReplicaGroupSpec":
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("set both min_replicas and max_replicas (autoscaling) or neither")
+        if self.min_replicas is not None and self.min_replicas > self.max_replicas:  # type: ignore[operator]
+            raise ValueError("min_replicas is greater than max_replicas")
+        return self
+
+
+class TrafficSpec(_Strict):
+    """Initial traffic to the `challenger`; changed at run time without restarting replicas."""
+
+    canary_share: float = Field(0.0, ge=0.0, le=1.0, description="Share of requests answered by the challenger.")
+    shadow: bool = Field(False, description="Mirror every request to the challenger; log its predictions only.")
+
+
+class ServingSpec(_Strict):
+    cpu: ReplicaGroupSpec = ReplicaGroupSpec()
+    gpu: ReplicaGroupSpec | None = None
+    challenger: ReplicaGroupSpec = ReplicaGroupSpec(replicas=1, num_cpus=0.25)
+    traffic: TrafficSpec = TrafficSpec()
+    max_batch_rows: int = Field(10_000, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    token_env: str = Field("MLOPS_SERVE_TOKEN", description="Env var with the optional bearer token for predictions.")
+    admin_token_env: str = Field("MLOPS_SERVE_ADMIN_TOKEN", description="Env var with the token admin endpoints require.")
+    log_queue_rows: int = Field(100_000, ge=1, description="Prediction-log rows buffered before overflow is counted.")
+    log_flush_seconds: float = Field(2.0, gt=0)
+
+
+class PipelineDeclaration(_Strict):
+    name: Identifier
+    description: str = ""
+    landing: LandingSpec
+    partitioning: PartitioningSpec
+    table_schema: SchemaSpec = Field(alias="schema")
+    validation: ValidationSpec = ValidationSpec()
+    features: FeaturesSpec
+    target: TargetSpec
+    training: TrainingSpec = TrainingSpec()
+    gates: GatesSpec = GatesSpec()
+    promotion: PromotionSpec = PromotionSpec()
+    drift: DriftSpec = DriftSpec()
+    serving: ServingSpec = ServingSpec()
+
+    @model_validator(mode="after")
+    def _target(self) -> "PipelineDeclaration":
+        col = self.table_schema.columns.get(self.target.column)
+        if col is None:
+            raise ValueError(f"target.column '{self.target.column}' is not a declared schema column")
+        if self.target.task in ("binary", "multiclass") and not (self.target.classes or col.allowed):
+            raise ValueError(f"target.classes is required for a {self.target.task} target")
+        classes = self.target.classes or col.allowed or []
+        if self.target.task == "binary" and classes and len(classes) != 2:
+            raise ValueError("a binary target needs exactly two classes")
+        return self
+
+    @property
+    def target_classes(self) -> list:
+        return list(self.target.classes or self.table_schema.columns[self.target.column].allowed or [])
+
+    def fingerprint(self) -> str:
+        """A stable hash of the declaration, recorded in lineage."""
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid pipeline declaration {source}:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {field}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_declaration(data: Any, source: str = "<memory>") -> PipelineDeclaration:
+    if not isinstance(data, dict):
+        raise DeclarationError(f"invalid pipeline declaration {source}: expected a mapping at the top level")
+    try:
+        return PipelineDeclaration.model_validate(data)
+    except ValidationError as err:
+        raise DeclarationError(_describe(err, source)) from None
+
+
+def derive_declaration(base: PipelineDeclaration, source: str, **sections: dict) -> PipelineDeclaration:
+    """`base` with some sections updated key by key, validated again (benchmarks run variants)."""
+    data = base.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return parse_declaration(data, source)
+
+
+def _documents(path: Path) -> list:
+    try:
+        return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except OSError as err:
+        raise DeclarationError(f"cannot read pipeline declaration {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise DeclarationError(f"pipeline declaration {path} is not valid YAML: {err}") from None
+
+
+def _is_component(doc: Any) -> bool:
+    return isinstance(doc, dict) and "type" in doc and "name" not in doc
+
+
+def declaration_attributes(path: str | Path) -> list[dict]:
+    """The declarations a YAML file holds, as data: a plain declaration, or the attributes of each
+    `type: mlops_assets.components.MlPipeline` component in it (a defs.yaml may hold several
+    components, and components of other types, which are not ours)."""
+    path = Path(path)
+    found = []
+    for doc in _documents(path):
+        if _is_component(doc):
+            if doc["type"] == MLPIPELINE_TYPE:
+                found.append(doc.get("attributes"))
+        else:
+            found.append(doc)
+    return found
+
+
+def load_declaration(path: str | Path) -> PipelineDeclaration:
+    """The one pipeline a file declares."""
+    decls = load_file(path)
+    if len(decls) != 1:
+        raise DeclarationError(f"{path} declares {len(decls)} pipelines ({MLPIPELINE_TYPE} components); expected one")
+    return decls[0]
+
+
+def load_file(path: str | Path) -> list[PipelineDeclaration]:
+    found = declaration_attributes(path)
+    source = str(path) if len(found) < 2 else None
+    return [parse_declaration(data, source or f"{path} (document {i + 1})") for i, data in enumerate(found)]
+
+
+def declaration_files(spec: str | None = None) -> list[Path]:
+    """Declaration files from ``$MLOPS_PIPELINES`` (files or folders, os.pathsep separated; default:
+    the package's defs folder). Folders are searched recursively for ``*.yaml`` and ``*.yml``."""
+    spec = spec if spec is not None else os.environ.get("MLOPS_PIPELINES", str(PACKAGED_PIPELINES))
+    files: list[Path] = []
+    for part in filter(None, spec.split(os.pathsep)):
+        p = Path(part).expanduser()
+        if p.is_dir():
+            files.extend(sorted(f for f in (*p.rglob("*.yaml"), *p.rglob("*.yml")) if not f.name.startswith(".")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DeclarationError(f"MLOPS_PIPELINES names {p}, which does not exist")
+    return files
+
+
+def load_declarations(spec: str | None = None) -> list[PipelineDeclaration]:
+    decls = [d for f in declaration_files(spec) for d in load_file(f)]
+    names = [d.name for d in decls]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DeclarationError(f"pipeline names must be unique; declared more than once: {dupes}")
+    return decls

@@ -1,0 +1,128 @@
+"""The contract between the platform and a pipeline's feature code.
+
+A feature module is plain Python named in the declaration (``features.module``):
+
+- ``build_features(records, reference) -> pl.DataFrame``: a pure function from raw
+  records to one feature row per record, in the same order. Training calls it
+  on a day's clean rows; serving calls the very same function on request
+  records, so the two cannot drift apart.
+- ``history_stats(history) -> dict[str, pl.DataFrame]`` (optional): aggregates
+  over clean rows of *earlier* days only (the platform never passes the day
+  being featurized), joined in by ``build_features`` through ``reference``.
+- ``history_partial(day) -> dict`` and ``combine_history(partials) -> dict``
+  (optional, together): the same statistics in two steps, so each day is
+  aggregated once and a window of days costs one combine of small partials
+  instead of re-grouping every row of the window for every day.
+  ``combine_history([history_partial(d) for d in days])`` must equal
+  ``history_stats(pl.concat(days))``.
+- ``CATEGORICAL_FEATURES`` (optional): output columns LightGBM treats as categories.
+- ``INPUT_COLUMNS`` (optional): the raw columns a request must carry; by default
+  every declared column but the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import polars as pl
+
+from mlops_assets.core.declaration import DeclarationError, PipelineDeclaration
+
+
+@dataclass(frozen=True)
+class FeatureReference:
+    """Everything a feature function may look up besides the records themselves."""
+
+    tables: Mapping[str, pl.DataFrame] = field(default_factory=dict)
+    categories: Mapping[str, list[Any]] = field(default_factory=dict)
+
+
+class FeatureCodeError(RuntimeError):
+    """The feature code broke its contract (wrong height, clashing names, ...)."""
+
+
+@dataclass(frozen=True)
+class FeatureModule:
+    module: ModuleType
+    reserved: frozenset[str]  # key, target and platform columns the output must not reuse
+
+    @property
+    def name(self) -> str:
+        return self.module.__name__
+
+    @property
+    def categorical(self) -> list[str]:
+        return list(getattr(self.module, "CATEGORICAL_FEATURES", []))
+
+    def input_columns(self, decl: PipelineDeclaration) -> list[str]:
+        declared = [c for c in decl.table_schema.columns if c != decl.target.column]
+        wanted = list(getattr(self.module, "INPUT_COLUMNS", declared))
+        unknown = [c for c in wanted if c not in decl.table_schema.columns]
+        if unknown:
+            raise FeatureCodeError(f"{self.name}.INPUT_COLUMNS names undeclared columns: {unknown}")
+        return wanted
+
+    def code_hash(self) -> str:
+        """Hash of the feature source, recorded in model lineage."""
+        return hashlib.sha256(inspect.getsource(self.module).encode()).hexdigest()[:16]
+
+    def history_stats(self, history: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        fn = getattr(self.module, "history_stats", None)
+        return dict(fn(history)) if fn is not None else {}
+
+    @property
+    def has_partials(self) -> bool:
+        return callable(getattr(self.module, "history_partial", None)) and callable(getattr(self.module, "combine_history", None))
+
+    def history_partial(self, day: pl.DataFrame) -> dict[str, pl.DataFrame] | pl.DataFrame:
+        """One day's share of the history statistics (the day's rows themselves when the
+        module has no partials)."""
+        return dict(self.module.history_partial(day)) if self.has_partials else day
+
+    def combine_history(self, partials: Sequence[dict[str, pl.DataFrame] | pl.DataFrame]) -> dict[str, pl.DataFrame]:
+        """History statistics from per-day partials (oldest day first; at least one)."""
+        if self.has_partials:
+            return dict(self.module.combine_history(list(partials)))
+        return self.history_stats(pl.concat(list(partials)))
+
+    def history_from_days(self, days: Sequence[pl.DataFrame]) -> dict[str, pl.DataFrame]:
+        """History statistics over several days' clean rows (oldest first; at least one frame)."""
+        return self.combine_history([self.history_partial(d) for d in days])
+
+    def build(self, records: pl.DataFrame, reference: FeatureReference) -> pl.DataFrame:
+        out = self.module.build_features(records, reference)
+        if not isinstance(out, pl.DataFrame):
+            raise FeatureCodeError(f"{self.name}.build_features returned {type(out).__name__}, not a polars DataFrame")
+        if out.height != records.height:
+            raise FeatureCodeError(
+                f"{self.name}.build_features returned {out.height} rows for {records.height} records; "
+                "it must return one row per record, in order"
+            )
+        clash = sorted(self.reserved & set(out.columns))
+        if clash:
+            raise FeatureCodeError(f"{self.name}.build_features output reuses key/target column names: {clash}")
+        return out
+
+
+def reserved_columns(decl: PipelineDeclaration) -> frozenset[str]:
+    return frozenset({*decl.table_schema.unique, decl.target.column, "_source_row", "_partition"})
+
+
+def categories(decl: PipelineDeclaration) -> dict[str, list[Any]]:
+    return {n: list(c.allowed) for n, c in decl.table_schema.columns.items() if c.allowed is not None}
+
+
+def load_feature_module(decl: PipelineDeclaration) -> FeatureModule:
+    try:
+        module = importlib.import_module(decl.features.module)
+    except ImportError as err:
+        raise DeclarationError(f"pipeline {decl.name}: features.module '{decl.features.module}' cannot be imported ({err})") from None
+    if not callable(getattr(module, "build_features", None)):
+        raise DeclarationError(f"pipeline {decl.name}: features.module '{decl.features.module}' has no build_features(records, reference)")
+    return FeatureModule(module, reserved_columns(decl))

@@ -1,0 +1,166 @@
+"""Every name the platform gives things, in one place: Delta tables and columns, registry
+aliases and tags, asset keys, jobs, sensors and run tags. Other modules import them from
+here, so a name is spelled once and no layer imports another for a constant."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mlops_assets.core.declaration import PipelineDeclaration
+
+# --- Delta tables (one folder per pipeline) and the platform's own columns -------------------
+RAW = "raw"
+QUARANTINE = "quarantine"
+FEATURES = "features"
+AUDIT_TABLE = "audit_log"
+PROFILES = "reference_profiles"
+DRIFT_METRICS = "drift_metrics"
+BATCH_SCORES = "batch_scores"
+LIVE_PERFORMANCE = "live_performance"
+DELIVERY_METRICS = "delivery_metrics"
+PREDICTION_LOG = "prediction_log"  # written by serving/prediction_log.py
+
+PARTITION_COLUMN = "_partition"
+SOURCE_ROW = "_source_row"
+
+
+def reference_table(name: str) -> str:
+    return f"reference_{name}"
+
+
+# --- the model registry (MLflow) ---------------------------------------------------------------
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PLAN_TAG = "mlops.training_plan"
+STATUS_TAG = "mlops.status"
+GATES_TAG = "mlops.gates"
+
+# --- Dagster: resource keys, check names, metadata keys -----------------------------------------
+MLFLOW_RESOURCE = "mlflow"
+FLOORS = "quality_floors"
+NO_REGRESSION = "no_regression"
+DATA_CHECKS = "data_checks"
+WATERMARK = "logged_through_us"  # serving_drift metadata: the prediction log read so far
+
+# --- run tags -------------------------------------------------------------------------------------
+TRIGGER_TAG = "mlops/trigger"
+REASON_TAG = "mlops/reason"
+FILE_TAG = "mlops/landed_file"
+LANDED_SIGNATURE = "mlops/landed_signature"
+CHAMPION_VERSION_TAG = "mlops/champion_version"
+CHALLENGER_VERSION_TAG = "mlops/challenger_version"
+# the run queue allows one run per pipeline and tag (deploy/local, deploy/helm, `mlops demo`)
+INGEST_TAG = "mlops/ingest"
+TRAINING_TAG = "mlops/training"
+DEPLOY_TAG = "mlops/deploy"
+QUEUE_TAGS = (INGEST_TAG, TRAINING_TAG, DEPLOY_TAG)
+
+
+# --- asset keys ----------------------------------------------------------------------------------
+def _key(decl: PipelineDeclaration, name: str) -> dg.AssetKey:
+    return dg.AssetKey([decl.name, name])
+
+
+def landing_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, "landing")
+
+
+def raw_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, RAW)
+
+
+def quarantine_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, QUARANTINE)
+
+
+def reference_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, "reference")
+
+
+def features_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, FEATURES)
+
+
+def model_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, "model")
+
+
+def promotion_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, "promotion")
+
+
+def feature_drift_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, "feature_drift")
+
+
+def batch_scores_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, BATCH_SCORES)
+
+
+def live_performance_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, LIVE_PERFORMANCE)
+
+
+def serving_drift_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, "serving_drift")
+
+
+def delivery_metrics_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, DELIVERY_METRICS)
+
+
+def deployment_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, "deployment")
+
+
+# --- jobs, ops and checks ---------------------------------------------------------------------------
+def ingest_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_ingest"
+
+
+def reference_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_reference"
+
+
+def train_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_train"
+
+
+def approve_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_approve"
+
+
+def monitor_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_monitor"
+
+
+def serving_drift_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_serving_drift"
+
+
+def delivery_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_delivery_metrics"
+
+
+def deploy_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_deploy"
+
+
+def step_name(decl: PipelineDeclaration, step: str) -> str:
+    """Op and check names (`flights__ingest`, `flights__gates`, `flights__approve`)."""
+    return f"{decl.name}__{step}"
+
+
+# --- sensors and schedules ---------------------------------------------------------------------------
+SENSORS = ("landing", "new_data", "drift", "monitor", "serving_drift", "delivery", "champion")
+
+
+def sensor_name(decl: PipelineDeclaration, kind: str) -> str:
+    """`<pipeline>_<kind>_sensor`, kind one of SENSORS."""
+    if kind not in SENSORS:
+        raise ValueError(f"unknown sensor kind {kind!r}; known: {', '.join(SENSORS)}")
+    return f"{decl.name}_{kind}_sensor"
+
+
+def retrain_schedule_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_weekly_retrain"

@@ -1,0 +1,135 @@
+"""Reading a landed file and casting it to the declared schema.
+
+File-level problems (unreadable, empty, missing or unexpected columns) raise
+LandedFileError naming the file and the problem: the run fails, nothing is
+written and the landed file stays where it is. Cell-level problems (a value
+that cannot be read as the declared type) do not fail the file: the cell
+becomes null in the typed frame and the row is reported, with its original
+value, so validation can quarantine it.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import polars as pl
+
+from mlops_assets.core.declaration import ColumnSpec, SchemaSpec
+from mlops_assets.core.names import SOURCE_ROW
+
+BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+class LandedFileError(ValueError):
+    def __init__(self, file: str, problem: str):
+        super().__init__(f"{file}: {problem}")
+        self.file = file
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class ConformedFile:
+    frame: pl.DataFrame  # declared columns, declared types, plus _source_row
+    original: pl.DataFrame  # the columns as landed, plus _source_row (to keep failed values)
+    cast_failures: pl.DataFrame  # _source_row, reason
+    dropped_columns: list[str]
+
+
+def read_landed(data: bytes, file: str, fmt: str) -> pl.DataFrame:
+    if len(data) == 0:
+        raise LandedFileError(file, "file is empty (0 bytes)")
+    try:
+        if fmt == "parquet":
+            frame = pl.read_parquet(io.BytesIO(data))
+        else:
+            # strings first: typing is done against the declaration, not guessed
+            frame = pl.read_csv(io.BytesIO(data), infer_schema=False, null_values=[""])
+    except Exception as err:  # polars raises several exception types for a bad file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LandedFileError(file, f"not a readable {fmt} file ({first})") from err
+    if frame.height == 0:
+        raise LandedFileError(file, "file has no rows")
+    return frame
+
+
+def _cast(source: pl.DataType, spec: ColumnSpec, name: str) -> pl.Expr:
+    """The expression that reads column `name` (of type `source`) as the declared type;
+    a value it cannot read becomes null."""
+    target = spec.dtype
+    values = pl.col(name)
+    if source == target:
+        return values
+    if source == pl.String:
+        stripped = values.str.strip_chars()
+        if spec.type == "date":
+            return stripped.str.to_date(strict=False)
+        if spec.type == "datetime":
+            return stripped.str.to_datetime(strict=False, time_zone="UTC", time_unit="us")
+        if spec.type == "bool":
+            lowered = stripped.str.to_lowercase()
+            return lowered.replace_strict(BOOL_WORDS, default=None, return_dtype=pl.Boolean)
+        return stripped.cast(target, strict=False)
+    if source.is_float() and target.is_integer():
+        whole = values.is_null() | (values == values.round(0))
+        return pl.when(whole).then(values).otherwise(None).cast(target, strict=False)
+    if spec.type == "datetime" and isinstance(source, pl.Datetime):
+        if source.time_zone is None:
+            return values.dt.replace_time_zone("UTC").dt.cast_time_unit("us")
+        return values.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+    return values.cast(target, strict=False)
+
+
+def conform(frame: pl.DataFrame, schema: SchemaSpec, file: str) -> ConformedFile:
+    """Cast a landed frame to the declared schema, reporting cells that do not fit."""
+    declared = list(schema.columns)
+    missing = [c for c in declared if c not in frame.columns]
+    if missing:
+        raise LandedFileError(file, f"missing declared columns: {', '.join(missing)}")
+    extra = [c for c in frame.columns if c not in schema.columns]
+    if extra and schema.extra_columns == "fail":
+        raise LandedFileError(
+            file,
+            f"unexpected columns not in the declared schema: {', '.join(extra)} (declare them, or set schema.extra_columns: drop)",
+        )
+    original = frame.select(declared).with_row_index(SOURCE_ROW)
+
+    def unreadable(name: str) -> LandedFileError:  # e.g. a nested type nothing can cast
+        return LandedFileError(file, f"column {name} has type {frame.schema[name]}, which cannot be read as {schema.columns[name].type}")
+
+    casts = {name: _cast(frame.schema[name], spec, name).alias(name) for name, spec in schema.columns.items()}
+    try:
+        typed = frame.select(*casts.values())
+    except pl.exceptions.PolarsError:
+        for name, expr in casts.items():  # which column
+            try:
+                frame.select(expr)
+            except pl.exceptions.PolarsError:
+                raise unreadable(name) from None
+        raise
+    for name, spec in schema.columns.items():
+        if typed.schema[name] != spec.dtype:
+            raise unreadable(name)
+    # one pass: which columns have values that could not be read
+    lost = (
+        pl.concat([frame.select(declared), typed.select(pl.all().name.suffix("__typed"))], how="horizontal")
+        .select((pl.col(name).is_not_null() & pl.col(f"{name}__typed").is_null()).any().alias(name) for name in declared)
+        .row(0)
+    )
+    failures: list[pl.DataFrame] = []
+    for name, failed_any in zip(declared, lost):
+        if not failed_any:
+            continue
+        spec = schema.columns[name]
+        failed = frame.get_column(name).is_not_null() & typed.get_column(name).is_null()
+        failures.append(
+            pl.DataFrame({SOURCE_ROW: original[SOURCE_ROW], "value": frame.get_column(name).cast(pl.String, strict=False)})
+            .filter(failed)
+            .select(
+                SOURCE_ROW,
+                pl.format("{}: cannot read '{}' as {}", pl.lit(name), pl.col("value"), pl.lit(spec.type)).alias("reason"),
+            )
+        )
+    result = typed.with_columns(original[SOURCE_ROW])
+    cast_failures = pl.concat(failures) if failures else pl.DataFrame(schema={SOURCE_ROW: pl.UInt32, "reason": pl.String})
+    return ConformedFile(result, original, cast_failures, extra)

@@ -1,0 +1,286 @@
+"""The validation gate: a pandera schema built from the declaration, row by row.
+
+Every failing row gets a readable reason; the split is exact, so
+raw rows = clean rows + quarantined rows. Duplicate keys quarantine every copy
+(pandera's polars backend reports them all, and which copy is right is unknown).
+
+The pandera schema is the one definition of what valid means. Running it through
+pandera's polars backend evaluates every check as its own query (about 170 per
+flights partition), so by default the schema's checks are compiled into one
+polars pass over the frame: the same expressions pandera's built-in checks and
+core checks use (nullable, ``ge``/``le``/``isin``..., multi-column uniqueness),
+with the same null handling, giving failure cases in pandera's own shape
+(index, column, check, failure_case) for the failing rows only. A schema with
+anything the compiler does not know (custom checks, grouped checks, a dtype
+that does not match) is validated by pandera itself. ``engine="pandera"`` forces
+that path; tests check that both give the same split and the same reasons.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import pandera.polars as pa
+import polars as pl
+from pandera.engines import polars_engine
+
+from mlops_assets.core.declaration import SchemaSpec
+from mlops_assets.core.names import SOURCE_ROW
+from mlops_assets.core.records import ConformedFile
+
+REASON = "_reason"
+ORIGINAL = "_original"
+CASES_SCHEMA = {"index": pl.UInt32, "column": pl.String, "check": pl.String, "failure_case": pl.String}
+
+
+def pandera_schema(schema: SchemaSpec) -> pa.DataFrameSchema:
+    columns = {}
+    for name, spec in schema.columns.items():
+        checks = []
+        if spec.min is not None:
+            checks.append(pa.Check.ge(spec.min))
+        if spec.max is not None:
+            checks.append(pa.Check.le(spec.max))
+        if spec.allowed is not None:
+            checks.append(pa.Check.isin(list(spec.allowed)))
+        columns[name] = pa.Column(spec.dtype, nullable=spec.nullable, checks=checks)
+    return pa.DataFrameSchema(columns, unique=list(schema.unique) or None, strict=False)
+
+
+def _readable(check: str, column: str | None, value: str | None, schema: SchemaSpec) -> str:
+    if check == "multiple_fields_uniqueness" or check.startswith("field_uniqueness"):
+        return f"duplicate key ({', '.join(schema.unique)})"
+    if check == "not_nullable":
+        return f"{column}: null in a required column"
+    if check.startswith("isin"):
+        return f"{column}: unknown category '{value}'"
+    m = re.match(r"(greater_than_or_equal_to|less_than_or_equal_to)\((.*)\)", check)
+    if m:
+        word = "below the minimum" if m.group(1).startswith("greater") else "above the maximum"
+        return f"{column}: {value} is {word} {m.group(2)}"
+    return f"{column}: failed {check} (got '{value}')"
+
+
+# -- the compiled pass ------------------------------------------------------------------------------
+
+# pandera's built-in polars checks (pandera/backends/polars/builtin_checks.py), as expressions
+_BUILTIN: dict = {
+    "equal_to": lambda c, k: c.eq(k["value"]),
+    "not_equal_to": lambda c, k: c.ne(k["value"]),
+    "greater_than": lambda c, k: c.gt(k["min_value"]),
+    "greater_than_or_equal_to": lambda c, k: c.ge(k["min_value"]),
+    "less_than": lambda c, k: c.lt(k["max_value"]),
+    "less_than_or_equal_to": lambda c, k: c.le(k["max_value"]),
+    "isin": lambda c, k: c.is_in(list(k["allowed_values"])),
+    "notin": lambda c, k: c.is_in(list(k["forbidden_values"])).not_(),
+}
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One check of the schema: `failed` is True where a row fails it."""
+
+    column: str | None  # None: a frame-wide check (uniqueness)
+    check: str  # the check's identifier as pandera reports it
+    failed: pl.Expr | None  # a row-wise expression, or None for the uniqueness of `subset`
+    subset: tuple[str, ...] = ()
+
+
+def _identifier(check: pa.Check) -> str:
+    # as pandera's failure_cases_metadata names a check
+    return check.error if check.error is not None else (check.name if check.name is not None else str(check))
+
+
+def compile_schema(dfs: pa.DataFrameSchema, frame_schema: pl.Schema) -> list[_Rule] | None:
+    """The schema's checks as expressions over a frame of `frame_schema`; None when some part
+    cannot be compiled faithfully (then pandera validates)."""
+    if dfs.checks or dfs.parsers or dfs.coerce or dfs.add_missing_columns or dfs.strict:
+        return None
+    rules: list[_Rule] = []
+    for name, col in dfs.columns.items():
+        if col.regex or col.unique or col.coerce or col.parsers or name not in frame_schema:
+            return None
+        dtype = frame_schema[name]
+        if col.dtype is not None:
+            try:
+                if not col.dtype.check(polars_engine.Engine.dtype(dtype)):
+                    return None  # pandera reports the wrong dtype for the whole frame
+            except Exception:
+                return None
+        c = pl.col(name)
+        if not col.nullable:
+            null = c.is_null() | c.is_nan() if dtype.is_float() else c.is_null()
+            rules.append(_Rule(name, "not_nullable", null))
+        for check in col.checks:
+            build = _BUILTIN.get(check.name)
+            if build is None or check.groupby is not None or check.element_wise or check.n_failure_cases is not None:
+                return None
+            passed = build(c, check._check_kwargs)
+            passed = passed | passed.is_null() if check.ignore_na else passed.fill_null(False)
+            rules.append(_Rule(name, _identifier(check), passed.not_()))
+    if dfs.unique:
+        if not all(isinstance(x, str) for x in dfs.unique):
+            return None
+        subset = [x for x in dfs.unique if x in frame_schema]
+        if subset:
+            rules.append(_Rule(None, "multiple_fields_uniqueness", None, tuple(subset)))
+    return rules
+
+
+def _compiled_cases(data: pl.DataFrame, rules: list[_Rule]) -> pl.DataFrame:
+    """Failure cases of the compiled rules, in pandera's shape: one pass over the frame for
+    every row-wise check, then the failing rows only."""
+    row_rules = [r for r in rules if r.failed is not None]
+    flags = data.select(*[r.failed.alias(f"_fail{i}") for i, r in enumerate(row_rules)]).get_columns() if row_rules else []
+    for rule in rules:
+        if rule.failed is None:  # as pandera's check_column_values_are_unique does it
+            flags.append(data.select(rule.subset).is_duplicated())
+    ordered = row_rules + [r for r in rules if r.failed is None]
+    if not flags:
+        return pl.DataFrame(schema=CASES_SCHEMA)
+    failing = functools.reduce(operator.or_, flags)
+    if not failing.any():
+        return pl.DataFrame(schema=CASES_SCHEMA)
+    rows = data.with_row_index("index").filter(failing)
+    index, column, check, value = [], [], [], []
+    for rule, flag in zip(ordered, flags):
+        hit = flag.filter(failing)
+        if not hit.any():
+            continue
+        index.append(rows.get_column("index").filter(hit))
+        n = index[-1].len()
+        column.extend([rule.column] * n)
+        check.extend([rule.check] * n)
+        value.append(
+            rows.get_column(rule.column).filter(hit).cast(pl.String) if rule.column is not None else pl.Series([None] * n, dtype=pl.String)
+        )
+    return pl.DataFrame(
+        {"index": pl.concat(index).cast(pl.UInt32), "column": column, "check": check, "failure_case": pl.concat(value)},
+        schema=CASES_SCHEMA,
+    )
+
+
+def _pandera_cases(data: pl.DataFrame, dfs: pa.DataFrameSchema) -> pl.DataFrame:
+    """pandera's own lazy validation: its failure cases, or none."""
+    try:
+        dfs.validate(data, lazy=True)
+    except pa.errors.SchemaErrors as err:
+        cases = err.failure_cases
+        if cases.get_column("index").null_count() > 0:
+            # a frame-level failure with no row (for example a wrong dtype): fail everything loudly
+            bad = cases.filter(pl.col("index").is_null()).select("column", "check").unique().rows()
+            raise ValueError(f"schema check failed for the whole file: {bad}") from err
+        return cases.select(
+            pl.col("index").cast(pl.UInt32),
+            pl.col("column").cast(pl.String),
+            pl.col("check").cast(pl.String),
+            pl.col("failure_case").cast(pl.String),
+        )
+    return pl.DataFrame(schema=CASES_SCHEMA)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    declaration: SchemaSpec  # held, so its id is not reused while this entry exists
+    schema: pa.DataFrameSchema
+    rules: dict  # the frame's dtypes -> compiled rules (None: pandera validates)
+
+
+_SCHEMAS: dict[int, _Compiled] = {}
+
+
+def _compiled_for(schema: SchemaSpec) -> _Compiled:
+    """The pandera schema of a declaration and its compiled rules, built once per declaration object."""
+    hit = _SCHEMAS.get(id(schema))
+    if hit is None or hit.declaration is not schema:
+        if len(_SCHEMAS) >= 64:
+            _SCHEMAS.clear()
+        hit = _Compiled(schema, pandera_schema(schema), {})
+        _SCHEMAS[id(schema)] = hit
+    return hit
+
+
+def _schema_for(schema: SchemaSpec) -> pa.DataFrameSchema:
+    return _compiled_for(schema).schema
+
+
+def failure_cases(data: pl.DataFrame, schema: SchemaSpec, engine: Literal["compiled", "pandera"] = "compiled") -> pl.DataFrame:
+    """Row-level failure cases of the declared pandera schema: index, column, check, failure_case."""
+    compiled = _compiled_for(schema)
+    dfs = compiled.schema
+    rules = None
+    if engine == "compiled":
+        key = tuple(data.schema.items())
+        if key not in compiled.rules:
+            compiled.rules[key] = compile_schema(dfs, data.schema)
+        rules = compiled.rules[key]
+    if rules is None:
+        return _pandera_cases(data, dfs)
+    return _compiled_cases(data, rules)
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    clean: pl.DataFrame
+    quarantine: pl.DataFrame  # typed columns + _source_row + _reason + _original
+    reasons: pl.DataFrame  # reason kind -> rows
+
+    @property
+    def failure_rate(self) -> float:
+        total = self.clean.height + self.quarantine.height
+        return self.quarantine.height / total if total else 0.0
+
+
+def validate(conformed: ConformedFile, schema: SchemaSpec, engine: Literal["compiled", "pandera"] = "compiled") -> ValidationResult:
+    frame = conformed.frame
+    if not frame.get_column(SOURCE_ROW).is_sorted():
+        frame = frame.sort(SOURCE_ROW)
+    cases = failure_cases(frame.drop(SOURCE_ROW), schema, engine)
+    problems = []
+    if conformed.cast_failures.height:
+        problems.append(conformed.cast_failures.select(pl.col(SOURCE_ROW).cast(pl.UInt32), pl.col("reason")))
+    if cases.height:
+        rows = frame.get_column(SOURCE_ROW)
+        problems.append(
+            pl.DataFrame(
+                {
+                    SOURCE_ROW: rows.gather(cases.get_column("index")),
+                    "reason": [_readable(c, col, v, schema) for c, col, v in cases.select("check", "column", "failure_case").iter_rows()],
+                },
+                schema={SOURCE_ROW: pl.UInt32, "reason": pl.String},
+            )
+        )
+    if not problems:
+        quarantined = frame.clear().with_columns(pl.lit(None, pl.String).alias(REASON), pl.lit(None, pl.String).alias(ORIGINAL))
+        return ValidationResult(clean=frame, quarantine=quarantined, reasons=pl.DataFrame(schema={"reason": pl.String, "rows": pl.UInt32}))
+    all_problems = pl.concat(problems).unique()
+    per_row = all_problems.group_by(SOURCE_ROW).agg(pl.col("reason").sort().str.join("; ").alias(REASON))
+    # frame is in _source_row order, and filters keep the order
+    quarantined_rows = per_row.get_column(SOURCE_ROW).implode()
+    bad = frame.select(pl.col(SOURCE_ROW).is_in(quarantined_rows)).to_series()
+    original_json = (
+        conformed.original.lazy()
+        .filter(pl.col(SOURCE_ROW).is_in(quarantined_rows))
+        .select(SOURCE_ROW, pl.struct(pl.exclude(SOURCE_ROW).cast(pl.String)).struct.json_encode().alias(ORIGINAL))
+    )
+    quarantined = (
+        frame.filter(bad)
+        .lazy()
+        .join(per_row.lazy(), on=SOURCE_ROW, how="left", maintain_order="left")
+        .join(original_json, on=SOURCE_ROW, how="left", maintain_order="left")
+        .collect()
+    )
+    clean = frame.filter(bad.not_())
+    kinds = (
+        all_problems.lazy()
+        .with_columns(pl.col("reason").str.replace(r"'[^']*'|-?\d+(\.\d+)?", "…", literal=False))
+        .group_by("reason")
+        .agg(pl.col(SOURCE_ROW).n_unique().alias("rows"))
+        .sort("rows", descending=True)
+        .collect()
+    )
+    return ValidationResult(clean=clean, quarantine=quarantined, reasons=kinds)

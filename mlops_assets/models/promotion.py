@@ -1,0 +1,245 @@
+"""Moving the registry aliases: promotion by policy, approval, rollback.
+
+Each decision validates first and changes nothing when it refuses; the alias
+move and its audit row happen under the registry's write lock. ``champion`` is
+what serving runs; ``challenger`` is a version that passed the gates and waits
+for approval (policy ``manual``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.names import CHALLENGER, CHAMPION, GATES_TAG, STATUS_TAG
+from mlops_assets.models.gates import Evaluation
+from resources.audit_log import AuditEvent, champion_history, history, record
+from resources.delta_lake import DeltaLakeResource
+from resources.mlflow_registry import MlflowRegistryResource
+from resources.registered_models import alias_version, get_version, metrics_of
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    version: int
+    from_version: int | None
+    message: str
+
+
+def _int(version: str | int | None) -> int | None:
+    return None if version is None else int(version)
+
+
+def record_evaluation(
+    delta: DeltaLakeResource,
+    registry: MlflowRegistryResource,
+    evaluation: Evaluation,
+    actor: str,
+    dagster_run_id: str,
+    trigger: str = "",
+) -> None:
+    """Write the gate outcome on the version; a failure is a rejection in the audit log."""
+    name, version = evaluation.pipeline, evaluation.version
+    with registry.writing() as client:
+        mv = get_version(client, name, version)
+        for gate in evaluation.gates:
+            client.set_model_version_tag(name, version, f"gate.{gate.name}", "passed" if gate.passed else "failed")
+        for k, v in evaluation.challenger_metrics.items():
+            client.set_model_version_tag(name, version, f"holdout.{k}", repr(float(v)))
+        if mv.aliases:  # checks re-run on a serving or waiting version: record, but decide nothing
+            return
+        client.set_model_version_tag(name, version, GATES_TAG, "passed" if evaluation.passed else "failed: " + ",".join(evaluation.failed))
+        client.set_model_version_tag(name, version, STATUS_TAG, "passed" if evaluation.passed else "rejected")
+        if not evaluation.passed:
+            reasons = "; ".join(f"{g.name}: {g.description}" for g in evaluation.gates if not g.passed) + trigger
+            record(
+                delta,
+                name,
+                AuditEvent(
+                    "reject",
+                    int(version),
+                    actor=actor,
+                    reason=reasons,
+                    from_version=_int(evaluation.champion_version),
+                    failed_gates=tuple(evaluation.failed),
+                    metrics={"holdout": evaluation.challenger_metrics, "champion_holdout": evaluation.champion_metrics},
+                    dagster_run_id=dagster_run_id,
+                    mlflow_run_id=mv.run_id or "",
+                ),
+            )
+
+
+def _require_passed(mv, what: str) -> None:
+    gates = mv.tags.get(GATES_TAG)
+    if gates is None:
+        raise ValueError(f"model {mv.name} v{mv.version} has not been through the gates; it cannot be {what}")
+    if gates != "passed":
+        raise ValueError(f"model {mv.name} v{mv.version} was rejected by the gates ({gates}); it cannot be {what}")
+
+
+def promote_after_gates(
+    decl: PipelineDeclaration,
+    delta: DeltaLakeResource,
+    registry: MlflowRegistryResource,
+    version: str,
+    actor: str,
+    dagster_run_id: str = "",
+    trigger: str = "",
+) -> Decision:
+    """Policy auto: `champion` moves to the version. Policy manual: it becomes the `challenger`."""
+    name = decl.name
+    with registry.writing() as client:
+        mv = get_version(client, name, version)
+        _require_passed(mv, "promoted")
+        metrics = {"validation": metrics_of(mv), "holdout": metrics_of(mv, "holdout.")}
+        alias = CHAMPION if decl.promotion.policy == "auto" else CHALLENGER
+        current = alias_version(client, name, alias)
+        if current is not None and current.version == mv.version:
+            return Decision("none", int(version), int(version), f"v{version} already is the {alias}")
+        client.set_registered_model_alias(name, alias, mv.version)
+        if alias == CHAMPION:
+            client.set_model_version_tag(name, mv.version, STATUS_TAG, "promoted")
+            action, why = "promote", "gates passed; policy auto"
+        else:
+            client.set_model_version_tag(name, mv.version, STATUS_TAG, "awaiting_approval")
+            action, why = "await_approval", "gates passed; policy manual: waiting for approval"
+        from_version = _int(current.version if current else None)
+        record(
+            delta,
+            name,
+            AuditEvent(
+                action,
+                int(mv.version),
+                actor=actor,
+                reason=why + trigger,
+                alias=alias,
+                from_version=from_version,
+                metrics=metrics,
+                dagster_run_id=dagster_run_id,
+                mlflow_run_id=mv.run_id or "",
+            ),
+        )
+    return Decision(
+        action, int(mv.version), from_version, f"{alias} -> v{mv.version} (was {f'v{from_version}' if from_version else 'none'})"
+    )
+
+
+def approve(
+    pipeline: str,
+    delta: DeltaLakeResource,
+    registry: MlflowRegistryResource,
+    version: str | int,
+    by: str,
+    reason: str,
+    dagster_run_id: str = "",
+) -> Decision:
+    """A person's approval: `champion` moves to a version that passed the gates."""
+    if not by.strip():
+        raise ValueError("an approval needs the approver's name (--by)")
+    if not reason.strip():
+        raise ValueError("an approval needs a reason (--reason)")
+    with registry.writing() as client:
+        mv = get_version(client, pipeline, version)
+        _require_passed(mv, "approved")
+        current = alias_version(client, pipeline, CHAMPION)
+        if current is not None and current.version == mv.version:
+            raise ValueError(f"model {pipeline} v{mv.version} already is the champion")
+        challenger = alias_version(client, pipeline, CHALLENGER)
+        client.set_registered_model_alias(pipeline, CHAMPION, mv.version)
+        client.set_model_version_tag(pipeline, mv.version, STATUS_TAG, "promoted")
+        from_version = _int(current.version if current else None)
+        metrics = {"validation": metrics_of(mv), "holdout": metrics_of(mv, "holdout.")}
+        events = [
+            AuditEvent(
+                "approve",
+                int(mv.version),
+                actor=by,
+                reason=reason,
+                alias=CHAMPION,
+                from_version=from_version,
+                metrics=metrics,
+                dagster_run_id=dagster_run_id,
+                mlflow_run_id=mv.run_id or "",
+            )
+        ]
+        if challenger is not None and challenger.version == mv.version:
+            client.delete_registered_model_alias(pipeline, CHALLENGER)
+            events.append(
+                AuditEvent(
+                    "alias_removed",
+                    int(mv.version),
+                    actor=by,
+                    reason=f"v{mv.version} approved as champion",
+                    alias=CHALLENGER,
+                    dagster_run_id=dagster_run_id,
+                )
+            )
+        record(delta, pipeline, *events)
+    return Decision(
+        "approve",
+        int(mv.version),
+        from_version,
+        f"champion -> v{mv.version} (was {f'v{from_version}' if from_version else 'none'}), approved by {by}",
+    )
+
+
+def rollback(pipeline: str, delta: DeltaLakeResource, registry: MlflowRegistryResource, by: str, reason: str) -> Decision:
+    """`champion` goes back to the version that was champion before it, as the audit log tells."""
+    if not by.strip():
+        raise ValueError("a rollback needs who asks for it (--by)")
+    with registry.writing() as client:
+        current = alias_version(client, pipeline, CHAMPION)
+        if current is None:
+            raise LookupError(f"model {pipeline} has no champion to roll back")
+        stack = champion_history(history(delta, pipeline))
+        if not stack or stack[-1] != int(current.version):
+            raise ValueError(
+                f"the registry's champion of {pipeline} is v{current.version}, but the audit log's is "
+                f"{f'v{stack[-1]}' if stack else 'none'}: the alias was moved outside the platform; fix it by approving a version"
+            )
+        if len(stack) < 2:
+            raise LookupError(f"model {pipeline} has no previous champion to roll back to (v{current.version} is the first)")
+        target = get_version(client, pipeline, stack[-2])
+        client.set_registered_model_alias(pipeline, CHAMPION, target.version)
+        client.set_model_version_tag(pipeline, current.version, STATUS_TAG, "rolled_back")
+        client.set_model_version_tag(pipeline, target.version, STATUS_TAG, "promoted")
+        record(
+            delta,
+            pipeline,
+            AuditEvent(
+                "rollback",
+                int(target.version),
+                actor=by,
+                reason=reason,
+                alias=CHAMPION,
+                from_version=int(current.version),
+                metrics={"validation": metrics_of(target), "holdout": metrics_of(target, "holdout.")},
+                mlflow_run_id=target.run_id or "",
+            ),
+        )
+    return Decision(
+        "rollback", int(target.version), int(current.version), f"champion -> v{target.version} (rolled back from v{current.version})"
+    )
+
+
+def describe(registry: MlflowRegistryResource, pipeline: str, alias: str) -> dict | None:
+    """What `mlops status` shows of an alias: version, metrics, data range, lineage."""
+    mv = alias_version(registry.client(), pipeline, alias)
+    if mv is None:
+        return None
+    t = mv.tags
+    return {
+        "alias": alias,
+        "version": int(mv.version),
+        "status": t.get(STATUS_TAG, ""),
+        "validation_metrics": metrics_of(mv),
+        "holdout_metrics": metrics_of(mv, "holdout."),
+        "partitions": f"{t.get('mlops.partition_start', '?')}..{t.get('mlops.partition_end', '?')}",
+        "holdout_from": t.get("mlops.holdout_start", "?"),
+        "features": f"{t.get('mlops.features_table', '?')}@v{t.get('mlops.features_delta_version', '?')}",
+        "git_commit": t.get("mlops.git_commit", "?")[:12],
+        "dagster_run_id": t.get("mlops.dagster_run_id", ""),
+        "feature_columns": len(json.loads(t.get("mlops.feature_columns", "[]"))),
+    }

@@ -1,0 +1,62 @@
+"""Monitoring stage: feature drift, batch scores and live performance per day, serving drift
+on the prediction log, delivery metrics; their jobs, the sensors that retrain, the fallback schedule."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.names import (
+    batch_scores_key,
+    delivery_job_name,
+    delivery_metrics_key,
+    deployment_key,
+    feature_drift_key,
+    monitor_job_name,
+    promotion_key,
+    serving_drift_job_name,
+    serving_drift_key,
+    train_job_name,
+)
+from mlops_assets.core.partitions import partitions_def
+from mlops_assets.monitoring.assets import build_monitoring_assets
+from mlops_assets.monitoring.delivery_metrics import build_delivery_metrics_asset
+from mlops_assets.monitoring.serving_drift import build_serving_drift_asset
+from sensors.retrain_sensors import (
+    build_delivery_sensor,
+    build_drift_sensor,
+    build_monitor_sensor,
+    build_new_data_sensor,
+    build_retrain_schedule,
+    build_serving_drift_sensor,
+)
+
+
+def build(decl: PipelineDeclaration) -> dg.Definitions:
+    partitions = partitions_def(decl)
+    monitor_job = dg.define_asset_job(
+        monitor_job_name(decl),
+        selection=dg.AssetSelection.assets(feature_drift_key(decl), batch_scores_key(decl)),
+        partitions_def=partitions,
+        description="Drift check and batch scores of one featurized day, against the champion.",
+    )
+    train_job = train_job_name(decl)
+    serving_drift_job = dg.define_asset_job(serving_drift_job_name(decl), selection=dg.AssetSelection.assets(serving_drift_key(decl)))
+    delivery_job = dg.define_asset_job(delivery_job_name(decl), selection=dg.AssetSelection.assets(delivery_metrics_key(decl)))
+    deployed = deployment_key(decl)
+    return dg.Definitions(
+        assets=[
+            *build_monitoring_assets(decl, partitions),
+            build_serving_drift_asset(decl, deployed),
+            build_delivery_metrics_asset(decl, deployed, promotion_key(decl), train_job),
+        ],
+        jobs=[monitor_job, serving_drift_job, delivery_job],
+        sensors=[
+            build_monitor_sensor(decl, monitor_job.name, train_job),
+            build_new_data_sensor(decl, train_job),
+            build_drift_sensor(decl, train_job),
+            build_serving_drift_sensor(decl, serving_drift_job.name),
+            build_delivery_sensor(decl, delivery_job.name, [promotion_key(decl), deployed]),
+        ],
+        schedules=[build_retrain_schedule(decl, train_job)],
+    )

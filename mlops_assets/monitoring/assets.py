@@ -1,0 +1,215 @@
+"""Monitoring assets of a declared pipeline (lifecycle step 7).
+
+- ``<pipeline>/feature_drift`` (daily): a new feature partition against the
+  champion's training window (the reference recorded in its lineage): the fast
+  per-column decision in ``drift_metrics`` and Evidently's HTML report.
+- ``<pipeline>/batch_scores`` (daily): the champion's predictions for the day,
+  with the model version on every row.
+- ``<pipeline>/live_performance``: once the labels of scored days are known,
+  the live metric per model version and day.
+"""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.home import MlopsHome
+from mlops_assets.core.names import (
+    BATCH_SCORES,
+    FEATURES,
+    LIVE_PERFORMANCE,
+    PARTITION_COLUMN,
+    SOURCE_ROW,
+    batch_scores_key,
+    feature_drift_key,
+    features_key,
+    live_performance_key,
+    model_key,
+)
+from mlops_assets.metadata import preview
+from mlops_assets.models import training
+from mlops_assets.monitoring import drift_metrics
+from mlops_assets.monitoring.drift import detect
+from mlops_assets.monitoring.drift_report import evidently_drift
+from resources import registered_models
+from resources.delta_lake import DeltaLakeResource
+from resources.mlflow_registry import MlflowRegistryResource
+
+
+def _require_champion(decl: PipelineDeclaration, mlflow: MlflowRegistryResource) -> registered_models.Champion:
+    champ = registered_models.champion(decl.name, mlflow)
+    if champ is None:
+        raise dg.Failure(
+            f"{decl.name} has no champion model yet: drift and scores are measured against the champion",
+            allow_retries=False,
+        )
+    return champ
+
+
+def _features(delta: DeltaLakeResource, decl: PipelineDeclaration, partition: str) -> pl.DataFrame:
+    frame = delta.read_partitions(decl.name, FEATURES, [partition])
+    if frame is None or frame.height == 0:
+        raise dg.Failure(f"no features for partition {partition}: ingest it first", allow_retries=False)
+    return frame
+
+
+def html_report(
+    decl: PipelineDeclaration, delta: DeltaLakeResource, champ: registered_models.Champion, current: pl.DataFrame, name: str
+) -> str:
+    """Render Evidently's report on bounded samples; returns the file path ('' when switched off)."""
+    if not decl.drift.html_report:
+        return ""
+
+    reference = training.read_window(champ.plan, delta)
+    path = MlopsHome.from_env().reports / decl.name / f"{name}.html"
+    evidently_drift(reference, current, champ.numerical, champ.categorical, html_path=path, sample_rows=decl.drift.report_sample_rows)
+    return str(path)
+
+
+def scores(booster, frame: pl.DataFrame, champ: registered_models.Champion) -> pl.DataFrame:
+    """Predictions in the registry contract's terms: a value, a probability or a label."""
+    raw = training.predict(booster, training.matrix(frame, champ.plan.feature_columns), champ.plan.task)
+    if champ.plan.task == "regression":
+        return pl.DataFrame({"prediction": raw.astype(float)})
+    if champ.plan.task == "binary":
+        classes = [str(c) for c in champ.plan.classes]
+        return pl.DataFrame({"prediction": [classes[int(p >= 0.5)] for p in raw], "score": raw.astype(float)})
+    classes = [str(c) for c in champ.plan.classes]
+    best = np.asarray(raw).argmax(axis=1)
+    return pl.DataFrame({"prediction": [classes[i] for i in best], "score": np.asarray(raw).max(axis=1).astype(float)})
+
+
+def live_metrics(task: str, y_true: pl.Series, scored: pl.DataFrame, classes: list) -> dict[str, float]:
+    if task == "regression":
+        err = scored.get_column("prediction").to_numpy() - y_true.cast(pl.Float64).to_numpy()
+        return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
+    truth = y_true.cast(pl.String).to_numpy()
+    return {"accuracy": float(np.mean(truth == scored.get_column("prediction").to_numpy()))}
+
+
+def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinition) -> list:
+    target = decl.target.column
+    keys = list(dict.fromkeys(decl.table_schema.unique))
+
+    @dg.asset(
+        key=feature_drift_key(decl),
+        deps=[features_key(decl), model_key(decl)],
+        partitions_def=partitions,
+        group_name=decl.name,
+        kinds={"evidently", "delta"},
+        description="Drift of the day's features against the champion's training window: per-column scores "
+        f"in {decl.name}/drift_metrics and Evidently's HTML report.",
+    )
+    def feature_drift(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
+        partition = context.partition_key
+        champ = _require_champion(decl, mlflow)
+        reference = drift_metrics.reference_profile(delta, champ, context.run.run_id)
+        current = _features(delta, decl, partition)
+        result = detect(reference, current, decl.drift.share_threshold)
+        html = html_report(decl, delta, champ, current, f"feature_drift_{partition}_v{champ.version}")
+        written = drift_metrics.record(
+            delta,
+            decl.name,
+            result,
+            source="features",
+            window=partition,
+            model_version=champ.version,
+            rows=current.height,
+            key_columns=decl.drift.key_columns,
+            run_id=context.run.run_id,
+            html_report=html,
+        )
+        reason = written.get_column("alert_reason")[0]
+        metadata = {
+            "partition": partition,
+            "champion_version": champ.version,
+            "reference_window": f"{champ.plan.partition_start} .. {champ.plan.partition_end} (features v{champ.plan.features_version})",
+            "rows": current.height,
+            "drift_share": result.share,
+            "share_threshold": decl.drift.share_threshold,
+            "drifted_columns": ", ".join(result.drifted()) or "none",
+            "alert": bool(reason),
+            "alert_reason": reason or "none",
+            "columns": preview(result.columns.sort("drifted", "score", descending=True), rows=result.columns.height, max_columns=5),
+        }
+        if html:
+            metadata["report"] = dg.MetadataValue.path(html)
+            metadata["report_url"] = dg.MetadataValue.url(f"file://{html}")
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset(
+        key=batch_scores_key(decl),
+        deps=[features_key(decl), model_key(decl)],
+        partitions_def=partitions,
+        group_name=decl.name,
+        kinds={"lightgbm", "delta"},
+        description="The champion's predictions for each day, with the model version on every row.",
+    )
+    def batch_scores(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
+        partition = context.partition_key
+        champ = _require_champion(decl, mlflow)
+        frame = _features(delta, decl, partition)
+        booster = registered_models.load_booster(mlflow, decl.name, champ.version)
+        scored = pl.concat(
+            [
+                frame.select(*keys, target, SOURCE_ROW),
+                scores(booster, frame, champ),
+            ],
+            how="horizontal",
+        ).with_columns(
+            pl.lit(champ.version, pl.Int64).alias("model_version"),
+            pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("scored_at"),
+        )
+        version = delta.write_partition(decl.name, BATCH_SCORES, scored.drop(target), partition, context.run.run_id)
+        metadata = {"partition": partition, "rows": scored.height, "model_version": champ.version, "delta_version": version}
+        labelled = scored.filter(pl.col(target).is_not_null())
+        if labelled.height:
+            metadata.update(
+                {
+                    f"live_{k}": v
+                    for k, v in live_metrics(champ.plan.task, labelled.get_column(target), labelled, champ.plan.classes).items()
+                }
+            )
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset(
+        key=live_performance_key(decl),
+        deps=[batch_scores_key(decl), features_key(decl)],
+        group_name=decl.name,
+        kinds={"delta"},
+        description="The live metric per model version and day, from batch scores joined with the labels that arrived.",
+    )
+    def live_performance(context: dg.AssetExecutionContext, delta: DeltaLakeResource):
+        scored = delta.scan(decl.name, BATCH_SCORES)
+        labels = delta.scan(decl.name, FEATURES)
+        if scored is None or labels is None:
+            raise dg.Failure("no batch scores yet: materialize batch_scores for some days first", allow_retries=False)
+        joined = (
+            scored.join(labels.select(PARTITION_COLUMN, SOURCE_ROW, target), on=[PARTITION_COLUMN, SOURCE_ROW], how="inner")
+            .filter(pl.col(target).is_not_null())
+            .collect()
+        )
+        rows = []
+        for (version, day), group in joined.group_by("model_version", PARTITION_COLUMN):
+            metrics = live_metrics(decl.target.task, group.get_column(target), group, decl.target_classes)
+            rows.append({"model_version": version, "day": day, "rows": group.height, **metrics})
+        table = (
+            pl.DataFrame(rows).sort("day", "model_version")
+            if rows
+            else pl.DataFrame(schema={"model_version": pl.Int64, "day": pl.String, "rows": pl.Int64})
+        )
+        version = delta.overwrite(decl.name, LIVE_PERFORMANCE, table, context.run.run_id)
+        latest = table.tail(1).to_dicts()[0] if table.height else {}
+        return dg.MaterializeResult(
+            metadata={
+                "days": table.height,
+                "delta_version": version,
+                "by_version_and_day": preview(table.tail(30), rows=30),
+                **{f"latest_{n}": float(latest[n]) for n in ("mae", "rmse", "accuracy") if n in latest},
+            }
+        )
+
+    return [feature_drift, batch_scores, live_performance]

@@ -1,0 +1,92 @@
+"""Drift results kept in Delta: the champion's reference profile, and per-column drift scores.
+
+The reference of a model version is its training window at the exact Delta
+version recorded in its lineage, summarized once (drift.profile) and cached in
+``<pipeline>/reference_profiles``. Every drift check appends its per-column
+scores, methods, thresholds and the drift share to ``<pipeline>/drift_metrics``:
+an append-only history a person (or a sensor) can query.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import polars as pl
+
+from mlops_assets.core.names import DRIFT_METRICS, PROFILES
+from mlops_assets.models import training
+from mlops_assets.monitoring.drift import DriftResult, ReferenceProfile, profile
+from resources.delta_lake import DeltaLakeResource
+from resources.pipeline_tables import DRIFT_SCHEMA
+from resources.registered_models import Champion
+
+
+def reference_profile(delta: DeltaLakeResource, model: Champion, run_id: str = "") -> ReferenceProfile:
+    """The training-window profile of a model version, computed once and cached."""
+    cached = delta.scan(model.plan.pipeline, PROFILES)
+    if cached is not None:
+        hit = cached.filter(pl.col("model_version") == model.version).select("profile").head(1).collect()
+        if hit.height:
+            return ReferenceProfile.from_json(hit.item())
+    frame = training.read_window(model.plan, delta)
+    result = profile(frame, model.numerical, model.categorical)
+    row = pl.DataFrame(
+        {
+            "model_version": [model.version],
+            "features_delta_version": [model.plan.features_version],
+            "partition_start": [model.plan.partition_start],
+            "partition_end": [model.plan.partition_end],
+            "rows": [frame.height],
+            "profile": [result.to_json()],
+            "created_at": [datetime.now(UTC)],
+        }
+    )
+    delta.append(model.plan.pipeline, PROFILES, row, run_id)
+    return result
+
+
+def alert_reason(result: DriftResult, key_columns: list[str]) -> str:
+    """Why this drift result asks for retraining ('' when it does not)."""
+    reasons = []
+    if result.dataset_drift:
+        reasons.append(f"drift share {result.share:.2f} >= {result.share_threshold:.2f}")
+    drifted_keys = [c for c in result.drifted() if c in key_columns]
+    if drifted_keys:
+        reasons.append(f"key columns drifted: {', '.join(drifted_keys)}")
+    if reasons:
+        top = result.columns.filter(pl.col("drifted")).sort("score", descending=True).head(5)
+        detail = ", ".join(f"{c} ({m} {s:.3g})" for c, m, s in top.select("column", "method", "score").iter_rows())
+        reasons.append(f"drifted: {detail}")
+    return "; ".join(reasons)
+
+
+def record(
+    delta: DeltaLakeResource,
+    pipeline: str,
+    result: DriftResult,
+    *,
+    source: str,
+    window: str,
+    model_version: int,
+    rows: int,
+    key_columns: list[str],
+    run_id: str,
+    html_report: str = "",
+) -> pl.DataFrame:
+    reason = alert_reason(result, key_columns)
+    frame = result.columns.with_columns(
+        pl.lit(uuid.uuid4().hex).alias("report_id"),
+        pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("computed_at"),
+        pl.lit(source).alias("source"),
+        pl.lit(window).alias("window"),
+        pl.lit(model_version, pl.Int64).alias("model_version"),
+        pl.lit(result.share).alias("drift_share"),
+        pl.lit(bool(reason)).alias("alert"),
+        pl.lit(reason).alias("alert_reason"),
+        pl.lit(rows, pl.Int64).alias("rows"),
+        pl.lit(run_id).alias("dagster_run_id"),
+        pl.lit(html_report).alias("html_report"),
+    ).select([pl.col(c).cast(t) for c, t in DRIFT_SCHEMA.items()])
+    delta.append(pipeline, DRIFT_METRICS, frame, run_id)
+    return frame

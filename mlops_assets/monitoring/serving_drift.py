@@ -1,0 +1,91 @@
+"""``<pipeline>/serving_drift``: what the model actually saw in production.
+
+Each materialization takes the prediction-log rows logged since the previous
+one (served traffic; shadow rows are the challenger's and are left out) and,
+per model version that answered, compares the logged features with that
+version's exact training snapshot: training-serving skew, reported per column
+like feature drift, into ``drift_metrics`` (source ``serving``).
+"""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.names import WATERMARK, serving_drift_key
+from mlops_assets.metadata import preview
+from mlops_assets.monitoring import drift_metrics
+from mlops_assets.monitoring.assets import html_report
+from mlops_assets.monitoring.drift import detect
+from resources import registered_models
+from resources.delta_lake import DeltaLakeResource
+from resources.mlflow_registry import MlflowRegistryResource
+from resources.pipeline_tables import new_log_rows
+from sensors.retrain_sensors import last_watermark
+
+
+def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.AssetKey) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=serving_drift_key(decl),
+        deps=[deployment_key],
+        group_name=decl.name,
+        kinds={"evidently", "delta"},
+        description="Logged serving features since the last check against the training snapshot of the version "
+        "that served them (training-serving skew), per column, into drift_metrics.",
+    )
+    def serving_drift(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
+        after = last_watermark(context.instance, decl)
+        rows = new_log_rows(delta, decl, after)
+        logged = rows.collect() if rows is not None else pl.DataFrame()
+        if logged.height == 0:
+            raise dg.Failure(
+                f"no served predictions logged since {datetime.fromtimestamp(after / 1e6, UTC).isoformat()}: nothing to compare",
+                allow_retries=False,
+            )
+        through = int(logged.select(pl.col("logged_at").dt.epoch("us").max()).item())
+        window = f"log {datetime.fromtimestamp(after / 1e6, UTC):%Y-%m-%dT%H:%M:%S}..{datetime.fromtimestamp(through / 1e6, UTC):%Y-%m-%dT%H:%M:%S}"
+        summary, alerts, html = [], [], ""
+        for (version,), served in logged.group_by("model_version"):
+            model = registered_models.model_version(decl.name, mlflow, int(version))
+            reference = drift_metrics.reference_profile(delta, model, context.run.run_id)
+            result = detect(reference, served, decl.drift.share_threshold)
+            if not html:
+                html = html_report(decl, delta, model, served, f"serving_drift_{through}_v{version}")
+            written = drift_metrics.record(
+                delta,
+                decl.name,
+                result,
+                source="serving",
+                window=window,
+                model_version=int(version),
+                rows=served.height,
+                key_columns=decl.drift.key_columns,
+                run_id=context.run.run_id,
+                html_report=html,
+            )
+            reason = written.get_column("alert_reason")[0]
+            if reason:
+                alerts.append(f"v{version}: {reason}")
+            summary.append(
+                {
+                    "model_version": int(version),
+                    "rows": served.height,
+                    "drift_share": result.share,
+                    "drifted": ", ".join(result.drifted()) or "none",
+                }
+            )
+        metadata = {
+            WATERMARK: through,
+            "window": window,
+            "rows": logged.height,
+            "by_version": preview(pl.DataFrame(summary), rows=len(summary)),
+            "max_drift_share": max(s["drift_share"] for s in summary),
+            "alert": bool(alerts),
+            "alert_reason": "; ".join(alerts) or "none",
+        }
+        if html:
+            metadata["report"] = dg.MetadataValue.path(html)
+        return dg.MaterializeResult(metadata=metadata)
+
+    return serving_drift

@@ -1,0 +1,116 @@
+"""Reading the model registry: versions, aliases, the training plan a version
+recorded and its LightGBM file. Shared by the model assets, the sensors and
+serving; writing (runs, registration) is the model stage's own."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlops_assets.core.lineage import TrainingPlan
+from mlops_assets.core.names import CHAMPION, PLAN_TAG
+from resources.mlflow_registry import MlflowRegistryResource
+
+if TYPE_CHECKING:  # mlflow and lightgbm are imported where used (seconds at import)
+    import lightgbm as lgb
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+
+def get_version(client: MlflowClient, name: str, version: str | int) -> ModelVersion:
+    """A registered version, or LookupError naming what is missing."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise LookupError(f"model {name} has no version {version}") from None
+        raise
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version an alias points at, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as err:
+        missing_alias = err.error_code == "INVALID_PARAMETER_VALUE" and f"alias {alias} not found" in str(err)
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST" or missing_alias:
+            return None
+        raise
+
+
+def load_booster(registry: MlflowRegistryResource, name: str, version: str | int) -> lgb.Booster:
+    """The registered LightGBM text model (no pickle), loaded as serving loads it."""
+    import lightgbm as lgb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _download(registry, name, version, tmp)
+        files = sorted(Path(path).rglob("*.lgb"))
+        if not files:
+            raise LookupError(f"model {name} version {version} has no LightGBM model file")
+        return lgb.Booster(model_file=str(files[0]))
+
+
+def _download(registry: MlflowRegistryResource, name: str, version: str | int, dst: str) -> str:
+    import mlflow
+
+    with registry.writing():  # the models:/ resolver reads the process-wide registry URI
+        return mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=dst)
+
+
+def plan_of(version: ModelVersion) -> TrainingPlan:
+    text = version.tags.get(PLAN_TAG)
+    if not text:
+        raise LookupError(f"model {version.name} version {version.version} records no training plan ({PLAN_TAG})")
+    return TrainingPlan.from_json(text)
+
+
+def metrics_of(version: ModelVersion, prefix: str = "metric.") -> dict[str, float]:
+    return {k.removeprefix(prefix): float(v) for k, v in version.tags.items() if k.startswith(prefix)}
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: int
+    plan: TrainingPlan
+
+    @property
+    def numerical(self) -> list[str]:
+        return [c for c in self.plan.feature_columns if c not in self.plan.categorical_features]
+
+    @property
+    def categorical(self) -> list[str]:
+        return list(self.plan.categorical_features)
+
+
+def champion(pipeline: str, mlflow: MlflowRegistryResource) -> Champion | None:
+    """The current champion and the training plan recorded on it, or None before the first promotion."""
+    version = alias_version(mlflow.client(), pipeline, CHAMPION)
+    if version is None:
+        return None
+    return Champion(int(version.version), plan_of(version))
+
+
+def model_version(pipeline: str, mlflow: MlflowRegistryResource, version: int) -> Champion:
+    return Champion(version, plan_of(get_version(mlflow.client(), pipeline, version)))
+
+
+def client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def resolve_alias(tracking_uri: str, name: str, alias: str) -> int | None:
+    """The version an alias points at, or None when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(client(tracking_uri).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None

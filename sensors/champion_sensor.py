@@ -1,0 +1,81 @@
+"""`<pipeline>_champion_sensor`: requests the rollout whenever the `champion` or
+`challenger` alias moves (promotion, rollback, new challenger), and again, a few
+times, when the rollout for the current aliases failed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.names import (
+    CHALLENGER,
+    CHALLENGER_VERSION_TAG,
+    CHAMPION,
+    CHAMPION_VERSION_TAG,
+    REASON_TAG,
+    deploy_job_name,
+    sensor_name,
+)
+from resources.registered_models import resolve_alias
+from resources.serving import ServingResource
+
+ROLLOUT_RETRIES = 3
+
+
+def _retry_failed_rollout(context: dg.SensorEvaluationContext, decl: PipelineDeclaration, state: dict) -> dg.RunRequest | None:
+    """Request the rollout again when the last one for these aliases failed (Ray busy, a replica that
+    would not start): otherwise serving keeps the old champion until the next alias move.
+    At most ROLLOUT_RETRIES times per move; the failed runs stay visible in the run history."""
+    moves, retries = int(state.get("moves", 0)), int(state.get("retries", 0))
+    if retries >= ROLLOUT_RETRIES:
+        return None
+    records = context.instance.get_run_records(
+        filters=dg.RunsFilter(job_name=deploy_job_name(decl), tags={CHAMPION_VERSION_TAG: str(state["champion"])}), limit=1
+    )
+    if not records or records[0].dagster_run.status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+        return None
+    failed = records[0].dagster_run
+    context.update_cursor(json.dumps({**state, "retries": retries + 1}))
+    return dg.RunRequest(
+        run_key=f"{decl.name}-aliases-{moves}-retry-{retries + 1}",
+        tags={
+            **{k: v for k, v in failed.tags.items() if k.startswith("mlops/")},
+            REASON_TAG: f"retry {retries + 1} of {ROLLOUT_RETRIES}: rollout run {failed.run_id} {failed.status.value.lower()}",
+        },
+    )
+
+
+def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=sensor_name(decl, "champion"),
+        job=job,
+        minimum_interval_seconds=10,  # a new champion waits at most this long for its rollout
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Redeploys {decl.name} when its `champion` or `challenger` alias moves.",
+    )
+    def champion_sensor(context: dg.SensorEvaluationContext, serving: ServingResource):
+        uri = serving.settings(decl.name).resolved_tracking_uri()
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+            return dg.SkipReason(f"no MLflow registry yet at {uri}")
+        now = {"champion": resolve_alias(uri, decl.name, CHAMPION), "challenger": resolve_alias(uri, decl.name, CHALLENGER)}
+        if now["champion"] is None:
+            return dg.SkipReason(f"model {decl.name} has no champion yet")
+        before = json.loads(context.cursor) if context.cursor else {"moves": 0}
+        if before.get("champion") == now["champion"] and before.get("challenger") == now["challenger"]:
+            return _retry_failed_rollout(context, decl, before) or dg.SkipReason(f"aliases unchanged (champion v{now['champion']})")
+        moves = int(before.get("moves", 0)) + 1
+        context.update_cursor(json.dumps({**now, "moves": moves}))
+        return dg.RunRequest(
+            run_key=f"{decl.name}-aliases-{moves}",
+            tags={
+                CHAMPION_VERSION_TAG: str(now["champion"]),
+                CHALLENGER_VERSION_TAG: str(now["challenger"]),
+                REASON_TAG: f"champion {before.get('champion')} -> {now['champion']}, "
+                f"challenger {before.get('challenger')} -> {now['challenger']}",
+            },
+        )
+
+    return champion_sensor

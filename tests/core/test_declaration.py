@@ -1,0 +1,107 @@
+"""The declaration is validated at load, and errors name the file and the bad field."""
+
+from pathlib import Path
+
+import pytest
+
+from mlops_assets.core.declaration import (
+    PACKAGED_PIPELINES,
+    DeclarationError,
+    declaration_attributes,
+    load_declaration,
+    load_declarations,
+    parse_declaration,
+)
+from mlops_assets.core.feature_contract import FeatureCodeError, load_feature_module
+
+TELEMETRY = Path(__file__).resolve().parents[1] / "pipelines" / "telemetry.yaml"
+
+
+def flights_dict() -> dict:
+    return declaration_attributes(PACKAGED_PIPELINES / "flights" / "defs.yaml")[0]
+
+
+def test_packaged_flights_declaration_loads():
+    decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
+    assert decl.name == "flights"
+    assert decl.target.task == "regression"
+    assert decl.landing.partition_of("flights_2013-02-03.parquet") == "2013-02-03"
+    assert decl.landing.partition_of(".flights_2013-02-03.parquet.tmp") is None
+    assert decl.landing.partition_of("flights_2013-02-03.csv") is None
+    assert len(decl.fingerprint()) == 16
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "message"),
+    [
+        (lambda d: d["schema"]["columns"]["year"].update(type="integer"), "schema.columns.year.type", "Input should be"),
+        (lambda d: d["target"].update(column="delay"), "target.column", "not a declared schema column"),
+        (lambda d: d["target"].update(task="ranking"), "target.task", "Input should be"),
+        (lambda d: d["landing"].update(file_pattern="flights.parquet"), "landing", "{partition}"),
+        (lambda d: d["validation"].update(max_failure_rate=1.5), "validation.max_failure_rate", "less than or equal"),
+        (lambda d: d["schema"].update(unique=["year", "nope"]), "schema", "nope"),
+        (lambda d: d.update(trainning={}), "trainning", "Extra inputs are not permitted"),
+        (lambda d: d.update(name="Flights!"), "name", "should match pattern"),
+        (lambda d: d["schema"]["columns"]["month"].update(min=12, max=1), "schema.columns.month", "greater than max"),
+        (lambda d: d["training"].update(validation_days=90), "training", "validation_days"),
+    ],
+)
+def test_bad_field_is_named(mutate, field, message):
+    data = flights_dict()
+    mutate(data)
+    with pytest.raises(DeclarationError) as err:
+        parse_declaration(data, "flights.yaml")
+    text = str(err.value)
+    assert "flights.yaml" in text
+    assert field in text
+    assert message in text
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(DeclarationError, match="bad.yaml is not valid YAML"):
+        load_declaration(bad)
+    with pytest.raises(DeclarationError, match="does not exist"):
+        load_declarations(str(tmp_path / "missing"))
+    top = tmp_path / "list.yaml"
+    top.write_text("- a\n- b\n")
+    with pytest.raises(DeclarationError, match="expected a mapping"):
+        load_declaration(top)
+
+
+def test_duplicate_pipeline_names_rejected(tmp_path):
+    (tmp_path / "a.yaml").write_text((PACKAGED_PIPELINES / "flights" / "defs.yaml").read_text())
+    (tmp_path / "b.yaml").write_text((PACKAGED_PIPELINES / "flights" / "defs.yaml").read_text())
+    with pytest.raises(DeclarationError, match="declared more than once: \\['flights'\\]"):
+        load_declarations(str(tmp_path))
+
+
+def test_feature_module_errors_name_the_module():
+    data = flights_dict()
+    data["features"]["module"] = "no_such_package.features"
+    with pytest.raises(DeclarationError, match="features.module 'no_such_package.features' cannot be imported"):
+        load_feature_module(parse_declaration(data))
+    data["features"]["module"] = "json"
+    with pytest.raises(DeclarationError, match="has no build_features"):
+        load_feature_module(parse_declaration(data))
+
+
+def test_feature_code_breaking_the_contract_is_caught(monkeypatch):
+    import polars as pl
+
+    from mlops_assets.core.feature_contract import FeatureReference
+
+    decl = load_declaration(TELEMETRY)
+    module = load_feature_module(decl)
+    records = pl.DataFrame({"machine_id": ["m1", "m2"], "temperature": [1.0, 2.0], "vibration": [0.1, None]}).with_columns(
+        pl.lit(None, pl.Datetime("us", "UTC")).alias("reading_time")
+    )
+    ok = module.build(records, FeatureReference(categories={"machine_id": ["m1", "m2"]}))
+    assert ok.height == 2 and ok.get_column("machine_code").to_list() == [0, 1]
+    monkeypatch.setattr(module.module, "build_features", lambda r, ref: r.head(1))
+    with pytest.raises(FeatureCodeError, match="returned 1 rows for 2 records"):
+        module.build(records, FeatureReference(categories={"machine_id": ["m1"]}))
+    monkeypatch.setattr(module.module, "build_features", lambda r, ref: r.select("machine_id"))
+    with pytest.raises(FeatureCodeError, match="reuses key/target column names"):
+        module.build(records, FeatureReference(categories={"machine_id": ["m1"]}))

@@ -1,0 +1,227 @@
+"""Training, gates, promotion, approval and rollback through real Dagster runs.
+
+Real MLflow SQLite store, real Delta tables (copied flights features), real
+`mlops` commands; the registry aliases and the audit log are what is checked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightgbm as lgb
+import mlflow
+
+from mlops_assets.core.names import CHAMPION
+from resources.audit_log import history
+from resources.registered_models import alias_version, load_booster
+from tests.support.models import (
+    WORSE,
+    actions,
+    aliases,
+    flights_variant,
+)
+
+LINEAGE_TAGS = [
+    "mlops.pipeline",
+    "mlops.task",
+    "mlops.feature_columns",
+    "mlops.categorical_features",
+    "mlops.declaration_hash",
+    "mlops.feature_code_hash",
+    "mlops.features_table",
+    "mlops.features_delta_version",
+    "mlops.partition_start",
+    "mlops.partition_end",
+    "mlops.git_commit",
+    "mlops.dagster_run_id",
+    "metric.mae",
+    "metric.rmse",
+]
+
+
+def test_first_model_is_promoted_on_floors_with_lineage(model_home):
+    decl = flights_variant()
+    plat = model_home.platform(decl)
+    result = plat.run("flights_train")
+    assert result.success
+    assert aliases(model_home) == (1, None)
+
+    champion = alias_version(model_home.registry.client(), "flights", CHAMPION)
+    tags = champion.tags
+    for key in LINEAGE_TAGS:
+        assert tags.get(key), key
+    assert (tags["mlops.partition_start"], tags["mlops.partition_end"]) == ("2013-01-15", "2013-02-04")
+    assert tags["mlops.features_delta_version"] == str(plat.delta.version("flights", "features"))
+    assert tags["mlops.dagster_run_id"] == result.run_id
+    assert tags["mlops.declaration_hash"] == decl.fingerprint()
+    assert tags["mlops.task"] == "regression" and "mlops.classes" not in tags
+
+    # the registered artifact is LightGBM's text format, its columns are the tag's
+    booster = load_booster(model_home.registry, "flights", 1)
+    assert booster.feature_name() == json.loads(tags["mlops.feature_columns"])
+    assert "dep_delay" in booster.feature_name() and "arr_delay" not in booster.feature_name()
+    assert json.loads(tags["mlops.categorical_features"]) == ["carrier_code", "origin_code", "dest_code"]
+
+    # the materialization is a pointer, and the gates are checks with the comparison in metadata
+    materialization = result.asset_materializations_for_node("flights__model")[0]
+    assert materialization.metadata["model_uri"].value == "models:/flights/1"
+    assert materialization.metadata["rows_without_target"].value > 0  # cancelled flights, excluded with a reason
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert {n: c.passed for n, c in checks.items()} == {"quality_floors": True, "no_regression": True, "data_checks": True}
+    assert "no champion yet" in checks["no_regression"].description
+    assert checks["quality_floors"].metadata["floors"].value == {"mae": 30.0}
+
+    # the MLflow run: params, the Delta input, the importance plot, the model files
+    client = model_home.registry.client()
+    run = client.get_run(champion.run_id)
+    assert run.data.params["features_delta_version"] == tags["mlops.features_delta_version"]
+    assert float(run.data.params["lgb.deterministic"] == "True") and run.data.params["lgb.seed"] == "42"
+    assert run.data.metrics["rows_without_target"] > 0
+    dataset_inputs = run.inputs.dataset_inputs
+    assert len(dataset_inputs) == 1
+    source = json.loads(dataset_inputs[0].dataset.source)
+    assert source["path"] == tags["mlops.features_table"] and source["delta_table_version"] == int(tags["mlops.features_delta_version"])
+    artifacts = {a.path for a in client.list_artifacts(champion.run_id)}
+    assert {"feature_importance.png", "training_plan.json"} <= artifacts
+    assert str(model_home.root / "mlflow" / "artifacts") in client.get_experiment_by_name("flights").artifact_location
+    with model_home.registry.writing():
+        local = Path(mlflow.artifacts.download_artifacts("models:/flights/1"))
+    assert (local / "model.lgb").is_file() and not list(local.rglob("*.pkl"))
+    assert lgb.Booster(model_file=str(local / "model.lgb")).num_trees() >= 1
+
+    events = history(plat.delta, "flights")
+    assert actions(plat) == [("promote", 1)]
+    row = events.row(0, named=True)
+    assert row["from_version"] is None and row["alias"] == CHAMPION and row["actor"] == f"dagster:{result.run_id}"
+    assert json.loads(row["metrics"])["holdout"]["mae"] > 0
+
+
+def test_worse_challenger_is_rejected_and_the_failed_gate_is_logged(model_home):
+    model_home.platform(flights_variant()).run("flights_train")
+    worse = model_home.platform(flights_variant(training=WORSE))
+    result = worse.run("flights_train", raise_on_error=False)
+    assert not result.success  # blocking gate failed: promotion did not run
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks["no_regression"].passed and checks["quality_floors"].passed
+    comparison = checks["no_regression"].metadata["comparison"].value["mae"]
+    assert comparison["challenger"] > comparison["limit"] > comparison["champion"]
+    assert not result.asset_materializations_for_node("flights__promotion")
+    assert aliases(model_home) == (1, None)
+
+    rejected = model_home.registry.client().get_model_version("flights", "2")
+    assert rejected.tags["mlops.status"] == "rejected" and rejected.tags["gate.no_regression"] == "failed"
+    events = history(worse.delta, "flights")
+    assert actions(worse) == [("promote", 1), ("reject", 2)]
+    row = events.row(1, named=True)
+    assert row["failed_gates"] == "no_regression" and row["from_version"] == 1
+    assert "no_regression" in row["reason"] and json.loads(row["metrics"])["champion_holdout"]["mae"] == comparison["champion"]
+
+
+def test_a_floor_failure_rejects_even_the_first_model(model_home):
+    plat = model_home.platform(flights_variant(gates={"floors": {"mae": 1.0, "r2": 0.1}}))
+    result = plat.run("flights_train", raise_on_error=False)
+    assert not result.success
+    assert aliases(model_home) == (None, None)
+    row = history(plat.delta, "flights").row(0, named=True)
+    assert (row["action"], row["failed_gates"]) == ("reject", "quality_floors")
+    assert "mae" in row["reason"] and "must be <= 1.0" in row["reason"]
+
+
+def test_manual_policy_waits_for_approval_in_dagster_and_on_the_command_line(model_home, capsys):
+    decl = flights_variant(policy="manual")
+    model_home.declare(decl)
+    plat = model_home.platform(decl)
+    assert plat.run("flights_train").success
+    assert aliases(model_home) == (None, 1)  # waiting: nothing serves it yet
+    assert actions(plat) == [("await_approval", 1)]
+
+    approval = plat.defs.resolve_job_def("flights_approve").execute_in_process(
+        instance=model_home.instance,
+        run_config={"ops": {"flights__approve": {"config": {"version": 1, "approver": "carol", "reason": "looks good"}}}},
+    )
+    assert approval.success
+    assert aliases(model_home) == (1, None)
+    approved = history(plat.delta, "flights").filter(history(plat.delta, "flights")["action"] == "approve").row(0, named=True)
+    assert (approved["actor"], approved["reason"], approved["model_version"]) == ("carol", "looks good", 1)
+
+    # a second model is retrained on a later window, waits, and is approved with `mlops approve`
+    assert model_home.platform(flights_variant(policy="manual", training={"window_days": 22})).run("flights_train").success
+    assert aliases(model_home) == (1, 2)
+    code, out, err = model_home.mlops("approve", "flights", "2", "--by", "dave", "--reason", "ticket 42", capsys=capsys)
+    assert code == 0, err
+    assert "champion -> v2 (was v1)" in out
+    assert aliases(model_home) == (2, None)
+    assert actions(plat) == [
+        ("await_approval", 1),
+        ("approve", 1),
+        ("alias_removed", 1),
+        ("await_approval", 2),
+        ("approve", 2),
+        ("alias_removed", 2),
+    ]
+
+    code, out, _ = model_home.mlops("status", "flights", capsys=capsys)
+    assert code == 0
+    assert "champion: v2" in out and "challenger: none" in out and "mae=" in out and "2013-01-14..2013-02-04" in out
+    code, out, _ = model_home.mlops("history", "flights", capsys=capsys)
+    assert code == 0 and "approve" in out and "by dave" in out and "ticket 42" in out
+
+
+def test_rollback_moves_champion_back_and_is_logged(model_home, capsys):
+    decl = flights_variant()
+    model_home.declare(decl)
+    plat = model_home.platform(decl)
+    assert plat.run("flights_train").success
+    # the same settings on a one-day-longer window, started by a drift sensor: no regression, promoted
+    later = model_home.platform(flights_variant(training={"window_days": 22}))
+    tags = {"mlops/trigger": "drift", "mlops/reason": "drift share 0.42 > 0.30"}
+    assert later.defs.resolve_job_def("flights_train").execute_in_process(instance=model_home.instance, tags=tags).success
+    assert aliases(model_home) == (2, None)
+    promoted = history(plat.delta, "flights").tail(1).row(0, named=True)
+    assert (promoted["action"], promoted["from_version"]) == ("promote", 1)
+    assert promoted["reason"] == "gates passed; policy auto (run started drift: drift share 0.42 > 0.30)"
+
+    code, out, err = model_home.mlops("rollback", "flights", "--by", "erin", "--reason", "latency spike", capsys=capsys)
+    assert code == 0, err
+    assert "champion -> v1 (rolled back from v2)" in out
+    assert aliases(model_home) == (1, None)
+    row = history(plat.delta, "flights").tail(1).row(0, named=True)
+    assert (row["action"], row["model_version"], row["from_version"], row["actor"], row["reason"]) == (
+        "rollback",
+        1,
+        2,
+        "erin",
+        "latency spike",
+    )
+    assert model_home.registry.client().get_model_version("flights", "2").tags["mlops.status"] == "rolled_back"
+
+    # nothing before v1: a clear error, and nothing changes
+    before = history(plat.delta, "flights").height
+    code, _, err = model_home.mlops("rollback", "flights", "--by", "erin", capsys=capsys)
+    assert code == 2 and "no previous champion" in err
+    assert aliases(model_home) == (1, None) and history(plat.delta, "flights").height == before
+
+
+def test_gates_rerun_alone_on_the_champion_decide_nothing(model_home):
+    import dagster as dg
+
+    from mlops_assets.core.names import model_key
+
+    decl = flights_variant()
+    plat = model_home.platform(decl)
+    assert plat.run("flights_train").success
+    result = dg.materialize(
+        [*plat.defs.assets, *plat.defs.asset_checks],
+        selection=dg.AssetSelection.checks_for_assets(model_key(decl)),
+        instance=model_home.instance,
+        resources=plat.resources(),
+    )
+    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
+        "quality_floors": True,
+        "no_regression": True,
+        "data_checks": True,
+    }
+    assert not result.asset_materializations_for_node("flights__model")  # the pointer was read, nothing retrained
+    assert model_home.registry.client().get_model_version("flights", "1").tags["mlops.status"] == "promoted"
+    assert aliases(model_home) == (1, None) and actions(plat) == [("promote", 1)]

@@ -1,0 +1,74 @@
+"""The fast drift decision agrees with Evidently's on the same data."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mlops_assets.monitoring.drift import ReferenceProfile, detect, profile
+from mlops_assets.monitoring.drift_report import evidently_drift
+
+
+def synthetic(rows: int, seed: int, shift: dict[str, float]) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    cats = rng.choice(["a", "b", "c", "d"], rows, p=[0.4, 0.3, 0.2, 0.1] if "cat" not in shift else [0.1, 0.2, 0.3, 0.4])
+    return pl.DataFrame(
+        {
+            "normal": rng.normal(shift.get("normal", 0.0), 1.0, rows),
+            "skewed": rng.lognormal(shift.get("skewed", 0.0), 0.5, rows),
+            "uniform": rng.uniform(0, 1, rows),
+            "few": rng.choice([0, 1, 2], rows).astype(float),
+            "cat": cats,
+            "steady_cat": rng.choice(["x", "y"], rows),
+        }
+    )
+
+
+NUMERICAL = ["normal", "skewed", "uniform", "few"]
+CATEGORICAL = ["cat", "steady_cat"]
+
+
+@pytest.mark.parametrize("rows", [600, 20_000], ids=["small-reference", "large-reference"])
+def test_fast_decision_matches_evidently_on_injected_drift(tmp_path, rows):
+    reference = synthetic(rows, 1, {})
+    current = synthetic(rows, 2, {"normal": 0.8, "cat": 1.0, "skewed": 0.6})
+    ref_profile = ReferenceProfile.from_json(profile(reference, NUMERICAL, CATEGORICAL).to_json())
+    fast = detect(ref_profile, current, share_threshold=0.5)
+    slow = evidently_drift(reference, current, NUMERICAL, CATEGORICAL, html_path=tmp_path / "report.html", sample_rows=None)
+    joined = fast.columns.join(slow, on="column", suffix="_evidently")
+    assert joined.height == 6
+    assert (joined.get_column("method") == joined.get_column("method_evidently")).all()
+    assert (joined.get_column("drifted") == joined.get_column("drifted_evidently")).all()
+    assert sorted(fast.drifted()) == ["cat", "normal", "skewed"]
+    distances = joined.filter(~pl.col("method").str.contains("p_value"))
+    assert np.allclose(distances.get_column("score"), distances.get_column("score_evidently"), rtol=0.02, atol=0.002)
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+def test_agreement_on_real_seasonal_drift():
+    """January against July flights: real seasonal drift, columns near and far from the threshold."""
+    from mlops_assets.defs.flights.upstream import flights_table, reference_frames
+
+    weather = reference_frames()["weather"].with_columns(pl.col("time_hour").dt.month().alias("m"))
+    flights = flights_table().with_columns(pl.col("_date").dt.month().alias("m"))
+    numerical = ["dep_delay", "arr_delay", "distance", "air_time", "sched_dep_time"]
+    categorical = ["carrier", "origin"]
+    ref_f, cur_f = flights.filter(pl.col("m") == 1), flights.filter(pl.col("m") == 7)
+    weather_cols = ["temp", "humid", "wind_speed", "visib", "pressure"]
+    decisions = []
+    for ref, cur, num, cat in [
+        (ref_f, cur_f, numerical, categorical),
+        (weather.filter(pl.col("m") == 1), weather.filter(pl.col("m") == 7), weather_cols, []),
+    ]:
+        fast = detect(profile(ref, num, cat), cur)
+        slow = evidently_drift(ref, cur, num, cat, sample_rows=None)
+        joined = fast.columns.join(slow, on="column", suffix="_evidently")
+        assert joined.height == len(num) + len(cat)
+        decisions.extend(joined.select(pl.col("drifted") == pl.col("drifted_evidently")).to_series().to_list())
+    assert sum(decisions) / len(decisions) >= 0.95
+    assert "temp" in detect(profile(weather.filter(pl.col("m") == 1), ["temp"], []), weather.filter(pl.col("m") == 7)).drifted()
+
+
+def test_missing_column_is_a_clear_error():
+    ref = profile(synthetic(100, 1, {}), ["normal"], [])
+    with pytest.raises(KeyError, match="column 'normal' of the reference is missing"):
+        detect(ref, pl.DataFrame({"other": [1.0]}))

@@ -1,0 +1,117 @@
+"""Monitoring: drift against the champion's recorded training window, batch scores, live
+performance and the sensors that ask for retraining, on real Delta, MLflow and Dagster."""
+
+import json
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from mlops_assets.defs.flights.upstream import land_days
+from mlops_assets.models import training
+from resources import registered_models
+from tests.support.models import (
+    TRAIN_END,
+    flights_variant,
+    sensor_tick,
+    train,
+)
+
+
+def test_drift_scores_and_retraining_requests(model_home):
+    drift = {
+        "share_threshold": 0.5,
+        "key_columns": ["temp"],
+        "new_partitions_to_retrain": 5,
+        "cooldown_minutes": 0,
+        "report_sample_rows": 2000,
+    }
+    decl = flights_variant(drift=drift)
+    plat = model_home.platform(decl)
+    assert sensor_tick(plat, "flights_monitor_sensor").skip_message == "no champion yet"
+    assert train(plat).success
+    champ = registered_models.champion("flights", plat.resources()["mlflow"])
+    assert champ.version == 1 and champ.plan.partition_end == TRAIN_END
+
+    # monitoring waits while a training run is queued or running (it would compete for the cores)
+    queued = plat.instance.create_run_for_job(job_def=plat.defs.resolve_job_def("flights_train"))
+    waiting = sensor_tick(plat, "flights_monitor_sensor")
+    assert not waiting.run_requests and "7 feature day(s) wait for monitoring: a flights_train run" in waiting.skip_message
+    plat.instance.delete_run(queued.run_id)
+
+    # every featurized day after the champion's window is monitored, once
+    tick = sensor_tick(plat, "flights_monitor_sensor")
+    partitions = sorted(r.partition_key for r in tick.run_requests)
+    assert partitions == [f"2013-01-{d}" for d in (29, 30, 31)] + [f"2013-02-0{d}" for d in (1, 2, 3, 4)]
+    assert not sensor_tick(plat, "flights_monitor_sensor", tick.cursor).run_requests
+
+    # new data: 7 new days >= 5 declared
+    tick = sensor_tick(plat, "flights_new_data_sensor")
+    (request,) = tick.run_requests
+    assert request.job_name == "flights_train" and request.tags["mlops/trigger"] == "new_data"
+    assert "7 new featurized days 2013-01-29..2013-02-04" in request.tags["mlops/reason"]
+    assert json.loads(tick.cursor) == {"requested_through": "2013-02-04"}
+    assert "0 new featurized days" in sensor_tick(plat, "flights_new_data_sensor", tick.cursor).skip_message
+
+    # a winter day against the winter champion
+    assert plat.run("flights_monitor", "2013-01-29").success
+    scores = plat.delta.read_partitions("flights", "batch_scores", ["2013-01-29"]).sort("_source_row")
+    features = plat.delta.read_partitions("flights", "features", ["2013-01-29"]).sort("_source_row")
+    booster = registered_models.load_booster(plat.resources()["mlflow"], "flights", 1)
+    expected = booster.predict(training.matrix(features, champ.plan.feature_columns))
+    assert scores.height == features.height and scores.get_column("model_version").unique().to_list() == [1]
+    assert np.array_equal(scores.get_column("prediction").to_numpy(), expected)
+
+    # summer lands: real seasonal drift in the weather and delays
+    land_days(decl, plat.landing, date(2013, 7, 1), 1)
+    plat.ingest("flights", ["2013-07-01"])
+    run = plat.run("flights_monitor", "2013-07-01")
+    drift_event = [e for e in run.get_asset_materialization_events() if e.asset_key.path[-1] == "feature_drift"][0]
+    meta = drift_event.materialization.metadata
+    assert meta["alert"].value is True and "temp" in meta["drifted_columns"].value
+    assert Path(meta["report"].value).read_text().count("<html") >= 1
+
+    metrics = plat.delta.scan("flights", "drift_metrics").collect()
+    winter = metrics.filter(pl.col("window") == "2013-01-29")
+    summer = metrics.filter(pl.col("window") == "2013-07-01")
+    assert set(winter.get_column("column")) == set(champ.plan.feature_columns)
+    assert summer.get_column("drift_share")[0] > winter.get_column("drift_share")[0]
+    assert summer.filter(pl.col("column") == "temp").get_column("method").item() == "Wasserstein distance (normed)"
+    assert plat.delta.scan("flights", "reference_profiles").collect().height == 1, "the reference profile is computed once"
+
+    tick = sensor_tick(plat, "flights_drift_sensor")
+    (request,) = tick.run_requests
+    assert request.tags["mlops/trigger"] == "drift"
+    assert request.run_key == "drift:v1:features:2013-07-01"
+    assert "key columns drifted: temp" in request.tags["mlops/reason"]
+
+    # a training run just started: a declared cooldown holds the next request back
+    assert train(plat, tags={"mlops/trigger": "drift"}).success
+    cooling = model_home.platform(flights_variant(drift={**drift, "cooldown_minutes": 60}))
+    blocked = sensor_tick(cooling, "flights_new_data_sensor")
+    assert "cooldown: the last flights_train run started" in blocked.skip_message
+
+    perf = plat.defs.resolve_job_def("__ASSET_JOB").execute_in_process(
+        instance=plat.instance, asset_selection=[dg.AssetKey(["flights", "live_performance"])]
+    )
+    table = plat.delta.scan("flights", "live_performance").collect()
+    day = table.filter(pl.col("day") == "2013-01-29")
+    labelled = scores.join(features.select("_source_row", "arr_delay"), on="_source_row").filter(pl.col("arr_delay").is_not_null())
+    errors = (labelled.get_column("prediction") - labelled.get_column("arr_delay")).to_numpy()
+    assert day.get_column("mae").item() == pytest.approx(float(np.mean(np.abs(errors))), rel=1e-12)
+    assert perf.success
+
+
+def test_monitoring_without_a_champion_fails_clearly(model_home):
+    plat = model_home.platform(flights_variant())
+    result = plat.run("flights_monitor", "2013-01-29", raise_on_error=False)
+    assert not result.success
+    messages = [
+        e.step_failure_data.user_failure_data.description
+        for e in result.all_events
+        if e.is_step_failure and e.step_failure_data.user_failure_data
+    ]
+    assert any("has no champion model yet" in m for m in messages)

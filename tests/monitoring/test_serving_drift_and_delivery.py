@@ -1,0 +1,110 @@
+"""Serving drift/skew from the prediction log, and delivery metrics from the audit log and run history."""
+
+import time
+from datetime import UTC, date
+
+import dagster as dg
+import polars as pl
+
+from mlops_assets.defs.flights.upstream import land_days
+from resources import registered_models
+from serving.prediction_log import log_rows
+from tests.support.models import (
+    flights_variant,
+    sensor_tick,
+    train,
+)
+
+
+def served_log(plat, day: str, version: int, plan) -> pl.DataFrame:
+    """What the serving layer logs for a day of requests (its own row builder; Ray is not under test here)."""
+    features = plat.delta.read_partitions("flights", "features", [day]).select(plan.feature_columns)
+    preds = {"predictions": [0.0] * features.height}
+    return log_rows(
+        features=features,
+        result=preds,
+        pipeline="flights",
+        model_version=version,
+        role="champion",
+        served=True,
+        request_id=f"req-{day}",
+        received_at=time.time(),
+    )
+
+
+def materialize(plat, key: list[str]) -> dg.ExecuteInProcessResult:
+    return plat.defs.resolve_job_def("__ASSET_JOB").execute_in_process(instance=plat.instance, asset_selection=[dg.AssetKey(key)])
+
+
+def test_serving_skew_and_delivery_metrics(model_home):
+    decl = flights_variant(drift={"serving_window_rows": 1000, "html_report": False, "cooldown_minutes": 0})
+    plat = model_home.platform(decl)
+    land_days(decl, plat.landing, date(2013, 1, 28), 1)
+    plat.ingest("flights", ["2013-01-28"])  # so the instance knows when the window's newest day landed
+    assert train(plat).success
+    champ = registered_models.champion("flights", plat.resources()["mlflow"])
+    empty = plat.defs.resolve_job_def("__ASSET_JOB").execute_in_process(
+        instance=plat.instance, asset_selection=[dg.AssetKey(["flights", "serving_drift"])], raise_on_error=False
+    )
+    assert not empty.success
+    assert any(
+        "no served predictions logged" in (e.step_failure_data.user_failure_data.description or "")
+        for e in empty.all_events
+        if e.is_step_failure and e.step_failure_data.user_failure_data
+    )
+    assert "0 served predictions" in sensor_tick(plat, "flights_serving_drift_sensor").skip_message
+    for day in ("2013-01-29", "2013-01-30"):
+        plat.delta.append("flights", "prediction_log", served_log(plat, day, champ.version, champ.plan))
+    # shadow rows are the challenger's: never counted as served traffic
+    shadow = served_log(plat, "2013-01-31", champ.version, champ.plan).with_columns(
+        pl.lit(False).alias("served"), pl.lit("shadow").alias("role")
+    )
+    plat.delta.append("flights", "prediction_log", shadow)
+
+    tick = sensor_tick(plat, "flights_serving_drift_sensor")
+    (request,) = tick.run_requests
+    result = plat.run(request.job_name)
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    served_rows = sum(plat.delta.read_partitions("flights", "features", [d]).height for d in ("2013-01-29", "2013-01-30"))
+    assert meta["rows"].value == served_rows
+    rows = plat.delta.scan("flights", "drift_metrics").filter(pl.col("source") == "serving").collect()
+    assert set(rows.get_column("model_version")) == {champ.version}
+    assert set(rows.get_column("column")) == set(champ.plan.feature_columns)
+    assert rows.get_column("rows").unique().to_list() == [served_rows]
+    assert "0 served predictions" in sensor_tick(plat, "flights_serving_drift_sensor").skip_message, "the watermark moved"
+
+    # delivery metrics: the sensor asks for them after each promotion decision or deployment, once
+    tick = sensor_tick(plat, "flights_delivery_sensor")
+    (request,) = tick.run_requests
+    assert sensor_tick(plat, "flights_delivery_sensor", cursor=tick.cursor).skip_message == "no new promotion decision or deployment"
+    # the serving layer reports the champion it serves through the deployment asset
+    plat.instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key=dg.AssetKey(["flights", "deployment"]), metadata={"champion_version": champ.version})
+    )
+    result = materialize(plat, ["flights", "delivery_metrics"])
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["deployments_total"].value == 1.0
+    assert meta["promotion_decisions"].value == 1.0 and meta["change_failure_rate"].value == 0.0
+    landed = plat.landing.stat("flights", "flights_2013-01-28.parquet").mtime_ns / 1e9
+    served_at = plat.instance.get_latest_materialization_event(dg.AssetKey(["flights", "deployment"])).timestamp
+    assert abs(meta["lead_time_last_s"].value - (served_at - landed)) < 1e-3
+    assert sensor_tick(plat, "flights_delivery_sensor", cursor=tick.cursor).run_requests, "a deployment is news"
+    history = plat.delta.scan("flights", "delivery_metrics").collect()
+    assert history.height == 1 and history.get_column("deployments_total").item() == 1
+
+
+def test_snapshots_with_and_without_values_append_to_one_history(tmp_path):
+    """The first snapshot has no lead time or restore yet; later ones do: one typed history table."""
+    from datetime import datetime
+
+    from mlops_assets.monitoring.delivery_metrics import SNAPSHOT_SCHEMA, snapshot_frame
+    from resources.delta_lake import DeltaLakeResource
+
+    delta = DeltaLakeResource(root=str(tmp_path))
+    empty = {k: None for k in SNAPSHOT_SCHEMA} | {"computed_at": datetime.now(UTC), "deployments_total": 0}
+    full = {k: 1.5 if v == pl.Float64 else 1 for k, v in SNAPSHOT_SCHEMA.items()} | {"computed_at": datetime.now(UTC)}
+    delta.append("flights", "delivery_metrics", snapshot_frame(empty), "run-1")
+    delta.append("flights", "delivery_metrics", snapshot_frame(full), "run-2")
+    history = delta.scan("flights", "delivery_metrics").collect().sort("deployments_total")
+    assert history.height == 2
+    assert history.get_column("time_to_restore_median_s").to_list() == [None, 1.5]

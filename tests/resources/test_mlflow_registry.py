@@ -1,0 +1,67 @@
+"""The typed MLflow resource: home defaults, configured URIs, and the write lock other processes respect."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlops_assets.core.home import MlopsHome
+from resources.defaults import model_resources
+from resources.mlflow_registry import MlflowRegistryResource
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_follow_the_platform_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    r = MlflowRegistryResource()
+    assert r.resolved_tracking_uri() == MlopsHome(tmp_path).mlflow_tracking_uri
+    assert r.resolved_registry_uri() == r.resolved_tracking_uri()
+    assert r.resolved_artifact_root() == str(tmp_path / "mlflow" / "artifacts")
+    configured = MlflowRegistryResource(tracking_uri="http://mlflow:5000", registry_uri="postgresql://db/registry")
+    assert (configured.resolved_tracking_uri(), configured.resolved_registry_uri()) == ("http://mlflow:5000", "postgresql://db/registry")
+    assert model_resources(MlopsHome(tmp_path / "other"))["mlflow"].resolved_tracking_uri().endswith("other/mlflow/mlflow.db")
+
+
+def test_config_is_typed():
+    with pytest.raises(Exception, match="lock_timeout_s"):
+        MlflowRegistryResource(lock_timeout_s=-1)
+
+
+def test_another_process_waits_for_the_sqlite_write_lock(tmp_path):
+    home = MlopsHome(tmp_path)
+    registry = MlflowRegistryResource(tracking_uri=home.mlflow_tracking_uri)
+    script = (
+        "from resources.mlflow_registry import MlflowRegistryResource as R\n"
+        f"r = R(tracking_uri={home.mlflow_tracking_uri!r}, lock_timeout_s=1)\n"
+        "try:\n"
+        "    with r.writing():\n"
+        "        print('GOT THE LOCK')\n"
+        "except TimeoutError as err:\n"
+        "    print(err)\n"
+    )
+    with registry.writing():
+        out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "GOT THE LOCK" not in out.stdout
+    assert "another writer held the MLflow store lock" in out.stdout, out.stderr[-2000:]
+    # once released, the other process gets it
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "GOT THE LOCK" in out.stdout, out.stderr[-2000:]
+
+
+def test_writing_leaves_the_process_mlflow_settings_as_they_were(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    registry = MlflowRegistryResource(tracking_uri=MlopsHome(tmp_path).mlflow_tracking_uri)
+    with registry.writing():
+        assert mlflow.get_tracking_uri() == registry.resolved_tracking_uri()
+        assert mlflow.get_registry_uri() == registry.resolved_registry_uri()
+    assert mlflow.get_tracking_uri() == before
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ

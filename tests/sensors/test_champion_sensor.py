@@ -1,0 +1,107 @@
+"""The champion sensor starts a deployment run on every alias move, promotion and rollback alike."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import lightgbm as lgb
+import numpy as np
+
+from mlops_assets.core.declaration import PACKAGED_PIPELINES, load_declaration
+from mlops_assets.deployment import build as build_serving_definitions
+from resources.serving import ServingResource
+
+
+def _register(uri: str, tmp_path, name: str) -> int:
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.get_experiment_by_name(name) or mlflow.get_experiment(
+        mlflow.create_experiment(name, artifact_location=(tmp_path / "artifacts").as_uri())
+    )
+    x = np.random.default_rng(0).normal(size=(100, 2))
+    booster = lgb.train({"verbose": -1, "objective": "regression"}, lgb.Dataset(x, x[:, 0]), 2)
+    with mlflow.start_run(experiment_id=exp.experiment_id):
+        info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=name)
+    return int(info.registered_model_version)
+
+
+class Ticker:
+    """Evaluates the sensor against a real instance, carrying its cursor from tick to tick."""
+
+    def __init__(self, sensor, instance, resource):
+        self.sensor, self.instance, self.resource, self.cursor = sensor, instance, resource, None
+
+    def __call__(self):
+        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources={"serving": self.resource})
+        data = self.sensor.evaluate_tick(context)
+        self.cursor = data.cursor or self.cursor
+        return data
+
+
+def test_sensor_follows_promotions_and_rollbacks(tmp_path):
+    from mlflow import MlflowClient
+
+    decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    resource = ServingResource(tracking_uri=uri)
+    defs = dg.Definitions.merge(build_serving_definitions(decl), dg.Definitions(resources={"serving": resource}))
+    sensor = defs.resolve_sensor_def("flights_champion_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+    with dg.instance_for_test() as instance:
+        tick = Ticker(sensor, instance, resource)
+
+        assert "no MLflow registry yet" in tick().skip_message  # nothing created behind the user's back
+        (tmp_path / "mlflow").mkdir()
+        v1, v2 = _register(uri, tmp_path, "flights"), _register(uri, tmp_path, "flights")
+        assert "no champion" in tick().skip_message
+        client = MlflowClient(uri, uri)
+        keys = []
+        for version in (v1, v2, v1):  # promote v1, promote v2, roll back to v1
+            client.set_registered_model_alias("flights", "champion", str(version))
+            requests = tick().run_requests
+            assert len(requests) == 1 and requests[0].tags["mlops/champion_version"] == str(version)
+            keys.append(requests[0].run_key)
+            assert "unchanged" in tick().skip_message
+        assert len(set(keys)) == 3  # a rollback is a new run, not a duplicate run key
+        client.set_registered_model_alias("flights", "challenger", str(v2))
+        requests = tick().run_requests
+        assert len(requests) == 1 and requests[0].tags["mlops/challenger_version"] == str(v2)
+        assert json.loads(tick.cursor)["moves"] == 4
+
+
+def test_a_failed_rollout_is_requested_again_a_bounded_number_of_times(tmp_path):
+    from mlflow import MlflowClient
+
+    from sensors.champion_sensor import ROLLOUT_RETRIES
+
+    decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    (tmp_path / "mlflow").mkdir()
+    resource = ServingResource(tracking_uri=uri)
+    defs = dg.Definitions.merge(build_serving_definitions(decl), dg.Definitions(resources={"serving": resource}))
+    sensor, job = defs.resolve_sensor_def("flights_champion_sensor"), defs.resolve_job_def("flights_deploy")
+    MlflowClient(uri, uri).set_registered_model_alias("flights", "champion", str(_register(uri, tmp_path, "flights")))
+
+    with dg.instance_for_test() as instance:
+        tick = Ticker(sensor, instance, resource)
+
+        def run_and_fail(request) -> None:  # the rollout run as the daemon would launch it, failing (no Ray here)
+            run = instance.create_run_for_job(job_def=job, tags={**request.tags, "dagster/run_key": request.run_key})
+            instance.report_run_failed(run)
+
+        (request,) = tick().run_requests
+        assert "unchanged" in tick().skip_message, "nothing to retry while the rollout has not failed"
+        keys = [request.run_key]
+        for attempt in range(1, ROLLOUT_RETRIES + 1):
+            run_and_fail(request)
+            (request,) = tick().run_requests
+            assert request.tags["mlops/reason"].startswith(f"retry {attempt} of {ROLLOUT_RETRIES}")
+            assert request.tags["mlops/champion_version"] == "1"
+            keys.append(request.run_key)
+        run_and_fail(request)
+        assert "unchanged" in tick().skip_message, "retries are bounded"
+        assert len(set(keys)) == ROLLOUT_RETRIES + 1

@@ -1,0 +1,121 @@
+"""The landing sensor, evaluated against a real Dagster instance."""
+
+import json
+import os
+from datetime import date
+
+import dagster as dg
+import pytest
+
+from mlops_assets.defs.flights.upstream import land_days, land_reference
+from tests.support.platform import Platform
+
+
+def evaluate(platform: Platform, cursor: str | None = None) -> dg.SensorResult:
+    sensor = platform.defs.resolve_sensor_def("flights_landing_sensor")
+    context = dg.build_sensor_context(
+        instance=platform.instance,
+        cursor=cursor,
+        resources=platform.resources(),
+        definitions=platform.defs,
+    )
+    return sensor.evaluate_tick(context)
+
+
+def partitions_of(result) -> list[str]:
+    return sorted(r.partition_key for r in result.run_requests if r.partition_key)
+
+
+def test_sensor_is_on_by_default_and_targets_the_ingest_job(platform: Platform):
+    sensor = platform.defs.resolve_sensor_def("flights_landing_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert {j.name for j in sensor.jobs} == {"flights_ingest", "flights_reference"}
+
+
+def test_partitions_wait_for_reference_tables(platform: Platform):
+    decl = platform.declarations["flights"]
+    result = evaluate(platform)
+    assert not result.run_requests and "waiting for the reference files" in result.skip_message
+
+    land_days(decl, platform.landing, date(2013, 1, 1), 2)
+    result = evaluate(platform)
+    assert [r.job_name for r in result.run_requests] == ["flights_reference"]
+    assert result.cursor is None, "partitions are not consumed while the reference is stale"
+
+    platform.run("flights_reference")
+    result = evaluate(platform)
+    assert partitions_of(result) == ["2013-01-01", "2013-01-02"]
+    assert all(r.job_name == "flights_ingest" for r in result.run_requests)
+
+    # a new version of a reference file is loaded before more partitions are ingested
+    os.utime(platform.landing.uri("flights", "reference", "weather.parquet"), ns=(1, 1))
+    land_days(decl, platform.landing, date(2013, 1, 3), 1)
+    result = evaluate(platform, result.cursor)
+    assert [r.job_name for r in result.run_requests] == ["flights_reference"]
+
+
+@pytest.fixture
+def ready(platform: Platform) -> Platform:
+    land_reference(platform.declarations["flights"], platform.landing)
+    platform.run("flights_reference")
+    return platform
+
+
+def test_new_files_request_exactly_their_partitions_once(ready: Platform):
+    decl = ready.declarations["flights"]
+    land_days(decl, ready.landing, date(2013, 1, 1), 3)
+    first = evaluate(ready)
+    assert partitions_of(first) == ["2013-01-01", "2013-01-02", "2013-01-03"]
+    keys = {r.run_key for r in first.run_requests}
+    assert len(keys) == 3 and all(k.startswith("2013-01-0") for k in keys)
+    assert set(json.loads(first.cursor)["files"]) == {f"flights_2013-01-0{i}.parquet" for i in (1, 2, 3)}
+
+    second = evaluate(ready, first.cursor)
+    assert not second.run_requests and second.skip_message == "no new or replaced files"
+
+    land_days(decl, ready.landing, date(2013, 1, 4), 1)
+    third = evaluate(ready, second.cursor)
+    assert partitions_of(third) == ["2013-01-04"]
+
+
+def test_replaced_file_is_ingested_again_with_a_new_run_key(ready: Platform):
+    decl = ready.declarations["flights"]
+    land_days(decl, ready.landing, date(2013, 1, 1), 1)
+    first = evaluate(ready)
+    path = ready.landing.uri("flights", "flights_2013-01-01.parquet")
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    again = evaluate(ready, first.cursor)
+    assert partitions_of(again) == ["2013-01-01"]
+    assert again.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+def test_partial_foreign_and_out_of_range_files_are_ignored(ready: Platform):
+    folder = ready.landing.uri("flights")
+    os.makedirs(folder, exist_ok=True)
+    for name in [
+        ".flights_2013-01-05.parquet.tmp",
+        "flights_2013-01-06.parquet.part",
+        "notes.txt",
+        "flights_2012-12-31.parquet",
+        "flights_2014-01-02.parquet",
+    ]:
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(b"x")
+    result = evaluate(ready)
+    assert not result.run_requests
+    assert sorted(json.loads(result.cursor)["ignored"]) == ["flights_2012-12-31.parquet", "flights_2014-01-02.parquet", "notes.txt"]
+
+
+def test_sensor_runs_through_the_daemon_path_and_ingests(ready: Platform):
+    """Requests launched as real runs ingest exactly the landed partitions."""
+    decl = ready.declarations["flights"]
+    land_days(decl, ready.landing, date(2013, 1, 1), 2)
+    result = evaluate(ready)
+    for request in result.run_requests:
+        run = ready.defs.resolve_job_def(request.job_name).execute_in_process(
+            instance=ready.instance, partition_key=request.partition_key, tags=request.tags
+        )
+        assert run.success
+        assert ready.instance.get_run_by_id(run.run_id).tags["mlops/landed_file"] == f"flights_{request.partition_key}.parquet"
+    assert ready.delta.partitions("flights", "features") == ["2013-01-01", "2013-01-02"]

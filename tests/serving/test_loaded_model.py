@@ -1,0 +1,83 @@
+"""Loading registered versions per the registry contract: every task's output, and refusals with reasons."""
+
+from __future__ import annotations
+
+import json
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+import pytest
+
+from resources.registered_models import resolve_alias
+from serving.loaded_model import ModelLoadError, load_version
+
+
+@pytest.fixture
+def registry(tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.create_experiment("reg", artifact_location=(tmp_path / "artifacts").as_uri())
+    client = MlflowClient(uri, uri)
+
+    def register(booster: lgb.Booster, name: str, tags: dict) -> int:
+        with mlflow.start_run(experiment_id=exp):
+            info = mlflow.lightgbm.log_model(booster, name="model", registered_model_name=name)
+        for k, v in tags.items():
+            client.set_model_version_tag(name, info.registered_model_version, k, v)
+        return int(info.registered_model_version)
+
+    return uri, register
+
+
+def _data(task: str):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(600, 3))
+    if task == "binary":
+        return x, (x[:, 0] > 0).astype(int), {"objective": "binary"}
+    return x, np.digitize(x[:, 0], [-0.5, 0.5]), {"objective": "multiclass", "num_class": 3}
+
+
+@pytest.mark.parametrize("task,classes", [("binary", ["on_time", "late"]), ("multiclass", ["early", "on_time", "late"])])
+def test_classifiers_answer_with_labels_and_probabilities(registry, task, classes):
+    uri, register = registry
+    x, y, params = _data(task)
+    booster = lgb.train({**params, "verbose": -1}, lgb.Dataset(x, y, feature_name=["a", "b", "c"]), 10)
+    tags = {"mlops.feature_columns": json.dumps(["a", "b", "c"]), "mlops.task": task, "mlops.classes": json.dumps(classes)}
+    version = register(booster, task, tags)
+    model = load_version(uri, task, version)
+    frame = pl.DataFrame(x[:50], schema=["a", "b", "c"], orient="row")
+    out = model.predict(frame)
+    raw = booster.predict(x[:50])
+    if task == "binary":
+        np.testing.assert_allclose(out["predictions"], raw, rtol=0, atol=1e-12)  # probability of classes[1]
+        assert out["labels"] == [classes[int(p > 0.5)] for p in raw]
+    else:
+        np.testing.assert_allclose(out["probabilities"], raw, rtol=0, atol=1e-12)
+        assert out["predictions"] == out["labels"] == [classes[i] for i in raw.argmax(axis=1)]
+
+
+def test_refusals_name_the_problem(registry):
+    uri, register = registry
+    x, y, params = _data("binary")
+    booster = lgb.train({**params, "verbose": -1}, lgb.Dataset(x, y, feature_name=["a", "b", "c"]), 3)
+    wrong_cols = register(booster, "m", {"mlops.feature_columns": json.dumps(["a", "c", "b"])})
+    no_classes = register(booster, "m", {"mlops.task": "binary"})
+    bad_task = register(booster, "m", {"mlops.task": "ranking"})
+    with pytest.raises(ModelLoadError, match="differs from the booster's features"):
+        load_version(uri, "m", wrong_cols)
+    with pytest.raises(ModelLoadError, match="needs the mlops.classes tag"):
+        load_version(uri, "m", no_classes)
+    with pytest.raises(ModelLoadError, match="mlops.task is 'ranking'"):
+        load_version(uri, "m", bad_task)
+    with pytest.raises(ModelLoadError, match="has no version 99"):
+        load_version(uri, "m", 99)
+    assert resolve_alias(uri, "m", "champion") is None and resolve_alias(uri, "nosuch", "champion") is None
+    frame = pl.DataFrame({"a": [0.1], "b": [0.2]})
+    model = load_version(uri, "m", register(booster, "m", {}))  # no tags: a regression over the booster's own columns
+    with pytest.raises(ModelLoadError, match=r"needs features .*\['c'\]"):
+        model.predict(frame)

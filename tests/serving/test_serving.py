@@ -1,0 +1,413 @@
+"""Serving on a real local Ray Serve: HTTP protocols, parity, errors, canary, shadow, prediction log, swaps.
+
+One Ray instance and one deployed flights application for the whole module
+(see tests/serving_fixtures.py); requests are real HTTP on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import polars as pl
+import pytest
+import requests
+
+from mlops_assets.core.names import PREDICTION_LOG
+from serving import control
+from serving.config import GATEWAY_APP
+from tests.support.serving import (
+    ADMIN_TOKEN,
+    PREDICT_TOKEN,
+    offline_features,
+    request_records,
+)
+
+V2_TYPE = {int: "INT64", float: "FP64", str: "BYTES"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def client() -> requests.Session:
+    """An HTTP client that carries the prediction bearer token the test instance requires."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {PREDICT_TOKEN}"
+    return session
+
+
+HTTP = client()
+
+
+@pytest.fixture(scope="module")
+def served(ray_serve, serving_registry):
+    """The flights application serving v1 (champion) with v2 as challenger."""
+    settings = serving_registry_settings(serving_registry)
+    control.deploy_pipeline(serving_registry.decl, settings, serving_registry.champion, serving_registry.challenger, gateway_replicas=1)
+    control.wait_for_version("flights", serving_registry.champion, timeout_s=240)
+    wait_http(ray_serve.base_url + "/v2/models/flights/ready")
+    return ray_serve
+
+
+def serving_registry_settings(reg):
+    from resources.serving import ServeSettings
+
+    return ServeSettings(pipeline="flights", tracking_uri=reg.tracking_uri, delta_root=reg.delta.root, log_flush_seconds=0.3)
+
+
+def wait_http(url: str, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s")
+
+
+def predict(
+    base: str, records: list[dict], request_id: str | None = None, session: requests.Session | None = None, **kw
+) -> requests.Response:
+    headers = {"X-Request-Id": request_id} if request_id else {}
+    return (session or HTTP).post(f"{base}/v1/models/flights:predict", json={"instances": records}, headers=headers, timeout=30, **kw)
+
+
+def set_traffic(base: str, **body) -> None:
+    r = HTTP.post(f"{base}/admin/models/flights/traffic", json=body, headers=ADMIN, timeout=60)
+    assert r.status_code == 200, r.text
+    deadline = time.time() + 60
+    while time.time() < deadline:  # the champion replicas reconfigure asynchronously
+        status = HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
+        if all(status["traffic"][k] == v for k, v in body.items()):
+            seen = [HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json() for _ in range(6)]
+            if all(all(s["traffic"][k] == v for k, v in body.items()) for s in seen):
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"traffic {body} not applied")
+
+
+def read_log(reg, request_ids: set[str], expected_rows: int, timeout_s: float = 60) -> pl.DataFrame:
+    deadline = time.time() + timeout_s
+    rows = pl.DataFrame()
+    while time.time() < deadline:
+        lf = reg.delta.scan("flights", PREDICTION_LOG)
+        if lf is not None:
+            rows = lf.filter(pl.col("request_id").is_in(list(request_ids))).collect()
+            if rows.height >= expected_rows:
+                return rows
+        time.sleep(0.3)
+    raise AssertionError(f"prediction log has {rows.height} of {expected_rows} rows for {len(request_ids)} requests")
+
+
+def test_v1_prediction_equals_offline_prediction_of_the_same_version(served, serving_registry):
+    records = request_records(25)
+    r = predict(served.base_url, records)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == str(serving_registry.champion) == r.headers["X-Model-Version"]
+    booster = serving_registry.boosters[serving_registry.champion]
+    features = offline_features(serving_registry, records)
+    expected = booster.predict(features.select(booster.feature_name()).cast(pl.Float64).to_numpy())
+    np.testing.assert_allclose(body["predictions"], expected, rtol=0, atol=1e-9)
+
+
+def test_v2_protocol_endpoints_and_infer(served, serving_registry):
+    base = served.base_url
+    assert HTTP.get(f"{base}/v2/health/live", timeout=10).json() == {"live": True}
+    ready = HTTP.get(f"{base}/v2/health/ready", timeout=10)
+    assert ready.status_code == 200 and ready.json()["models"] == {"flights": True}
+    meta = HTTP.get(f"{base}/v2/models/flights", timeout=10).json()
+    assert meta["versions"] == [str(serving_registry.champion)]
+    assert [i["name"] for i in meta["inputs"]][:3] == ["year", "month", "day"]
+    model_ready = HTTP.get(f"{base}/v2/models/flights/ready", timeout=10)
+    assert model_ready.status_code == 200 and model_ready.json()["ready"] is True
+    assert HTTP.get(f"{base}/v1/models/flights", timeout=10).json()["model_version_status"][0]["state"] == "AVAILABLE"
+
+    records = request_records(10)
+    inputs = [
+        {"name": c, "shape": [len(records)], "datatype": V2_TYPE[type(records[0][c])], "data": [r[c] for r in records]} for c in records[0]
+    ]
+    r = HTTP.post(f"{base}/v2/models/flights/infer", json={"id": "v2-req", "inputs": inputs}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_name"] == "flights" and body["model_version"] == str(serving_registry.champion) and body["id"] == "v2-req"
+    v1 = predict(base, records).json()["predictions"]
+    np.testing.assert_allclose(body["outputs"][0]["data"], v1, rtol=0, atol=1e-12)
+    assert body["outputs"][0]["shape"] == [10]
+
+    spec = HTTP.get(f"{base}/openapi.json", timeout=10).json()
+    assert {"/v2/models/{name}/infer", "/v1/models/{name}:predict", "/v2/health/ready"} <= set(spec["paths"])
+
+
+def test_v2_version_pinned_endpoints(served, serving_registry):
+    base, reg = served.base_url, serving_registry
+    records = request_records(4)
+    inputs = [{"name": c, "shape": [4], "datatype": V2_TYPE[type(records[0][c])], "data": [r[c] for r in records]} for c in records[0]]
+    for version in (reg.champion, reg.challenger):
+        assert HTTP.get(f"{base}/v2/models/flights/versions/{version}/ready", timeout=10).status_code == 200
+        assert HTTP.get(f"{base}/v2/models/flights/versions/{version}", timeout=10).json()["versions"] == [str(version)]
+        r = HTTP.post(f"{base}/v2/models/flights/versions/{version}/infer", json={"inputs": inputs}, timeout=30)
+        assert r.status_code == 200 and r.json()["model_version"] == str(version), r.text
+        booster = reg.boosters[version]
+        features = offline_features(reg, records)
+        expected = booster.predict(features.select(booster.feature_name()).cast(pl.Float64).to_numpy())
+        np.testing.assert_allclose(r.json()["outputs"][0]["data"], expected, rtol=0, atol=1e-9)
+    r = HTTP.post(f"{base}/v2/models/flights/versions/99/infer", json={"inputs": inputs}, timeout=30)
+    assert r.status_code == 404 and "version 99" in r.json()["error"]
+    missing = HTTP.get(f"{base}/v2/models/flights/versions/99/ready", timeout=10)
+    assert missing.status_code == 404 and f"champion v{reg.champion}" in missing.json()["error"]
+
+
+def _without(record: dict, key: str) -> dict:
+    return {k: v for k, v in record.items() if k != key}
+
+
+BAD_V1 = {
+    "missing field": (lambda r: [_without(r, "dep_delay")], 400, "dep_delay"),
+    "unknown field": (lambda r: [dict(r, colour="red")], 400, "colour"),
+    "wrong type": (lambda r: [dict(r, distance="far")], 422, "distance"),
+    "unknown category": (lambda r: [dict(r, carrier="ZZ")], 422, "carrier"),
+    "out of range": (lambda r: [dict(r, month=13)], 422, "month"),
+    "null in required": (lambda r: [dict(r, origin=None)], 422, "origin"),
+    "nested value": (lambda r: [dict(r, dest=["JFK"])], 400, "dest"),
+    "empty batch": (lambda r: [], 400, "empty batch"),
+    "oversized batch": (lambda r: [r] * 10_001, 413, "10000"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_V1))
+def test_bad_v1_requests_get_4xx_naming_the_problem(served, case):
+    make, status, named = BAD_V1[case]
+    r = predict(served.base_url, make(request_records(1)[0]))
+    assert r.status_code == status, r.text
+    assert named in r.json()["error"]
+
+
+def test_malformed_unknown_and_oversized_bodies(served, serving_registry):
+    base = served.base_url
+    r = HTTP.post(f"{base}/v1/models/flights:predict", data=b'{"instances": [', headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    r = HTTP.post(f"{base}/v1/models/flights:predict", json={"records": []}, timeout=10)
+    assert r.status_code == 400 and "instances" in r.json()["error"]
+    r = HTTP.post(f"{base}/v1/models/nosuch:predict", json={"instances": request_records(1)}, timeout=10)
+    assert r.status_code == 404 and "unknown model 'nosuch'" in r.json()["error"]
+    assert HTTP.get(f"{base}/v2/models/nosuch/ready", timeout=10).status_code == 404
+    big = b'{"instances": [' + b" " * (serving_registry.decl.serving.max_body_bytes + 1) + b"]}"
+    r = HTTP.post(f"{base}/v1/models/flights:predict", data=big, timeout=30)
+    assert r.status_code == 413 and "larger than the limit" in r.json()["error"]
+    good = request_records(1)[0]
+    bad_v2 = [
+        ({"inputs": [{"name": "carrier", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, "carrier"),
+        (
+            {"inputs": [{"name": c, "shape": [1], "datatype": V2_TYPE[type(v)], "data": [v]} for c, v in good.items() if c != "dest"]},
+            "dest",
+        ),
+        ({"inputs": [{"name": "nope", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, "nope"),
+    ]
+    for body, named in bad_v2:
+        r = HTTP.post(f"{base}/v2/models/flights/infer", json=body, timeout=10)
+        assert r.status_code == 400 and named in r.json()["error"], r.text
+    # the replicas are still answering
+    assert predict(base, request_records(2)).status_code == 200
+
+
+def test_admin_endpoints_refuse_without_the_token_and_reload_with_it(served, serving_registry):
+    base = served.base_url
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        assert HTTP.post(f"{base}/admin/models/flights/traffic", json={"canary_share": 1.0}, headers=headers, timeout=10).status_code == 401
+        assert HTTP.post(f"{base}/admin/models/flights/reload", headers=headers, timeout=10).status_code == 401
+        assert HTTP.get(f"{base}/admin/models/flights/status", headers=headers, timeout=10).status_code == 401
+    assert control.traffic_of("flights")["canary_share"] == 0.0
+    r = HTTP.post(f"{base}/admin/models/flights/traffic", json={"canary_share": 2}, headers=ADMIN, timeout=10)
+    assert r.status_code == 400
+    r = HTTP.post(f"{base}/admin/models/flights/reload", headers=ADMIN, timeout=120)
+    assert r.status_code == 200, r.text
+    assert (r.json()["champion"], r.json()["challenger"]) == (serving_registry.champion, serving_registry.challenger)
+    assert control.current_apps()["flights"]["args"].get("log_flush_seconds") == 0.3  # a reload keeps the builder args (no restart)
+
+
+def test_prediction_endpoints_need_the_bearer_token_when_one_is_set(served):
+    base, body = served.base_url, {"instances": request_records(1)}
+    assert requests.post(f"{base}/v1/models/flights:predict", json=body, timeout=10).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert requests.post(f"{base}/v1/models/flights:predict", json=body, headers=wrong, timeout=10).status_code == 401
+    assert requests.post(f"{base}/v2/models/flights/infer", json={"inputs": []}, timeout=10).status_code == 401
+    assert HTTP.post(f"{base}/v1/models/flights:predict", json=body, timeout=10).status_code == 200
+    assert requests.get(f"{base}/v2/health/ready", timeout=10).status_code == 200  # probes stay open
+
+
+def test_canary_share_is_observed_and_changes_without_restarts(served, serving_registry):
+    base = served.base_url
+    before = HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
+    set_traffic(base, canary_share=0.3)
+    try:
+        record = request_records(1)
+        with ThreadPoolExecutor(4) as pool:
+            versions = list(pool.map(lambda _: predict(base, record, session=client()).json()["model_version"], range(200)))
+    finally:
+        set_traffic(base, canary_share=0.0)
+    share = versions.count(str(serving_registry.challenger)) / len(versions)
+    assert 0.18 <= share <= 0.42, share  # binomial(200, 0.3): about 4 standard deviations
+    assert set(versions) == {str(serving_registry.champion), str(serving_registry.challenger)}
+    after = HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
+    assert after["champion"]["loads"] == before["champion"]["loads"]  # model replicas were not reloaded
+
+
+def test_shadow_is_logged_never_returned_and_log_rows_match_requests(served, serving_registry):
+    base = served.base_url
+    set_traffic(base, shadow=True)
+    try:
+        sent: dict[str, tuple[list[dict], list[float]]] = {}
+        for n in (1, 3, 7):
+            rid = f"shadow-{uuid.uuid4().hex}"
+            records = request_records(n)
+            body = predict(base, records, request_id=rid).json()
+            assert body["model_version"] == str(serving_registry.champion) and body["role"] == "champion"
+            assert body["request_id"] == rid
+            sent[rid] = (records, body["predictions"])
+    finally:
+        set_traffic(base, shadow=False)
+    total = sum(len(r) for r, _ in sent.values())
+    log = read_log(serving_registry, set(sent), expected_rows=2 * total)
+    served_rows = log.filter(pl.col("served"))
+    shadow_rows = log.filter(~pl.col("served"))
+    assert served_rows.height == total and shadow_rows.height == total
+    assert set(served_rows["model_version"]) == {serving_registry.champion}
+    assert set(shadow_rows["model_version"]) == {serving_registry.challenger}
+    assert set(shadow_rows["role"]) == {"shadow"}
+    for rid, (records, predictions) in sent.items():
+        rows = served_rows.filter(pl.col("request_id") == rid).sort("record")
+        assert rows.height == len(records)
+        np.testing.assert_allclose(rows["prediction"].to_list(), predictions, rtol=0, atol=1e-12)
+        assert rows["dep_delay"].to_list() == [r["dep_delay"] for r in records]  # features are logged
+        assert (rows["latency_ms"] > 0).all()
+    challenger = serving_registry.boosters[serving_registry.challenger]
+    rid = next(iter(sent))
+    shadow = shadow_rows.filter(pl.col("request_id") == rid).sort("record")
+    expected = challenger.predict(shadow.select(challenger.feature_name()).cast(pl.Float64).to_numpy())
+    np.testing.assert_allclose(shadow["prediction"].to_list(), expected, rtol=0, atol=1e-9)
+
+
+def test_swap_under_load_via_sensor_and_asset_has_no_failed_request(served, serving_registry):
+    """A client hammers the endpoint while the champion alias moves and the deployment asset rolls it out."""
+    import dagster as dg
+
+    from mlops_assets.deployment import build as build_serving_definitions
+    from resources.serving import ServingResource
+
+    reg = serving_registry
+    resource = ServingResource(
+        http_host="127.0.0.1",
+        http_port=served.port,
+        tracking_uri=reg.tracking_uri,
+        delta_root=reg.delta.root,
+        gateway_replicas=1,
+        rollout_timeout_s=240,
+        log_flush_seconds=0.3,
+    )
+    defs = dg.Definitions.merge(build_serving_definitions(reg.decl), dg.Definitions(resources={"serving": resource}))
+    sensor = defs.resolve_sensor_def("flights_champion_sensor")
+    job = defs.resolve_job_def("flights_deploy")
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def hammer():
+        records = request_records(3)
+        session = client()
+        while not stop.is_set():
+            try:
+                r = session.post(f"{served.base_url}/v1/models/flights:predict", json={"instances": records}, timeout=30)
+                results.append((r.status_code, r.json().get("model_version", r.text)))
+            except requests.RequestException as err:
+                results.append((-1, repr(err)))
+
+    with dg.instance_for_test() as instance:
+        cursor = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources={"serving": resource})).cursor
+        threads = [threading.Thread(target=hammer) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1.0)
+            reg.set_alias("champion", reg.challenger)  # promotion
+            ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"serving": resource})
+            run_requests = list(sensor.evaluate_tick(ctx).run_requests or [])
+            assert len(run_requests) == 1 and run_requests[0].tags["mlops/champion_version"] == str(reg.challenger)
+            result = job.execute_in_process(instance=instance, tags=run_requests[0].tags)
+            assert result.success
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+            reg.set_alias("champion", reg.champion)  # the registry as the other tests expect it
+    failures = [r for r in results if r[0] != 200]
+    assert not failures, failures[:5]
+    versions = [v for _, v in results]
+    assert versions[0] == str(reg.champion) and versions[-1] == str(reg.challenger)
+    assert len(results) > 20
+    meta = result.asset_materializations_for_node("flights__deployment")[0].metadata
+    assert meta["champion_version"].value == reg.challenger
+    assert meta["infer_url"].value == f"{served.base_url}/v2/models/flights/infer"
+    # the swap reconfigured the running replicas (second load), it did not replace them
+    loads = {
+        HTTP.get(f"{served.base_url}/admin/models/flights/status", headers=ADMIN, timeout=10).json()["champion"]["loads"] for _ in range(8)
+    }
+    assert loads == {2}, loads
+
+
+def test_gateway_app_is_one_app_for_all_pipelines(served):
+    apps = control.current_apps()
+    assert set(apps) == {GATEWAY_APP, "flights"}
+    # the pipeline app's only route is its V2 infer path, answered by the champion itself (one Ray hand-off
+    # fewer); everything else, V1 and the pinned-version infer included, is the gateway's
+    assert apps["flights"].get("route_prefix") == "/v2/models/flights/infer"
+    r = HTTP.get(f"{served.base_url}/v2/models/flights/infer", timeout=10)
+    assert r.status_code == 405 and "infer takes POST" in r.json()["error"]
+
+
+@pytest.mark.skipif(not os.environ.get("MLOPS_SERVING_SLOW"), reason="replaces every replica (about a minute); set MLOPS_SERVING_SLOW=1")
+def test_restart_with_surge_under_load_has_no_failed_request(served, serving_registry):
+    """A change Serve cannot apply in place (builder args) starts new replicas before stopping old ones."""
+    reg = serving_registry
+    results: list[int] = []
+    stop = threading.Event()
+
+    def hammer():
+        session, records = client(), request_records(2)
+        while not stop.is_set():
+            try:
+                results.append(predict(served.base_url, records, session=session).status_code)
+            except requests.RequestException:
+                results.append(-1)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        changed = serving_registry_settings(reg).model_copy(update={"log_flush_seconds": 0.31})  # new args: new code version
+        control.deploy_pipeline(reg.decl, changed, reg.champion, reg.challenger)
+        deadline = time.time() + 240
+        seen: list = []
+        while time.time() < deadline:  # until every replica is a new one (first load)
+            loads = {
+                HTTP.get(f"{served.base_url}/admin/models/flights/status", headers=ADMIN, timeout=10).json()["champion"]["loads"]
+                for _ in range(6)
+            }
+            app = control.app_status("flights")
+            seen.append((round(time.time()), sorted(loads), app["status"], {n: d["replicas"] for n, d in app["deployments"].items()}))
+            if loads == {1} and app["status"] == "RUNNING" and control.current_apps()["flights"]["args"].get("log_flush_seconds") == 0.31:
+                break
+            time.sleep(2.0)
+        else:
+            raise TimeoutError(f"replicas were not replaced: {seen[-5:]}")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert results and all(code == 200 for code in results), {c: results.count(c) for c in set(results)}

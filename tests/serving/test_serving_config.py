@@ -1,0 +1,80 @@
+"""deploy/serve_config.yaml is current, is a valid Serve config, and every override names a real deployment.
+
+No Ray needed: builders are imported and built the way Serve's build task does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray._common.utils import import_attr
+from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+from ray.serve._private.build_app import build_app
+from ray.serve.schema import ServeDeploySchema
+
+from mlops_assets.core.declaration import (
+    PACKAGED_PIPELINES,
+    load_declaration,
+    load_declarations,
+)
+from serving.app import group_options
+from serving.config import (
+    CHAMPION_GPU_DEPLOYMENT,
+    check,
+    pipeline_app,
+    serve_config,
+    to_yaml,
+)
+
+CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve_config.yaml"
+
+
+@pytest.fixture(scope="module")
+def decls():
+    return load_declarations(str(PACKAGED_PIPELINES))
+
+
+def test_checked_in_config_is_generated_from_the_declarations(decls):
+    expected = to_yaml(serve_config(decls))
+    assert CONFIG.read_text() == expected, "deploy/serve_config.yaml is stale: run `mlops serve config -o deploy/serve_config.yaml`"
+
+
+def test_config_round_trips_through_serve_deploy_schema():
+    raw = yaml.safe_load(CONFIG.read_text())
+    schema = check(raw)
+    again = ServeDeploySchema.model_validate(schema.model_dump(exclude_unset=True))
+    assert again == schema
+    names = [a.name for a in schema.applications]
+    assert names[0] == "mlops" and schema.applications[0].route_prefix == "/"
+    for app in schema.applications[1:]:
+        assert app.route_prefix == f"/v2/models/{app.name}/infer" and app.import_path == "serving.app:build_app"
+
+
+def test_builders_build_apps_whose_deployments_match_the_overrides():
+    schema = check(yaml.safe_load(CONFIG.read_text()))
+    for app in schema.applications:
+        builder = import_attr(app.import_path)
+        built = build_app(call_user_app_builder_with_args_if_necessary(builder, app.args), name=app.name)
+        deployed = {d.name for d in built.deployments}
+        overridden = {d.name for d in app.deployments}
+        assert overridden <= deployed, (app.name, overridden - deployed)
+        if app.name != "mlops":
+            assert built.ingress_deployment_name == "champion"  # the champion routes: no router hop
+            assert CHAMPION_GPU_DEPLOYMENT not in deployed  # no Ray GPUs visible here: CPU replicas only
+
+
+def test_replica_groups_map_to_serve_options():
+    decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
+    cpu = group_options(decl.serving.cpu)
+    assert cpu["num_replicas"] == 2 and cpu["max_surge_percent"] == 100
+    assert cpu["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0}
+    scaled = group_options(decl.serving.cpu.model_copy(update={"min_replicas": 2, "max_replicas": 6}))
+    assert "num_replicas" not in scaled and scaled["autoscaling_config"]["max_replicas"] == 6
+    gpu_app = pipeline_app(decl, champion=3, challenger=4, gpu=True)
+    assert [d["name"] for d in gpu_app["deployments"]] == ["champion", CHAMPION_GPU_DEPLOYMENT, "challenger"]
+    assert {d["user_config"].get("model_version") for d in gpu_app["deployments"][:2]} == {3}
+    assert gpu_app["deployments"][0]["user_config"] == {"model_version": 3, "canary_share": 0.0, "shadow": False}
+    kept = pipeline_app(decl, champion=3, traffic={"canary_share": 0.25})  # a partial override keeps the declared rest
+    assert kept["deployments"][0]["user_config"] == {"model_version": 3, "canary_share": 0.25, "shadow": False}

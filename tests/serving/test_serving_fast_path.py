@@ -1,0 +1,180 @@
+"""The request fast paths give exactly what the full paths give (in-process, no Ray).
+
+- `fast_typed_frame` types plainly valid records without `conform`/`validate`; it must build
+  the identical frame, and hand everything else to the full path (same errors as before).
+- `ModelServer.predict_many` featurizes and predicts concurrent requests as one frame
+  (`@serve.batch`); every request must get exactly LightGBM's predictions for its own
+  records and its own rows in the prediction log.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mlops_assets.core.feature_contract import load_feature_module
+from resources.serving import ServeSettings
+from serving.deployments import ModelServer, NotReady, VersionNotHere
+from serving.requests import (
+    RequestError,
+    RequestSchema,
+    checked_frame,
+    fast_typed_frame,
+    typed_frame,
+)
+from tests.support.serving import (
+    offline_features,
+    request_records,
+)
+
+Server = ModelServer.func_or_class
+
+
+@pytest.fixture
+def schema(serving_registry) -> RequestSchema:
+    decl = serving_registry.decl
+    return RequestSchema.of(decl, load_feature_module(decl).input_columns(decl))
+
+
+def test_fast_frame_is_the_checked_frame(schema):
+    records = request_records(300)
+    records[3] = {**records[3], "dep_delay": None, "tailnum": None}  # nullable columns
+    records[4] = {**records[4], "dep_delay": 12, "distance": 719}  # an int in a float column
+    records[5] = {**records[5], "dep_delay": -0.0}
+    fast = fast_typed_frame(records, schema)
+    assert fast is not None
+    full = checked_frame(records, schema)
+    assert fast.schema == full.schema
+    assert fast.equals(full)
+    assert typed_frame(records[:1], schema).equals(checked_frame(records[:1], schema))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"year": "2013"},  # text the full path may read
+        {"year": 2013.0},
+        {"month": True},
+        {"month": 13},  # above the declared maximum
+        {"sched_dep_time": 2**40},
+        {"dep_delay": math.nan},
+        {"dep_delay": math.inf},
+        {"dep_delay": 5000.0},
+        {"carrier": "XX"},  # unknown category
+        {"carrier": None},  # null in a required column
+        {"distance": 1.5},
+        {"time_hour": "not a time"},
+        {"time_hour": 5},
+        {"extra": 1},  # unknown field
+    ],
+)
+def test_anything_not_plainly_valid_takes_the_full_path(schema, change):
+    record = {**request_records(1)[0], **change}
+    assert fast_typed_frame([record], schema) is None
+    try:
+        expected = checked_frame([record], schema)
+    except RequestError as err:
+        with pytest.raises(RequestError) as raised:
+            typed_frame([record], schema)
+        assert (raised.value.message, raised.value.status, raised.value.field) == (err.message, err.status, err.field)
+    else:
+        assert typed_frame([record], schema).equals(expected)
+
+
+def test_missing_field_takes_the_full_path(schema):
+    record = request_records(1)[0]
+    del record["dest"]
+    assert fast_typed_frame([record], schema) is None
+    with pytest.raises(RequestError, match="record 0: missing field"):
+        typed_frame([record], schema)
+
+
+@pytest.fixture
+def server(champion_server):
+    return champion_server
+
+
+def test_batched_requests_get_lightgbms_predictions_each(server, serving_registry, schema):
+    server.reconfigure({"model_version": None})
+    records = request_records(30)
+    booster = serving_registry.boosters[serving_registry.champion]
+    features = offline_features(serving_registry, records)
+    expected = booster.predict(features.select(booster.feature_name()).cast(pl.Float64).to_numpy())
+    cuts = [(0, 1), (1, 6), (6, 18), (18, 30)]
+    items = [(typed_frame(records[a:b], schema), f"r{k}", 0.0, "champion", True, None) for k, (a, b) in enumerate(cuts)]
+    items.insert(2, (typed_frame(records[:2], schema), "pinned", 0.0, "champion", True, 999))
+    answers = server.predict_many(items)
+    assert isinstance(answers[2], VersionNotHere)
+    got = [a for k, a in enumerate(answers) if k != 2]
+    for (a, b), answer in zip(cuts, got):
+        assert answer["model_version"] == serving_registry.champion
+        np.testing.assert_array_equal(np.asarray(answer["predictions"]), expected[a:b])
+        # the same as one request alone
+        alone = server.predict(typed_frame(records[a:b], schema), "x", 0.0, "champion", True)
+        assert alone["predictions"] == answer["predictions"]
+    server.flush_log()
+    logged = serving_registry.delta.scan("flights", "prediction_log").collect()  # type: ignore[union-attr]
+    mine = logged.filter(pl.col("request_id").is_in(["r0", "r1", "r2", "r3"])).sort("request_id", "record")
+    assert mine.group_by("request_id").len().sort("request_id").get_column("len").to_list() == [1, 5, 12, 12]
+    assert mine.filter(pl.col("request_id") == "r2").get_column("record").to_list() == list(range(12))
+    np.testing.assert_array_equal(mine.sort("request_id", "record").get_column("prediction").to_numpy(), expected)
+    assert "pinned" not in logged.get_column("request_id").to_list()
+
+
+def test_batch_without_a_model_is_not_ready(serving_registry, schema, tmp_path):
+    empty = ServeSettings(pipeline="flights", tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}", delta_root=serving_registry.delta.root)
+    s = Server(empty.model_dump(), "champion")
+    try:
+        s.reconfigure({"model_version": None})
+        answers = s.predict_many([(typed_frame(request_records(1), schema), "r", 0.0, "champion", True, None)])
+        assert isinstance(answers[0], NotReady)
+    finally:
+        s.logger.close()
+
+
+def test_log_rows_columns_and_values():
+    from datetime import datetime
+
+    from serving.prediction_log import log_rows
+
+    features = pl.DataFrame({"f": [1.0, 2.0, 3.0]})
+    multiclass = {"predictions": ["a", "b", "a"], "labels": ["a", "b", "a"], "probabilities": [[0.7, 0.3], [0.4, 0.6], [0.9, 0.1]]}
+    rows = log_rows(
+        features=features, result=multiclass, pipeline="p", model_version=3, role="canary", served=False, request_id="r", received_at=0.0
+    )
+    assert rows.schema == pl.Schema(
+        {
+            "request_id": pl.String,
+            "record": pl.Int32,
+            "logged_at": pl.Datetime("us", "UTC"),
+            "pipeline": pl.String,
+            "model_version": pl.Int64,
+            "role": pl.String,
+            "served": pl.Boolean,
+            "latency_ms": pl.Float64,
+            "prediction": pl.Float64,
+            "label": pl.String,
+            "f": pl.Float64,
+        }
+    )
+    assert rows.drop("logged_at", "latency_ms").rows() == [
+        ("r", 0, "p", 3, "canary", False, 0.7, "a", 1.0),
+        ("r", 1, "p", 3, "canary", False, 0.6, "b", 2.0),
+        ("r", 2, "p", 3, "canary", False, 0.9, "a", 3.0),
+    ]
+    assert rows["logged_at"].n_unique() == 1 and rows["logged_at"][0] <= datetime.now(UTC)
+    regression = log_rows(
+        features=features,
+        result={"predictions": [1.5, -2.0, 0.0]},
+        pipeline="p",
+        model_version=1,
+        role="champion",
+        served=True,
+        request_id="q",
+        received_at=0.0,
+    )
+    assert regression["prediction"].to_list() == [1.5, -2.0, 0.0] and regression["label"].null_count() == 3

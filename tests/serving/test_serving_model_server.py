@@ -1,0 +1,128 @@
+"""The model server's own contract, driven in-process (no Ray): readiness and the atomic swap.
+
+Serve calls `reconfigure` on a live replica while requests keep arriving; the
+replica must never answer from a half-loaded model and never fail a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mlops_assets.core.feature_contract import load_feature_module
+from resources.serving import ServeSettings
+from serving.deployments import ModelServer, NotReady
+from serving.requests import RequestError, RequestSchema, typed_frame
+from tests.support.serving import (
+    offline_features,
+    request_records,
+)
+
+Server = ModelServer.func_or_class  # the plain class Serve runs in each replica
+
+
+def _frame(reg, n: int) -> pl.DataFrame:
+    module = load_feature_module(reg.decl)
+    return typed_frame(request_records(n), RequestSchema.of(reg.decl, module.input_columns(reg.decl)))
+
+
+@pytest.fixture
+def server(champion_server):
+    return champion_server
+
+
+def test_not_ready_without_a_champion(serving_registry, tmp_path):
+    empty = ServeSettings(pipeline="flights", tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}", delta_root=serving_registry.delta.root)
+    s = Server(empty.model_dump(), "champion")
+    try:
+        s.reconfigure({"model_version": None})
+        assert s.status()["ready"] is False
+        with pytest.raises(NotReady, match="no champion model loaded"):
+            s.predict(_frame(serving_registry, 2), "r", 0.0, "champion", True)
+    finally:
+        s.logger.close()
+
+
+def test_follows_the_alias_and_predicts_like_offline(server, serving_registry):
+    server.reconfigure({"model_version": None})
+    status = server.status()
+    assert status["ready"] and status["model_version"] == serving_registry.champion
+    assert status["reference"]["history_range"] == "2013-01-08 .. 2013-02-04"  # the 28 days before the served day
+    result = server.predict(_frame(serving_registry, 12), "r1", 0.0, "champion", True)
+    booster = serving_registry.boosters[serving_registry.champion]
+    features = offline_features(serving_registry, request_records(12))
+    expected = booster.predict(features.select(booster.feature_name()).cast(pl.Float64).to_numpy())
+    np.testing.assert_allclose(result["predictions"], expected, rtol=0, atol=1e-9)
+
+
+def test_reconfigure_swaps_atomically_under_concurrent_predictions(server, serving_registry):
+    server.reconfigure({"model_version": serving_registry.champion})
+    frame = _frame(serving_registry, 5)
+    answers: list = []
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                answers.append(server.predict(frame, "r", 0.0, "champion", True)["model_version"])
+            except Exception as err:  # recorded, then asserted absent
+                answers.append(err)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        server.reconfigure({"model_version": serving_registry.challenger})
+        server.reconfigure({"model_version": serving_registry.champion})
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    errors = [a for a in answers if isinstance(a, Exception)]
+    assert not errors, errors[:3]
+    assert set(answers) <= {serving_registry.champion, serving_registry.challenger}
+    assert server.status()["model_version"] == serving_registry.champion and server.status()["loads"] == 3
+
+
+def test_traffic_shares_reconfigure_without_a_model_load(server, serving_registry):
+    """Shares sit in the champion's user_config next to its version: changing them loads nothing."""
+    server.reconfigure({"model_version": serving_registry.champion})
+    loads = server.status()["loads"]
+    server.reconfigure({"model_version": serving_registry.champion, "canary_share": 0.4, "shadow": True})
+    assert (server.canary_share, server.shadow, server.status()["loads"]) == (0.4, True, loads)
+    server.reconfigure({"model_version": serving_registry.champion})  # shares left out: the declared ones
+    assert (server.canary_share, server.shadow) == (0.0, False)
+
+
+def test_route_types_records_and_answers_champion_and_pinned_versions(server, serving_registry):
+    """The ingress path in-process (no challenger bound): raw records in, LightGBM's predictions out."""
+    server.reconfigure({"model_version": serving_registry.champion, "canary_share": 1.0, "shadow": True})
+    records = request_records(3)
+    booster = serving_registry.boosters[serving_registry.champion]
+    expected = booster.predict(offline_features(serving_registry, records).select(booster.feature_name()).cast(pl.Float64).to_numpy())
+
+    async def unbatched(*item):  # @serve.batch needs a Serve replica; batching has its own test (test_serving_fast_path)
+        answer = server.predict_many([(*item, None)[:6]])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    server.infer = unbatched
+
+    async def requests():
+        answer = await server.route(records, "r", 0.0)
+        pinned = await server.route(records, "p", 0.0, serving_registry.champion)
+        with pytest.raises(RequestError) as missing:
+            await server.route(records, "q", 0.0, 999)
+        return answer, pinned, missing.value
+
+    answer, pinned, missing = asyncio.run(requests())
+    assert answer["role"] == "champion" and answer["model_version"] == serving_registry.champion  # no challenger: no canary
+    np.testing.assert_array_equal(np.asarray(answer["predictions"]), expected)
+    assert pinned["role"] == "champion" and pinned["predictions"] == answer["predictions"]
+    assert missing.status == 404 and "version 999" in missing.message
+    assert server.counts == {"champion": 1, "pinned_champion": 1}
