@@ -8,12 +8,15 @@ this package can declare pipelines in its own defs folder.
 
 from __future__ import annotations
 
+import re
+from datetime import date
 from functools import cache
 
 import dagster as dg
+import yaml
 from pydantic import BaseModel
 
-from mlops_assets.core.declaration import DeclarationError, PipelineDeclaration
+from mlops_assets.core.declaration import DeclarationError, PipelineDeclaration, parse_declaration
 from mlops_assets.pipeline import build_pipeline
 from resources.defaults import default_resources
 
@@ -25,6 +28,58 @@ def platform_resources() -> dg.Definitions:
     return dg.Definitions(resources=default_resources())
 
 
+FEATURES_TEMPLATE = '''"""Feature code of the {name} pipeline: row-wise transformations of raw records into model inputs.
+Training calls build_features on each day's clean rows and serving on request records; see
+mlops_assets/core/feature_contract.py for the contract (history_stats, CATEGORICAL_FEATURES, INPUT_COLUMNS)."""
+
+import polars as pl
+
+from mlops_assets.core.feature_contract import FeatureReference
+
+
+def build_features(records: pl.DataFrame, reference: FeatureReference) -> pl.DataFrame:
+    return records.select(pl.col("value"), pl.col("value").is_null().cast(pl.Int8).alias("value_missing"))
+'''
+
+
+def starter_declaration(name: str, features_module: str) -> dict:
+    """A small valid declaration to edit: CSV files per day, one input column, a binary target."""
+    return {
+        "name": name,
+        "description": f"TODO: what the {name} model predicts, for whom",
+        "landing": {"format": "csv", "file_pattern": f"{name}_{{partition}}.csv"},
+        "partitioning": {"kind": "daily", "start": date.today().replace(day=1).isoformat()},
+        "schema": {
+            "unique": ["id"],
+            "columns": {
+                "id": {"type": "str"},
+                "value": {"type": "float64", "nullable": True},
+                "label": {"type": "int8", "allowed": [0, 1]},
+            },
+        },
+        "features": {"module": features_module, "history_days": 0},
+        "target": {"column": "label", "task": "binary"},
+    }
+
+
+class MlPipelineScaffolder(dg.Scaffolder):
+    """`dg scaffold defs mlops_assets.components.MlPipeline <name>`: a defs.yaml with a starter
+    declaration that loads as it is, and the feature module it names."""
+
+    def scaffold(self, request: dg.ScaffoldRequest) -> None:
+        name = re.sub(r"[^a-z0-9_]", "_", request.target_path.name.lower()).strip("_") or "pipeline"
+        if not name[0].isalpha():
+            name = f"p_{name}"
+        package = ".".join(request.target_path.resolve().relative_to(request.project_root.resolve()).parts)
+        declaration = starter_declaration(name, f"{package}.features")
+        parse_declaration(declaration, "the scaffolded declaration")  # what is written loads
+        request.target_path.mkdir(parents=True, exist_ok=True)
+        (request.target_path / "features.py").write_text(FEATURES_TEMPLATE.format(name=name))
+        text = yaml.safe_dump({"type": request.type_name, "attributes": declaration}, sort_keys=False)
+        (request.target_path / "defs.yaml").write_text(text)
+
+
+@dg.scaffold_with(MlPipelineScaffolder)
 class MlPipeline(dg.Component):
     """A model pipeline: landed files to validated Delta partitions, features, a LightGBM model
     tracked and gated in MLflow, Ray Serve, drift monitoring and retraining, built from its

@@ -17,12 +17,13 @@ import dagster as dg
 from mlops_assets import defs as defs_folder
 from mlops_assets.components import MlPipeline, platform_resources
 from mlops_assets.core.declaration import PipelineDeclaration, load_declarations
+from resources.defaults import default_resources
 
 
 def build_definitions(declarations: Sequence[PipelineDeclaration], resources: dict | None = None) -> dg.Definitions:
     """The pipelines' definitions with `resources` (default: the platform's)."""
     pipelines = [MlPipeline(d, with_resources=False).build_defs() for d in declarations]
-    shared = dg.Definitions(resources=resources) if resources is not None else platform_resources()
+    shared = dg.Definitions(resources=resources if resources is not None else default_resources())  # as the environment is now
     return dg.Definitions.merge(*pipelines, shared)
 
 
@@ -30,9 +31,8 @@ def location() -> dg.Definitions:
     if os.environ.get("MLOPS_PIPELINES"):
         return build_definitions(load_declarations())
     # the package's parent is the project root, installed editable or not
-    return dg.Definitions.merge(
-        dg.load_defs(defs_folder, project_root=Path(defs_folder.__file__).parent.parent.parent), platform_resources()
-    )
+    tree = dg.ComponentTree.from_module(defs_module=defs_folder, project_root=Path(defs_folder.__file__).parents[2])
+    return dg.Definitions.merge(tree.build_defs(), platform_resources())
 
 
 defs = location()

@@ -28,7 +28,11 @@ def model_resources(home: MlopsHome | None = None) -> dict:
         return {MLFLOW_RESOURCE: mlflow_resource_for(home)}
     env = {
         k: dg.EnvVar(v)
-        for k, v in (("tracking_uri", "MLOPS_MLFLOW_TRACKING_URI"), ("registry_uri", "MLOPS_MLFLOW_REGISTRY_URI"), ("ui_url", "MLOPS_MLFLOW_UI_URL"))
+        for k, v in (
+            ("tracking_uri", "MLOPS_MLFLOW_TRACKING_URI"),
+            ("registry_uri", "MLOPS_MLFLOW_REGISTRY_URI"),
+            ("ui_url", "MLOPS_MLFLOW_UI_URL"),
+        )
         if os.environ.get(v)
     }
     return {MLFLOW_RESOURCE: MlflowRegistryResource(**env)}

@@ -1,4 +1,6 @@
-"""Names of a pipeline's Delta tables, and the one way to read its clean rows."""
+"""Reading a pipeline's Delta tables the way every layer needs them: its clean rows (raw minus
+quarantine), the reference tables, the feature reference as of a day (what training and serving
+both join records against), drift reports and new prediction-log rows."""
 
 from __future__ import annotations
 

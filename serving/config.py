@@ -76,7 +76,7 @@ def check(config: dict) -> ServeDeploySchema:
 
 HEADER = """\
 # Ray Serve config for every declared pipeline, generated from the declarations:
-#   mlops serve config > deploy/serve_config.yaml   (tests/test_serving_config.py checks it is current)
+#   mlops serve config > deploy/serve_config.yaml   (tests/serving/test_serving_config.py checks it is current)
 # Run it:  serve run deploy/serve_config.yaml   or   serve deploy deploy/serve_config.yaml
 # Model versions are null: each replica loads what the `champion` / `challenger` alias names when
 # it starts; the <pipeline>/deployment asset pins versions through user_config overrides.

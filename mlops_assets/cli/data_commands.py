@@ -14,9 +14,10 @@ from pathlib import Path
 
 from mlops_assets.core.declaration import PipelineDeclaration, load_declarations
 from mlops_assets.core.home import MlopsHome
+from mlops_assets.core.names import QUEUE_TAGS
 from resources.landing_zone import LandingZoneResource
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGSTER_YAML = """\
 # Written by `mlops demo`: embedded defaults (SQLite storage under this folder).
 telemetry:
@@ -26,18 +27,10 @@ run_coordinator:
   class: QueuedRunCoordinator
   config:
     max_concurrent_runs: 3
+    # one run per pipeline and tag at a time: ingestion (days featurized in landing order),
+    # training, rollout
     tag_concurrency_limits:
-      # one ingestion run per pipeline at a time, so days are featurized in landing order
-      - key: "mlops/ingest"
-        value: {applyLimitPerUniqueValue: true}
-        limit: 1
-      - key: "mlops/training"
-        value: {applyLimitPerUniqueValue: true}
-        limit: 1
-      - key: "mlops/deploy"
-        value: {applyLimitPerUniqueValue: true}
-        limit: 1
-"""
+""" + "".join(f'      - key: "{tag}"\n        value: {{applyLimitPerUniqueValue: true}}\n        limit: 1\n' for tag in QUEUE_TAGS)
 
 
 def pipeline_by_name(name: str) -> PipelineDeclaration:

@@ -1,11 +1,10 @@
-"""The `<pipeline>/deployment` asset and the sensor that follows the champion alias.
+"""The `<pipeline>/deployment` asset (the champion sensor in sensors/ starts it).
 
 Materializing the asset makes Serve run the versions the `champion` and
 `challenger` aliases name now: each version is loaded once here first (a broken
 model fails the run, not the replicas), then the pipeline's application is
 updated through user_config, which Serve rolls out replica by replica with no
-failed request. The sensor starts it whenever either alias moves (promotion,
-rollback, new challenger).
+failed request.
 """
 
 import dagster as dg

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # mlflow and lightgbm are imported where used: every Dagster 
     # and most runs (ingest, rollout) need neither (about 3 s of each run's start-up on 2 cores)
     import lightgbm as lgb
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Runs only where an NVIDIA GPU and nvforest are present; standalone:
     pip install nvforest-cu12   # or nvforest-cu13, matching the CUDA driver
-    pytest tests/test_serving_gpu.py
+    pytest tests/serving/test_serving_gpu.py
 Elsewhere every test is skipped with the reason.
 """
 
