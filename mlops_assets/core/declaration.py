@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from mlops_assets.core.metrics import ALL_METRIC_NAMES
+from mlops_assets.core.metrics import ALL_METRIC_NAMES, METRICS, RATE_METRICS
 
 # the package's own defs folder (a Dagster Components defs folder): one folder per pipeline, each
 # with a defs.yaml whose component type is MLPIPELINE_TYPE and whose attributes are the declaration
@@ -174,6 +174,16 @@ class TrainingSpec(_Strict):
         return self
 
 
+class FairnessSpec(_Strict):
+    """A blocking gate on how the model treats groups: the hold-out `metric` per value of each
+    `groups` column; the largest relative gap between groups, (max - min) / max, must be at most `max_gap`."""
+
+    groups: list[str] = Field(min_length=1, description="Declared columns whose values are the groups (e.g. origin).")
+    metric: str = Field(description="A metric of the task, or for binary models positive_rate / tpr.")
+    max_gap: float = Field(gt=0.0, le=1.0)
+    min_group_rows: int = Field(30, ge=1, description="Groups with fewer hold-out rows are reported, not gated.")
+
+
 class GatesSpec(_Strict):
     floors: dict[str, float] = Field(default_factory=dict, description="metric -> bound (direction from the metric)")
     max_regression: float = Field(0.02, ge=0.0, description="Allowed relative loss against the champion.")
@@ -181,6 +191,7 @@ class GatesSpec(_Strict):
     compare_metrics: list[str] = Field(
         default_factory=list, description="Metrics compared with the champion; empty means the task's primary metric."
     )
+    fairness: FairnessSpec | None = None
 
     @field_validator("floors", "compare_metrics")
     @classmethod
@@ -249,6 +260,19 @@ class ServingSpec(_Strict):
     log_flush_seconds: float = Field(2.0, gt=0)
 
 
+class GovernanceSpec(_Strict):
+    """Erasure of a data subject (`mlops erase`): which columns identify one, and how long old Delta
+    versions keep erased rows readable before they are vacuumed away."""
+
+    subject_columns: list[str] = Field(
+        default_factory=list,
+        description="Declared columns that identify a data subject; carried into the features table and the prediction log.",
+    )
+    erasure_retention_hours: float = Field(
+        0.0, ge=0.0, description="Delta history kept after an erasure: 0 removes the rows from every old version at once."
+    )
+
+
 class PipelineDeclaration(_Strict):
     name: Identifier
     description: str = ""
@@ -263,6 +287,7 @@ class PipelineDeclaration(_Strict):
     promotion: PromotionSpec = PromotionSpec()
     drift: DriftSpec = DriftSpec()
     serving: ServingSpec = ServingSpec()
+    governance: GovernanceSpec = GovernanceSpec()
 
     @model_validator(mode="after")
     def _target(self) -> "PipelineDeclaration":
@@ -271,6 +296,20 @@ class PipelineDeclaration(_Strict):
             raise ValueError(f"target.column '{self.target.column}' is not a declared schema column")
         if self.target.task in ("binary", "multiclass") and not (self.target.classes or col.allowed):
             raise ValueError(f"target.classes is required for a {self.target.task} target")
+        declared = set(self.table_schema.columns)
+        fairness = self.gates.fairness
+        if fairness is not None:
+            unknown = [c for c in fairness.groups if c not in declared]
+            if unknown:
+                raise ValueError(f"gates.fairness.groups names columns that are not declared: {unknown}")
+            known = set(METRICS[self.target.task]) | (set(RATE_METRICS) if self.target.task == "binary" else set())
+            if fairness.metric not in known:
+                raise ValueError(
+                    f"gates.fairness.metric '{fairness.metric}' is not a {self.target.task} metric; known: {', '.join(sorted(known))}"
+                )
+        unknown = [c for c in self.governance.subject_columns if c not in declared]
+        if unknown:
+            raise ValueError(f"governance.subject_columns names columns that are not declared: {unknown}")
         classes = self.target.classes or col.allowed or []
         if self.target.task == "binary" and classes and len(classes) != 2:
             raise ValueError("a binary target needs exactly two classes")

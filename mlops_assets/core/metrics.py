@@ -108,7 +108,21 @@ METRICS: dict[Task, dict[str, Metric]] = {
         "macro_f1": Metric("macro_f1", True, _macro_f1),
     },
 }
+
+
 # compared against the champion when the declaration names no floors
+def _positive_rate(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean(p >= 0.5))
+
+
+def _tpr(y: np.ndarray, p: np.ndarray) -> float:
+    pos = y == 1
+    return float(np.mean(p[pos] >= 0.5)) if pos.any() else float("nan")
+
+
+# rates a fairness gate compares across groups of a binary model (not quality metrics: no direction)
+RATE_METRICS: dict[str, Metric] = {"positive_rate": Metric("positive_rate", True, _positive_rate), "tpr": Metric("tpr", True, _tpr)}
+
 PRIMARY_METRIC: dict[Task, str] = {"regression": "mae", "binary": "auc", "multiclass": "logloss"}
 ALL_METRIC_NAMES: frozenset[str] = frozenset(n for by_name in METRICS.values() for n in by_name)
 

@@ -40,6 +40,7 @@ MLFLOW_RESOURCE = "mlflow"
 FLOORS = "quality_floors"
 NO_REGRESSION = "no_regression"
 DATA_CHECKS = "data_checks"
+FAIRNESS = "fairness"
 WATERMARK = "logged_through_us"  # serving_drift metadata: the prediction log read so far
 
 # --- run tags -------------------------------------------------------------------------------------

@@ -164,6 +164,16 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
             description=f"Every day of the window passed raw validation (at most {decl.validation.max_failure_rate:.1%} quarantined).",
         ),
     ]
+    if g.fairness is not None:
+        f = g.fairness
+        specs.append(
+            dg.AssetCheckSpec(
+                gates.FAIRNESS,
+                asset=key,
+                blocking=True,
+                description=f"Hold-out {f.metric} per {', '.join(f.groups)}: the largest relative gap between groups at most {f.max_gap:.0%}.",
+            )
+        )
 
     @dg.multi_asset_check(name=step_name(decl, "gates"), specs=specs)
     def model_gates(context: dg.AssetCheckExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):

@@ -1,4 +1,5 @@
-"""The gates a challenger must pass: quality floors, no regression, data checks.
+"""The gates a challenger must pass: quality floors, no regression, data checks, and fairness
+across declared groups where the declaration asks for it.
 
 Challenger and champion are scored here on the same rows, the challenger's
 hold-out days read at the Delta version the challenger recorded, with the
@@ -14,10 +15,11 @@ import polars as pl
 
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.lineage import TrainingPlan
-from mlops_assets.core.metrics import PRIMARY_METRIC, metric, score
+from mlops_assets.core.metrics import PRIMARY_METRIC, RATE_METRICS, metric, score
 from mlops_assets.core.names import (
     CHAMPION,
     DATA_CHECKS,
+    FAIRNESS,
     FLOORS,
     NO_REGRESSION,
     PARTITION_COLUMN,
@@ -35,7 +37,7 @@ from resources.registered_models import (
     plan_of,
 )
 
-GATE_NAMES = (FLOORS, NO_REGRESSION, DATA_CHECKS)
+GATE_NAMES = (FLOORS, NO_REGRESSION, DATA_CHECKS, FAIRNESS)
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,61 @@ def data_checks_gate(decl: PipelineDeclaration, delta: DeltaLakeResource, plan: 
     )
 
 
+def group_columns(decl: PipelineDeclaration, delta: DeltaLakeResource, holdout: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """The hold-out rows' values of `columns`: from the features table where it carries them, else
+    from the raw rows they were built from (same partition and source row)."""
+    missing = [c for c in columns if c not in holdout.columns]
+    if not missing:
+        return holdout.select(columns)
+    days = holdout.get_column(PARTITION_COLUMN).unique().sort().to_list()
+    raw = delta.read_partitions(decl.name, RAW, days)
+    if raw is None:
+        raise ValueError(f"fairness gate: no raw rows for the hold-out days to read {missing} from")
+    keys = [PARTITION_COLUMN, SOURCE_ROW]
+    joined = holdout.select(keys, *[c for c in columns if c in holdout.columns]).join(
+        raw.select(*keys, *missing), on=keys, how="left", maintain_order="left"
+    )
+    return joined.select(columns)
+
+
+def fairness_gate(decl: PipelineDeclaration, groups: pl.DataFrame, y, predictions) -> GateResult:
+    """Per group of each declared column, the hold-out metric; the gate fails when the largest relative
+    gap between gated groups, (max - min) / max, is over `max_gap`."""
+    spec = decl.gates.fairness
+    assert spec is not None
+    m = RATE_METRICS.get(spec.metric) or metric(decl.target.task, spec.metric)
+    table, gaps = [], {}
+    for column in spec.groups:
+        values = []
+        indexed = groups.select(pl.col(column).cast(pl.String).fill_null("(null)").alias("group")).with_row_index("i")
+        for (group,), part in sorted(indexed.group_by("group"), key=lambda g: str(g[0][0])):
+            idx = part.get_column("i").to_numpy()
+            value = float(m.fn(y[idx], predictions[idx]))
+            gated = len(idx) >= spec.min_group_rows and value == value  # nan (e.g. no positives) is reported, not gated
+            table.append({"column": column, "group": group, "rows": len(idx), spec.metric: value, "gated": gated})
+            if gated:
+                values.append(value)
+        top = max(values, default=0.0)
+        gaps[column] = (top - min(values)) / top if len(values) > 1 and top > 0 else 0.0
+    worst_column = max(gaps, key=lambda c: gaps[c])
+    largest = gaps[worst_column]
+    passed = largest <= spec.max_gap
+    gated_rows = [r for r in table if r["column"] == worst_column and r["gated"]]
+    lo = min(gated_rows, key=lambda r: r[spec.metric], default=None)
+    hi = max(gated_rows, key=lambda r: r[spec.metric], default=None)
+    detail = f"{lo['group']} {lo[spec.metric]:.4f} .. {hi['group']} {hi[spec.metric]:.4f}" if lo and hi else "fewer than two gated groups"
+    desc = (
+        f"{spec.metric} by {', '.join(spec.groups)}: largest gap {largest:.1%} on {worst_column} ({detail}; "
+        f"limit {spec.max_gap:.1%}, groups under {spec.min_group_rows} rows not gated) {'ok' if passed else 'FAILED'}"
+    )
+    return GateResult(
+        FAIRNESS,
+        passed,
+        desc,
+        {"metric": spec.metric, "max_gap": spec.max_gap, "gaps": gaps, "largest_gap": largest, "groups": table},
+    )
+
+
 def evaluate(decl: PipelineDeclaration, delta: DeltaLakeResource, registry: MlflowRegistryResource, version: str) -> Evaluation:
     client = registry.client()
     challenger_version = get_version(client, decl.name, version)
@@ -169,7 +226,8 @@ def evaluate(decl: PipelineDeclaration, delta: DeltaLakeResource, registry: Mlfl
     if holdout.height == 0:
         raise ValueError(f"model {decl.name} v{version}: no hold-out rows from {plan.holdout_start} to {plan.partition_end}")
     y = labels(holdout, plan)
-    challenger = score(plan.task, y, predict(load_booster(registry, decl.name, version), matrix(holdout, plan.feature_columns), plan.task))
+    predictions = predict(load_booster(registry, decl.name, version), matrix(holdout, plan.feature_columns), plan.task)
+    challenger = score(plan.task, y, predictions)
     champion_mv = alias_version(client, decl.name, CHAMPION)
     champion, champion_version, champion_error = None, None, None
     if champion_mv is not None and str(champion_mv.version) != str(version):
@@ -190,4 +248,7 @@ def evaluate(decl: PipelineDeclaration, delta: DeltaLakeResource, registry: Mlfl
         regression_gate(decl, challenger, champion, champion_version, champion_error),
         data_checks_gate(decl, delta, plan),
     ]
+    if decl.gates.fairness is not None:
+        groups = group_columns(decl, delta, holdout, list(decl.gates.fairness.groups))
+        gates.append(fairness_gate(decl, groups, y, predictions))
     return Evaluation(decl.name, str(version), champion_version, holdout.height, challenger, champion, gates)

@@ -1,0 +1,53 @@
+"""Fairness as a declared, blocking gate: the hold-out metric per group and the largest relative gap."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mlops_assets.core.declaration import DeclarationError
+from mlops_assets.models.gates import fairness_gate
+from tests.support.models import aliases, flights_variant
+
+
+def test_a_gap_over_the_limit_blocks_the_model_and_one_within_passes(model_home):
+    within = flights_variant(gates={"fairness": {"groups": ["origin", "carrier"], "metric": "mae", "max_gap": 0.99, "min_group_rows": 50}})
+    result = model_home.platform(within).run("flights_train")
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["fairness"].passed and aliases(model_home) == (1, None)
+    meta = checks["fairness"].metadata
+    groups = meta["groups"].value
+    assert {r["group"] for r in groups if r["column"] == "origin"} == {"EWR", "JFK", "LGA"}
+    assert all(r["mae"] > 0 and r["rows"] > 0 for r in groups)
+    assert any(not r["gated"] for r in groups if r["column"] == "carrier")  # small carriers are reported, not gated
+    origin = [r["mae"] for r in groups if r["column"] == "origin"]
+    assert meta["gaps"].value["origin"] == pytest.approx((max(origin) - min(origin)) / max(origin))
+
+    tight = flights_variant(
+        training={"window_days": 22}, gates={"fairness": {"groups": ["origin"], "metric": "mae", "max_gap": 0.001}}
+    )
+    blocked = model_home.platform(tight).run("flights_train", raise_on_error=False)
+    assert not blocked.success  # a blocking check failed: the promotion step did not run
+    fairness = {e.check_name: e for e in blocked.get_asset_check_evaluations()}["fairness"]
+    assert not fairness.passed and "FAILED" in fairness.description and "limit 0.1%" in fairness.description
+    assert aliases(model_home) == (1, None)
+
+
+def test_gap_is_the_spread_over_the_largest_and_small_or_undefined_groups_are_not_gated():
+    decl = flights_variant(gates={"fairness": {"groups": ["origin"], "metric": "mae", "max_gap": 0.15, "min_group_rows": 3}})
+    groups = pl.DataFrame({"origin": ["A"] * 4 + ["B"] * 4 + ["C"] * 2})
+    y = np.zeros(10)
+    # mae: A 1.0, B 1.1 (gap 9%), C 5.0 but only 2 rows
+    p = np.array([1.0] * 4 + [1.1] * 4 + [5.0] * 2)
+    result = fairness_gate(decl, groups, y, p)
+    assert result.passed and result.metadata["largest_gap"] == pytest.approx(0.1 / 1.1)
+    p[4:8] = 1.25  # B 1.25: gap 20%
+    assert not fairness_gate(decl, groups, y, p).passed
+
+
+def test_fairness_declarations_are_checked_when_loaded():
+    with pytest.raises(DeclarationError, match="gates.fairness.groups names columns that are not declared: \\['airport'\\]"):
+        flights_variant(gates={"fairness": {"groups": ["airport"], "metric": "mae", "max_gap": 0.1}})
+    with pytest.raises(DeclarationError, match="gates.fairness.metric 'tpr' is not a regression metric"):
+        flights_variant(gates={"fairness": {"groups": ["origin"], "metric": "tpr", "max_gap": 0.1}})
