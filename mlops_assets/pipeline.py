@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from mlops_assets import data, deployment, models, monitoring
+from mlops_assets import data, deployment, governance, models, monitoring
 from mlops_assets.core.declaration import PipelineDeclaration
 
-STAGES = (data, models, monitoring, deployment)
+STAGES = (data, models, monitoring, deployment, governance)
 
 
 def build_pipeline(decl: PipelineDeclaration) -> dg.Definitions:

@@ -20,7 +20,7 @@ import polars as pl
 from mlops_assets.core.names import AUDIT_TABLE
 from resources.delta_lake import DeltaLakeResource
 
-ACTIONS = ("promote", "reject", "await_approval", "approve", "rollback", "alias_removed")
+ACTIONS = ("promote", "reject", "await_approval", "approve", "rollback", "alias_removed", "erase")
 SCHEMA = {
     "event_id": pl.String,
     "at": pl.Datetime("us", "UTC"),
@@ -51,7 +51,7 @@ def _now_us() -> int:
 @dataclass(frozen=True)
 class AuditEvent:
     action: str
-    model_version: int
+    model_version: int | None  # None for events about data, not a version (erase)
     actor: str
     reason: str
     alias: str | None = None

@@ -254,8 +254,35 @@ class DeltaLakeResource(ConfigurableResource):
             schema_mode="overwrite",
         )
 
-    def append(self, pipeline: str, table: str, frame: pl.DataFrame, run_id: str = "") -> int:
-        return self._write(self.table_uri(pipeline, table), frame, f"appending to {table}", {"dagster_run_id": run_id}, mode="append")
+    def append(self, pipeline: str, table: str, frame: pl.DataFrame, run_id: str = "", merge_schema: bool = False) -> int:
+        """Append rows; `merge_schema` adds columns the table does not have yet (older rows read them as null)."""
+        options = {"schema_mode": "merge"} if merge_schema else {}
+        return self._write(
+            self.table_uri(pipeline, table), frame, f"appending to {table}", {"dagster_run_id": run_id}, mode="append", **options
+        )
+
+    def delete(self, pipeline: str, table: str, predicate: str, run_id: str = "", reason: str = "") -> int:
+        """Delete the rows matching a SQL predicate (one commit, retried on a lost race); returns how many went."""
+        t = self.table(pipeline, table)
+        if t is None:
+            return 0
+        deleted: dict = {}
+
+        def run() -> None:
+            fresh = DeltaTable(self.table_uri(pipeline, table), storage_options=self._options())
+            properties = CommitProperties(custom_metadata={"dagster_run_id": run_id, "reason": reason})
+            deleted.update(fresh.delete(predicate, commit_properties=properties))
+
+        self._commit(run, f"deleting from {table}")
+        return int(deleted.get("num_deleted_rows", 0))
+
+    def vacuum(self, pipeline: str, table: str, retention_hours: float) -> list[str]:
+        """Remove data files no version within `retention_hours` still needs: rows deleted before then are
+        gone from time travel too. Returns the files removed."""
+        t = self.table(pipeline, table)
+        if t is None:
+            return []
+        return list(t.vacuum(retention_hours=int(retention_hours), enforce_retention_duration=False, dry_run=False))
 
     def scan(self, pipeline: str, table: str, version: int | None = None) -> pl.LazyFrame | None:
         if self.table(pipeline, table) is None:

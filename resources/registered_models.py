@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlops_assets.core.lineage import TrainingPlan
-from mlops_assets.core.names import CHAMPION, PLAN_TAG
+from mlops_assets.core.names import CHAMPION, ERASED_TAG, PLAN_TAG
 from resources.mlflow_registry import MlflowRegistryResource
 
 if TYPE_CHECKING:  # mlflow and lightgbm are imported where used (seconds at import)
@@ -78,6 +78,7 @@ def metrics_of(version: ModelVersion, prefix: str = "metric.") -> dict[str, floa
 class Champion:
     version: int
     plan: TrainingPlan
+    erased: str | None = None  # the erasure that removed rows this version trained on (ERASED_TAG)
 
     @property
     def numerical(self) -> list[str]:
@@ -93,11 +94,12 @@ def champion(pipeline: str, mlflow: MlflowRegistryResource) -> Champion | None:
     version = alias_version(mlflow.client(), pipeline, CHAMPION)
     if version is None:
         return None
-    return Champion(int(version.version), plan_of(version))
+    return Champion(int(version.version), plan_of(version), version.tags.get(ERASED_TAG))
 
 
 def model_version(pipeline: str, mlflow: MlflowRegistryResource, version: int) -> Champion:
-    return Champion(version, plan_of(get_version(mlflow.client(), pipeline, version)))
+    mv = get_version(mlflow.client(), pipeline, version)
+    return Champion(version, plan_of(mv), mv.tags.get(ERASED_TAG))
 
 
 def client(tracking_uri: str):

@@ -76,11 +76,21 @@ def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.Senso
         minimum_interval_seconds=10,  # part of the landing-to-served lead time
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Retrains {decl.name} when {decl.drift.new_partitions_to_retrain} new featurized days have arrived "
-        "since the champion's training window ended.",
+        "since the champion's training window ended, or when rows the champion trained on were erased (`mlops erase`).",
     )
     def new_data_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         cursor = json.loads(context.cursor) if context.cursor else {}
         champ = registered_models.champion(decl.name, mlflow)
+        if champ and champ.erased and cursor.get("erasure") != champ.erased:
+            # the champion learned from rows that were erased: replace it now (no cooldown), once per erasure
+            busy = training_in_flight(context.instance, train_job)
+            if busy:
+                return dg.SkipReason(busy)
+            reason = f"champion v{champ.version} was trained on rows removed by erasure {champ.erased}"
+            return dg.SensorResult(
+                run_requests=[_retrain_request(train_job, f"erasure:{champ.erased}", "erasure", reason)],
+                cursor=json.dumps({**cursor, "erasure": champ.erased}),
+            )
         available = delta.partitions(decl.name, FEATURES)
         bases = [b for b in (champ.plan.partition_end if champ else None, cursor.get("requested_through")) if b]
         base = max(bases) if bases else None
@@ -95,7 +105,7 @@ def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.Senso
         reason = f"{len(new)} new featurized days {new[0]}..{new[-1]} ({what})"
         return dg.SensorResult(
             run_requests=[_retrain_request(train_job, f"new-data:{new[-1]}:v{champ.version if champ else 0}", "new_data", reason)],
-            cursor=json.dumps({"requested_through": new[-1]}),
+            cursor=json.dumps({**cursor, "requested_through": new[-1]}),
         )
 
     return new_data_sensor

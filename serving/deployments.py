@@ -34,7 +34,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
 from mlops_assets.core.feature_contract import FeatureReference, load_feature_module
-from mlops_assets.core.names import CHALLENGER, CHAMPION
+from mlops_assets.core.names import CHALLENGER, CHAMPION, SUBJECT_PREFIX
 from resources.registered_models import resolve_alias
 from resources.serving import ServeSettings
 from serving.http_answers import NotReady, answer_prediction, error, v2_infer_response
@@ -125,7 +125,7 @@ class ModelServer:
         result = loaded.model.predict(features)
         self.logger.log(
             log_rows(
-                features=features,
+                features=self._with_subjects(features, frame),
                 result=result,
                 pipeline=self.decl.name,
                 model_version=loaded.model.version,
@@ -191,8 +191,16 @@ class ModelServer:
             a, b = offsets[k], offsets[k + 1]
             answers[i] = {key: values[a:b] for key, values in result.items()}
             answers[i]["model_version"] = loaded.model.version
-        self.logger.log(self._log_frame(loaded, features, result, [items[i] for i in take], sizes))
+        self.logger.log(self._log_frame(loaded, self._with_subjects(features, frame), result, [items[i] for i in take], sizes))
         return answers
+
+    def _with_subjects(self, features: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
+        """The logged columns: the features, plus the declared subject columns (so `mlops erase` finds a
+        person's predictions too); nothing is added when the declaration names none."""
+        subjects = [c for c in self.decl.governance.subject_columns if c in frame.columns]
+        if not subjects:
+            return features
+        return features.hstack(frame.select([pl.col(c).alias(SUBJECT_PREFIX + c) for c in subjects]))
 
     def _answer_one(self, loaded: Loaded, item: tuple) -> dict | BaseException:
         try:

@@ -78,7 +78,7 @@ class PredictionLogger:
             batch = pl.concat(frames, how="diagonal_relaxed")
             pending -= batch.height
             try:
-                self.delta.append(self.pipeline, PREDICTION_LOG, batch)
+                self.delta.append(self.pipeline, PREDICTION_LOG, batch, merge_schema=True)  # new subject or feature columns
                 self.logged_rows += batch.height
                 written += batch.height
             except Exception as err:  # storage trouble must not kill the logger; it is counted and kept visible

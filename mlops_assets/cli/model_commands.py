@@ -124,6 +124,14 @@ def _who() -> str:
         return ""
 
 
+def erase(args: argparse.Namespace) -> int:
+    from mlops_assets.governance.erasure import erase as erase_subject
+
+    result = erase_subject(pipeline_by_name(args.pipeline), delta_lake(), mlflow_registry(), args.where, args.by, args.reason, args.dry_run)
+    print(result.report())
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("status", help="champion and challenger of each model: metrics and data ranges")
     p.add_argument("pipeline", nargs="?", help="one pipeline (default: all declared)")
@@ -147,6 +155,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=0, help="only the last N events")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=history)
+
+    p = commands.add_parser("erase", help="erase a data subject's rows from every table of a pipeline (GDPR)")
+    p.add_argument("pipeline")
+    p.add_argument("--where", required=True, help='which rows, over declared columns: tailnum = "N24211" [and ...]')
+    p.add_argument("--by", required=True, help="who asks for the erasure")
+    p.add_argument("--reason", required=True, help="why (the request, ticket, legal basis)")
+    p.add_argument("--dry-run", action="store_true", help="count the rows and affected model versions; change nothing")
+    p.set_defaults(handler=erase)
 
     p = commands.add_parser("reproduce", help="re-train a version from its recorded data and compare predictions")
     p.add_argument("pipeline")

@@ -266,7 +266,7 @@ class GovernanceSpec(_Strict):
 
     subject_columns: list[str] = Field(
         default_factory=list,
-        description="Declared columns that identify a data subject; carried into the features table and the prediction log.",
+        description="Declared columns that identify a data subject; logged with each prediction as subject_<column>.",
     )
     erasure_retention_hours: float = Field(
         0.0, ge=0.0, description="Delta history kept after an erasure: 0 removes the rows from every old version at once."

@@ -21,6 +21,7 @@ DELIVERY_METRICS = "delivery_metrics"
 PREDICTION_LOG = "prediction_log"  # written by serving/prediction_log.py
 
 PARTITION_COLUMN = "_partition"
+SUBJECT_PREFIX = "subject_"  # prediction-log columns that carry governance.subject_columns (for erasure)
 SOURCE_ROW = "_source_row"
 
 
@@ -30,6 +31,7 @@ def reference_table(name: str) -> str:
 
 # --- the model registry (MLflow) ---------------------------------------------------------------
 CHAMPION = "champion"
+ERASED_TAG = "mlops.trained_on_erased"  # on versions whose training window held rows since erased
 CHALLENGER = "challenger"
 PLAN_TAG = "mlops.training_plan"
 STATUS_TAG = "mlops.status"
@@ -145,6 +147,10 @@ def delivery_job_name(decl: PipelineDeclaration) -> str:
 
 def deploy_job_name(decl: PipelineDeclaration) -> str:
     return f"{decl.name}_deploy"
+
+
+def erase_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_erase"
 
 
 def step_name(decl: PipelineDeclaration, step: str) -> str:

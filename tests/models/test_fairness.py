@@ -24,9 +24,7 @@ def test_a_gap_over_the_limit_blocks_the_model_and_one_within_passes(model_home)
     origin = [r["mae"] for r in groups if r["column"] == "origin"]
     assert meta["gaps"].value["origin"] == pytest.approx((max(origin) - min(origin)) / max(origin))
 
-    tight = flights_variant(
-        training={"window_days": 22}, gates={"fairness": {"groups": ["origin"], "metric": "mae", "max_gap": 0.001}}
-    )
+    tight = flights_variant(training={"window_days": 22}, gates={"fairness": {"groups": ["origin"], "metric": "mae", "max_gap": 0.001}})
     blocked = model_home.platform(tight).run("flights_train", raise_on_error=False)
     assert not blocked.success  # a blocking check failed: the promotion step did not run
     fairness = {e.check_name: e for e in blocked.get_asset_check_evaluations()}["fairness"]

@@ -1,0 +1,285 @@
+"""Erasure of a data subject (GDPR art. 17): every row a predicate matches leaves raw, quarantine,
+features, batch scores and the prediction log, old Delta versions are vacuumed after the declared
+retention, the erasure is audited (counts per table and the predicate, never the values), and every
+model version whose training window held those rows is tagged, so the retrain sensor replaces it.
+
+The predicate is a small language over declared columns, `tailnum = "N24211" and origin in ("EWR",
+"JFK")`, parsed here and never passed through as SQL: columns are checked against the declaration,
+literals against the column's type, and the SQL Delta runs is written from the parsed form.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import polars as pl
+
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.names import (
+    BATCH_SCORES,
+    ERASED_TAG,
+    FEATURES,
+    PARTITION_COLUMN,
+    PREDICTION_LOG,
+    QUARANTINE,
+    RAW,
+    SOURCE_ROW,
+    SUBJECT_PREFIX,
+)
+from resources.audit_log import AuditEvent, record
+from resources.delta_lake import DeltaLakeResource
+from resources.mlflow_registry import MlflowRegistryResource
+from resources.registered_models import plan_of
+
+KEYED_TABLES = (QUARANTINE, FEATURES, BATCH_SCORES)  # rows found by the raw rows they came from
+OPERATORS = {"=": "=", "==": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_TOKEN = re.compile(r"""\s*(?:(?P<str>"[^"]*"|'[^']*')|(?P<num>-?\d+(?:\.\d+)?)|(?P<op><=|>=|==|!=|<>|[=<>(),])|(?P<word>[A-Za-z_]\w*))""")
+
+
+class PredicateError(ValueError):
+    """A --where the platform cannot use; the message says which part and why."""
+
+
+@dataclass(frozen=True)
+class Clause:
+    column: str
+    op: str  # = != < <= > >= in
+    values: tuple
+
+
+@dataclass(frozen=True)
+class Predicate:
+    text: str
+    clauses: tuple[Clause, ...]
+
+    @property
+    def columns(self) -> list[str]:
+        return list(dict.fromkeys(c.column for c in self.clauses))
+
+    def expr(self, prefix: str = "") -> pl.Expr:
+        parts = []
+        for c in self.clauses:
+            col = pl.col(prefix + c.column)
+            if c.op == "in":
+                parts.append(col.is_in(list(c.values)))
+            else:
+                v = c.values[0]
+                parts.append({"=": col == v, "!=": col != v, "<": col < v, "<=": col <= v, ">": col > v, ">=": col >= v}[c.op])
+        out = parts[0]
+        for p in parts[1:]:
+            out = out & p
+        return out
+
+    def sql(self, prefix: str = "") -> str:
+        def lit(v) -> str:
+            return "'" + v.replace("'", "''") + "'" if isinstance(v, str) else repr(v)
+
+        parts = []
+        for c in self.clauses:
+            name = prefix + c.column
+            if c.op == "in":
+                parts.append(f"{name} IN ({', '.join(lit(v) for v in c.values)})")
+            else:
+                parts.append(f"{name} {c.op} {lit(c.values[0])}")
+        return " AND ".join(parts)
+
+
+def parse_predicate(text: str, decl: PipelineDeclaration) -> Predicate:
+    """`col op literal [and ...]` with op one of = != < <= > >= or `in (a, b)`; strings quoted ' or "."""
+    tokens, pos = [], 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            if text[pos:].strip() == "":
+                break
+            raise PredicateError(f"--where: cannot read {text[pos:].strip()[:30]!r}")
+        kind = m.lastgroup
+        tokens.append((kind, m.group(kind)))
+        pos = m.end()
+    clauses, i = [], 0
+
+    def literal(j: int, column: str):
+        kind, value = tokens[j] if j < len(tokens) else (None, None)
+        spec = decl.table_schema.columns[column]
+        if kind == "str":
+            if spec.type not in ("str", "date", "datetime"):
+                raise PredicateError(f"--where: {column} is a {spec.type} column; {value} is a string")
+            return value[1:-1]
+        if kind == "num":
+            if spec.type in ("str", "bool", "date", "datetime"):
+                raise PredicateError(f"--where: {column} is a {spec.type} column; compare it with a quoted value, not {value}")
+            return float(value) if "." in value else int(value)
+        raise PredicateError(f"--where: expected a value after {column}, found {value or 'the end'}")
+
+    while i < len(tokens):
+        kind, column = tokens[i]
+        if kind != "word":
+            raise PredicateError(f"--where: expected a column name, found {column!r}")
+        if column not in decl.table_schema.columns:
+            raise PredicateError(
+                f"--where: {column} is not a declared column of {decl.name}; declared: {', '.join(decl.table_schema.columns)}"
+            )
+        kind, op = tokens[i + 1] if i + 1 < len(tokens) else (None, None)
+        if kind == "word" and op.lower() == "in":
+            if i + 2 >= len(tokens) or tokens[i + 2][1] != "(":
+                raise PredicateError(f"--where: `{column} in` needs a parenthesized list")
+            values, j = [], i + 3
+            while True:
+                values.append(literal(j, column))
+                j += 1
+                if j < len(tokens) and tokens[j][1] == ",":
+                    j += 1
+                    continue
+                if j < len(tokens) and tokens[j][1] == ")":
+                    break
+                raise PredicateError(f"--where: `{column} in (...)` is not closed")
+            clauses.append(Clause(column, "in", tuple(values)))
+            i = j + 1
+        elif kind == "op" and op in OPERATORS:
+            clauses.append(Clause(column, OPERATORS[op], (literal(i + 2, column),)))
+            i += 3
+        else:
+            raise PredicateError(f"--where: expected an operator after {column} (= != < <= > >= in), found {op or 'the end'}")
+        if i < len(tokens):
+            if tokens[i][0] == "word" and tokens[i][1].lower() == "and":
+                i += 1
+                if i == len(tokens):
+                    raise PredicateError("--where: nothing after `and`")
+            else:
+                raise PredicateError(f"--where: expected `and` between conditions, found {tokens[i][1]!r}")
+    if not clauses:
+        raise PredicateError("--where: an erasure needs a condition (an empty one would match every row)")
+    return Predicate(text.strip(), tuple(clauses))
+
+
+@dataclass
+class Erasure:
+    erasure_id: str
+    predicate: str
+    dry_run: bool
+    rows: dict[str, int] = field(default_factory=dict)  # table -> rows matched (deleted unless a dry run)
+    partitions: list[str] = field(default_factory=list)
+    tagged_versions: list[int] = field(default_factory=list)
+    vacuumed_files: int = 0
+
+    def report(self) -> str:
+        verb = "would delete" if self.dry_run else "deleted"
+        counts = ", ".join(f"{t} {n}" for t, n in self.rows.items())
+        days = f"{self.partitions[0]} .. {self.partitions[-1]} ({len(self.partitions)} days)" if self.partitions else "no days"
+        lines = [f"erasure {self.erasure_id}: {verb} rows where {self.predicate}: {counts}; {days}"]
+        if self.tagged_versions:
+            lines.append(
+                f"model versions trained on them: {', '.join(f'v{v}' for v in self.tagged_versions)}"
+                + (" (would be tagged)" if self.dry_run else f" (tagged {ERASED_TAG}; the retrain sensor replaces the champion)")
+            )
+        if not self.dry_run:
+            lines.append(f"vacuumed {self.vacuumed_files} data files: the rows are gone from every Delta version too")
+        return "\n".join(lines)
+
+
+def _key_predicate(keys: pl.DataFrame) -> str:
+    per_day = keys.group_by(PARTITION_COLUMN).agg(pl.col(SOURCE_ROW).sort()).sort(PARTITION_COLUMN)
+    return " OR ".join(
+        f"({PARTITION_COLUMN} = '{day}' AND {SOURCE_ROW} IN ({', '.join(str(r) for r in rows)}))" for day, rows in per_day.iter_rows()
+    )
+
+
+def _trained_on(mlflow: MlflowRegistryResource, pipeline: str, partitions: list[str]) -> list[int]:
+    """Registered versions whose training window (hold-out included) covers any of these days."""
+    if not partitions:
+        return []
+    found = []
+    for mv in mlflow.client().search_model_versions(f"name='{pipeline}'"):
+        try:
+            plan = plan_of(mv)
+        except LookupError:
+            continue
+        if any(plan.partition_start <= p <= plan.partition_end for p in partitions):
+            found.append(int(mv.version))
+    return sorted(found)
+
+
+def erase(
+    decl: PipelineDeclaration,
+    delta: DeltaLakeResource,
+    mlflow: MlflowRegistryResource,
+    where: str,
+    by: str,
+    reason: str,
+    dry_run: bool = False,
+    dagster_run_id: str = "",
+) -> Erasure:
+    if not by.strip() or not reason.strip():
+        raise PredicateError("an erasure needs who asks for it (--by) and why (--reason)")
+    predicate = parse_predicate(where, decl)
+    subjects = set(decl.governance.subject_columns)
+    logged = delta.scan(decl.name, PREDICTION_LOG)
+    if logged is not None and not set(predicate.columns) <= subjects:
+        outside = [c for c in predicate.columns if c not in subjects]
+        raise PredicateError(
+            f"--where uses {outside}, which the prediction log does not carry: it logs governance.subject_columns "
+            f"({', '.join(sorted(subjects)) or 'none declared'}); declare them, or erase by those columns"
+        )
+    result = Erasure(uuid.uuid4().hex[:12], predicate.text, dry_run)
+    raw = delta.scan(decl.name, RAW)
+    keys = (
+        raw.filter(predicate.expr()).select(PARTITION_COLUMN, SOURCE_ROW).collect()
+        if raw is not None
+        else pl.DataFrame(schema={PARTITION_COLUMN: pl.String, SOURCE_ROW: pl.UInt32})
+    )
+    result.rows[RAW] = keys.height
+    result.partitions = sorted(keys.get_column(PARTITION_COLUMN).unique().to_list())
+    key_sql = _key_predicate(keys) if keys.height else ""
+    for table in KEYED_TABLES:
+        lf = delta.scan(decl.name, table)
+        if lf is None or not keys.height:
+            result.rows[table] = 0
+            continue
+        result.rows[table] = lf.join(keys.lazy(), on=[PARTITION_COLUMN, SOURCE_ROW], how="semi").select(pl.len()).collect().item()
+    present = logged is not None and all(SUBJECT_PREFIX + c in logged.collect_schema() for c in predicate.columns)
+    result.rows[PREDICTION_LOG] = logged.filter(predicate.expr(SUBJECT_PREFIX)).select(pl.len()).collect().item() if present else 0
+    result.tagged_versions = _trained_on(mlflow, decl.name, result.partitions)
+    if dry_run:
+        return result
+
+    why = f"erasure {result.erasure_id} by {by}: {reason}"
+    touched = []
+    if keys.height:
+        for table in KEYED_TABLES:
+            if result.rows[table]:
+                delta.delete(decl.name, table, key_sql, dagster_run_id, why)
+                touched.append(table)
+        delta.delete(decl.name, RAW, predicate.sql(), dagster_run_id, why)
+        touched.append(RAW)
+    if result.rows[PREDICTION_LOG]:
+        delta.delete(decl.name, PREDICTION_LOG, predicate.sql(SUBJECT_PREFIX), dagster_run_id, why)
+        touched.append(PREDICTION_LOG)
+    for table in touched:
+        result.vacuumed_files += len(delta.vacuum(decl.name, table, decl.governance.erasure_retention_hours))
+    client = mlflow.client()
+    for version in result.tagged_versions:
+        client.set_model_version_tag(decl.name, str(version), ERASED_TAG, result.erasure_id)
+    record(
+        delta,
+        decl.name,
+        AuditEvent(
+            action="erase",
+            model_version=None,
+            actor=by,
+            reason=reason,
+            metrics={
+                "erasure_id": result.erasure_id,
+                "predicate": predicate.text,
+                "rows_deleted": result.rows,
+                "days": len(result.partitions),
+                "tagged_versions": result.tagged_versions,
+                "retention_hours": decl.governance.erasure_retention_hours,
+                "at": datetime.now(UTC).isoformat(),
+            },
+            dagster_run_id=dagster_run_id,
+        ),
+    )
+    return result

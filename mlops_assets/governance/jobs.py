@@ -1,0 +1,46 @@
+"""`<pipeline>_erase`: erasure from the Dagster UI, with the same config and result as `mlops erase`."""
+
+# no `from __future__ import annotations`: Dagster reads the Config and resource annotations of the op
+
+import dagster as dg
+from pydantic import Field
+
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.names import erase_job_name, step_name
+from mlops_assets.governance.erasure import PredicateError, erase
+from resources.delta_lake import DeltaLakeResource
+from resources.mlflow_registry import MlflowRegistryResource
+
+
+class ErasureConfig(dg.Config):
+    where: str = Field(description='Which rows, over declared columns: tailnum = "N24211" [and ...].')
+    by: str = Field(min_length=1, description="Who asks for the erasure.")
+    reason: str = Field(min_length=1, description="Why (the request, ticket, legal basis).")
+    dry_run: bool = Field(default=False, description="Count the rows and the affected model versions; change nothing.")
+
+
+def build_erase_job(decl: PipelineDeclaration) -> dg.JobDefinition:
+    @dg.op(name=step_name(decl, "erase"), description=f"Erase a data subject's rows from every {decl.name} table.")
+    def erase_op(context: dg.OpExecutionContext, config: ErasureConfig, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
+        try:
+            result = erase(decl, delta, mlflow, config.where, config.by, config.reason, config.dry_run, context.run.run_id)
+        except PredicateError as err:
+            raise dg.Failure(str(err), allow_retries=False) from None
+        context.log.info(result.report())
+        return dg.Output(
+            None,
+            metadata={
+                "erasure_id": result.erasure_id,
+                "dry_run": result.dry_run,
+                "rows": dg.MetadataValue.json(result.rows),
+                "days": len(result.partitions),
+                "tagged_versions": dg.MetadataValue.json(result.tagged_versions),
+                "vacuumed_files": result.vacuumed_files,
+            },
+        )
+
+    @dg.job(name=erase_job_name(decl), description=f"Erase a data subject from {decl.name}: run config where, by, reason.")
+    def erase_job():
+        erase_op()
+
+    return erase_job

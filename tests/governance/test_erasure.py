@@ -1,0 +1,136 @@
+"""Erasure of a data subject: gone from every table and from time travel, audited, models tagged and retrained."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import polars as pl
+import pytest
+
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.feature_contract import load_feature_module
+from mlops_assets.core.names import ERASED_TAG, FEATURES, PARTITION_COLUMN, PREDICTION_LOG, QUARANTINE, RAW, SOURCE_ROW, SUBJECT_PREFIX
+from mlops_assets.governance.erasure import PredicateError, parse_predicate
+from resources.audit_log import history
+from resources.pipeline_tables import reference_as_of
+from serving.prediction_log import log_rows
+from tests.support.models import flights_variant, sensor_tick
+
+GOVERNED = {"governance": {"subject_columns": ["tailnum"], "erasure_retention_hours": 0}}
+
+
+def _log_predictions(plat, decl: PipelineDeclaration, records: pl.DataFrame) -> None:
+    """Prediction-log rows as a model server writes them: features, then the declared subject columns."""
+    module = load_feature_module(decl)
+    reference, _ = reference_as_of(plat.delta, decl, module, "2013-01-30")
+    features = module.build(records.select(list(decl.table_schema.columns)), reference)
+    logged = features.hstack(records.select(pl.col("tailnum").alias(SUBJECT_PREFIX + "tailnum")))
+    result = {"predictions": [1.0] * records.height}
+    rows = log_rows(
+        features=logged,
+        result=result,
+        pipeline="flights",
+        model_version=1,
+        role="champion",
+        served=True,
+        request_id="r1",
+        received_at=time.time(),
+    )
+    plat.delta.append("flights", PREDICTION_LOG, rows, merge_schema=True)
+
+
+def _matches(plat, table: str, predicate, keys: pl.DataFrame, version: int | None = None) -> int:
+    lf = plat.delta.scan("flights", table, version)
+    if table == PREDICTION_LOG:
+        return lf.filter(predicate.expr(SUBJECT_PREFIX)).select(pl.len()).collect().item()
+    if table == RAW:
+        return lf.filter(predicate.expr()).select(pl.len()).collect().item()
+    return lf.join(keys.lazy(), on=[PARTITION_COLUMN, SOURCE_ROW], how="semi").select(pl.len()).collect().item()
+
+
+def test_erasure_leaves_no_row_in_any_table_or_version_audits_tags_and_retrains(model_home, capsys):
+    decl = flights_variant(**GOVERNED)
+    model_home.declare(decl)
+    plat = model_home.platform(decl)
+    assert plat.run("flights_train").success
+    raw = plat.delta.scan("flights", RAW).collect()
+    window = raw.filter(pl.col(PARTITION_COLUMN).is_between(pl.lit("2013-01-10"), pl.lit("2013-01-28")))
+    subject = window.group_by("tailnum").len().sort("len", descending=True).row(1)[0]
+    where = f'tailnum = "{subject}"'
+    predicate = parse_predicate(where, decl)
+    _log_predictions(plat, decl, raw.filter(pl.col("tailnum") == subject).head(3).vstack(raw.filter(pl.col("tailnum") != subject).head(2)))
+    keys = raw.filter(predicate.expr()).select(PARTITION_COLUMN, SOURCE_ROW)
+    tables = (RAW, QUARANTINE, FEATURES, PREDICTION_LOG)
+    before = {t: _matches(plat, t, predicate, keys) for t in tables}
+    assert before[RAW] == keys.height > 3 and before[FEATURES] > 0 and before[PREDICTION_LOG] == 3
+    versions_before = {t: plat.delta.version("flights", t) for t in tables}
+
+    code, out, err = model_home.mlops(
+        "erase", "flights", "--where", where, "--by", "dpo", "--reason", "request 7", "--dry-run", capsys=capsys
+    )
+    assert code == 0, err
+    assert f"would delete rows where {where}: raw {before[RAW]}" in out and "v1 (would be tagged)" in out
+    assert {t: plat.delta.version("flights", t) for t in tables} == versions_before  # a dry run changes nothing
+
+    config = {"ops": {"flights__erase": {"config": {"where": where, "by": "dpo", "reason": "request 7"}}}}
+    result = plat.defs.resolve_job_def("flights_erase").execute_in_process(instance=plat.instance, run_config=config)
+    assert result.success
+    assert all(_matches(plat, t, predicate, keys) == 0 for t in tables)
+    assert plat.delta.scan("flights", PREDICTION_LOG).select(pl.len()).collect().item() == 2  # other people's rows stay
+    for table in tables:  # time travel: every older version either lost its files to the vacuum or holds no match
+        for version in range(versions_before[table] + 1):
+            try:
+                found = _matches(plat, table, predicate, keys, version)
+            except Exception:  # a vacuumed version cannot be read at all: its files are gone
+                continue
+            assert found == 0, f"{table}@v{version} still holds erased rows"
+
+    events = history(plat.delta, "flights").filter(pl.col("action") == "erase")
+    assert events.height == 1
+    row = events.row(0, named=True)
+    details = json.loads(row["metrics"])
+    assert row["actor"] == "dpo" and row["reason"] == "request 7" and details["predicate"] == where
+    assert details["rows_deleted"][RAW] == before[RAW] and details["rows_deleted"][PREDICTION_LOG] == 3
+    assert details["tagged_versions"] == [1]
+    tag = model_home.registry.client().get_model_version("flights", "1").tags[ERASED_TAG]
+    assert tag == details["erasure_id"]
+
+    tick = sensor_tick(plat, "flights_new_data_sensor")
+    assert [r.tags["mlops/trigger"] for r in tick.run_requests] == ["erasure"]
+    assert tag in tick.run_requests[0].tags["mlops/reason"]
+    again = sensor_tick(plat, "flights_new_data_sensor", cursor=tick.cursor)
+    assert not any(r.tags.get("mlops/trigger") == "erasure" for r in again.run_requests or [])
+
+    code, _, err = model_home.mlops("reproduce", "flights", "1", capsys=capsys)
+    assert code == 2 and "cannot be reproduced: rows of its training data were erased" in err
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ('plane = "N1"', "plane is not a declared column"),
+        ("tailnum = 5", "tailnum is a str column; compare it with a quoted value"),
+        ('distance = "far"', "distance is a int32 column"),
+        ("tailnum", "expected an operator after tailnum"),
+        ('tailnum = "N1" or origin = "EWR"', "expected `and` between conditions"),
+        ("", "needs a condition"),
+        ('tailnum in ("N1", "N2"', "is not closed"),
+    ],
+)
+def test_bad_predicates_are_refused_naming_the_problem(where, message):
+    with pytest.raises(PredicateError, match=message):
+        parse_predicate(where, flights_variant())
+
+
+def test_an_erasure_the_prediction_log_cannot_reach_is_refused_before_anything_changes(model_home, capsys):
+    decl = flights_variant()  # no subject columns declared: the prediction log carries none
+    model_home.declare(decl)
+    plat = model_home.platform(decl)
+    raw = plat.delta.scan("flights", RAW).collect()
+    _log_predictions(plat, flights_variant(**GOVERNED), raw.head(2))
+    before = plat.delta.version("flights", RAW)
+    code, _, err = model_home.mlops("erase", "flights", "--where", 'tailnum = "N1"', "--by", "dpo", "--reason", "r", capsys=capsys)
+    assert code == 2 and "governance.subject_columns" in err and "none declared" in err
+    assert plat.delta.version("flights", RAW) == before
+    assert parse_predicate('tailnum in ("N1", "N2") and origin = "EWR"', decl).sql() == "tailnum IN ('N1', 'N2') AND origin = 'EWR'"
