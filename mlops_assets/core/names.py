@@ -37,6 +37,8 @@ PLAN_TAG = "mlops.training_plan"
 STATUS_TAG = "mlops.status"
 GATES_TAG = "mlops.gates"
 
+GATES_ARTIFACT = "gates/evaluation.json"  # on the version's MLflow run: every gate's full comparison
+
 # --- Dagster: resource keys, check names, metadata keys -----------------------------------------
 MLFLOW_RESOURCE = "mlflow"
 FLOORS = "quality_floors"
@@ -116,6 +118,15 @@ def deployment_key(decl: PipelineDeclaration) -> dg.AssetKey:
     return _key(decl, "deployment")
 
 
+def model_card_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, "model_card")
+
+
+def model_versions_partitions(decl: PipelineDeclaration) -> str:
+    """The dynamic partitions of a pipeline's per-version assets: one per registered version."""
+    return f"{decl.name}_model_versions"
+
+
 # --- jobs, ops and checks ---------------------------------------------------------------------------
 def ingest_job_name(decl: PipelineDeclaration) -> str:
     return f"{decl.name}_ingest"
@@ -153,13 +164,17 @@ def erase_job_name(decl: PipelineDeclaration) -> str:
     return f"{decl.name}_erase"
 
 
+def model_card_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_model_card"
+
+
 def step_name(decl: PipelineDeclaration, step: str) -> str:
     """Op and check names (`flights__ingest`, `flights__gates`, `flights__approve`)."""
     return f"{decl.name}__{step}"
 
 
 # --- sensors and schedules ---------------------------------------------------------------------------
-SENSORS = ("landing", "new_data", "drift", "monitor", "serving_drift", "delivery", "champion")
+SENSORS = ("landing", "new_data", "drift", "monitor", "serving_drift", "delivery", "champion", "model_card")
 
 
 def sensor_name(decl: PipelineDeclaration, kind: str) -> str:

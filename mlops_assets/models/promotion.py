@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from mlops_assets.core.declaration import PipelineDeclaration
-from mlops_assets.core.names import CHALLENGER, CHAMPION, GATES_TAG, STATUS_TAG
+from mlops_assets.core.names import CHALLENGER, CHAMPION, GATES_ARTIFACT, GATES_TAG, STATUS_TAG
 from mlops_assets.models.gates import Evaluation
 from resources.audit_log import AuditEvent, champion_history, history, record
 from resources.delta_lake import DeltaLakeResource
@@ -32,6 +32,17 @@ def _int(version: str | int | None) -> int | None:
     return None if version is None else int(version)
 
 
+def evaluation_record(evaluation: Evaluation) -> dict:
+    return {
+        "version": evaluation.version,
+        "champion_version": evaluation.champion_version,
+        "holdout_rows": evaluation.holdout_rows,
+        "challenger_metrics": evaluation.challenger_metrics,
+        "champion_metrics": evaluation.champion_metrics,
+        "gates": [{"name": g.name, "passed": g.passed, "description": g.description, "metadata": g.metadata} for g in evaluation.gates],
+    }
+
+
 def record_evaluation(
     delta: DeltaLakeResource,
     registry: MlflowRegistryResource,
@@ -48,6 +59,8 @@ def record_evaluation(
             client.set_model_version_tag(name, version, f"gate.{gate.name}", "passed" if gate.passed else "failed")
         for k, v in evaluation.challenger_metrics.items():
             client.set_model_version_tag(name, version, f"holdout.{k}", repr(float(v)))
+        if mv.run_id:  # every gate's full comparison, for the model card
+            client.log_dict(mv.run_id, evaluation_record(evaluation), GATES_ARTIFACT)
         if mv.aliases:  # checks re-run on a serving or waiting version: record, but decide nothing
             return
         client.set_model_version_tag(name, version, GATES_TAG, "passed" if evaluation.passed else "failed: " + ",".join(evaluation.failed))

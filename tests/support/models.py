@@ -123,7 +123,10 @@ def model_home(tmp_path: Path, flights_ingested: Platform, empty_mlflow_store: P
 
 def sensor_tick(plat, name, cursor=None):
     sensor = plat.defs.resolve_sensor_def(name)
-    ctx = dg.build_sensor_context(instance=plat.instance, cursor=cursor, resources=plat.resources(), definitions=plat.defs)
+    # with the instance's ref, as the daemon builds it: dynamic partitions a tick adds are then known to its run requests
+    ctx = dg.build_sensor_context(
+        instance=plat.instance, instance_ref=plat.instance.get_ref(), cursor=cursor, resources=plat.resources(), definitions=plat.defs
+    )
     return sensor.evaluate_tick(ctx)
 
 

@@ -1,0 +1,61 @@
+"""`<pipeline>_model_card_sensor`: a version's card is written when it is registered and again when
+its story changes (gates, promotion, approval, rollback, erasure, new drift reports)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.names import ERASED_TAG, GATES_TAG, STATUS_TAG, sensor_name
+from resources.audit_log import history
+from resources.delta_lake import DeltaLakeResource
+from resources.mlflow_registry import MlflowRegistryResource
+from resources.pipeline_tables import drift_reports
+
+
+def story(mv, audit: pl.DataFrame, drift: pl.DataFrame) -> str:
+    """What the card of a version depends on, hashed: the card is rewritten when this changes."""
+    version = int(mv.version)
+    parts = {
+        "tags": {k: v for k, v in sorted(mv.tags.items()) if k in (STATUS_TAG, GATES_TAG, ERASED_TAG) or k.startswith("gate.")},
+        "aliases": sorted(mv.aliases),
+        "audit": audit.filter((pl.col("model_version") == version) | (pl.col("from_version") == version)).height,
+        "drift": drift.filter(pl.col("model_version") == version).height,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_model_card_sensor(decl: PipelineDeclaration, job, versions: dg.DynamicPartitionsDefinition) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=sensor_name(decl, "model_card"),
+        job=job,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Writes the model card of each {decl.name} version when it is registered and when its story changes.",
+    )
+    def model_card_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
+        uri = mlflow.resolved_tracking_uri()
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+            return dg.SkipReason(f"no MLflow registry yet at {uri}")
+        registered = [mv for mv in mlflow.client().search_model_versions(f"name='{decl.name}'") if mv.tags.get(GATES_TAG)]
+        if not registered:
+            return dg.SkipReason(f"no {decl.name} version has been through its gates yet")
+        before = json.loads(context.cursor) if context.cursor else {}
+        audit, drift = history(delta, decl.name), drift_reports(delta, decl.name)
+        now = {str(mv.version): story(mv, audit, drift) for mv in registered}
+        changed = sorted((v for v, s in now.items() if before.get(v) != s), key=int)
+        if not changed:
+            return dg.SkipReason(f"the cards of {len(now)} versions are current")
+        known = set(context.instance.get_dynamic_partitions(versions.name))
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=f"card-{v}-{now[v]}", partition_key=v) for v in changed],
+            dynamic_partitions_requests=[versions.build_add_request([v for v in changed if v not in known])],
+            cursor=json.dumps({**before, **now}),
+        )
+
+    return model_card_sensor

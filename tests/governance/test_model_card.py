@@ -1,0 +1,42 @@
+"""The model card of a version names its exact data, gates, fairness and history, and follows its story."""
+
+from __future__ import annotations
+
+from mlops_assets.core.names import model_versions_partitions
+from resources.registered_models import plan_of
+from tests.support.models import flights_variant, sensor_tick
+
+FAIR = {"fairness": {"groups": ["origin"], "metric": "mae", "max_gap": 0.9}}
+
+
+def test_the_champions_card_names_its_delta_versions_gates_and_history_and_is_rewritten_when_that_changes(model_home):
+    decl = flights_variant(gates=FAIR)
+    plat = model_home.platform(decl)
+    assert plat.run("flights_train").success
+    plan = plan_of(model_home.registry.client().get_model_version("flights", "1"))
+
+    tick = sensor_tick(plat, "flights_model_card_sensor")
+    assert [r.partition_key for r in tick.run_requests] == ["1"]
+    assert tick.dynamic_partitions_requests[0].partition_keys == ["1"]
+    plat.instance.add_dynamic_partitions(model_versions_partitions(decl), ["1"])
+    result = plat.defs.resolve_job_def("flights_model_card").execute_in_process(instance=plat.instance, partition_key="1")
+    assert result.success
+    meta = result.asset_materializations_for_node("flights__model_card")[0].metadata
+    card = meta["card"].value
+    assert f"features at Delta version {plan.features_version}" in card
+    assert f"{plan.partition_start} .. {plan.partition_end}" in card
+    for gate in ("quality_floors", "no_regression", "data_checks", "fairness"):
+        assert f"| {gate} | yes |" in card
+    assert "| origin | EWR |" in card and "| promote | 1 |" in card
+    assert "Arrival delay" in card  # intended use, from the declaration's description
+    html = open(meta["html"].value).read()
+    assert html.startswith("<!doctype html>") and "<table>" in html
+    run_id = model_home.registry.client().get_model_version("flights", "1").run_id
+    logged = {a.path for a in model_home.registry.client().list_artifacts(run_id, "model_card")}
+    assert logged == {"model_card/v1.md", "model_card/v1.html"}
+
+    assert not sensor_tick(plat, "flights_model_card_sensor", cursor=tick.cursor).run_requests  # nothing changed
+    later = model_home.platform(flights_variant(gates=FAIR, training={"window_days": 22}))
+    assert later.run("flights_train").success  # v2 replaces v1: both stories change
+    again = sensor_tick(later, "flights_model_card_sensor", cursor=tick.cursor)
+    assert sorted(r.partition_key for r in again.run_requests) == ["1", "2"]
