@@ -15,7 +15,7 @@ from mlops_assets.governance.erasure import PredicateError, parse_predicate
 from resources.audit_log import history
 from resources.pipeline_tables import reference_as_of
 from serving.prediction_log import log_rows
-from tests.support.models import flights_variant, sensor_tick
+from tests.support.models import flights_variant, sensor_tick, train
 
 GOVERNED = {"governance": {"subject_columns": ["tailnum"], "erasure_retention_hours": 0}}
 
@@ -50,13 +50,15 @@ def _matches(plat, table: str, predicate, keys: pl.DataFrame, version: int | Non
 
 
 def test_erasure_leaves_no_row_in_any_table_or_version_audits_tags_and_retrains(model_home, capsys):
-    decl = flights_variant(**GOVERNED)
+    decl = flights_variant(gates={"max_regression": 1.0}, **GOVERNED)
     model_home.declare(decl)
     plat = model_home.platform(decl)
-    assert plat.run("flights_train").success
+    assert train(plat, end="2013-01-20").success  # v1: Jan 1 .. Jan 20
+    assert plat.run("flights_train").success  # v2, the champion: the 21 days up to Feb 4
     raw = plat.delta.scan("flights", RAW).collect()
-    window = raw.filter(pl.col(PARTITION_COLUMN).is_between(pl.lit("2013-01-10"), pl.lit("2013-01-28")))
-    subject = window.group_by("tailnum").len().sort("len", descending=True).row(1)[0]
+    # a plane that flew only after v1's window: v2 learned from its rows, v1 did not
+    late = raw.group_by("tailnum").agg(pl.col(PARTITION_COLUMN).min().alias("first"), pl.len()).filter(pl.col("first") > "2013-01-20")
+    subject = late.sort("len", descending=True).row(0)[0]
     where = f'tailnum = "{subject}"'
     predicate = parse_predicate(where, decl)
     _log_predictions(plat, decl, raw.filter(pl.col("tailnum") == subject).head(3).vstack(raw.filter(pl.col("tailnum") != subject).head(2)))
@@ -70,7 +72,7 @@ def test_erasure_leaves_no_row_in_any_table_or_version_audits_tags_and_retrains(
         "erase", "flights", "--where", where, "--by", "dpo", "--reason", "request 7", "--dry-run", capsys=capsys
     )
     assert code == 0, err
-    assert f"would delete rows where {where}: raw {before[RAW]}" in out and "v1 (would be tagged)" in out
+    assert f"would delete rows where {where}: raw {before[RAW]}" in out and "versions trained on them: v2 (would be tagged)" in out
     assert {t: plat.delta.version("flights", t) for t in tables} == versions_before  # a dry run changes nothing
 
     config = {"ops": {"flights__erase": {"config": {"where": where, "by": "dpo", "reason": "request 7"}}}}
@@ -92,9 +94,10 @@ def test_erasure_leaves_no_row_in_any_table_or_version_audits_tags_and_retrains(
     details = json.loads(row["metrics"])
     assert row["actor"] == "dpo" and row["reason"] == "request 7" and details["predicate"] == where
     assert details["rows_deleted"][RAW] == before[RAW] and details["rows_deleted"][PREDICTION_LOG] == 3
-    assert details["tagged_versions"] == [1]
-    tag = model_home.registry.client().get_model_version("flights", "1").tags[ERASED_TAG]
-    assert tag == details["erasure_id"]
+    assert details["tagged_versions"] == [2]
+    client = model_home.registry.client()
+    tag = client.get_model_version("flights", "2").tags[ERASED_TAG]
+    assert tag == details["erasure_id"] and ERASED_TAG not in client.get_model_version("flights", "1").tags
 
     tick = sensor_tick(plat, "flights_new_data_sensor")
     assert [r.tags["mlops/trigger"] for r in tick.run_requests] == ["erasure"]
@@ -102,7 +105,7 @@ def test_erasure_leaves_no_row_in_any_table_or_version_audits_tags_and_retrains(
     again = sensor_tick(plat, "flights_new_data_sensor", cursor=tick.cursor)
     assert not any(r.tags.get("mlops/trigger") == "erasure" for r in again.run_requests or [])
 
-    code, _, err = model_home.mlops("reproduce", "flights", "1", capsys=capsys)
+    code, _, err = model_home.mlops("reproduce", "flights", "2", capsys=capsys)
     assert code == 2 and "cannot be reproduced: rows of its training data were erased" in err
 
 
@@ -124,7 +127,7 @@ def test_bad_predicates_are_refused_naming_the_problem(where, message):
 
 
 def test_an_erasure_the_prediction_log_cannot_reach_is_refused_before_anything_changes(model_home, capsys):
-    decl = flights_variant()  # no subject columns declared: the prediction log carries none
+    decl = flights_variant(governance={"subject_columns": []})  # the prediction log carries no subject column
     model_home.declare(decl)
     plat = model_home.platform(decl)
     raw = plat.delta.scan("flights", RAW).collect()
