@@ -1,6 +1,6 @@
 """A real, throwaway PostgreSQL server for the deployment tests.
 
-Debian's postgresql package (deploy/ci/install_postgres.sh) provides the
+Debian's postgresql package (deploy/ci/install_system_packages.sh) provides the
 binaries; the test starts its own cluster with initdb/pg_ctl on a free loopback
 port in a temp folder, with a random password, and stops it afterwards.
 initdb refuses to run as root, so as root the server runs as the `postgres`
@@ -72,7 +72,7 @@ class PostgresServer:
 def postgres_server() -> Iterator[PostgresServer]:
     bindir = postgres_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries not installed (run deploy/ci/install_postgres.sh)")
+        pytest.skip("PostgreSQL server binaries not installed (run deploy/ci/install_system_packages.sh)")
     as_root = os.geteuid() == 0
     if as_root:
         try:
