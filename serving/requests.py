@@ -75,6 +75,10 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RequestError(f"request body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise RequestError("request body nests too deeply to be a request") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise RequestError(f"request body has a value that cannot be read: {str(err)[:120]}") from None
 
 
 def _check_size(n: int, schema: RequestSchema) -> None:
@@ -122,7 +126,9 @@ def records_from_v2(body: Any, schema: RequestSchema) -> list[dict]:
         name = tensor.get("name")
         for key in ("name", "shape", "datatype", "data"):
             if key not in tensor:
-                raise RequestError(f"inputs[{k}] ({name or 'unnamed'}) has no '{key}'", field=name)
+                raise RequestError(f"inputs[{k}] ({name if isinstance(name, str) else 'unnamed'}) has no '{key}'", field=None)
+        if not isinstance(name, str):
+            raise RequestError(f"inputs[{k}].name must be a string, got {type(name).__name__}")
         if name in schema.ignored:
             continue
         if name not in schema.columns:

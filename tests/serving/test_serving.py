@@ -211,6 +211,19 @@ def test_malformed_unknown_and_oversized_bodies(served, serving_registry):
     for body, named in bad_v2:
         r = HTTP.post(f"{base}/v2/models/flights/infer", json=body, timeout=10)
         assert r.status_code == 400 and named in r.json()["error"], r.text
+    # hostile JSON: a 5,000-digit integer, 100,000 nested brackets, a tensor name that is not a string
+    hostile = [
+        (b'{"instances": [{"distance": ' + b"9" * 5000 + b"}]}", "cannot be read"),
+        (b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
+    ]
+    for path in ("/v1/models/flights:predict", "/v2/models/flights/infer"):
+        for body, message in hostile:
+            r = HTTP.post(f"{base}{path}", data=body, headers={"Content-Type": "application/json"}, timeout=10)
+            assert r.status_code == 400 and message in r.json()["error"], (path, r.status_code, r.text[:200])
+    r = HTTP.post(
+        f"{base}/v2/models/flights/infer", json={"inputs": [{"name": ["x"], "shape": [1], "datatype": "FP64", "data": [1.0]}]}, timeout=10
+    )
+    assert r.status_code == 400 and "inputs[0].name must be a string" in r.json()["error"], r.text
     # the replicas are still answering
     assert predict(base, request_records(2)).status_code == 200
 
