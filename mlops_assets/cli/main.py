@@ -33,9 +33,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (CommandError, DeclarationError, LookupError, ValueError) as err:
-        print(f"mlops {args.command}: error: {err}", file=sys.stderr)
+    except (CommandError, DeclarationError, LookupError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
+        print(f"mlops {args.command}: error: {_one_line(err)}", file=sys.stderr)  # the input was wrong
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:
+        if not met_by_users(err):
+            raise  # a bug: its traceback is what a report needs
+        print(f"mlops {args.command}: error: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+# failures a user meets rather than causes: the machine, a store or a service (not a bug in this code)
+USER_FACING = ("ModelLoadError", "MlflowException", "RestException", "CommitFailedError", "DeltaError", "RayError", "RaySystemError")
+
+
+def met_by_users(err: BaseException) -> bool:
+    """OS errors (permissions, a full disk, a refused connection, timeouts) and the errors of the stores and
+    services the platform talks to (MLflow, Delta, Ray), matched by name so `mlops --help` imports none of them."""
+    return isinstance(err, OSError | TimeoutError) or any(c.__name__ in USER_FACING for c in type(err).__mro__)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:500] + ("..." if len(text) > 500 else "")
 
 
 def entry() -> int:

@@ -54,3 +54,38 @@ def test_bad_declaration_folder_is_reported(tmp_path, monkeypatch, capsys):
     assert main(["pipelines"]) == 2
     err = capsys.readouterr().err
     assert "broken.yaml" in err and "landing.format" in err and "partitioning" in err
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "shown"),
+    [
+        (FileNotFoundError(2, "No such file or directory", "day.parquet"), 2, "No such file or directory: 'day.parquet'"),
+        (PermissionError(13, "Permission denied", "/srv/landing"), 1, "PermissionError: [Errno 13] Permission denied"),
+        (TimeoutError("timed out waiting for the champion"), 1, "TimeoutError: timed out waiting for the champion"),
+        (ConnectionRefusedError(111, "Connection refused"), 1, "ConnectionRefusedError: [Errno 111] Connection refused"),
+        (
+            type("MlflowException", (Exception,), {})("RESOURCE_DOES_NOT_EXIST:\n  line two"),
+            1,
+            "MlflowException: RESOURCE_DOES_NOT_EXIST: line two",
+        ),
+    ],
+)
+def test_failures_users_meet_are_one_line_errors(monkeypatch, capsys, error, code, shown):
+    """A command's work failing on the machine or a store is one line on stderr, never a traceback."""
+    from mlops_assets.cli import data_commands
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(data_commands, "pipelines", fail)
+    assert main(["pipelines"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("mlops pipelines: error: ") and shown in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    from mlops_assets.cli import data_commands
+
+    monkeypatch.setattr(data_commands, "pipelines", lambda args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["pipelines"])
