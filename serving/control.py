@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -195,9 +196,10 @@ def follow_aliases(decl: PipelineDeclaration, settings: ServeSettings, **kwargs)
     if versions[CHAMPION] is None:
         raise LookupError(f"model {decl.name} has no '{CHAMPION}' alias yet: nothing to serve")
     uri = settings.resolved_tracking_uri()
-    for version in versions.values():
-        if version is not None:
-            load_version(uri, decl.name, version)
+    with tempfile.TemporaryDirectory(prefix=f"mlops-check-{decl.name}-") as scratch:  # the check load leaves nothing behind
+        for version in versions.values():
+            if version is not None:
+                load_version(uri, decl.name, version, cache_dir=scratch)
     deploy_pipeline(decl, settings, versions[CHAMPION], versions[CHALLENGER], **kwargs)
     return versions
 

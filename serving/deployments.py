@@ -278,9 +278,12 @@ class ModelServer:
         if result is None:
             result = await self._champion(frame, request_id, received_at, CHAMPION, True)
         if self.shadow and role == CHAMPION and self.challenger is not None:
-            task = asyncio.create_task(self._mirror(frame, request_id, received_at))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            if len(self._background) >= self.decl.serving.traffic.shadow_max_in_flight:
+                self.counts["shadow_dropped"] += 1  # a slow challenger must not pile up work in the champion
+            else:
+                task = asyncio.create_task(self._mirror(frame, request_id, received_at))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         self.counts[role] += 1
         result["role"] = role
         return result

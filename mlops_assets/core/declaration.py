@@ -245,6 +245,9 @@ class TrafficSpec(_Strict):
 
     canary_share: float = Field(0.0, ge=0.0, le=1.0, description="Share of requests answered by the challenger.")
     shadow: bool = Field(False, description="Mirror every request to the challenger; log its predictions only.")
+    shadow_max_in_flight: int = Field(
+        64, ge=1, description="Mirrored requests a replica keeps in flight; more are dropped and counted (shadow_dropped)."
+    )
 
 
 class ServingSpec(_Strict):

@@ -126,3 +126,35 @@ def test_route_types_records_and_answers_champion_and_pinned_versions(server, se
     assert pinned["role"] == "champion" and pinned["predictions"] == answer["predictions"]
     assert missing.status == 404 and "version 999" in missing.message
     assert server.counts == {"champion": 1, "pinned_champion": 1}
+
+
+def test_shadow_mirrors_are_bounded_and_the_overflow_counted(server, serving_registry):
+    """A challenger that does not answer must not pile up mirrored work in the champion."""
+    server.reconfigure({"model_version": serving_registry.champion, "shadow": True})
+    bound = server.decl.serving.traffic.shadow_max_in_flight
+    records = request_records(1)
+
+    async def unbatched(*item):
+        answer = server.predict_many([(*item, None)[:6]])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    class StuckChallenger:  # the unit's edge: a challenger replica that never answers
+        class infer:
+            @staticmethod
+            async def remote(*args):
+                await asyncio.Event().wait()
+
+    server.infer, server.challenger = unbatched, StuckChallenger()
+
+    async def flood():
+        answers = [await server.route(records, f"r{i}", 0.0) for i in range(bound + 10)]
+        in_flight = len(server._background)
+        for task in list(server._background):
+            task.cancel()
+        return answers, in_flight
+
+    answers, in_flight = asyncio.run(flood())
+    assert all(a["role"] == "champion" for a in answers)  # every request was answered
+    assert in_flight == bound and server.counts["shadow_dropped"] == 10
