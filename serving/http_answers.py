@@ -57,10 +57,13 @@ async def json_body(request: Request, decl: PipelineDeclaration) -> Any:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(f"request body of {declared} bytes is larger than the limit of {limit}", status=413)
-    body = await request.body()
-    if len(body) > limit:
-        raise RequestError(f"request body of {len(body)} bytes is larger than the limit of {limit}", status=413)
-    return parse_json(body)
+    chunks, size = [], 0
+    async for chunk in request.stream():  # counted as it arrives: a chunked body declares no length
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"request body of more than {limit} bytes is larger than the limit of {limit}", status=413)
+        chunks.append(chunk)
+    return parse_json(b"".join(chunks))
 
 
 async def answer_prediction(

@@ -120,6 +120,12 @@ def start(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
+    from serving.exposure import check_exposure
+
+    warning = check_exposure(args.host, _pipelines(args.pipelines), args.allow_unauthenticated)
+    if warning:
+        print(f"mlops serve start: warning: {warning}", file=sys.stderr, flush=True)
+
     folder = tempfile.mkdtemp(prefix="mlops-haproxy-")
     os.environ.update(ingress_env(args.proxy, folder))  # before Ray and Serve import their constants
     try:
@@ -236,8 +242,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("start", help="start Ray + Serve here and serve every champion (foreground)")
     p.add_argument("pipelines", nargs="*", help="pipelines to deploy (default: all declared)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; any other needs the prediction token)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--allow-unauthenticated", action="store_true", help="serve beyond loopback without a prediction token (logged as a warning)"
+    )
     p.add_argument("--num-cpus", type=int, default=None)
     p.add_argument(
         "--proxy",

@@ -551,6 +551,18 @@ def test_rayservice_has_cpu_and_gpu_groups_and_upgrades_without_downtime(rayserv
     assert any(t["key"] == "nvidia.com/gpu" for t in gpu_spec["tolerations"])
 
 
+def test_every_ray_container_requires_the_serving_tokens(rayservice: dict):
+    """On a cluster the endpoints are reachable: pods do not start without the prediction and admin tokens."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+    for template in templates:
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "valueFrom" in e}
+            for name in ("MLOPS_SERVE_TOKEN", "MLOPS_SERVE_ADMIN_TOKEN"):
+                assert env[name]["name"] == "mlops-serving" and not env[name].get("optional", False), (container["name"], name)
+            assert all(not ref.get("secretRef", {}).get("optional", False) for ref in container["envFrom"] if "secretRef" in ref)
+
+
 def test_embedded_serve_config_round_trips_through_ray_serve_schema(rayservice: dict):
     from ray.serve._private.utils import import_attr
     from ray.serve.schema import ServeDeploySchema

@@ -199,6 +199,10 @@ def test_malformed_unknown_and_oversized_bodies(served, serving_registry):
     big = b'{"instances": [' + b" " * (serving_registry.decl.serving.max_body_bytes + 1) + b"]}"
     r = HTTP.post(f"{base}/v1/models/flights:predict", data=big, timeout=30)
     assert r.status_code == 413 and "larger than the limit" in r.json()["error"]
+    # a chunked body declares no length: the limit is enforced as it streams in
+    chunks = (b" " * 65536 for _ in range(serving_registry.decl.serving.max_body_bytes // 65536 + 2))
+    r = HTTP.post(f"{base}/v1/models/flights:predict", data=chunks, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and "larger than the limit" in r.json()["error"]
     good = request_records(1)[0]
     bad_v2 = [
         ({"inputs": [{"name": "carrier", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, "carrier"),
