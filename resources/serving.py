@@ -9,6 +9,7 @@ so the checked-in serve config carries no machine-specific paths.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,9 +27,15 @@ class ServeSettings(BaseModel):
     delta_root: str = ""
     pipelines: str = ""  # declaration files/folders, os.pathsep separated; empty: $MLOPS_PIPELINES or packaged
     log_flush_seconds: float | None = None  # overrides the declaration (tests flush fast)
+    spill_root: str = ""  # prediction-log batches the store refused; empty: $MLOPS_HOME/serving/prediction_log_spill
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or MlopsHome.from_env().mlflow_tracking_uri
+
+    def spill_dir(self) -> Path:
+        """This pipeline's spill folder, shared by its replicas on this host (each claims a file before appending it)."""
+        root = Path(self.spill_root) if self.spill_root else MlopsHome.from_env().root / "serving" / "prediction_log_spill"
+        return root / self.pipeline
 
     def delta(self) -> DeltaLakeResource:
         return DeltaLakeResource(root=self.delta_root or os.environ.get("MLOPS_DELTA_URI", ""))

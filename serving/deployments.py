@@ -88,7 +88,9 @@ class ModelServer:
         self.loads = 0
         self.cache_dir = tempfile.mkdtemp(prefix=f"mlops-serve-{self.decl.name}-{role}-")
         flush = self.settings.log_flush_seconds or self.decl.serving.log_flush_seconds
-        self.logger = PredictionLogger(self.settings.delta(), self.decl.name, self.decl.serving.log_queue_rows, flush)
+        self.logger = PredictionLogger(
+            self.settings.delta(), self.decl.name, self.decl.serving.log_queue_rows, flush, spill_dir=self.settings.spill_dir()
+        )
 
     def reconfigure(self, config: dict) -> None:
         """Apply the traffic shares; load the configured version (None: whatever the role's alias points at) and swap it in."""

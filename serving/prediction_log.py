@@ -2,17 +2,25 @@
 
 Requests put rows on a bounded in-memory queue and never wait for storage: a
 background thread drains it and appends batches to `<pipeline>/prediction_log`.
-When the queue is full the rows are dropped and counted (`overflow_rows`), so a
-slow or broken store can cost log rows but never a request.
+A batch the store refuses is not lost: it is spilled to a Parquet file in the
+spill folder and appended again on later flushes (and by the next replica that
+starts, if this one goes away first); a replica flushes its queue on graceful
+shutdown. What is still dropped by design is counted: a full queue under
+overload (`overflow_rows`), and a batch that could not even be spilled
+(`lost_rows`, a full or read-only disk), so a slow or broken store never costs a
+request.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -24,8 +32,17 @@ log = logging.getLogger(__name__)
 
 
 class PredictionLogger:
-    def __init__(self, delta: DeltaLakeResource, pipeline: str, max_rows: int, flush_seconds: float, batch_rows: int = 5000):
+    def __init__(
+        self,
+        delta: DeltaLakeResource,
+        pipeline: str,
+        max_rows: int,
+        flush_seconds: float,
+        batch_rows: int = 5000,
+        spill_dir: str | Path | None = None,
+    ):
         self.delta = delta
+        self.spill_dir = Path(spill_dir) if spill_dir else None
         self.pipeline = pipeline
         self.max_rows = max_rows
         self.flush_seconds = flush_seconds
@@ -37,6 +54,9 @@ class PredictionLogger:
         self.logged_rows = 0
         self.overflow_rows = 0
         self.write_errors = 0
+        self.spilled_rows = 0
+        self.respilled_rows = 0  # appended later from the spill folder
+        self.lost_rows = 0
         self.last_error = ""
         self._thread = threading.Thread(target=self._run, name=f"prediction-log-{pipeline}", daemon=True)
         self._thread.start()
@@ -77,20 +97,85 @@ class PredictionLogger:
         while pending > 0 and (frames := self._drain()):
             batch = pl.concat(frames, how="diagonal_relaxed")
             pending -= batch.height
-            try:
-                self.delta.append(self.pipeline, PREDICTION_LOG, batch, merge_schema=True)  # new subject or feature columns
-                self.logged_rows += batch.height
+            if self._append(batch):
                 written += batch.height
-            except Exception as err:  # storage trouble must not kill the logger; it is counted and kept visible
-                self.write_errors += 1
-                self.last_error = f"{type(err).__name__}: {err}"[:500]
-                log.error("prediction log append failed (%d rows lost): %s", batch.height, self.last_error)
+            else:
+                self._spill(batch)
+        return written + self._drain_spill()
+
+    def _append(self, batch: pl.DataFrame) -> bool:
+        try:
+            self.delta.append(self.pipeline, PREDICTION_LOG, batch, merge_schema=True)  # new subject or feature columns
+        except Exception as err:  # storage trouble must not kill the logger: the batch is spilled, counted and kept visible
+            self.write_errors += 1
+            self.last_error = f"{type(err).__name__}: {err}"[:500]
+            return False
+        self.logged_rows += batch.height
+        return True
+
+    def _spill(self, batch: pl.DataFrame) -> None:
+        if self.spill_dir is None:
+            self.lost_rows += batch.height
+            log.error("prediction log append failed (%d rows lost, no spill folder): %s", batch.height, self.last_error)
+            return
+        try:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+            partial = self.spill_dir / f".{name}.tmp"
+            batch.write_parquet(partial)
+            partial.rename(self.spill_dir / name)  # complete files only: a reader never sees half a batch
+        except OSError as err:
+            self.lost_rows += batch.height
+            log.error("prediction log: %d rows lost, neither stored nor spilled (%s; spill: %s)", batch.height, self.last_error, err)
+            return
+        self.spilled_rows += batch.height
+        log.warning("prediction log append failed; %d rows spilled to %s: %s", batch.height, self.spill_dir, self.last_error)
+
+    def spill_files(self) -> list[Path]:
+        if self.spill_dir is None or not self.spill_dir.is_dir():
+            return []
+        return sorted(self.spill_dir.glob("*.parquet"))
+
+    def _drain_spill(self) -> int:
+        """Append spilled batches, oldest first, until the store refuses one. Each file is claimed by an atomic
+        rename first, so replicas sharing the folder never append one batch twice."""
+        written = 0
+        for path in self.spill_files():
+            claimed = path.with_name(f"{path.name}.{os.getpid()}.draining")
+            try:
+                path.rename(claimed)
+            except OSError:
+                continue  # another replica took it
+            try:
+                batch = pl.read_parquet(claimed)
+            except Exception as err:  # an unreadable spill file stays for a person to look at
+                log.error("prediction log: spill file %s cannot be read: %s", claimed, err)
+                continue
+            if not self._append(batch):
+                claimed.rename(path)  # back for the next flush
+                break
+            claimed.unlink(missing_ok=True)
+            self.respilled_rows += batch.height
+            written += batch.height
         return written
 
     def _run(self) -> None:
+        self._reclaim()
+        self._drain_spill()  # what an earlier replica spilled before it went away
         while not self._stop.wait(self.flush_seconds):
             self.flush()
-        self.flush()
+        while self._queued_rows:  # graceful shutdown: everything accepted is written or spilled
+            self.flush()
+
+    def _reclaim(self) -> None:
+        """Spill files a replica was draining when it died go back to the folder."""
+        if self.spill_dir is None or not self.spill_dir.is_dir():
+            return
+        for claimed in self.spill_dir.glob("*.draining"):
+            pid = int(claimed.suffixes[-2].lstrip(".")) if len(claimed.suffixes) >= 2 and claimed.suffixes[-2][1:].isdigit() else 0
+            if pid and _alive(pid):
+                continue
+            claimed.rename(claimed.with_name(claimed.name.split(".parquet")[0] + ".parquet"))
 
     def close(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -105,6 +190,10 @@ class PredictionLogger:
             "queued_rows": self._queued_rows,
             "overflow_rows": self.overflow_rows,
             "write_errors": self.write_errors,
+            "spilled_rows": self.spilled_rows,
+            "respilled_rows": self.respilled_rows,
+            "spill_files": len(self.spill_files()),
+            "lost_rows": self.lost_rows,
             "last_error": self.last_error,
         }
 
@@ -147,3 +236,13 @@ def log_rows(
         label,
     )
     return pl.concat([meta, features], how="horizontal")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

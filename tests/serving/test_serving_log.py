@@ -56,6 +56,7 @@ def test_storage_failure_is_counted_and_logging_goes_on(tmp_path):
         assert logger.flush() == 0
         stats = logger.stats()
         assert stats["write_errors"] == 1 and stats["logged_rows"] == 0 and stats["last_error"]
+        assert stats["lost_rows"] == 2  # no spill folder: the loss is counted, not hidden
         assert logger.log(_rows("b", 2))  # requests keep being accepted
     finally:
         logger.close()
@@ -101,3 +102,56 @@ def test_a_flush_ends_under_steady_traffic(tmp_path):
         logger.close()
     assert 10 <= written <= 10 + 3  # the queued rows, in batches of 4 (the last batch may take up to 3 newcomers)
     assert version == 2  # three commits: 4 + 4 + 4 rows
+
+
+class FlakyStore(DeltaLakeResource):
+    """A real Delta store whose appends fail while `down` is set (the unit's edge: storage trouble)."""
+
+    def append(self, *args, **kwargs):
+        if FLAKY["down"]:
+            raise OSError("store unreachable")
+        return super().append(*args, **kwargs)
+
+
+FLAKY = {"down": False}
+
+
+def test_rows_the_store_refuses_are_spilled_and_written_when_it_is_back(tmp_path, monkeypatch):
+    monkeypatch.setitem(FLAKY, "down", True)
+    delta = FlakyStore(root=str(tmp_path / "delta"))
+    logger = PredictionLogger(delta, "flights", max_rows=1000, flush_seconds=3600, spill_dir=tmp_path / "spill")
+    try:
+        for i in range(5):
+            assert logger.log(_rows(f"s{i}", 3))
+            logger.flush()
+        stats = logger.stats()
+        assert stats["spilled_rows"] == 15 and stats["lost_rows"] == 0 and stats["spill_files"] >= 1 and stats["logged_rows"] == 0
+        FLAKY["down"] = False
+        logger.log(_rows("after", 2))
+        assert logger.flush() == 17
+        assert logger.stats()["spill_files"] == 0 and logger.stats()["respilled_rows"] == 15
+    finally:
+        logger.close()
+    table = delta.scan("flights", PREDICTION_LOG).collect()
+    assert table.height == 17 and sorted(set(table["request_id"])) == ["after", "s0", "s1", "s2", "s3", "s4"]
+
+
+def test_a_replica_that_goes_away_spills_its_queue_and_the_next_one_writes_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(FLAKY, "down", True)
+    spill = tmp_path / "spill"
+    first = PredictionLogger(FlakyStore(root=str(tmp_path / "delta")), "flights", max_rows=1000, flush_seconds=3600, spill_dir=spill)
+    for i in range(3):
+        first.log(_rows(f"q{i}", 2))
+    first.close()  # graceful shutdown while the store is down: the queue goes to the spill folder
+    assert first.stats()["spilled_rows"] == 6 and first.stats()["queued_rows"] == 0
+    FLAKY["down"] = False
+    delta = DeltaLakeResource(root=str(tmp_path / "delta"))
+    second = PredictionLogger(delta, "flights", max_rows=1000, flush_seconds=3600, spill_dir=spill)
+    try:
+        deadline = time.time() + 20
+        while second.stats()["respilled_rows"] < 6 and time.time() < deadline:  # drained as it starts
+            time.sleep(0.05)
+    finally:
+        second.close()
+    assert delta.scan("flights", PREDICTION_LOG).select(pl.len()).collect().item() == 6
+    assert not list(spill.iterdir())
