@@ -25,6 +25,8 @@ from tests.support.serving import (
     PREDICT_TOKEN,
     offline_features,
     request_records,
+    serving_settings,
+    wait_http,
 )
 
 V2_TYPE = {int: "INT64", float: "FP64", str: "BYTES"}
@@ -44,29 +46,11 @@ HTTP = client()
 @pytest.fixture(scope="module")
 def served(ray_serve, serving_registry):
     """The flights application serving v1 (champion) with v2 as challenger."""
-    settings = serving_registry_settings(serving_registry)
+    settings = serving_settings(serving_registry)
     control.deploy_pipeline(serving_registry.decl, settings, serving_registry.champion, serving_registry.challenger, gateway_replicas=1)
     control.wait_for_version("flights", serving_registry.champion, timeout_s=240)
     wait_http(ray_serve.base_url + "/v2/models/flights/ready")
     return ray_serve
-
-
-def serving_registry_settings(reg):
-    from resources.serving import ServeSettings
-
-    return ServeSettings(pipeline="flights", tracking_uri=reg.tracking_uri, delta_root=reg.delta.root, log_flush_seconds=0.3)
-
-
-def wait_http(url: str, timeout_s: float = 120) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            if requests.get(url, timeout=5).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout_s}s")
 
 
 def predict(
@@ -406,7 +390,7 @@ def test_restart_with_surge_under_load_has_no_failed_request(served, serving_reg
         t.start()
     try:
         time.sleep(1.0)
-        changed = serving_registry_settings(reg).model_copy(update={"log_flush_seconds": 0.31})  # new args: new code version
+        changed = serving_settings(reg).model_copy(update={"log_flush_seconds": 0.31})  # new args: new code version
         control.deploy_pipeline(reg.decl, changed, reg.champion, reg.challenger)
         deadline = time.time() + 240
         seen: list = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -20,6 +21,7 @@ from pathlib import Path
 import lightgbm as lgb
 import polars as pl
 import pytest
+import requests
 
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.feature_contract import (
@@ -182,3 +184,21 @@ def champion_server(serving_registry):
     )
     yield s
     s.logger.close()
+
+
+def serving_settings(reg):
+    from resources.serving import ServeSettings
+
+    return ServeSettings(pipeline="flights", tracking_uri=reg.tracking_uri, delta_root=reg.delta.root, log_flush_seconds=0.3)
+
+
+def wait_http(url: str, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s")
