@@ -22,11 +22,22 @@ from resources.landing_zone import LandingZoneResource, reference_signature
 JobTarget = Any
 
 
-def _in_range(decl: PipelineDeclaration, partition: str) -> bool:
-    d = date.fromisoformat(partition)
+def not_ingestible(decl: PipelineDeclaration, file_name: str) -> str | None:
+    """Why a landed file is not a partition to ingest (None when it is). Never raises: one bad name must
+    not stop the sensor, and with it every other file of the pipeline."""
+    partition = decl.landing.partition_of(file_name)
+    if partition is None:
+        return f"its name does not match {decl.landing.file_pattern}"
+    try:
+        d = date.fromisoformat(partition)
+    except ValueError:
+        return f"{partition} is not a date"
     end = decl.partitioning.end
-    today = datetime.now(UTC).date()
-    return decl.partitioning.start <= d < today and (end is None or d < end)
+    if d < decl.partitioning.start or (end is not None and d >= end):
+        return f"{partition} is outside the declared partitions ({decl.partitioning.start} .. {end or 'open'})"
+    if d >= datetime.now(UTC).date():
+        return f"{partition} has not ended yet"
+    return None
 
 
 def _materialized_reference_signature(instance: dg.DagsterInstance, decl: PipelineDeclaration) -> str | None:
@@ -68,12 +79,13 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
         requests = []
         ignored = set(cursor.get("ignored", []))
         for landed in landing.list_files(decl.name):
-            partition = decl.landing.partition_of(landed.name)
-            if partition is None or not _in_range(decl, partition):
-                if landed.name not in ignored:
-                    context.log.warning(f"ignoring {landed.name}: not a {decl.landing.file_pattern} file for a partition in range")
+            problem = not_ingestible(decl, landed.name)
+            if problem is not None:
+                if landed.name not in ignored:  # reported once; every other file keeps flowing
+                    context.log.warning(f"ignoring {landed.name}: {problem}")
                     ignored.add(landed.name)
                 continue
+            partition = decl.landing.partition_of(landed.name)
             if seen.get(landed.name) == landed.signature:
                 continue
             requests.append(

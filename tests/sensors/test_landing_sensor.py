@@ -107,6 +107,19 @@ def test_partial_foreign_and_out_of_range_files_are_ignored(ready: Platform):
     assert sorted(json.loads(result.cursor)["ignored"]) == ["flights_2012-12-31.parquet", "flights_2014-01-02.parquet", "notes.txt"]
 
 
+def test_a_file_named_for_an_impossible_day_is_reported_once_and_never_stalls_the_others(ready: Platform):
+    land_days(ready.declarations["flights"], ready.landing, date(2013, 1, 3), 1)
+    folder = ready.landing.uri("flights")
+    with open(os.path.join(folder, "flights_2013-02-30.parquet"), "wb") as f:
+        f.write(b"x")
+    first = evaluate(ready)
+    assert partitions_of(first) == ["2013-01-03"]  # the good file flows
+    assert json.loads(first.cursor)["ignored"] == ["flights_2013-02-30.parquet"]
+    land_days(ready.declarations["flights"], ready.landing, date(2013, 1, 4), 1)
+    second = evaluate(ready, first.cursor)  # and keeps flowing on later ticks
+    assert partitions_of(second) == ["2013-01-04"]
+
+
 def test_sensor_runs_through_the_daemon_path_and_ingests(ready: Platform):
     """Requests launched as real runs ingest exactly the landed partitions."""
     decl = ready.declarations["flights"]
