@@ -140,7 +140,13 @@ class PredictionLogger:
         """Append spilled batches, oldest first, until the store refuses one. Each file is claimed by an atomic
         rename first, so replicas sharing the folder never append one batch twice."""
         written = 0
-        for path in self.spill_files():
+        try:
+            self._reclaim()
+            files = self.spill_files()
+        except OSError as err:  # the spill folder itself is in trouble: try again on the next flush
+            log.error("prediction log: cannot read the spill folder %s: %s", self.spill_dir, err)
+            return 0
+        for path in files:
             claimed = path.with_name(f"{path.name}.{os.getpid()}.draining")
             try:
                 path.rename(claimed)
@@ -148,11 +154,14 @@ class PredictionLogger:
                 continue  # another replica took it
             try:
                 batch = pl.read_parquet(claimed)
-            except Exception as err:  # an unreadable spill file stays for a person to look at
+            except Exception as err:  # an unreadable spill file stays (claimed) for a person to look at
                 log.error("prediction log: spill file %s cannot be read: %s", claimed, err)
                 continue
             if not self._append(batch):
-                claimed.rename(path)  # back for the next flush
+                try:
+                    claimed.rename(path)  # back for the next flush
+                except OSError as err:
+                    log.error("prediction log: cannot return %s to the spill folder: %s", claimed, err)
                 break
             claimed.unlink(missing_ok=True)
             self.respilled_rows += batch.height
@@ -160,7 +169,6 @@ class PredictionLogger:
         return written
 
     def _run(self) -> None:
-        self._reclaim()
         self._drain_spill()  # what an earlier replica spilled before it went away
         while not self._stop.wait(self.flush_seconds):
             self.flush()
@@ -168,14 +176,17 @@ class PredictionLogger:
             self.flush()
 
     def _reclaim(self) -> None:
-        """Spill files a replica was draining when it died go back to the folder."""
+        """Spill files a replica was draining when it died go back to the folder (checked on every flush)."""
         if self.spill_dir is None or not self.spill_dir.is_dir():
             return
         for claimed in self.spill_dir.glob("*.draining"):
             pid = int(claimed.suffixes[-2].lstrip(".")) if len(claimed.suffixes) >= 2 and claimed.suffixes[-2][1:].isdigit() else 0
             if pid and _alive(pid):
                 continue
-            claimed.rename(claimed.with_name(claimed.name.split(".parquet")[0] + ".parquet"))
+            try:
+                claimed.rename(claimed.with_name(claimed.name.split(".parquet")[0] + ".parquet"))
+            except FileNotFoundError:
+                pass  # another replica reclaimed it first
 
     def close(self, timeout: float = 10.0) -> None:
         self._stop.set()

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
+    except (KeyError, IndexError):
+        raise  # lookups inside the code failing are bugs, not bad input
     except (CommandError, DeclarationError, LookupError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
         print(f"mlops {args.command}: error: {_one_line(err)}", file=sys.stderr)  # the input was wrong
         return 2
@@ -52,6 +54,8 @@ USER_FACING = ("ModelLoadError", "MlflowException", "RestException", "CommitFail
 def met_by_users(err: BaseException) -> bool:
     """OS errors (permissions, a full disk, a refused connection, timeouts) and the errors of the stores and
     services the platform talks to (MLflow, Delta, Ray), matched by name so `mlops --help` imports none of them."""
+    if any(c.__name__ == "RayTaskError" for c in type(err).__mro__):
+        return False  # an exception raised in remote code: a bug, keep its traceback
     return isinstance(err, OSError | TimeoutError) or any(c.__name__ in USER_FACING for c in type(err).__mro__)
 
 

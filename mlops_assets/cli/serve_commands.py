@@ -122,7 +122,7 @@ def start(args: argparse.Namespace) -> int:
 
     from serving.exposure import check_exposure
 
-    warning = check_exposure(args.host, _pipelines(args.pipelines), args.allow_unauthenticated)
+    warning = check_exposure(args.host, _pipelines(None), args.allow_unauthenticated)  # the gateway serves every pipeline
     if warning:
         print(f"mlops serve start: warning: {warning}", file=sys.stderr, flush=True)
 

@@ -305,10 +305,12 @@ class PipelineDeclaration(_Strict):
             unknown = [c for c in fairness.groups if c not in declared]
             if unknown:
                 raise ValueError(f"gates.fairness.groups names columns that are not declared: {unknown}")
-            known = set(METRICS[self.target.task]) | (set(RATE_METRICS) if self.target.task == "binary" else set())
+            # the gap is relative, (max - min) / max: only metrics that cannot be negative (not r2)
+            known = (set(METRICS[self.target.task]) - {"r2"}) | (set(RATE_METRICS) if self.target.task == "binary" else set())
             if fairness.metric not in known:
                 raise ValueError(
-                    f"gates.fairness.metric '{fairness.metric}' is not a {self.target.task} metric; known: {', '.join(sorted(known))}"
+                    f"gates.fairness.metric '{fairness.metric}' is not a fairness metric of a {self.target.task} model "
+                    f"(one that cannot be negative); known: {', '.join(sorted(known))}"
                 )
         unknown = [c for c in self.governance.subject_columns if c not in declared]
         if unknown:
@@ -403,7 +405,8 @@ def declaration_files(spec: str | None = None) -> list[Path]:
     for part in filter(None, spec.split(os.pathsep)):
         p = Path(part).expanduser()
         if p.is_dir():
-            files.extend(sorted(f for f in (*p.rglob("*.yaml"), *p.rglob("*.yml")) if not f.name.startswith(".")))
+            found = (*p.rglob("*.yaml"), *p.rglob("*.yml"))
+            files.extend(sorted(f for f in found if not any(part.startswith(".") for part in f.relative_to(p).parts)))
         elif p.is_file():
             files.append(p)
         else:

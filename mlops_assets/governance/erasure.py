@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import polars as pl
 
@@ -75,11 +75,13 @@ class Predicate:
 
     def sql(self, prefix: str = "") -> str:
         def lit(v) -> str:
+            if isinstance(v, date):  # dates and datetimes as ISO text, which Delta casts to the column's type
+                v = v.isoformat()
             return "'" + v.replace("'", "''") + "'" if isinstance(v, str) else repr(v)
 
         parts = []
         for c in self.clauses:
-            name = prefix + c.column
+            name = f'"{prefix}{c.column}"'  # quoted: a column may be named like a SQL keyword
             if c.op == "in":
                 parts.append(f"{name} IN ({', '.join(lit(v) for v in c.values)})")
             else:
@@ -107,10 +109,21 @@ def parse_predicate(text: str, decl: PipelineDeclaration) -> Predicate:
         if kind == "str":
             if spec.type not in ("str", "date", "datetime"):
                 raise PredicateError(f"--where: {column} is a {spec.type} column; {value} is a string")
-            return value[1:-1]
+            text = value[1:-1]
+            try:
+                if spec.type == "date":
+                    return date.fromisoformat(text)
+                if spec.type == "datetime":
+                    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+                    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+            except ValueError:
+                raise PredicateError(f"--where: {column} is a {spec.type} column; {value} is not an ISO {spec.type}") from None
+            return text
         if kind == "num":
             if spec.type in ("str", "bool", "date", "datetime"):
                 raise PredicateError(f"--where: {column} is a {spec.type} column; compare it with a quoted value, not {value}")
+            if "." in value and spec.type.startswith("int"):
+                raise PredicateError(f"--where: {column} is an {spec.type} column; {value} is not an integer")
             return float(value) if "." in value else int(value)
         raise PredicateError(f"--where: expected a value after {column}, found {value or 'the end'}")
 
@@ -164,6 +177,7 @@ class Erasure:
     partitions: list[str] = field(default_factory=list)
     tagged_versions: list[int] = field(default_factory=list)
     vacuumed_files: int = 0
+    retention_hours: float = 0.0
 
     def report(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
@@ -175,16 +189,26 @@ class Erasure:
                 f"model versions trained on them: {', '.join(f'v{v}' for v in self.tagged_versions)}"
                 + (" (would be tagged)" if self.dry_run else f" (tagged {ERASED_TAG}; the retrain sensor replaces the champion)")
             )
-        if not self.dry_run:
+        if not self.dry_run and self.retention_hours == 0:
             lines.append(f"vacuumed {self.vacuumed_files} data files: the rows are gone from every Delta version too")
+        elif not self.dry_run:
+            lines.append(
+                f"vacuumed {self.vacuumed_files} data files older than {self.retention_hours:g} h; Delta versions from the last "
+                f"{self.retention_hours:g} h still hold the rows until a later vacuum (`mlops erase` again with the same --where)"
+            )
         return "\n".join(lines)
 
 
-def _key_predicate(keys: pl.DataFrame) -> str:
-    per_day = keys.group_by(PARTITION_COLUMN).agg(pl.col(SOURCE_ROW).sort()).sort(PARTITION_COLUMN)
-    return " OR ".join(
-        f"({PARTITION_COLUMN} = '{day}' AND {SOURCE_ROW} IN ({', '.join(str(r) for r in rows)}))" for day, rows in per_day.iter_rows()
-    )
+DAYS_PER_DELETE = 50  # a delete predicate per batch of days: one OR term per day over years of days overwhelms the parser
+
+
+def _key_predicates(keys: pl.DataFrame) -> list[str]:
+    """Delete predicates for these (partition, source row) keys, a few dozen days each."""
+    per_day = keys.group_by(PARTITION_COLUMN).agg(pl.col(SOURCE_ROW).sort()).sort(PARTITION_COLUMN).rows()
+    return [
+        " OR ".join(f"({PARTITION_COLUMN} = '{day}' AND {SOURCE_ROW} IN ({', '.join(str(r) for r in rows)}))" for day, rows in chunk)
+        for chunk in (per_day[i : i + DAYS_PER_DELETE] for i in range(0, len(per_day), DAYS_PER_DELETE))
+    ]
 
 
 def _trained_on(mlflow: MlflowRegistryResource, pipeline: str, partitions: list[str]) -> list[int]:
@@ -223,7 +247,7 @@ def erase(
             f"--where uses {outside}, which the prediction log does not carry: it logs governance.subject_columns "
             f"({', '.join(sorted(subjects)) or 'none declared'}); declare them, or erase by those columns"
         )
-    result = Erasure(uuid.uuid4().hex[:12], predicate.text, dry_run)
+    result = Erasure(uuid.uuid4().hex[:12], predicate.text, dry_run, retention_hours=decl.governance.erasure_retention_hours)
     raw = delta.scan(decl.name, RAW)
     keys = (
         raw.filter(predicate.expr()).select(PARTITION_COLUMN, SOURCE_ROW).collect()
@@ -232,7 +256,6 @@ def erase(
     )
     result.rows[RAW] = keys.height
     result.partitions = sorted(keys.get_column(PARTITION_COLUMN).unique().to_list())
-    key_sql = _key_predicate(keys) if keys.height else ""
     for table in KEYED_TABLES:
         lf = delta.scan(decl.name, table)
         if lf is None or not keys.height:
@@ -245,23 +268,11 @@ def erase(
     if dry_run:
         return result
 
-    why = f"erasure {result.erasure_id} by {by}: {reason}"
-    touched = []
-    if keys.height:
-        for table in KEYED_TABLES:
-            if result.rows[table]:
-                delta.delete(decl.name, table, key_sql, dagster_run_id, why)
-                touched.append(table)
-        delta.delete(decl.name, RAW, predicate.sql(), dagster_run_id, why)
-        touched.append(RAW)
-    if result.rows[PREDICTION_LOG]:
-        delta.delete(decl.name, PREDICTION_LOG, predicate.sql(SUBJECT_PREFIX), dagster_run_id, why)
-        touched.append(PREDICTION_LOG)
-    for table in touched:
-        result.vacuumed_files += len(delta.vacuum(decl.name, table, decl.governance.erasure_retention_hours))
-    client = mlflow.client()
-    for version in result.tagged_versions:
-        client.set_model_version_tag(decl.name, str(version), ERASED_TAG, result.erasure_id)
+    # the tags and the audit row first: if a delete fails midway, a re-run (which finds fewer rows) still
+    # leaves the versions tagged and the request on record; raw goes last, since the other tables are found through it
+    with mlflow.writing() as client:
+        for version in result.tagged_versions:
+            client.set_model_version_tag(decl.name, str(version), ERASED_TAG, result.erasure_id)
     record(
         delta,
         decl.name,
@@ -282,4 +293,15 @@ def erase(
             dagster_run_id=dagster_run_id,
         ),
     )
+    why = f"erasure {result.erasure_id} by {by}: {reason}"
+    for table in KEYED_TABLES:
+        if result.rows[table]:
+            for where_keys in _key_predicates(keys):
+                delta.delete(decl.name, table, where_keys, dagster_run_id, why)
+    if result.rows[PREDICTION_LOG]:
+        delta.delete(decl.name, PREDICTION_LOG, predicate.sql(SUBJECT_PREFIX), dagster_run_id, why)
+    if keys.height:
+        delta.delete(decl.name, RAW, predicate.sql(), dagster_run_id, why)
+    for table in (RAW, *KEYED_TABLES, PREDICTION_LOG):  # every table, every time: a re-run completes an interrupted vacuum
+        result.vacuumed_files += len(delta.vacuum(decl.name, table, decl.governance.erasure_retention_hours))
     return result

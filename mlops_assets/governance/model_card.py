@@ -9,6 +9,7 @@ open in a browser; both logged to the version's MLflow run.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _table(rows: list[dict], columns: list[str]) -> str:
     def cell(v) -> str:
         if isinstance(v, float):
             return f"{v:.4g}"
-        return str(v).replace("|", "\\|").replace("\n", " ")
+        return html.escape(str(v)).replace("|", "\\|").replace("\n", " ")  # reasons are free text: never markup
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
@@ -85,7 +86,7 @@ def build_card(decl: PipelineDeclaration, delta: DeltaLakeResource, mlflow: Mlfl
         )
 
     md.append("\n## Intended use\n")
-    md.append(decl.description or "_No description declared (`description` in the declaration)._")
+    md.append(html.escape(decl.description) if decl.description else "_No description declared (`description` in the declaration)._")
     classes = f" over classes {plan.classes}" if plan.classes else ""
     md.append(f"\n{plan.task.capitalize()} model of `{plan.target}`{classes}; promotion policy `{decl.promotion.policy}`.")
 

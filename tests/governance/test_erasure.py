@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
@@ -136,4 +137,9 @@ def test_an_erasure_the_prediction_log_cannot_reach_is_refused_before_anything_c
     code, _, err = model_home.mlops("erase", "flights", "--where", 'tailnum = "N1"', "--by", "dpo", "--reason", "r", capsys=capsys)
     assert code == 2 and "governance.subject_columns" in err and "none declared" in err
     assert plat.delta.version("flights", RAW) == before
-    assert parse_predicate('tailnum in ("N1", "N2") and origin = "EWR"', decl).sql() == "tailnum IN ('N1', 'N2') AND origin = 'EWR'"
+    assert parse_predicate('tailnum in ("N1", "N2") and origin = "EWR"', decl).sql() == "\"tailnum\" IN ('N1', 'N2') AND \"origin\" = 'EWR'"
+    # quotes inside a value stay inside the literal; datetimes compare as datetimes
+    assert parse_predicate("tailnum = \"N1' OR '1'='1\"", decl).sql() == "\"tailnum\" = 'N1'' OR ''1''=''1'"
+    by_time = parse_predicate('time_hour >= "2013-01-02T05:00:00Z" and tailnum = "N1"', decl)
+    rows = raw.filter(by_time.expr())
+    assert rows.height == 0 or (rows["time_hour"].min() >= datetime(2013, 1, 2, 5, tzinfo=UTC))
