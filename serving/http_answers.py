@@ -81,7 +81,8 @@ async def answer_prediction(
         if isinstance(body, dict) and isinstance(body.get("id"), str):
             request_id = body["id"]
         result = await route(records, request_id, received_at)
-    except RequestError as err:
+    except RequestError as err:  # the client's mistake: one line in the replica's log, never a traceback
+        log.info("request %s to %s refused (%d): %s", request_id, decl.name, err.status, err.message[:200])
         return error(err.status, err.message, err.field, request_id)
     except NotReady as err:
         return error(503, str(err).splitlines()[-1], request_id=request_id)
