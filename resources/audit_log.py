@@ -20,7 +20,9 @@ import polars as pl
 from mlops_assets.core.names import AUDIT_TABLE
 from resources.delta_lake import DeltaLakeResource
 
-ACTIONS = ("promote", "reject", "await_approval", "approve", "rollback", "alias_removed", "erase")
+ACTIONS = ("promote", "reject", "await_approval", "approve", "rollback", "alias_removed", "erase", "traffic")
+# the platform's own record that a version passed its gates (tags on the version can be edited by anyone)
+PASSED_GATES = ("promote", "await_approval", "approve")
 SCHEMA = {
     "event_id": pl.String,
     "at": pl.Datetime("us", "UTC"),
@@ -99,6 +101,11 @@ def history(delta: DeltaLakeResource, pipeline: str) -> pl.DataFrame:
     if lf is None:
         return pl.DataFrame(schema=SCHEMA)
     return lf.collect().sort("at", "event_id")
+
+
+def passed_gates(events: pl.DataFrame, version: int) -> bool:
+    """Did the gates pass this version, by the audit log (a promotion, approval or wait for approval of it)?"""
+    return events.filter((pl.col("model_version") == version) & pl.col("action").is_in(PASSED_GATES)).height > 0
 
 
 def champion_history(events: pl.DataFrame) -> list[int]:

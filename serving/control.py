@@ -23,6 +23,7 @@ from ray.serve.schema import ServeDeploySchema
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.home import MlopsHome
 from mlops_assets.core.names import CHALLENGER, CHAMPION
+from resources import audit_log
 from resources.registered_models import resolve_alias
 from resources.serving import ServeSettings
 from serving.config import (
@@ -160,20 +161,59 @@ def ensure_gateway(settings: ServeSettings, replicas: int = 2) -> None:
             apply(apps)
 
 
-def set_traffic(pipeline: str, canary_share: float | None = None, shadow: bool | None = None) -> dict:
-    """Change the canary share and/or shadow switch: a champion reconfigure, no restarts and no model loads."""
+class NotGated(ValueError):
+    """Traffic for a version the gates have not passed (by the platform's audit log)."""
+
+
+def set_traffic(
+    pipeline: str,
+    canary_share: float | None = None,
+    shadow: bool | None = None,
+    *,
+    settings: ServeSettings,
+    actor: str,
+    reason: str,
+) -> dict:
+    """Change the canary share and/or shadow switch: a champion reconfigure, no restarts and no model loads.
+    Traffic only goes to a challenger whose gates passed, and the change is audited before it is applied."""
     with _lock:
         apps = current_apps()
         if pipeline not in apps:
             raise LookupError(f"pipeline '{pipeline}' is not deployed")
         app = apps[pipeline]
-        traffic = _traffic(app)
+        before = _traffic(app)
+        traffic = dict(before)
         if canary_share is not None:
             if not 0.0 <= canary_share <= 1.0:
                 raise ValueError("canary_share must be between 0 and 1")
             traffic["canary_share"] = float(canary_share)
         if shadow is not None:
             traffic["shadow"] = bool(shadow)
+        challenger = _user_config(app, CHALLENGER_DEPLOYMENT).get("model_version")
+        if challenger is None:
+            challenger = resolve_alias(settings.resolved_tracking_uri(), pipeline, CHALLENGER)
+        delta = settings.delta()
+        events = audit_log.history(delta, pipeline)
+        if traffic.get("canary_share", 0.0) > 0 or traffic.get("shadow", False):
+            if challenger is None:
+                raise NotGated(f"{pipeline} has no challenger to send traffic to")
+            if not audit_log.passed_gates(events, int(challenger)):
+                raise NotGated(
+                    f"{pipeline} v{challenger} has no record of passing its gates in the audit log: "
+                    "canary and shadow traffic only go to a gated challenger"
+                )
+        audit_log.record(
+            delta,
+            pipeline,
+            audit_log.AuditEvent(
+                "traffic",
+                int(challenger) if challenger is not None else None,
+                actor=actor,
+                reason=reason,
+                alias=CHALLENGER,
+                metrics={"before": before, "after": traffic},
+            ),
+        )
         for d in app["deployments"]:
             if d["name"] == CHAMPION_DEPLOYMENT:
                 d["user_config"] = {**(d.get("user_config") or {}), **traffic}

@@ -80,6 +80,8 @@ class V2InferResponse(BaseModel):
 class TrafficRequest(BaseModel):
     canary_share: float | None = Field(None, ge=0.0, le=1.0)
     shadow: bool | None = None
+    by: str = Field("admin endpoint", min_length=1, description="Who changes the traffic (audited).")
+    reason: str = Field("traffic change through the admin endpoint", min_length=1, description="Why (audited).")
 
 
 def _body_doc(model: type[BaseModel]) -> dict:
@@ -290,7 +292,12 @@ class Gateway:
             return error(400, err.message)
         except ValueError as err:
             return error(400, f"bad traffic settings: {err}")
-        applied = await asyncio.to_thread(control.set_traffic, name, body.canary_share, body.shadow)
+        try:
+            applied = await asyncio.to_thread(
+                control.set_traffic, name, body.canary_share, body.shadow, settings=self.settings, actor=body.by, reason=body.reason
+            )
+        except control.NotGated as err:
+            return error(409, str(err))
         return {"model_name": name, "traffic": applied}
 
     @api.post("/admin/models/{name}/reload", tags=["admin"])

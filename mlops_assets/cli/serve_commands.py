@@ -191,7 +191,10 @@ def traffic(args: argparse.Namespace) -> int:
 
     _connect(args)
     _pipelines([args.pipeline])
-    applied = control.set_traffic(args.pipeline, args.canary, args.shadow)
+    from resources.serving import ServeSettings
+
+    settings = ServeSettings(pipeline=args.pipeline)
+    applied = control.set_traffic(args.pipeline, args.canary, args.shadow, settings=settings, actor=args.by, reason=args.reason)
     print(f"{args.pipeline}: {json.dumps(applied)}")
     return 0
 
@@ -266,6 +269,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("pipeline")
     p.add_argument("--canary", type=float, default=None, help="share of requests the challenger answers (0..1)")
     p.add_argument("--shadow", action=argparse.BooleanOptionalAction, default=None, help="mirror requests to the challenger")
+    p.add_argument("--by", default=os.environ.get("USER", "unknown"), help="who changes the traffic (audited; default: the current user)")
+    p.add_argument("--reason", default="traffic change from the command line", help="why (audited)")
     p.add_argument("--address", default=address)
     p.set_defaults(handler=traffic)
 

@@ -6,6 +6,7 @@ One Ray instance and one deployed flights application for the whole module
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 import requests
 
 from mlops_assets.core.names import PREDICTION_LOG
+from resources.audit_log import AuditEvent, history, passed_gates, record
 from serving import control
 from serving.config import GATEWAY_APP
 from tests.support.serving import (
@@ -241,8 +243,30 @@ def test_prediction_endpoints_need_the_bearer_token_when_one_is_set(served):
     assert requests.get(f"{base}/v2/health/ready", timeout=10).status_code == 200  # probes stay open
 
 
+def gated(reg) -> None:
+    """Record that the challenger passed its gates, as the promotion asset does under the manual policy."""
+    if not passed_gates(history(reg.delta, "flights"), reg.challenger):
+        record(reg.delta, "flights", AuditEvent("await_approval", reg.challenger, actor="test", reason="gates passed", alias="challenger"))
+
+
+def test_traffic_goes_only_to_a_gated_challenger_and_every_change_is_audited(served, serving_registry):
+    base = served.base_url
+    if not passed_gates(history(serving_registry.delta, "flights"), serving_registry.challenger):
+        r = HTTP.post(f"{base}/admin/models/flights/traffic", json={"canary_share": 1.0}, headers=ADMIN, timeout=60)
+        assert r.status_code == 409 and "no record of passing its gates" in r.json()["error"], r.text
+        status = HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
+        assert status["traffic"]["canary_share"] == 0.0  # nothing changed
+    gated(serving_registry)
+    body = {"canary_share": 0.0, "shadow": False, "by": "carol", "reason": "ticket 7"}
+    assert HTTP.post(f"{base}/admin/models/flights/traffic", json=body, headers=ADMIN, timeout=60).status_code == 200
+    row = history(serving_registry.delta, "flights").filter(pl.col("action") == "traffic").tail(1).row(0, named=True)
+    assert (row["actor"], row["reason"], row["model_version"]) == ("carol", "ticket 7", serving_registry.challenger)
+    assert json.loads(row["metrics"])["after"] == {"canary_share": 0.0, "shadow": False}
+
+
 def test_canary_share_is_observed_and_changes_without_restarts(served, serving_registry):
     base = served.base_url
+    gated(serving_registry)
     before = HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
     set_traffic(base, canary_share=0.3)
     try:
@@ -260,6 +284,7 @@ def test_canary_share_is_observed_and_changes_without_restarts(served, serving_r
 
 def test_shadow_is_logged_never_returned_and_log_rows_match_requests(served, serving_registry):
     base = served.base_url
+    gated(serving_registry)
     set_traffic(base, shadow=True)
     try:
         sent: dict[str, tuple[list[dict], list[float]]] = {}
