@@ -116,3 +116,11 @@ def resolve_alias(tracking_uri: str, name: str, alias: str) -> int | None:
         return int(client(tracking_uri).get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
+
+
+def no_registry_yet(tracking_uri: str) -> str | None:
+    """Why there is nothing to read yet (an embedded SQLite store not created), else None: sensors skip
+    instead of creating the store by asking."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        return f"no MLflow registry yet at {tracking_uri}"
+    return None

@@ -5,7 +5,6 @@ times, when the rollout for the current aliases failed."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import dagster as dg
 
@@ -19,7 +18,7 @@ from mlops_assets.core.names import (
     deploy_job_name,
     sensor_name,
 )
-from resources.registered_models import resolve_alias
+from resources.registered_models import no_registry_yet, resolve_alias
 from resources.serving import ServingResource
 
 ROLLOUT_RETRIES = 3
@@ -58,8 +57,9 @@ def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition
     )
     def champion_sensor(context: dg.SensorEvaluationContext, serving: ServingResource):
         uri = serving.settings(decl.name).resolved_tracking_uri()
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-            return dg.SkipReason(f"no MLflow registry yet at {uri}")
+        missing = no_registry_yet(uri)
+        if missing:
+            return dg.SkipReason(missing)
         now = {"champion": resolve_alias(uri, decl.name, CHAMPION), "challenger": resolve_alias(uri, decl.name, CHALLENGER)}
         if now["champion"] is None:
             return dg.SkipReason(f"model {decl.name} has no champion yet")

@@ -1,11 +1,10 @@
-"""`<pipeline>_model_card_sensor`: a version's card is written when it is registered and again when
-its story changes (gates, promotion, approval, rollback, erasure, new drift reports)."""
+"""`<pipeline>_model_card_sensor`: a version's card is written once its gates have judged it and again
+when its story changes (promotion, approval, rollback, erasure, new drift reports)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -16,6 +15,7 @@ from resources.audit_log import history
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.pipeline_tables import drift_reports
+from resources.registered_models import no_registry_yet
 
 
 def story(mv, audit: pl.DataFrame, drift: pl.DataFrame) -> str:
@@ -36,12 +36,12 @@ def build_model_card_sensor(decl: PipelineDeclaration, job, versions: dg.Dynamic
         job=job,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Writes the model card of each {decl.name} version when it is registered and when its story changes.",
+        description=f"Writes the model card of each {decl.name} version once its gates have judged it, and when its story changes.",
     )
     def model_card_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
-        uri = mlflow.resolved_tracking_uri()
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-            return dg.SkipReason(f"no MLflow registry yet at {uri}")
+        missing = no_registry_yet(mlflow.resolved_tracking_uri())
+        if missing:
+            return dg.SkipReason(missing)
         registered = [mv for mv in mlflow.client().search_model_versions(f"name='{decl.name}'") if mv.tags.get(GATES_TAG)]
         if not registered:
             return dg.SkipReason(f"no {decl.name} version has been through its gates yet")
