@@ -111,14 +111,13 @@ def promote_after_gates(
         current = alias_version(client, name, alias)
         if current is not None and current.version == mv.version:
             return Decision("none", int(version), int(version), f"v{version} already is the {alias}")
-        client.set_registered_model_alias(name, alias, mv.version)
         if alias == CHAMPION:
-            client.set_model_version_tag(name, mv.version, STATUS_TAG, "promoted")
-            action, why = "promote", "gates passed; policy auto"
+            action, why, status = "promote", "gates passed; policy auto", "promoted"
         else:
-            client.set_model_version_tag(name, mv.version, STATUS_TAG, "awaiting_approval")
-            action, why = "await_approval", "gates passed; policy manual: waiting for approval"
+            action, why, status = "await_approval", "gates passed; policy manual: waiting for approval", "awaiting_approval"
         from_version = _int(current.version if current else None)
+        # the audit row first: a failure after it leaves a recorded move the registry lacks (rollback and
+        # `mlops status` say so), never a move the history lacks
         record(
             delta,
             name,
@@ -134,6 +133,8 @@ def promote_after_gates(
                 mlflow_run_id=mv.run_id or "",
             ),
         )
+        client.set_registered_model_alias(name, alias, mv.version)
+        client.set_model_version_tag(name, mv.version, STATUS_TAG, status)
     return Decision(
         action, int(mv.version), from_version, f"{alias} -> v{mv.version} (was {f'v{from_version}' if from_version else 'none'})"
     )
@@ -160,8 +161,6 @@ def approve(
         if current is not None and current.version == mv.version:
             raise ValueError(f"model {pipeline} v{mv.version} already is the champion")
         challenger = alias_version(client, pipeline, CHALLENGER)
-        client.set_registered_model_alias(pipeline, CHAMPION, mv.version)
-        client.set_model_version_tag(pipeline, mv.version, STATUS_TAG, "promoted")
         from_version = _int(current.version if current else None)
         metrics = {"validation": metrics_of(mv), "holdout": metrics_of(mv, "holdout.")}
         events = [
@@ -177,8 +176,8 @@ def approve(
                 mlflow_run_id=mv.run_id or "",
             )
         ]
-        if challenger is not None and challenger.version == mv.version:
-            client.delete_registered_model_alias(pipeline, CHALLENGER)
+        moves_challenger = challenger is not None and challenger.version == mv.version
+        if moves_challenger:
             events.append(
                 AuditEvent(
                     "alias_removed",
@@ -189,7 +188,11 @@ def approve(
                     dagster_run_id=dagster_run_id,
                 )
             )
-        record(delta, pipeline, *events)
+        record(delta, pipeline, *events)  # before the aliases move: no move without its history
+        client.set_registered_model_alias(pipeline, CHAMPION, mv.version)
+        client.set_model_version_tag(pipeline, mv.version, STATUS_TAG, "promoted")
+        if moves_challenger:
+            client.delete_registered_model_alias(pipeline, CHALLENGER)
     return Decision(
         "approve",
         int(mv.version),
@@ -215,9 +218,6 @@ def rollback(pipeline: str, delta: DeltaLakeResource, registry: MlflowRegistryRe
         if len(stack) < 2:
             raise LookupError(f"model {pipeline} has no previous champion to roll back to (v{current.version} is the first)")
         target = get_version(client, pipeline, stack[-2])
-        client.set_registered_model_alias(pipeline, CHAMPION, target.version)
-        client.set_model_version_tag(pipeline, current.version, STATUS_TAG, "rolled_back")
-        client.set_model_version_tag(pipeline, target.version, STATUS_TAG, "promoted")
         record(
             delta,
             pipeline,
@@ -231,7 +231,10 @@ def rollback(pipeline: str, delta: DeltaLakeResource, registry: MlflowRegistryRe
                 metrics={"validation": metrics_of(target), "holdout": metrics_of(target, "holdout.")},
                 mlflow_run_id=target.run_id or "",
             ),
-        )
+        )  # before the alias moves: no move without its history
+        client.set_registered_model_alias(pipeline, CHAMPION, target.version)
+        client.set_model_version_tag(pipeline, current.version, STATUS_TAG, "rolled_back")
+        client.set_model_version_tag(pipeline, target.version, STATUS_TAG, "promoted")
     return Decision(
         "rollback", int(target.version), int(current.version), f"champion -> v{target.version} (rolled back from v{current.version})"
     )

@@ -225,3 +225,19 @@ def test_gates_rerun_alone_on_the_champion_decide_nothing(model_home):
     assert not result.asset_materializations_for_node("flights__model")  # the pointer was read, nothing retrained
     assert model_home.registry.client().get_model_version("flights", "1").tags["mlops.status"] == "promoted"
     assert aliases(model_home) == (1, None) and actions(plat) == [("promote", 1)]
+
+
+def test_no_alias_moves_without_its_audit_row(model_home, monkeypatch):
+    """The audit row is written before the alias moves: a registry failure between them leaves the
+    move on record (and the champion where it was), never a move with no history."""
+    from mlflow import MlflowClient
+
+    def registry_down(self, *args, **kwargs):
+        raise OSError("registry unreachable")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", registry_down)
+    result = model_home.platform(flights_variant()).run("flights_train", raise_on_error=False)
+    assert not result.success
+    assert aliases(model_home) == (None, None)
+    events = history(model_home.platform(flights_variant()).delta, "flights")
+    assert [(r["action"], r["model_version"]) for r in events.iter_rows(named=True)] == [("promote", 1)]
