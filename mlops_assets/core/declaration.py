@@ -393,8 +393,7 @@ def load_declaration(path: str | Path) -> PipelineDeclaration:
 
 def load_file(path: str | Path) -> list[PipelineDeclaration]:
     found = declaration_attributes(path)
-    source = str(path) if len(found) < 2 else None
-    return [parse_declaration(data, source or f"{path} (document {i + 1})") for i, data in enumerate(found)]
+    return [parse_declaration(data, str(path) if len(found) == 1 else f"{path} (document {i + 1})") for i, data in enumerate(found)]
 
 
 def declaration_files(spec: str | None = None) -> list[Path]:
