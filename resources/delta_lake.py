@@ -229,8 +229,11 @@ class DeltaLakeResource(ConfigurableResource):
                     return int(info.base_name.split(".")[0])
         raise RuntimeError(f"{what}: committed, but the commit is not among the last {COMMIT_LOOKBACK} versions of {uri}")
 
-    def write_partition(self, pipeline: str, table: str, frame: pl.DataFrame, partition: str, run_id: str) -> int:
-        """Replace one partition of a table (creating the table if needed); returns the commit's version."""
+    def write_partition(
+        self, pipeline: str, table: str, frame: pl.DataFrame, partition: str, run_id: str, merge_schema: bool = False
+    ) -> int:
+        """Replace one partition of a table (creating the table if needed); returns the commit's version.
+        `merge_schema` adds columns the table does not have yet (rows of other partitions read them as null)."""
         if "'" in partition:
             raise ValueError(f"invalid partition key {partition!r}")
         frame = frame.with_columns(pl.lit(partition, dtype=pl.String).alias(PARTITION_COLUMN))
@@ -242,6 +245,7 @@ class DeltaLakeResource(ConfigurableResource):
             mode="overwrite",
             predicate=f"{PARTITION_COLUMN} = '{partition}'",
             partition_by=[PARTITION_COLUMN],
+            **({"schema_mode": "merge"} if merge_schema else {}),
         )
 
     def overwrite(self, pipeline: str, table: str, frame: pl.DataFrame, run_id: str) -> int:

@@ -22,20 +22,32 @@ from mlops_assets.core.names import (
     QUARANTINE,
     RAW,
     SOURCE_ROW,
+    VALID_ROW,
     reference_table,
 )
 from resources.delta_lake import DeltaLakeResource
 
 
 def read_clean(delta: DeltaLakeResource, pipeline: str, partitions: Sequence[str]) -> pl.DataFrame | None:
-    """Raw rows that passed validation: raw minus quarantine, per partition and source row."""
+    """Raw rows that passed validation, by the `_valid` flag their own commit wrote. Partitions
+    written before raw carried the flag read as raw minus quarantine (per partition and source row)."""
     raw = delta.read_partitions(pipeline, RAW, partitions)
     if raw is None:
         return None
+    if VALID_ROW in raw.columns and raw.get_column(VALID_ROW).null_count() == 0:
+        return raw.filter(pl.col(VALID_ROW)).drop(VALID_ROW)
+    if VALID_ROW not in raw.columns:
+        raw = raw.with_columns(pl.lit(None, pl.Boolean).alias(VALID_ROW))
     quarantined = delta.read_partitions(pipeline, QUARANTINE, partitions)
+    keys = [PARTITION_COLUMN, SOURCE_ROW]
     if quarantined is None or quarantined.height == 0:
-        return raw
-    return raw.join(quarantined.select(PARTITION_COLUMN, SOURCE_ROW), on=[PARTITION_COLUMN, SOURCE_ROW], how="anti")
+        return raw.filter(pl.col(VALID_ROW).fill_null(True)).drop(VALID_ROW)
+    marked = quarantined.select(keys).unique().with_columns(pl.lit(False).alias("_in_quarantine"))
+    return (
+        raw.join(marked, on=keys, how="left", maintain_order="left")
+        .filter(pl.coalesce(VALID_ROW, "_in_quarantine", pl.lit(True)))
+        .drop(VALID_ROW, "_in_quarantine")
+    )
 
 
 def days_before(partition: str, days: int) -> list[str]:

@@ -23,6 +23,7 @@ PREDICTION_LOG = "prediction_log"  # written by serving/prediction_log.py
 PARTITION_COLUMN = "_partition"
 SUBJECT_PREFIX = "subject_"  # prediction-log columns that carry governance.subject_columns (for erasure)
 SOURCE_ROW = "_source_row"
+VALID_ROW = "_valid"  # on raw rows: False where the same commit quarantined the row, so raw alone says what is clean
 
 
 def reference_table(name: str) -> str:
@@ -36,6 +37,7 @@ CHALLENGER = "challenger"
 PLAN_TAG = "mlops.training_plan"
 STATUS_TAG = "mlops.status"
 GATES_TAG = "mlops.gates"
+GATES_CHAMPION_TAG = "mlops.gates_champion"  # the champion the gates compared a version with ("none": there was none)
 
 GATES_ARTIFACT = "gates/evaluation.json"  # on the version's MLflow run: every gate's full comparison
 

@@ -1,13 +1,16 @@
 """Landed file -> raw Delta partition, split into clean and quarantined rows.
 
 One step per partition writes two tables: ``raw`` (every landed row, cast to
-the declared schema) and ``quarantine`` (the rows that failed, with the reason
-and the values as landed). Its blocking ``validation`` check fails the
+the declared schema, each flagged ``_valid``) and ``quarantine`` (the rows that
+failed, with the reason and the values as landed). Raw is committed first and
+alone says which rows are clean, so a step stopped between the two commits
+never lets an invalid row read as clean; the re-run writes both. Its blocking ``validation`` check fails the
 partition when the failure rate passes the declared limit, so its features are
 not computed; the data is written either way, so nothing is lost.
 """
 
 import dagster as dg
+import polars as pl
 
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.names import (
@@ -15,6 +18,7 @@ from mlops_assets.core.names import (
     QUARANTINE,
     RAW,
     SOURCE_ROW,
+    VALID_ROW,
     landing_key,
     quarantine_key,
     raw_key,
@@ -85,7 +89,10 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
                 allow_retries=False,
             ) from None
         run_id = context.run.run_id
-        raw_version = delta.write_partition(decl.name, RAW, conformed.frame, partition, run_id)
+        flagged = conformed.frame.with_columns(
+            pl.col(SOURCE_ROW).is_in(result.quarantine.get_column(SOURCE_ROW).implode()).not_().alias(VALID_ROW)
+        )
+        raw_version = delta.write_partition(decl.name, RAW, flagged, partition, run_id, merge_schema=True)  # tables from before the flag
         quarantine_version = delta.write_partition(decl.name, QUARANTINE, result.quarantine, partition, run_id)
         total = conformed.frame.height
         passed = result.failure_rate <= limit

@@ -1,6 +1,7 @@
 """Landed file -> raw + quarantine Delta partitions: idempotent, nothing lost, bad files fail loudly."""
 
 import json
+import shutil
 from datetime import date
 
 import dagster as dg
@@ -103,6 +104,66 @@ def test_raw_equals_clean_plus_quarantined(platform: Platform):
     assert check.passed
     assert check.metadata["quarantined_rows"].value == 7
     assert check.metadata["clean_rows"].value == 937
+
+
+def _with_bad_rows(day: date) -> pl.DataFrame:
+    frame = day_frame(day).with_row_index("i")
+    bad_dest = pl.when(pl.col("i") < 5).then(pl.lit("XXX")).otherwise(pl.col("dest")).alias("dest")
+    return frame.with_columns(bad_dest).drop("i")
+
+
+def test_a_step_stopped_between_the_raw_and_quarantine_commits_lets_no_invalid_row_read_as_clean(platform: Platform, monkeypatch):
+    from resources.delta_lake import DeltaLakeResource
+    from resources.pipeline_tables import read_clean
+
+    land_days(platform.declarations["flights"], platform.landing, date(2013, 1, 1), 1)
+    platform.run("flights_reference")
+    land_frame(platform, DAY2, _with_bad_rows(date(2013, 1, 2)))
+    write = DeltaLakeResource.write_partition
+
+    def stopped_before_quarantine(self, pipeline, table, *args, **kwargs):
+        if table == "quarantine":
+            raise OSError("process killed")  # the raw commit landed, the quarantine commit never did
+        return write(self, pipeline, table, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaLakeResource, "write_partition", stopped_before_quarantine)
+    assert not platform.run("flights_ingest", DAY2, raise_on_error=False).success
+    assert counts(platform, "raw") == {DAY2: 943} and counts(platform, "quarantine") == {}
+    clean = read_clean(platform.delta, "flights", [DAY2])
+    assert clean.height == 938 and "XXX" not in clean.get_column("dest").to_list() and "_valid" not in clean.columns
+    monkeypatch.setattr(DeltaLakeResource, "write_partition", write)
+    assert platform.run("flights_ingest", DAY2).success  # the re-run completes the partition, once
+    assert counts(platform, "raw") == {DAY2: 943} and counts(platform, "quarantine") == {DAY2: 5}
+    assert counts(platform, "features") == {DAY2: 938}
+
+
+def test_partitions_written_before_raw_carried_the_flag_read_as_raw_minus_quarantine(platform: Platform):
+    from resources.pipeline_tables import read_clean
+
+    decl = platform.declarations["flights"]
+    land_days(decl, platform.landing, date(2013, 1, 1), 1)
+    land_frame(platform, DAY2, _with_bad_rows(date(2013, 1, 2)))
+    platform.run("flights_reference")
+    platform.ingest("flights", [DAY1])
+    old = platform.delta.read_partitions("flights", "raw", [DAY1]).drop("_valid", "_partition")
+    shutil.rmtree(platform.delta.table_uri("flights", "raw"))
+    platform.delta.write_partition("flights", "raw", old, DAY1, "old-run")  # as an earlier release wrote it: no flag
+    platform.ingest("flights", [DAY2])  # adds the flag to the table; DAY1 reads it as null
+    assert platform.delta.read_partitions("flights", "raw", [DAY1]).get_column("_valid").null_count() == 842
+    clean = read_clean(platform.delta, "flights", [DAY1, DAY2])
+    assert clean.group_by("_partition").len().sort("_partition").rows() == [(DAY1, 842), (DAY2, 938)]
+    bad = platform.delta.read_partitions("flights", "raw", [DAY1]).head(3).get_column("_source_row").to_list()
+    quarantined = _quarantine_of(platform, DAY2).head(3).with_columns(
+        pl.Series("_source_row", bad, dtype=pl.UInt32), pl.lit(DAY1).alias("_partition")
+    )
+    platform.delta.write_partition("flights", "quarantine", quarantined.drop("_partition"), DAY1, "old-run")
+    clean = read_clean(platform.delta, "flights", [DAY1, DAY2])
+    assert clean.group_by("_partition").len().sort("_partition").rows() == [(DAY1, 839), (DAY2, 938)]
+    assert not set(clean.filter(pl.col("_partition") == DAY1).get_column("_source_row")) & set(bad)
+
+
+def _quarantine_of(platform: Platform, day: str) -> pl.DataFrame:
+    return platform.delta.read_partitions("flights", "quarantine", [day]).drop("_partition")
 
 
 def test_failure_rate_over_limit_fails_the_partition_but_keeps_the_data(platform: Platform):
