@@ -41,6 +41,7 @@ def group_options(group: ReplicaGroupSpec) -> dict:
         "max_ongoing_requests": group.max_ongoing_requests,
         "max_surge_percent": group.max_surge_percent,
         "graceful_shutdown_timeout_s": 30,
+        "health_check_period_s": group.health_check_period_s,
         **logging_options(),
     }
     if group.min_replicas is not None:

@@ -8,6 +8,7 @@ Every answer names the model version that made it (body and `X-Model-Version`).
 """
 
 import asyncio
+import logging
 import os
 from typing import Any
 
@@ -15,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
@@ -36,6 +38,8 @@ from serving.requests import (
     records_from_v1,
     records_from_v2,
 )
+
+log = logging.getLogger(__name__)
 
 SERVER_NAME = "mlops-serving"
 api = FastAPI(
@@ -134,7 +138,12 @@ class Gateway:
             return problem
 
         async def route(records: list[dict], request_id: str, received_at: float) -> dict:
-            return await self._app(name).route.remote(records, request_id, received_at, version)
+            handle = self._app(name)
+            try:
+                return await handle.route.remote(records, request_id, received_at, version)
+            except (ActorDiedError, ActorUnavailableError):  # its replica died under it: a prediction is safe to ask again
+                log.warning("request %s to %s: the replica died; asking another", request_id, name)
+                return await handle.route.remote(records, request_id, received_at, version)
 
         return await answer_prediction(request, self.decls[name], self.schemas[name], decode, route)
 

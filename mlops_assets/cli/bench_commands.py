@@ -76,6 +76,18 @@ def bench_leadtime(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_reliability(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mlops_assets.cli.bench.reliability_bench import bench, print_report
+
+    result = bench(Path(args.workdir) if args.workdir else None, long=args.long, num_cpus=args.num_cpus)
+    print_report(result)
+    if args.json:
+        print(json.dumps(result))
+    return 0 if result["passed"] else 1
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="run a benchmark").add_subparsers(dest="benchmark", required=True)
     p = bench.add_parser("drift", help="drift decision vs Evidently DataDriftPreset")
@@ -106,6 +118,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_serving)
+    p = bench.add_parser("reliability", help="fault and load cases: killed replicas, steps and training; swaps; a store outage; a soak")
+    p.add_argument("--long", action="store_true", help="ten champion swaps and the ten-minute soak (CI runs this after the suite)")
+    p.add_argument("--workdir", help="platform home to build the cases in (kept afterwards); default: a temp folder, removed")
+    p.add_argument("--num-cpus", type=int, default=2, help="CPUs the bench's Ray instance declares (default 2)")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(handler=bench_reliability)
     p = bench.add_parser("leadtime", help="a landed day to the model trained on it answering, on the local platform")
     p.add_argument("--initial-days", type=int, default=28, help="days landed before the platform starts (default 28)")
     p.add_argument("--port", type=int, default=3019, help="Dagster UI port of the bench platform (default 3019)")

@@ -230,6 +230,9 @@ class ReplicaGroupSpec(_Strict):
     max_replicas: int | None = Field(None, ge=1)
     max_surge_percent: int = Field(100, ge=0, le=100, description="Extra replicas started before old ones stop on a restart.")
     max_ongoing_requests: int = Field(16, ge=1)
+    health_check_period_s: float = Field(
+        1.0, gt=0, le=60, description="How often Serve checks each replica: a replica that died is replaced within about this."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> "ReplicaGroupSpec":

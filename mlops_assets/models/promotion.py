@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from mlops_assets.core.declaration import PipelineDeclaration
-from mlops_assets.core.names import CHALLENGER, CHAMPION, GATES_ARTIFACT, GATES_TAG, STATUS_TAG
+from mlops_assets.core.names import CHALLENGER, CHAMPION, GATES_ARTIFACT, GATES_CHAMPION_TAG, GATES_TAG, STATUS_TAG
 from mlops_assets.models.gates import Evaluation
 from resources.audit_log import AuditEvent, champion_history, history, record
 from resources.delta_lake import DeltaLakeResource
@@ -64,6 +64,7 @@ def record_evaluation(
         if mv.aliases:  # checks re-run on a serving or waiting version: record, but decide nothing
             return
         client.set_model_version_tag(name, version, GATES_TAG, "passed" if evaluation.passed else "failed: " + ",".join(evaluation.failed))
+        client.set_model_version_tag(name, version, GATES_CHAMPION_TAG, str(evaluation.champion_version or "none"))
         client.set_model_version_tag(name, version, STATUS_TAG, "passed" if evaluation.passed else "rejected")
         if not evaluation.passed:
             reasons = "; ".join(f"{g.name}: {g.description}" for g in evaluation.gates if not g.passed) + trigger
@@ -82,6 +83,14 @@ def record_evaluation(
                     mlflow_run_id=mv.run_id or "",
                 ),
             )
+
+
+class StaleGates(ValueError):
+    """The champion moved after a version's gates ran; promoting it would skip the comparison."""
+
+
+def _named(version: str) -> str:
+    return "none" if version == "none" else f"v{version}"
 
 
 def _require_passed(mv, what: str) -> None:
@@ -111,6 +120,29 @@ def promote_after_gates(
         current = alias_version(client, name, alias)
         if current is not None and current.version == mv.version:
             return Decision("none", int(version), int(version), f"v{version} already is the {alias}")
+        compared_with = mv.tags.get(GATES_CHAMPION_TAG)
+        if alias == CHAMPION and compared_with is not None and compared_with != (str(current.version) if current else "none"):
+            # another promotion won the race since these gates ran: their comparison is stale
+            why = (
+                f"gates compared v{mv.version} with champion {_named(compared_with)}, but the champion is now "
+                f"{_named(current.version if current else 'none')}; re-run the gates to compare with it"
+            )
+            record(
+                delta,
+                name,
+                AuditEvent(
+                    "reject",
+                    int(mv.version),
+                    actor=actor,
+                    reason=why + trigger,
+                    from_version=_int(current.version if current else None),
+                    failed_gates=("stale_comparison",),
+                    dagster_run_id=dagster_run_id,
+                    mlflow_run_id=mv.run_id or "",
+                ),
+            )
+            client.set_model_version_tag(name, mv.version, STATUS_TAG, "stale")
+            raise StaleGates(f"model {name} v{mv.version} not promoted: {why}")
         if alias == CHAMPION:
             action, why, status = "promote", "gates passed; policy auto", "promoted"
         else:

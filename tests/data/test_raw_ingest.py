@@ -153,8 +153,10 @@ def test_partitions_written_before_raw_carried_the_flag_read_as_raw_minus_quaran
     clean = read_clean(platform.delta, "flights", [DAY1, DAY2])
     assert clean.group_by("_partition").len().sort("_partition").rows() == [(DAY1, 842), (DAY2, 938)]
     bad = platform.delta.read_partitions("flights", "raw", [DAY1]).head(3).get_column("_source_row").to_list()
-    quarantined = _quarantine_of(platform, DAY2).head(3).with_columns(
-        pl.Series("_source_row", bad, dtype=pl.UInt32), pl.lit(DAY1).alias("_partition")
+    quarantined = (
+        _quarantine_of(platform, DAY2)
+        .head(3)
+        .with_columns(pl.Series("_source_row", bad, dtype=pl.UInt32), pl.lit(DAY1).alias("_partition"))
     )
     platform.delta.write_partition("flights", "quarantine", quarantined.drop("_partition"), DAY1, "old-run")
     clean = read_clean(platform.delta, "flights", [DAY1, DAY2])

@@ -28,7 +28,6 @@ from tests.support.serving import (
     offline_features,
     request_records,
     serving_settings,
-    wait_http,
 )
 
 V2_TYPE = {int: "INT64", float: "FP64", str: "BYTES"}
@@ -43,16 +42,6 @@ def client() -> requests.Session:
 
 
 HTTP = client()
-
-
-@pytest.fixture(scope="module")
-def served(ray_serve, serving_registry):
-    """The flights application serving v1 (champion) with v2 as challenger."""
-    settings = serving_settings(serving_registry)
-    control.deploy_pipeline(serving_registry.decl, settings, serving_registry.champion, serving_registry.challenger, gateway_replicas=1)
-    control.wait_for_version("flights", serving_registry.champion, timeout_s=240)
-    wait_http(ray_serve.base_url + "/v2/models/flights/ready")
-    return ray_serve
 
 
 def predict(

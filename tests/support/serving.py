@@ -172,6 +172,19 @@ def ray_serve() -> Iterator[ServeInstance]:
                 os.environ[k] = v
 
 
+@pytest.fixture(scope="session")
+def served(ray_serve, serving_registry) -> ServeInstance:
+    """The flights application on the shared Serve: v1 (champion) with v2 as challenger. Tests that move
+    aliases, traffic or replicas put them back as they found them."""
+    from serving import control
+
+    settings = serving_settings(serving_registry)
+    control.deploy_pipeline(serving_registry.decl, settings, serving_registry.champion, serving_registry.challenger, gateway_replicas=1)
+    control.wait_for_version("flights", serving_registry.champion, timeout_s=240)
+    wait_http(ray_serve.base_url + "/v2/models/flights/ready")
+    return ray_serve
+
+
 @pytest.fixture
 def champion_server(serving_registry):
     """The model server class Serve runs in each replica, in this process, holding the champion."""

@@ -124,12 +124,10 @@ def prepare_home(root: Path, log=print) -> Home:
     return Home(root, pipelines, uri, version, Path(model.model_file), model.feature_columns, env)
 
 
-def _train(root: Path, decl, log) -> None:
-    import dagster as dg
-
+def home_definitions(root: Path, decl):
+    """The platform's definitions for one declaration over the home at `root` (what `dg dev` would load)."""
     from mlops_assets.core.home import MlopsHome
     from mlops_assets.definitions import build_definitions
-    from mlops_assets.defs.flights.upstream import land_days
     from resources.defaults import model_resources, serving_resources
     from resources.delta_lake import DeltaLakeResource
     from resources.landing_zone import LandingZoneResource
@@ -139,18 +137,35 @@ def _train(root: Path, decl, log) -> None:
         (root / sub).mkdir(exist_ok=True)
     landing = LandingZoneResource(root=str(home.landing))
     resources = {"landing": landing, "delta": DeltaLakeResource(root=str(home.delta)), **model_resources(home), **serving_resources(home)}
-    defs = build_definitions([decl], resources=resources)
+    return build_definitions([decl], resources=resources), landing
+
+
+def land_and_ingest(root: Path, decl, days: int, log) -> None:
+    """`days` flights days from Jan 1 2013 landed, the reference tables loaded, each day ingested and featurized."""
+    import dagster as dg
+
+    from mlops_assets.defs.flights.upstream import land_days
+
+    defs, landing = home_definitions(root, decl)
     start = time.perf_counter()
     with dg.DagsterInstance.ephemeral() as instance:
-        land_days(decl, landing, date(2013, 1, 1), DAYS)
-        defs.resolve_job_def(f"{PIPELINE}_reference").execute_in_process(instance=instance)
-        days = [date.fromordinal(date(2013, 1, 1).toordinal() + i).isoformat() for i in range(DAYS)]
-        for day in days:
-            defs.resolve_job_def(f"{PIPELINE}_ingest").execute_in_process(instance=instance, partition_key=day)
-        log(f"  ingested and featurized {DAYS} days in {time.perf_counter() - start:.0f}s")
-        start = time.perf_counter()
+        land_days(decl, landing, date(2013, 1, 1), days)
+        defs.resolve_job_def(f"{decl.name}_reference").execute_in_process(instance=instance)
+        for i in range(days):
+            day = date.fromordinal(date(2013, 1, 1).toordinal() + i).isoformat()
+            defs.resolve_job_def(f"{decl.name}_ingest").execute_in_process(instance=instance, partition_key=day)
+    log(f"  ingested and featurized {days} days in {time.perf_counter() - start:.0f}s")
+
+
+def _train(root: Path, decl, log) -> None:
+    import dagster as dg
+
+    land_and_ingest(root, decl, DAYS, log)
+    defs, _ = home_definitions(root, decl)
+    start = time.perf_counter()
+    with dg.DagsterInstance.ephemeral() as instance:
         defs.resolve_job_def(f"{PIPELINE}_train").execute_in_process(instance=instance)
-        log(f"  trained and promoted the champion in {time.perf_counter() - start:.0f}s")
+    log(f"  trained and promoted the champion in {time.perf_counter() - start:.0f}s")
 
 
 # -- requests -----------------------------------------------------------------------------------------
