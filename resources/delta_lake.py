@@ -234,16 +234,31 @@ class DeltaLakeResource(ConfigurableResource):
     ) -> int:
         """Replace one partition of a table (creating the table if needed); returns the commit's version.
         `merge_schema` adds columns the table does not have yet (rows of other partitions read them as null)."""
-        if "'" in partition:
-            raise ValueError(f"invalid partition key {partition!r}")
-        frame = frame.with_columns(pl.lit(partition, dtype=pl.String).alias(PARTITION_COLUMN))
+        return self.write_partitions(pipeline, table, {partition: frame}, run_id, merge_schema)
+
+    def write_partitions(
+        self, pipeline: str, table: str, frames: Mapping[str, pl.DataFrame], run_id: str, merge_schema: bool = False
+    ) -> int:
+        """Replace several partitions in one commit, each with its own rows (other partitions untouched)."""
+        if not frames:
+            raise ValueError(f"writing {table}: no partitions given")
+        bad = [p for p in frames if "'" in p]
+        if bad:
+            raise ValueError(f"invalid partition key {bad[0]!r}")
+        frame = pl.concat(
+            [f.with_columns(pl.lit(p, dtype=pl.String).alias(PARTITION_COLUMN)) for p, f in frames.items()], how="diagonal_relaxed"
+        )
+        keys = list(frames)
+        listed = ", ".join(f"'{k}'" for k in keys)
+        predicate = f"{PARTITION_COLUMN} = {listed}" if len(keys) == 1 else f"{PARTITION_COLUMN} IN ({listed})"
+        where = keys[0] if len(keys) == 1 else f"{keys[0]} .. {keys[-1]} ({len(keys)})"
         return self._write(
             self.table_uri(pipeline, table),
             frame,
-            f"writing {table} partition {partition}",
-            {"dagster_run_id": run_id, "partition": partition},
+            f"writing {table} partition {where}",
+            {"dagster_run_id": run_id, "partition": where},
             mode="overwrite",
-            predicate=f"{PARTITION_COLUMN} = '{partition}'",
+            predicate=predicate,
             partition_by=[PARTITION_COLUMN],
             **({"schema_mode": "merge"} if merge_schema else {}),
         )

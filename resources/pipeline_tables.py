@@ -5,7 +5,6 @@ both join records against), drift reports and new prediction-log rows."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, timedelta
 
 import polars as pl
 
@@ -25,6 +24,7 @@ from mlops_assets.core.names import (
     VALID_ROW,
     reference_table,
 )
+from mlops_assets.core.partitions import partitions_before
 from resources.delta_lake import DeltaLakeResource
 
 
@@ -48,12 +48,6 @@ def read_clean(delta: DeltaLakeResource, pipeline: str, partitions: Sequence[str
         .filter(pl.coalesce(VALID_ROW, "_in_quarantine", pl.lit(True)))
         .drop(VALID_ROW, "_in_quarantine")
     )
-
-
-def days_before(partition: str, days: int) -> list[str]:
-    """The `days` partition keys strictly before `partition` (oldest first)."""
-    d = date.fromisoformat(partition)
-    return [(d - timedelta(days=i)).isoformat() for i in range(days, 0, -1)]
 
 
 def read_reference(delta: DeltaLakeResource, pipeline: str, names: Sequence[str]) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
@@ -112,20 +106,66 @@ def reference_as_of(
 ) -> tuple[FeatureReference, dict]:
     """What build_features may look up for records of `partition`: reference tables and
     statistics over clean rows of the days strictly before it. Training and serving both use it."""
-    history = read_clean(delta, decl.name, days_before(partition, decl.features.history_days))
+    return references_as_of(delta, decl, module, [partition])[partition]
+
+
+def references_as_of(
+    delta: DeltaLakeResource, decl: PipelineDeclaration, module: FeatureModule, partitions: Sequence[str]
+) -> dict[str, tuple[FeatureReference, dict]]:
+    """`reference_as_of` for each of several partitions (a backfill range): the clean rows are read once and
+    each day's share of the history statistics is computed once, then combined per partition over the
+    `history_days` before it (the module's history_partial/combine_history, when it has them)."""
+    window = decl.features.history_days
+    needed = sorted({d for p in partitions for d in partitions_before(decl, p, window)})
+    history = read_clean(delta, decl.name, needed)
     declared = list(decl.table_schema.columns)
     tables, versions = read_reference(delta, decl.name, list(decl.landing.reference_tables))
+    raw_version = delta.version(decl.name, RAW)
+    partials = {}
     if history is not None and history.height:
-        days = history.partition_by(PARTITION_COLUMN, as_dict=True)
-        used = sorted(key for (key,) in days)
-        # one partial per day, combined (the module's history_partial/combine_history, when it has them)
-        tables.update(module.history_from_days([days[(key,)].select(declared) for key in used]))
-    else:
-        empty = pl.DataFrame(schema={n: c.dtype for n, c in decl.table_schema.columns.items()})
-        tables.update(module.history_from_days([empty]))
-        used = []
-    reference = FeatureReference(tables=tables, categories=categories(decl))
-    return reference, {"history_partitions": used, "reference_versions": versions, "raw_version": delta.version(decl.name, RAW)}
+        for (key,), day in history.partition_by(PARTITION_COLUMN, as_dict=True).items():
+            partials[key] = module.history_partial(day.select(declared))
+    references = {}
+    for partition in partitions:
+        used = [d for d in partitions_before(decl, partition, window) if d in partials]
+        if used:
+            stats = module.combine_history([partials[d] for d in used])
+        else:
+            stats = module.history_from_days([pl.DataFrame(schema={n: c.dtype for n, c in decl.table_schema.columns.items()})])
+        reference = FeatureReference(tables={**tables, **stats}, categories=categories(decl))
+        references[partition] = (reference, {"history_partitions": used, "reference_versions": versions, "raw_version": raw_version})
+    return references
+
+
+def quarantined_share(delta: DeltaLakeResource, pipeline: str, partitions: pl.Expr) -> pl.DataFrame:
+    """Per partition matching `partitions` (an expression over the partition column): rows, quarantined
+    rows and their share, from raw's `_valid` flags (the quarantine table for partitions written before them)."""
+    raw_lf = delta.scan(pipeline, RAW)
+    if raw_lf is None:
+        return pl.DataFrame(schema={PARTITION_COLUMN: pl.String, "rows": pl.UInt32, "quarantined": pl.UInt32, "failure_rate": pl.Float64})
+    if VALID_ROW not in raw_lf.collect_schema():
+        raw_lf = raw_lf.with_columns(pl.lit(None, pl.Boolean).alias(VALID_ROW))
+    raw = (
+        raw_lf.filter(partitions)
+        .group_by(PARTITION_COLUMN)
+        .agg(pl.len().alias("rows"), pl.col(VALID_ROW).not_().sum().alias("flagged"), pl.col(VALID_ROW).null_count().alias("unflagged"))
+        .collect()
+    )
+    q_lf = delta.scan(pipeline, QUARANTINE)
+    in_quarantine = (
+        q_lf.filter(partitions).group_by(PARTITION_COLUMN).agg(pl.col(SOURCE_ROW).n_unique().alias("in_quarantine")).collect()
+        if q_lf is not None and raw.get_column("unflagged").sum()
+        else pl.DataFrame(schema={PARTITION_COLUMN: pl.String, "in_quarantine": pl.UInt32})
+    )
+    return (
+        raw.join(in_quarantine, on=PARTITION_COLUMN, how="left")
+        .with_columns(
+            pl.when(pl.col("unflagged") > 0).then(pl.col("in_quarantine").fill_null(0)).otherwise(pl.col("flagged")).alias("quarantined")
+        )
+        .with_columns((pl.col("quarantined") / pl.col("rows")).alias("failure_rate"))
+        .select(PARTITION_COLUMN, "rows", "quarantined", "failure_rate")
+        .sort(PARTITION_COLUMN)
+    )
 
 
 def new_log_rows(delta: DeltaLakeResource, decl: PipelineDeclaration, after_us: int) -> pl.LazyFrame | None:

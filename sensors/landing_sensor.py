@@ -1,5 +1,9 @@
 """The landing sensor: new or replaced files become ingestion runs of exactly their partitions.
 
+A burst of files (a year of history landed at once) becomes one run per contiguous range of
+partitions (the ingest assets' single-run backfill policy), split by `partitioning.partitions_per_run`
+where declared; a single late file still runs at once, alone.
+
 The cursor maps each landed file to the signature it was requested with, so a
 file runs once; a corrected file landed again has a new signature and runs
 again. Run keys (partition + signature) make a repeated request a no-op.
@@ -8,14 +12,22 @@ has reference tables, partitions wait until the reference asset has been
 materialized from the reference files as they are now.
 """
 
+import hashlib
 import json
-from datetime import UTC, date, datetime
 from typing import Any
 
 import dagster as dg
 
 from mlops_assets.core.declaration import PipelineDeclaration
-from mlops_assets.core.names import FILE_TAG, TRIGGER_TAG, reference_key, sensor_name
+from mlops_assets.core.names import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    FILE_TAG,
+    TRIGGER_TAG,
+    reference_key,
+    sensor_name,
+)
+from mlops_assets.core.partitions import partition_problem, runs_of
 from resources.landing_zone import LandingZoneResource, reference_signature
 
 # define_asset_job returns an unresolved job definition that dagster does not export by name
@@ -28,16 +40,7 @@ def not_ingestible(decl: PipelineDeclaration, file_name: str) -> str | None:
     partition = decl.landing.partition_of(file_name)
     if partition is None:
         return f"its name does not match {decl.landing.file_pattern}"
-    try:
-        d = date.fromisoformat(partition)
-    except ValueError:
-        return f"{partition} is not a date"
-    end = decl.partitioning.end
-    if d < decl.partitioning.start or (end is not None and d >= end):
-        return f"{partition} is outside the declared partitions ({decl.partitioning.start} .. {end or 'open'})"
-    if d >= datetime.now(UTC).date():
-        return f"{partition} has not ended yet"
-    return None
+    return partition_problem(decl, partition)
 
 
 def _materialized_reference_signature(instance: dg.DagsterInstance, decl: PipelineDeclaration) -> str | None:
@@ -46,6 +49,29 @@ def _materialized_reference_signature(instance: dg.DagsterInstance, decl: Pipeli
         return None
     value = event.asset_materialization.metadata.get("source_signature")
     return None if value is None else str(value.value)
+
+
+def _ingest_request(job_name: str, partitions: list[str], landed: dict[str, tuple[str, str]]) -> dg.RunRequest:
+    """One run for one partition, or for a contiguous range of them (the ingest assets run a range in one run)."""
+    if len(partitions) == 1:
+        (name, signature) = landed[partitions[0]]
+        return dg.RunRequest(
+            run_key=f"{partitions[0]}:{signature}",
+            job_name=job_name,
+            partition_key=partitions[0],
+            tags={TRIGGER_TAG: "landing_sensor", FILE_TAG: name},
+        )
+    signatures = hashlib.sha256("".join(f"{p}:{landed[p][1]};" for p in partitions).encode()).hexdigest()[:16]
+    return dg.RunRequest(
+        run_key=f"{partitions[0]}..{partitions[-1]}:{signatures}",
+        job_name=job_name,
+        tags={
+            TRIGGER_TAG: "landing_sensor",
+            FILE_TAG: f"{len(partitions)} files, {landed[partitions[0]][0]} .. {landed[partitions[-1]][0]}",
+            ASSET_PARTITION_RANGE_START_TAG: partitions[0],
+            ASSET_PARTITION_RANGE_END_TAG: partitions[-1],
+        },
+    )
 
 
 def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, reference_job: JobTarget | None) -> dg.SensorDefinition:
@@ -76,7 +102,7 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
                     ],
                     skip_reason=None,
                 )
-        requests = []
+        landed_now: dict[str, tuple[str, str]] = {}  # partition -> (file, signature) of new or replaced files
         ignored = set(cursor.get("ignored", []))
         for landed in landing.list_files(decl.name):
             problem = not_ingestible(decl, landed.name)
@@ -88,15 +114,9 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
             partition = decl.landing.partition_of(landed.name)
             if seen.get(landed.name) == landed.signature:
                 continue
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"{partition}:{landed.signature}",
-                    job_name=ingest_job.name,
-                    partition_key=partition,
-                    tags={TRIGGER_TAG: "landing_sensor", FILE_TAG: landed.name},
-                )
-            )
+            landed_now[partition] = (landed.name, landed.signature)  # type: ignore[index]
             seen[landed.name] = landed.signature
+        requests = [_ingest_request(ingest_job.name, group, landed_now) for group in runs_of(decl, list(landed_now))]
         new_cursor = json.dumps({"files": seen, "ignored": sorted(ignored)}, sort_keys=True)
         if not requests:
             return dg.SensorResult(skip_reason=dg.SkipReason("no new or replaced files"), cursor=new_cursor)

@@ -21,6 +21,8 @@ import polars as pl
 
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.names import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
     FEATURES,
     REASON_TAG,
     TRIGGER_TAG,
@@ -29,6 +31,7 @@ from mlops_assets.core.names import (
     sensor_name,
     serving_drift_key,
 )
+from mlops_assets.core.partitions import runs_of
 from resources import pipeline_tables, registered_models
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
@@ -150,6 +153,15 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
     return drift_sensor
 
 
+def _monitor_request(job_name: str, days: list[str], version: int) -> dg.RunRequest:
+    """One run per contiguous range of new feature days (the monitoring assets run a range in one run)."""
+    tags = {TRIGGER_TAG: "monitor_sensor"}
+    if len(days) == 1:
+        return dg.RunRequest(run_key=f"monitor:{days[0]}:v{version}", job_name=job_name, partition_key=days[0], tags=tags)
+    tags.update({ASSET_PARTITION_RANGE_START_TAG: days[0], ASSET_PARTITION_RANGE_END_TAG: days[-1]})
+    return dg.RunRequest(run_key=f"monitor:{days[0]}..{days[-1]}:v{version}", job_name=job_name, tags=tags)
+
+
 def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job: str) -> dg.SensorDefinition:
     @dg.sensor(
         name=sensor_name(decl, "monitor"),
@@ -174,12 +186,7 @@ def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job:
             return dg.SkipReason(f"{len(new)} feature day(s) wait for monitoring: {busy}")
         cursor = {str(champ.version): sorted(done | set(new))}
         return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=f"monitor:{p}:v{champ.version}", job_name=monitor_job, partition_key=p, tags={TRIGGER_TAG: "monitor_sensor"}
-                )
-                for p in new
-            ],
+            run_requests=[_monitor_request(monitor_job, group, champ.version) for group in runs_of(decl, new)],
             cursor=json.dumps(cursor),
         )
 

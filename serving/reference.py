@@ -8,11 +8,10 @@ what the features asset would use for the next day.
 
 from __future__ import annotations
 
-from datetime import date, timedelta
-
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.feature_contract import FeatureModule, FeatureReference
 from mlops_assets.core.names import RAW
+from mlops_assets.core.partitions import first_partition, shift
 from resources.delta_lake import DeltaLakeResource
 from resources.pipeline_tables import reference_as_of
 
@@ -20,7 +19,7 @@ from resources.pipeline_tables import reference_as_of
 def serving_reference(decl: PipelineDeclaration, module: FeatureModule, delta: DeltaLakeResource) -> tuple[FeatureReference, dict]:
     """The reference and what it was built from (for status and lineage)."""
     ingested = delta.partitions(decl.name, RAW)
-    next_day = (date.fromisoformat(ingested[-1]) + timedelta(days=1)).isoformat() if ingested else decl.partitioning.start.isoformat()
+    next_day = shift(decl, ingested[-1], 1) if ingested else first_partition(decl)
     reference, lineage = reference_as_of(delta, decl, module, next_day)
     used = lineage["history_partitions"]
     info = {

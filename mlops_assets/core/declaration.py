@@ -102,7 +102,7 @@ class LandingSpec(_Strict):
     def partition_of(self, file_name: str) -> str | None:
         """The partition key a landed file name stands for, or None for other files."""
         prefix, suffix = self.file_pattern.split("{partition}")
-        m = re.fullmatch(re.escape(prefix) + r"(\d{4}-\d{2}-\d{2})" + re.escape(suffix), file_name)
+        m = re.fullmatch(re.escape(prefix) + r"(\d{4}-\d{2}-\d{2}(?:-\d{2}:\d{2})?)" + re.escape(suffix), file_name)
         return m.group(1) if m else None
 
     def file_name(self, partition: str) -> str:
@@ -110,9 +110,19 @@ class LandingSpec(_Strict):
 
 
 class PartitioningSpec(_Strict):
-    kind: Literal["daily"] = "daily"
+    kind: Literal["hourly", "daily", "weekly", "monthly"] = Field(
+        "daily", description="Dagster time-window partitions; the *_days windows count partitions of this kind."
+    )
     start: date
     end: date | None = Field(default=None, description="Exclusive end; open-ended when omitted.")
+    partitions_per_run: int | None = Field(
+        default=None, ge=1, description="A backfill splits into runs of this many partitions; unset: one run for any range."
+    )
+    time_column: Identifier | list[Identifier] | None = Field(
+        default=None,
+        description="What places a row in time: a date or datetime column, or [year, month, day] integer columns. "
+        "Rows of a file whose time is outside the file's partition are quarantined.",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> "PartitioningSpec":
@@ -318,10 +328,29 @@ class PipelineDeclaration(_Strict):
         unknown = [c for c in self.governance.subject_columns if c not in declared]
         if unknown:
             raise ValueError(f"governance.subject_columns names columns that are not declared: {unknown}")
+        self._check_time_column()
         classes = self.target.classes or col.allowed or []
         if self.target.task == "binary" and classes and len(classes) != 2:
             raise ValueError("a binary target needs exactly two classes")
         return self
+
+    def _check_time_column(self) -> None:
+        time = self.partitioning.time_column
+        if time is None:
+            return
+        names = [time] if isinstance(time, str) else list(time)
+        columns = self.table_schema.columns
+        unknown = [c for c in names if c not in columns]
+        if unknown:
+            raise ValueError(f"partitioning.time_column names columns that are not declared: {unknown}")
+        if isinstance(time, str) and columns[time].type not in ("date", "datetime"):
+            raise ValueError(f"partitioning.time_column '{time}' is a {columns[time].type} column, not a date or datetime")
+        if not isinstance(time, str):
+            if len(names) != 3:
+                raise ValueError("partitioning.time_column as a list names three columns: [year, month, day]")
+            wrong = [c for c in names if not columns[c].type.startswith("int")]
+            if wrong:
+                raise ValueError(f"partitioning.time_column [year, month, day] must be integer columns: {wrong}")
 
     @property
     def target_classes(self) -> list:

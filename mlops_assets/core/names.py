@@ -61,6 +61,13 @@ INGEST_TAG = "mlops/ingest"
 TRAINING_TAG = "mlops/training"
 DEPLOY_TAG = "mlops/deploy"
 QUEUE_TAGS = (INGEST_TAG, TRAINING_TAG, DEPLOY_TAG)
+# Dagster's queue starts higher priorities first: a rollout, then training, go ahead of a backlog of
+# ingestion and monitoring runs (what freshness waits on goes first; a drift report can wait)
+PRIORITY_TAG = "dagster/priority"
+# a run over a range of partitions (Dagster's single-run backfill tags)
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+PRIORITY = {"deploy": "20", "train": "10", "ingest": "0", "monitor": "-10"}
 
 
 # --- asset keys ----------------------------------------------------------------------------------

@@ -1,12 +1,141 @@
-"""The Dagster partitions a declaration's `partitioning` section stands for."""
+"""The Dagster partitions a declaration's `partitioning` section stands for: their definition and key
+arithmetic (hourly, daily, weekly, monthly), how a range of them runs, and which rows of a landed file
+belong to its partition. Every other module steps through partitions with these, never with dates."""
 
 from __future__ import annotations
 
+import calendar
+from datetime import UTC, datetime, time, timedelta
+
 import dagster as dg
+import polars as pl
 
 from mlops_assets.core.declaration import PipelineDeclaration
 
+# Dagster's key formats: an hourly key carries the hour; weekly (from Sunday) and monthly keys are their first day
+KEY_FORMATS = {"hourly": "%Y-%m-%d-%H:%M", "daily": "%Y-%m-%d", "weekly": "%Y-%m-%d", "monthly": "%Y-%m-%d"}
+DEFINITIONS = {
+    "hourly": dg.HourlyPartitionsDefinition,
+    "daily": dg.DailyPartitionsDefinition,
+    "weekly": dg.WeeklyPartitionsDefinition,
+    "monthly": dg.MonthlyPartitionsDefinition,
+}
 
-def partitions_def(decl: PipelineDeclaration) -> dg.DailyPartitionsDefinition:
-    end = decl.partitioning.end
-    return dg.DailyPartitionsDefinition(start_date=decl.partitioning.start.isoformat(), end_date=end.isoformat() if end else None)
+
+def partitions_def(decl: PipelineDeclaration) -> dg.TimeWindowPartitionsDefinition:
+    p = decl.partitioning
+    fmt = KEY_FORMATS[p.kind]
+    start = datetime.combine(p.start, time()).strftime(fmt)
+    end = datetime.combine(p.end, time()).strftime(fmt) if p.end else None
+    return DEFINITIONS[p.kind](start_date=start, end_date=end)
+
+
+def key_time(decl: PipelineDeclaration, key: str) -> datetime:
+    """The start of the partition `key` (naive, UTC); ValueError for a string that is no key of this kind."""
+    return datetime.strptime(key, KEY_FORMATS[decl.partitioning.kind])
+
+
+def key_at(decl: PipelineDeclaration, when: datetime) -> str:
+    return when.strftime(KEY_FORMATS[decl.partitioning.kind])
+
+
+def _step(kind: str, when: datetime, n: int) -> datetime:
+    if kind == "hourly":
+        return when + timedelta(hours=n)
+    if kind == "daily":
+        return when + timedelta(days=n)
+    if kind == "weekly":
+        return when + timedelta(weeks=n)
+    months = when.year * 12 + when.month - 1 + n
+    return when.replace(year=months // 12, month=months % 12 + 1)
+
+
+def shift(decl: PipelineDeclaration, key: str, n: int) -> str:
+    """The key `n` partitions after `key` (before, for a negative `n`)."""
+    return key_at(decl, _step(decl.partitioning.kind, key_time(decl, key), n))
+
+
+def partitions_before(decl: PipelineDeclaration, key: str, n: int) -> list[str]:
+    """The `n` keys strictly before `key`, oldest first (the history window of `features.history_days`)."""
+    start = key_time(decl, key)
+    kind = decl.partitioning.kind
+    return [key_at(decl, _step(kind, start, -i)) for i in range(n, 0, -1)]
+
+
+def first_partition(decl: PipelineDeclaration) -> str:
+    return partitions_def(decl).get_first_partition_key()  # type: ignore[return-value]
+
+
+def partition_problem(decl: PipelineDeclaration, key: str, now: datetime | None = None) -> str | None:
+    """Why `key` is not a partition to ingest (None when it is): not a key of the declared kind, not aligned
+    to one (a weekly key must be a Sunday, a monthly one the 1st), outside the declared range, or not ended."""
+    kind = decl.partitioning.kind
+    try:
+        start = key_time(decl, key)
+    except ValueError:
+        return f"{key} is not a {kind} partition key ({KEY_FORMATS[kind]})"
+    if kind == "weekly" and start.weekday() != calendar.SUNDAY:
+        return f"{key} is not the first day of a week (weekly partitions start on Sunday)"
+    if kind == "monthly" and start.day != 1:
+        return f"{key} is not the first day of a month"
+    if kind == "hourly" and start.minute:
+        return f"{key} is not the start of an hour"
+    p = decl.partitioning
+    if start < datetime.combine(p.start, time()) or (p.end is not None and start >= datetime.combine(p.end, time())):
+        return f"{key} is outside the declared partitions ({p.start} .. {p.end or 'open'})"
+    if _step(kind, start, 1) > (now or datetime.now(UTC)).replace(tzinfo=None):
+        return f"{key} has not ended yet"
+    return None
+
+
+def backfill_policy(decl: PipelineDeclaration) -> dg.BackfillPolicy:
+    """A range of partitions (a backfill from the UI, a burst of landed files) runs as one run, or as runs
+    of `partitioning.partitions_per_run` partitions each where declared (spread over pods by a K8s launcher)."""
+    per_run = decl.partitioning.partitions_per_run
+    return dg.BackfillPolicy.single_run() if per_run is None else dg.BackfillPolicy.multi_run(max_partitions_per_run=per_run)
+
+
+def runs_of(decl: PipelineDeclaration, keys: list[str]) -> list[list[str]]:
+    """`keys` (sorted) grouped into what one run each can cover: contiguous ranges, at most
+    `partitioning.partitions_per_run` long where declared (a burst of landed files becomes a few runs, not one per file)."""
+    definition = partitions_def(decl)
+    per_run = decl.partitioning.partitions_per_run
+    groups: list[list[str]] = []
+    for key in sorted(keys):
+        last = groups[-1] if groups else None
+        if last and definition.get_next_partition_key(last[-1]) == key and (per_run is None or len(last) < per_run):
+            last.append(key)
+        else:
+            groups.append([key])
+    return groups
+
+
+def misplaced_rows(decl: PipelineDeclaration, frame: pl.DataFrame, partition: str, row_id: str) -> pl.DataFrame:
+    """Rows of `frame` (a file landed for `partition`) whose declared time falls outside the partition's
+    window, as (`row_id`, reason); none when the declaration names no `partitioning.time_column`."""
+    time = decl.partitioning.time_column
+    if time is None:
+        return pl.DataFrame(schema={row_id: pl.UInt32, "reason": pl.String})
+    window = partitions_def(decl).time_window_for_partition_key(partition)
+    if isinstance(time, str):
+        when = pl.col(time)
+        if decl.table_schema.columns[time].type == "date":
+            start, end = pl.lit(window.start.date()), pl.lit(window.end.date())
+        else:
+            when = when.dt.replace_time_zone(None) if frame.schema[time].time_zone else when  # type: ignore[union-attr]
+            start, end = pl.lit(window.start.replace(tzinfo=None)), pl.lit(window.end.replace(tzinfo=None))
+        shown = when.cast(pl.String)
+        label = time
+    else:
+        year, month, day = time
+        # not pl.date: an impossible date (month 13) is the schema's to report, not an error here
+        part = [pl.col(c).cast(pl.String).str.zfill(w) for c, w in ((year, 4), (month, 2), (day, 2))]
+        when = pl.format("{}-{}-{}", *part).str.to_date("%Y-%m-%d", strict=False)
+        start, end = pl.lit(window.start.date()), pl.lit(window.end.date())
+        shown = when.cast(pl.String)
+        label = f"{year}/{month}/{day}"
+    outside = frame.filter(when.is_not_null() & ((when < start) | (when >= end)))
+    return outside.select(
+        pl.col(row_id).cast(pl.UInt32),
+        pl.format("{}: {} is outside partition {}", pl.lit(label), shown, pl.lit(partition)).alias("reason"),
+    )

@@ -235,12 +235,21 @@ class ValidationResult:
         return self.quarantine.height / total if total else 0.0
 
 
-def validate(conformed: ConformedFile, schema: SchemaSpec, engine: Literal["compiled", "pandera"] = "compiled") -> ValidationResult:
+def validate(
+    conformed: ConformedFile,
+    schema: SchemaSpec,
+    engine: Literal["compiled", "pandera"] = "compiled",
+    misplaced: pl.DataFrame | None = None,
+) -> ValidationResult:
+    """Split a conformed file into clean and quarantined rows (with readable reasons). `misplaced` adds
+    (_source_row, reason) problems found outside the schema, such as rows of another partition."""
     frame = conformed.frame
     if not frame.get_column(SOURCE_ROW).is_sorted():
         frame = frame.sort(SOURCE_ROW)
     cases = failure_cases(frame.drop(SOURCE_ROW), schema, engine)
     problems = []
+    if misplaced is not None and misplaced.height:
+        problems.append(misplaced.select(pl.col(SOURCE_ROW).cast(pl.UInt32), pl.col("reason")))
     if conformed.cast_failures.height:
         problems.append(conformed.cast_failures.select(pl.col(SOURCE_ROW).cast(pl.UInt32), pl.col("reason")))
     if cases.height:

@@ -2,7 +2,9 @@
 
 The features of day D use D's clean rows, the reference tables and statistics
 over clean rows of the ``history_days`` days before D, never D itself or later,
-so nothing leaks from the day being predicted.
+so nothing leaks from the day being predicted. A range of days (a backfill) is one
+step: the clean rows read once, each day's history computed in order, one commit.
+A day whose validation failed is held back; the others are computed.
 """
 
 import dagster as dg
@@ -12,17 +14,19 @@ from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.feature_contract import load_feature_module
 from mlops_assets.core.names import (
     FEATURES,
+    PARTITION_COLUMN,
     SOURCE_ROW,
     features_key,
     raw_key,
     reference_key,
     reference_table,
 )
+from mlops_assets.core.partitions import backfill_policy
 from mlops_assets.core.records import LandedFileError, read_landed
 from mlops_assets.metadata import preview, table_schema
 from resources.delta_lake import DeltaLakeResource
 from resources.landing_zone import LandingZoneResource, reference_signature
-from resources.pipeline_tables import read_clean, reference_as_of
+from resources.pipeline_tables import quarantined_share, read_clean, references_as_of
 
 
 def build_reference_asset(decl: PipelineDeclaration) -> dg.AssetsDefinition:
@@ -66,6 +70,7 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
         key=features_key(decl),
         deps=deps,
         partitions_def=partitions,
+        backfill_policy=backfill_policy(decl),
         group_name=decl.name,
         kinds={"delta", "polars"},
         code_version=module.code_hash(),
@@ -73,37 +78,81 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
         f"(history statistics from the {decl.features.history_days} days before).",
     )
     def features(context: dg.AssetExecutionContext, delta: DeltaLakeResource):
-        partition = context.partition_key
-        records = read_clean(delta, decl.name, [partition])
-        if records is None or records.height == 0:
-            raise dg.Failure(f"no clean rows for partition {partition}: ingest it first")
+        partitions = sorted(context.partition_keys)  # one, or a whole backfill range in one run
+        limit = decl.validation.max_failure_rate
+        shares = {
+            row[PARTITION_COLUMN]: row
+            for row in quarantined_share(delta, decl.name, pl.col(PARTITION_COLUMN).is_in(partitions)).iter_rows(named=True)
+        }
+        held = {
+            p: f"{shares[p]['failure_rate']:.2%} of its rows failed validation (limit {limit:.1%})"
+            for p in partitions
+            if p in shares and shares[p]["failure_rate"] > limit
+        }
+        records = read_clean(delta, decl.name, [p for p in partitions if p not in held])
+        by_day = {} if records is None else {key: day for (key,), day in records.partition_by(PARTITION_COLUMN, as_dict=True).items()}
+        held.update({p: "no clean rows: ingest it first" for p in partitions if p not in held and p not in by_day})
+        good = [p for p in partitions if p not in held]
+        if not good:
+            raise dg.Failure(
+                f"no features computed: {_held_back(held)}", metadata={"held_back": dg.MetadataValue.json(held)}, allow_retries=False
+            )
         try:
-            reference, lineage = reference_as_of(delta, decl, module, partition)
+            references = references_as_of(delta, decl, module, good)  # in order: each day sees the days before it
         except LookupError as err:
             raise dg.Failure(str(err)) from None
-        built = module.build(records.select(declared), reference)
-        frame = pl.concat([records.select(*keys, SOURCE_ROW), built], how="horizontal")
-        version = delta.write_partition(decl.name, FEATURES, frame, partition, context.run.run_id)
-        without_target = frame.get_column(target).null_count()
-        history_used = lineage["history_partitions"]
-        return dg.MaterializeResult(
-            metadata={
-                "partition": partition,
-                "rows": frame.height,
-                "feature_columns": ", ".join(built.columns),
-                "rows_without_target": without_target,
-                "rows_without_target_reason": decl.target.missing_reason,
-                "history_partitions": len(history_used),
-                "history_range": f"{history_used[0]} .. {history_used[-1]}" if history_used else "none",
-                "raw_delta_version": lineage["raw_version"],
-                "reference_delta_versions": lineage["reference_versions"],
-                "feature_code_hash": module.code_hash(),
-                "delta_table": delta.table_uri(decl.name, FEATURES),
-                "delta_version": version,
-                "dagster/row_count": frame.height,
-                "dagster/column_schema": table_schema(frame),
-                "preview": preview(built),
-            }
-        )
+        frames, built = {}, None
+        for p in good:
+            day = by_day[p]
+            built = module.build(day.select(declared), references[p][0])
+            frames[p] = pl.concat([day.select(*keys, SOURCE_ROW), built], how="horizontal")
+        version = delta.write_partitions(decl.name, FEATURES, frames, context.run.run_id)
+        metadata = _features_metadata(decl, module, delta, frames, references, built, version)
+        if held:  # the good days are materialized, each for itself; the run fails naming the others
+            for p in good:
+                context.log_event(
+                    dg.AssetMaterialization(
+                        asset_key=features_key(decl),
+                        partition=p,
+                        metadata=_features_metadata(decl, module, delta, {p: frames[p]}, references, built, version),
+                    )
+                )
+            raise dg.Failure(
+                f"features of {len(held)} of {len(partitions)} partitions held back: {_held_back(held)}",
+                metadata={"held_back": dg.MetadataValue.json(held), "computed": ", ".join(good)},
+                allow_retries=False,
+            )
+        return dg.MaterializeResult(metadata=metadata)
 
     return features
+
+
+def _held_back(held: dict[str, str]) -> str:
+    shown = "; ".join(f"{p}: {why}" for p, why in list(held.items())[:5])
+    return shown + (f"; and {len(held) - 5} more" if len(held) > 5 else "")
+
+
+def _features_metadata(decl, module, delta, frames: dict[str, pl.DataFrame], references: dict, built: pl.DataFrame, version: int) -> dict:
+    days = list(frames)
+    rows = sum(f.height for f in frames.values())
+    target = decl.target.column
+    history_used = sorted({d for p in days for d in references[p][1]["history_partitions"]})
+    lineage = references[days[0]][1]
+    where = {"partition": days[0]} if len(days) == 1 else {"partitions": len(days), "range": f"{days[0]} .. {days[-1]}"}
+    return {
+        **where,
+        "rows": rows,
+        "feature_columns": ", ".join(built.columns),
+        "rows_without_target": sum(f.get_column(target).null_count() for f in frames.values()),
+        "rows_without_target_reason": decl.target.missing_reason,
+        "history_partitions": len(history_used),
+        "history_range": f"{history_used[0]} .. {history_used[-1]}" if history_used else "none",
+        "raw_delta_version": lineage["raw_version"],
+        "reference_delta_versions": lineage["reference_versions"],
+        "feature_code_hash": module.code_hash(),
+        "delta_table": delta.table_uri(decl.name, FEATURES),
+        "delta_version": version,
+        "dagster/row_count": rows,
+        "dagster/column_schema": table_schema(frames[days[0]]),
+        "preview": preview(built),
+    }

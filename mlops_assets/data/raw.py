@@ -1,13 +1,17 @@
-"""Landed file -> raw Delta partition, split into clean and quarantined rows.
+"""Landed files -> raw Delta partitions, split into clean and quarantined rows.
 
-One step per partition writes two tables: ``raw`` (every landed row, cast to
-the declared schema, each flagged ``_valid``) and ``quarantine`` (the rows that
-failed, with the reason and the values as landed). Raw is committed first and
-alone says which rows are clean, so a step stopped between the two commits
-never lets an invalid row read as clean; the re-run writes both. Its blocking ``validation`` check fails the
-partition when the failure rate passes the declared limit, so its features are
-not computed; the data is written either way, so nothing is lost.
+One step writes two tables for one partition or a whole range (a backfill, a burst of
+landed files: one run, one commit per table, each partition replaced only for itself):
+``raw`` (every landed row, cast to the declared schema, each flagged ``_valid``) and
+``quarantine`` (the rows that failed, with the reason and the values as landed). Raw is
+committed first and alone says which rows are clean, so a step stopped between the two
+commits never lets an invalid row read as clean; the re-run writes both. The
+``validation`` check fails when a partition's failure rate passes the declared limit;
+the features step then holds that partition back (and computes the others). The data
+is written either way, so nothing is lost.
 """
+
+from dataclasses import dataclass
 
 import dagster as dg
 import polars as pl
@@ -24,8 +28,9 @@ from mlops_assets.core.names import (
     raw_key,
     step_name,
 )
+from mlops_assets.core.partitions import backfill_policy, misplaced_rows
 from mlops_assets.core.records import LandedFileError, conform, read_landed
-from mlops_assets.core.validation import validate
+from mlops_assets.core.validation import ValidationResult, validate
 from mlops_assets.metadata import counts_table, preview, table_schema
 from resources.delta_lake import DeltaLakeResource
 from resources.landing_zone import LandingZoneResource
@@ -38,6 +43,39 @@ def build_landing_spec(decl: PipelineDeclaration) -> dg.AssetSpec:
         group_name=decl.name,
         kinds={decl.landing.format},
     )
+
+
+@dataclass(frozen=True)
+class IngestedFile:
+    partition: str
+    uri: str
+    signature: str
+    rows: int
+    dropped_columns: tuple[str, ...]
+    flagged: pl.DataFrame  # every landed row, cast, with its _valid flag
+    result: ValidationResult
+
+
+def _ingest_file(decl: PipelineDeclaration, landing: LandingZoneResource, partition: str) -> IngestedFile:
+    """One landed file read, cast and validated (nothing written yet); a file that cannot be read fails the run."""
+    file_name = decl.landing.file_name(partition)
+    landed = landing.stat(decl.name, file_name)
+    uri = landing.uri(decl.name, file_name)
+    if landed is None:
+        raise dg.Failure(f"no landed file for partition {partition}: {uri} does not exist")
+    try:
+        frame = read_landed(landing.read_bytes(decl.name, file_name), uri, decl.landing.format)
+        conformed = conform(frame, decl.table_schema, uri)
+        result = validate(conformed, decl.table_schema, misplaced=misplaced_rows(decl, conformed.frame, partition, SOURCE_ROW))
+    except LandedFileError as err:
+        raise dg.Failure(
+            description=f"cannot ingest {err.file}: {err.problem}",
+            metadata={"file": err.file, "problem": err.problem, "partition": partition},
+            allow_retries=False,
+        ) from None
+    invalid = result.quarantine.get_column(SOURCE_ROW).implode()
+    flagged = conformed.frame.with_columns(pl.col(SOURCE_ROW).is_in(invalid).not_().alias(VALID_ROW))
+    return IngestedFile(partition, uri, landed.signature, conformed.frame.height, tuple(conformed.dropped_columns), flagged, result)
 
 
 def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -65,88 +103,86 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
             dg.AssetCheckSpec(
                 "validation",
                 asset=raw_key(decl),
-                blocking=True,
-                description=f"pandera schema; fails when more than {limit:.1%} of rows are quarantined.",
+                description=f"pandera schema; fails when more than {limit:.1%} of a partition's rows are quarantined "
+                "(the features of that partition are then held back).",
             )
         ],
         partitions_def=partitions,
+        backfill_policy=backfill_policy(decl),
     )
     def ingest(context: dg.AssetExecutionContext, landing: LandingZoneResource, delta: DeltaLakeResource):
-        partition = context.partition_key
-        file_name = decl.landing.file_name(partition)
-        landed = landing.stat(decl.name, file_name)
-        uri = landing.uri(decl.name, file_name)
-        if landed is None:
-            raise dg.Failure(f"no landed file for partition {partition}: {uri} does not exist")
-        try:
-            frame = read_landed(landing.read_bytes(decl.name, file_name), uri, decl.landing.format)
-            conformed = conform(frame, decl.table_schema, uri)
-            result = validate(conformed, decl.table_schema)
-        except LandedFileError as err:
-            raise dg.Failure(
-                description=f"cannot ingest {err.file}: {err.problem}",
-                metadata={"file": err.file, "problem": err.problem, "partition": partition},
-                allow_retries=False,
-            ) from None
+        partitions = list(context.partition_keys)  # one, or a whole backfill range in one run
+        days = [_ingest_file(decl, landing, partition) for partition in partitions]
         run_id = context.run.run_id
-        flagged = conformed.frame.with_columns(
-            pl.col(SOURCE_ROW).is_in(result.quarantine.get_column(SOURCE_ROW).implode()).not_().alias(VALID_ROW)
-        )
-        raw_version = delta.write_partition(decl.name, RAW, flagged, partition, run_id, merge_schema=True)  # tables from before the flag
-        quarantine_version = delta.write_partition(decl.name, QUARANTINE, result.quarantine, partition, run_id)
-        total = conformed.frame.height
-        passed = result.failure_rate <= limit
-        context.log.info(
-            f"{uri}: {total} rows, {result.clean.height} clean, {result.quarantine.height} quarantined "
-            f"({result.failure_rate:.2%}, limit {limit:.1%})"
-        )
+        # one commit per table for the whole range, each partition replaced only for itself; raw first:
+        # its _valid flags alone say what is clean, so a stop before the quarantine commit leaks nothing
+        raw_version = delta.write_partitions(decl.name, RAW, {d.partition: d.flagged for d in days}, run_id, merge_schema=True)
+        quarantine_version = delta.write_partitions(decl.name, QUARANTINE, {d.partition: d.result.quarantine for d in days}, run_id)
+        total = sum(d.rows for d in days)
+        clean = sum(d.result.clean.height for d in days)
+        quarantined = sum(d.result.quarantine.height for d in days)
+        failing = [d for d in days if d.result.failure_rate > limit]
+        for d in days:
+            context.log.info(
+                f"{d.uri}: {d.rows} rows, {d.result.clean.height} clean, {d.result.quarantine.height} quarantined "
+                f"({d.result.failure_rate:.2%}, limit {limit:.1%})"
+            )
+        first = days[0]
+        single = len(days) == 1
+        where = {"partition": first.partition} if single else {"partitions": len(days), "range": f"{partitions[0]} .. {partitions[-1]}"}
         yield dg.MaterializeResult(
             asset_key=raw_key(decl),
             metadata={
-                "partition": partition,
-                "source_file": uri,
-                "source_signature": landed.signature,
+                **where,
+                "source_file": first.uri if single else f"{len(days)} files",
+                "source_signature": first.signature if single else ",".join(d.signature for d in days),
                 "rows": total,
-                "clean_rows": result.clean.height,
-                "quarantined_rows": result.quarantine.height,
-                "dropped_columns": ", ".join(conformed.dropped_columns) or "none",
+                "clean_rows": clean,
+                "quarantined_rows": quarantined,
+                "dropped_columns": ", ".join(sorted({c for d in days for c in d.dropped_columns})) or "none",
                 "delta_table": delta.table_uri(decl.name, RAW),
                 "delta_version": raw_version,
                 "dagster/row_count": total,
-                "dagster/column_schema": table_schema(conformed.frame),
-                "preview": preview(conformed.frame.drop(SOURCE_ROW)),
+                "dagster/column_schema": table_schema(first.flagged),
+                "preview": preview(first.flagged.drop(SOURCE_ROW, VALID_ROW)),
             },
-            tags={LANDED_SIGNATURE: landed.signature},
+            tags={LANDED_SIGNATURE: first.signature} if single else None,
         )
+        sample = pl.concat([d.result.quarantine.select("_source_row", "_reason", "_original") for d in days])
         yield dg.MaterializeResult(
             asset_key=quarantine_key(decl),
             metadata={
-                "partition": partition,
-                "rows": result.quarantine.height,
+                **where,
+                "rows": quarantined,
                 "delta_table": delta.table_uri(decl.name, QUARANTINE),
                 "delta_version": quarantine_version,
-                "dagster/row_count": result.quarantine.height,
-                "preview": preview(result.quarantine.select("_source_row", "_reason", "_original"))
-                if result.quarantine.height
-                else "no rows quarantined",
+                "dagster/row_count": quarantined,
+                "preview": preview(sample) if sample.height else "no rows quarantined",
             },
         )
+        reasons = pl.concat([d.result.reasons for d in days]).group_by("reason").agg(pl.col("rows").sum()).sort("rows", descending=True)
+        rate = quarantined / total if total else 0.0
         yield dg.AssetCheckResult(
             asset_key=raw_key(decl),
             check_name="validation",
-            passed=passed,
+            passed=not failing,
             severity=dg.AssetCheckSeverity.ERROR,
-            description=(f"{result.quarantine.height} of {total} rows ({result.failure_rate:.2%}) failed validation; limit {limit:.1%}"),
+            description=(
+                f"{quarantined} of {total} rows ({rate:.2%}) failed validation; limit {limit:.1%}"
+                if single
+                else f"{len(failing)} of {len(days)} partitions over the {limit:.1%} limit"
+                + (f": {', '.join(d.partition for d in failing[:10])}" if failing else "")
+                + f"; {quarantined} of {total} rows quarantined"
+            ),
             metadata={
-                "failure_rate": result.failure_rate,
+                "failure_rate": first.result.failure_rate if single else max(d.result.failure_rate for d in days),
                 "max_failure_rate": limit,
                 "rows": total,
-                "clean_rows": result.clean.height,
-                "quarantined_rows": result.quarantine.height,
-                "failures_by_reason": counts_table(result.reasons.head(20)) if result.reasons.height else "none",
-                "sample_failures": preview(result.quarantine.select("_source_row", "_reason"), rows=10)
-                if result.quarantine.height
-                else "none",
+                "clean_rows": clean,
+                "quarantined_rows": quarantined,
+                "failing_partitions": ", ".join(d.partition for d in failing) or "none",
+                "failures_by_reason": counts_table(reasons.head(20)) if reasons.height else "none",
+                "sample_failures": preview(sample.select("_source_row", "_reason"), rows=10) if sample.height else "none",
             },
         )
 

@@ -18,6 +18,8 @@ from mlops_assets.core.declaration import DeclarationError, PipelineDeclaration
 from mlops_assets.core.feature_contract import load_feature_module
 from mlops_assets.core.metrics import METRICS
 from mlops_assets.core.names import (
+    PRIORITY,
+    PRIORITY_TAG,
     REASON_TAG,
     TRAINING_TAG,
     TRIGGER_TAG,
@@ -276,7 +278,7 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
         train_job_name(decl),
         selection=dg.AssetSelection.assets(key, promotion_key(decl)),
         description="Train, register, gate and promote (or put up for approval) a model.",
-        tags={TRAINING_TAG: decl.name},  # the run queue allows one training run per pipeline at a time
+        tags={TRAINING_TAG: decl.name, PRIORITY_TAG: PRIORITY["train"]},  # the run queue allows one training run per pipeline at a time
         executor_def=dg.in_process_executor,  # steps in the run's own process: a subprocess per step cost ~3 s each of the lead time
     )
     return dg.Definitions(assets=[model, promote], asset_checks=[model_gates], jobs=[train_job, approve_job])

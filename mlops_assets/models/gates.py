@@ -23,14 +23,13 @@ from mlops_assets.core.names import (
     FLOORS,
     NO_REGRESSION,
     PARTITION_COLUMN,
-    QUARANTINE,
     RAW,
     SOURCE_ROW,
-    VALID_ROW,
 )
 from mlops_assets.models.training import labels, matrix, predict, read_window
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
+from resources.pipeline_tables import quarantined_share
 from resources.registered_models import (
     alias_version,
     get_version,
@@ -128,31 +127,9 @@ def data_checks_gate(decl: PipelineDeclaration, delta: DeltaLakeResource, plan: 
     """The raw validation rule (quarantined share <= limit) for every day of the window, from Delta."""
     limit = decl.validation.max_failure_rate
     window = pl.col(PARTITION_COLUMN).is_between(pl.lit(plan.partition_start), pl.lit(plan.partition_end))
-    raw_lf = delta.scan(decl.name, RAW)
-    if raw_lf is None:
+    if delta.scan(decl.name, RAW) is None:
         return GateResult(DATA_CHECKS, False, "no raw table: the window was never validated", {})
-    if VALID_ROW not in raw_lf.collect_schema():
-        raw_lf = raw_lf.with_columns(pl.lit(None, pl.Boolean).alias(VALID_ROW))
-    raw = (
-        raw_lf.filter(window)
-        .group_by(PARTITION_COLUMN)
-        .agg(pl.len().alias("rows"), pl.col(VALID_ROW).not_().sum().alias("flagged"), pl.col(VALID_ROW).null_count().alias("unflagged"))
-        .collect()
-    )
-    q_lf = delta.scan(decl.name, QUARANTINE)  # for partitions written before raw carried the flag
-    quarantined = (
-        q_lf.filter(window).group_by(PARTITION_COLUMN).agg(pl.col(SOURCE_ROW).n_unique().alias("in_quarantine")).collect()
-        if q_lf is not None
-        else pl.DataFrame(schema={PARTITION_COLUMN: pl.String, "in_quarantine": pl.UInt32})
-    )
-    per_day = (
-        raw.join(quarantined, on=PARTITION_COLUMN, how="left")
-        .with_columns(
-            pl.when(pl.col("unflagged") > 0).then(pl.col("in_quarantine").fill_null(0)).otherwise(pl.col("flagged")).alias("quarantined")
-        )
-        .with_columns((pl.col("quarantined") / pl.col("rows")).alias("failure_rate"))
-        .sort(PARTITION_COLUMN)
-    )
+    per_day = quarantined_share(delta, decl.name, window)
     trained = set(read_window(plan, delta).get_column(PARTITION_COLUMN).unique().to_list())
     checked = set(per_day.get_column(PARTITION_COLUMN).to_list())
     unvalidated = sorted(trained - checked)

@@ -13,7 +13,6 @@ partition and source row, never read in file order).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +23,7 @@ from mlops_assets.core.feature_contract import load_feature_module
 from mlops_assets.core.lineage import TrainingPlan
 from mlops_assets.core.metrics import score
 from mlops_assets.core.names import FEATURES, PARTITION_COLUMN, SOURCE_ROW
+from mlops_assets.core.partitions import shift
 from resources.delta_lake import DeltaLakeResource
 
 if TYPE_CHECKING:  # lightgbm (and the scikit-learn it imports, about 2 s) only where a model is trained
@@ -95,13 +95,13 @@ def plan_training(decl: PipelineDeclaration, delta: DeltaLakeResource, end: str 
         raise TrainingDataError(f"pipeline {decl.name} has no featurized partitions yet: ingest some days first")
     if end is not None and end not in available:
         raise TrainingDataError(f"pipeline {decl.name}: day {end} has no features; the window must end on a featurized day")
-    last = date.fromisoformat(end or available[-1])
-    first = last - timedelta(days=decl.training.window_days - 1)
-    window = [p for p in available if first.isoformat() <= p <= last.isoformat()]
+    last = end or available[-1]
+    first = shift(decl, last, -(decl.training.window_days - 1))
+    window = [p for p in available if first <= p <= last]
     if not window:
         raise TrainingDataError(f"pipeline {decl.name}: no featurized partitions between {first} and {last}")
-    holdout_start = last - timedelta(days=decl.gates.holdout_days - 1)
-    validation_start = holdout_start - timedelta(days=decl.training.validation_days)
+    holdout_start = shift(decl, last, -(decl.gates.holdout_days - 1))
+    validation_start = shift(decl, holdout_start, -decl.training.validation_days)
     columns = delta.scan(decl.name, FEATURES, version).collect_schema().names()  # type: ignore[union-attr]
     module = load_feature_module(decl)
     features = feature_columns(decl, columns)
@@ -115,9 +115,9 @@ def plan_training(decl: PipelineDeclaration, delta: DeltaLakeResource, end: str 
         features_table=delta.table_uri(decl.name, FEATURES),
         features_version=version,
         partition_start=window[0],
-        partition_end=last.isoformat(),
-        validation_start=validation_start.isoformat(),
-        holdout_start=holdout_start.isoformat(),
+        partition_end=last,
+        validation_start=validation_start,
+        holdout_start=holdout_start,
         params=lgb_params(decl),
         num_boost_round=decl.training.num_boost_round,
         early_stopping_rounds=decl.training.early_stopping_rounds,

@@ -7,6 +7,8 @@ import dagster as dg
 
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.names import (
+    PRIORITY,
+    PRIORITY_TAG,
     batch_scores_key,
     delivery_job_name,
     delivery_metrics_key,
@@ -38,7 +40,8 @@ def build(decl: PipelineDeclaration) -> dg.Definitions:
         monitor_job_name(decl),
         selection=dg.AssetSelection.assets(feature_drift_key(decl), batch_scores_key(decl)),
         partitions_def=partitions,
-        description="Drift check and batch scores of one featurized day, against the champion.",
+        description="Drift check and batch scores of featurized days, against the champion.",
+        tags={PRIORITY_TAG: PRIORITY["monitor"]},
     )
     train_job = train_job_name(decl)
     serving_drift_job = dg.define_asset_job(serving_drift_job_name(decl), selection=dg.AssetSelection.assets(serving_drift_key(decl)))

@@ -29,6 +29,7 @@ from mlops_assets.core.names import (
     live_performance_key,
     model_key,
 )
+from mlops_assets.core.partitions import backfill_policy
 from mlops_assets.metadata import preview
 from mlops_assets.models import training
 from mlops_assets.monitoring import drift_metrics
@@ -98,31 +99,50 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
         key=feature_drift_key(decl),
         deps=[features_key(decl), model_key(decl)],
         partitions_def=partitions,
+        backfill_policy=backfill_policy(decl),
         group_name=decl.name,
         kinds={"evidently", "delta"},
         description="Drift of the day's features against the champion's training window: per-column scores "
         f"in {decl.name}/drift_metrics and Evidently's HTML report.",
     )
     def feature_drift(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
-        partition = context.partition_key
         champ = _require_champion(decl, mlflow)
         reference = drift_metrics.reference_profile(delta, champ, context.run.run_id)
-        current = _features(delta, decl, partition)
-        result = detect(reference, current, decl.drift.share_threshold)
-        html = html_report(decl, delta, champ, current, f"feature_drift_{partition}_v{champ.version}")
-        written = drift_metrics.record(
-            delta,
-            decl.name,
-            result,
-            source="features",
-            window=partition,
-            model_version=champ.version,
-            rows=current.height,
-            key_columns=decl.drift.key_columns,
-            run_id=context.run.run_id,
-            html_report=html,
-        )
-        reason = written.get_column("alert_reason")[0]
+        days = []
+        for partition in sorted(context.partition_keys):  # one day, or a range in one run: a report per day
+            current = _features(delta, decl, partition)
+            result = detect(reference, current, decl.drift.share_threshold)
+            html = html_report(decl, delta, champ, current, f"feature_drift_{partition}_v{champ.version}")
+            written = drift_metrics.record(
+                delta,
+                decl.name,
+                result,
+                source="features",
+                window=partition,
+                model_version=champ.version,
+                rows=current.height,
+                key_columns=decl.drift.key_columns,
+                run_id=context.run.run_id,
+                html_report=html,
+            )
+            days.append((partition, current, result, written.get_column("alert_reason")[0], html))
+        if len(days) > 1:
+            summary = pl.DataFrame(
+                [{"partition": p, "rows": c.height, "drift_share": r.share, "alert": reason or ""} for p, c, r, reason, _ in days]
+            )
+            alerts = [p for p, _, _, reason, _ in days if reason]
+            return dg.MaterializeResult(
+                metadata={
+                    "partitions": len(days),
+                    "range": f"{days[0][0]} .. {days[-1][0]}",
+                    "champion_version": champ.version,
+                    "rows": sum(c.height for _, c, _, _, _ in days),
+                    "alert": bool(alerts),
+                    "alert_partitions": ", ".join(alerts) or "none",
+                    "days": preview(summary, rows=summary.height),
+                }
+            )
+        partition, current, result, reason, html = days[0]
         metadata = {
             "partition": partition,
             "champion_version": champ.version,
@@ -144,27 +164,28 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
         key=batch_scores_key(decl),
         deps=[features_key(decl), model_key(decl)],
         partitions_def=partitions,
+        backfill_policy=backfill_policy(decl),
         group_name=decl.name,
         kinds={"lightgbm", "delta"},
         description="The champion's predictions for each day, with the model version on every row.",
     )
     def batch_scores(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
-        partition = context.partition_key
         champ = _require_champion(decl, mlflow)
-        frame = _features(delta, decl, partition)
-        booster = registered_models.load_booster(mlflow, decl.name, champ.version)
-        scored = pl.concat(
-            [
-                frame.select(*keys, target, SOURCE_ROW),
-                scores(booster, frame, champ),
-            ],
-            how="horizontal",
-        ).with_columns(
-            pl.lit(champ.version, pl.Int64).alias("model_version"),
-            pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("scored_at"),
-        )
-        version = delta.write_partition(decl.name, BATCH_SCORES, scored.drop(target), partition, context.run.run_id)
-        metadata = {"partition": partition, "rows": scored.height, "model_version": champ.version, "delta_version": version}
+        booster = registered_models.load_booster(mlflow, decl.name, champ.version)  # once for the whole range
+        scored_days = {}
+        for partition in sorted(context.partition_keys):
+            frame = _features(delta, decl, partition)
+            scored_days[partition] = pl.concat(
+                [frame.select(*keys, target, SOURCE_ROW), scores(booster, frame, champ)],
+                how="horizontal",
+            ).with_columns(
+                pl.lit(champ.version, pl.Int64).alias("model_version"),
+                pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("scored_at"),
+            )
+        version = delta.write_partitions(decl.name, BATCH_SCORES, {p: f.drop(target) for p, f in scored_days.items()}, context.run.run_id)
+        scored = pl.concat(list(scored_days.values()))
+        where = {"partition": next(iter(scored_days))} if len(scored_days) == 1 else {"partitions": len(scored_days)}
+        metadata = {**where, "rows": scored.height, "model_version": champ.version, "delta_version": version}
         labelled = scored.filter(pl.col(target).is_not_null())
         if labelled.height:
             metadata.update(

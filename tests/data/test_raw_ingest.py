@@ -119,19 +119,19 @@ def test_a_step_stopped_between_the_raw_and_quarantine_commits_lets_no_invalid_r
     land_days(platform.declarations["flights"], platform.landing, date(2013, 1, 1), 1)
     platform.run("flights_reference")
     land_frame(platform, DAY2, _with_bad_rows(date(2013, 1, 2)))
-    write = DeltaLakeResource.write_partition
+    write = DeltaLakeResource.write_partitions
 
     def stopped_before_quarantine(self, pipeline, table, *args, **kwargs):
         if table == "quarantine":
             raise OSError("process killed")  # the raw commit landed, the quarantine commit never did
         return write(self, pipeline, table, *args, **kwargs)
 
-    monkeypatch.setattr(DeltaLakeResource, "write_partition", stopped_before_quarantine)
+    monkeypatch.setattr(DeltaLakeResource, "write_partitions", stopped_before_quarantine)
     assert not platform.run("flights_ingest", DAY2, raise_on_error=False).success
     assert counts(platform, "raw") == {DAY2: 943} and counts(platform, "quarantine") == {}
     clean = read_clean(platform.delta, "flights", [DAY2])
     assert clean.height == 938 and "XXX" not in clean.get_column("dest").to_list() and "_valid" not in clean.columns
-    monkeypatch.setattr(DeltaLakeResource, "write_partition", write)
+    monkeypatch.setattr(DeltaLakeResource, "write_partitions", write)
     assert platform.run("flights_ingest", DAY2).success  # the re-run completes the partition, once
     assert counts(platform, "raw") == {DAY2: 943} and counts(platform, "quarantine") == {DAY2: 5}
     assert counts(platform, "features") == {DAY2: 938}

@@ -207,6 +207,10 @@ def test_workers_that_can_never_fit_fail_at_once_naming_the_settings(local_ray, 
     from mlops_assets.models.ray_training import RayCapacityError, check_capacity
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    check_capacity(WORKERS, {"CPU": 1})
-    with pytest.raises(RayCapacityError, match=r"training.ray_workers=2 workers x 2 CPU .* need 4 CPU.* has 2"):
-        check_capacity(WORKERS, {"CPU": 2})
+    cpus = ray.cluster_resources()["CPU"]  # this module's instance, or the session's shared one
+    check_capacity(WORKERS, {"CPU": cpus / WORKERS})  # fits exactly
+    per = cpus / WORKERS + 1
+    with pytest.raises(
+        RayCapacityError, match=rf"training.ray_workers=2 workers x {per:g} CPU .* need {WORKERS * per:g} CPU.* has {cpus:g}"
+    ):
+        check_capacity(WORKERS, {"CPU": per})

@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from mlops_assets.defs.flights.upstream import land_days, land_reference
-from tests.support.platform import Platform
+from tests.support.platform import Platform, days
 
 
 def evaluate(platform: Platform, cursor: str | None = None) -> dg.SensorResult:
@@ -23,7 +23,15 @@ def evaluate(platform: Platform, cursor: str | None = None) -> dg.SensorResult:
 
 
 def partitions_of(result) -> list[str]:
-    return sorted(r.partition_key for r in result.run_requests if r.partition_key)
+    """The partitions the result's runs cover: one each, or a range each."""
+    keys = []
+    for r in result.run_requests:
+        if r.partition_key:
+            keys.append(r.partition_key)
+        elif r.partition_key_range:
+            first, last = date.fromisoformat(r.partition_key_range.start), date.fromisoformat(r.partition_key_range.end)
+            keys.extend(days(first.isoformat(), (last - first).days + 1))
+    return sorted(keys)
 
 
 def test_sensor_is_on_by_default_and_targets_the_ingest_job(platform: Platform):
@@ -66,8 +74,9 @@ def test_new_files_request_exactly_their_partitions_once(ready: Platform):
     land_days(decl, ready.landing, date(2013, 1, 1), 3)
     first = evaluate(ready)
     assert partitions_of(first) == ["2013-01-01", "2013-01-02", "2013-01-03"]
-    keys = {r.run_key for r in first.run_requests}
-    assert len(keys) == 3 and all(k.startswith("2013-01-0") for k in keys)
+    (burst,) = first.run_requests  # the three files are one run over their range
+    assert burst.run_key.startswith("2013-01-01..2013-01-03:") and burst.partition_key is None
+    assert burst.tags["mlops/landed_file"] == "3 files, flights_2013-01-01.parquet .. flights_2013-01-03.parquet"
     assert set(json.loads(first.cursor)["files"]) == {f"flights_2013-01-0{i}.parquet" for i in (1, 2, 3)}
 
     second = evaluate(ready, first.cursor)
@@ -75,7 +84,16 @@ def test_new_files_request_exactly_their_partitions_once(ready: Platform):
 
     land_days(decl, ready.landing, date(2013, 1, 4), 1)
     third = evaluate(ready, second.cursor)
-    assert partitions_of(third) == ["2013-01-04"]
+    assert partitions_of(third) == ["2013-01-04"] and third.run_requests[0].partition_key == "2013-01-04"  # a late file runs alone
+
+
+def test_a_burst_with_gaps_becomes_one_run_per_contiguous_range(ready: Platform):
+    decl = ready.declarations["flights"]
+    land_days(decl, ready.landing, date(2013, 1, 1), 3)
+    land_days(decl, ready.landing, date(2013, 1, 10), 2)
+    result = evaluate(ready)
+    ranges = sorted((r.partition_key_range.start, r.partition_key_range.end) for r in result.run_requests)
+    assert ranges == [("2013-01-01", "2013-01-03"), ("2013-01-10", "2013-01-11")]
 
 
 def test_replaced_file_is_ingested_again_with_a_new_run_key(ready: Platform):
@@ -125,10 +143,10 @@ def test_sensor_runs_through_the_daemon_path_and_ingests(ready: Platform):
     decl = ready.declarations["flights"]
     land_days(decl, ready.landing, date(2013, 1, 1), 2)
     result = evaluate(ready)
-    for request in result.run_requests:
-        run = ready.defs.resolve_job_def(request.job_name).execute_in_process(
-            instance=ready.instance, partition_key=request.partition_key, tags=request.tags
-        )
-        assert run.success
-        assert ready.instance.get_run_by_id(run.run_id).tags["mlops/landed_file"] == f"flights_{request.partition_key}.parquet"
+    (request,) = result.run_requests
+    run = ready.defs.resolve_job_def(request.job_name).execute_in_process(instance=ready.instance, tags=request.tags)
+    assert run.success
+    assert ready.instance.get_run_by_id(run.run_id).tags["mlops/landed_file"].startswith("2 files")
     assert ready.delta.partitions("flights", "features") == ["2013-01-01", "2013-01-02"]
+    materialized = ready.instance.get_materialized_partitions(dg.AssetKey(["flights", "features"]))
+    assert materialized == {"2013-01-01", "2013-01-02"}

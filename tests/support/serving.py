@@ -30,9 +30,10 @@ from mlops_assets.core.feature_contract import (
     load_feature_module,
 )
 from mlops_assets.core.names import FEATURES
+from mlops_assets.core.partitions import partitions_before
 from mlops_assets.defs.flights.upstream import day_frame
 from resources.delta_lake import DeltaLakeResource
-from resources.pipeline_tables import days_before, read_clean, read_reference
+from resources.pipeline_tables import read_clean, read_reference
 from tests.support.network import free_port
 
 ADMIN_TOKEN = "test-admin-token"
@@ -136,7 +137,7 @@ def offline_features(reg: Registry, records: list[dict], day: date = SERVE_DAY) 
     decl = reg.decl
     module = load_feature_module(decl)
     tables, _ = read_reference(reg.delta, decl.name, list(decl.landing.reference_tables))
-    history = read_clean(reg.delta, decl.name, days_before(day.isoformat(), decl.features.history_days))
+    history = read_clean(reg.delta, decl.name, partitions_before(decl, day.isoformat(), decl.features.history_days))
     tables.update(module.history_stats(history.select(list(decl.table_schema.columns))))  # type: ignore[union-attr]
     raw = day_frame(day).filter(pl.col("dep_delay").is_not_null()).head(len(records))
     return module.build(raw.select(list(decl.table_schema.columns)), FeatureReference(tables=tables, categories=categories(decl)))

@@ -1,0 +1,81 @@
+"""Hourly, weekly and monthly pipelines: keys, file names, history windows and misplaced rows follow the kind.
+
+A small telemetry pipeline per kind lands three partitions, the landing sensor asks for one run over them,
+and the features of the third partition draw their history from the two before it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from mlops_assets.core.declaration import derive_declaration, load_declaration
+from mlops_assets.core.partitions import key_time, partition_problem, partitions_before, shift
+from tests.support.platform import TESTS, Platform
+
+KEYS = {
+    "hourly": ["2024-03-03-00:00", "2024-03-03-01:00", "2024-03-03-02:00"],
+    "weekly": ["2024-03-03", "2024-03-10", "2024-03-17"],
+    "monthly": ["2024-03-01", "2024-04-01", "2024-05-01"],
+}
+
+
+def telemetry(kind: str):
+    base = load_declaration(TESTS / "pipelines" / "telemetry.yaml")
+    return derive_declaration(
+        base,
+        f"telemetry ({kind})",
+        partitioning={"kind": kind, "start": "2024-03-01", "end": "2024-07-01", "time_column": "reading_time"},
+        features={"history_days": 3},
+    )
+
+
+def readings(start: datetime, temperatures: list[float]) -> str:
+    rows = "".join(
+        f"m{i % 4 + 1},{(start + timedelta(minutes=i)).strftime('%Y-%m-%dT%H:%M:%SZ')},{t},0.1,{i % 2}\n"
+        for i, t in enumerate(temperatures)
+    )
+    return "machine_id,reading_time,temperature,vibration,failure\n" + rows
+
+
+@pytest.mark.parametrize("kind", ["hourly", "weekly", "monthly"])
+def test_a_pipeline_of_each_kind_ingests_a_burst_in_one_run_with_history_of_its_own_kind(tmp_path, kind):
+    decl = telemetry(kind)
+    keys = KEYS[kind]
+    assert [shift(decl, keys[0], i) for i in range(3)] == keys
+    assert partitions_before(decl, keys[2], 2) == keys[:2]
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        plat = Platform(tmp_path, [decl], instance)
+        temps = {k: [20.0 + 10 * n + i for i in range(8)] for n, k in enumerate(keys)}
+        for n, key in enumerate(keys):
+            text = readings(key_time(decl, key), temps[key])
+            if n == 0:  # a reading of the next partition in the first file
+                stray = key_time(decl, keys[1]) + timedelta(minutes=30)
+                text += f"m1,{stray.strftime('%Y-%m-%dT%H:%M:%SZ')},99.0,0.1,0\n"
+            plat.landing.write_bytes("telemetry", decl.landing.file_name(key), text.encode())
+        sensor = plat.defs.resolve_sensor_def("telemetry_landing_sensor")
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=plat.resources(), definitions=plat.defs))
+        (burst,) = tick.run_requests
+        assert (burst.partition_key_range.start, burst.partition_key_range.end) == (keys[0], keys[-1])
+        assert plat.defs.resolve_job_def("telemetry_ingest").execute_in_process(instance=instance, tags=burst.tags).success
+        assert plat.delta.partitions("telemetry", "features") == keys
+        quarantine = plat.delta.read_partitions("telemetry", "quarantine", [keys[0]])
+        assert quarantine.height == 1 and f"is outside partition {keys[0]}" in quarantine.get_column("_reason")[0]
+        # the third partition's history: the machines' mean temperature over the two partitions before it
+        features = plat.delta.read_partitions("telemetry", "features", [keys[2]])
+        usual = features.select("machine_id", (pl.col("temperature") - pl.col("temperature_vs_usual")).alias("usual")).unique()
+        expected = {f"m{m}": sum(t for k in keys[:2] for i, t in enumerate(temps[k]) if i % 4 + 1 == m) / 4 for m in range(1, 5)}
+        assert {m: round(v, 6) for m, v in usual.iter_rows()} == {m: round(v, 6) for m, v in expected.items()}
+
+
+def test_keys_that_are_not_partitions_of_the_kind_are_named():
+    now = datetime(2030, 1, 1)
+    assert "not the first day of a week" in partition_problem(telemetry("weekly"), "2024-03-04", now)
+    assert "not the first day of a month" in partition_problem(telemetry("monthly"), "2024-03-02", now)
+    assert "not the start of an hour" in partition_problem(telemetry("hourly"), "2024-03-03-05:30", now)
+    assert "is not a hourly partition key" in partition_problem(telemetry("hourly"), "2024-03-03", now)
+    assert "has not ended yet" in partition_problem(telemetry("monthly"), "2024-06-01", datetime(2024, 6, 15))
+    assert partition_problem(telemetry("weekly"), "2024-03-10", now) is None

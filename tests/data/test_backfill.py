@@ -1,0 +1,118 @@
+"""A range of partitions in one run: one read per file, one commit per table, each day its own rows,
+features equal to day-by-day ingestion; a bad day held back alone; rows of another day quarantined."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import dagster as dg
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+
+from mlops_assets.core.declaration import derive_declaration
+from mlops_assets.core.names import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from mlops_assets.core.partitions import backfill_policy, runs_of
+from mlops_assets.defs.flights.upstream import day_frame, encode, land_days
+from tests.support.platform import Platform, days
+
+RANGE = days("2013-01-01", 10)
+
+
+def run_range(platform: Platform, first: str, last: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+    return platform.defs.resolve_job_def("flights_ingest").execute_in_process(
+        instance=platform.instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+        raise_on_error=raise_on_error,
+    )
+
+
+def commits(platform: Platform, table: str) -> int:
+    return len(DeltaTable(platform.delta.table_uri("flights", table)).history())
+
+
+@pytest.fixture
+def landed(platform: Platform) -> Platform:
+    land_days(platform.declarations["flights"], platform.landing, date(2013, 1, 1), len(RANGE))
+    platform.run("flights_reference")
+    return platform
+
+
+def test_a_range_is_one_run_one_commit_per_table_and_equals_day_by_day_ingestion(landed: Platform, flights_ingested: Platform):
+    result = run_range(landed, RANGE[0], RANGE[-1])
+    assert result.success
+    assert {t: commits(landed, t) for t in ("raw", "quarantine", "features")} == {"raw": 1, "quarantine": 1, "features": 1}
+    assert landed.instance.get_materialized_partitions(dg.AssetKey(["flights", "features"])) == set(RANGE)
+    ours = landed.delta.read_partitions("flights", "features", RANGE).sort("_partition", "_source_row")
+    # the shared home ingested the same days one run each: every value equal, history included
+    theirs = flights_ingested.delta.read_partitions("flights", "features", RANGE).sort("_partition", "_source_row")
+    assert ours.equals(theirs.select(ours.columns))
+    # a re-run of part of the range replaces only those days
+    before = landed.delta.read_partitions("flights", "raw", RANGE[:3])
+    assert run_range(landed, RANGE[3], RANGE[5]).success
+    assert (
+        landed.delta.read_partitions("flights", "raw", RANGE[:3])
+        .sort("_partition", "_source_row")
+        .equals(before.sort("_partition", "_source_row"))
+    )
+    assert dict(landed.delta.scan("flights", "raw").group_by("_partition").len().collect().iter_rows()) == {
+        d: day_frame(date.fromisoformat(d)).height for d in RANGE
+    }
+
+
+def test_a_bad_day_in_a_range_is_held_back_alone(landed: Platform):
+    bad = RANGE[4]
+    frame = day_frame(date.fromisoformat(bad)).with_row_index("i")
+    frame = frame.with_columns(pl.when(pl.col("i") % 5 == 0).then(pl.lit("ZZ")).otherwise(pl.col("carrier")).alias("carrier")).drop("i")
+    landed.landing.write_bytes("flights", f"flights_{bad}.parquet", encode(frame, "parquet"))
+    result = run_range(landed, RANGE[0], RANGE[-1], raise_on_error=False)
+    assert not result.success
+    check = result.get_asset_check_evaluations()[0]
+    assert not check.passed and bad in check.description
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.user_failure_data
+    assert f"{bad}: 20.0" in failure.description and "held back" in failure.description
+    assert landed.delta.partitions("flights", "raw") == RANGE  # the data is kept
+    assert landed.delta.partitions("flights", "features") == [d for d in RANGE if d != bad]
+    # the days computed are materialized in Dagster, each for itself; the held-back day is not
+    assert landed.instance.get_materialized_partitions(dg.AssetKey(["flights", "features"])) == set(RANGE) - {bad}
+
+
+def test_rows_of_another_day_in_a_file_are_quarantined_not_ingested_twice(landed: Platform):
+    day, other = RANGE[1], RANGE[2]
+    stray = day_frame(date.fromisoformat(other)).head(3)
+    landed.landing.write_bytes(
+        "flights", f"flights_{day}.parquet", encode(pl.concat([day_frame(date.fromisoformat(day)), stray]), "parquet")
+    )
+    assert run_range(landed, RANGE[0], RANGE[2]).success
+    quarantine = landed.delta.read_partitions("flights", "quarantine", [day])
+    assert quarantine.height == 3
+    assert set(quarantine.get_column("_reason")) == {f"year/month/day: {other} is outside partition {day}"}
+    features = landed.delta.scan("flights", "features").collect()
+    keys = ["year", "month", "day", "carrier", "flight", "origin"]
+    assert features.select(keys).is_duplicated().sum() == 0  # the stray rows are in their own day only
+
+
+def test_bursts_split_into_declared_run_sizes(flights_decl):
+    keys = [*days("2013-01-01", 5), *days("2013-01-10", 2)]
+    assert runs_of(flights_decl, keys) == [days("2013-01-01", 5), days("2013-01-10", 2)]
+    chunked = derive_declaration(flights_decl, "t", partitioning={"partitions_per_run": 2})
+    assert runs_of(chunked, keys) == [days("2013-01-01", 2), days("2013-01-03", 2), ["2013-01-05"], days("2013-01-10", 2)]
+    assert backfill_policy(flights_decl) == dg.BackfillPolicy.single_run()
+    assert backfill_policy(chunked) == dg.BackfillPolicy.multi_run(2)
+
+
+def test_a_time_column_that_is_not_a_date_is_refused_naming_the_field(flights_decl):
+    from mlops_assets.core.declaration import DeclarationError
+
+    with pytest.raises(DeclarationError, match="partitioning.time_column 'carrier' is a str column"):
+        derive_declaration(flights_decl, "t", partitioning={"time_column": "carrier"})
+    with pytest.raises(DeclarationError, match=r"three columns: \[year, month, day\]"):
+        derive_declaration(flights_decl, "t", partitioning={"time_column": ["year", "month"]})
+
+
+def test_rollouts_and_training_go_ahead_of_ingestion_and_monitoring_in_the_run_queue(platform: Platform):
+    priority = {
+        name: int(platform.defs.resolve_job_def(f"flights_{name}").tags.get("dagster/priority", "0"))
+        for name in ("deploy", "train", "ingest", "monitor")
+    }
+    assert priority["deploy"] > priority["train"] > priority["ingest"] > priority["monitor"]
