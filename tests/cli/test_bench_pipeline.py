@@ -78,6 +78,9 @@ def test_bench_pipeline_command_end_to_end(capsys: pytest.CaptureFixture):
     assert platform["clean"] + platform["quarantined"] == 20_000
     assert platform["peak_mb"] > 0 and pandas["peak_mb"] > 0
     assert set(platform["stages"]) == {"read", "cast", "validate", "history", "features"}
+    backfill = size["backfill"]  # the real ingest job over the range, one run: the same split
+    assert (backfill["rows"], backfill["clean"], backfill["partitions"]) == (20_000, platform["clean"], 10)
+    assert set(backfill["stages"]) == {"ingest", "features"}
     assert result["agreement"]["rows"] == 2_000
 
 

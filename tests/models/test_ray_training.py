@@ -211,6 +211,6 @@ def test_workers_that_can_never_fit_fail_at_once_naming_the_settings(local_ray, 
     check_capacity(WORKERS, {"CPU": cpus / WORKERS})  # fits exactly
     per = cpus / WORKERS + 1
     with pytest.raises(
-        RayCapacityError, match=rf"training.ray_workers=2 workers x {per:g} CPU .* need {WORKERS * per:g} CPU.* has {cpus:g}"
+        RayCapacityError, match=rf"training.ray_workers=2 workers x {per:g}(\.0)? CPU .* need {WORKERS * per:g} CPU.* has {cpus:g}"
     ):
         check_capacity(WORKERS, {"CPU": per})

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -259,7 +260,7 @@ def run_backfill(folder: Path) -> dict:
 
     decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
     files = day_files(folder)
-    root = folder / "home"
+    root = Path(tempfile.mkdtemp(prefix="mlops-bench-backfill-"))  # beside the day files, not among them
     defs, landing = home_definitions(root, decl)
     for partition, path in files:
         landing.write_bytes(decl.name, decl.landing.file_name(partition), path.read_bytes())
@@ -281,6 +282,7 @@ def run_backfill(folder: Path) -> dict:
     delta = DeltaLakeResource(root=str(root / "delta"))
     rows = delta.scan(decl.name, "raw").select(pl.len()).collect().item()
     clean = delta.scan(decl.name, "features").select(pl.len()).collect().item()
+    shutil.rmtree(root, ignore_errors=True)
     return {
         "side": "backfill",
         "rows": rows,
