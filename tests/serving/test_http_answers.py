@@ -24,7 +24,8 @@ def _request(body: bytes) -> Request:
     return Request(scope, receive)
 
 
-def test_a_refused_request_is_one_log_line_and_a_400(caplog):
+def test_a_refused_request_is_one_log_line_and_a_400(caplog, monkeypatch):
+    monkeypatch.delenv("MLOPS_SERVE_TOKEN", raising=False)  # the session's Serve sets one; this request carries none
     decl = flights_variant()
     schema = RequestSchema.of(decl, load_feature_module(decl).input_columns(decl))
 
