@@ -107,7 +107,6 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
             built = module.build(day.select(declared), references[p][0])
             frames[p] = pl.concat([day.select(*keys, SOURCE_ROW), built], how="horizontal")
         version = delta.write_partitions(decl.name, FEATURES, frames, context.run.run_id)
-        metadata = _features_metadata(decl, module, delta, frames, references, built, version)
         if held:  # the good days are materialized, each for itself; the run fails naming the others
             for p in good:
                 context.log_event(
@@ -122,7 +121,7 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
                 metadata={"held_back": dg.MetadataValue.json(held), "computed": ", ".join(good)},
                 allow_retries=False,
             )
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(metadata=_features_metadata(decl, module, delta, frames, references, built, version))
 
     return features
 

@@ -331,7 +331,8 @@ def concurrent_promotions(home: FaultHome, start_in_s: float = 8.0) -> Case:
     now = home.aliases()["champion"]
     if now not in candidates or now == champion:
         problems.append(f"champion is v{now}, not one of {candidates}")
-    rows = history(home.delta(), PIPELINE).tail(max(0, history(home.delta(), PIPELINE).height - audited_before))
+    audit = history(home.delta(), PIPELINE)
+    rows = audit.tail(max(0, audit.height - audited_before))
     actions = sorted((r["action"], r["model_version"]) for r in rows.iter_rows(named=True))
     loser = next((v for v in candidates if v != now), None)
     if actions != sorted([("promote", now), ("reject", loser)]):
