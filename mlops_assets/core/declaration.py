@@ -184,6 +184,15 @@ class TrainingSpec(_Strict):
         return self
 
 
+class BatchScoringSpec(_Strict):
+    """Where `batch_scores` predicts a range of days: in the Dagster step, or on Ray Data workers
+    (each loads the champion once and scores whole days it reads itself)."""
+
+    engine: Literal["local", "ray"] = Field("local", description="local: in the Dagster step; ray: Ray Data over the days.")
+    ray_workers: int = Field(2, ge=1, le=1024, description="Ray Data scoring workers when engine is ray (a model each).")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs each Ray scoring worker reserves.")
+
+
 class FairnessSpec(_Strict):
     """A blocking gate on how the model treats groups: the hold-out `metric` per value of each
     `groups` column; the largest relative gap between groups, (max - min) / max, must be at most `max_gap`."""
@@ -302,6 +311,7 @@ class PipelineDeclaration(_Strict):
     gates: GatesSpec = GatesSpec()
     promotion: PromotionSpec = PromotionSpec()
     drift: DriftSpec = DriftSpec()
+    batch_scoring: BatchScoringSpec = BatchScoringSpec()
     serving: ServingSpec = ServingSpec()
     governance: GovernanceSpec = GovernanceSpec()
 

@@ -241,7 +241,12 @@ def _data_error(err: BaseException) -> TrainingDataError | None:
     return None
 
 
-def check_capacity(num_workers: int, resources: dict) -> None:
+def check_capacity(
+    num_workers: int,
+    resources: dict,
+    workers_setting: str = "training.ray_workers",
+    size_setting: str = "training.num_threads",
+) -> None:
     """Fail now, naming the settings, when a fixed-size Ray cluster can never fit the workers.
 
     Ray Train otherwise waits for the resources forever and the training step hangs. Only a
@@ -259,9 +264,9 @@ def check_capacity(num_workers: int, resources: dict) -> None:
         needed = num_workers * float(amount)
         if float(total.get(name, 0.0)) < needed:
             raise RayCapacityError(
-                f"training.ray_workers={num_workers} workers x {amount} {name} (training.num_threads) need {needed:g} {name}, "
-                f"but the local Ray instance has {float(total.get(name, 0.0)):g}: lower training.ray_workers or "
-                "training.num_threads, or set RAY_ADDRESS to a larger cluster"
+                f"{workers_setting}={num_workers} workers x {amount} {name} ({size_setting}) need {needed:g} {name}, "
+                f"but the local Ray instance has {float(total.get(name, 0.0)):g}: lower {workers_setting} or "
+                f"{size_setting}, or set RAY_ADDRESS to a larger cluster"
             )
 
 

@@ -32,7 +32,7 @@ from mlops_assets.core.names import (
 from mlops_assets.core.partitions import backfill_policy
 from mlops_assets.metadata import preview
 from mlops_assets.models import training
-from mlops_assets.monitoring import drift_metrics
+from mlops_assets.monitoring import batch_scoring, drift_metrics
 from mlops_assets.monitoring.drift import detect
 from mlops_assets.monitoring.drift_report import evidently_drift
 from resources import registered_models
@@ -70,19 +70,6 @@ def html_report(
     return str(path)
 
 
-def scores(booster, frame: pl.DataFrame, champ: registered_models.Champion) -> pl.DataFrame:
-    """Predictions in the registry contract's terms: a value, a probability or a label."""
-    raw = training.predict(booster, training.matrix(frame, champ.plan.feature_columns), champ.plan.task)
-    if champ.plan.task == "regression":
-        return pl.DataFrame({"prediction": raw.astype(float)})
-    if champ.plan.task == "binary":
-        classes = [str(c) for c in champ.plan.classes]
-        return pl.DataFrame({"prediction": [classes[int(p >= 0.5)] for p in raw], "score": raw.astype(float)})
-    classes = [str(c) for c in champ.plan.classes]
-    best = np.asarray(raw).argmax(axis=1)
-    return pl.DataFrame({"prediction": [classes[i] for i in best], "score": np.asarray(raw).max(axis=1).astype(float)})
-
-
 def live_metrics(task: str, y_true: pl.Series, scored: pl.DataFrame, classes: list) -> dict[str, float]:
     if task == "regression":
         err = scored.get_column("prediction").to_numpy() - y_true.cast(pl.Float64).to_numpy()
@@ -93,7 +80,6 @@ def live_metrics(task: str, y_true: pl.Series, scored: pl.DataFrame, classes: li
 
 def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinition) -> list:
     target = decl.target.column
-    keys = list(dict.fromkeys(decl.table_schema.unique))
 
     @dg.asset(
         key=feature_drift_key(decl),
@@ -171,21 +157,30 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
     )
     def batch_scores(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         champ = _require_champion(decl, mlflow)
+        days = sorted(context.partition_keys)
+        try:
+            job = batch_scoring.scoring_job(decl, delta, days)
+        except batch_scoring.MissingFeatures as e:
+            raise dg.Failure(f"{e}: ingest it first", allow_retries=False) from e
         booster = registered_models.load_booster(mlflow, decl.name, champ.version)  # once for the whole range
-        scored_days = {}
-        for partition in sorted(context.partition_keys):
-            frame = _features(delta, decl, partition)
-            scored_days[partition] = pl.concat(
-                [frame.select(*keys, target, SOURCE_ROW), scores(booster, frame, champ)],
-                how="horizontal",
-            ).with_columns(
-                pl.lit(champ.version, pl.Int64).alias("model_version"),
-                pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("scored_at"),
-            )
+        spec = decl.batch_scoring
+        if spec.engine == "ray":
+            scored_days = batch_scoring.score_on_ray(booster, champ, job, days, delta, spec.ray_workers, spec.num_cpus)
+        else:
+            scored_days = batch_scoring.score_locally(booster, champ, job, days, delta)
+        scored_at = pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("scored_at")
+        scored_days = {p: f.with_columns(scored_at) for p, f in scored_days.items()}
         version = delta.write_partitions(decl.name, BATCH_SCORES, {p: f.drop(target) for p, f in scored_days.items()}, context.run.run_id)
         scored = pl.concat(list(scored_days.values()))
         where = {"partition": next(iter(scored_days))} if len(scored_days) == 1 else {"partitions": len(scored_days)}
-        metadata = {**where, "rows": scored.height, "model_version": champ.version, "delta_version": version}
+        metadata = {
+            **where,
+            "rows": scored.height,
+            "model_version": champ.version,
+            "delta_version": version,
+            "features_version": job.version,
+            "engine": spec.engine if spec.engine == "local" else f"ray ({spec.ray_workers} workers)",
+        }
         labelled = scored.filter(pl.col(target).is_not_null())
         if labelled.height:
             metadata.update(
