@@ -76,6 +76,30 @@ def bench_leadtime(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_backlog(args: argparse.Namespace) -> int:
+    from mlops_assets.cli.bench.backlog_bench import print_report, walkaway_case, year_case
+
+    results = []
+    if "year" in args.cases:
+        results.append(year_case(timeout=args.timeout))
+    if "walkaway" in args.cases:
+        results.append(
+            walkaway_case(initial_days=args.initial_days, interval=args.interval, burst_after=args.burst_after, timeout=args.timeout)
+        )
+    print_report(results)
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def _cases(text: str) -> list[str]:
+    cases = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = sorted(set(cases) - {"year", "walkaway"})
+    if unknown or not cases:
+        raise argparse.ArgumentTypeError(f"--cases takes year and/or walkaway, got {text!r}")
+    return cases
+
+
 def bench_reliability(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -132,3 +156,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", action="store_true", help="keep the bench platform home (its runs and tables) afterwards")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_leadtime)
+    p = bench.add_parser("backlog", help="a year of files landed at once, and the demo's walk-away story, on the local platform")
+    p.add_argument("--cases", type=_cases, default=["year", "walkaway"], help="year,walkaway (default both)")
+    p.add_argument("--initial-days", type=int, default=28, help="walkaway: days landed before the platform starts (default 28)")
+    p.add_argument("--interval", type=float, default=20.0, help="walkaway: seconds between landed days (default 20)")
+    p.add_argument("--burst-after", type=float, default=40.0, help="walkaway: seconds before the seven July days land (default 40)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each stage (default 900)")
+    p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.set_defaults(handler=bench_backlog)

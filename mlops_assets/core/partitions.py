@@ -98,44 +98,54 @@ def backfill_policy(decl: PipelineDeclaration) -> dg.BackfillPolicy:
 def runs_of(decl: PipelineDeclaration, keys: list[str]) -> list[list[str]]:
     """`keys` (sorted) grouped into what one run each can cover: contiguous ranges, at most
     `partitioning.partitions_per_run` long where declared (a burst of landed files becomes a few runs, not one per file)."""
-    definition = partitions_def(decl)
     per_run = decl.partitioning.partitions_per_run
     groups: list[list[str]] = []
     for key in sorted(keys):
         last = groups[-1] if groups else None
-        if last and definition.get_next_partition_key(last[-1]) == key and (per_run is None or len(last) < per_run):
+        if last and shift(decl, last[-1], 1) == key and (per_run is None or len(last) < per_run):
             last.append(key)
         else:
             groups.append([key])
     return groups
 
 
-def misplaced_rows(decl: PipelineDeclaration, frame: pl.DataFrame, partition: str, row_id: str) -> pl.DataFrame:
-    """Rows of `frame` (a file landed for `partition`) whose declared time falls outside the partition's
-    window, as (`row_id`, reason); none when the declaration names no `partitioning.time_column`."""
+def misplaced_in_files(decl: PipelineDeclaration, frames: list[pl.DataFrame], partitions: list[str], row_id: str) -> list[pl.DataFrame]:
+    """Per file (landed for the partition at the same place in `partitions`): its rows whose declared time
+    falls outside the partition's window, as (`row_id`, reason); none when the declaration names no
+    `partitioning.time_column`. One pass over the rows of all the files of a range."""
     time = decl.partitioning.time_column
-    if time is None:
-        return pl.DataFrame(schema={row_id: pl.UInt32, "reason": pl.String})
-    window = partitions_def(decl).time_window_for_partition_key(partition)
+    none = pl.DataFrame(schema={row_id: pl.UInt32, "reason": pl.String})
+    if time is None or not frames:
+        return [none] * len(frames)
+    kind = decl.partitioning.kind
+    begins = [key_time(decl, p) for p in partitions]  # each partition's window, naive UTC (as Dagster's)
+    ends = [_step(kind, b, 1) for b in begins]
+    columns = [time] if isinstance(time, str) else list(time)
     if isinstance(time, str):
         when = pl.col(time)
         if decl.table_schema.columns[time].type == "date":
-            start, end = pl.lit(window.start.date()), pl.lit(window.end.date())
-        else:
-            when = when.dt.replace_time_zone(None) if frame.schema[time].time_zone else when  # type: ignore[union-attr]
-            start, end = pl.lit(window.start.replace(tzinfo=None)), pl.lit(window.end.replace(tzinfo=None))
-        shown = when.cast(pl.String)
+            begins, ends = [b.date() for b in begins], [e.date() for e in ends]
+        elif frames[0].schema[time].time_zone:  # type: ignore[union-attr]
+            when = when.dt.replace_time_zone(None)
         label = time
     else:
         year, month, day = time
         # not pl.date: an impossible date (month 13) is the schema's to report, not an error here
         part = [pl.col(c).cast(pl.String).str.zfill(w) for c, w in ((year, 4), (month, 2), (day, 2))]
         when = pl.format("{}-{}-{}", *part).str.to_date("%Y-%m-%d", strict=False)
-        start, end = pl.lit(window.start.date()), pl.lit(window.end.date())
-        shown = when.cast(pl.String)
+        begins, ends = [b.date() for b in begins], [e.date() for e in ends]
         label = f"{year}/{month}/{day}"
-    outside = frame.filter(when.is_not_null() & ((when < start) | (when >= end)))
-    return outside.select(
-        pl.col(row_id).cast(pl.UInt32),
-        pl.format("{}: {} is outside partition {}", pl.lit(label), shown, pl.lit(partition)).alias("reason"),
+    windows = pl.DataFrame({"_file": pl.Series(range(len(frames)), dtype=pl.UInt32), "_key": partitions, "_start": begins, "_end": ends})
+    rows = pl.concat([f.select(row_id, *columns).with_columns(pl.lit(i, pl.UInt32).alias("_file")) for i, f in enumerate(frames)])
+    outside = (
+        rows.with_columns(when.alias("_when"))
+        .join(windows, on="_file", how="left")
+        .filter(pl.col("_when").is_not_null() & ((pl.col("_when") < pl.col("_start")) | (pl.col("_when") >= pl.col("_end"))))
+        .select(
+            "_file",
+            pl.col(row_id).cast(pl.UInt32),
+            pl.format("{}: {} is outside partition {}", pl.lit(label), pl.col("_when").cast(pl.String), pl.col("_key")).alias("reason"),
+        )
     )
+    found = {key: part.drop("_file") for (key,), part in outside.partition_by("_file", as_dict=True).items()}
+    return [found.get(i, none) for i in range(len(frames))]

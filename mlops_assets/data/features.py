@@ -152,6 +152,6 @@ def _features_metadata(decl, module, delta, frames: dict[str, pl.DataFrame], ref
         "delta_table": delta.table_uri(decl.name, FEATURES),
         "delta_version": version,
         "dagster/row_count": rows,
-        "dagster/column_schema": table_schema(frames[days[0]]),
+        **({"dagster/column_schema": table_schema(frames[days[0]])} if len(days) == 1 else {}),  # see raw._schema_and_preview
         "preview": preview(built),
     }

@@ -28,9 +28,9 @@ from mlops_assets.core.names import (
     raw_key,
     step_name,
 )
-from mlops_assets.core.partitions import backfill_policy, misplaced_rows
+from mlops_assets.core.partitions import backfill_policy, misplaced_in_files
 from mlops_assets.core.records import LandedFileError, conform, read_landed
-from mlops_assets.core.validation import ValidationResult, validate
+from mlops_assets.core.validation import ValidationResult, validate_files
 from mlops_assets.metadata import counts_table, preview, table_schema
 from resources.delta_lake import DeltaLakeResource
 from resources.landing_zone import LandingZoneResource
@@ -56,26 +56,52 @@ class IngestedFile:
     result: ValidationResult
 
 
-def _ingest_file(decl: PipelineDeclaration, landing: LandingZoneResource, partition: str) -> IngestedFile:
-    """One landed file read, cast and validated (nothing written yet); a file that cannot be read fails the run."""
-    file_name = decl.landing.file_name(partition)
-    landed = landing.stat(decl.name, file_name)
-    uri = landing.uri(decl.name, file_name)
-    if landed is None:
-        raise dg.Failure(f"no landed file for partition {partition}: {uri} does not exist")
+def _ingest_files(decl: PipelineDeclaration, landing: LandingZoneResource, partitions: list[str]) -> list[IngestedFile]:
+    """The range's landed files read and cast one by one (errors name the file), then validated together
+    in one pass (nothing written yet); a file that cannot be read fails the run."""
+    landed, conformed = [], []
+    for partition in partitions:
+        file_name = decl.landing.file_name(partition)
+        stat = landing.stat(decl.name, file_name)
+        uri = landing.uri(decl.name, file_name)
+        if stat is None:
+            raise dg.Failure(f"no landed file for partition {partition}: {uri} does not exist")
+        try:
+            frame = read_landed(landing.read_bytes(decl.name, file_name), uri, decl.landing.format)
+            conformed.append(conform(frame, decl.table_schema, uri))
+        except LandedFileError as err:
+            raise _unreadable(err, partition) from None
+        landed.append((partition, uri, stat.signature))
+    misplaced = misplaced_in_files(decl, [c.frame for c in conformed], partitions, SOURCE_ROW)
     try:
-        frame = read_landed(landing.read_bytes(decl.name, file_name), uri, decl.landing.format)
-        conformed = conform(frame, decl.table_schema, uri)
-        result = validate(conformed, decl.table_schema, misplaced=misplaced_rows(decl, conformed.frame, partition, SOURCE_ROW))
+        results = validate_files(conformed, decl.table_schema, misplaced=misplaced)
     except LandedFileError as err:
-        raise dg.Failure(
-            description=f"cannot ingest {err.file}: {err.problem}",
-            metadata={"file": err.file, "problem": err.problem, "partition": partition},
-            allow_retries=False,
-        ) from None
-    invalid = result.quarantine.get_column(SOURCE_ROW).implode()
-    flagged = conformed.frame.with_columns(pl.col(SOURCE_ROW).is_in(invalid).not_().alias(VALID_ROW))
-    return IngestedFile(partition, uri, landed.signature, conformed.frame.height, tuple(conformed.dropped_columns), flagged, result)
+        raise _unreadable(err, "") from None
+    files = []
+    for (partition, uri, signature), c, result in zip(landed, conformed, results):
+        invalid = result.quarantine.get_column(SOURCE_ROW).implode()
+        flagged = c.frame.with_columns(pl.col(SOURCE_ROW).is_in(invalid).not_().alias(VALID_ROW))
+        files.append(IngestedFile(partition, uri, signature, c.frame.height, tuple(c.dropped_columns), flagged, result))
+    return files
+
+
+def _unreadable(err: LandedFileError, partition: str) -> dg.Failure:
+    return dg.Failure(
+        description=f"cannot ingest {err.file}: {err.problem}",
+        metadata={"file": err.file, "problem": err.problem, "partition": partition},
+        allow_retries=False,
+    )
+
+
+PER_FILE_LOG_LINES = 10
+
+
+def _schema_and_preview(frame: pl.DataFrame, single: bool) -> dict:
+    """Column schema and a preview for one partition's run. Dagster copies a range run's metadata into
+    every partition's materialization event: the column schema (dozens of typed objects) cost the
+    365-day backfill more than its validation, so a range shows the preview of its first day only."""
+    shown = {"preview": preview(frame.drop(SOURCE_ROW, VALID_ROW))}
+    return {"dagster/column_schema": table_schema(frame), **shown} if single else shown
 
 
 def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -112,7 +138,7 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
     )
     def ingest(context: dg.AssetExecutionContext, landing: LandingZoneResource, delta: DeltaLakeResource):
         partitions = list(context.partition_keys)  # one, or a whole backfill range in one run
-        days = [_ingest_file(decl, landing, partition) for partition in partitions]
+        days = _ingest_files(decl, landing, partitions)
         run_id = context.run.run_id
         # one commit per table for the whole range, each partition replaced only for itself; raw first:
         # its _valid flags alone say what is clean, so a stop before the quarantine commit leaks nothing
@@ -122,10 +148,15 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
         clean = sum(d.result.clean.height for d in days)
         quarantined = sum(d.result.quarantine.height for d in days)
         failing = [d for d in days if d.result.failure_rate > limit]
-        for d in days:
+        # a line per file for a few files; a backfill's per-partition figures are in the check's metadata
+        for d in days if len(days) <= PER_FILE_LOG_LINES else []:
             context.log.info(
                 f"{d.uri}: {d.rows} rows, {d.result.clean.height} clean, {d.result.quarantine.height} quarantined "
                 f"({d.result.failure_rate:.2%}, limit {limit:.1%})"
+            )
+        if len(days) > PER_FILE_LOG_LINES:
+            context.log.info(
+                f"{len(days)} files {partitions[0]} .. {partitions[-1]}: {total} rows, {clean} clean, {quarantined} quarantined"
             )
         first = days[0]
         single = len(days) == 1
@@ -143,8 +174,7 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
                 "delta_table": delta.table_uri(decl.name, RAW),
                 "delta_version": raw_version,
                 "dagster/row_count": total,
-                "dagster/column_schema": table_schema(first.flagged),
-                "preview": preview(first.flagged.drop(SOURCE_ROW, VALID_ROW)),
+                **_schema_and_preview(first.flagged, single),
             },
             tags={LANDED_SIGNATURE: first.signature} if single else None,
         )
