@@ -139,6 +139,15 @@ class LocalPlatform:
             self.landing.write_bytes(self.decl.name, name, data)
         return began
 
+    def settle(self, timeout: float = 300.0) -> None:
+        """Until no run is in flight: a run still writing its events when the home goes away fails noisily."""
+        from mlops_assets.cli.bench.lead_time_bench import _busy
+
+        try:
+            _wait(lambda: not _busy(self.instance), timeout, "the runs in flight to finish", poll=1.0)
+        except TimeoutError:
+            pass
+
     def __exit__(self, *exc) -> None:
         from mlops_assets.cli.data_commands import stop_local_platform
 
@@ -173,6 +182,7 @@ def year_case(port: int = 3021, serve_port: int = 8021, timeout: float = 600.0) 
             landed_at = platform.land(date(2013, 1, 1), 365)
             _wait(lambda: platform.feature_days() >= 365, timeout, "365 feature partitions", poll=0.5)
             done_at = time.time()
+        platform.settle()
         runs = _runs_since(platform.instance, landed_at, done_at)
         ingest = [r for r in runs if r.job.endswith("_ingest")]
         work = work_seconds(ingest, landed_at, done_at)
@@ -244,6 +254,7 @@ def walkaway_case(
             stop.set()
             feeder.join(timeout=interval + 30)
             until = time.time()
+        platform.settle()
         runs = _runs_since(platform.instance, walk_began, until)
         waited = training.started - training.created
         return {
