@@ -41,7 +41,7 @@ from serving.http_answers import NotReady, answer_prediction, error, v2_infer_re
 from serving.loaded_model import LoadedModel, load_version
 from serving.prediction_log import PredictionLogger, log_rows
 from serving.reference import serving_reference
-from serving.requests import RequestError, RequestSchema, records_from_v2, typed_frame
+from serving.requests import Columns, RequestError, RequestSchema, decode_v2, typed_frame
 
 log = logging.getLogger(__name__)
 INLINE_ROWS = 64  # requests up to this many records are typed on the event loop, larger ones in a thread
@@ -259,8 +259,8 @@ class ModelServer:
 
     # --- routing: the champion's CPU group is the application's ingress ---------------------------
 
-    async def route(self, records: list[dict], request_id: str, received_at: float, version: int | None = None) -> dict:
-        """Type the records, pick who answers (champion, canary or a pinned version), mirror to the shadow."""
+    async def route(self, records: list[dict] | Columns, request_id: str, received_at: float, version: int | None = None) -> dict:
+        """Type the records (V1) or columns (V2), pick who answers (champion, canary or a pinned version), mirror to the shadow."""
         # small requests are typed inline (the fast path takes ~0.2 ms, less than a hop to a worker thread);
         # large ones in a thread, so the replica keeps answering meanwhile
         if len(records) <= INLINE_ROWS:
@@ -328,7 +328,7 @@ class ModelServer:
         one Ray hand-off fewer than through the gateway, answered exactly as the gateway answers it."""
         if request.method != "POST":
             return error(405, f"{request.method} {request.url.path}: infer takes POST")
-        answer = await answer_prediction(request, self.decl, self.schema, records_from_v2, self.route)
+        answer = await answer_prediction(request, self.decl, self.schema, decode_v2, self.route)
         if isinstance(answer, JSONResponse):
             return answer
         return v2_infer_response(self.decl.name, *answer)

@@ -32,11 +32,12 @@ from serving.http_answers import (
 )
 from serving.requests import (
     V2_OUT_TYPE,
+    Columns,
     RequestError,
     RequestSchema,
+    decode_v1,
+    decode_v2,
     parse_json,
-    records_from_v1,
-    records_from_v2,
 )
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,22 @@ class V2Tensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    data: list[Any] | None = Field(None, description="The values; absent when they travel as binary data.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="binary_data_size: bytes of this tensor in the binary part (Triton's binary tensor extension)."
+    )
+
+
+class V2RequestedOutput(BaseModel):
+    name: str = Field(description="predictions, or for classifiers labels / probabilities.")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data: answer this output as binary data.")
 
 
 class V2InferRequest(BaseModel):
     id: str | None = None
     inputs: list[V2Tensor] = Field(description="One tensor per raw input column, each of shape [n].")
+    outputs: list[V2RequestedOutput] | None = Field(None, description="Outputs to answer with (default: all).")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_output: every output as binary data.")
 
 
 class V2InferResponse(BaseModel):
@@ -132,12 +143,12 @@ class Gateway:
         except Exception:  # app not deployed (yet) or being replaced: reported as not ready
             return None
 
-    async def _predict(self, request: Request, name: str, decode, version: int | None = None) -> tuple[dict, str] | JSONResponse:
+    async def _predict(self, request: Request, name: str, decode, version: int | None = None) -> tuple | JSONResponse:
         problem = self._unknown(name)
         if problem is not None:
             return problem
 
-        async def route(records: list[dict], request_id: str, received_at: float) -> dict:
+        async def route(records: list[dict] | Columns, request_id: str, received_at: float) -> dict:
             handle = self._app(name)
             try:
                 return await handle.route.remote(records, request_id, received_at, version)
@@ -162,7 +173,7 @@ class Gateway:
 
     @api.get("/v2", tags=["v2"])
     async def server_metadata(self) -> dict:
-        return {"name": SERVER_NAME, "version": "2", "extensions": [], "models": sorted(self.decls)}
+        return {"name": SERVER_NAME, "version": "2", "extensions": ["binary_tensor_data"], "models": sorted(self.decls)}
 
     @api.get("/v2/models/{name}", tags=["v2"])
     async def model_metadata(self, name: str):
@@ -246,7 +257,7 @@ class Gateway:
         return served[version]
 
     async def _infer(self, name: str, request: Request, version: int | None):
-        answer = await self._predict(request, name, records_from_v2, version)
+        answer = await self._predict(request, name, decode_v2, version)
         if isinstance(answer, JSONResponse):
             return answer
         return v2_infer_response(name, *answer)
@@ -265,10 +276,10 @@ class Gateway:
 
     @api.post("/v1/models/{name}:predict", tags=["v1"], response_model=V1PredictResponse, openapi_extra=_body_doc(V1PredictRequest))
     async def v1_predict(self, name: str, request: Request):
-        answer = await self._predict(request, name, records_from_v1)
+        answer = await self._predict(request, name, decode_v1)
         if isinstance(answer, JSONResponse):
             return answer
-        result, request_id = answer
+        result, request_id, _ = answer
         version = str(result["model_version"])
         body = {
             "predictions": result["predictions"],

@@ -9,21 +9,26 @@ the same bearer token, body limit, JSON parsing, error codes and request ids.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
+import struct
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi.responses import JSONResponse
+import numpy as np
+from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 
 from mlops_assets.core.declaration import PipelineDeclaration
-from serving.requests import RequestError, RequestSchema, parse_json
+from serving.requests import BINARY_HEADER, Columns, Decoded, RequestError, RequestSchema
 
 log = logging.getLogger(__name__)
-Route = Callable[[list[dict], str, float], Awaitable[dict]]  # (records, request_id, received_at) -> result
+Route = Callable[[list[dict] | Columns, str, float], Awaitable[dict]]  # (records or columns, request_id, received_at) -> result
+Decoder = Callable[[bytes, Any, RequestSchema], Decoded]  # (body, headers, schema) -> records and the answer's shape
 
 
 class NotReady(RuntimeError):
@@ -52,35 +57,49 @@ def prediction_auth(request: Request, decl: PipelineDeclaration) -> JSONResponse
     return None
 
 
-async def json_body(request: Request, decl: PipelineDeclaration) -> Any:
+async def read_body(request: Request, decl: PipelineDeclaration) -> bytes:
+    """The body within `serving.max_body_bytes`, counted as it arrives (a chunked body declares no length)
+    and again after a gzip or deflate `Content-Encoding` is undone."""
     limit = decl.serving.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(f"request body of {declared} bytes is larger than the limit of {limit}", status=413)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity", "gzip", "deflate"):
+        raise RequestError(f"Content-Encoding {encoding[:40]} is not supported (gzip, deflate or none)", status=415)
     chunks, size = [], 0
-    async for chunk in request.stream():  # counted as it arrives: a chunked body declares no length
+    async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise RequestError(f"request body of more than {limit} bytes is larger than the limit of {limit}", status=413)
         chunks.append(chunk)
-    return parse_json(b"".join(chunks))
+    raw = b"".join(chunks)
+    if encoding in ("gzip", "deflate"):
+        inflate = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+        try:
+            raw = inflate.decompress(raw, limit + 1)
+        except zlib.error as err:
+            raise RequestError(f"request body is not valid {encoding} data: {err}") from None
+        if len(raw) > limit or inflate.unconsumed_tail:
+            raise RequestError(f"request body inflates to more than the limit of {limit} bytes", status=413)
+        if not inflate.eof:
+            raise RequestError(f"request body is not valid {encoding} data: the stream ends early")
+    return raw
 
 
 async def answer_prediction(
-    request: Request, decl: PipelineDeclaration, schema: RequestSchema, decode: Callable[[Any, RequestSchema], list[dict]], route: Route
-) -> tuple[dict, str] | JSONResponse:
-    """Auth, body, records, then `route`; a result with its request id, or the error response."""
+    request: Request, decl: PipelineDeclaration, schema: RequestSchema, decode: Decoder, route: Route
+) -> tuple[dict, str, Decoded] | JSONResponse:
+    """Auth, body, records, then `route`; a result with its request id and the decoded request, or the error response."""
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     received_at = time.time()
     problem = prediction_auth(request, decl)
     if problem is not None:
         return problem
     try:
-        body = await json_body(request, decl)
-        records = decode(body, schema)
-        if isinstance(body, dict) and isinstance(body.get("id"), str):
-            request_id = body["id"]
-        result = await route(records, request_id, received_at)
+        decoded = decode(await read_body(request, decl), request.headers, schema)
+        request_id = decoded.request_id or request_id
+        result = await route(decoded.records, request_id, received_at)
     except RequestError as err:  # the client's mistake: one line in the replica's log, never a traceback
         log.info("request %s to %s refused (%d): %s", request_id, decl.name, err.status, err.message[:200])
         return error(err.status, err.message, err.field, request_id)
@@ -90,19 +109,48 @@ async def answer_prediction(
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         log.exception("request %s to %s failed", request_id, decl.name)
         return error(500, f"prediction failed: {reason}", request_id=request_id)
-    return result, request_id
+    return result, request_id, decoded
 
 
-def v2_infer_response(name: str, result: dict, request_id: str) -> JSONResponse:
-    """An Open Inference Protocol infer response: predictions (and labels, probabilities), the version that made them."""
+def _v2_outputs(result: dict) -> dict[str, dict]:
     n = len(result["predictions"])
     pred_type = "BYTES" if result["predictions"] and isinstance(result["predictions"][0], str) else "FP64"
-    outputs = [{"name": "predictions", "shape": [n], "datatype": pred_type, "data": result["predictions"]}]
+    outputs = {"predictions": {"name": "predictions", "shape": [n], "datatype": pred_type, "data": result["predictions"]}}
     if "labels" in result:
-        outputs.append({"name": "labels", "shape": [n], "datatype": "BYTES", "data": [str(label) for label in result["labels"]]})
+        outputs["labels"] = {"name": "labels", "shape": [n], "datatype": "BYTES", "data": [str(label) for label in result["labels"]]}
         k = len(result["probabilities"][0]) if n else 0
         flat = [p for row in result["probabilities"] for p in row]
-        outputs.append({"name": "probabilities", "shape": [n, k], "datatype": "FP64", "data": flat})
+        outputs["probabilities"] = {"name": "probabilities", "shape": [n, k], "datatype": "FP64", "data": flat}
+    return outputs
+
+
+def _binary(output: dict) -> bytes:
+    if output["datatype"] == "BYTES":
+        encoded = [str(v).encode() for v in output["data"]]
+        return b"".join(struct.pack("<I", len(e)) + e for e in encoded)
+    return np.asarray(output["data"], dtype="<f8").tobytes()
+
+
+def v2_infer_response(name: str, result: dict, request_id: str, decoded: Decoded | None = None) -> Response:
+    """An Open Inference Protocol infer response: predictions (and labels, probabilities), the version that made them;
+    the outputs asked for, each as JSON data or, where asked, as binary data after the JSON (Triton's extension)."""
+    every = _v2_outputs(result)
+    wanted = decoded.outputs if decoded and decoded.outputs else tuple((n, False) for n in every)
+    outputs, tail = [], []
+    for output_name, binary in wanted:
+        output = every.get(output_name)
+        if output is None:  # a task without it (asked for by name): nothing to send
+            continue
+        if binary:
+            data = _binary(output)
+            output = {k: v for k, v in output.items() if k != "data"} | {"parameters": {"binary_data_size": len(data)}}
+            tail.append(data)
+        outputs.append(output)
     version = str(result["model_version"])
     body = {"model_name": name, "model_version": version, "id": request_id, "outputs": outputs, "parameters": {"role": result["role"]}}
-    return JSONResponse(body, headers={"X-Model-Version": version, "X-Request-Id": request_id})
+    headers = {"X-Model-Version": version, "X-Request-Id": request_id}
+    if not tail:
+        return JSONResponse(body, headers=headers)
+    header = json.dumps(body, separators=(",", ":")).encode()
+    headers[BINARY_HEADER] = str(len(header))
+    return Response(header + b"".join(tail), media_type="application/octet-stream", headers=headers)

@@ -9,16 +9,23 @@ Accepted layouts:
 - V1 (TF-Serving style): `{"instances": [{column: value, ...}, ...]}`.
 - V2 (Open Inference Protocol): one input tensor per raw input column,
   `{"name": column, "shape": [n] or [n, 1], "datatype": ..., "data": [n values]}`;
-  dates and datetimes as BYTES ISO strings.
+  dates and datetimes as BYTES ISO strings. Triton's binary tensor extension (what
+  `tritonclient.http` sends by default) is understood too: with the header
+  `Inference-Header-Content-Length: N` the first N bytes are the JSON request, and an
+  input with `"parameters": {"binary_data_size": k}` takes the next k bytes of the rest
+  (little-endian, row-major; BYTES elements each behind a 4-byte length). Outputs come
+  back the same way when asked for (`binary_data_output`, or `binary_data` per output).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from mlops_assets.core.declaration import ColumnSpec, PipelineDeclaration, SchemaSpec
@@ -39,6 +46,26 @@ for _t in ("int16", "int32", "int64"):
     V2_TYPES[_t] = V2_TYPES["int8"]
 V2_TYPES["float64"] = V2_TYPES["float32"]
 V2_OUT_TYPE = {"str": "BYTES", "date": "BYTES", "datetime": "BYTES", "bool": "BOOL"}
+BINARY_HEADER = "inference-header-content-length"  # Triton's binary tensor extension
+FIXED_WIDTH = {
+    "BOOL": "?",
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+
+
+def output_names(task: str) -> tuple[str, ...]:
+    """The V2 outputs a model of this task answers with."""
+    return ("predictions",) if task == "regression" else ("predictions", "labels", "probabilities")
 
 
 class RequestError(ValueError):
@@ -59,12 +86,13 @@ class RequestSchema:
     columns: dict[str, ColumnSpec]  # the input columns, declaration order
     ignored: frozenset[str]  # declared columns a client may send but the model does not read
     max_batch_rows: int
+    outputs: tuple[str, ...] = ("predictions",)  # the V2 outputs, by the pipeline's task
 
     @classmethod
     def of(cls, decl: PipelineDeclaration, input_columns: list[str]) -> "RequestSchema":
         cols = {c: decl.table_schema.columns[c] for c in input_columns}
         ignored = frozenset(decl.table_schema.columns) - set(cols)
-        return cls(decl.name, cols, ignored, decl.serving.max_batch_rows)
+        return cls(decl.name, cols, ignored, decl.serving.max_batch_rows, output_names(decl.target.task))
 
     def spec(self) -> SchemaSpec:
         return SchemaSpec(columns=self.columns, unique=[], extra_columns="fail")
@@ -79,6 +107,144 @@ def parse_json(body: bytes) -> Any:
         raise RequestError("request body nests too deeply to be a request") from None
     except ValueError as err:  # e.g. an integer of more digits than Python converts (sys.get_int_max_str_digits)
         raise RequestError(f"request body has a value that cannot be read: {str(err)[:120]}") from None
+
+
+@dataclass(frozen=True)
+class Columns:
+    """A request's values column by column, as V2 sends them: typed without building a record per row."""
+
+    data: dict[str, list]  # input column -> its values, every input column, none other
+    rows: int
+
+    def records(self) -> list[dict]:
+        """Row by row, for the full checking path (which names the record of a bad value)."""
+        names = list(self.data)
+        return [dict(zip(names, values)) for values in zip(*self.data.values())] if names else []
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A request body turned into raw records (V1) or columns (V2), with what the answer must look like."""
+
+    records: list[dict] | Columns
+    request_id: str | None = None  # the body's own id (V2 `id`), if it has one
+    outputs: tuple[tuple[str, bool], ...] = field(default=())  # V2: (output name, in binary), in the order asked
+
+
+def decode_v1(raw: bytes, headers: Any, schema: RequestSchema) -> Decoded:
+    body = parse_json(raw)
+    return Decoded(records_from_v1(body, schema))
+
+
+def decode_v2(raw: bytes, headers: Any, schema: RequestSchema) -> Decoded:
+    """A V2 infer body, JSON or with Triton's binary tensors (`Inference-Header-Content-Length`)."""
+    body, tail = split_binary(raw, headers.get(BINARY_HEADER))
+    if isinstance(body, dict) and isinstance(body.get("inputs"), list):
+        fill_binary_inputs(body["inputs"], tail)
+    elif tail:
+        raise RequestError(f"the body has {len(tail)} bytes of binary data after its JSON header, but no inputs to take them")
+    columns = columns_from_v2(body, schema)
+    request_id = body["id"] if isinstance(body.get("id"), str) else None
+    return Decoded(columns, request_id, requested_outputs(body, schema.outputs))
+
+
+def split_binary(raw: bytes, header_length: str | None) -> tuple[Any, bytes]:
+    """The JSON part of a body and the binary bytes after it (none without the extension's header)."""
+    if header_length is None:
+        return parse_json(raw), b""
+    text = header_length.strip()
+    if not text.isdigit():
+        raise RequestError(f"Inference-Header-Content-Length must be a byte count, got {header_length[:40]!r}")
+    n = int(text)
+    if n > len(raw):
+        raise RequestError(f"Inference-Header-Content-Length is {n}, but the body has only {len(raw)} bytes")
+    return parse_json(raw[:n]), raw[n:]
+
+
+def fill_binary_inputs(inputs: list, tail: bytes) -> None:
+    """Give each input that declares `binary_data_size` its values from `tail`, in the order of the inputs."""
+    offset = 0
+    for k, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict) or tensor.get("parameters") is None:
+            continue
+        params = tensor["parameters"]
+        name = tensor.get("name") if isinstance(tensor.get("name"), str) else f"inputs[{k}]"
+        if not isinstance(params, dict):
+            raise RequestError(f"input '{name}': parameters must be an object", field=name)
+        size = params.get("binary_data_size")
+        if size is None:
+            continue
+        if type(size) is not int or size < 0:
+            raise RequestError(f"input '{name}': binary_data_size must be a byte count, got {size!r}"[:200], field=name)
+        if "data" in tensor:
+            raise RequestError(f"input '{name}' has both data and binary_data_size: send its values one way", field=name)
+        if offset + size > len(tail):
+            raise RequestError(
+                f"input '{name}': binary_data_size {size} goes past the end of the body ({len(tail) - offset} bytes left)", field=name
+            )
+        tensor["data"] = from_binary(tail[offset : offset + size], tensor.get("datatype"), name)
+        offset += size
+    if offset != len(tail):
+        raise RequestError(f"the body has {len(tail) - offset} bytes after the binary inputs it declares")
+
+
+def from_binary(chunk: bytes, datatype: Any, name: str) -> list:
+    """One input's values from its binary bytes (Triton's layout)."""
+    dtype = str(datatype).upper()
+    if dtype == "BYTES":
+        values, offset = [], 0
+        while offset < len(chunk):
+            if offset + 4 > len(chunk):
+                raise RequestError(f"input '{name}': BYTES element {len(values)} has a cut length prefix", field=name)
+            (n,) = struct.unpack_from("<I", chunk, offset)
+            offset += 4
+            if offset + n > len(chunk):
+                raise RequestError(f"input '{name}': BYTES element {len(values)} of {n} bytes goes past its data", field=name)
+            try:
+                values.append(chunk[offset : offset + n].decode("utf-8"))
+            except UnicodeDecodeError:
+                raise RequestError(f"input '{name}': BYTES element {len(values)} is not UTF-8 text", field=name) from None
+            offset += n
+        return values
+    width = FIXED_WIDTH.get(dtype)
+    if width is None:
+        raise RequestError(f"input '{name}': datatype {dtype[:20]} has no binary form (one of BYTES, {', '.join(FIXED_WIDTH)})", field=name)
+    item = np.dtype(width).itemsize
+    if len(chunk) % item:
+        raise RequestError(f"input '{name}': {len(chunk)} bytes are not a whole number of {dtype} values ({item} bytes each)", field=name)
+    return np.frombuffer(chunk, dtype=width).tolist()  # NaN is then read as a missing value, as in JSON
+
+
+def requested_outputs(body: dict, known: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
+    """Which outputs to answer with and whether each travels in binary (`outputs`, `binary_data_output`)."""
+    params = body.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise RequestError("parameters must be an object")
+    every = (params or {}).get("binary_data_output", False)
+    if not isinstance(every, bool):
+        raise RequestError(f"parameters.binary_data_output must be true or false, got {every!r}"[:200])
+    outputs = body.get("outputs")
+    if outputs is None:
+        return tuple((name, every) for name in known)
+    if not isinstance(outputs, list) or not outputs:
+        raise RequestError('outputs must be a non-empty list of {"name": ...} objects', field="outputs")
+    chosen = []
+    for k, out in enumerate(outputs):
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise RequestError(f"outputs[{k}] must be an object with a name", field="outputs")
+        if out["name"] not in known:
+            raise RequestError(f"unknown output '{out['name'][:100]}'; outputs: {', '.join(known)}", field="outputs")
+        own = out.get("parameters")
+        if own is not None and not isinstance(own, dict):
+            raise RequestError(f"outputs[{k}].parameters must be an object", field="outputs")
+        binary = (own or {}).get("binary_data", every)
+        if not isinstance(binary, bool):
+            raise RequestError(f"outputs[{k}].parameters.binary_data must be true or false", field="outputs")
+        chosen.append((out["name"], binary))
+    return tuple(chosen)
 
 
 def _check_size(n: int, schema: RequestSchema) -> None:
@@ -115,7 +281,7 @@ def records_from_v1(body: Any, schema: RequestSchema) -> list[dict]:
     return instances
 
 
-def records_from_v2(body: Any, schema: RequestSchema) -> list[dict]:
+def columns_from_v2(body: Any, schema: RequestSchema) -> Columns:
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
         raise RequestError('expected an Open Inference Protocol request {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
     columns: dict[str, list] = {}
@@ -157,7 +323,7 @@ def records_from_v2(body: Any, schema: RequestSchema) -> list[dict]:
     if missing:
         raise RequestError(f"missing input(s): {', '.join(missing)}", field=missing[0])
     _check_size(rows or 0, schema)
-    return [{c: columns[c][i] for c in columns} for i in range(rows or 0)]
+    return Columns({c: columns[c] for c in schema.columns}, rows or 0)
 
 
 _INT_BOUNDS = {"int8": 2**7, "int16": 2**15, "int32": 2**31, "int64": 2**63}
@@ -204,7 +370,7 @@ def _fast_column(values: list, spec: ColumnSpec) -> pl.Series | None:
     return pl.Series(values, dtype=spec.dtype)
 
 
-def fast_typed_frame(records: list[dict], schema: RequestSchema) -> pl.DataFrame | None:
+def fast_typed_frame(records: list[dict] | Columns, schema: RequestSchema) -> pl.DataFrame | None:
     """The typed frame of records that plainly satisfy the declared schema, built without the ingestion path.
 
     Only values that `conform` reads unchanged and that no declared check can refuse are taken
@@ -214,14 +380,17 @@ def fast_typed_frame(records: list[dict], schema: RequestSchema) -> pl.DataFrame
     error naming record and field. Tests check both paths give identical frames.
     """
     names = list(schema.columns)
-    width = len(names)
-    for rec in records:
-        if len(rec) != width:  # extra (ignored or unknown) or missing fields: the full path
+    if isinstance(records, Columns):
+        columns = records.data  # V2: already one list per input column, names checked
+    else:
+        width = len(names)
+        for rec in records:
+            if len(rec) != width:  # extra (ignored or unknown) or missing fields: the full path
+                return None
+        try:
+            columns = {c: [rec[c] for rec in records] for c in names}
+        except KeyError:
             return None
-    try:
-        columns = {c: [rec[c] for rec in records] for c in names}
-    except KeyError:
-        return None
     series = []
     for c in names:
         column = _fast_column(columns[c], schema.columns[c])
@@ -231,11 +400,13 @@ def fast_typed_frame(records: list[dict], schema: RequestSchema) -> pl.DataFrame
     return pl.DataFrame(series)
 
 
-def typed_frame(records: list[dict], schema: RequestSchema) -> pl.DataFrame:
-    """Validated records as a frame of the declared types, or RequestError naming field and record."""
+def typed_frame(records: list[dict] | Columns, schema: RequestSchema) -> pl.DataFrame:
+    """Validated records (or V2 columns) as a frame of the declared types, or RequestError naming field and record."""
     _check_size(len(records), schema)
     fast = fast_typed_frame(records, schema)
-    return fast if fast is not None else checked_frame(records, schema)
+    if fast is not None:
+        return fast
+    return checked_frame(records.records() if isinstance(records, Columns) else records, schema)
 
 
 def checked_frame(records: list[dict], schema: RequestSchema) -> pl.DataFrame:

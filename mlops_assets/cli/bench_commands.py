@@ -77,16 +77,19 @@ def bench_leadtime(args: argparse.Namespace) -> int:
 
 
 def bench_backlog(args: argparse.Namespace) -> int:
+    import signal
+    import sys
+
     from mlops_assets.cli.bench.backlog_bench import print_report, walkaway_case, year_case
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a SIGTERM still stops the platform the case started
     results = []
-    if "year" in args.cases:
-        results.append(year_case(timeout=args.timeout))
-    if "walkaway" in args.cases:
-        results.append(
-            walkaway_case(initial_days=args.initial_days, interval=args.interval, burst_after=args.burst_after, timeout=args.timeout)
-        )
-    print_report(results)
+    for case in args.cases:  # each reported as soon as it is done
+        if case == "year":
+            results.append(year_case(timeout=args.timeout))
+        else:
+            results.append(walkaway_case(args.initial_days, args.interval, args.burst_after, timeout=args.timeout))
+        print_report(results[-1:])
     if args.json:
         print(json.dumps(results))
     return 0
@@ -131,7 +134,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = bench.add_parser("serving", help="Ray Serve endpoint vs `mlflow models serve` vs a naive FastAPI app, with wrk")
     p.add_argument("--duration", type=float, default=5.0, help="seconds of load per case (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load before each case (default 1)")
-    p.add_argument("--sides", default="ours,mlflow,naive", help="servers to run, comma-separated (default ours,mlflow,naive)")
+    p.add_argument("--sides", default="ours,floor,mlflow,naive", help="servers to run, comma-separated (default ours,floor,mlflow,naive)")
     p.add_argument("--workdir", help="platform home to build or reuse (keeps the trained champion between runs); default: a temp folder")
     p.add_argument("--ours-env", type=_env_pair, action="append", metavar="NAME=VALUE", help="extra environment for our server (levers)")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs our Ray instance declares (default 2)")

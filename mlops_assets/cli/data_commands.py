@@ -79,8 +79,20 @@ def pipelines(args: argparse.Namespace) -> int:
 def _prepare_home(home: MlopsHome) -> dict[str, str]:
     home.dagster.mkdir(parents=True, exist_ok=True)
     (home.dagster / "dagster.yaml").write_text(DAGSTER_YAML)
+    _create_mlflow_store(home)
     env = dict(os.environ, MLOPS_HOME=str(home.root), DAGSTER_HOME=str(home.dagster))
     return env
+
+
+def _create_mlflow_store(home: MlopsHome) -> None:
+    """The home's SQLite MLflow store with its tables, made once before the processes sharing it start: two
+    sensors opening a fresh store at once both ran its migrations ("table ... already exists")."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return  # a server of the user's: its own business
+    from resources.mlflow_registry import MlflowRegistryResource
+
+    home.mlflow.mkdir(parents=True, exist_ok=True)
+    MlflowRegistryResource(tracking_uri=home.mlflow_tracking_uri).client().search_experiments(max_results=1)
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -93,7 +93,7 @@ class RayTrainedModel(TrainedModel):
         return sum(r.train_rows for r in self.worker_reads.values())
 
 
-class _Hidden:
+class HiddenOptions:
     """Storage options (they can hold credentials) that never show in a repr, a log or Ray's run state."""
 
     def __init__(self, value: dict[str, str] | None):
@@ -146,7 +146,7 @@ def _worker_params(plan: TrainingPlan, network: dict[str, Any], threads: int) ->
     return params
 
 
-def _train_worker(config: dict, storage_options: _Hidden) -> None:
+def _train_worker(config: dict, storage_options: HiddenOptions) -> None:
     """Ray Train loop of one worker: read own days, train data-parallel, report the checkpoint."""
     import lightgbm as lgb
     import ray.train
@@ -302,7 +302,7 @@ def train_on_ray(
         raise TrainingDataError(f"pipeline {plan.pipeline}: no featurized validation days in {plan.validation_start}..{plan.holdout_start}")
     check_capacity(num_workers, resources)
     shares = assign_partitions(train_days, num_workers)
-    options = _Hidden(delta.resolved_storage_options())
+    options = HiddenOptions(delta.resolved_storage_options())
 
     def train_loop_per_worker(config: dict) -> None:
         _train_worker(config, options)

@@ -19,6 +19,7 @@ import polars as pl
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.names import FEATURES, PARTITION_COLUMN, SOURCE_ROW
 from mlops_assets.models import training
+from mlops_assets.models.ray_training import HiddenOptions, check_capacity
 from resources.delta_lake import DeltaLakeResource
 from resources.registered_models import Champion
 
@@ -102,8 +103,6 @@ def score_on_ray(
     import pyarrow as pa
     import ray
 
-    from mlops_assets.models.ray_training import _Hidden, check_capacity
-
     check_capacity(workers, {"CPU": num_cpus}, workers_setting="batch_scoring.ray_workers", size_setting="batch_scoring.num_cpus")
     days = ray.data.from_items([{PARTITION_COLUMN: p} for p in partitions], override_num_blocks=len(partitions))
     scored = days.map_batches(
@@ -112,7 +111,7 @@ def score_on_ray(
             "model_text": booster.model_to_string(),
             "champ": champ,
             "job": job,
-            "storage_options": _Hidden(delta.resolved_storage_options()),
+            "storage_options": HiddenOptions(delta.resolved_storage_options()),
         },
         batch_size=1,
         concurrency=min(workers, len(partitions)),

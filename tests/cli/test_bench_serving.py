@@ -117,3 +117,33 @@ def test_naive_app_answers_lightgbms_predictions(naive, tmp_path):
     )
     assert result["requests"] > 0 and result["non2xx"] == 0 and result["p50_ms"] > 0
     assert result["server_cpu_ms_per_req"] >= 0  # the server's own session, not wrk's
+
+
+def test_the_floor_side_is_compared_protocol_by_protocol():
+    from mlops_assets.cli.bench.serving_bench import ratios, targets
+
+    def row(side, protocol, case, req_s, p50):
+        return {"side": side, "protocol": protocol, "case": case, "req_s": req_s, "p50_ms": p50, "rows_s": req_s}
+
+    result = {
+        "results": [
+            row("ours", "v1", "single c=1", 900.0, 1.20),
+            row("ours", "v2", "single c=1", 1200.0, 0.80),
+            row("floor", "v1", "single c=1", 1500.0, 0.60),
+            row("floor", "v2", "single c=1", 1600.0, 0.55),
+            row("ours", "v2", "single c=16", 3000.0, 5.0),
+            row("floor", "v2", "single c=16", 3500.0, 4.0),
+            row("mlflow", "features", "single c=16", 100.0, 150.0),
+        ],
+        "in_process": {"ceiling": "LightGBM", "ceiling_rows_s": 1.0},
+    }
+    by_case = {(r["case"], r["protocol"]): r for r in ratios(result)}
+    assert by_case[("single c=1", "v1")]["ours/floor p50"] == pytest.approx(2.0)
+    assert by_case[("single c=1", "v2")]["ours/floor throughput"] == pytest.approx(0.75)
+    assert by_case[("single c=16", "v2")]["ours/mlflow throughput"] == pytest.approx(30.0)
+    met = {t["target"]: t["met"] for t in targets(result)}
+    assert met["V1 single-row p50 at c=1 <= floor p50 + 0.3 ms"] is False  # +0.60 ms
+    assert met["V2 single-row p50 at c=1 <= floor p50 + 0.3 ms"] is True  # +0.25 ms
+    assert met["V2 single-row p50 at c=1 <= 1 ms"] is True and met["V1 single-row p50 at c=1 <= 1 ms"] is False
+    assert met["V2 single-row c=16 throughput >= 0.8x floor"] is True  # 0.86x
+    assert met["single-row c=16 throughput >= 20x mlflow serve"] is True

@@ -36,7 +36,9 @@ def test_files_validated_together_split_as_each_alone():
     as_text = _file([_row(i, small=None) for i in range(10)] + [_row(10, code=9)], "text", n=pl.String, code=pl.String)
     all_bad = _file([_row(i, n=0) for i in range(5)], "all bad")
     files = [clean, mixed, as_text, all_bad]
-    elsewhere = pl.DataFrame({SOURCE_ROW: [3], "reason": ["when: 2024-03-02 is outside partition 2024-03-01"]}).cast({SOURCE_ROW: pl.UInt32})
+    elsewhere = pl.DataFrame({SOURCE_ROW: [3], "reason": ["when: 2024-03-02 is outside partition 2024-03-01"]}).cast(
+        {SOURCE_ROW: pl.UInt32}
+    )
     misplaced = [None, elsewhere, None, None]
 
     together = validate_files(files, SCHEMA, misplaced=misplaced)

@@ -10,7 +10,7 @@ from starlette.requests import Request
 
 from mlops_assets.core.feature_contract import load_feature_module
 from serving.http_answers import answer_prediction
-from serving.requests import RequestSchema, records_from_v1
+from serving.requests import RequestSchema, decode_v1
 from tests.support.models import flights_variant
 
 
@@ -33,7 +33,7 @@ def test_a_refused_request_is_one_log_line_and_a_400(caplog, monkeypatch):
         raise AssertionError("a refused request must not be routed")
 
     with caplog.at_level(logging.INFO, logger="serving.http_answers"):
-        answer = asyncio.run(answer_prediction(_request(b'{"instances": [' + b"[" * 100_000), decl, schema, records_from_v1, never))
+        answer = asyncio.run(answer_prediction(_request(b'{"instances": [' + b"[" * 100_000), decl, schema, decode_v1, never))
     assert answer.status_code == 400 and "nests too deeply" in json.loads(answer.body)["error"]
     records = [r for r in caplog.records if r.name == "serving.http_answers"]
     assert len(records) == 1 and records[0].exc_info is None and "refused (400)" in records[0].getMessage()

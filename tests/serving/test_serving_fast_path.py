@@ -20,6 +20,7 @@ from mlops_assets.core.feature_contract import load_feature_module
 from resources.serving import ServeSettings
 from serving.deployments import ModelServer, NotReady, VersionNotHere
 from serving.requests import (
+    Columns,
     RequestError,
     RequestSchema,
     checked_frame,
@@ -83,6 +84,22 @@ def test_anything_not_plainly_valid_takes_the_full_path(schema, change):
         assert (raised.value.message, raised.value.status, raised.value.field) == (err.message, err.status, err.field)
     else:
         assert typed_frame([record], schema).equals(expected)
+
+
+def test_v2_columns_are_typed_exactly_as_the_same_records(schema):
+    """V2 hands its tensors over as columns: the same frame, or the same error naming record and field."""
+    records = request_records(50)
+    records[7] = {**records[7], "dep_delay": None}
+    columns = Columns({c: [r[c] for r in records] for c in schema.columns}, len(records))
+    assert columns.records() == records
+    assert typed_frame(columns, schema).equals(typed_frame(records, schema))
+    bad = [*records[:3], {**records[3], "carrier": "XX"}]
+    bad_columns = Columns({c: [r[c] for r in bad] for c in schema.columns}, len(bad))
+    with pytest.raises(RequestError) as from_records:
+        typed_frame(bad, schema)
+    with pytest.raises(RequestError) as from_columns:
+        typed_frame(bad_columns, schema)
+    assert from_columns.value.message == from_records.value.message and "record 3" in from_columns.value.message
 
 
 def test_missing_field_takes_the_full_path(schema):

@@ -14,6 +14,8 @@ One run:
      version, asked with the *feature* rows of the same records (``dataframe_split``);
    - ``naive``: one uvicorn process, a FastAPI route calling ``Booster.predict`` on the
      same model file (``mlops_assets.bench.naive_app``), asked with the feature rows;
+   - ``floor``: Ray Serve's own floor (``mlops_assets.cli.bench.floor_app``): the same
+     ingress, replica group and request bodies as ``ours``, answered with a constant;
 3. drives each with ``wrk`` (a separate C process, a Lua script POSTing fixed bodies):
    single-row requests at concurrency 1 and 16, then 1,000- and 10,000-row batches;
 4. measures in-process prediction of the same 10,000 feature rows (LightGBM, and
@@ -59,7 +61,7 @@ BENCH_TRAINING = {
     "params": {"learning_rate": 0.01, "num_leaves": 63, "min_data_in_leaf": 50},
 }
 BENCH_GATES = {"floors": {"mae": 40.0}, "max_regression": 0.5, "holdout_days": 4}
-PORTS = {"ours": 18431, "mlflow": 18432, "naive": 18433}
+PORTS = {"ours": 18431, "mlflow": 18432, "naive": 18433, "floor": 18434}
 
 
 # -- the platform home with a champion ---------------------------------------------------------------
@@ -355,6 +357,23 @@ def mlflow_server(home: Home, port: int, logs: Path) -> Server:
     return Server("mlflow", argv, env, f"http://127.0.0.1:{port}/ping", logs / "mlflow.log")
 
 
+def floor_server(home: Home, port: int, logs: Path, num_cpus: int = 2) -> Server:
+    env = {**os.environ, **home.env}
+    env.pop("RAY_ADDRESS", None)
+    argv = [
+        sys.executable,
+        "-m",
+        "mlops_assets.cli.bench.floor_app",
+        "--port",
+        str(port),
+        "--num-cpus",
+        str(num_cpus),
+        "--pipeline",
+        PIPELINE,
+    ]
+    return Server("floor", argv, env, f"http://127.0.0.1:{port}/v2/models/{PIPELINE}/infer", logs / "floor.log")
+
+
 def naive_server(home: Home, port: int, logs: Path) -> Server:
     env = {**os.environ, "NAIVE_MODEL_FILE": str(home.model_file)}
     argv = [
@@ -576,7 +595,7 @@ def bench(
     workdir: Path | None = None,
     duration_s: float = 5.0,
     warmup_s: float = 1.0,
-    sides: tuple[str, ...] = ("ours", "mlflow", "naive"),
+    sides: tuple[str, ...] = ("ours", "floor", "mlflow", "naive"),
     ours_env: dict[str, str] | None = None,
     num_cpus: int = 2,
     cases: tuple[str, ...] | None = None,
@@ -621,6 +640,13 @@ def bench(
                     "v2": f"http://127.0.0.1:{ports['ours']}/v2/models/{PIPELINE}/infer",
                 }
                 urls = {k: v for k, v in urls.items() if k in protocols}
+            elif side == "floor":
+                server = floor_server(home, ports["floor"], logs, num_cpus)
+                urls = {
+                    "v1": f"http://127.0.0.1:{ports['floor']}/v1/models/{PIPELINE}:predict",
+                    "v2": f"http://127.0.0.1:{ports['floor']}/v2/models/{PIPELINE}/infer",
+                }
+                urls = {k: v for k, v in urls.items() if k in protocols}
             elif side == "mlflow":
                 server = mlflow_server(home, ports["mlflow"], logs)
                 urls = {"features": f"http://127.0.0.1:{ports['mlflow']}/invocations"}
@@ -630,7 +656,7 @@ def bench(
             log(f"{side}: starting ({' '.join(Path(a).name if i == 0 else a for i, a in enumerate(server.argv))})")
             try:
                 startup = server.start(timeout_s=300)
-                for protocol, url in urls.items():
+                for protocol, url in urls.items() if side != "floor" else []:  # the floor answers a constant
                     diff = _check(f"{side} {protocol}", _predictions(_post(url, bodies[1000][protocol]), protocol), reqs.expected[:1000])
                     log(f"  {side} {protocol}: ready in {startup:.0f}s, 1,000 predictions match Booster.predict (max diff {diff:.1e})")
                 idle = session_cpu_s(server.proc.pid)
@@ -698,8 +724,8 @@ def ratios(result: dict) -> list[dict]:
             if ours is None:
                 continue
             line = {"case": case, "protocol": protocol}
-            for other in ("mlflow", "naive"):
-                theirs = _row(result, other, case)
+            for other in ("floor", "mlflow", "naive"):
+                theirs = _row(result, other, case, protocol if other == "floor" else None)
                 if theirs is not None and theirs["req_s"]:
                     line[f"ours/{other} throughput"] = ours["req_s"] / theirs["req_s"]
                     line[f"ours/{other} p50"] = ours["p50_ms"] / theirs["p50_ms"]
@@ -724,10 +750,24 @@ def targets(result: dict) -> list[dict]:
     if c16 and naive16:
         v = c16["req_s"] / naive16["req_s"]
         out.append({"target": "single-row c=16 throughput >= 1.0x naive app", "value": f"{v:.2f}x", "met": v >= 1.0})
-    c1 = best("single c=1")
-    if c1:
-        p50 = min(r["p50_ms"] for r in result["results"] if r["side"] == "ours" and r["case"] == "single c=1")
-        out.append({"target": "single-row p50 at c=1 <= 1 ms", "value": f"{p50:.2f} ms", "met": p50 <= 1.0})
+    for protocol in ("v1", "v2"):
+        ours1, floor1 = _row(result, "ours", "single c=1", protocol), _row(result, "floor", "single c=1", protocol)
+        if ours1:
+            p50 = ours1["p50_ms"]
+            out.append({"target": f"{protocol.upper()} single-row p50 at c=1 <= 1 ms", "value": f"{p50:.2f} ms", "met": p50 <= 1.0})
+        if ours1 and floor1:
+            over = ours1["p50_ms"] - floor1["p50_ms"]
+            out.append(
+                {
+                    "target": f"{protocol.upper()} single-row p50 at c=1 <= floor p50 + 0.3 ms",
+                    "value": f"{ours1['p50_ms']:.2f} vs {floor1['p50_ms']:.2f} ms (+{over:.2f})",
+                    "met": over <= 0.3,
+                }
+            )
+        ours16, floor16 = _row(result, "ours", "single c=16", protocol), _row(result, "floor", "single c=16", protocol)
+        if ours16 and floor16 and floor16["req_s"]:
+            v = ours16["req_s"] / floor16["req_s"]
+            out.append({"target": f"{protocol.upper()} single-row c=16 throughput >= 0.8x floor", "value": f"{v:.2f}x", "met": v >= 0.8})
     b10 = best("batch 10k")
     if b10:
         ceiling = result["in_process"]["ceiling_rows_s"]

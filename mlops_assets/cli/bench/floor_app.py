@@ -1,0 +1,81 @@
+"""The floor side of `mlops bench serving`: what Ray Serve itself costs a request, with none of our work in it.
+
+The same ingress as `mlops serve start` (HAProxy + direct ingress, a Ray of the same CPUs), the
+champion's replica group as the pipeline declares it (replicas, CPUs, max ongoing requests), the
+same request body read in full, and a constant answer: one application at the V2 infer route, one
+at the V1 predict route. Ours/floor is then the cost of the platform's own work around the model.
+
+Run as `python -m mlops_assets.cli.bench.floor_app --port P --num-cpus N`; SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import tempfile
+import threading
+
+V2_ANSWER = b'{"model_name":"flights","model_version":"0","id":"floor","outputs":[{"name":"predictions","shape":[1],"datatype":"FP64","data":[0.0]}]}'
+V1_ANSWER = b'{"predictions":[0.0],"model_name":"flights","model_version":"0","request_id":"floor","role":"champion"}'
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--pipeline", default="flights")
+    args = p.parse_args(argv)
+
+    from mlops_assets.cli.serve_commands import ingress_env
+
+    folder = tempfile.mkdtemp(prefix="mlops-floor-haproxy-")
+    os.environ.update(ingress_env("haproxy", folder))  # before Ray and Serve read their settings
+    try:
+        return _serve(args)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from mlops_assets.core.declaration import load_declarations
+    from serving import control
+    from serving.app import group_options
+
+    decl = next(d for d in load_declarations() if d.name == args.pipeline)
+
+    @serve.deployment
+    class Constant:
+        def __init__(self, answer: bytes):
+            self.answer = answer
+
+        async def __call__(self, request: Request) -> Response:
+            await request.body()
+            return Response(self.answer, media_type="application/json")
+
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace="serve-floor")
+    control.start("127.0.0.1", args.port)
+    options = group_options(decl.serving.cpu)
+    serve.run(Constant.options(name="floor_v2", **options).bind(V2_ANSWER), name="floor-v2", route_prefix=f"/v2/models/{decl.name}/infer")
+    serve.run(Constant.options(name="floor_v1", **options).bind(V1_ANSWER), name="floor-v1", route_prefix=f"/v1/models/{decl.name}:predict")
+    print("floor: serving", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+        return 0
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
