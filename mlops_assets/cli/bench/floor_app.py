@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlops_assets.cli.serve_commands import ingress_env
 
-    folder = tempfile.mkdtemp(prefix="mlops-floor-haproxy-")
+    folder = tempfile.mkdtemp(prefix="mlops-fl-")  # short: HAProxy caps its socket paths at 97 characters
     os.environ.update(ingress_env("haproxy", folder))  # before Ray and Serve read their settings
     try:
         return _serve(args)
