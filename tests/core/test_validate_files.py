@@ -16,7 +16,7 @@ from polars.testing import assert_frame_equal
 from mlops_assets.core.names import SOURCE_ROW
 from mlops_assets.core.records import conform
 from mlops_assets.core.validation import validate, validate_files
-from tests.core.test_validation_compiled import SCHEMA, _row
+from tests.support.validation import SCHEMA, _row
 
 
 def _file(rows: list[dict], name: str, **casts) -> object:

@@ -11,7 +11,6 @@ the same rows with the same reasons and keep the same clean rows.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 
 import pandera.polars as pa
 import polars as pl
@@ -21,42 +20,7 @@ from polars.testing import assert_frame_equal
 from mlops_assets.core.declaration import SchemaSpec
 from mlops_assets.core.records import conform
 from mlops_assets.core.validation import compile_schema, pandera_schema, validate
-
-SCHEMA = SchemaSpec.model_validate(
-    {
-        "unique": ["site", "n"],
-        "columns": {
-            "site": {"type": "str", "allowed": ["a", "b", "c"]},
-            "n": {"type": "int32", "min": 1, "max": 100},
-            "small": {"type": "int8", "nullable": True, "min": -5, "max": 5},
-            "x": {"type": "float64", "min": -1.5, "max": 2.5},
-            "y": {"type": "float64", "nullable": True, "min": 0, "max": 10},
-            "tag": {"type": "str", "nullable": True, "allowed": ["p", "q"]},
-            "code": {"type": "int16", "allowed": [1, 2, 3]},
-            "flag": {"type": "bool", "nullable": True},
-            "when": {"type": "datetime"},
-            "free": {"type": "str", "nullable": True},
-        },
-    }
-)
-T0 = datetime(2024, 3, 1, tzinfo=UTC)
-
-
-def _row(i: int, **over) -> dict:
-    row = {
-        "site": "abc"[i % 3],
-        "n": i // 3 + 1,
-        "small": i % 5,
-        "x": 0.5,
-        "y": 1.0,
-        "tag": "p",
-        "code": 1 + i % 3,
-        "flag": True,
-        "when": T0,
-        "free": f"r{i}",
-    }
-    row.update(over)
-    return row
+from tests.support.validation import SCHEMA, _row
 
 
 def _frame(rows: list[dict]) -> pl.DataFrame:
