@@ -270,7 +270,7 @@ def validate_files(
         return []
     misplaced = misplaced or [None] * len(files)
     frames = [f.frame if f.frame.get_column(SOURCE_ROW).is_sorted() else f.frame.sort(SOURCE_ROW) for f in files]
-    rules = _rules(frames[0].drop(SOURCE_ROW), schema, engine) if files else None
+    rules = _rules(frames[0].drop(SOURCE_ROW), schema, engine)
     if rules is None and len(files) > 1:
         return [validate_files([f], schema, engine, [m])[0] for f, m in zip(files, misplaced)]
     file_of_row = np.repeat(np.arange(len(frames), dtype=np.uint32), [f.height for f in frames])
