@@ -160,6 +160,14 @@ def _start(args: argparse.Namespace) -> int:
             flush=True,
         )
     print("Ctrl-C (or SIGTERM) stops serving.", flush=True)
+    return serve_until_stopped()
+
+
+def serve_until_stopped() -> int:
+    """Block until SIGINT or SIGTERM, then shut down Serve and the Ray this process started."""
+    import ray
+    from ray import serve
+
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -168,8 +176,6 @@ def _start(args: argparse.Namespace) -> int:
             pass
         return 0
     finally:
-        from ray import serve
-
         serve.shutdown()
         ray.shutdown()
 

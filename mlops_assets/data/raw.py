@@ -70,27 +70,20 @@ def _ingest_files(decl: PipelineDeclaration, landing: LandingZoneResource, parti
             frame = read_landed(landing.read_bytes(decl.name, file_name), uri, decl.landing.format)
             conformed.append(conform(frame, decl.table_schema, uri))
         except LandedFileError as err:
-            raise _unreadable(err, partition) from None
+            raise dg.Failure(
+                description=f"cannot ingest {err.file}: {err.problem}",
+                metadata={"file": err.file, "problem": err.problem, "partition": partition},
+                allow_retries=False,
+            ) from None
         landed.append((partition, uri, stat.signature))
     misplaced = misplaced_in_files(decl, [c.frame for c in conformed], partitions, SOURCE_ROW)
-    try:
-        results = validate_files(conformed, decl.table_schema, misplaced=misplaced)
-    except LandedFileError as err:
-        raise _unreadable(err, "") from None
+    results = validate_files(conformed, decl.table_schema, misplaced=misplaced)
     files = []
     for (partition, uri, signature), c, result in zip(landed, conformed, results):
         invalid = result.quarantine.get_column(SOURCE_ROW).implode()
         flagged = c.frame.with_columns(pl.col(SOURCE_ROW).is_in(invalid).not_().alias(VALID_ROW))
         files.append(IngestedFile(partition, uri, signature, c.frame.height, tuple(c.dropped_columns), flagged, result))
     return files
-
-
-def _unreadable(err: LandedFileError, partition: str) -> dg.Failure:
-    return dg.Failure(
-        description=f"cannot ingest {err.file}: {err.problem}",
-        metadata={"file": err.file, "problem": err.problem, "partition": partition},
-        allow_retries=False,
-    )
 
 
 PER_FILE_LOG_LINES = 10

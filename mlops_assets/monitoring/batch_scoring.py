@@ -44,13 +44,15 @@ class ScoringJob:
     version: int
     keep: tuple[str, ...]  # key columns, the target and the source row, ahead of the scores
 
-    def read(self, partition: str, storage_options: dict | None) -> pl.DataFrame:
-        return (
+    def read(self, partitions: list[str], storage_options: dict | None) -> dict[str, pl.DataFrame]:
+        """The days' feature rows at the pinned version, in one read, each day in source-row order."""
+        frame = (
             pl.scan_delta(self.table_uri, version=self.version, storage_options=storage_options)
-            .filter(pl.col(PARTITION_COLUMN).is_in([partition]))
+            .filter(pl.col(PARTITION_COLUMN).is_in(partitions))
             .collect()
-            .sort(SOURCE_ROW)
+            .sort(PARTITION_COLUMN, SOURCE_ROW)
         )
+        return {key: day for (key,), day in frame.partition_by(PARTITION_COLUMN, as_dict=True, maintain_order=True).items()}
 
 
 def score_day(booster, frame: pl.DataFrame, champ: Champion, job: ScoringJob) -> pl.DataFrame:
@@ -75,8 +77,8 @@ class MissingFeatures(LookupError):
 
 
 def score_locally(booster, champ: Champion, job: ScoringJob, partitions: list[str], delta: DeltaLakeResource) -> dict[str, pl.DataFrame]:
-    options = delta.resolved_storage_options()
-    return {p: score_day(booster, job.read(p, options), champ, job) for p in partitions}
+    days = job.read(partitions, delta.resolved_storage_options())
+    return {p: score_day(booster, days[p], champ, job) for p in partitions}
 
 
 class _DayScorer:
@@ -89,10 +91,10 @@ class _DayScorer:
         self.champ, self.job, self.options = champ, job, storage_options
 
     def __call__(self, batch: dict) -> "object":
-        frames = []
-        for partition in batch[PARTITION_COLUMN].tolist():
-            frame = score_day(self.booster, self.job.read(partition, self.options.value), self.champ, self.job)
-            frames.append(frame.with_columns(pl.lit(partition).alias(PARTITION_COLUMN)))
+        days = self.job.read(batch[PARTITION_COLUMN].tolist(), self.options.value)
+        frames = [
+            score_day(self.booster, day, self.champ, self.job).with_columns(pl.lit(p).alias(PARTITION_COLUMN)) for p, day in days.items()
+        ]
         return pl.concat(frames).to_arrow(compat_level=pl.CompatLevel.oldest())
 
 

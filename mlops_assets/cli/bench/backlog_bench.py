@@ -26,7 +26,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-from mlops_assets.cli.bench.lead_time_bench import _runs_since, _served_version, _wait
+from mlops_assets.cli.bench.lead_time_bench import _runs_since, _served_version, _wait, work_seconds
 
 UNFINISHED = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
 
@@ -159,18 +159,6 @@ class LocalPlatform:
             else:
                 os.environ[k] = v
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def work_seconds(runs, since: float, until: float) -> float:
-    spans = sorted((max(s, since), min(e, until)) for r in runs for _, s, e in r.steps if e > since and s < until)
-    total, cur = 0.0, None
-    for s, e in spans:
-        if cur is None or s > cur[1]:
-            total += 0 if cur is None else cur[1] - cur[0]
-            cur = [s, e]
-        else:
-            cur[1] = max(cur[1], e)
-    return total + (0 if cur is None else cur[1] - cur[0])
 
 
 def year_case(port: int = 3021, serve_port: int = 8021, timeout: float = 600.0) -> dict:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import tempfile
-import threading
 
 V2_ANSWER = b'{"model_name":"flights","model_version":"0","id":"floor","outputs":[{"name":"predictions","shape":[1],"datatype":"FP64","data":[0.0]}]}'
 V1_ANSWER = b'{"predictions":[0.0],"model_name":"flights","model_version":"0","request_id":"floor","role":"champion"}'
@@ -44,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     from starlette.requests import Request
     from starlette.responses import Response
 
+    from mlops_assets.cli.serve_commands import serve_until_stopped
     from mlops_assets.core.declaration import load_declarations
     from serving import control
     from serving.app import group_options
@@ -65,16 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
     serve.run(Constant.options(name="floor_v2", **options).bind(V2_ANSWER), name="floor-v2", route_prefix=f"/v2/models/{decl.name}/infer")
     serve.run(Constant.options(name="floor_v1", **options).bind(V1_ANSWER), name="floor-v1", route_prefix=f"/v1/models/{decl.name}:predict")
     print("floor: serving", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            pass
-        return 0
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    return serve_until_stopped()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,19 @@ class RunSpan:
     steps: list[tuple[str, float, float]] = field(default_factory=list)  # (step key, start, end)
 
 
+def work_seconds(runs: list[RunSpan], since: float, until: float) -> float:
+    """Union of the runs' step execution intervals inside [since, until]: time something was computing."""
+    spans = sorted((max(s, since), min(e, until)) for run in runs for _, s, e in run.steps if e > since and s < until)
+    total, current = 0.0, None
+    for s, e in spans:
+        if current is None or s > current[1]:
+            total += 0.0 if current is None else current[1] - current[0]
+            current = [s, e]
+        else:
+            current[1] = max(current[1], e)
+    return total + (0.0 if current is None else current[1] - current[0])
+
+
 @dataclass
 class LeadTime:
     landed_day: str
@@ -58,24 +71,7 @@ class LeadTime:
         return self.served_at - self.landed_at
 
     def work_seconds(self) -> float:
-        """Union of step execution intervals inside [landed, served]: time something was computing."""
-        spans = sorted(
-            (max(s, self.landed_at), min(e, self.served_at))
-            for run in self.runs
-            for _, s, e in run.steps
-            if e > self.landed_at and s < self.served_at
-        )
-        total, cur_start, cur_end = 0.0, None, None
-        for s, e in spans:
-            if cur_end is None or s > cur_end:
-                if cur_end is not None:
-                    total += cur_end - cur_start
-                cur_start, cur_end = s, e
-            else:
-                cur_end = max(cur_end, e)
-        if cur_end is not None:
-            total += cur_end - cur_start
-        return total
+        return work_seconds(self.runs, self.landed_at, self.served_at)
 
     def to_dict(self) -> dict:
         return {
