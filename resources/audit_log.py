@@ -20,9 +20,12 @@ import polars as pl
 from mlops_assets.core.names import AUDIT_TABLE
 from resources.delta_lake import DeltaLakeResource
 
-ACTIONS = ("promote", "reject", "await_approval", "approve", "rollback", "alias_removed", "erase", "traffic")
+# a progressive rollout (promotion.rollout) writes rollout_start, a rollout_step per later step, then
+# rollout_complete (with the champion's promote) or rollout_rollback (a guard) or rollout_abort (superseded)
+ROLLOUT_ACTIONS = ("rollout_start", "rollout_step", "rollout_complete", "rollout_rollback", "rollout_abort")
+ACTIONS = ("promote", "reject", "await_approval", "approve", "rollback", "alias_removed", "erase", "traffic", *ROLLOUT_ACTIONS)
 # the platform's own record that a version passed its gates (tags on the version can be edited by anyone)
-PASSED_GATES = ("promote", "await_approval", "approve")
+PASSED_GATES = ("promote", "await_approval", "approve", "rollout_start")
 SCHEMA = {
     "event_id": pl.String,
     "at": pl.Datetime("us", "UTC"),

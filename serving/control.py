@@ -23,7 +23,7 @@ from ray.serve.schema import ServeDeploySchema
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.home import MlopsHome
 from mlops_assets.core.names import CHALLENGER, CHAMPION
-from resources import audit_log
+from resources import audit_log, rollouts
 from resources.registered_models import resolve_alias
 from resources.serving import ServeSettings
 from serving.config import (
@@ -136,15 +136,16 @@ def deploy_pipeline(
     champion: int | None,
     challenger: int | None,
     gateway_replicas: int = 2,
+    traffic: dict | None = None,
 ) -> dict:
-    """Point the pipeline's application at these versions, keeping its traffic settings.
+    """Point the pipeline's application at these versions, keeping its traffic settings (`traffic` overrides them).
 
     Only `user_config` changes for a running app (a rolling reconfigure); its builder args stay
     as they are unless the settings differ, since Serve restarts every replica when args change.
     """
     with _lock:
         apps = current_apps()
-        traffic = _traffic(apps.get(decl.name))
+        traffic = {**_traffic(apps.get(decl.name)), **(traffic or {})}
         apps[decl.name] = pipeline_app(decl, settings, champion, challenger, traffic, gpu_group_enabled(decl))
         if GATEWAY_APP not in apps:
             apps[GATEWAY_APP] = gateway_app(settings, gateway_replicas)
@@ -202,6 +203,11 @@ def set_traffic(
                     f"{pipeline} v{challenger} has no record of passing its gates in the audit log: "
                     "canary and shadow traffic only go to a gated challenger"
                 )
+        if (rollout := rollouts.current(events)) is not None:
+            raise RolloutInProgress(
+                f"{pipeline}: the rollout of {rollout.describe()} sets the canary share; it ends by itself "
+                "(complete or rolled back by its guards)"
+            )
         audit_log.record(
             delta,
             pipeline,
@@ -214,11 +220,42 @@ def set_traffic(
                 metrics={"before": before, "after": traffic},
             ),
         )
-        for d in app["deployments"]:
-            if d["name"] == CHAMPION_DEPLOYMENT:
-                d["user_config"] = {**(d.get("user_config") or {}), **traffic}
+        _set_champion_config(app, traffic)
         apply(apps)
         return traffic
+
+
+class RolloutInProgress(ValueError):
+    """A manual traffic change while a progressive rollout owns the canary share."""
+
+
+def _set_champion_config(app: dict, traffic: dict) -> None:
+    for d in app["deployments"]:
+        if d["name"] == CHAMPION_DEPLOYMENT:
+            d["user_config"] = {**(d.get("user_config") or {}), **traffic}
+
+
+def apply_rollout_share(pipeline: str, share: float) -> dict:
+    """The canary share a rollout step recorded in the audit log (the caller wrote that row first)."""
+    with _lock:
+        apps = current_apps()
+        if pipeline not in apps:
+            raise LookupError(f"pipeline '{pipeline}' is not deployed")
+        traffic = {**_traffic(apps[pipeline]), "canary_share": float(share)}
+        _set_champion_config(apps[pipeline], traffic)
+        apply(apps)
+        return traffic
+
+
+def rollout_traffic(pipeline: str, settings: ServeSettings, challenger: int | None) -> dict | None:
+    """The traffic the audit log says serving must have for these versions, where it says anything:
+    the share of a rollout in progress for this challenger, or no canary without a challenger."""
+    rollout = rollouts.current(audit_log.history(settings.delta(), pipeline))
+    if rollout is not None and rollout.version == challenger:
+        return {"canary_share": rollout.share}
+    if challenger is None:
+        return {"canary_share": 0.0, "shadow": False}
+    return None
 
 
 def traffic_of(pipeline: str) -> dict:
@@ -240,7 +277,9 @@ def follow_aliases(decl: PipelineDeclaration, settings: ServeSettings, **kwargs)
         for version in versions.values():
             if version is not None:
                 load_version(uri, decl.name, version, cache_dir=scratch)
-    deploy_pipeline(decl, settings, versions[CHAMPION], versions[CHALLENGER], **kwargs)
+    # a rollout's share comes from the audit log, so a restarted Serve resumes the step it was at
+    traffic = rollout_traffic(decl.name, settings, versions[CHALLENGER])
+    deploy_pipeline(decl, settings, versions[CHAMPION], versions[CHALLENGER], traffic=traffic, **kwargs)
     return versions
 
 

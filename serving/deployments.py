@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
@@ -184,6 +185,7 @@ class ModelServer:
             features = self.module.build(frame, loaded.reference)
             result = loaded.model.predict(features)
         except Exception as err:
+            self._log_failures(loaded, [items[i] for i in take], err)
             for i in take:
                 answers[i] = err
             return answers
@@ -208,7 +210,30 @@ class ModelServer:
         try:
             return self.predict(*item)
         except Exception as err:
+            self._log_failures(loaded, [item], err)
             return err
+
+    def _log_failures(self, loaded: Loaded, items: list[tuple], err: Exception) -> None:
+        """A failed answer is logged too (one row per request, `error` set, unserved), so a rollout's error-rate
+        guard sees it; a client's own mistake (RequestError) is not the model's failure and is left out."""
+        if isinstance(err, (RequestError, VersionNotHere, NotReady)):
+            return
+        now = time.time()
+        self.logger.log(
+            pl.DataFrame(
+                {
+                    "request_id": [it[1] for it in items],
+                    "logged_at": [datetime.fromtimestamp(now, UTC)] * len(items),
+                    "pipeline": [self.decl.name] * len(items),
+                    "model_version": [loaded.model.version] * len(items),
+                    "role": [it[3] for it in items],
+                    "served": [False] * len(items),
+                    "latency_ms": [(now - it[2]) * 1000.0 for it in items],
+                    "error": [f"{type(err).__name__}: {err}"[:300]] * len(items),
+                },
+                schema_overrides={"logged_at": pl.Datetime("us", "UTC"), "model_version": pl.Int64},
+            )
+        )
 
     def _log_frame(self, loaded: Loaded, features: pl.DataFrame, result: dict, items: list[tuple], sizes: list[int]) -> pl.DataFrame:
         """One prediction-log frame for a batch: `log_rows`, then each request's own id, role, flags and latency."""
@@ -277,6 +302,14 @@ class ModelServer:
                 result = await self.challenger.infer.remote(frame, request_id, received_at, "canary", True)
             except NotReady:
                 role = CHAMPION  # no challenger registered: the champion answers
+            except RequestError:
+                raise  # the client's mistake: the champion would refuse it the same way
+            except (
+                Exception
+            ) as err:  # a failing canary costs its requests nothing: logged (the rollout guard reads it), then the champion answers
+                role = CHAMPION
+                self.counts["canary_failed"] += 1
+                log.warning("canary answer to %s failed, the champion answers: %s", request_id, err)
         if result is None:
             result = await self._champion(frame, request_id, received_at, CHAMPION, True)
         if self.shadow and role == CHAMPION and self.challenger is not None:

@@ -316,7 +316,7 @@ class Gateway:
             applied = await asyncio.to_thread(
                 control.set_traffic, name, body.canary_share, body.shadow, settings=self.settings, actor=body.by, reason=body.reason
             )
-        except control.NotGated as err:
+        except (control.NotGated, control.RolloutInProgress) as err:
             return error(409, str(err))
         return {"model_name": name, "traffic": applied}
 

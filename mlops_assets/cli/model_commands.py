@@ -65,14 +65,32 @@ def status(args: argparse.Namespace) -> int:
             print(f"    hold-out:   {_fmt_metrics(d['holdout_metrics'])}")
             print(f"    data:       partitions {d['partitions']} (hold-out from {d['holdout_from']}), {d['features']}")
             print(f"    lineage:    git {d['git_commit']}, dagster run {d['dagster_run_id']}, {d['feature_columns']} features")
+        _print_rollout(decl)
     return 0
+
+
+def _print_rollout(decl) -> None:
+    """The rollout in progress, with the guard values read from the live traffic so far."""
+    from resources import audit_log, rollouts
+
+    delta = delta_lake()
+    state = rollouts.current(audit_log.history(delta, decl.name))
+    if state is None or decl.promotion.rollout is None:
+        return
+    signals = rollouts.read_signals(delta, state, decl.promotion.rollout.guards)
+    print(f"  rollout: {state.describe()}, beside champion v{state.from_version}")
+    print(f"    requests:   new {signals.canary_requests}, champion {signals.champion_requests} this step")
+    for reading in signals.readings:
+        print(f"    guard:      {reading.describe()}")
 
 
 def approve(args: argparse.Namespace) -> int:
     from mlops_assets.models.promotion import approve as approve_version
 
     decl = pipeline_by_name(args.pipeline)
-    decision = approve_version(decl.name, delta_lake(), mlflow_registry(), version_number(args.version), args.by, args.reason)
+    decision = approve_version(
+        decl.name, delta_lake(), mlflow_registry(), version_number(args.version), args.by, args.reason, rollout=decl.promotion.rollout
+    )
     print(f"{decl.name}: {decision.message}")
     return 0
 

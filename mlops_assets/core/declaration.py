@@ -222,8 +222,46 @@ class GatesSpec(_Strict):
         return value
 
 
+class RolloutGuardsSpec(_Strict):
+    """What rolls a rollout back: the new version against the current champion on the same live traffic."""
+
+    max_error_rate_increase: float = Field(
+        0.01, ge=0.0, le=1.0, description="Share of the new version's requests that failed, above the champion's share."
+    )
+    max_p99_latency_ratio: float = Field(2.0, ge=1.0, description="The new version's p99 latency over the champion's.")
+    max_prediction_shift: float = Field(
+        0.2, gt=0.0, le=1.0, description="Kolmogorov-Smirnov distance between the two versions' predictions."
+    )
+    # two samples of 200 from one distribution exceed a KS distance of 0.2 with probability under 0.1%
+    min_rows: int = Field(200, ge=1, description="Answers per side before latency and prediction shift are judged.")
+
+
+class RolloutSpec(_Strict):
+    """A progressive rollout: the new version earns its traffic share step by step."""
+
+    steps: list[float] = Field(min_length=1, description="Canary shares, increasing, ending at 1.0.")
+    bake_minutes: float = Field(10.0, ge=0.0, description="Time each step lasts before the next.")
+    min_requests: int = Field(200, ge=0, description="Requests the new version must answer in a step before the next.")
+    check_seconds: int = Field(15, ge=1, description="How often the rollout sensor reads the live signals.")
+    guards: RolloutGuardsSpec = RolloutGuardsSpec()
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_to_one(cls, steps: list[float]) -> list[float]:
+        if any(not 0.0 < s <= 1.0 for s in steps):
+            raise ValueError(f"every step is a share in (0, 1], got {steps}")
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"steps must increase, got {steps}")
+        if steps[-1] != 1.0:
+            raise ValueError(f"the last step must be 1.0 (all traffic), got {steps[-1]}")
+        return steps
+
+
 class PromotionSpec(_Strict):
     policy: Literal["auto", "manual"] = "auto"
+    rollout: RolloutSpec | None = Field(
+        None, description="Progressive rollout after the gates (and approval); none: the alias moves at once."
+    )
 
 
 class DriftSpec(_Strict):

@@ -56,6 +56,10 @@ FILE_TAG = "mlops/landed_file"
 LANDED_SIGNATURE = "mlops/landed_signature"
 CHAMPION_VERSION_TAG = "mlops/champion_version"
 CHALLENGER_VERSION_TAG = "mlops/challenger_version"
+ROLLOUT_VERSION_TAG = "mlops/rollout_version"  # a rollout run: the version and step the rollout sensor judged
+ROLLOUT_STEP_TAG = "mlops/rollout_step"
+ROLLOUT_ACTION_TAG = "mlops/rollout_action"
+ROLLOUT_GUARD_TAG = "mlops/rollout_guard"  # the version tag naming the guard that rolled it back
 # the run queue allows one run per pipeline and tag (deploy/local, deploy/helm, `mlops demo`)
 INGEST_TAG = "mlops/ingest"
 TRAINING_TAG = "mlops/training"
@@ -67,7 +71,7 @@ PRIORITY_TAG = "dagster/priority"
 # a run over a range of partitions (Dagster's single-run backfill tags)
 ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
-PRIORITY = {"deploy": "20", "train": "10", "ingest": "0", "monitor": "-10"}
+PRIORITY = {"rollout": "30", "deploy": "20", "train": "10", "ingest": "0", "monitor": "-10"}
 
 
 # --- asset keys ----------------------------------------------------------------------------------
@@ -131,6 +135,10 @@ def model_card_key(decl: PipelineDeclaration) -> dg.AssetKey:
     return _key(decl, "model_card")
 
 
+def rollout_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, "rollout")
+
+
 def model_versions_partitions(decl: PipelineDeclaration) -> str:
     """The dynamic partitions of a pipeline's per-version assets: one per registered version."""
     return f"{decl.name}_model_versions"
@@ -169,6 +177,10 @@ def deploy_job_name(decl: PipelineDeclaration) -> str:
     return f"{decl.name}_deploy"
 
 
+def rollout_job_name(decl: PipelineDeclaration) -> str:
+    return f"{decl.name}_rollout"
+
+
 def erase_job_name(decl: PipelineDeclaration) -> str:
     return f"{decl.name}_erase"
 
@@ -183,7 +195,7 @@ def step_name(decl: PipelineDeclaration, step: str) -> str:
 
 
 # --- sensors and schedules ---------------------------------------------------------------------------
-SENSORS = ("landing", "new_data", "drift", "monitor", "serving_drift", "delivery", "champion", "model_card")
+SENSORS = ("landing", "new_data", "drift", "monitor", "serving_drift", "delivery", "champion", "rollout", "model_card")
 
 
 def sensor_name(decl: PipelineDeclaration, kind: str) -> str:

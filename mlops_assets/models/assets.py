@@ -249,7 +249,14 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
     def approve_op(context: dg.OpExecutionContext, config: ApprovalConfig, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         try:
             decision = promotion.approve(
-                decl.name, delta, mlflow, config.version, config.approver, config.reason, dagster_run_id=context.run.run_id
+                decl.name,
+                delta,
+                mlflow,
+                config.version,
+                config.approver,
+                config.reason,
+                dagster_run_id=context.run.run_id,
+                rollout=decl.promotion.rollout,
             )
         except (ValueError, LookupError) as err:
             raise dg.Failure(str(err), allow_retries=False) from None
@@ -260,7 +267,7 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
                 description=decision.message,
                 metadata={
                     "policy": decl.promotion.policy,
-                    "action": "approve",
+                    "action": decision.action,
                     "model_version": str(decision.version),
                     "from_version": str(decision.from_version) if decision.from_version else "none",
                     "approver": config.approver,

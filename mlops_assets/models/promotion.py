@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.declaration import PipelineDeclaration, RolloutSpec
 from mlops_assets.core.names import CHALLENGER, CHAMPION, GATES_ARTIFACT, GATES_CHAMPION_TAG, GATES_TAG, STATUS_TAG
 from mlops_assets.models.gates import Evaluation
-from resources.audit_log import AuditEvent, champion_history, history, record
+from resources.audit_log import AuditEvent, champion_history, history, passed_gates, record
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.registered_models import alias_version, get_version, metrics_of
+from resources.rollouts import current as current_rollout
+from resources.rollouts import step_metrics
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,11 @@ def promote_after_gates(
             )
             client.set_model_version_tag(name, mv.version, STATUS_TAG, "stale")
             raise StaleGates(f"model {name} v{mv.version} not promoted: {why}")
+        rollout = decl.promotion.rollout
+        if alias == CHAMPION and rollout is not None and current is not None:
+            return start_rollout(
+                delta, client, name, rollout, mv, int(current.version), actor, "gates passed; policy auto" + trigger, dagster_run_id
+            )
         if alias == CHAMPION:
             action, why, status = "promote", "gates passed; policy auto", "promoted"
         else:
@@ -172,6 +179,63 @@ def promote_after_gates(
     )
 
 
+def start_rollout(
+    delta: DeltaLakeResource,
+    client,
+    pipeline: str,
+    rollout: RolloutSpec,
+    mv,
+    champion: int,
+    actor: str,
+    reason: str,
+    dagster_run_id: str = "",
+) -> Decision:
+    """The version becomes the `challenger` at the rollout's first share; the rollout sensor takes it from there.
+    A rollout still in progress for another version is aborted (superseded), in the same audit commit."""
+    ongoing = current_rollout(history(delta, pipeline))
+    if ongoing is not None and ongoing.version == int(mv.version):
+        return Decision("none", ongoing.version, champion, f"v{mv.version} is already rolling out: {ongoing.describe()}")
+    events = []
+    if ongoing is not None:
+        events.append(
+            AuditEvent(
+                "rollout_abort",
+                ongoing.version,
+                actor=actor,
+                reason=f"superseded by v{mv.version}",
+                alias=CHALLENGER,
+                from_version=ongoing.from_version,
+                dagster_run_id=dagster_run_id,
+            )
+        )
+    metrics = {"validation": metrics_of(mv), "holdout": metrics_of(mv, "holdout.")}
+    events.append(
+        AuditEvent(
+            "rollout_start",
+            int(mv.version),
+            actor=actor,
+            reason=reason,
+            alias=CHALLENGER,
+            from_version=champion,
+            metrics=step_metrics(0, rollout.steps, **metrics),
+            dagster_run_id=dagster_run_id,
+            mlflow_run_id=mv.run_id or "",
+        )
+    )
+    record(delta, pipeline, *events)  # before the alias moves: no move without its history
+    client.set_registered_model_alias(pipeline, CHALLENGER, mv.version)
+    client.set_model_version_tag(pipeline, mv.version, STATUS_TAG, "rolling_out")
+    if ongoing is not None:
+        client.set_model_version_tag(pipeline, str(ongoing.version), STATUS_TAG, "superseded")
+    return Decision(
+        "rollout_start",
+        int(mv.version),
+        champion,
+        f"challenger -> v{mv.version}, rolling out beside champion v{champion}: {rollout.steps[0]:.0%} of traffic first "
+        f"(steps {', '.join(f'{s:.0%}' for s in rollout.steps)})",
+    )
+
+
 def approve(
     pipeline: str,
     delta: DeltaLakeResource,
@@ -180,8 +244,10 @@ def approve(
     by: str,
     reason: str,
     dagster_run_id: str = "",
+    rollout: RolloutSpec | None = None,
 ) -> Decision:
-    """A person's approval: `champion` moves to a version that passed the gates."""
+    """A person's approval: `champion` moves to a version that passed the gates (by the audit log, not an
+    editable tag); with a declared rollout, the version starts rolling out instead."""
     if not by.strip():
         raise ValueError("an approval needs the approver's name (--by)")
     if not reason.strip():
@@ -189,9 +255,16 @@ def approve(
     with registry.writing() as client:
         mv = get_version(client, pipeline, version)
         _require_passed(mv, "approved")
+        if not passed_gates(history(delta, pipeline), int(mv.version)):
+            raise ValueError(
+                f"model {pipeline} v{mv.version} has no record of passing its gates in the audit log "
+                "(its gate tag alone can be edited by anyone); run its gates first"
+            )
         current = alias_version(client, pipeline, CHAMPION)
         if current is not None and current.version == mv.version:
             raise ValueError(f"model {pipeline} v{mv.version} already is the champion")
+        if rollout is not None and current is not None:
+            return start_rollout(delta, client, pipeline, rollout, mv, int(current.version), by, f"approved: {reason}", dagster_run_id)
         challenger = alias_version(client, pipeline, CHALLENGER)
         from_version = _int(current.version if current else None)
         metrics = {"validation": metrics_of(mv), "holdout": metrics_of(mv, "holdout.")}

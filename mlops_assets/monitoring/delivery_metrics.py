@@ -9,6 +9,7 @@ snapshot to ``<pipeline>/delivery_metrics`` (the history); the numbers are
 also metadata, which Dagster plots across materializations.
 """
 
+import json
 from datetime import UTC, datetime, timedelta
 from statistics import median
 
@@ -39,6 +40,10 @@ SNAPSHOT_SCHEMA = {
     "change_failure_rate": pl.Float64,
     "restores": pl.Int64,
     "time_to_restore_median_s": pl.Float64,
+    "rollouts_started": pl.Int64,
+    "rollouts_completed": pl.Int64,
+    "rollouts_rolled_back": pl.Int64,
+    "rollback_time_to_restore_median_s": pl.Float64,
 }
 
 
@@ -113,8 +118,13 @@ def compute(
                 }
             )
     events = audit_log.history(delta, decl.name)
-    decisions = events.filter(pl.col("action").is_in(["promote", "approve", "reject", "rollback"]))
-    failures = events.filter(pl.col("action").is_in(["reject", "rollback"]))
+    # a rollout rolled back by its guards is a failed change; its time to restore runs from the
+    # rollout's start (the new version got traffic) to the traffic taken back
+    decisions = events.filter(pl.col("action").is_in(["promote", "approve", "reject", "rollback", "rollout_rollback"]))
+    failures = events.filter(pl.col("action").is_in(["reject", "rollback", "rollout_rollback"]))
+    rolled_back = events.filter(pl.col("action") == "rollout_rollback")
+    rollout_restores = [json.loads(m).get("exposed_s") for m in rolled_back["metrics"]]
+    rollout_restores = [r for r in rollout_restores if r is not None]
     restores = []
     for asked in drift_requests(instance, train_job):
         before = [v for t, v in served if t <= asked]
@@ -135,6 +145,10 @@ def compute(
         "change_failure_rate": failures.height / decisions.height if decisions.height else None,
         "restores": len(restores),
         "time_to_restore_median_s": median(restores) if restores else None,
+        "rollouts_started": events.filter(pl.col("action") == "rollout_start").height,
+        "rollouts_completed": events.filter(pl.col("action") == "rollout_complete").height,
+        "rollouts_rolled_back": rolled_back.height,
+        "rollback_time_to_restore_median_s": median(rollout_restores) if rollout_restores else None,
     }
     return snapshot, pl.DataFrame(leads) if leads else pl.DataFrame()
 
@@ -151,7 +165,8 @@ def build_delivery_metrics_asset(
     )
     def delivery_metrics(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         snapshot, leads = compute(decl, context.instance, delta, mlflow, deployment_key, train_job, datetime.now(UTC))
-        history_version = delta.append(decl.name, DELIVERY_METRICS, snapshot_frame(snapshot), context.run.run_id)
+        # merge_schema: snapshots written before a column was added keep their rows
+        history_version = delta.append(decl.name, DELIVERY_METRICS, snapshot_frame(snapshot), context.run.run_id, merge_schema=True)
         history = delta.scan(decl.name, DELIVERY_METRICS).sort("computed_at").collect()  # type: ignore[union-attr]
         metadata = {k: (float(v) if isinstance(v, (int, float)) else "n/a") for k, v in snapshot.items() if k != "computed_at"}
         metadata.update(
