@@ -40,7 +40,8 @@ def rollout_decl(reg):
         min_requests=40,
         check_seconds=1,
         # latency on a busy 2-core test machine is noise; the guard itself is covered in tests/resources
-        guards=RolloutGuardsSpec(min_rows=100, max_prediction_shift=0.3, max_p99_latency_ratio=50.0),
+        # two samples of 40 from one distribution exceed a KS distance of 0.45 with probability under 0.1%
+        guards=RolloutGuardsSpec(min_rows=40, max_prediction_shift=0.45, max_p99_latency_ratio=50.0),
     )
     return reg.decl.model_copy(update={"promotion": PromotionSpec(policy="auto", rollout=spec)})
 
