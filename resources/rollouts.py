@@ -145,8 +145,15 @@ def read_signals(delta: DeltaLakeResource, rollout: Rollout, guards: RolloutGuar
     requests = {role: frame.height for role, frame in sides.items()}
     error_rate = {role: (frame["failed"].sum() / frame.height if frame.height else None) for role, frame in sides.items()}
     readings = []
-    if error_rate[CANARY] is None:
-        readings.append(GuardReading("error_rate_increase", None, guards.max_error_rate_increase, "no answers of the new version yet"))
+    if requests[CANARY] < guards.min_error_requests:  # one failed request of the first few is not a rate
+        readings.append(
+            GuardReading(
+                "error_rate_increase",
+                None,
+                guards.max_error_rate_increase,
+                f"needs {guards.min_error_requests} requests of the new version ({requests[CANARY]})",
+            )
+        )
     else:
         increase = error_rate[CANARY] - (error_rate[CHAMPION] or 0.0)
         readings.append(

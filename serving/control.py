@@ -9,6 +9,7 @@ running replicas one at a time (rolling) instead of restarting them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -38,6 +39,7 @@ from serving.gpu import gpu_group_enabled
 from serving.loaded_model import load_version
 
 _lock = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 def published_address_file() -> Path:
@@ -268,10 +270,16 @@ def aliases(decl: PipelineDeclaration, settings: ServeSettings) -> dict[str, int
 
 
 def follow_aliases(decl: PipelineDeclaration, settings: ServeSettings, **kwargs) -> dict[str, int | None]:
-    """Deploy what the aliases name now; each version is loaded here first, so a broken one never reaches replicas."""
+    """Deploy what the aliases name now; each version is loaded here first, so a broken one never reaches replicas.
+    A `challenger` with no record of passing its gates in the audit log (an alias set by hand in MLflow) is
+    not served at all: no canary, shadow or pinned request can reach it."""
     versions = aliases(decl, settings)
     if versions[CHAMPION] is None:
         raise LookupError(f"model {decl.name} has no '{CHAMPION}' alias yet: nothing to serve")
+    challenger = versions[CHALLENGER]
+    if challenger is not None and not audit_log.passed_gates(audit_log.history(settings.delta(), decl.name), challenger):
+        log.warning("%s: challenger v%s has no record of passing its gates in the audit log: not served", decl.name, challenger)
+        versions[CHALLENGER] = None
     uri = settings.resolved_tracking_uri()
     with tempfile.TemporaryDirectory(prefix=f"mlops-check-{decl.name}-") as scratch:  # the check load leaves nothing behind
         for version in versions.values():

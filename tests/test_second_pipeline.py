@@ -22,6 +22,9 @@ def test_second_declaration_needs_no_platform_code(monkeypatch):
         assert defs.resolve_job_def(f"{name}_ingest")
         assert defs.resolve_sensor_def(f"{name}_landing_sensor")
     assert "telemetry/reference" not in keys, "no reference tables declared, no reference asset"
+    # a declared rollout brings its asset, job and sensor; a pipeline without one has none
+    assert "telemetry/rollout" in keys and "flights/rollout" not in keys
+    assert defs.resolve_job_def("telemetry_rollout") and defs.resolve_sensor_def("telemetry_rollout_sensor")
     checks = {k.name + "@" + k.asset_key.to_user_string() for k in graph.asset_check_keys}
     assert {"validation@flights/raw", "validation@telemetry/raw"} <= checks
     monkeypatch.delenv("MLOPS_PIPELINES")

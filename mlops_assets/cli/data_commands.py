@@ -14,11 +14,12 @@ from pathlib import Path
 
 from mlops_assets.core.declaration import PipelineDeclaration, load_declarations
 from mlops_assets.core.home import MlopsHome
-from mlops_assets.core.names import QUEUE_TAGS
+from mlops_assets.core.names import BACKLOG_TAG, QUEUE_TAGS
 from resources.landing_zone import LandingZoneResource
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DAGSTER_YAML = """\
+DAGSTER_YAML = (
+    """\
 # Written by `mlops demo`: embedded defaults (SQLite storage under this folder).
 telemetry:
   enabled: false
@@ -28,9 +29,13 @@ run_coordinator:
   config:
     max_concurrent_runs: 3
     # one run per pipeline and tag at a time: ingestion (days featurized in landing order),
-    # training, rollout
+    # training, rollout; ingestion and monitoring hold at most 2 of the 3 slots, so training
+    # and rollouts never wait for a backlog run to finish
     tag_concurrency_limits:
-""" + "".join(f'      - key: "{tag}"\n        value: {{applyLimitPerUniqueValue: true}}\n        limit: 1\n' for tag in QUEUE_TAGS)
+"""
+    + "".join(f'      - key: "{tag}"\n        value: {{applyLimitPerUniqueValue: true}}\n        limit: 1\n' for tag in QUEUE_TAGS)
+    + f'      - key: "{BACKLOG_TAG}"\n        value: "true"\n        limit: 2\n'
+)
 
 
 def pipeline_by_name(name: str) -> PipelineDeclaration:

@@ -228,6 +228,7 @@ class RolloutGuardsSpec(_Strict):
     max_error_rate_increase: float = Field(
         0.01, ge=0.0, le=1.0, description="Share of the new version's requests that failed, above the champion's share."
     )
+    min_error_requests: int = Field(20, ge=1, description="Requests of the new version before its error rate is judged.")
     max_p99_latency_ratio: float = Field(2.0, ge=1.0, description="The new version's p99 latency over the champion's.")
     max_prediction_shift: float = Field(
         0.2, gt=0.0, le=1.0, description="Kolmogorov-Smirnov distance between the two versions' predictions."

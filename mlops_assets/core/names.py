@@ -13,6 +13,7 @@ RAW = "raw"
 QUARANTINE = "quarantine"
 FEATURES = "features"
 AUDIT_TABLE = "audit_log"
+PROMOTION_LOCK = "promotion_lock"  # the lease one promotion decision per pipeline holds (resources/promotion_lock.py)
 PROFILES = "reference_profiles"
 DRIFT_METRICS = "drift_metrics"
 BATCH_SCORES = "batch_scores"
@@ -65,6 +66,10 @@ INGEST_TAG = "mlops/ingest"
 TRAINING_TAG = "mlops/training"
 DEPLOY_TAG = "mlops/deploy"
 QUEUE_TAGS = (INGEST_TAG, TRAINING_TAG, DEPLOY_TAG)
+# ingestion and monitoring runs (the backlog) may hold every run slot but one: training and
+# rollouts always find one free instead of waiting for a backlog run to finish
+BACKLOG_TAG = "mlops/backlog"
+BACKLOG = {BACKLOG_TAG: "true"}
 # Dagster's queue starts higher priorities first: a rollout, then training, go ahead of a backlog of
 # ingestion and monitoring runs (what freshness waits on goes first; a drift report can wait)
 PRIORITY_TAG = "dagster/priority"

@@ -7,6 +7,7 @@ import dagster as dg
 
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.names import (
+    BACKLOG,
     INGEST_TAG,
     PRIORITY,
     PRIORITY_TAG,
@@ -33,7 +34,7 @@ def build(decl: PipelineDeclaration) -> dg.Definitions:
         description="Ingest, validate and featurize one landed day.",
         # the run queue limits this tag to one run per pipeline (deploy/local, deploy/helm), so that
         # days are featurized in landing order and each sees the history before it
-        tags={INGEST_TAG: decl.name, PRIORITY_TAG: PRIORITY["ingest"]},
+        tags={INGEST_TAG: decl.name, PRIORITY_TAG: PRIORITY["ingest"], **BACKLOG},
         executor_def=dg.in_process_executor,  # steps in the run's own process: a subprocess per step cost ~3 s each of the lead time
     )
     jobs = [ingest_job]

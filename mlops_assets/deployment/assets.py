@@ -38,6 +38,9 @@ def build_deployment_asset(decl: PipelineDeclaration) -> dg.AssetsDefinition:
             versions = control.follow_aliases(decl, settings, gateway_replicas=serving.gateway_replicas)
         except LookupError as err:
             raise dg.Failure(str(err)) from None
+        refused = control.aliases(decl, settings)[CHALLENGER] if versions[CHALLENGER] is None else None
+        if refused is not None:
+            context.log.warning(f"{decl.name}: challenger v{refused} has no record of passing its gates: not served")
         status = control.wait_for_version(decl.name, versions[CHAMPION], serving.rollout_timeout_s)  # type: ignore[arg-type]
         traffic = control.traffic_of(decl.name)
         url = serving.public_url.rstrip("/") if serving.public_url else control.http_url()  # where the proxy listens
@@ -51,6 +54,7 @@ def build_deployment_asset(decl: PipelineDeclaration) -> dg.AssetsDefinition:
                 "openapi": dg.MetadataValue.url(f"{url}/docs"),
                 "champion_version": versions[CHAMPION],
                 "challenger_version": versions[CHALLENGER] if versions[CHALLENGER] is not None else "none",
+                "challenger_refused": f"v{refused}: no record of passing its gates" if refused is not None else "none",
                 "canary_share": float(traffic.get("canary_share", 0.0)),
                 "shadow": bool(traffic.get("shadow", False)),
                 "replicas": dg.MetadataValue.json(replicas),

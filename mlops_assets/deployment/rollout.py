@@ -19,6 +19,7 @@ from resources import rollouts
 from resources.audit_log import AuditEvent, history, record
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
+from resources.promotion_lock import promotion_lease
 from resources.registered_models import alias_version, get_version, metrics_of
 from resources.serving import ServingResource
 
@@ -40,7 +41,7 @@ def judge(
 ) -> tuple[rollouts.Rollout | None, rollouts.Verdict, dict]:
     """Read the rollout and its signals, decide, and write the decision (audit row first, then the registry).
     Returns what serving must do next through the verdict; Serve itself is changed by the caller."""
-    with registry.writing() as client:
+    with promotion_lease(delta, decl.name), registry.writing() as client:
         state = rollouts.current(history(delta, decl.name))
         if state is None:
             return None, rollouts.Verdict("none", "no rollout in progress"), {"verdict": "none"}

@@ -1,7 +1,8 @@
 """Moving the registry aliases: promotion by policy, approval, rollback.
 
 Each decision validates first and changes nothing when it refuses; the alias
-move and its audit row happen under the registry's write lock. ``champion`` is
+move and its audit row happen under the pipeline's promotion lease (one decision
+at a time on every registry backend) and the registry's write lock. ``champion`` is
 what serving runs; ``challenger`` is a version that passed the gates and waits
 for approval (policy ``manual``).
 """
@@ -17,6 +18,7 @@ from mlops_assets.models.gates import Evaluation
 from resources.audit_log import AuditEvent, champion_history, history, passed_gates, record
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
+from resources.promotion_lock import promotion_lease
 from resources.registered_models import alias_version, get_version, metrics_of
 from resources.rollouts import current as current_rollout
 from resources.rollouts import step_metrics
@@ -114,7 +116,7 @@ def promote_after_gates(
 ) -> Decision:
     """Policy auto: `champion` moves to the version. Policy manual: it becomes the `challenger`."""
     name = decl.name
-    with registry.writing() as client:
+    with promotion_lease(delta, name), registry.writing() as client:
         mv = get_version(client, name, version)
         _require_passed(mv, "promoted")
         metrics = {"validation": metrics_of(mv), "holdout": metrics_of(mv, "holdout.")}
@@ -252,7 +254,7 @@ def approve(
         raise ValueError("an approval needs the approver's name (--by)")
     if not reason.strip():
         raise ValueError("an approval needs a reason (--reason)")
-    with registry.writing() as client:
+    with promotion_lease(delta, pipeline), registry.writing() as client:
         mv = get_version(client, pipeline, version)
         _require_passed(mv, "approved")
         if not passed_gates(history(delta, pipeline), int(mv.version)):
@@ -310,7 +312,7 @@ def rollback(pipeline: str, delta: DeltaLakeResource, registry: MlflowRegistryRe
     """`champion` goes back to the version that was champion before it, as the audit log tells."""
     if not by.strip():
         raise ValueError("a rollback needs who asks for it (--by)")
-    with registry.writing() as client:
+    with promotion_lease(delta, pipeline), registry.writing() as client:
         current = alias_version(client, pipeline, CHAMPION)
         if current is None:
             raise LookupError(f"model {pipeline} has no champion to roll back")

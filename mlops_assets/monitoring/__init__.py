@@ -7,6 +7,7 @@ import dagster as dg
 
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.names import (
+    BACKLOG,
     PRIORITY,
     PRIORITY_TAG,
     batch_scores_key,
@@ -41,11 +42,15 @@ def build(decl: PipelineDeclaration) -> dg.Definitions:
         selection=dg.AssetSelection.assets(feature_drift_key(decl), batch_scores_key(decl)),
         partitions_def=partitions,
         description="Drift check and batch scores of featurized days, against the champion.",
-        tags={PRIORITY_TAG: PRIORITY["monitor"]},
+        tags={PRIORITY_TAG: PRIORITY["monitor"], **BACKLOG},
     )
     train_job = train_job_name(decl)
-    serving_drift_job = dg.define_asset_job(serving_drift_job_name(decl), selection=dg.AssetSelection.assets(serving_drift_key(decl)))
-    delivery_job = dg.define_asset_job(delivery_job_name(decl), selection=dg.AssetSelection.assets(delivery_metrics_key(decl)))
+    serving_drift_job = dg.define_asset_job(
+        serving_drift_job_name(decl), selection=dg.AssetSelection.assets(serving_drift_key(decl)), tags=BACKLOG
+    )
+    delivery_job = dg.define_asset_job(
+        delivery_job_name(decl), selection=dg.AssetSelection.assets(delivery_metrics_key(decl)), tags=BACKLOG
+    )
     deployed = deployment_key(decl)
     return dg.Definitions(
         assets=[

@@ -779,6 +779,14 @@ def test_every_queue_tag_the_jobs_carry_is_limited_in_every_run_queue_config():
         "vm": load_yaml(DEPLOY / "dagster" / "dagster.yaml")["run_coordinator"]["config"]["tag_concurrency_limits"],
         "helm": helm["queuedRunCoordinator"]["tagConcurrencyLimits"],
     }
+    slots = {
+        "local": yaml.safe_load(DAGSTER_YAML)["run_coordinator"]["config"]["max_concurrent_runs"],
+        "vm": load_yaml(DEPLOY / "dagster" / "dagster.yaml")["run_coordinator"]["config"]["max_concurrent_runs"],
+        "helm": helm["queuedRunCoordinator"]["maxConcurrentRuns"],
+    }
     for name, limits in configs.items():
         per_pipeline = {t["key"] for t in limits if t["limit"] == 1 and t.get("value") == {"applyLimitPerUniqueValue": True}}
         assert queue_keys <= per_pipeline, f"{name}: {queue_keys - per_pipeline} not limited to one per pipeline"
+        # the backlog (ingestion, monitoring) never holds every slot: training and rollouts find one free
+        backlog = [t["limit"] for t in limits if t["key"] == "mlops/backlog" and t.get("value") == "true"]
+        assert backlog and backlog[0] < slots[name], f"{name}: backlog runs may take all {slots[name]} slots"

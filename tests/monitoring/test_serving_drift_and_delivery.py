@@ -108,3 +108,38 @@ def test_snapshots_with_and_without_values_append_to_one_history(tmp_path):
     history = delta.scan("flights", "delivery_metrics").collect().sort("deployments_total")
     assert history.height == 2
     assert history.get_column("time_to_restore_median_s").to_list() == [None, 1.5]
+
+
+def test_rollouts_count_in_delivery_metrics_and_a_rollback_is_a_failed_change_with_its_restore_time(tmp_path):
+    from datetime import datetime
+
+    from mlops_assets.monitoring.delivery_metrics import compute
+    from resources.audit_log import AuditEvent, record
+    from resources.delta_lake import DeltaLakeResource
+    from resources.mlflow_registry import MlflowRegistryResource
+
+    decl = flights_variant()
+    delta = DeltaLakeResource(root=str(tmp_path / "delta"))
+    steps = {"step": 0, "steps": [0.5, 1.0], "share": 0.5}
+    record(
+        delta,
+        "flights",
+        AuditEvent("promote", 1, actor="t", reason="first", alias="champion"),
+        AuditEvent("rollout_start", 2, actor="t", reason="gates passed", alias="challenger", from_version=1, metrics=steps),
+        AuditEvent("rollout_complete", 2, actor="t", reason="baked", alias="challenger", from_version=1),
+        AuditEvent("promote", 2, actor="t", reason="rollout completed", alias="champion", from_version=1),
+        AuditEvent("rollout_start", 3, actor="t", reason="gates passed", alias="challenger", from_version=2, metrics=steps),
+        AuditEvent(
+            "rollout_rollback", 3, actor="t", reason="guard", alias="challenger", from_version=2, failed_gates=("error_rate_increase",),
+            metrics={"guard": "error_rate_increase", "value": 1.0, "threshold": 0.01, "exposed_s": 42.0},
+        ),
+    )  # fmt: skip
+    with dg.instance_for_test() as instance:
+        snapshot, _ = compute(
+            decl, instance, delta, MlflowRegistryResource(tracking_uri=f"sqlite:///{tmp_path}/m.db"),
+            dg.AssetKey(["flights", "deployment"]), "flights_train", datetime.now(UTC),
+        )  # fmt: skip
+    assert (snapshot["rollouts_started"], snapshot["rollouts_completed"], snapshot["rollouts_rolled_back"]) == (2, 1, 1)
+    assert snapshot["promotion_decisions"] == 3 and snapshot["failed_changes"] == 1  # two promotions, one rollback
+    assert snapshot["change_failure_rate"] == 1 / 3
+    assert snapshot["rollback_time_to_restore_median_s"] == 42.0

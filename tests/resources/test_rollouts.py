@@ -148,6 +148,9 @@ def test_only_failures_are_enough_to_roll_back(delta):
     state = start(delta, steps=(0.1, 1.0))
     log(delta, "canary", 2, [], failed=3)
     verdict = rollouts.decide(state, rollouts.read_signals(delta, state, spec.guards), spec)
+    assert verdict.action == "wait" and "needs 20 requests of the new version (3)" in verdict.reason  # not a rate yet
+    log(delta, "canary", 2, [], failed=17)
+    verdict = rollouts.decide(state, rollouts.read_signals(delta, state, spec.guards), spec)
     assert verdict.action == "rollback" and verdict.guard.name == "error_rate_increase" and verdict.guard.value == 1.0
 
 

@@ -250,3 +250,27 @@ def test_a_bad_version_is_rolled_back_by_itself_and_no_client_request_fails(plat
     assert metrics["guard"] == guard and metrics["value"] > metrics["threshold"] and metrics["exposed_s"] > 0
     # a version rolled back has no passed rollout to resume: the rollout sensor is idle again
     assert "no rollout" in str(platform.sensor("rollout").skip_message)
+
+
+def test_a_challenger_set_by_hand_without_gates_is_not_served_and_gets_no_canary(platform):
+    """An alias moved in MLflow directly: the version has no record of passing its gates in the audit log."""
+    reg = platform.reg
+    version = reg.register(reg.boosters[reg.challenger], [])  # no gates, no promotion: just an alias
+    reg.set_alias("challenger", version)
+    platform.deploy()
+    meta = platform.instance.get_latest_materialization_event(dg.AssetKey(["flights", "deployment"])).asset_materialization.metadata
+    assert meta["challenger_version"].value == "none" and f"v{version}" in meta["challenger_refused"].value
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    status = requests.get(f"{platform.base}/admin/models/flights/status", headers=admin, timeout=10).json()
+    assert status["challenger"]["model_version"] is None  # the challenger replica holds nothing
+    refused = requests.post(f"{platform.base}/admin/models/flights/traffic", json={"canary_share": 0.5}, headers=admin, timeout=30)
+    assert refused.status_code == 409 and "no record of passing its gates" in refused.json()["error"], refused.text
+    record = next(r for r in request_records(20) if None not in r.values())
+    v2_type = {int: "INT64", float: "FP64", str: "BYTES"}
+    body = {"inputs": [{"name": k, "shape": [1], "datatype": v2_type[type(v)], "data": [v]} for k, v in record.items()]}
+    auth = {"Authorization": f"Bearer {PREDICT_TOKEN}"}
+    pinned = requests.post(f"{platform.base}/v2/models/flights/versions/{version}/infer", json=body, headers=auth, timeout=10)
+    assert pinned.status_code == 404 and "not being served" in pinned.json()["error"], pinned.text
+    champion = requests.post(f"{platform.base}/v2/models/flights/versions/{reg.champion}/infer", json=body, headers=auth, timeout=10)
+    assert champion.status_code == 200, champion.text
+    assert control.traffic_of("flights")["canary_share"] == 0.0

@@ -216,6 +216,7 @@ def test_admin_endpoints_refuse_without_the_token_and_reload_with_it(served, ser
     assert control.traffic_of("flights")["canary_share"] == 0.0
     r = HTTP.post(f"{base}/admin/models/flights/traffic", json={"canary_share": 2}, headers=ADMIN, timeout=10)
     assert r.status_code == 400
+    gated(serving_registry)  # a challenger with no record of passing its gates would not be served
     r = HTTP.post(f"{base}/admin/models/flights/reload", headers=ADMIN, timeout=120)
     assert r.status_code == 200, r.text
     assert (r.json()["champion"], r.json()["challenger"]) == (serving_registry.champion, serving_registry.challenger)

@@ -1,0 +1,93 @@
+"""One promotion decision per pipeline at a time, whatever the registry backend: a lease in Delta.
+
+The MLflow registry has no compare-and-set on aliases, and only an embedded SQLite store can
+be locked by a file beside it; a Postgres-backed or remote tracking server cannot. Every
+process that moves an alias (promotion runs, rollout runs, `mlops approve` / `rollback`)
+shares the Delta root, so the lease lives there: a one-row table per pipeline, taken by an
+overwrite committed on the snapshot that showed it free. Delta's optimistic concurrency
+refuses the second of two such commits (a concurrent transaction deleted the row it read),
+so exactly one taker wins; a holder that died is overtaken once its lease expires.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pyarrow as pa
+from deltalake import write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError
+
+from mlops_assets.core.names import PROMOTION_LOCK
+from resources.delta_lake import DeltaLakeResource
+
+WAIT_S = 120.0  # how long a decision waits for the lease before it gives up, naming the holder
+TTL_S = 120.0  # a lease older than this is overtaken (its holder died); decisions take seconds
+
+
+class LeaseHeld(TimeoutError):
+    """Another decision held the pipeline's promotion lease for longer than the wait allowed."""
+
+
+def _row(holder: str, expires_at: float) -> pa.Table:
+    return pa.table({"holder": pa.array([holder], pa.string()), "expires_at": pa.array([expires_at], pa.float64())})
+
+
+def _try_take(delta: DeltaLakeResource, pipeline: str, holder: str, ttl_s: float) -> str | None:
+    """Take the lease; returns None when taken, else who holds it."""
+    table = delta.table(pipeline, PROMOTION_LOCK)
+    if table is None:
+        # created free, never taken by the creation itself: two racing creators may both commit
+        # (the second as an append), which only leaves two free rows for the overwrite below
+        try:
+            write_deltalake(
+                delta.table_uri(pipeline, PROMOTION_LOCK), _row("", 0.0), mode="error", storage_options=delta.resolved_storage_options()
+            )
+        except (CommitFailedError, DeltaError):
+            pass
+        table = delta.table(pipeline, PROMOTION_LOCK)
+        if table is None:
+            return "nobody yet (the lease table is being created)"
+    now = time.time()
+    held = [r["holder"] for r in table.to_pyarrow_table().to_pylist() if r["holder"] not in ("", holder) and r["expires_at"] > now]
+    if held:
+        return held[0]
+    try:
+        # committed on the snapshot read above: a concurrent taker's commit makes this one fail
+        write_deltalake(table, _row(holder, now + ttl_s), mode="overwrite")
+    except CommitFailedError:
+        return "a concurrent taker"
+    return None
+
+
+def _release(delta: DeltaLakeResource, pipeline: str, holder: str) -> None:
+    table = delta.table(pipeline, PROMOTION_LOCK)
+    if table is None:
+        return
+    if [r["holder"] for r in table.to_pyarrow_table().to_pylist()] == [holder]:
+        try:
+            write_deltalake(table, _row("", 0.0), mode="overwrite")
+        except CommitFailedError:
+            pass  # someone took it meanwhile: our lease had expired, nothing of ours to release
+
+
+@contextmanager
+def promotion_lease(delta: DeltaLakeResource, pipeline: str, wait_s: float | None = None, ttl_s: float | None = None) -> Iterator[str]:
+    """Hold the pipeline's promotion lease for the block (decisions take well under the TTL)."""
+    wait_s = WAIT_S if wait_s is None else wait_s
+    ttl_s = TTL_S if ttl_s is None else ttl_s
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait_s
+    while (held_by := _try_take(delta, pipeline, holder, ttl_s)) is not None:
+        if time.monotonic() > deadline:
+            raise LeaseHeld(f"{pipeline}: the promotion lease was held by {held_by} for more than {wait_s:g}s; try again")
+        time.sleep(random.uniform(0.02, 0.1))
+    try:
+        yield holder
+    finally:
+        _release(delta, pipeline, holder)
