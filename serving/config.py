@@ -37,12 +37,18 @@ def pipeline_app(
     challenger: int | None = None,
     traffic: dict | None = None,
     gpu: bool = False,
+    pinned: bool = False,
 ) -> dict:
+    """`pinned`: the versions are what serves, None included (no challenger); otherwise a None version makes
+    the replica follow its alias when it starts (the checked-in config for `serve run`)."""
     traffic = {**decl.serving.traffic.model_dump(), **(traffic or {})}
     args: dict[str, Any] = {"pipeline": decl.name, **settings_args(settings)}
     deployments = [
         {"name": CHAMPION_DEPLOYMENT, "user_config": champion_config(champion, traffic)},
-        {"name": CHALLENGER_DEPLOYMENT, "user_config": {"model_version": challenger}},
+        {
+            "name": CHALLENGER_DEPLOYMENT,
+            "user_config": {"model_version": challenger, **({"follow_alias": False} if pinned and challenger is None else {})},
+        },
     ]
     if gpu:
         deployments.insert(1, {"name": CHAMPION_GPU_DEPLOYMENT, "user_config": {"model_version": champion}})

@@ -148,7 +148,7 @@ def deploy_pipeline(
     with _lock:
         apps = current_apps()
         traffic = {**_traffic(apps.get(decl.name)), **(traffic or {})}
-        apps[decl.name] = pipeline_app(decl, settings, champion, challenger, traffic, gpu_group_enabled(decl))
+        apps[decl.name] = pipeline_app(decl, settings, champion, challenger, traffic, gpu_group_enabled(decl), pinned=True)
         if GATEWAY_APP not in apps:
             apps[GATEWAY_APP] = gateway_app(settings, gateway_replicas)
         apply(apps)

@@ -101,7 +101,7 @@ class ModelServer:
         self.shadow = bool(config.get("shadow", traffic.shadow))
         uri = self.settings.resolved_tracking_uri()
         version = config.get("model_version")
-        if version is None:
+        if version is None and config.get("follow_alias", True):  # False: deployed with no version on purpose
             version = resolve_alias(uri, self.decl.name, CHAMPION if self.role == CHAMPION else CHALLENGER)
         if version is None:
             # nothing registered under the alias yet: stay up, report not ready

@@ -169,6 +169,18 @@ def start(platform: Platform, kind: str) -> int:
     return version
 
 
+def replica_status(platform: Platform, ok, timeout_s: float = 60) -> dict:
+    """The replicas' own status once `ok` holds for it (they reconfigure after the config is applied)."""
+    deadline, status = time.time() + timeout_s, {}
+    while time.time() < deadline:
+        url = f"{platform.base}/admin/models/flights/status"
+        status = requests.get(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10).json()
+        if ok(status):
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"replicas never reached the expected state: {status}")
+
+
 def step_now(reg) -> int | None:
     state = rollouts.current(history(reg.delta, "flights"))
     return None if state is None else state.step
@@ -200,9 +212,7 @@ def test_a_healthy_version_walks_every_step_to_champion_and_survives_restarts(pl
             control.apply_rollout_share("flights", 0.0)
             control.follow_aliases(platform.decl, serving_settings(reg), gateway_replicas=1)
             assert control.traffic_of("flights")["canary_share"] == STEPS[1]
-            status = requests.get(
-                f"{platform.base}/admin/models/flights/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10
-            ).json()
+            status = replica_status(platform, lambda s: s["traffic"]["canary_share"] == STEPS[1])
             refused = requests.post(
                 f"{platform.base}/admin/models/flights/traffic",
                 json={"canary_share": 0.0},
@@ -261,8 +271,7 @@ def test_a_challenger_set_by_hand_without_gates_is_not_served_and_gets_no_canary
     meta = platform.instance.get_latest_materialization_event(dg.AssetKey(["flights", "deployment"])).asset_materialization.metadata
     assert meta["challenger_version"].value == "none" and f"v{version}" in meta["challenger_refused"].value
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    status = requests.get(f"{platform.base}/admin/models/flights/status", headers=admin, timeout=10).json()
-    assert status["challenger"]["model_version"] is None  # the challenger replica holds nothing
+    replica_status(platform, lambda s: s["challenger"]["model_version"] is None)  # the challenger replica holds nothing
     refused = requests.post(f"{platform.base}/admin/models/flights/traffic", json={"canary_share": 0.5}, headers=admin, timeout=30)
     assert refused.status_code == 409 and "no record of passing its gates" in refused.json()["error"], refused.text
     record = next(r for r in request_records(20) if None not in r.values())
