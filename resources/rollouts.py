@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 import polars as pl
 
 from mlops_assets.core.declaration import RolloutGuardsSpec, RolloutSpec
-from mlops_assets.core.names import CHAMPION, PREDICTION_LOG
+from mlops_assets.core.metrics import LIVE_PRIMARY_METRIC, live_metrics, metric
+from mlops_assets.core.names import BATCH_SCORES, CHAMPION, FEATURES, PARTITION_COLUMN, PREDICTION_LOG, SOURCE_ROW
 from resources.audit_log import ROLLOUT_ACTIONS
 from resources.delta_lake import DeltaLakeResource
 
@@ -84,6 +85,7 @@ class GuardReading:
     value: float | None  # None: not enough answers yet to judge
     threshold: float
     detail: str = ""
+    required: bool = True  # False: judged where the data exists, never waited for (labels may not arrive)
 
     @property
     def breached(self) -> bool:
@@ -138,8 +140,39 @@ def _ks_distance(a: pl.Series, b: pl.Series) -> float:
     return float(ks_2samp(a.to_numpy(), b.to_numpy()).statistic)
 
 
-def read_signals(delta: DeltaLakeResource, rollout: Rollout, guards: RolloutGuardsSpec) -> StepSignals:
-    """The guards' values for the current step, from the prediction log since the step began."""
+def _live_metric(delta: DeltaLakeResource, rollout: Rollout, guards: RolloutGuardsSpec, task: str, target: str) -> GuardReading:
+    """The new version's live metric against the champion's on the same rows, where labels arrived: batch
+    scoring scores both versions of each day while a rollout runs (monitoring/assets.py)."""
+    name, threshold = "live_metric_regression", guards.max_live_metric_regression
+    scores, labels = delta.scan(rollout.pipeline, BATCH_SCORES), delta.scan(rollout.pipeline, FEATURES)
+    if scores is None or labels is None or rollout.from_version is None:
+        return GuardReading(name, None, threshold, "no batch scores yet", required=False)
+    rows = (
+        scores.filter(pl.col("model_version").is_in([rollout.version, rollout.from_version]))
+        .select(PARTITION_COLUMN, SOURCE_ROW, "model_version", "prediction")
+        .join(labels.select(PARTITION_COLUMN, SOURCE_ROW, target), on=[PARTITION_COLUMN, SOURCE_ROW], how="inner")
+        .filter(pl.col(target).is_not_null())
+        .collect()
+    )
+    both = rows.group_by(PARTITION_COLUMN, SOURCE_ROW).len().filter(pl.col("len") == 2).drop("len")
+    rows = rows.join(both, on=[PARTITION_COLUMN, SOURCE_ROW], how="semi")
+    sides = {v: rows.filter(pl.col("model_version") == v) for v in (rollout.version, rollout.from_version)}
+    if sides[rollout.version].height < guards.min_rows:
+        return GuardReading(name, None, threshold, f"{sides[rollout.version].height} labelled rows scored by both", required=False)
+    m = metric(task, LIVE_PRIMARY_METRIC[task])
+    value = {v: live_metrics(task, f[target].to_numpy(), f["prediction"].to_numpy())[m.name] for v, f in sides.items()}
+    new, old = value[rollout.version], value[rollout.from_version]
+    loss = (old - new if m.higher_is_better else new - old) / max(abs(old), 1e-12)
+    return GuardReading(
+        name, loss, threshold, f"{m.name} new {new:.4g} vs champion {old:.4g} on {sides[rollout.version].height} rows", required=False
+    )
+
+
+def read_signals(
+    delta: DeltaLakeResource, rollout: Rollout, guards: RolloutGuardsSpec, task: str = "regression", target: str = ""
+) -> StepSignals:
+    """The guards' values for the current step, from the prediction log since the step began (and, with the
+    target column, the live metric from batch scores where labels arrived)."""
     log = _step_log(delta, rollout)
     sides = {role: log.filter(pl.col("role") == role) for role in (CANARY, CHAMPION)}
     requests = {role: frame.height for role, frame in sides.items()}
@@ -180,6 +213,8 @@ def read_signals(delta: DeltaLakeResource, rollout: Rollout, guards: RolloutGuar
     else:
         readings.append(GuardReading("p99_latency_ratio", None, guards.max_p99_latency_ratio, short))
         readings.append(GuardReading("prediction_shift", None, guards.max_prediction_shift, short))
+    if target:
+        readings.append(_live_metric(delta, rollout, guards, task, target))
     return StepSignals(requests[CANARY], requests[CHAMPION], readings)
 
 
@@ -203,7 +238,7 @@ def decide(rollout: Rollout, signals: StepSignals, spec: RolloutSpec, now: datet
         waiting.append(f"baking {baked:.0f}/{spec.bake_minutes * 60:.0f} s")
     if signals.canary_requests < spec.min_requests:
         waiting.append(f"{signals.canary_requests}/{spec.min_requests} requests")
-    if any(r.value is None for r in signals.readings):
+    if any(r.value is None and r.required for r in signals.readings):
         waiting.append("guards not readable yet")
     if waiting:
         return Verdict("wait", f"{rollout.describe()}: {', '.join(waiting)}; {values}")

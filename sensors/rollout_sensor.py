@@ -45,7 +45,8 @@ def build_rollout_sensor(decl: PipelineDeclaration, spec: RolloutSpec, job) -> d
         state = rollouts.current(history(delta, decl.name))
         if state is None:
             return dg.SkipReason(f"no rollout of {decl.name} in progress")
-        verdict = rollouts.decide(state, rollouts.read_signals(delta, state, spec.guards), spec)
+        signals = rollouts.read_signals(delta, state, spec.guards, decl.target.task, decl.target.column)
+        verdict = rollouts.decide(state, signals, spec)
         if verdict.action == "wait":
             return dg.SkipReason(verdict.reason)
         pending = context.instance.get_run_records(filters=dg.RunsFilter(job_name=rollout_job_name(decl), statuses=UNFINISHED), limit=1)

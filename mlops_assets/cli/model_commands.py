@@ -65,23 +65,26 @@ def status(args: argparse.Namespace) -> int:
             print(f"    hold-out:   {_fmt_metrics(d['holdout_metrics'])}")
             print(f"    data:       partitions {d['partitions']} (hold-out from {d['holdout_from']}), {d['features']}")
             print(f"    lineage:    git {d['git_commit']}, dagster run {d['dagster_run_id']}, {d['feature_columns']} features")
-        _print_rollout(decl)
+        for line in rollout_lines(decl, delta_lake()):
+            print(line)
     return 0
 
 
-def _print_rollout(decl) -> None:
-    """The rollout in progress, with the guard values read from the live traffic so far."""
+def rollout_lines(decl, delta: DeltaLakeResource) -> list[str]:
+    """The rollout in progress, with the guard values read from the live traffic so far (none: no lines)."""
+    from mlops_assets.core.declaration import RolloutGuardsSpec
     from resources import audit_log, rollouts
 
-    delta = delta_lake()
     state = rollouts.current(audit_log.history(delta, decl.name))
-    if state is None or decl.promotion.rollout is None:
-        return
-    signals = rollouts.read_signals(delta, state, decl.promotion.rollout.guards)
-    print(f"  rollout: {state.describe()}, beside champion v{state.from_version}")
-    print(f"    requests:   new {signals.canary_requests}, champion {signals.champion_requests} this step")
-    for reading in signals.readings:
-        print(f"    guard:      {reading.describe()}")
+    if state is None:
+        return []
+    guards = decl.promotion.rollout.guards if decl.promotion.rollout else RolloutGuardsSpec()
+    signals = rollouts.read_signals(delta, state, guards, decl.target.task, decl.target.column)
+    return [
+        f"  rollout: {state.describe()}, beside champion v{state.from_version}",
+        f"    requests:   new {signals.canary_requests} this step, champion {signals.champion_requests} since the start",
+        *(f"    guard:      {reading.describe()}" for reading in signals.readings),
+    ]
 
 
 def approve(args: argparse.Namespace) -> int:

@@ -233,6 +233,9 @@ class RolloutGuardsSpec(_Strict):
     max_prediction_shift: float = Field(
         0.2, gt=0.0, le=1.0, description="Kolmogorov-Smirnov distance between the two versions' predictions."
     )
+    max_live_metric_regression: float = Field(
+        0.05, ge=0.0, description="Relative loss of the live metric against the champion's, on the same labelled rows."
+    )
     # two samples of 200 from one distribution exceed a KS distance of 0.2 with probability under 0.1%
     min_rows: int = Field(200, ge=1, description="Answers per side before latency and prediction shift are judged.")
 

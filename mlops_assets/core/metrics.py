@@ -124,6 +124,19 @@ def _tpr(y: np.ndarray, p: np.ndarray) -> float:
 RATE_METRICS: dict[str, Metric] = {"positive_rate": Metric("positive_rate", True, _positive_rate), "tpr": Metric("tpr", True, _tpr)}
 
 PRIMARY_METRIC: dict[Task, str] = {"regression": "mae", "binary": "auc", "multiclass": "logloss"}
+# the live metric of batch scores (a value or a predicted label per row; no probabilities kept)
+LIVE_PRIMARY_METRIC: dict[Task, str] = {"regression": "mae", "binary": "accuracy", "multiclass": "accuracy"}
+
+
+def live_metrics(task: Task, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """Batch-scored predictions against the labels that arrived later: MAE and RMSE for regression,
+    accuracy of the predicted label otherwise (labels compared as text, as the scores hold them)."""
+    if task == "regression":
+        err = predictions.astype(np.float64) - labels.astype(np.float64)
+        return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
+    return {"accuracy": float(np.mean(labels.astype(str) == predictions.astype(str)))}
+
+
 ALL_METRIC_NAMES: frozenset[str] = frozenset(n for by_name in METRICS.values() for n in by_name)
 
 

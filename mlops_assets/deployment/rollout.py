@@ -45,7 +45,7 @@ def judge(
         state = rollouts.current(history(delta, decl.name))
         if state is None:
             return None, rollouts.Verdict("none", "no rollout in progress"), {"verdict": "none"}
-        signals = rollouts.read_signals(delta, state, spec.guards)
+        signals = rollouts.read_signals(delta, state, spec.guards, decl.target.task, decl.target.column)
         verdict = rollouts.decide(state, signals, spec)
         metadata = _metadata(state, signals, verdict)
         values = {"signals": signals.as_metadata(), "verdict": verdict.reason}

@@ -12,11 +12,11 @@
 from datetime import UTC, datetime
 
 import dagster as dg
-import numpy as np
 import polars as pl
 
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.home import MlopsHome
+from mlops_assets.core.metrics import live_metrics
 from mlops_assets.core.names import (
     BATCH_SCORES,
     FEATURES,
@@ -35,7 +35,7 @@ from mlops_assets.models import training
 from mlops_assets.monitoring import batch_scoring, drift_metrics
 from mlops_assets.monitoring.drift import detect
 from mlops_assets.monitoring.drift_report import evidently_drift
-from resources import registered_models
+from resources import audit_log, registered_models, rollouts
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 
@@ -68,14 +68,6 @@ def html_report(
     path = MlopsHome.from_env().reports / decl.name / f"{name}.html"
     evidently_drift(reference, current, champ.numerical, champ.categorical, html_path=path, sample_rows=decl.drift.report_sample_rows)
     return str(path)
-
-
-def live_metrics(task: str, y_true: pl.Series, scored: pl.DataFrame, classes: list) -> dict[str, float]:
-    if task == "regression":
-        err = scored.get_column("prediction").to_numpy() - y_true.cast(pl.Float64).to_numpy()
-        return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
-    truth = y_true.cast(pl.String).to_numpy()
-    return {"accuracy": float(np.mean(truth == scored.get_column("prediction").to_numpy()))}
 
 
 def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinition) -> list:
@@ -153,7 +145,8 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
         backfill_policy=backfill_policy(decl),
         group_name=decl.name,
         kinds={"lightgbm", "delta"},
-        description="The champion's predictions for each day, with the model version on every row.",
+        description="The champion's predictions for each day, with the model version on every row; during a "
+        "rollout also the new version's, so its live metric is compared with the champion's on the same rows.",
     )
     def batch_scores(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         champ = _require_champion(decl, mlflow)
@@ -162,15 +155,23 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
             job = batch_scoring.scoring_job(decl, delta, days)
         except batch_scoring.MissingFeatures as e:
             raise dg.Failure(f"{e}: ingest it first", allow_retries=False) from e
-        booster = registered_models.load_booster(mlflow, decl.name, champ.version)  # once for the whole range
         spec = decl.batch_scoring
-        if spec.engine == "ray":
-            scored_days = batch_scoring.score_on_ray(booster, champ, job, days, delta, spec.ray_workers, spec.num_cpus)
-        else:
-            scored_days = batch_scoring.score_locally(booster, champ, job, days, delta)
+
+        def score(model: registered_models.Champion) -> dict[str, pl.DataFrame]:
+            booster = registered_models.load_booster(mlflow, decl.name, model.version)  # once for the whole range
+            if spec.engine == "ray":
+                return batch_scoring.score_on_ray(booster, model, job, days, delta, spec.ray_workers, spec.num_cpus)
+            return batch_scoring.score_locally(booster, model, job, days, delta)
+
         scored_at = pl.lit(datetime.now(UTC)).cast(pl.Datetime("us", "UTC")).alias("scored_at")
-        scored_days = {p: f.with_columns(scored_at) for p, f in scored_days.items()}
-        version = delta.write_partitions(decl.name, BATCH_SCORES, {p: f.drop(target) for p, f in scored_days.items()}, context.run.run_id)
+        scored_days = {p: f.with_columns(scored_at) for p, f in score(champ).items()}
+        written = dict(scored_days)
+        rollout = rollouts.current(audit_log.history(delta, decl.name))
+        if rollout is not None and rollout.version != champ.version:  # its live-metric guard reads these rows
+            candidate = registered_models.model_version(decl.name, mlflow, rollout.version)
+            for p, f in score(candidate).items():
+                written[p] = pl.concat([written[p], f.with_columns(scored_at)], how="diagonal_relaxed")
+        version = delta.write_partitions(decl.name, BATCH_SCORES, {p: f.drop(target) for p, f in written.items()}, context.run.run_id)
         scored = pl.concat(list(scored_days.values()))
         where = {"partition": next(iter(scored_days))} if len(scored_days) == 1 else {"partitions": len(scored_days)}
         metadata = {
@@ -186,7 +187,9 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
             metadata.update(
                 {
                     f"live_{k}": v
-                    for k, v in live_metrics(champ.plan.task, labelled.get_column(target), labelled, champ.plan.classes).items()
+                    for k, v in live_metrics(
+                        champ.plan.task, labelled.get_column(target).to_numpy(), labelled["prediction"].to_numpy()
+                    ).items()
                 }
             )
         return dg.MaterializeResult(metadata=metadata)
@@ -210,7 +213,7 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
         )
         rows = []
         for (version, day), group in joined.group_by("model_version", PARTITION_COLUMN):
-            metrics = live_metrics(decl.target.task, group.get_column(target), group, decl.target_classes)
+            metrics = live_metrics(decl.target.task, group.get_column(target).to_numpy(), group["prediction"].to_numpy())
             rows.append({"model_version": version, "day": day, "rows": group.height, **metrics})
         table = (
             pl.DataFrame(rows).sort("day", "model_version")

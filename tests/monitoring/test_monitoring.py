@@ -104,6 +104,28 @@ def test_drift_scores_and_retraining_requests(model_home):
     assert day.get_column("mae").item() == pytest.approx(float(np.mean(np.abs(errors))), rel=1e-12)
     assert perf.success
 
+    # during a rollout each day is scored by both versions; the live-metric guard compares them on those rows
+    from mlops_assets.core.declaration import RolloutGuardsSpec
+    from resources import rollouts
+    from resources.audit_log import AuditEvent, history, record
+
+    champion = registered_models.champion("flights", plat.resources()["mlflow"]).version
+    candidate = 2 if champion == 1 else 1
+    steps = rollouts.step_metrics(0, [0.5, 1.0])
+    record(plat.delta, "flights", AuditEvent("rollout_start", candidate, actor="t", reason="t", from_version=champion, metrics=steps))
+    assert plat.run("flights_monitor", "2013-01-29").success
+    both = plat.delta.read_partitions("flights", "batch_scores", ["2013-01-29"])
+    assert sorted(both.get_column("model_version").unique().to_list()) == [1, 2] and both.height == 2 * features.height
+    labelled = both.join(features.select("_source_row", "arr_delay"), on="_source_row").filter(pl.col("arr_delay").is_not_null())
+    mae = {
+        v: float((g.get_column("prediction") - g.get_column("arr_delay")).abs().mean()) for (v,), g in labelled.group_by("model_version")
+    }
+    state = rollouts.current(history(plat.delta, "flights"))
+    signals = rollouts.read_signals(plat.delta, state, RolloutGuardsSpec(min_rows=50), "regression", "arr_delay")
+    reading = next(r for r in signals.readings if r.name == "live_metric_regression")
+    assert reading.value == pytest.approx((mae[candidate] - mae[champion]) / mae[champion], rel=1e-9)
+    record(plat.delta, "flights", AuditEvent("rollout_abort", candidate, actor="t", reason="end of test"))
+
 
 def test_monitoring_without_a_champion_fails_clearly(model_home):
     plat = model_home.platform(flights_variant())

@@ -174,3 +174,34 @@ def test_bad_rollout_steps_are_refused_naming_the_field(steps, message):
 def test_step_metrics_round_trip():
     metrics = rollouts.step_metrics(1, [0.1, 0.5, 1.0], previous={"x": 1})
     assert json.loads(json.dumps(metrics)) == {"step": 1, "steps": [0.1, 0.5, 1.0], "share": 0.5, "previous": {"x": 1}}
+
+
+def scored(delta: DeltaLakeResource, predictions: dict[int, list[float]], labels: list[float], day: str = "2024-01-01") -> None:
+    """Batch scores of each version for the same rows, and the features table's labels for them."""
+    from mlops_assets.core.names import BATCH_SCORES, FEATURES
+
+    rows = list(range(len(labels)))
+    frame = pl.concat(
+        [pl.DataFrame({"_source_row": rows, "model_version": [v] * len(rows), "prediction": p}) for v, p in predictions.items()]
+    )
+    delta.write_partitions(PIPELINE, BATCH_SCORES, {day: frame}, "run")
+    delta.write_partitions(PIPELINE, FEATURES, {day: pl.DataFrame({"_source_row": rows, "y": labels})}, "run")
+
+
+def test_live_metric_guard_compares_both_versions_on_the_same_labelled_rows(delta):
+    guards = RolloutGuardsSpec(min_rows=20, max_prediction_shift=0.6)  # 30 answers a side: KS noise is large
+    spec = RolloutSpec(steps=[0.5, 1.0], bake_minutes=0.0, min_requests=0, guards=guards)
+    state = start(delta, steps=(0.5, 1.0))
+    rng = np.random.default_rng(3)
+    y = rng.normal(10, 3, 100)
+    log(delta, "champion", 1, rng.normal(10, 3, 30))
+    log(delta, "canary", 2, rng.normal(10, 3, 30))
+    # without batch scores the guard is not readable, and it does not hold the step back
+    signals = rollouts.read_signals(delta, state, spec.guards, "regression", "y")
+    live = next(r for r in signals.readings if r.name == "live_metric_regression")
+    assert live.value is None and not live.required
+    assert rollouts.decide(state, signals, spec).action == "advance"
+    # the new version is five minutes worse on every labelled row
+    scored(delta, {1: (y + rng.normal(0, 1, 100)).tolist(), 2: (y + 5 + rng.normal(0, 1, 100)).tolist()}, y.tolist())
+    verdict = rollouts.decide(state, rollouts.read_signals(delta, state, spec.guards, "regression", "y"), spec)
+    assert verdict.action == "rollback" and verdict.guard.name == "live_metric_regression" and verdict.guard.value > 3

@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 import requests
 
+from mlops_assets.cli.model_commands import rollout_lines
 from mlops_assets.core.declaration import PromotionSpec, RolloutGuardsSpec, RolloutSpec
 from mlops_assets.core.names import FEATURES, GATES_CHAMPION_TAG, GATES_TAG, ROLLOUT_GUARD_TAG, STATUS_TAG
 from mlops_assets.deployment import build as build_serving_definitions
@@ -213,6 +214,8 @@ def test_a_healthy_version_walks_every_step_to_champion_and_survives_restarts(pl
             control.follow_aliases(platform.decl, serving_settings(reg), gateway_replicas=1)
             assert control.traffic_of("flights")["canary_share"] == STEPS[1]
             status = replica_status(platform, lambda s: s["traffic"]["canary_share"] == STEPS[1])
+            shown = "\n".join(rollout_lines(platform.decl, reg.delta))  # what `mlops status` prints
+            assert f"v{version} at step 2/2 (100% of traffic)" in shown and "guard:      error_rate_increase" in shown
             refused = requests.post(
                 f"{platform.base}/admin/models/flights/traffic",
                 json={"canary_share": 0.0},
