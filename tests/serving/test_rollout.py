@@ -27,9 +27,8 @@ from resources import rollouts
 from resources.audit_log import AuditEvent, history, record
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.registered_models import resolve_alias
-from resources.serving import ServingResource
 from serving import control
-from tests.support.serving import ADMIN_TOKEN, PREDICT_TOKEN, request_records, serving_settings, train
+from tests.support.serving import ADMIN_TOKEN, PREDICT_TOKEN, request_records, serving_resource, serving_settings, train
 
 STEPS = [0.5, 1.0]
 
@@ -112,15 +111,7 @@ def platform(served, serving_registry):
     reg = serving_registry
     decl = rollout_decl(reg)
     resources = {
-        "serving": ServingResource(
-            http_host="127.0.0.1",
-            http_port=served.port,
-            tracking_uri=reg.tracking_uri,
-            delta_root=reg.delta.root,
-            gateway_replicas=1,
-            rollout_timeout_s=240,
-            log_flush_seconds=0.3,
-        ),
+        "serving": serving_resource(reg, served.port),
         "delta": reg.delta,
         "mlflow": MlflowRegistryResource(tracking_uri=reg.tracking_uri),
     }

@@ -27,6 +27,7 @@ from tests.support.serving import (
     PREDICT_TOKEN,
     offline_features,
     request_records,
+    serving_resource,
     serving_settings,
 )
 
@@ -319,18 +320,9 @@ def test_swap_under_load_via_sensor_and_asset_has_no_failed_request(served, serv
     import dagster as dg
 
     from mlops_assets.deployment import build as build_serving_definitions
-    from resources.serving import ServingResource
 
     reg = serving_registry
-    resource = ServingResource(
-        http_host="127.0.0.1",
-        http_port=served.port,
-        tracking_uri=reg.tracking_uri,
-        delta_root=reg.delta.root,
-        gateway_replicas=1,
-        rollout_timeout_s=240,
-        log_flush_seconds=0.3,
-    )
+    resource = serving_resource(reg, served.port)
     defs = dg.Definitions.merge(build_serving_definitions(reg.decl), dg.Definitions(resources={"serving": resource}))
     sensor = defs.resolve_sensor_def("flights_champion_sensor")
     job = defs.resolve_job_def("flights_deploy")

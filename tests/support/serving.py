@@ -200,6 +200,21 @@ def champion_server(serving_registry):
     s.logger.close()
 
 
+def serving_resource(reg, port: int):
+    """The ServingResource of Dagster runs against the test Serve (deployment and rollout assets, sensors)."""
+    from resources.serving import ServingResource
+
+    return ServingResource(
+        http_host="127.0.0.1",
+        http_port=port,
+        tracking_uri=reg.tracking_uri,
+        delta_root=reg.delta.root,
+        gateway_replicas=1,
+        rollout_timeout_s=240,
+        log_flush_seconds=0.3,
+    )
+
+
 def serving_settings(reg):
     from resources.serving import ServeSettings
 
