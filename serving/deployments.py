@@ -35,6 +35,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
 from mlops_assets.core.feature_contract import FeatureReference, load_feature_module
+from mlops_assets.core.lookups import LookupIndex
 from mlops_assets.core.names import CHALLENGER, CHAMPION, SUBJECT_PREFIX
 from resources.registered_models import resolve_alias
 from resources.serving import ServeSettings
@@ -56,6 +57,7 @@ class VersionNotHere(LookupError):
 class Loaded:
     model: LoadedModel
     reference: FeatureReference
+    index: LookupIndex  # the declared lookups as hash indexes over `reference`, built once per load
     info: dict
 
 
@@ -111,7 +113,7 @@ class ModelServer:
             return  # Serve also reconfigures on rank changes (surge rollouts): nothing to load then
         model = load_version(uri, self.decl.name, int(version), self.device, self.cache_dir)
         reference, info = serving_reference(self.decl, self.module, self.settings.delta())
-        previous, self.loaded = self.loaded, Loaded(model, reference, info)
+        previous, self.loaded = self.loaded, Loaded(model, reference, self.module.lookup_index(reference), info)
         self.loads += 1
         if previous is not None and previous.model.local_dir:
             shutil.rmtree(previous.model.local_dir, ignore_errors=True)
@@ -124,7 +126,7 @@ class ModelServer:
             raise NotReady(f"no {self.role} model loaded for pipeline {self.decl.name}")
         if version is not None and loaded.model.version != version:
             raise VersionNotHere(f"{self.role} serves v{loaded.model.version}, not v{version}")
-        features = self.module.build(frame, loaded.reference)
+        features = self.module.build(frame, loaded.reference, loaded.index)
         result = loaded.model.predict(features)
         self.logger.log(
             log_rows(
@@ -182,7 +184,7 @@ class ModelServer:
                 answers[i] = self._answer_one(loaded, items[i])
             return answers
         try:
-            features = self.module.build(frame, loaded.reference)
+            features = self.module.build(frame, loaded.reference, loaded.index)
             result = loaded.model.predict(features)
         except Exception as err:
             self._log_failures(loaded, [items[i] for i in take], err)

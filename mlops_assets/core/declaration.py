@@ -150,9 +150,29 @@ class ValidationSpec(_Strict):
     max_failure_rate: float = Field(0.05, ge=0.0, le=1.0)
 
 
+class LookupSpec(_Strict):
+    """One join the platform performs before build_features: records matched on `keys` against a table,
+    bringing in `columns` (a list, or table column -> output name). Batch runs do it as a polars left
+    join, serving replicas as hash-index probes built once per loaded version: the same frame either way."""
+
+    table: Identifier = Field(description="A landing.reference_tables name, or a table the module's history statistics return.")
+    keys: list[Identifier] = Field(min_length=1, description="Record columns matched, by the same names, in the table.")
+    columns: list[Identifier] | dict[Identifier, Identifier] = Field(
+        min_length=1, description="Table columns brought in; a mapping renames them (table column -> output name)."
+    )
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """Table column -> the column it becomes in the records."""
+        return dict(self.columns) if isinstance(self.columns, dict) else {c: c for c in self.columns}
+
+
 class FeaturesSpec(_Strict):
     module: str = Field(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
     history_days: int = Field(28, ge=0, le=366)
+    lookups: list[LookupSpec] = Field(
+        default_factory=list, description="Joins the platform performs, in order; build_features then only transforms rows."
+    )
 
 
 class TargetSpec(_Strict):
@@ -381,10 +401,28 @@ class PipelineDeclaration(_Strict):
         if unknown:
             raise ValueError(f"governance.subject_columns names columns that are not declared: {unknown}")
         self._check_time_column()
+        self._check_lookups()
         classes = self.target.classes or col.allowed or []
         if self.target.task == "binary" and classes and len(classes) != 2:
             raise ValueError("a binary target needs exactly two classes")
         return self
+
+    def _check_lookups(self) -> None:
+        columns = self.table_schema.columns
+        added: set[str] = set()
+        for i, lookup in enumerate(self.features.lookups):
+            where = f"features.lookups.{i} ({lookup.table})"
+            unknown = [c for c in lookup.keys if c not in columns]
+            if unknown:
+                raise ValueError(f"{where}: keys name columns that are not declared: {unknown}")
+            floats = [c for c in lookup.keys if columns[c].type.startswith("float")]
+            if floats:
+                raise ValueError(f"{where}: keys name float columns {floats}; match on integers, strings, dates or times")
+            outputs = list(lookup.outputs.values())
+            clash = sorted((set(outputs) & set(columns)) | (set(outputs) & added) | {c for c in outputs if outputs.count(c) > 1})
+            if clash:
+                raise ValueError(f"{where}: columns would overwrite {clash}; rename them (table column: new name)")
+            added.update(outputs)
 
     def _check_time_column(self) -> None:
         time = self.partitioning.time_column

@@ -5,10 +5,13 @@ A feature module is plain Python named in the declaration (``features.module``):
 - ``build_features(records, reference) -> pl.DataFrame``: a pure function from raw
   records to one feature row per record, in the same order. Training calls it
   on a day's clean rows; serving calls the very same function on request
-  records, so the two cannot drift apart.
+  records, so the two cannot drift apart. The records arrive with the columns of
+  the declared ``features.lookups`` already joined in (core/lookups.py), so the
+  function only transforms rows; ``reference`` still carries every table for a
+  module that joins by itself.
 - ``history_stats(history) -> dict[str, pl.DataFrame]`` (optional): aggregates
   over clean rows of *earlier* days only (the platform never passes the day
-  being featurized), joined in by ``build_features`` through ``reference``.
+  being featurized), joined in by a declared lookup (or read from ``reference``).
 - ``history_partial(day) -> dict`` and ``combine_history(partials) -> dict``
   (optional, together): the same statistics in two steps, so each day is
   aggregated once and a window of days costs one combine of small partials
@@ -32,7 +35,8 @@ from typing import Any
 
 import polars as pl
 
-from mlops_assets.core.declaration import DeclarationError, PipelineDeclaration
+from mlops_assets.core.declaration import DeclarationError, LookupSpec, PipelineDeclaration
+from mlops_assets.core.lookups import LookupIndex, join_lookups
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class FeatureCodeError(RuntimeError):
 class FeatureModule:
     module: ModuleType
     reserved: frozenset[str]  # key, target and platform columns the output must not reuse
+    lookups: tuple[LookupSpec, ...] = ()
+    key_types: Mapping[str, pl.DataType] = field(default_factory=dict)  # the records' declared types of the lookup keys
 
     @property
     def name(self) -> str:
@@ -95,8 +101,14 @@ class FeatureModule:
         """History statistics over several days' clean rows (oldest first; at least one frame)."""
         return self.combine_history([self.history_partial(d) for d in days])
 
-    def build(self, records: pl.DataFrame, reference: FeatureReference) -> pl.DataFrame:
-        out = self.module.build_features(records, reference)
+    def lookup_index(self, reference: FeatureReference) -> LookupIndex:
+        """The declared lookups as hash indexes over this reference (a serving replica builds it once per version)."""
+        return LookupIndex(reference.tables, self.lookups, self.key_types)
+
+    def build(self, records: pl.DataFrame, reference: FeatureReference, index: LookupIndex | None = None) -> pl.DataFrame:
+        """The declared lookups (joins, or probes of `index` when given: the same frame), then build_features."""
+        joined = index.join(records) if index is not None else join_lookups(records, reference.tables, self.lookups, self.key_types)
+        out = self.module.build_features(joined, reference)
         if not isinstance(out, pl.DataFrame):
             raise FeatureCodeError(f"{self.name}.build_features returned {type(out).__name__}, not a polars DataFrame")
         if out.height != records.height:
@@ -125,4 +137,7 @@ def load_feature_module(decl: PipelineDeclaration) -> FeatureModule:
         raise DeclarationError(f"pipeline {decl.name}: features.module '{decl.features.module}' cannot be imported ({err})") from None
     if not callable(getattr(module, "build_features", None)):
         raise DeclarationError(f"pipeline {decl.name}: features.module '{decl.features.module}' has no build_features(records, reference)")
-    return FeatureModule(module, reserved_columns(decl))
+    columns = decl.table_schema.columns
+    lookups = tuple(decl.features.lookups)
+    key_types = {k: columns[k].dtype for lookup in lookups for k in lookup.keys}
+    return FeatureModule(module, reserved_columns(decl), lookups, key_types)

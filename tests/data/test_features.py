@@ -7,7 +7,8 @@ import pytest
 
 from mlops_assets.core.feature_contract import load_feature_module
 from mlops_assets.defs.flights.upstream import day_frame, encode, land_days
-from resources.pipeline_tables import reference_as_of
+from resources.pipeline_tables import reference_as_of, references_as_of
+from serving.requests import RequestSchema, typed_frame
 from tests.support.platform import Platform, days
 
 ROUTE_COLUMNS = ["route_mean_arr_delay", "route_p75_arr_delay", "route_flights", "carrier_mean_arr_delay"]
@@ -62,6 +63,25 @@ def test_serving_records_give_the_training_features(flights_ingested: Platform):
     served = module.build(requests, reference)
     assert served.columns == [c for c in stored.columns if c in served.columns]
     assert served.equals(stored.select(served.columns))
+
+
+def test_every_day_served_through_the_lookup_index_equals_its_feature_rows(flights_ingested: Platform):
+    """Parity as serving runs it: each featurized day's records, as a client sends them (JSON values, only
+    the input columns), typed by the request path and featurized through the hash-index lookups, equal
+    that day's rows of the feature table exactly."""
+    decl = flights_ingested.declarations["flights"]
+    module = load_feature_module(decl)
+    schema = RequestSchema.of(decl, module.input_columns(decl))
+    featurized = flights_ingested.delta.partitions("flights", "features")
+    assert len(featurized) >= 30
+    references = references_as_of(flights_ingested.delta, decl, module, featurized)
+    for day in featurized:
+        stored = features_of(flights_ingested, day)
+        sent = day_frame(date.fromisoformat(day)).select(module.input_columns(decl))
+        records = sent.with_columns(pl.col("time_hour").dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_dicts()
+        reference = references[day][0]
+        served = module.build(typed_frame(records, schema), reference, module.lookup_index(reference))
+        assert served.equals(stored.select(served.columns)), day
 
 
 def test_unknown_category_at_serving_time_encodes_as_null(flights_ingested: Platform):

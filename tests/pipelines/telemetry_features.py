@@ -12,17 +12,12 @@ def history_stats(history: pl.DataFrame) -> dict[str, pl.DataFrame]:
 
 
 def build_features(records: pl.DataFrame, reference: FeatureReference) -> pl.DataFrame:
+    """Row-wise: machine_mean_temperature is joined in by the declared lookup on machine_stats."""
     machines = reference.categories["machine_id"]
-    stats = reference.tables.get("machine_stats")
-    frame = records
-    if stats is not None and stats.height:
-        frame = frame.join(stats, on="machine_id", how="left", maintain_order="left")
-    else:
-        frame = frame.with_columns(pl.lit(None, pl.Float64).alias("machine_mean_temperature"))
-    return frame.select(
+    return records.select(
         pl.col("machine_id").replace_strict(machines, list(range(len(machines))), default=None).alias("machine_code"),
         pl.col("temperature"),
         pl.col("vibration"),
-        (pl.col("temperature") - pl.col("machine_mean_temperature")).alias("temperature_vs_usual"),
+        (pl.col("temperature") - pl.col("machine_mean_temperature").cast(pl.Float64)).alias("temperature_vs_usual"),
         pl.col("reading_time").dt.hour().alias("hour"),
     )

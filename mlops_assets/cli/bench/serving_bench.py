@@ -564,7 +564,7 @@ def champion_steps(home: Home, records: list[dict], repeat: int = 300) -> dict:
         server.reconfigure({"model_version": home.version})
         loaded = server.loaded
         frame = typed_frame(records, server.schema)
-        features = server.module.build(frame, loaded.reference)
+        features = server.module.build(frame, loaded.reference, loaded.index)
         result = loaded.model.predict(features)
         item = (frame, "bench", time.time(), "champion", True, None)
 
@@ -577,7 +577,7 @@ def champion_steps(home: Home, records: list[dict], repeat: int = 300) -> dict:
 
         return {
             "typing_ms": ms(lambda: typed_frame(records, server.schema)),
-            "features_ms": ms(lambda: server.module.build(frame, loaded.reference)),
+            "features_ms": ms(lambda: server.module.build(frame, loaded.reference, loaded.index)),
             "predict_ms": ms(lambda: loaded.model.predict(features)),
             "log_row_ms": ms(lambda: server._log_frame(loaded, features, result, [item], [1])),
             "predict_many_ms": ms(lambda: server.predict_many([item])),

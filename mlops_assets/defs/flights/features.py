@@ -8,6 +8,8 @@ days. Arrival time and air time are never used: they are only known after landin
 
 from __future__ import annotations
 
+import functools
+
 import polars as pl
 
 from mlops_assets.core.feature_contract import FeatureReference
@@ -16,7 +18,6 @@ CATEGORICAL_FEATURES = ["carrier_code", "origin_code", "dest_code"]
 # what a prediction request carries: known once the flight has left the gate
 INPUT_COLUMNS = ["year", "month", "day", "sched_dep_time", "dep_delay", "carrier", "tailnum", "origin", "dest", "distance", "time_hour"]
 WEATHER_COLUMNS = ["temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib"]
-UTC_US = pl.Datetime("us", "UTC")
 
 
 def history_partial(day: pl.DataFrame) -> dict[str, pl.DataFrame]:
@@ -64,85 +65,35 @@ def history_stats(history: pl.DataFrame) -> dict[str, pl.DataFrame]:
 
 def _code(column: str, values: list) -> pl.Expr:
     """Stable integer code from the declared categories (their position); unknown values become null."""
+    return _code_expr(column, tuple(values))
+
+
+@functools.lru_cache(maxsize=64)
+def _code_expr(column: str, values: tuple) -> pl.Expr:
+    # built once per category list: an Enum of a hundred categories costs more to build than a row to encode
     if values and all(isinstance(v, str) for v in values) and len(set(values)) == len(values):
         # an Enum's physical value is the category's position: one lookup, no per-call mapping table
         return pl.col(column).cast(pl.String).cast(pl.Enum(values), strict=False).to_physical().cast(pl.Int16)
-    return pl.col(column).replace_strict(values, list(range(len(values))), default=None, return_dtype=pl.Int16)
-
-
-def _weather(weather: pl.DataFrame) -> pl.DataFrame:
-    return weather.select("origin", pl.col("time_hour").cast(UTC_US), *[pl.col(c).cast(pl.Float64) for c in WEATHER_COLUMNS]).unique(
-        subset=["origin", "time_hour"], keep="first", maintain_order=True
-    )
-
-
-def _planes(planes: pl.DataFrame) -> pl.DataFrame:
-    return planes.select("tailnum", pl.col("year").cast(pl.Float64).alias("_plane_year"), pl.col("seats").cast(pl.Float64)).unique(
-        subset=["tailnum"], keep="first", maintain_order=True
-    )
-
-
-_PREPARED: dict[tuple[str, int], tuple[pl.DataFrame, pl.DataFrame]] = {}
-
-
-def _prepared(name: str, table: pl.DataFrame, prepare) -> pl.DataFrame:
-    """A reference table as the joins need it, prepared once per table object (a day's
-    features, and every request a serving replica answers, reuse the same tables)."""
-    key = (name, id(table))
-    hit = _PREPARED.get(key)
-    if hit is None or hit[0] is not table:
-        if len(_PREPARED) >= 16:
-            _PREPARED.clear()
-        hit = (table, prepare(table))
-        _PREPARED[key] = hit
-    return hit[1]
+    return pl.col(column).replace_strict(list(values), list(range(len(values))), default=None, return_dtype=pl.Int16)
 
 
 def build_features(records: pl.DataFrame, reference: FeatureReference) -> pl.DataFrame:
+    """Row-wise only: weather, plane and delay statistics arrive joined in by the declared lookups."""
     cats = reference.categories
-    tables = reference.tables
-    frame = records.with_columns(
-        pl.col("time_hour").cast(UTC_US),
-        pl.date(pl.col("year"), pl.col("month"), pl.col("day")).alias("_date"),
-    )
-    if "weather" in tables:
-        weather = _prepared("weather", tables["weather"], _weather)
-        frame = frame.join(weather, on=["origin", "time_hour"], how="left", maintain_order="left")
-    else:
-        frame = frame.with_columns([pl.lit(None, pl.Float64).alias(c) for c in WEATHER_COLUMNS])
-    if "planes" in tables:
-        planes = _prepared("planes", tables["planes"], _planes)
-        frame = frame.join(planes, on="tailnum", how="left", maintain_order="left")
-    else:
-        frame = frame.with_columns(pl.lit(None, pl.Float64).alias("_plane_year"), pl.lit(None, pl.Float64).alias("seats"))
-    route = tables.get("route_stats")
-    if route is not None and route.height:
-        frame = frame.join(route, on=["origin", "dest"], how="left", maintain_order="left")
-    else:
-        frame = frame.with_columns(
-            pl.lit(None, pl.Float64).alias("route_mean_arr_delay"),
-            pl.lit(None, pl.Float64).alias("route_p75_arr_delay"),
-            pl.lit(None, pl.Int32).alias("route_flights"),
-        )
-    carrier = tables.get("carrier_stats")
-    if carrier is not None and carrier.height:
-        frame = frame.join(carrier, on="carrier", how="left", maintain_order="left")
-    else:
-        frame = frame.with_columns(pl.lit(None, pl.Float64).alias("carrier_mean_arr_delay"))
-    return frame.select(
+    return records.select(
         pl.col("month").cast(pl.Int8).alias("dep_month"),
-        pl.col("_date").dt.weekday().cast(pl.Int8).alias("day_of_week"),
+        pl.date(pl.col("year"), pl.col("month"), pl.col("day")).dt.weekday().cast(pl.Int8).alias("day_of_week"),
         (pl.col("sched_dep_time") // 100).cast(pl.Int8).alias("dep_hour"),
         pl.col("dep_delay").cast(pl.Float64),
         pl.col("distance").cast(pl.Float64),
         _code("carrier", cats["carrier"]).alias("carrier_code"),
         _code("origin", cats["origin"]).alias("origin_code"),
         _code("dest", cats["dest"]).alias("dest_code"),
-        *[pl.col(c) for c in WEATHER_COLUMNS],
-        (pl.col("year").cast(pl.Float64) - pl.col("_plane_year")).alias("plane_age"),
-        pl.col("seats"),
-        pl.col("route_mean_arr_delay"),
-        pl.col("route_p75_arr_delay"),
+        *[pl.col(c).cast(pl.Float64) for c in WEATHER_COLUMNS],
+        (pl.col("year").cast(pl.Float64) - pl.col("plane_year").cast(pl.Float64)).alias("plane_age"),
+        pl.col("seats").cast(pl.Float64),
+        pl.col("route_mean_arr_delay").cast(pl.Float64),
+        pl.col("route_p75_arr_delay").cast(pl.Float64),
         pl.col("route_flights").fill_null(0).cast(pl.Int32),
-        pl.col("carrier_mean_arr_delay"),
+        pl.col("carrier_mean_arr_delay").cast(pl.Float64),
     )

@@ -1,0 +1,132 @@
+"""Declared lookups (``features.lookups``): the joins of records to reference and history tables, done by the platform.
+
+A pipeline's feature code used to join request records against whole reference tables, so a
+serving replica paid four polars joins of a one-row frame against tens of thousands of rows per
+request. Declared, the platform performs them: a batch run as polars left joins
+(`join_lookups`), a serving replica as probes of hash indexes built once per loaded version
+(`LookupIndex`). Both start from the same prepared table (`prepare`: keys cast to the records'
+declared types, the first row per key kept, null keys dropped, since a join never matches
+them) and give the same frame, which `build_features` then only transforms row by row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import polars as pl
+
+from mlops_assets.core.declaration import LookupSpec
+
+
+class LookupTableError(ValueError):
+    """A declared lookup that the tables cannot satisfy (a missing column, a key that cannot be typed)."""
+
+
+def prepare(lookup: LookupSpec, table: pl.DataFrame, key_types: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """The table as every lookup reads it: keys typed as the records', renamed value columns, one row per key."""
+    missing = [c for c in [*lookup.keys, *lookup.outputs] if c not in table.columns]
+    if missing:
+        raise LookupTableError(f"lookup on table '{lookup.table}': the table has no columns {missing} (it has {table.columns})")
+    try:
+        keyed = table.select(
+            *[pl.col(k).cast(key_types[k]) for k in lookup.keys],
+            *[pl.col(src).alias(out) for src, out in lookup.outputs.items()],
+        )
+    except pl.exceptions.PolarsError as err:
+        raise LookupTableError(
+            f"lookup on table '{lookup.table}': its keys {lookup.keys} do not cast to the records' types ({err})"
+        ) from None
+    return keyed.drop_nulls(subset=lookup.keys).unique(subset=lookup.keys, keep="first", maintain_order=True)
+
+
+def _absent(lookup: LookupSpec, height: int) -> list[pl.Series]:
+    """A table that is not there (a reference table never landed): its columns are null."""
+    return [pl.Series(out, [None] * height, dtype=pl.Null) for out in lookup.outputs.values()]
+
+
+class _Prepared:
+    """Tables prepared once per table object: a backfill's days share the reference tables."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, tuple[pl.DataFrame, pl.DataFrame]] = {}
+
+    def get(self, lookup: LookupSpec, table: pl.DataFrame, key_types: Mapping[str, pl.DataType]) -> pl.DataFrame:
+        key = (lookup.table, tuple(lookup.keys), tuple(lookup.outputs.items()), id(table))
+        hit = self._cache.get(key)
+        if hit is None or hit[0] is not table:
+            if len(self._cache) >= 32:
+                self._cache.clear()
+            hit = (table, prepare(lookup, table, key_types))
+            self._cache[key] = hit
+        return hit[1]
+
+
+_PREPARED = _Prepared()
+
+
+def join_lookups(
+    records: pl.DataFrame, tables: Mapping[str, pl.DataFrame], lookups: Sequence[LookupSpec], key_types: Mapping[str, pl.DataType]
+) -> pl.DataFrame:
+    """The batch path: each lookup as a left join, records' order and height kept."""
+    frame = records
+    for lookup in lookups:
+        table = tables.get(lookup.table)
+        if table is None:
+            frame = frame.with_columns(_absent(lookup, frame.height))
+            continue
+        right = _PREPARED.get(lookup, table, key_types)
+        frame = frame.join(right, on=lookup.keys, how="left", maintain_order="left")
+    return frame
+
+
+class LookupIndex:
+    """The serving path: per lookup a dict from key to row, built once per loaded version.
+
+    A few records (a single-row request) take their rows as Python tuples into one frame; more
+    take them by one gather per lookup. Either gives the polars join's columns, types and values."""
+
+    FEW_ROWS = 16
+
+    def __init__(self, tables: Mapping[str, pl.DataFrame], lookups: Sequence[LookupSpec], key_types: Mapping[str, pl.DataType]):
+        self._parts: list[tuple[LookupSpec, dict, pl.DataFrame, list[tuple]]] = []
+        schema: dict[str, pl.DataType] = {}
+        for lookup in lookups:
+            table = tables.get(lookup.table)
+            if table is None:  # never landed: its columns are null
+                prepared = pl.DataFrame({k: [] for k in lookup.keys}).with_columns(_absent(lookup, 0))
+            else:
+                prepared = prepare(lookup, table, key_types)
+            keys = [prepared.get_column(k).to_list() for k in lookup.keys]
+            probe = keys[0] if len(keys) == 1 else list(zip(*keys))
+            values = prepared.drop(lookup.keys)
+            schema.update(values.schema)
+            self._parts.append((lookup, dict(zip(probe, range(prepared.height))), values, values.rows()))
+        self._schema = schema
+        self._nulls = {id(part[0]): (None,) * part[2].width for part in self._parts}
+
+    def join(self, records: pl.DataFrame) -> pl.DataFrame:
+        """`join_lookups` for these records, as dict probes: the same columns, types and values."""
+        if not self._parts:
+            return records
+        positions = []
+        for lookup, index, _, _ in self._parts:
+            keys = [records.get_column(k).to_list() for k in lookup.keys]
+            probe = keys[0] if len(keys) == 1 else zip(*keys)
+            positions.append([index.get(k) for k in probe])
+        if records.height <= self.FEW_ROWS:
+            rows = [
+                tuple(
+                    v
+                    for (lookup, _, _, tuples), at in zip(self._parts, found)
+                    for v in (self._nulls[id(lookup)] if at is None else tuples[at])
+                )
+                for found in zip(*positions)
+            ]
+            added = pl.DataFrame(rows, schema=self._schema, orient="row").get_columns()
+        else:
+            added = [
+                column
+                for (_, _, values, _), at in zip(self._parts, positions)
+                for column in values[pl.Series(at, dtype=pl.UInt32)].get_columns()  # a null position: a null row
+            ]
+        return records.hstack(added)
