@@ -197,7 +197,11 @@ class ModelServer:
             a, b = offsets[k], offsets[k + 1]
             answers[i] = {key: values[a:b] for key, values in result.items()}
             answers[i]["model_version"] = loaded.model.version
-        self.logger.log(self._log_frame(loaded, self._with_subjects(features, frame), result, [items[i] for i in take], sizes))
+        answered_at, taken = time.time(), [items[i] for i in take]
+        # the log rows are built in the logger's writer thread, off the request's path
+        self.logger.log_later(
+            frame.height, lambda: self._log_frame(loaded, self._with_subjects(features, frame), result, taken, sizes, answered_at)
+        )
         return answers
 
     def _with_subjects(self, features: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
@@ -237,7 +241,9 @@ class ModelServer:
             )
         )
 
-    def _log_frame(self, loaded: Loaded, features: pl.DataFrame, result: dict, items: list[tuple], sizes: list[int]) -> pl.DataFrame:
+    def _log_frame(
+        self, loaded: Loaded, features: pl.DataFrame, result: dict, items: list[tuple], sizes: list[int], answered_at: float
+    ) -> pl.DataFrame:
         """One prediction-log frame for a batch: `log_rows`, then each request's own id, role, flags and latency."""
         first = items[0]
         rows = log_rows(
@@ -249,10 +255,11 @@ class ModelServer:
             served=first[4],
             request_id=first[1],
             received_at=first[2],
+            answered_at=answered_at,
         )
         if len(items) == 1:
             return rows
-        now = time.time()
+        now = answered_at
         repeat = np.asarray(sizes)
         return rows.with_columns(
             pl.Series("request_id", np.repeat([it[1] for it in items], repeat).tolist(), dtype=pl.String),

@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,7 +48,8 @@ class PredictionLogger:
         self.max_rows = max_rows
         self.flush_seconds = flush_seconds
         self.batch_rows = batch_rows
-        self._queue: queue.Queue[pl.DataFrame] = queue.Queue()
+        # rows, and the frame or what builds it in the writer thread (`log_later`)
+        self._queue: queue.Queue[tuple[int, pl.DataFrame | Callable[[], pl.DataFrame]]] = queue.Queue()
         self._queued_rows = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -63,23 +65,39 @@ class PredictionLogger:
 
     def log(self, frame: pl.DataFrame) -> bool:
         """Queue rows without blocking; False (and counted) when the queue is full."""
+        return self._put(frame.height, frame)
+
+    def log_later(self, rows: int, build: Callable[[], pl.DataFrame]) -> bool:
+        """Queue `rows` rows that `build` makes in the writer thread, off the request's path (it must
+        capture what it needs, times included, when called here)."""
+        return self._put(rows, build)
+
+    def _put(self, rows: int, item: pl.DataFrame | Callable[[], pl.DataFrame]) -> bool:
         with self._lock:
-            if self._queued_rows + frame.height > self.max_rows or self._stop.is_set():
-                self.overflow_rows += frame.height
+            if self._queued_rows + rows > self.max_rows or self._stop.is_set():
+                self.overflow_rows += rows
                 return False
-            self._queued_rows += frame.height
-        self._queue.put_nowait(frame)
+            self._queued_rows += rows
+        self._queue.put_nowait((rows, item))
         return True
 
     def _drain(self) -> list[pl.DataFrame]:
         frames, rows = [], 0
         while rows < self.batch_rows:
             try:
-                frame = self._queue.get_nowait()
+                height, item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            frames.append(frame)
-            rows += frame.height
+            rows += height
+            if isinstance(item, pl.DataFrame):
+                frames.append(item)
+                continue
+            try:
+                frames.append(item())
+            except Exception as err:  # a bug in building the rows: counted and told, never raised into the writer
+                self.lost_rows += height
+                self.last_error = f"{type(err).__name__}: {err}"
+                log.exception("prediction log: %d rows could not be built and are lost", height)
         with self._lock:
             self._queued_rows -= rows
         return frames
@@ -219,10 +237,12 @@ def log_rows(
     served: bool,
     request_id: str,
     received_at: float,
+    answered_at: float | None = None,
 ) -> pl.DataFrame:
-    """One row per record: metadata columns, the prediction, then the feature columns."""
+    """One row per record: metadata columns, the prediction, then the feature columns. The latency runs
+    from `received_at` to `answered_at` (now, when not given: rows built later pass the answer's time)."""
     n = features.height
-    now = time.time()
+    now = time.time() if answered_at is None else answered_at
     preds = result["predictions"]
     numeric = result.get("probabilities") is None or isinstance(preds[0], float)
     labels = result.get("labels")

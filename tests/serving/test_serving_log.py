@@ -47,6 +47,36 @@ def test_full_queue_counts_overflow_and_flush_writes_the_rest(tmp_path):
     assert table.schema["carrier_code"] == pl.Int16  # features keep their types for monitoring
 
 
+def test_rows_built_later_are_built_in_the_writer_thread_within_the_same_bound(tmp_path):
+    delta = DeltaLakeResource(root=str(tmp_path / "delta"))
+    logger = PredictionLogger(delta, "flights", max_rows=5, flush_seconds=3600)
+    built_in: list[str] = []
+
+    def later(request_id: str, n: int):
+        def build() -> pl.DataFrame:
+            built_in.append(threading.current_thread().name)
+            return _rows(request_id, n)
+
+        return build
+
+    def broken() -> pl.DataFrame:
+        raise ValueError("no such column")
+
+    try:
+        assert logger.log_later(2, later("a", 2)) and logger.log_later(1, broken)
+        assert not logger.log_later(3, later("c", 3))  # 2 + 1 queued, 3 more would pass the bound: refused, never built
+        assert logger.stats()["overflow_rows"] == 3
+        assert built_in == []  # nothing is built on the caller's thread
+        logger.close()  # the writer thread flushes on close
+    finally:
+        logger.close()
+    assert built_in and all(name.startswith("prediction-log-") for name in built_in)
+    stats = logger.stats()
+    assert stats["lost_rows"] == 1 and "no such column" in logger.last_error and stats["queued_rows"] == 0
+    table = delta.scan("flights", PREDICTION_LOG).collect()  # type: ignore[union-attr]
+    assert table["request_id"].to_list() == ["a", "a"] and (table["latency_ms"] >= 10).all()
+
+
 def test_storage_failure_is_counted_and_logging_goes_on(tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the table root should be")
