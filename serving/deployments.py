@@ -41,7 +41,7 @@ from resources.registered_models import resolve_alias
 from resources.serving import ServeSettings
 from serving.http_answers import NotReady, answer_prediction, error, v2_infer_response
 from serving.loaded_model import LoadedModel, load_version
-from serving.prediction_log import PredictionLogger, log_rows
+from serving.prediction_log import Answered, PredictionLogger, log_rows
 from serving.reference import serving_reference
 from serving.requests import Columns, RequestError, RequestSchema, decode_v2, typed_frame
 
@@ -197,11 +197,7 @@ class ModelServer:
             a, b = offsets[k], offsets[k + 1]
             answers[i] = {key: values[a:b] for key, values in result.items()}
             answers[i]["model_version"] = loaded.model.version
-        answered_at, taken = time.time(), [items[i] for i in take]
-        # the log rows are built in the logger's writer thread, off the request's path
-        self.logger.log_later(
-            frame.height, lambda: self._log_frame(loaded, self._with_subjects(features, frame), result, taken, sizes, answered_at)
-        )
+        self.logger.log_answered(self._answered(loaded, self._with_subjects(features, frame), result, [items[i] for i in take], sizes))
         return answers
 
     def _with_subjects(self, features: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
@@ -241,33 +237,11 @@ class ModelServer:
             )
         )
 
-    def _log_frame(
-        self, loaded: Loaded, features: pl.DataFrame, result: dict, items: list[tuple], sizes: list[int], answered_at: float
-    ) -> pl.DataFrame:
-        """One prediction-log frame for a batch: `log_rows`, then each request's own id, role, flags and latency."""
-        first = items[0]
-        rows = log_rows(
-            features=features,
-            result=result,
-            pipeline=self.decl.name,
-            model_version=loaded.model.version,
-            role=first[3],
-            served=first[4],
-            request_id=first[1],
-            received_at=first[2],
-            answered_at=answered_at,
-        )
-        if len(items) == 1:
-            return rows
-        now = answered_at
-        repeat = np.asarray(sizes)
-        return rows.with_columns(
-            pl.Series("request_id", np.repeat([it[1] for it in items], repeat).tolist(), dtype=pl.String),
-            pl.Series("record", np.concatenate([np.arange(n) for n in sizes]), dtype=pl.Int32),
-            pl.Series("role", np.repeat([it[3] for it in items], repeat).tolist(), dtype=pl.String),
-            pl.Series("served", np.repeat([it[4] for it in items], repeat), dtype=pl.Boolean),
-            pl.Series("latency_ms", np.repeat([(now - it[2]) * 1000.0 for it in items], repeat), dtype=pl.Float64),
-        )
+    def _answered(self, loaded: Loaded, columns: pl.DataFrame, result: dict, items: list[tuple], sizes: list[int]) -> Answered:
+        """What the prediction log keeps of a batch: each request's own id, role, flags and arrival; the
+        logger's writer thread builds the rows (`answered_rows`), off the request's path."""
+        requests = tuple((it[1], it[3], it[4], it[2], n) for it, n in zip(items, sizes))
+        return Answered(columns, result, self.decl.name, loaded.model.version, requests, time.time())
 
     def status(self) -> dict:
         loaded = self.loaded

@@ -9,7 +9,8 @@ import polars as pl
 
 from mlops_assets.core.names import PREDICTION_LOG
 from resources.delta_lake import DeltaLakeResource
-from serving.prediction_log import PredictionLogger, log_rows
+from serving import prediction_log
+from serving.prediction_log import Answered, PredictionLogger, log_rows
 
 
 def _rows(request_id: str, n: int) -> pl.DataFrame:
@@ -47,34 +48,52 @@ def test_full_queue_counts_overflow_and_flush_writes_the_rest(tmp_path):
     assert table.schema["carrier_code"] == pl.Int16  # features keep their types for monitoring
 
 
-def test_rows_built_later_are_built_in_the_writer_thread_within_the_same_bound(tmp_path):
+def _answered(requests: list[tuple[str, int]], result: dict | None = None) -> Answered:
+    n = sum(rows for _, rows in requests)
+    features = pl.DataFrame({"dep_delay": [float(i) for i in range(n)], "carrier_code": pl.Series([1] * n, dtype=pl.Int16)})
+    received = time.time() - 0.01
+    return Answered(
+        features,
+        result if result is not None else {"predictions": [float(i) / 2 for i in range(n)]},
+        "flights",
+        3,
+        tuple((rid, "champion", True, received, rows) for rid, rows in requests),
+        time.time(),
+    )
+
+
+def test_answered_requests_become_the_same_rows_in_the_writer_thread_within_the_same_bound(tmp_path, monkeypatch):
     delta = DeltaLakeResource(root=str(tmp_path / "delta"))
-    logger = PredictionLogger(delta, "flights", max_rows=5, flush_seconds=3600)
+    logger = PredictionLogger(delta, "flights", max_rows=8, flush_seconds=3600)
     built_in: list[str] = []
+    build = prediction_log.answered_rows
 
-    def later(request_id: str, n: int):
-        def build() -> pl.DataFrame:
-            built_in.append(threading.current_thread().name)
-            return _rows(request_id, n)
+    def spy(batches):
+        built_in.append(threading.current_thread().name)
+        return build(batches)
 
-        return build
-
-    def broken() -> pl.DataFrame:
-        raise ValueError("no such column")
-
+    monkeypatch.setattr(prediction_log, "answered_rows", spy)
     try:
-        assert logger.log_later(2, later("a", 2)) and logger.log_later(1, broken)
-        assert not logger.log_later(3, later("c", 3))  # 2 + 1 queued, 3 more would pass the bound: refused, never built
-        assert logger.stats()["overflow_rows"] == 3
+        assert logger.log_answered(_answered([("a", 2), ("b", 1)]))  # two requests answered as one batch
+        assert logger.log_answered(_answered([("c", 1)], result={"labels": ["x"]}))  # cannot be built: lost alone
+        assert logger.log_answered(_answered([("d", 3)]))
+        assert not logger.log_answered(_answered([("e", 2)]))  # 7 queued, 2 more would pass the bound: refused
+        assert logger.stats()["overflow_rows"] == 2
         assert built_in == []  # nothing is built on the caller's thread
         logger.close()  # the writer thread flushes on close
     finally:
         logger.close()
     assert built_in and all(name.startswith("prediction-log-") for name in built_in)
     stats = logger.stats()
-    assert stats["lost_rows"] == 1 and "no such column" in logger.last_error and stats["queued_rows"] == 0
-    table = delta.scan("flights", PREDICTION_LOG).collect()  # type: ignore[union-attr]
-    assert table["request_id"].to_list() == ["a", "a"] and (table["latency_ms"] >= 10).all()
+    assert stats["lost_rows"] == 1 and "predictions" in logger.last_error and stats["queued_rows"] == 0
+    table = delta.scan("flights", PREDICTION_LOG).collect().sort("request_id", "record")  # type: ignore[union-attr]
+    assert table["request_id"].to_list() == ["a", "a", "b", "d", "d", "d"]
+    assert table["record"].to_list() == [0, 1, 0, 0, 1, 2]
+    assert table["prediction"].to_list() == [0.0, 0.5, 1.0, 0.0, 0.5, 1.0]
+    assert (table["latency_ms"] >= 10).all() and set(table["model_version"]) == {3}
+    # the same columns and types as the rows of one request built at once
+    one = _rows("z", 1)
+    assert table.select(one.columns).schema == one.schema
 
 
 def test_storage_failure_is_counted_and_logging_goes_on(tmp_path):

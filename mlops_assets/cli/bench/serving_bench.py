@@ -554,6 +554,7 @@ def champion_steps(home: Home, records: list[dict], repeat: int = 300) -> dict:
     floor under any request path (typing, features, predict, log row), apart from Ray and HTTP."""
     from resources.serving import ServeSettings
     from serving.deployments import ModelServer
+    from serving.prediction_log import answered_rows
     from serving.requests import typed_frame
 
     settings = ServeSettings(
@@ -579,7 +580,7 @@ def champion_steps(home: Home, records: list[dict], repeat: int = 300) -> dict:
             "typing_ms": ms(lambda: typed_frame(records, server.schema)),
             "features_ms": ms(lambda: server.module.build(frame, loaded.reference, loaded.index)),
             "predict_ms": ms(lambda: loaded.model.predict(features)),
-            "log_row_ms": ms(lambda: server._log_frame(loaded, features, result, [item], [1], time.time())),
+            "log_row_ms": ms(lambda: answered_rows([server._answered(loaded, features, result, [item], [1])])),
             "predict_many_ms": ms(lambda: server.predict_many([item])),
         }
     finally:
