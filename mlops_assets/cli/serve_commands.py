@@ -131,7 +131,23 @@ def start(args: argparse.Namespace) -> int:
     try:
         return _start(args)
     finally:
+        _stop_own_haproxy(folder)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop_own_haproxy(folder: str) -> None:
+    """HAProxy reloads itself as a new process: one can outlive its manager when a signal reached every Ray
+    process at once (a process-group SIGTERM). Stop those started with this instance's own config folder."""
+    for cmdline_file in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline_file.read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if argv and os.path.basename(argv[0]) == b"haproxy" and any(folder.encode() in arg for arg in argv):
+            try:
+                os.kill(int(cmdline_file.parent.name), signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # gone meanwhile
 
 
 def _start(args: argparse.Namespace) -> int:

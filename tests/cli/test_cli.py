@@ -89,3 +89,24 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(data_commands, "pipelines", lambda args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         main(["pipelines"])
+
+
+def test_serve_start_stops_an_haproxy_of_its_own_folder_left_behind(tmp_path):
+    """An HAProxy that outlived its manager (its reload makes a new process) is stopped by its config
+    folder, and only that one: another instance's HAProxy keeps running."""
+    from mlops_assets.cli.serve_commands import _stop_own_haproxy
+
+    ours, theirs = tmp_path / "mlops-haproxy-ours", tmp_path / "mlops-haproxy-theirs"
+    procs = {}
+    for folder in (ours, theirs):
+        folder.mkdir()
+        (folder / "haproxy").symlink_to("/bin/sleep")  # a process whose program is named haproxy
+        procs[folder] = subprocess.Popen([str(folder / "haproxy"), "60"])
+    try:
+        _stop_own_haproxy(str(ours))
+        assert procs[ours].wait(timeout=10) != 0  # terminated
+        assert procs[theirs].poll() is None
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
