@@ -260,8 +260,8 @@ def _prediction_values(result: dict) -> tuple[np.ndarray, list | None]:
 
 def answered_rows(batches: list[Answered]) -> pl.DataFrame:
     """One prediction-log row per record of every batch: metadata columns, the prediction, then the logged
-    columns. Built from whole columns (numpy and one list per column): per request it costs a few
-    microseconds, where a frame per request cost a millisecond."""
+    columns. Built from whole columns (numpy and one list per column): about 0.04 ms a request in a
+    flush of a hundred, where a frame per request cost about 1 ms."""
     requests = [r for b in batches for r in b.requests]
     sizes = np.asarray([r[4] for r in requests], dtype=np.int64)
     answered = np.repeat([b.answered_at for b in batches], [len(b.requests) for b in batches])
