@@ -51,7 +51,7 @@ class LoadedModel:
         missing = [c for c in self.feature_columns if c not in features.columns]
         if missing:
             raise ModelLoadError(f"model {self.name} v{self.version} needs features the feature code does not build: {missing}")
-        if features.columns == self.feature_columns and all(d.is_numeric() for d in features.dtypes):
+        if features.columns == self.feature_columns and all(d.is_integer() or d.is_float() for d in features.dtypes):
             # already in the model's order: polars' own conversion to the numeric supertype (nulls as NaN)
             # equals casting each column to Float64, without a select and a cast per column (0.35 ms a row)
             return features.to_numpy().astype(np.float64, copy=False)

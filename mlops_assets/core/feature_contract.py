@@ -140,4 +140,13 @@ def load_feature_module(decl: PipelineDeclaration) -> FeatureModule:
     columns = decl.table_schema.columns
     lookups = tuple(decl.features.lookups)
     key_types = {k: columns[k].dtype for lookup in lookups for k in lookup.keys}
-    return FeatureModule(module, reserved_columns(decl), lookups, key_types)
+    feature_module = FeatureModule(module, reserved_columns(decl), lookups, key_types)
+    requested = set(feature_module.input_columns(decl))
+    for i, lookup in enumerate(lookups):
+        unsent = [k for k in lookup.keys if k not in requested]
+        if unsent:  # a prediction request would not carry them
+            raise DeclarationError(
+                f"pipeline {decl.name}: features.lookups.{i} ({lookup.table}) matches on {unsent}, "
+                f"which are not among {feature_module.name}.INPUT_COLUMNS"
+            )
+    return feature_module

@@ -12,6 +12,7 @@ them) and give the same frame, which `build_features` then only transforms row b
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import polars as pl
 
@@ -79,6 +80,14 @@ def join_lookups(
     return frame
 
 
+class _IndexedTable(NamedTuple):
+    lookup: LookupSpec
+    positions: dict  # key (a value, or a tuple of values) -> row
+    values: pl.DataFrame  # the looked-up columns, one row per key
+    rows: list[tuple]  # the same rows as Python tuples
+    nulls: tuple  # what an unmatched key brings in
+
+
 class LookupIndex:
     """The serving path: per lookup a dict from key to row, built once per loaded version.
 
@@ -88,8 +97,8 @@ class LookupIndex:
     FEW_ROWS = 16
 
     def __init__(self, tables: Mapping[str, pl.DataFrame], lookups: Sequence[LookupSpec], key_types: Mapping[str, pl.DataType]):
-        self._parts: list[tuple[LookupSpec, dict, pl.DataFrame, list[tuple]]] = []
-        schema: dict[str, pl.DataType] = {}
+        self._tables: list[_IndexedTable] = []
+        self._schema: dict[str, pl.DataType] = {}
         for lookup in lookups:
             table = tables.get(lookup.table)
             if table is None:  # never landed: its columns are null
@@ -99,34 +108,29 @@ class LookupIndex:
             keys = [prepared.get_column(k).to_list() for k in lookup.keys]
             probe = keys[0] if len(keys) == 1 else list(zip(*keys))
             values = prepared.drop(lookup.keys)
-            schema.update(values.schema)
-            self._parts.append((lookup, dict(zip(probe, range(prepared.height))), values, values.rows()))
-        self._schema = schema
-        self._nulls = {id(part[0]): (None,) * part[2].width for part in self._parts}
+            self._schema.update(values.schema)
+            positions = dict(zip(probe, range(prepared.height)))
+            self._tables.append(_IndexedTable(lookup, positions, values, values.rows(), (None,) * values.width))
 
     def join(self, records: pl.DataFrame) -> pl.DataFrame:
         """`join_lookups` for these records, as dict probes: the same columns, types and values."""
-        if not self._parts:
+        if not self._tables:
             return records
-        positions = []
-        for lookup, index, _, _ in self._parts:
-            keys = [records.get_column(k).to_list() for k in lookup.keys]
+        found = []  # per table, the row of each record (None: no match)
+        for table in self._tables:
+            keys = [records.get_column(k).to_list() for k in table.lookup.keys]
             probe = keys[0] if len(keys) == 1 else zip(*keys)
-            positions.append([index.get(k) for k in probe])
+            found.append([table.positions.get(k) for k in probe])
         if records.height <= self.FEW_ROWS:
-            rows = [
-                tuple(
-                    v
-                    for (lookup, _, _, tuples), at in zip(self._parts, found)
-                    for v in (self._nulls[id(lookup)] if at is None else tuples[at])
-                )
-                for found in zip(*positions)
-            ]
+            rows = []
+            for record in zip(*found):
+                row: list = []
+                for table, at in zip(self._tables, record):
+                    row.extend(table.nulls if at is None else table.rows[at])
+                rows.append(row)
             added = pl.DataFrame(rows, schema=self._schema, orient="row").get_columns()
-        else:
+        else:  # one gather per table; a null position gives a null row
             added = [
-                column
-                for (_, _, values, _), at in zip(self._parts, positions)
-                for column in values[pl.Series(at, dtype=pl.UInt32)].get_columns()  # a null position: a null row
+                column for table, at in zip(self._tables, found) for column in table.values[pl.Series(at, dtype=pl.UInt32)].get_columns()
             ]
         return records.hstack(added)

@@ -128,3 +128,12 @@ def test_flights_features_are_the_same_through_the_index_for_perturbed_records()
         assert_frame_equal(module.build(records.slice(i, 1), reference, index), by_join.slice(i, 1))
     assert by_join.get_column("seats").null_count() >= int((pick < 0.2).sum())  # the unknown and null tail numbers
     assert by_join.get_column("temp").null_count() >= int(((pick > 0.3) & (pick < 0.4)).sum())
+
+
+def test_a_lookup_on_a_column_requests_do_not_carry_is_refused_at_load():
+    base = load_declaration(PACKAGED / "flights" / "defs.yaml")
+    decl = derive_declaration(base, "test", features={"lookups": [{"table": "planes", "keys": ["flight"], "columns": ["seats"]}]})
+    with pytest.raises(
+        DeclarationError, match=r"features\.lookups\.0 \(planes\) matches on \['flight'\], which are not among .*INPUT_COLUMNS"
+    ):
+        load_feature_module(decl)

@@ -569,18 +569,21 @@ def champion_steps(home: Home, records: list[dict], repeat: int = 300) -> dict:
         result = loaded.model.predict(features)
         item = (frame, "bench", time.time(), "champion", True, None)
 
-        def ms(fn) -> float:
+        def ms(fn, times: int = repeat) -> float:
             fn()
             start = time.perf_counter()
-            for _ in range(repeat):
+            for _ in range(times):
                 fn()
-            return (time.perf_counter() - start) / repeat * 1000
+            return (time.perf_counter() - start) / times * 1000
 
         return {
             "typing_ms": ms(lambda: typed_frame(records, server.schema)),
             "features_ms": ms(lambda: server.module.build(frame, loaded.reference, loaded.index)),
+            "lookups_ms": ms(lambda: loaded.index.join(frame)),  # the declared lookups' probes, part of features
             "predict_ms": ms(lambda: loaded.model.predict(features)),
             "log_row_ms": ms(lambda: answered_rows([server._answered(loaded, features, result, [item], [1])])),
+            # what the writer thread spends per request when a flush holds 100 of them
+            "log_row_in_flush_ms": ms(lambda: answered_rows([server._answered(loaded, features, result, [item], [1])] * 100), 30) / 100,
             "predict_many_ms": ms(lambda: server.predict_many([item])),
         }
     finally:
@@ -819,8 +822,9 @@ def print_report(r: dict) -> None:
     if cs:
         print(
             f"champion's own work per single-row request, in-process: typing {cs['typing_ms']:.2f} ms, features "
-            f"{cs['features_ms']:.2f} ms, predict {cs['predict_ms']:.2f} ms, log row {cs['log_row_ms']:.2f} ms in the "
-            f"log's writer thread (predict_many, on the request's path, all but typing: {cs['predict_many_ms']:.2f} ms)"
+            f"{cs['features_ms']:.2f} ms (lookups {cs['lookups_ms']:.2f}), predict {cs['predict_ms']:.2f} ms, log row "
+            f"{cs['log_row_ms']:.2f} ms alone or {cs['log_row_in_flush_ms']:.3f} ms a request in a flush of 100, in the log's "
+            f"writer thread (predict_many, on the request's path, all but typing: {cs['predict_many_ms']:.2f} ms)"
         )
     if r.get("idle_cpu_cores"):
         print(
