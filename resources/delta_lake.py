@@ -242,13 +242,28 @@ class DeltaLakeResource(ConfigurableResource):
         """Replace several partitions in one commit, each with its own rows (other partitions untouched)."""
         if not frames:
             raise ValueError(f"writing {table}: no partitions given")
-        bad = [p for p in frames if "'" in p]
-        if bad:
-            raise ValueError(f"invalid partition key {bad[0]!r}")
         frame = pl.concat(
             [f.with_columns(pl.lit(p, dtype=pl.String).alias(PARTITION_COLUMN)) for p, f in frames.items()], how="diagonal_relaxed"
         )
-        keys = list(frames)
+        return self.write_partitioned(pipeline, table, frame, run_id, merge_schema, partitions=list(frames))
+
+    def write_partitioned(
+        self,
+        pipeline: str,
+        table: str,
+        frame: pl.DataFrame,
+        run_id: str,
+        merge_schema: bool = False,
+        partitions: Sequence[str] | None = None,
+    ) -> int:
+        """`write_partitions` for rows that carry their partition column already: the partitions named (by
+        default, those the rows are in) are replaced in one commit; a named partition without rows is emptied."""
+        keys = list(partitions) if partitions is not None else frame.get_column(PARTITION_COLUMN).unique(maintain_order=True).to_list()
+        if not keys:
+            raise ValueError(f"writing {table}: no partitions given")
+        bad = [p for p in keys if "'" in p]
+        if bad:
+            raise ValueError(f"invalid partition key {bad[0]!r}")
         listed = ", ".join(f"'{k}'" for k in keys)
         predicate = f"{PARTITION_COLUMN} = {listed}" if len(keys) == 1 else f"{PARTITION_COLUMN} IN ({listed})"
         where = keys[0] if len(keys) == 1 else f"{keys[0]} .. {keys[-1]} ({len(keys)})"

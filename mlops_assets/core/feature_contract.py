@@ -108,18 +108,52 @@ class FeatureModule:
     def build(self, records: pl.DataFrame, reference: FeatureReference, index: LookupIndex | None = None) -> pl.DataFrame:
         """The declared lookups (joins, or probes of `index` when given: the same frame), then build_features."""
         joined = index.join(records) if index is not None else join_lookups(records, reference.tables, self.lookups, self.key_types)
-        out = self.module.build_features(joined, reference)
+        return self._checked(self.module.build_features(joined, reference), records.height)
+
+    def _checked(self, out: object, height: int) -> pl.DataFrame:
         if not isinstance(out, pl.DataFrame):
             raise FeatureCodeError(f"{self.name}.build_features returned {type(out).__name__}, not a polars DataFrame")
-        if out.height != records.height:
+        if out.height != height:
             raise FeatureCodeError(
-                f"{self.name}.build_features returned {out.height} rows for {records.height} records; "
+                f"{self.name}.build_features returned {out.height} rows for {height} records; "
                 "it must return one row per record, in order"
             )
         clash = sorted(self.reserved & set(out.columns))
         if clash:
             raise FeatureCodeError(f"{self.name}.build_features output reuses key/target column names: {clash}")
         return out
+
+    def build_partitions(self, records: pl.DataFrame, references: Mapping[str, FeatureReference], partition_column: str) -> pl.DataFrame:
+        """`build` for the records of several partitions (a backfill range), each against its own reference.
+
+        When every table that differs between the partitions' references (the history statistics) is a
+        declared lookup, the range is one pass: those tables stacked with the partition as one more key,
+        one join per lookup, one `build_features` call, instead of a join and a call per day (365 of them
+        for a year); `reference.tables` then holds only the tables the range shares. Otherwise (a module that
+        reads a per-day table by itself) each partition is built alone. Either way: one row per record, in order."""
+        first = next(iter(references.values()))
+        varying = {n for ref in references.values() for n, t in ref.tables.items() if first.tables.get(n) is not t}
+        varying |= {n for ref in references.values() for n in first.tables.keys() - ref.tables.keys()}
+        if varying - {lookup.table for lookup in self.lookups}:  # the module reads a per-day table itself: day by day
+            numbered = records.with_row_index("_record")
+            parts = numbered.partition_by(partition_column, maintain_order=True, as_dict=True)
+            built = pl.concat([self.build(part.drop(partition_column, "_record"), references[key]) for (key,), part in parts.items()])
+            return built[pl.concat([part.get_column("_record") for part in parts.values()]).arg_sort()]
+        stacked = {
+            name: pl.concat(
+                [ref.tables[name].with_columns(pl.lit(p, pl.String).alias(partition_column)) for p, ref in references.items()],
+                how="vertical_relaxed",
+            )
+            for name in varying
+        }
+        lookups = [
+            lookup.model_copy(update={"keys": [*lookup.keys, partition_column]}) if lookup.table in varying else lookup
+            for lookup in self.lookups
+        ]
+        shared = FeatureReference(tables={n: t for n, t in first.tables.items() if n not in varying}, categories=first.categories)
+        key_types = {**self.key_types, partition_column: pl.String}
+        joined = join_lookups(records, {**shared.tables, **stacked}, lookups, key_types).drop(partition_column)
+        return self._checked(self.module.build_features(joined, shared), records.height)
 
 
 def reserved_columns(decl: PipelineDeclaration) -> frozenset[str]:

@@ -101,19 +101,17 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
             references = references_as_of(delta, decl, module, good)  # in order: each day sees the days before it
         except LookupError as err:
             raise dg.Failure(str(err)) from None
-        frames, built = {}, None
-        for p in good:
-            day = by_day[p]
-            built = module.build(day.select(declared), references[p][0])
-            frames[p] = pl.concat([day.select(*keys, SOURCE_ROW), built], how="horizontal")
-        version = delta.write_partitions(decl.name, FEATURES, frames, context.run.run_id)
+        clean = pl.concat([by_day[p] for p in good])  # grouped by day, in order
+        built = module.build_partitions(clean.select(*declared, PARTITION_COLUMN), {p: references[p][0] for p in good}, PARTITION_COLUMN)
+        table = pl.concat([clean.select(*keys, SOURCE_ROW), built, clean.select(PARTITION_COLUMN)], how="horizontal")
+        version = delta.write_partitioned(decl.name, FEATURES, table, context.run.run_id)
         if held:  # the good days are materialized, each for itself; the run fails naming the others
-            for p in good:
+            for (p,), day in table.partition_by(PARTITION_COLUMN, as_dict=True).items():
                 context.log_event(
                     dg.AssetMaterialization(
                         asset_key=features_key(decl),
                         partition=p,
-                        metadata=_features_metadata(decl, module, delta, {p: frames[p]}, references, built, version),
+                        metadata=_features_metadata(decl, module, delta, day, [p], references, built, version),
                     )
                 )
             raise dg.Failure(
@@ -121,7 +119,7 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
                 metadata={"held_back": dg.MetadataValue.json(held), "computed": ", ".join(good)},
                 allow_retries=False,
             )
-        return dg.MaterializeResult(metadata=_features_metadata(decl, module, delta, frames, references, built, version))
+        return dg.MaterializeResult(metadata=_features_metadata(decl, module, delta, table, good, references, built, version))
 
     return features
 
@@ -131,9 +129,11 @@ def _held_back(held: dict[str, str]) -> str:
     return shown + (f"; and {len(held) - 5} more" if len(held) > 5 else "")
 
 
-def _features_metadata(decl, module, delta, frames: dict[str, pl.DataFrame], references: dict, built: pl.DataFrame, version: int) -> dict:
-    days = list(frames)
-    rows = sum(f.height for f in frames.values())
+def _features_metadata(
+    decl, module, delta, table: pl.DataFrame, days: list[str], references: dict, built: pl.DataFrame, version: int
+) -> dict:
+    """Metadata of the rows of `table` (the feature rows of `days`, with their partition column)."""
+    rows = table.height
     target = decl.target.column
     history_used = sorted({d for p in days for d in references[p][1]["history_partitions"]})
     lineage = references[days[0]][1]
@@ -142,7 +142,7 @@ def _features_metadata(decl, module, delta, frames: dict[str, pl.DataFrame], ref
         **where,
         "rows": rows,
         "feature_columns": ", ".join(built.columns),
-        "rows_without_target": sum(f.get_column(target).null_count() for f in frames.values()),
+        "rows_without_target": table.get_column(target).null_count(),
         "rows_without_target_reason": decl.target.missing_reason,
         "history_partitions": len(history_used),
         "history_range": f"{history_used[0]} .. {history_used[-1]}" if history_used else "none",
@@ -152,6 +152,6 @@ def _features_metadata(decl, module, delta, frames: dict[str, pl.DataFrame], ref
         "delta_table": delta.table_uri(decl.name, FEATURES),
         "delta_version": version,
         "dagster/row_count": rows,
-        **({"dagster/column_schema": table_schema(frames[days[0]])} if len(days) == 1 else {}),  # see raw._schema_and_preview
+        **({"dagster/column_schema": table_schema(table.drop(PARTITION_COLUMN))} if len(days) == 1 else {}),  # see raw._schema_and_preview
         "preview": preview(built),
     }

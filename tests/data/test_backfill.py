@@ -60,6 +60,28 @@ def test_a_range_is_one_run_one_commit_per_table_and_equals_day_by_day_ingestion
     }
 
 
+def test_the_local_home_plans_a_range_run_as_one_event_per_asset(landed: Platform, monkeypatch):
+    """`mlops demo`'s environment opts into Dagster's partition-subset planned events: a year landed at once
+    is planned in 3 events, not 1,095 SQLite writes; every partition is still materialized for itself."""
+    from mlops_assets.cli.data_commands import LOCAL_DAGSTER_ENV
+
+    def planned(result: dg.ExecuteInProcessResult) -> list:
+        records = landed.instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED).records
+        return [r.event_log_entry.dagster_event.event_specific_data for r in records]
+
+    monkeypatch.delenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", raising=False)
+    assert len(planned(run_range(landed, RANGE[0], RANGE[2]))) == 3 * 3  # Dagster's default: one per partition
+    for name, value in LOCAL_DAGSTER_ENV.items():
+        monkeypatch.setenv(name, value)
+    result = run_range(landed, RANGE[0], RANGE[-1])
+    assert result.success
+    events = planned(result)
+    assert sorted(e.asset_key.path[-1] for e in events) == ["features", "quarantine", "raw"]
+    assert all(e.partition is None and sorted(e.partitions_subset.get_partition_keys()) == RANGE for e in events)
+    for table in ("raw", "quarantine", "features"):
+        assert landed.instance.get_materialized_partitions(dg.AssetKey(["flights", table])) == set(RANGE)
+
+
 def test_a_bad_day_in_a_range_is_held_back_alone(landed: Platform):
     bad = RANGE[4]
     frame = day_frame(date.fromisoformat(bad)).with_row_index("i")
