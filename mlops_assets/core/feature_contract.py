@@ -115,8 +115,7 @@ class FeatureModule:
             raise FeatureCodeError(f"{self.name}.build_features returned {type(out).__name__}, not a polars DataFrame")
         if out.height != height:
             raise FeatureCodeError(
-                f"{self.name}.build_features returned {out.height} rows for {height} records; "
-                "it must return one row per record, in order"
+                f"{self.name}.build_features returned {out.height} rows for {height} records; it must return one row per record, in order"
             )
         clash = sorted(self.reserved & set(out.columns))
         if clash:
