@@ -8,7 +8,9 @@ perturbed real records. The declaration's checks name the bad lookup.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from types import ModuleType
 
 import numpy as np
 import polars as pl
@@ -137,3 +139,39 @@ def test_a_lookup_on_a_column_requests_do_not_carry_is_refused_at_load():
         DeclarationError, match=r"features\.lookups\.0 \(planes\) matches on \['flight'\], which are not among .*INPUT_COLUMNS"
     ):
         load_feature_module(decl)
+
+
+def test_a_range_built_in_one_pass_equals_each_day_built_alone():
+    """A backfill's range: the per-day history tables stacked with the partition as a key, one build, rows in
+    the records' order (days interleaved here); a module that joins a per-day table itself is built day by day."""
+    decl = load_declaration(PACKAGED / "flights" / "defs.yaml")
+    module = load_feature_module(decl)
+    table, static = flights_table(), reference_frames()
+    days = [date(2013, 2, 1) + timedelta(days=i) for i in range(4)]
+    references = {
+        d.isoformat(): FeatureReference(
+            tables={
+                **static,
+                **module.history_stats(table.filter(pl.col("_date").is_between(d - timedelta(days=28), d, closed="left")).drop("_date")),
+            },
+            categories=categories(decl),
+        )
+        for d in days
+    }
+    types = {c: spec.dtype for c, spec in decl.table_schema.columns.items()}
+    records = pl.concat([day_frame(d).cast(types).with_columns(pl.lit(d.isoformat()).alias("_partition")) for d in days])
+    records = records.sample(fraction=1.0, shuffle=True, seed=3)
+    history = [lookup for lookup in module.lookups if lookup.table in ("route_stats", "carrier_stats")]
+    joins_itself = ModuleType("joins_itself")
+    joins_itself.build_features = lambda rows, ref: module.module.build_features(
+        join_lookups(rows, ref.tables, history, module.key_types), ref
+    )
+    day_by_day = replace(module, module=joins_itself, lookups=tuple(lk for lk in module.lookups if lk not in history))
+    for built in (
+        module.build_partitions(records, references, "_partition"),
+        day_by_day.build_partitions(records, references, "_partition"),
+    ):
+        assert built.height == records.height
+        for p, reference in references.items():
+            mine = records.get_column("_partition") == p
+            assert_frame_equal(built.filter(mine), module.build(records.filter(mine).drop("_partition"), reference))
