@@ -4,7 +4,7 @@ both join records against), drift reports and new prediction-log rows."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import polars as pl
 
@@ -110,21 +110,22 @@ def reference_as_of(
 
 
 def references_as_of(
-    delta: DeltaLakeResource, decl: PipelineDeclaration, module: FeatureModule, partitions: Sequence[str]
+    delta: DeltaLakeResource,
+    decl: PipelineDeclaration,
+    module: FeatureModule,
+    partitions: Sequence[str],
+    clean: pl.DataFrame | None = None,
 ) -> dict[str, tuple[FeatureReference, dict]]:
     """`reference_as_of` for each of several partitions (a backfill range): the clean rows are read once and
     each day's share of the history statistics is computed once, then combined per partition over the
-    `history_days` before it (the module's history_partial/combine_history, when it has them)."""
+    `history_days` before it (the module's history_partial/combine_history, when it has them). `clean`: the
+    clean rows of the range already read (by partition column); only the days before it are read."""
     window = decl.features.history_days
     needed = sorted({d for p in partitions for d in partitions_before(decl, p, window)})
-    history = read_clean(delta, decl.name, needed)
     declared = list(decl.table_schema.columns)
     tables, versions = read_reference(delta, decl.name, list(decl.landing.reference_tables))
     raw_version = delta.version(decl.name, RAW)
-    partials = {}
-    if history is not None and history.height:
-        for (key,), day in history.partition_by(PARTITION_COLUMN, as_dict=True).items():
-            partials[key] = module.history_partial(day.select(declared))
+    partials = {key: module.history_partial(day.select(declared)) for key, day in _clean_days(delta, decl.name, needed, clean)}
     references = {}
     for partition in partitions:
         used = [d for d in partitions_before(decl, partition, window) if d in partials]
@@ -135,6 +136,19 @@ def references_as_of(
         reference = FeatureReference(tables={**tables, **stats}, categories=categories(decl))
         references[partition] = (reference, {"history_partitions": used, "reference_versions": versions, "raw_version": raw_version})
     return references
+
+
+def _clean_days(
+    delta: DeltaLakeResource, pipeline: str, partitions: list[str], clean: pl.DataFrame | None
+) -> Iterator[tuple[str, pl.DataFrame]]:
+    """The clean rows of each of `partitions` that has any: from `clean` where it holds them, else read."""
+    have = set() if clean is None else set(clean.get_column(PARTITION_COLUMN).unique().to_list())
+    wanted = set(partitions)
+    for source in (read_clean(delta, pipeline, [p for p in partitions if p not in have]), clean):
+        if source is not None and source.height:
+            for (key,), day in source.partition_by(PARTITION_COLUMN, as_dict=True).items():
+                if key in wanted:
+                    yield key, day
 
 
 def quarantined_share(delta: DeltaLakeResource, pipeline: str, partitions: pl.Expr) -> pl.DataFrame:

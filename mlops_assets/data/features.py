@@ -90,20 +90,20 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
             if p in shares and shares[p]["failure_rate"] > limit
         }
         records = read_clean(delta, decl.name, [p for p in partitions if p not in held])
-        by_day = {} if records is None else {key: day for (key,), day in records.partition_by(PARTITION_COLUMN, as_dict=True).items()}
-        held.update({p: "no clean rows: ingest it first" for p in partitions if p not in held and p not in by_day})
+        present = set() if records is None else set(records.get_column(PARTITION_COLUMN).unique().to_list())
+        held.update({p: "no clean rows: ingest it first" for p in partitions if p not in held and p not in present})
         good = [p for p in partitions if p not in held]
         if not good:
             raise dg.Failure(
                 f"no features computed: {_held_back(held)}", metadata={"held_back": dg.MetadataValue.json(held)}, allow_retries=False
             )
         try:
-            references = references_as_of(delta, decl, module, good)  # in order: each day sees the days before it
+            # in order: each day sees the days before it (the range's own clean rows are not read twice)
+            references = references_as_of(delta, decl, module, good, clean=records)
         except LookupError as err:
             raise dg.Failure(str(err)) from None
-        clean = pl.concat([by_day[p] for p in good])  # grouped by day, in order
-        built = module.build_partitions(clean.select(*declared, PARTITION_COLUMN), {p: references[p][0] for p in good}, PARTITION_COLUMN)
-        table = pl.concat([clean.select(*keys, SOURCE_ROW), built, clean.select(PARTITION_COLUMN)], how="horizontal")
+        built = module.build_partitions(records.select(*declared, PARTITION_COLUMN), {p: references[p][0] for p in good}, PARTITION_COLUMN)
+        table = pl.concat([records.select(*keys, SOURCE_ROW), built, records.select(PARTITION_COLUMN)], how="horizontal")
         version = delta.write_partitioned(decl.name, FEATURES, table, context.run.run_id)
         if held:  # the good days are materialized, each for itself; the run fails naming the others
             for (p,), day in table.partition_by(PARTITION_COLUMN, as_dict=True).items():
