@@ -68,16 +68,19 @@ _PREPARED = _Prepared()
 def join_lookups(
     records: pl.DataFrame, tables: Mapping[str, pl.DataFrame], lookups: Sequence[LookupSpec], key_types: Mapping[str, pl.DataType]
 ) -> pl.DataFrame:
-    """The batch path: each lookup as a left join, records' order and height kept."""
-    frame = records
+    """The batch path: each lookup as a left join of the records' key columns only (a backfill's records are
+    wide and long: joining them whole copied every column once per lookup), the looked-up columns then
+    added to the records; order and height kept, since a prepared table has one row per key."""
+    added: list[pl.Series] = []
     for lookup in lookups:
         table = tables.get(lookup.table)
         if table is None:
-            frame = frame.with_columns(_absent(lookup, frame.height))
+            added.extend(_absent(lookup, records.height))
             continue
         right = _PREPARED.get(lookup, table, key_types)
-        frame = frame.join(right, on=lookup.keys, how="left", maintain_order="left")
-    return frame
+        found = records.select(lookup.keys).join(right, on=lookup.keys, how="left", maintain_order="left")
+        added.extend(found.drop(lookup.keys).get_columns())
+    return records.hstack(added) if added else records
 
 
 class _IndexedTable(NamedTuple):

@@ -29,8 +29,8 @@ from mlops_assets.core.names import (
     step_name,
 )
 from mlops_assets.core.partitions import backfill_policy, misplaced_in_files
-from mlops_assets.core.records import LandedFileError, conform, read_landed
-from mlops_assets.core.validation import ValidationResult, validate_files
+from mlops_assets.core.records import ConformedFile, LandedFileError, conform, read_landed
+from mlops_assets.core.validation import validate_files
 from mlops_assets.metadata import counts_table, preview, table_schema
 from resources.delta_lake import DeltaLakeResource
 from resources.landing_zone import LandingZoneResource
@@ -53,13 +53,25 @@ class IngestedFile:
     rows: int
     dropped_columns: tuple[str, ...]
     flagged: pl.DataFrame  # every landed row, cast, with its _valid flag
-    result: ValidationResult
+    clean_rows: int
+    quarantine: pl.DataFrame  # the quarantined rows, with reasons and the values as landed
+    reasons: pl.DataFrame  # reason kind -> rows
+
+    @property
+    def failure_rate(self) -> float:
+        return self.quarantine.height / self.rows if self.rows else 0.0
+
+
+# files validated together: a range is read, cast and validated a chunk of files at a time, so what it
+# holds at once beyond its typed rows (the values as landed, validation's working copies) is a chunk's
+VALIDATION_CHUNK_ROWS = 1_000_000
 
 
 def _ingest_files(decl: PipelineDeclaration, landing: LandingZoneResource, partitions: list[str]) -> list[IngestedFile]:
-    """The range's landed files read and cast one by one (errors name the file), then validated together
-    in one pass (nothing written yet); a file that cannot be read fails the run."""
-    landed, conformed = [], []
+    """The range's landed files read and cast one by one (errors name the file) and validated a chunk of
+    files at a time, in one pass each (nothing written yet); a file that cannot be read fails the run."""
+    files: list[IngestedFile] = []
+    chunk: list[tuple[str, str, str, ConformedFile]] = []
     for partition in partitions:
         file_name = decl.landing.file_name(partition)
         stat = landing.stat(decl.name, file_name)
@@ -68,21 +80,40 @@ def _ingest_files(decl: PipelineDeclaration, landing: LandingZoneResource, parti
             raise dg.Failure(f"no landed file for partition {partition}: {uri} does not exist")
         try:
             frame = read_landed(landing.read_bytes(decl.name, file_name), uri, decl.landing.format)
-            conformed.append(conform(frame, decl.table_schema, uri))
+            chunk.append((partition, uri, stat.signature, conform(frame, decl.table_schema, uri)))
         except LandedFileError as err:
             raise dg.Failure(
                 description=f"cannot ingest {err.file}: {err.problem}",
                 metadata={"file": err.file, "problem": err.problem, "partition": partition},
                 allow_retries=False,
             ) from None
-        landed.append((partition, uri, stat.signature))
-    misplaced = misplaced_in_files(decl, [c.frame for c in conformed], partitions, SOURCE_ROW)
+        if sum(c.frame.height for *_, c in chunk) >= VALIDATION_CHUNK_ROWS:
+            files.extend(_validated(decl, chunk))
+            chunk = []
+    return files + (_validated(decl, chunk) if chunk else [])
+
+
+def _validated(decl: PipelineDeclaration, chunk: list[tuple[str, str, str, ConformedFile]]) -> list[IngestedFile]:
+    conformed = [c for *_, c in chunk]
+    misplaced = misplaced_in_files(decl, [c.frame for c in conformed], [p for p, *_ in chunk], SOURCE_ROW)
     results = validate_files(conformed, decl.table_schema, misplaced=misplaced)
     files = []
-    for (partition, uri, signature), c, result in zip(landed, conformed, results):
+    for (partition, uri, signature, c), result in zip(chunk, results):
         invalid = result.quarantine.get_column(SOURCE_ROW).implode()
         flagged = c.frame.with_columns(pl.col(SOURCE_ROW).is_in(invalid).not_().alias(VALID_ROW))
-        files.append(IngestedFile(partition, uri, signature, c.frame.height, tuple(c.dropped_columns), flagged, result))
+        files.append(
+            IngestedFile(
+                partition,
+                uri,
+                signature,
+                c.frame.height,
+                tuple(c.dropped_columns),
+                flagged,
+                result.clean.height,
+                result.quarantine,
+                result.reasons,
+            )
+        )
     return files
 
 
@@ -136,16 +167,15 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
         # one commit per table for the whole range, each partition replaced only for itself; raw first:
         # its _valid flags alone say what is clean, so a stop before the quarantine commit leaks nothing
         raw_version = delta.write_partitions(decl.name, RAW, {d.partition: d.flagged for d in days}, run_id, merge_schema=True)
-        quarantine_version = delta.write_partitions(decl.name, QUARANTINE, {d.partition: d.result.quarantine for d in days}, run_id)
+        quarantine_version = delta.write_partitions(decl.name, QUARANTINE, {d.partition: d.quarantine for d in days}, run_id)
         total = sum(d.rows for d in days)
-        clean = sum(d.result.clean.height for d in days)
-        quarantined = sum(d.result.quarantine.height for d in days)
-        failing = [d for d in days if d.result.failure_rate > limit]
+        clean = sum(d.clean_rows for d in days)
+        quarantined = sum(d.quarantine.height for d in days)
+        failing = [d for d in days if d.failure_rate > limit]
         # a line per file for a few files; a backfill's per-partition figures are in the check's metadata
         for d in days if len(days) <= PER_FILE_LOG_LINES else []:
             context.log.info(
-                f"{d.uri}: {d.rows} rows, {d.result.clean.height} clean, {d.result.quarantine.height} quarantined "
-                f"({d.result.failure_rate:.2%}, limit {limit:.1%})"
+                f"{d.uri}: {d.rows} rows, {d.clean_rows} clean, {d.quarantine.height} quarantined ({d.failure_rate:.2%}, limit {limit:.1%})"
             )
         if len(days) > PER_FILE_LOG_LINES:
             context.log.info(
@@ -171,7 +201,7 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
             },
             tags={LANDED_SIGNATURE: first.signature} if single else None,
         )
-        sample = pl.concat([d.result.quarantine.select("_source_row", "_reason", "_original") for d in days])
+        sample = pl.concat([d.quarantine.select("_source_row", "_reason", "_original") for d in days])
         yield dg.MaterializeResult(
             asset_key=quarantine_key(decl),
             metadata={
@@ -183,7 +213,7 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
                 "preview": preview(sample) if sample.height else "no rows quarantined",
             },
         )
-        reasons = pl.concat([d.result.reasons for d in days]).group_by("reason").agg(pl.col("rows").sum()).sort("rows", descending=True)
+        reasons = pl.concat([d.reasons for d in days]).group_by("reason").agg(pl.col("rows").sum()).sort("rows", descending=True)
         rate = quarantined / total if total else 0.0
         yield dg.AssetCheckResult(
             asset_key=raw_key(decl),
@@ -198,7 +228,7 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
                 + f"; {quarantined} of {total} rows quarantined"
             ),
             metadata={
-                "failure_rate": first.result.failure_rate if single else max(d.result.failure_rate for d in days),
+                "failure_rate": first.failure_rate if single else max(d.failure_rate for d in days),
                 "max_failure_rate": limit,
                 "rows": total,
                 "clean_rows": clean,

@@ -119,6 +119,31 @@ def test_rows_of_another_day_in_a_file_are_quarantined_not_ingested_twice(landed
     assert features.select(keys).is_duplicated().sum() == 0  # the stray rows are in their own day only
 
 
+def test_a_range_validated_a_few_files_at_a_time_gives_the_same_tables(landed: Platform, monkeypatch):
+    """A range is validated in chunks of files (bounding what it holds at once): a chunk of one file, or a
+    few, quarantines and flags the same rows as the whole range at once, rows of another day included."""
+    from mlops_assets.data import raw
+
+    day, other = RANGE[1], RANGE[2]
+    stray = day_frame(date.fromisoformat(other)).head(3)
+    broken = day_frame(date.fromisoformat(day)).with_row_index("i")
+    broken = broken.with_columns(pl.when(pl.col("i") % 50 == 0).then(pl.lit("ZZ")).otherwise(pl.col("carrier")).alias("carrier")).drop("i")
+    landed.landing.write_bytes("flights", f"flights_{day}.parquet", encode(pl.concat([broken, stray]), "parquet"))
+
+    def tables() -> dict[str, pl.DataFrame]:
+        assert run_range(landed, RANGE[0], RANGE[-1]).success
+        return {
+            t: landed.delta.read_partitions("flights", t, RANGE).sort("_partition", "_source_row")
+            for t in ("raw", "quarantine", "features")
+        }
+
+    whole = tables()
+    assert whole["quarantine"].height > 3
+    for rows in (1, 2_000):  # every file its own chunk; two or three files a chunk
+        monkeypatch.setattr(raw, "VALIDATION_CHUNK_ROWS", rows)
+        assert {t: f.equals(whole[t]) for t, f in tables().items()} == {"raw": True, "quarantine": True, "features": True}
+
+
 def test_bursts_split_into_declared_run_sizes(flights_decl):
     keys = [*days("2013-01-01", 5), *days("2013-01-10", 2)]
     assert runs_of(flights_decl, keys) == [days("2013-01-01", 5), days("2013-01-10", 2)]
