@@ -86,6 +86,25 @@ def test_anything_not_plainly_valid_takes_the_full_path(schema, change):
         assert typed_frame([record], schema).equals(expected)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["2013-02-05T11:00:00Z", "2013-02-05 11:00:00", "2013-02-05T11:00:00+00:00", "2013-12-31T23:59:59Z", "2016-02-29T00:00:00Z"],
+)
+def test_plain_utc_timestamps_read_by_python_equal_the_polars_cast(schema, text):
+    records = [{**r, "time_hour": text} for r in request_records(3)]
+    fast = fast_typed_frame(records, schema)
+    assert fast is not None and fast.equals(checked_frame(records, schema))
+    assert fast_typed_frame(records * 10, schema).equals(checked_frame(records * 10, schema))  # polars' own cast
+
+
+@pytest.mark.parametrize("text", ["2013-13-05T11:00:00Z", "2013-02-30T11:00:00Z", "2013-02-05T25:00:00Z"])
+def test_an_impossible_plain_timestamp_takes_the_full_path(schema, text):
+    record = {**request_records(1)[0], "time_hour": text}
+    assert fast_typed_frame([record], schema) is None
+    with pytest.raises(RequestError, match="time_hour"):
+        typed_frame([record], schema)
+
+
 def test_v2_columns_are_typed_exactly_as_the_same_records(schema):
     """V2 hands its tensors over as columns: the same frame, or the same error naming record and field."""
     records = request_records(50)
