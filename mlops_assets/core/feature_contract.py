@@ -149,10 +149,27 @@ class FeatureModule:
             lookup.model_copy(update={"keys": [*lookup.keys, partition_column]}) if lookup.table in varying else lookup
             for lookup in self.lookups
         ]
-        shared = FeatureReference(tables={n: t for n, t in first.tables.items() if n not in varying}, categories=first.categories)
+        tables = _RangeTables({n: t for n, t in first.tables.items() if n not in varying}, varying, self.name)
+        shared = FeatureReference(tables=tables, categories=first.categories)
         key_types = {**self.key_types, partition_column: pl.String}
         joined = join_lookups(records, {**shared.tables, **stacked}, lookups, key_types).drop(partition_column)
         return self._checked(self.module.build_features(joined, shared), records.height)
+
+
+class _RangeTables(dict):
+    """The tables a backfill range shares; asking for a per-day one (joined by its declared lookup) says why it is not there."""
+
+    def __init__(self, tables: Mapping[str, pl.DataFrame], per_day: set[str], module: str):
+        super().__init__(tables)
+        self._per_day, self._module = per_day, module
+
+    def __missing__(self, name: str):
+        if name in self._per_day:
+            raise FeatureCodeError(
+                f"{self._module}.build_features read reference.tables['{name}'], which differs per day in a backfill range and "
+                "is joined in by its declared lookup; use the joined columns, or do not declare the lookup and join it yourself"
+            )
+        raise KeyError(name)
 
 
 def reserved_columns(decl: PipelineDeclaration) -> frozenset[str]:

@@ -19,7 +19,7 @@ from polars.testing import assert_frame_equal
 
 from mlops_assets.core.declaration import PACKAGED_PIPELINES as PACKAGED
 from mlops_assets.core.declaration import DeclarationError, LookupSpec, derive_declaration, load_declaration
-from mlops_assets.core.feature_contract import FeatureReference, categories, load_feature_module
+from mlops_assets.core.feature_contract import FeatureCodeError, FeatureReference, categories, load_feature_module
 from mlops_assets.core.lookups import LookupIndex, LookupTableError, join_lookups
 from mlops_assets.defs.flights.upstream import day_frame, flights_table, reference_frames
 
@@ -175,3 +175,23 @@ def test_a_range_built_in_one_pass_equals_each_day_built_alone():
         for p, reference in references.items():
             mine = records.get_column("_partition") == p
             assert_frame_equal(built.filter(mine), module.build(records.filter(mine).drop("_partition"), reference))
+
+
+def test_a_module_reading_a_per_day_table_it_declared_as_a_lookup_is_told_why_in_a_range():
+    decl = load_declaration(PACKAGED / "flights" / "defs.yaml")
+    module = load_feature_module(decl)
+    table, static = flights_table(), reference_frames()
+    references = {
+        d.isoformat(): FeatureReference(
+            tables={**static, **module.history_stats(table.filter(pl.col("_date") < d).drop("_date"))}, categories=categories(decl)
+        )
+        for d in (date(2013, 1, 5), date(2013, 1, 6))
+    }
+    reads_it = ModuleType("reads_it")
+    reads_it.build_features = lambda rows, ref: module.module.build_features(rows, ref).with_columns(
+        pl.lit(ref.tables["route_stats"].height).alias("routes")
+    )
+    types = {c: spec.dtype for c, spec in decl.table_schema.columns.items()}
+    records = pl.concat([day_frame(date.fromisoformat(p)).cast(types).with_columns(pl.lit(p).alias("_partition")) for p in references])
+    with pytest.raises(FeatureCodeError, match=r"reference.tables\['route_stats'\], which differs per day"):
+        replace(module, module=reads_it).build_partitions(records, references, "_partition")
