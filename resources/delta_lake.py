@@ -151,8 +151,8 @@ WRITE_BATCH_ROWS = 65_536
 
 def _batches(frame: pl.DataFrame) -> pa.RecordBatchReader:
     """A frame as a stream of small record batches: delta-rs's partitioned writer handed one whole table held
-    about 2.2x its size on top of it (10M feature rows over 365 partitions: +4.3 GB, 8.1 s), small batches
-    1.4x (+2.8 GB, 5.3 s)."""
+    about 2.2x its size on top of it, small batches 1.4x, and wrote faster (timed by hand: 10M rows of 25
+    columns over 336 partitions, +4.3 GB in 8.1 s against +2.8 GB in 5.3 s)."""
     table = frame.to_arrow()
     return pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=WRITE_BATCH_ROWS))
 

@@ -140,7 +140,11 @@ class FeatureModule:
             return built[pl.concat([part.get_column("_record") for part in parts.values()]).arg_sort()]
         stacked = {
             name: pl.concat(
-                [ref.tables[name].with_columns(pl.lit(p, pl.String).alias(partition_column)) for p, ref in references.items()],
+                [
+                    ref.tables[name].with_columns(pl.lit(p, pl.String).alias(partition_column))
+                    for p, ref in references.items()
+                    if name in ref.tables  # a day without the table matches nothing: null columns, as for that day alone
+                ],
                 how="vertical_relaxed",
             )
             for name in varying

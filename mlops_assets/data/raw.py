@@ -72,6 +72,7 @@ def _ingest_files(decl: PipelineDeclaration, landing: LandingZoneResource, parti
     files at a time, in one pass each (nothing written yet); a file that cannot be read fails the run."""
     files: list[IngestedFile] = []
     chunk: list[tuple[str, str, str, ConformedFile]] = []
+    chunk_rows = 0
     for partition in partitions:
         file_name = decl.landing.file_name(partition)
         stat = landing.stat(decl.name, file_name)
@@ -80,16 +81,18 @@ def _ingest_files(decl: PipelineDeclaration, landing: LandingZoneResource, parti
             raise dg.Failure(f"no landed file for partition {partition}: {uri} does not exist")
         try:
             frame = read_landed(landing.read_bytes(decl.name, file_name), uri, decl.landing.format)
-            chunk.append((partition, uri, stat.signature, conform(frame, decl.table_schema, uri)))
+            conformed = conform(frame, decl.table_schema, uri)
         except LandedFileError as err:
             raise dg.Failure(
                 description=f"cannot ingest {err.file}: {err.problem}",
                 metadata={"file": err.file, "problem": err.problem, "partition": partition},
                 allow_retries=False,
             ) from None
-        if sum(c.frame.height for *_, c in chunk) >= VALIDATION_CHUNK_ROWS:
+        chunk.append((partition, uri, stat.signature, conformed))
+        chunk_rows += conformed.frame.height
+        if chunk_rows >= VALIDATION_CHUNK_ROWS:
             files.extend(_validated(decl, chunk))
-            chunk = []
+            chunk, chunk_rows = [], 0
     return files + (_validated(decl, chunk) if chunk else [])
 
 
