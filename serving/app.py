@@ -8,6 +8,7 @@ GPUs, and the champion on the CPU replica group as ingress (it routes).
 
 from __future__ import annotations
 
+import math
 import os
 
 from ray.serve import Application
@@ -34,10 +35,23 @@ def logging_options() -> dict:
     return {"logging_config": {"enable_access_log": os.environ.get("MLOPS_SERVE_ACCESS_LOG", "0") == "1"}}
 
 
+def polars_threads(group: ReplicaGroupSpec) -> int:
+    """Polars threads of one replica: its share of CPUs, rounded up (at least one).
+
+    Polars sizes its thread pool to the host's cores; a replica granted half a core then hands every
+    expression to a pool of idle threads that must be woken first, on cores the other replicas use
+    (the README's serving figures). A value the user set (POLARS_MAX_THREADS in Ray's environment) wins.
+    """
+    return max(1, math.ceil(group.num_cpus))
+
+
 def group_options(group: ReplicaGroupSpec) -> dict:
-    """Serve options of one replica group: fixed count or autoscaling bounds, resources, surge."""
+    """Serve options of one replica group: fixed count or autoscaling bounds, resources, surge, polars threads."""
+    actor: dict = {"num_cpus": group.num_cpus, "num_gpus": group.num_gpus}
+    if "POLARS_MAX_THREADS" not in os.environ:
+        actor["runtime_env"] = {"env_vars": {"POLARS_MAX_THREADS": str(polars_threads(group))}}
     options: dict = {
-        "ray_actor_options": {"num_cpus": group.num_cpus, "num_gpus": group.num_gpus},
+        "ray_actor_options": actor,
         "max_ongoing_requests": group.max_ongoing_requests,
         "max_surge_percent": group.max_surge_percent,
         "graceful_shutdown_timeout_s": 30,

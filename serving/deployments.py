@@ -87,6 +87,7 @@ class ModelServer:
         self.rng = random.Random()
         self.counts: Counter[str] = Counter()
         self._background: set[asyncio.Task] = set()
+        self._requests = 0  # HTTP requests inside this replica's `__call__` now (a lone one skips the batch queue)
         self.loaded: Loaded | None = None
         self.loads = 0
         self.cache_dir = tempfile.mkdtemp(prefix=f"mlops-serve-{self.decl.name}-{role}-")
@@ -254,6 +255,7 @@ class ModelServer:
             "feature_columns": loaded.model.feature_columns if loaded else [],
             "reference": loaded.info if loaded else {},
             "loads": self.loads,
+            "polars_threads": pl.thread_pool_size(),
             "prediction_log": self.logger.stats(),
         }
 
@@ -310,7 +312,27 @@ class ModelServer:
         """This replica answers, or the GPU group for its share of the requests."""
         if self.champion_gpu is not None and self.rng.random() < self.gpu_share:
             return self.champion_gpu.infer.remote(*request)
-        return self.infer(*request)
+        return self._here(*request)
+
+    async def _here(
+        self, frame: pl.DataFrame, request_id: str, received_at: float, role: str, served: bool, version: int | None = None
+    ) -> dict:
+        """`infer` in this replica; the only HTTP request in it is answered at once, without Serve's batch queue,
+        which would hand it to its batching task and back with no company to wait for.
+
+        One event-loop turn first lets requests that arrived meanwhile enter `__call__`: then this one is not
+        alone and they batch, as under load. Requests that come through a handle (the gateway's V1, canary,
+        shadow) are not counted here and always take the queue."""
+        item = (frame, request_id, received_at, role, served, version)
+        if self._requests == 1:
+            await asyncio.sleep(0)
+        if self._requests != 1:
+            return await self.infer(*item)
+        self.counts["alone"] += 1  # answered without the batch queue (`routed` in the status)
+        answer = self.predict_many([item])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
     async def _pinned(self, frame: pl.DataFrame, request_id: str, received_at: float, version: int) -> dict:
         """A request for one version (`/v2/models/{name}/versions/{v}/infer`): whichever role holds it answers."""
@@ -344,7 +366,11 @@ class ModelServer:
         one Ray hand-off fewer than through the gateway, answered exactly as the gateway answers it."""
         if request.method != "POST":
             return error(405, f"{request.method} {request.url.path}: infer takes POST")
-        answer = await answer_prediction(request, self.decl, self.schema, decode_v2, self.route)
+        self._requests += 1
+        try:
+            answer = await answer_prediction(request, self.decl, self.schema, decode_v2, self.route)
+        finally:
+            self._requests -= 1
         if isinstance(answer, JSONResponse):
             return answer
         return v2_infer_response(self.decl.name, *answer)

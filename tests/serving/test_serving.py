@@ -424,3 +424,28 @@ def test_restart_with_surge_under_load_has_no_failed_request(served, serving_reg
         for t in threads:
             t.join()
     assert results and all(code == 200 for code in results), {c: results.count(c) for c in set(results)}
+
+
+def test_lone_and_concurrent_v2_requests_answer_alike_and_replicas_size_polars_to_their_cpus(served, serving_registry):
+    """A lone V2 request skips Serve's batch queue; concurrent ones still batch; both give the same answers."""
+    from serving.app import polars_threads
+
+    base = served.base_url
+    records = request_records(8)
+
+    def v2(record: dict) -> float:
+        inputs = [{"name": c, "shape": [1], "datatype": V2_TYPE[type(v)], "data": [v]} for c, v in record.items()]
+        r = HTTP.post(f"{base}/v2/models/flights/infer", json={"inputs": inputs}, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["outputs"][0]["data"][0]
+
+    expected = predict(base, records).json()["predictions"]
+    alone = [v2(r) for r in records]  # one at a time
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda k: v2(records[k % len(records)]), range(160)))
+    np.testing.assert_allclose(alone, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(together, [expected[k % len(records)] for k in range(160)], rtol=0, atol=1e-12)
+    statuses = [HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json() for _ in range(8)]
+    routed = [s["routed"] for s in statuses]
+    assert any(r.get("alone", 0) > 0 for r in routed), routed
+    assert {s["champion"]["polars_threads"] for s in statuses} == {polars_threads(serving_registry.decl.serving.cpu)}

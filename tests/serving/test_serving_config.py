@@ -69,7 +69,7 @@ def test_replica_groups_map_to_serve_options():
     decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
     cpu = group_options(decl.serving.cpu)
     assert cpu["num_replicas"] == 2 and cpu["max_surge_percent"] == 100
-    assert cpu["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0}
+    assert cpu["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0, "runtime_env": {"env_vars": {"POLARS_MAX_THREADS": "1"}}}
     scaled = group_options(decl.serving.cpu.model_copy(update={"min_replicas": 2, "max_replicas": 6}))
     assert "num_replicas" not in scaled and scaled["autoscaling_config"]["max_replicas"] == 6
     gpu_app = pipeline_app(decl, champion=3, challenger=4, gpu=True)
