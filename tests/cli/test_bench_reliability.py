@@ -15,6 +15,8 @@ from mlops_assets.cli.bench import reliability_bench as rb
 from resources.audit_log import history
 from tests.support.serving import PREDICT_TOKEN, request_records, serving_settings
 
+pytestmark = pytest.mark.reliability  # after the suite, in .ci/run: `pytest -m reliability`
+
 
 @pytest.fixture(scope="module")
 def fault_home(flights_ingested, tmp_path_factory) -> rb.FaultHome:

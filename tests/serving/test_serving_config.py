@@ -65,11 +65,16 @@ def test_builders_build_apps_whose_deployments_match_the_overrides():
             assert CHAMPION_GPU_DEPLOYMENT not in deployed  # no Ray GPUs visible here: CPU replicas only
 
 
-def test_replica_groups_map_to_serve_options():
+def test_replica_groups_map_to_serve_options(monkeypatch):
+    monkeypatch.delenv("POLARS_MAX_THREADS", raising=False)
     decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
     cpu = group_options(decl.serving.cpu)
     assert cpu["num_replicas"] == 2 and cpu["max_surge_percent"] == 100
     assert cpu["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0, "runtime_env": {"env_vars": {"POLARS_MAX_THREADS": "1"}}}
+    wide = group_options(decl.serving.cpu.model_copy(update={"num_cpus": 2.5}))
+    assert wide["ray_actor_options"]["runtime_env"] == {"env_vars": {"POLARS_MAX_THREADS": "3"}}  # the CPU share, rounded up
+    monkeypatch.setenv("POLARS_MAX_THREADS", "4")  # the user's own setting wins: Ray's environment passes it on
+    assert "runtime_env" not in group_options(decl.serving.cpu)["ray_actor_options"]
     scaled = group_options(decl.serving.cpu.model_copy(update={"min_replicas": 2, "max_replicas": 6}))
     assert "num_replicas" not in scaled and scaled["autoscaling_config"]["max_replicas"] == 6
     gpu_app = pipeline_app(decl, champion=3, challenger=4, gpu=True)
