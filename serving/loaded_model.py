@@ -9,6 +9,7 @@ to a version number first, so every answer can say which version made it.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,6 @@ def _tag_list(tags: dict, key: str, name: str, version: int) -> list:
 
 def load_version(tracking_uri: str, name: str, version: int, device: str = "cpu", cache_dir: str | None = None) -> LoadedModel:
     """Download `models:/<name>/<version>` and load its LightGBM text file (never a pickle)."""
-    import lightgbm as lgb
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -112,6 +112,18 @@ def load_version(tracking_uri: str, name: str, version: int, device: str = "cpu"
     if task not in TASKS:
         raise ModelLoadError(f"model {name} v{version}: tag mlops.task is {task!r}, expected one of {TASKS}")
     dst = tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=cache_dir)
+    try:
+        return _load_downloaded(name, int(version), task, tags, mv.run_id or "", device, dst)
+    except BaseException:
+        shutil.rmtree(dst, ignore_errors=True)  # a version that cannot be served leaves no download behind
+        raise
+
+
+def _load_downloaded(name: str, version: int, task: str, tags: dict, run_id: str, device: str, dst: str) -> LoadedModel:
+    import lightgbm as lgb
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=dst)
     except MlflowException as err:
@@ -128,7 +140,7 @@ def load_version(tracking_uri: str, name: str, version: int, device: str = "cpu"
     classes = _tag_list(tags, "mlops.classes", name, version)
     if task != "regression" and not classes:
         raise ModelLoadError(f"model {name} v{version}: a {task} model needs the mlops.classes tag")
-    model = LoadedModel(name, int(version), task, list(columns), classes, booster, str(files[0]), mv.run_id or "", device, dst)
+    model = LoadedModel(name, version, task, list(columns), classes, booster, str(files[0]), run_id, device, dst)
     if device == "gpu":
         model._gpu = load_gpu_forest(str(files[0]), task)
     return model

@@ -43,13 +43,13 @@ def _data(task: str):
 
 
 @pytest.mark.parametrize("task,classes", [("binary", ["on_time", "late"]), ("multiclass", ["early", "on_time", "late"])])
-def test_classifiers_answer_with_labels_and_probabilities(registry, task, classes):
+def test_classifiers_answer_with_labels_and_probabilities(registry, task, classes, tmp_path):
     uri, register = registry
     x, y, params = _data(task)
     booster = lgb.train({**params, "verbose": -1}, lgb.Dataset(x, y, feature_name=["a", "b", "c"]), 10)
     tags = {"mlops.feature_columns": json.dumps(["a", "b", "c"]), "mlops.task": task, "mlops.classes": json.dumps(classes)}
     version = register(booster, task, tags)
-    model = load_version(uri, task, version)
+    model = load_version(uri, task, version, cache_dir=str(tmp_path))
     frame = pl.DataFrame(x[:50], schema=["a", "b", "c"], orient="row")
     out = model.predict(frame)
     raw = booster.predict(x[:50])
@@ -61,23 +61,26 @@ def test_classifiers_answer_with_labels_and_probabilities(registry, task, classe
         assert out["predictions"] == out["labels"] == [classes[i] for i in raw.argmax(axis=1)]
 
 
-def test_refusals_name_the_problem(registry):
+def test_refusals_name_the_problem(registry, tmp_path):
     uri, register = registry
+    cache = tmp_path / "downloads"
+    cache.mkdir()
     x, y, params = _data("binary")
     booster = lgb.train({**params, "verbose": -1}, lgb.Dataset(x, y, feature_name=["a", "b", "c"]), 3)
     wrong_cols = register(booster, "m", {"mlops.feature_columns": json.dumps(["a", "c", "b"])})
     no_classes = register(booster, "m", {"mlops.task": "binary"})
     bad_task = register(booster, "m", {"mlops.task": "ranking"})
     with pytest.raises(ModelLoadError, match="differs from the booster's features"):
-        load_version(uri, "m", wrong_cols)
+        load_version(uri, "m", wrong_cols, cache_dir=str(cache))
     with pytest.raises(ModelLoadError, match="needs the mlops.classes tag"):
-        load_version(uri, "m", no_classes)
+        load_version(uri, "m", no_classes, cache_dir=str(cache))
     with pytest.raises(ModelLoadError, match="mlops.task is 'ranking'"):
-        load_version(uri, "m", bad_task)
+        load_version(uri, "m", bad_task, cache_dir=str(cache))
     with pytest.raises(ModelLoadError, match="has no version 99"):
-        load_version(uri, "m", 99)
+        load_version(uri, "m", 99, cache_dir=str(cache))
+    assert list(cache.iterdir()) == []  # a refused version leaves no download behind
     assert resolve_alias(uri, "m", "champion") is None and resolve_alias(uri, "nosuch", "champion") is None
     frame = pl.DataFrame({"a": [0.1], "b": [0.2]})
-    model = load_version(uri, "m", register(booster, "m", {}))  # no tags: a regression over the booster's own columns
+    model = load_version(uri, "m", register(booster, "m", {}), cache_dir=str(cache))  # no tags: a regression over the booster's own columns
     with pytest.raises(ModelLoadError, match=r"needs features .*\['c'\]"):
         model.predict(frame)

@@ -75,8 +75,8 @@ def test_gpu_predictions_match_lightgbm(tmp_path, task):
     booster = lgb.train(params, lgb.Dataset(x, y, feature_name=cols), num_boost_round=40)
     uri, version = _register(tmp_path, booster, task, classes)
     features = pl.DataFrame(x[:500], schema=cols, orient="row")
-    cpu = load_version(uri, f"gpu_{task}", version, device="cpu").predict(features)
-    gpu = load_version(uri, f"gpu_{task}", version, device="gpu").predict(features)
+    cpu = load_version(uri, f"gpu_{task}", version, device="cpu", cache_dir=str(tmp_path)).predict(features)
+    gpu = load_version(uri, f"gpu_{task}", version, device="gpu", cache_dir=str(tmp_path)).predict(features)
     np.testing.assert_allclose(
         np.asarray(gpu.get("probabilities", gpu["predictions"]), dtype=float),
         np.asarray(cpu.get("probabilities", cpu["predictions"]), dtype=float),
