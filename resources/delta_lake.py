@@ -23,20 +23,25 @@ refused rather than silently accepted.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
+from urllib.parse import quote
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from dagster import ConfigurableResource, get_dagster_logger
 from deltalake import CommitProperties, DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake import Schema as DeltaSchema
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.transaction import AddAction, create_table_with_add_actions
 from pydantic import Field
 
 from mlops_assets.core.home import MlopsHome
@@ -271,24 +276,42 @@ class DeltaLakeResource(ConfigurableResource):
         """`write_partitions` for rows that carry their partition column already: the partitions named (by
         default, those the rows are in) are replaced in one commit; a named partition without rows is emptied."""
         keys = list(partitions) if partitions is not None else frame.get_column(PARTITION_COLUMN).unique(maintain_order=True).to_list()
-        if not keys:
-            raise ValueError(f"writing {table}: no partitions given")
-        bad = [p for p in keys if "'" in p]
-        if bad:
-            raise ValueError(f"invalid partition key {bad[0]!r}")
-        listed = ", ".join(f"'{k}'" for k in keys)
-        predicate = f"{PARTITION_COLUMN} = {listed}" if len(keys) == 1 else f"{PARTITION_COLUMN} IN ({listed})"
+        return self.write_partition_stream(pipeline, table, keys, [frame], run_id, merge_schema)
+
+    def write_partition_stream(
+        self,
+        pipeline: str,
+        table: str,
+        partitions: Sequence[str],
+        chunks: Iterable[pl.DataFrame],
+        run_id: str,
+        merge_schema: bool = False,
+    ) -> int:
+        """Replace `partitions` in one commit with rows that arrive in chunks (each carrying its partition
+        column; a partition may span chunks); returns the commit's version. A named partition without rows
+        is emptied. Each chunk's partitions are written as finished Parquet files at once, so memory holds
+        one chunk, not the range: delta-rs's partitioned writer keeps every partition's file open to the end
+        (a 10M-row backfill held several GB). A chunk that raises removes the files written so far."""
+        keys = _partition_keys(table, partitions)
         where = keys[0] if len(keys) == 1 else f"{keys[0]} .. {keys[-1]} ({len(keys)})"
-        return self._write(
-            self.table_uri(pipeline, table),
-            frame,
-            f"writing {table} partition {where}",
-            {"dagster_run_id": run_id, "partition": where},
-            mode="overwrite",
-            predicate=predicate,
-            partition_by=[PARTITION_COLUMN],
-            **({"schema_mode": "merge"} if merge_schema else {}),
-        )
+        what = f"writing {table} partition {where}"
+        uri = self.table_uri(pipeline, table)
+        files = _StreamedFiles(uri, self.storage_options, self.table(pipeline, table), merge_schema, set(keys), what)
+        try:
+            for chunk in chunks:
+                files.write(chunk)
+            commit_id = uuid.uuid4().hex
+            # no rebase inside delta-rs (max_commit_retries=0): its conflict check does not see a transaction's
+            # partition filter, so a rebased overwrite of a new partition could stack on a concurrent one;
+            # instead a lost race rebuilds the overwrite on the new snapshot (_commit), as every write here does
+            properties = CommitProperties(
+                custom_metadata={"dagster_run_id": run_id, "partition": where, "mlops_commit_id": commit_id}, max_commit_retries=0
+            )
+            self._commit(lambda: files.commit(self, pipeline, table, keys, properties), what)
+        except BaseException:
+            files.remove()
+            raise
+        return self._version_of_commit(uri, commit_id, what)
 
     def overwrite(self, pipeline: str, table: str, frame: pl.DataFrame, run_id: str) -> int:
         return self._write(
@@ -347,3 +370,133 @@ class DeltaLakeResource(ConfigurableResource):
         if t is None:
             return []
         return sorted({p[PARTITION_COLUMN] for p in t.partitions()})
+
+
+def _partition_keys(table: str, partitions: Sequence[str]) -> list[str]:
+    keys = list(dict.fromkeys(partitions))
+    if not keys:
+        raise ValueError(f"writing {table}: no partitions given")
+    bad = [p for p in keys if not isinstance(p, str) or not p or "'" in p]
+    if bad:
+        raise ValueError(f"writing {table}: invalid partition key {bad[0]!r}")
+    return keys
+
+
+@lru_cache(maxsize=256)
+def _stored_dtype(dtype: pl.DataType) -> pl.DataType:
+    """The type a column of `dtype` reads back as from Delta (no unsigned integers: UInt32 is stored as
+    integer), so files are written in the table's own types, as delta-rs's writer casts them."""
+    stored = DeltaSchema.from_arrow(pl.DataFrame(schema={"c": dtype}).to_arrow().schema).to_arrow()
+    return pl.from_arrow(pa.schema(stored).empty_table()).schema["c"]  # type: ignore[union-attr]
+
+
+def _arrow_schema(table: DeltaTable) -> pa.Schema:
+    return pa.schema(table.schema().to_arrow())
+
+
+class _StreamedFiles:
+    """The Parquet files of one streamed write, not yet committed: the column types they share with the
+    table, the add actions of the commit, and the paths to remove if the write fails before it."""
+
+    def __init__(self, uri: str, storage_options: Mapping[str, str], existing: DeltaTable | None, merge_schema: bool, keys: set, what: str):
+        self.fs, self.root = pyarrow_filesystem(uri, storage_options)
+        self.merge_schema, self.keys, self.what = merge_schema, keys, what
+        # the table's columns as polars types (rows are cast to them) and the columns this write adds
+        self.table_columns: dict[str, pl.DataType] = (
+            {} if existing is None else dict(pl.from_arrow(_arrow_schema(existing).empty_table()).schema)  # type: ignore[union-attr]
+        )
+        self.new_columns: dict[str, pl.DataType] = {}
+        self.creates = existing is None
+        self.actions: list[AddAction] = []
+        self.paths: list[str] = []
+
+    def write(self, chunk: pl.DataFrame) -> None:
+        if PARTITION_COLUMN not in chunk.columns:
+            raise ValueError(f"{self.what}: rows without the {PARTITION_COLUMN} column")
+        chunk = self._conform(chunk)
+        for (partition,), rows in chunk.partition_by(PARTITION_COLUMN, as_dict=True, include_key=False).items():
+            if partition not in self.keys:
+                raise ValueError(f"{self.what}: rows of partition {partition!r}, which this write does not replace")
+            self._write_file(partition, rows)
+
+    def _conform(self, chunk: pl.DataFrame) -> pl.DataFrame:
+        """Cast to the table's column types; a column the table lacks is added only with merge_schema."""
+        casts = {}
+        for name, dtype in chunk.schema.items():
+            if isinstance(dtype, pl.Datetime) and dtype.time_unit != "us":  # Delta stores microseconds
+                dtype = pl.Datetime("us", dtype.time_zone)
+                casts[name] = dtype
+            known = self.table_columns.get(name, self.new_columns.get(name))
+            if known is None:
+                if self.table_columns and not self.merge_schema:
+                    raise ValueError(
+                        f"{self.what}: column {name!r} ({dtype}) is not in the table; its columns are {', '.join(self.table_columns)}"
+                    )
+                known = self.new_columns[name] = _stored_dtype(dtype)
+            if known != dtype:
+                casts[name] = known
+        if not casts:
+            return chunk
+        try:
+            return chunk.with_columns(pl.col(name).cast(dtype, strict=True) for name, dtype in casts.items())
+        except pl.exceptions.PolarsError as err:
+            bad = ", ".join(f"{n!r} ({chunk.schema[n]} -> {d})" for n, d in casts.items())
+            raise ValueError(f"{self.what}: rows do not fit the table's column types: {bad}: {err}") from None
+
+    def _write_file(self, partition: str, rows: pl.DataFrame) -> None:
+        # the hive-style folder delta-rs's own writer names (readers take the partition value from it)
+        folder = f"{PARTITION_COLUMN}={quote(partition, safe='')}"
+        relative = f"{folder}/part-{uuid.uuid4().hex}-c000.snappy.parquet"
+        buffer = pa.BufferOutputStream()
+        pq.write_table(rows.to_arrow(), buffer, compression="snappy")
+        data = buffer.getvalue()
+        path = f"{self.root}/{relative}"
+        self.paths.append(path)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.create_dir(f"{self.root}/{folder}", recursive=True)
+        with self.fs.open_output_stream(path) as out:
+            out.write(data)
+        stats = {"numRecords": rows.height, "nullCount": {n: c for n, c in rows.null_count().row(0, named=True).items()}}
+        self.actions.append(AddAction(relative, data.size, {PARTITION_COLUMN: partition}, int(time.time() * 1000), True, json.dumps(stats)))
+
+    def schema(self, current: DeltaTable | None) -> DeltaSchema:
+        """The table's columns as of `current` (a concurrent writer may have added some), then this write's."""
+        columns = {} if current is None else dict(pl.from_arrow(_arrow_schema(current).empty_table()).schema)  # type: ignore[union-attr]
+        columns.update({n: d for n, d in {**self.table_columns, **self.new_columns}.items() if n not in columns})
+        columns.setdefault(PARTITION_COLUMN, pl.String)
+        return DeltaSchema.from_arrow(pl.DataFrame(schema=columns).to_arrow().schema)
+
+    def commit(self, delta: "DeltaLakeResource", pipeline: str, table: str, keys: list[str], properties: CommitProperties) -> None:
+        current = delta.table(pipeline, table)
+        if current is None:
+            try:
+                create_table_with_add_actions(
+                    delta.table_uri(pipeline, table),
+                    self.schema(None),
+                    self.actions,
+                    mode="error",
+                    partition_by=[PARTITION_COLUMN],
+                    storage_options=delta.resolved_storage_options(),
+                    commit_properties=properties,
+                )
+                return
+            except DeltaError as err:
+                if delta.table(pipeline, table) is None:
+                    raise
+                raise CommitFailedError(f"the table was created by a concurrent writer: {err}") from err
+        current.create_write_transaction(
+            self.actions,
+            "overwrite",
+            self.schema(current),
+            partition_by=[PARTITION_COLUMN],
+            partition_filters=[(PARTITION_COLUMN, "in", keys)],
+            commit_properties=properties,
+        )
+
+    def remove(self) -> None:
+        """Files of a write that did not commit: no version points at them, so removing them loses nothing."""
+        for path in self.paths:
+            try:
+                self.fs.delete_file(path)
+            except OSError as err:  # left for vacuum; the write's own error is what the caller sees
+                get_dagster_logger().warning(f"{self.what}: could not remove uncommitted file {path}: {err}")

@@ -115,17 +115,21 @@ def references_as_of(
     module: FeatureModule,
     partitions: Sequence[str],
     clean: pl.DataFrame | None = None,
+    partials: dict[str, pl.DataFrame] | None = None,
 ) -> dict[str, tuple[FeatureReference, dict]]:
     """`reference_as_of` for each of several partitions (a backfill range): the clean rows are read once and
     each day's share of the history statistics is computed once, then combined per partition over the
     `history_days` before it (the module's history_partial/combine_history, when it has them). `clean`: the
-    clean rows of the range already read (by partition column); only the days before it are read."""
+    clean rows of the range already read (by partition column); only the days before it are read. `partials`:
+    the days' history partials of an earlier call (a range built in chunks), extended by this one."""
     window = decl.features.history_days
     needed = sorted({d for p in partitions for d in partitions_before(decl, p, window)})
     declared = list(decl.table_schema.columns)
     tables, versions = read_reference(delta, decl.name, list(decl.landing.reference_tables))
     raw_version = delta.version(decl.name, RAW)
-    partials = {key: module.history_partial(day.select(declared)) for key, day in _clean_days(delta, decl.name, needed, clean)}
+    partials = {} if partials is None else partials
+    missing = [d for d in needed if d not in partials]
+    partials.update({key: module.history_partial(day.select(declared)) for key, day in _clean_days(delta, decl.name, missing, clean)})
     references = {}
     for partition in partitions:
         used = [d for d in partitions_before(decl, partition, window) if d in partials]

@@ -7,6 +7,9 @@ step: the clean rows read once, each day's history computed in order, one commit
 A day whose validation failed is held back; the others are computed.
 """
 
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
 import dagster as dg
 import polars as pl
 
@@ -61,9 +64,6 @@ def build_reference_asset(decl: PipelineDeclaration) -> dg.AssetsDefinition:
 
 def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     module = load_feature_module(decl)
-    declared = list(decl.table_schema.columns)
-    target = decl.target.column
-    keys = list(dict.fromkeys([*decl.table_schema.unique, target]))
     deps = [raw_key(decl)] + ([reference_key(decl)] if decl.landing.reference_tables else [])
 
     @dg.asset(
@@ -89,30 +89,25 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
             for p in partitions
             if p in shares and shares[p]["failure_rate"] > limit
         }
-        records = read_clean(delta, decl.name, [p for p in partitions if p not in held])
-        present = set() if records is None else set(records.get_column(PARTITION_COLUMN).unique().to_list())
-        held.update({p: "no clean rows: ingest it first" for p in partitions if p not in held and p not in present})
+        clean_rows = {p: shares[p]["rows"] - shares[p]["quarantined"] for p in partitions if p in shares}
+        held.update({p: "no clean rows: ingest it first" for p in partitions if p not in held and clean_rows.get(p, 0) <= 0})
         good = [p for p in partitions if p not in held]
         if not good:
             raise dg.Failure(
                 f"no features computed: {_held_back(held)}", metadata={"held_back": dg.MetadataValue.json(held)}, allow_retries=False
             )
+        built = _BuiltRange()
         try:
-            # in order: each day sees the days before it (the range's own clean rows are not read twice)
-            references = references_as_of(delta, decl, module, good, clean=records)
+            version = delta.write_partition_stream(
+                decl.name, FEATURES, good, built.chunks(delta, decl, module, _chunks(good, clean_rows)), context.run.run_id
+            )
         except LookupError as err:
             raise dg.Failure(str(err)) from None
-        built = module.build_partitions(records.select(*declared, PARTITION_COLUMN), {p: references[p][0] for p in good}, PARTITION_COLUMN)
-        table = pl.concat([records.select(*keys, SOURCE_ROW), built, records.select(PARTITION_COLUMN)], how="horizontal")
-        del records  # the columns the table does not carry are freed before the write (10M rows: about 1 GB)
-        version = delta.write_partitioned(decl.name, FEATURES, table, context.run.run_id)
         if held:  # the good days are materialized, each for itself; the run fails naming the others
-            for (p,), day in table.partition_by(PARTITION_COLUMN, as_dict=True).items():
+            for p in good:
                 context.log_event(
                     dg.AssetMaterialization(
-                        asset_key=features_key(decl),
-                        partition=p,
-                        metadata=_features_metadata(decl, module, delta, day, [p], references, built, version),
+                        asset_key=features_key(decl), partition=p, metadata=built.metadata(decl, module, delta, [p], version)
                     )
                 )
             raise dg.Failure(
@@ -120,7 +115,7 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
                 metadata={"held_back": dg.MetadataValue.json(held), "computed": ", ".join(good)},
                 allow_retries=False,
             )
-        return dg.MaterializeResult(metadata=_features_metadata(decl, module, delta, table, good, references, built, version))
+        return dg.MaterializeResult(metadata=built.metadata(decl, module, delta, good, version))
 
     return features
 
@@ -130,29 +125,88 @@ def _held_back(held: dict[str, str]) -> str:
     return shown + (f"; and {len(held) - 5} more" if len(held) > 5 else "")
 
 
-def _features_metadata(
-    decl, module, delta, table: pl.DataFrame, days: list[str], references: dict, built: pl.DataFrame, version: int
-) -> dict:
-    """Metadata of the rows of `table` (the feature rows of `days`, with their partition column)."""
-    rows = table.height
-    target = decl.target.column
-    history_used = sorted({d for p in days for d in references[p][1]["history_partitions"]})
-    lineage = references[days[0]][1]
-    where = {"partition": days[0]} if len(days) == 1 else {"partitions": len(days), "range": f"{days[0]} .. {days[-1]}"}
-    return {
-        **where,
-        "rows": rows,
-        "feature_columns": ", ".join(built.columns),
-        "rows_without_target": table.get_column(target).null_count(),
-        "rows_without_target_reason": decl.target.missing_reason,
-        "history_partitions": len(history_used),
-        "history_range": f"{history_used[0]} .. {history_used[-1]}" if history_used else "none",
-        "raw_delta_version": lineage["raw_version"],
-        "reference_delta_versions": lineage["reference_versions"],
-        "feature_code_hash": module.code_hash(),
-        "delta_table": delta.table_uri(decl.name, FEATURES),
-        "delta_version": version,
-        "dagster/row_count": rows,
-        **({"dagster/column_schema": table_schema(table.drop(PARTITION_COLUMN))} if len(days) == 1 else {}),  # see raw._schema_and_preview
-        "preview": preview(built),
-    }
+# days featurized together: a range is read, built and written a chunk of days at a time (each day's history
+# still computed in order), so a backfill holds one chunk of rows, never the range
+FEATURE_CHUNK_ROWS = 250_000
+
+
+def _chunks(days: list[str], clean_rows: dict[str, int]) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    rows = 0
+    for day in days:
+        chunk.append(day)
+        rows += clean_rows[day]
+        if rows >= FEATURE_CHUNK_ROWS:
+            yield chunk
+            chunk, rows = [], 0
+    if chunk:
+        yield chunk
+
+
+@dataclass
+class _DayFigures:
+    rows: int
+    rows_without_target: int
+    history: list[str]
+
+
+@dataclass
+class _BuiltRange:
+    """The feature rows of a range built a chunk of days at a time for the streamed write; keeps what the
+    materializations report (per-day figures, the first chunk's preview and schema, the lineage), not the rows."""
+
+    days: dict[str, _DayFigures] = field(default_factory=dict)
+    lineage: dict = field(default_factory=dict)
+    first: pl.DataFrame | None = None  # the first rows built, with their keys: the column schema
+    feature_columns: list[str] = field(default_factory=list)
+
+    def chunks(self, delta, decl, module, day_chunks: Iterator[list[str]]) -> Iterator[pl.DataFrame]:
+        declared = list(decl.table_schema.columns)
+        target = decl.target.column
+        keys = list(dict.fromkeys([*decl.table_schema.unique, target]))
+        partials: dict[str, pl.DataFrame] = {}  # each day's share of the history statistics, computed once
+        for days in day_chunks:
+            records = read_clean(delta, decl.name, days)
+            if records is None:
+                raise LookupError(f"raw table of pipeline {decl.name} is gone: ingest {days[0]} first")
+            # in order: each day sees the days before it (the chunk's own clean rows are not read twice)
+            references = references_as_of(delta, decl, module, days, clean=records, partials=partials)
+            built = module.build_partitions(
+                records.select(*declared, PARTITION_COLUMN), {p: references[p][0] for p in days}, PARTITION_COLUMN
+            )
+            table = pl.concat([records.select(*keys, SOURCE_ROW), built, records.select(PARTITION_COLUMN)], how="horizontal")
+            del records  # the columns the table does not carry are freed before the write
+            figures = table.group_by(PARTITION_COLUMN).agg(pl.len().alias("rows"), pl.col(target).null_count().alias("without_target"))
+            for day, rows, without_target in figures.iter_rows():
+                self.days[day] = _DayFigures(rows, without_target, references[day][1]["history_partitions"])
+            if self.first is None:
+                self.first, self.feature_columns = table.head(5), built.columns
+                self.lineage = references[days[0]][1]
+            yield table
+
+    def metadata(self, decl, module, delta, days: list[str], version: int) -> dict:
+        """Metadata of the feature rows of `days`."""
+        figures = [self.days[d] for d in days if d in self.days]
+        rows = sum(f.rows for f in figures)
+        history_used = sorted({d for f in figures for d in f.history})
+        where = {"partition": days[0]} if len(days) == 1 else {"partitions": len(days), "range": f"{days[0]} .. {days[-1]}"}
+        first = self.first if self.first is not None else pl.DataFrame()
+        return {
+            **where,
+            "rows": rows,
+            "feature_columns": ", ".join(self.feature_columns),
+            "rows_without_target": sum(f.rows_without_target for f in figures),
+            "rows_without_target_reason": decl.target.missing_reason,
+            "history_partitions": len(history_used),
+            "history_range": f"{history_used[0]} .. {history_used[-1]}" if history_used else "none",
+            "raw_delta_version": self.lineage.get("raw_version"),
+            "reference_delta_versions": self.lineage.get("reference_versions"),
+            "feature_code_hash": module.code_hash(),
+            "delta_table": delta.table_uri(decl.name, FEATURES),
+            "delta_version": version,
+            "dagster/row_count": rows,
+            **(
+                {"dagster/column_schema": table_schema(first.drop(PARTITION_COLUMN))} if len(days) == 1 else {}
+            ),  # see raw._schema_and_preview
+            "preview": preview(first.select(self.feature_columns)),
+        }

@@ -11,7 +11,8 @@ the features step then holds that partition back (and computes the others). The 
 is written either way, so nothing is lost.
 """
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import dagster as dg
 import polars as pl
@@ -19,6 +20,7 @@ import polars as pl
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.names import (
     LANDED_SIGNATURE,
+    PARTITION_COLUMN,
     QUARANTINE,
     RAW,
     SOURCE_ROW,
@@ -47,12 +49,14 @@ def build_landing_spec(decl: PipelineDeclaration) -> dg.AssetSpec:
 
 @dataclass(frozen=True)
 class IngestedFile:
+    """What the step reports of one landed file once its rows went to the raw write: its figures and
+    quarantined rows (few), not its rows."""
+
     partition: str
     uri: str
     signature: str
     rows: int
     dropped_columns: tuple[str, ...]
-    flagged: pl.DataFrame  # every landed row, cast, with its _valid flag
     clean_rows: int
     quarantine: pl.DataFrame  # the quarantined rows, with reasons and the values as landed
     reasons: pl.DataFrame  # reason kind -> rows
@@ -62,18 +66,35 @@ class IngestedFile:
         return self.quarantine.height / self.rows if self.rows else 0.0
 
 
-# files validated together: a range is read, cast and validated a chunk of files at a time, so what it
-# holds at once beyond its typed rows (the values as landed, validation's working copies) is a chunk's
-VALIDATION_CHUNK_ROWS = 1_000_000
+# files validated together: a range is read, cast and validated a chunk of files at a time, and each chunk's
+# rows are written before the next is read, so a backfill holds one chunk of rows, never the range
+VALIDATION_CHUNK_ROWS = 250_000
 
 
-def _ingest_files(decl: PipelineDeclaration, landing: LandingZoneResource, partitions: list[str]) -> list[IngestedFile]:
-    """The range's landed files read and cast one by one (errors name the file) and validated a chunk of
-    files at a time, in one pass each (nothing written yet); a file that cannot be read fails the run."""
-    files: list[IngestedFile] = []
-    chunk: list[tuple[str, str, str, ConformedFile]] = []
-    chunk_rows = 0
-    for partition in partitions:
+@dataclass
+class IngestedRange:
+    """The files of a range as they are ingested: `rows()` yields each file's flagged rows (every landed row,
+    cast, with its _valid flag and partition column) for the raw write and keeps only the files' figures."""
+
+    decl: PipelineDeclaration
+    landing: LandingZoneResource
+    partitions: list[str]
+    files: list[IngestedFile] = field(default_factory=list)
+    first_rows: pl.DataFrame | None = None  # the first file's rows: its column schema and preview
+
+    def rows(self) -> Iterator[pl.DataFrame]:
+        chunk: list[tuple[str, str, str, ConformedFile]] = []
+        chunk_rows = 0
+        for partition in self.partitions:
+            chunk.append(self._read(partition))
+            chunk_rows += chunk[-1][3].frame.height
+            if chunk_rows >= VALIDATION_CHUNK_ROWS or partition == self.partitions[-1]:
+                yield from self._validated(chunk)
+                chunk, chunk_rows = [], 0
+
+    def _read(self, partition: str) -> tuple[str, str, str, ConformedFile]:
+        """One landed file read and cast (errors name the file); a file that cannot be read fails the run."""
+        decl, landing = self.decl, self.landing
         file_name = decl.landing.file_name(partition)
         stat = landing.stat(decl.name, file_name)
         uri = landing.uri(decl.name, file_name)
@@ -88,38 +109,35 @@ def _ingest_files(decl: PipelineDeclaration, landing: LandingZoneResource, parti
                 metadata={"file": err.file, "problem": err.problem, "partition": partition},
                 allow_retries=False,
             ) from None
-        chunk.append((partition, uri, stat.signature, conformed))
-        chunk_rows += conformed.frame.height
-        if chunk_rows >= VALIDATION_CHUNK_ROWS:
-            files.extend(_validated(decl, chunk))
-            chunk, chunk_rows = [], 0
-    return files + (_validated(decl, chunk) if chunk else [])
+        return partition, uri, stat.signature, conformed
 
-
-def _validated(decl: PipelineDeclaration, chunk: list[tuple[str, str, str, ConformedFile]]) -> list[IngestedFile]:
-    conformed = [c for *_, c in chunk]
-    misplaced = misplaced_in_files(decl, [c.frame for c in conformed], [p for p, *_ in chunk], SOURCE_ROW)
-    results = validate_files(conformed, decl.table_schema, misplaced=misplaced)
-    files = []
-    for (partition, uri, signature, c), result in zip(chunk, results):
-        invalid = result.quarantine.get_column(SOURCE_ROW).implode()
-        flagged = c.frame.with_columns(pl.col(SOURCE_ROW).is_in(invalid).not_().alias(VALID_ROW))
-        files.append(
-            IngestedFile(
-                partition,
-                uri,
-                signature,
-                c.frame.height,
-                tuple(c.dropped_columns),
-                flagged,
-                result.clean.height,
-                result.quarantine,
-                result.reasons,
+    def _validated(self, chunk: list[tuple[str, str, str, ConformedFile]]) -> Iterator[pl.DataFrame]:
+        """A chunk of files validated in one pass; each file's flagged rows, in order."""
+        conformed = [c for *_, c in chunk]
+        misplaced = misplaced_in_files(self.decl, [c.frame for c in conformed], [p for p, *_ in chunk], SOURCE_ROW)
+        results = validate_files(conformed, self.decl.table_schema, misplaced=misplaced)
+        del conformed, misplaced
+        for (partition, uri, signature, c), result in zip(chunk, results):
+            invalid = result.quarantine.get_column(SOURCE_ROW).implode()
+            flagged = c.frame.with_columns(pl.col(SOURCE_ROW).is_in(invalid).not_().alias(VALID_ROW))
+            if self.first_rows is None:
+                self.first_rows = flagged.head(PREVIEW_ROWS)
+            self.files.append(
+                IngestedFile(
+                    partition,
+                    uri,
+                    signature,
+                    c.frame.height,
+                    tuple(c.dropped_columns),
+                    result.clean.height,
+                    result.quarantine,
+                    result.reasons,
+                )
             )
-        )
-    return files
+            yield flagged.with_columns(pl.lit(partition, dtype=pl.String).alias(PARTITION_COLUMN))
 
 
+PREVIEW_ROWS = 5
 PER_FILE_LOG_LINES = 10
 
 
@@ -165,11 +183,13 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
     )
     def ingest(context: dg.AssetExecutionContext, landing: LandingZoneResource, delta: DeltaLakeResource):
         partitions = list(context.partition_keys)  # one, or a whole backfill range in one run
-        days = _ingest_files(decl, landing, partitions)
         run_id = context.run.run_id
-        # one commit per table for the whole range, each partition replaced only for itself; raw first:
-        # its _valid flags alone say what is clean, so a stop before the quarantine commit leaks nothing
-        raw_version = delta.write_partitions(decl.name, RAW, {d.partition: d.flagged for d in days}, run_id, merge_schema=True)
+        # one commit per table for the whole range, each partition replaced only for itself; raw first, its
+        # rows streamed as they are validated: its _valid flags alone say what is clean, so a stop before
+        # the quarantine commit leaks nothing
+        ingested = IngestedRange(decl, landing, partitions)
+        raw_version = delta.write_partition_stream(decl.name, RAW, partitions, ingested.rows(), run_id, merge_schema=True)
+        days = ingested.files
         quarantine_version = delta.write_partitions(decl.name, QUARANTINE, {d.partition: d.quarantine for d in days}, run_id)
         total = sum(d.rows for d in days)
         clean = sum(d.clean_rows for d in days)
@@ -200,7 +220,7 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
                 "delta_table": delta.table_uri(decl.name, RAW),
                 "delta_version": raw_version,
                 "dagster/row_count": total,
-                **_schema_and_preview(first.flagged, single),
+                **_schema_and_preview(ingested.first_rows, single),
             },
             tags={LANDED_SIGNATURE: first.signature} if single else None,
         )

@@ -3,6 +3,7 @@
 import json
 import shutil
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -56,7 +57,11 @@ def test_reingest_replaces_only_its_partition(three_days: Platform):
     assert counts(platform, "raw") == before, "re-running a partition must not duplicate rows"
     history = DeltaTable(platform.delta.table_uri("flights", "raw")).history(1)[0]
     assert history["dagster_run_id"] == again.run_id
-    assert history["operationParameters"]["predicate"] == "_partition = '2013-01-02'"
+    assert history["partition"] == DAY2 and history["operationParameters"]["mode"] == "Overwrite"
+    log = Path(platform.delta.table_uri("flights", "raw")) / "_delta_log" / f"{history['version']:020d}.json"
+    actions = [json.loads(line) for line in log.read_text().splitlines()]
+    touched = {a[kind]["partitionValues"]["_partition"] for a in actions for kind in ("add", "remove") if kind in a}
+    assert touched == {DAY2}, "the commit removes and adds files of its own partition only"
 
     corrected = day_frame(date(2013, 1, 2)).head(900)
     land_frame(platform, DAY2, corrected)

@@ -29,14 +29,14 @@ def die() -> None:
 def _kill_before_write_of(table: str) -> None:
     from resources.delta_lake import DeltaLakeResource
 
-    write = DeltaLakeResource.write_partitioned  # every partition write goes through it (write_partitions too)
+    write = DeltaLakeResource.write_partition_stream  # every partition write goes through it
 
     def write_or_die(self, pipeline, name, *args, **kwargs):
         if name == table:
             die()
         return write(self, pipeline, name, *args, **kwargs)
 
-    DeltaLakeResource.write_partitioned = write_or_die  # type: ignore[method-assign]
+    DeltaLakeResource.write_partition_stream = write_or_die  # type: ignore[method-assign]
 
 
 def _kill_mid_training(at_round: int = 3) -> None:
