@@ -406,7 +406,6 @@ class _StreamedFiles:
             {} if existing is None else dict(pl.from_arrow(_arrow_schema(existing).empty_table()).schema)  # type: ignore[union-attr]
         )
         self.new_columns: dict[str, pl.DataType] = {}
-        self.creates = existing is None
         self.actions: list[AddAction] = []
         self.paths: list[str] = []
 
@@ -456,7 +455,7 @@ class _StreamedFiles:
             self.fs.create_dir(f"{self.root}/{folder}", recursive=True)
         with self.fs.open_output_stream(path) as out:
             out.write(data)
-        stats = {"numRecords": rows.height, "nullCount": {n: c for n, c in rows.null_count().row(0, named=True).items()}}
+        stats = {"numRecords": rows.height, "nullCount": rows.null_count().row(0, named=True)}
         self.actions.append(AddAction(relative, data.size, {PARTITION_COLUMN: partition}, int(time.time() * 1000), True, json.dumps(stats)))
 
     def schema(self, current: DeltaTable | None) -> DeltaSchema:

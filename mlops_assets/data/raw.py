@@ -69,6 +69,7 @@ class IngestedFile:
 # files validated together: a range is read, cast and validated a chunk of files at a time, and each chunk's
 # rows are written before the next is read, so a backfill holds one chunk of rows, never the range
 VALIDATION_CHUNK_ROWS = 250_000
+PREVIEW_ROWS = 5  # of the first file: the raw materialization's preview
 
 
 @dataclass
@@ -88,9 +89,11 @@ class IngestedRange:
         for partition in self.partitions:
             chunk.append(self._read(partition))
             chunk_rows += chunk[-1][3].frame.height
-            if chunk_rows >= VALIDATION_CHUNK_ROWS or partition == self.partitions[-1]:
+            if chunk_rows >= VALIDATION_CHUNK_ROWS:
                 yield from self._validated(chunk)
                 chunk, chunk_rows = [], 0
+        if chunk:
+            yield from self._validated(chunk)
 
     def _read(self, partition: str) -> tuple[str, str, str, ConformedFile]:
         """One landed file read and cast (errors name the file); a file that cannot be read fails the run."""
@@ -137,7 +140,6 @@ class IngestedRange:
             yield flagged.with_columns(pl.lit(partition, dtype=pl.String).alias(PARTITION_COLUMN))
 
 
-PREVIEW_ROWS = 5
 PER_FILE_LOG_LINES = 10
 
 

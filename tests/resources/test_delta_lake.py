@@ -21,7 +21,7 @@ def _rows(partition: str, n: int, writer: str = "w") -> pl.DataFrame:
 
 
 def _files(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*.parquet")}
+    return set(root.rglob("*.parquet"))
 
 
 def test_a_range_streamed_in_chunks_is_one_commit_replacing_only_its_partitions(tmp_path: Path):
