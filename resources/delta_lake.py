@@ -30,6 +30,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from urllib.parse import quote
 
@@ -300,6 +301,7 @@ class DeltaLakeResource(ConfigurableResource):
         try:
             for chunk in chunks:
                 files.write(chunk)
+            files.flush()
             commit_id = uuid.uuid4().hex
             # no rebase inside delta-rs (max_commit_retries=0): its conflict check does not see a transaction's
             # partition filter, so a rebased overwrite of a new partition could stack on a concurrent one;
@@ -311,6 +313,8 @@ class DeltaLakeResource(ConfigurableResource):
         except BaseException:
             files.remove()
             raise
+        finally:
+            files.close()
         return self._version_of_commit(uri, commit_id, what)
 
     def overwrite(self, pipeline: str, table: str, frame: pl.DataFrame, run_id: str) -> int:
@@ -394,9 +398,17 @@ def _arrow_schema(table: DeltaTable) -> pa.Schema:
     return pa.schema(table.schema().to_arrow())
 
 
+# threads that encode and write a streamed write's Parquet files: both release the GIL (pyarrow's encoder,
+# the file system's calls: about 1 ms a file on local disk, more on an object store), so a backfill's
+# 1,095 files are written while the next chunk is validated or featurized
+WRITE_THREADS = 4
+
+
 class _StreamedFiles:
     """The Parquet files of one streamed write, not yet committed: the column types they share with the
-    table, the add actions of the commit, and the paths to remove if the write fails before it."""
+    table, the add actions of the commit, and the paths to remove if the write fails before it. Files are
+    written on a small thread pool; one chunk's files may be in flight while the caller builds the next,
+    so memory holds at most two chunks."""
 
     def __init__(self, uri: str, storage_options: Mapping[str, str], existing: DeltaTable | None, merge_schema: bool, keys: set, what: str):
         self.fs, self.root = pyarrow_filesystem(uri, storage_options)
@@ -408,15 +420,23 @@ class _StreamedFiles:
         self.new_columns: dict[str, pl.DataType] = {}
         self.actions: list[AddAction] = []
         self.paths: list[str] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: list[Future[AddAction]] = []
+        self._folders: dict[str, Future[None]] = {}  # partition folder -> its creation (local file systems)
 
     def write(self, chunk: pl.DataFrame) -> None:
         if PARTITION_COLUMN not in chunk.columns:
             raise ValueError(f"{self.what}: rows without the {PARTITION_COLUMN} column")
         chunk = self._conform(chunk)
-        for (partition,), rows in chunk.partition_by(PARTITION_COLUMN, as_dict=True, include_key=False).items():
-            if partition not in self.keys:
-                raise ValueError(f"{self.what}: rows of partition {partition!r}, which this write does not replace")
-            self._write_file(partition, rows)
+        by_partition = chunk.partition_by(PARTITION_COLUMN, as_dict=True, include_key=False)
+        unknown = [p for (p,) in by_partition if p not in self.keys]
+        if unknown:
+            raise ValueError(f"{self.what}: rows of partition {unknown[0]!r}, which this write does not replace")
+        self.flush()  # the previous chunk's files: at most one chunk in flight
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="delta-file")
+        for (partition,), rows in by_partition.items():
+            self._in_flight.append(self._submit(partition, rows))
 
     def _conform(self, chunk: pl.DataFrame) -> pl.DataFrame:
         """Cast to the table's column types; a column the table lacks is added only with merge_schema."""
@@ -442,21 +462,38 @@ class _StreamedFiles:
             bad = ", ".join(f"{n!r} ({chunk.schema[n]} -> {d})" for n, d in casts.items())
             raise ValueError(f"{self.what}: rows do not fit the table's column types: {bad}: {err}") from None
 
-    def _write_file(self, partition: str, rows: pl.DataFrame) -> None:
+    def flush(self) -> None:
+        """Wait for the files in flight; the first that failed raises here."""
+        in_flight, self._in_flight = self._in_flight, []
+        for done in in_flight:
+            self.actions.append(done.result())
+
+    def _submit(self, partition: str, rows: pl.DataFrame) -> Future[AddAction]:
         # the hive-style folder delta-rs's own writer names (readers take the partition value from it)
         folder = f"{PARTITION_COLUMN}={quote(partition, safe='')}"
         relative = f"{folder}/part-{uuid.uuid4().hex}-c000.snappy.parquet"
+        self.paths.append(f"{self.root}/{relative}")
+        stats = json.dumps({"numRecords": rows.height, "nullCount": rows.null_count().row(0, named=True)})
+        assert self._pool is not None
+        if isinstance(self.fs, pafs.LocalFileSystem) and folder not in self._folders:
+            self._folders[folder] = self._pool.submit(self.fs.create_dir, f"{self.root}/{folder}", recursive=True)
+        made = self._folders.get(folder)
+        return self._pool.submit(self._write_file, relative, made, partition, rows.to_arrow(), stats)
+
+    def _write_file(self, relative: str, folder: Future[None] | None, partition: str, rows: pa.Table, stats: str) -> AddAction:
         buffer = pa.BufferOutputStream()
-        pq.write_table(rows.to_arrow(), buffer, compression="snappy")
+        pq.write_table(rows, buffer, compression="snappy")
         data = buffer.getvalue()
-        path = f"{self.root}/{relative}"
-        self.paths.append(path)
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            self.fs.create_dir(f"{self.root}/{folder}", recursive=True)
-        with self.fs.open_output_stream(path) as out:
+        if folder is not None:
+            folder.result()
+        with self.fs.open_output_stream(f"{self.root}/{relative}") as out:
             out.write(data)
-        stats = {"numRecords": rows.height, "nullCount": rows.null_count().row(0, named=True)}
-        self.actions.append(AddAction(relative, data.size, {PARTITION_COLUMN: partition}, int(time.time() * 1000), True, json.dumps(stats)))
+        return AddAction(relative, data.size, {PARTITION_COLUMN: partition}, int(time.time() * 1000), True, stats)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def schema(self, current: DeltaTable | None) -> DeltaSchema:
         """The table's columns as of `current` (a concurrent writer may have added some), then this write's."""
@@ -493,9 +530,13 @@ class _StreamedFiles:
         )
 
     def remove(self) -> None:
-        """Files of a write that did not commit: no version points at them, so removing them loses nothing."""
+        """Files of a write that did not commit: no version points at them, so removing them loses nothing.
+        The files in flight are finished or cancelled first, so none appears after the removal."""
+        self.close()
         for path in self.paths:
             try:
                 self.fs.delete_file(path)
+            except FileNotFoundError:  # cancelled before it was written
+                pass
             except OSError as err:  # left for vacuum; the write's own error is what the caller sees
                 get_dagster_logger().warning(f"{self.what}: could not remove uncommitted file {path}: {err}")

@@ -19,7 +19,8 @@ What is timed, per daily partition, exactly as the assets do it:
   The Delta writes and reads between the two assets are not timed on either
   side: earlier days' partials (platform) or clean rows (pandas) are kept in memory.
 - backfill: the real ``flights_ingest`` job over the whole range as one Dagster run (the single-run
-  backfill policy): the same calls plus the Delta reads and commits and the run's bookkeeping.
+  backfill policy, with the Dagster settings of `mlops demo`'s home): the same calls plus the Delta reads
+  and commits and the run's bookkeeping.
 - pandas: ``mlops_assets.bench.pandas_baseline``, the same steps.
 
 Each side runs in its own subprocess (peak memory = its VmHWM). Before timing,
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -254,10 +256,12 @@ def run_backfill(folder: Path) -> dict:
     import dagster as dg
 
     from mlops_assets.cli.bench.serving_bench import home_definitions
+    from mlops_assets.cli.data_commands import LOCAL_DAGSTER_ENV
     from mlops_assets.core.declaration import PACKAGED_PIPELINES, load_declaration
     from mlops_assets.core.names import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
     from mlops_assets.defs.flights.upstream import land_reference
 
+    os.environ.update(LOCAL_DAGSTER_ENV)  # the Dagster settings of `mlops demo`'s home (this side's own process)
     decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
     files = day_files(folder)
     root = Path(tempfile.mkdtemp(prefix="mlops-bench-backfill-"))  # beside the day files, not among them
