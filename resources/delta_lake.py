@@ -358,9 +358,12 @@ class DeltaLakeResource(ConfigurableResource):
         return list(t.vacuum(retention_hours=int(retention_hours), enforce_retention_duration=False, dry_run=False))
 
     def scan(self, pipeline: str, table: str, version: int | None = None) -> pl.LazyFrame | None:
-        if self.table(pipeline, table) is None:
+        t = self.table(pipeline, table)
+        if t is None:
             return None
-        return pl.scan_delta(self.table_uri(pipeline, table), version=version, storage_options=self._options())
+        if version is not None:
+            t.load_as_version(version)
+        return pl.scan_delta(t)  # the table opened once (its log read once), not again by polars
 
     def read_partitions(self, pipeline: str, table: str, partitions: Sequence[str], version: int | None = None) -> pl.DataFrame | None:
         """Rows of the given partitions, or None when the table does not exist yet."""
@@ -478,11 +481,12 @@ class _StreamedFiles:
         if isinstance(self.fs, pafs.LocalFileSystem) and folder not in self._folders:
             self._folders[folder] = self._pool.submit(self.fs.create_dir, f"{self.root}/{folder}", recursive=True)
         made = self._folders.get(folder)
-        return self._pool.submit(self._write_file, relative, made, partition, rows.to_arrow(), stats)
+        return self._pool.submit(self._write_file, relative, made, partition, rows.to_arrow(compat_level=pl.CompatLevel.newest()), stats)
 
     def _write_file(self, relative: str, folder: Future[None] | None, partition: str, rows: pa.Table, stats: str) -> AddAction:
         buffer = pa.BufferOutputStream()
-        pq.write_table(rows, buffer, compression="snappy")
+        # plain Parquet types, without the Arrow schema: string columns leave polars as string views (no copy)
+        pq.write_table(rows, buffer, compression="snappy", store_schema=False)
         data = buffer.getvalue()
         if folder is not None:
             folder.result()
