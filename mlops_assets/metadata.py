@@ -20,3 +20,11 @@ def table_schema(frame: pl.DataFrame) -> dg.TableSchema:
 
 def counts_table(frame: pl.DataFrame) -> dg.MetadataValue:
     return preview(frame, rows=frame.height, max_columns=frame.width)
+
+
+def add_partition_metadata(context: dg.AssetExecutionContext, asset_key: dg.AssetKey, figures: dict[str, dict]) -> None:
+    """Each partition's own figures in its own materialization event of a range run. Dagster copies a range's
+    metadata into every partition's event, so per-partition values given there would either repeat the
+    range's totals 365 times or carry every partition's values in each event."""
+    for partition, values in figures.items():
+        context.add_asset_metadata(values, asset_key=asset_key, partition_key=partition)

@@ -26,7 +26,7 @@ from mlops_assets.core.names import (
 )
 from mlops_assets.core.partitions import backfill_policy
 from mlops_assets.core.records import LandedFileError, read_landed
-from mlops_assets.metadata import preview, table_schema
+from mlops_assets.metadata import add_partition_metadata, preview, table_schema
 from resources.delta_lake import DeltaLakeResource
 from resources.landing_zone import LandingZoneResource, reference_signature
 from resources.pipeline_tables import quarantined_share, read_clean, references_as_of
@@ -115,6 +115,8 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
                 metadata={"held_back": dg.MetadataValue.json(held), "computed": ", ".join(good)},
                 allow_retries=False,
             )
+        if len(good) > 1:  # each partition's event says its own rows and history, beside the range's figures
+            add_partition_metadata(context, features_key(decl), {d: built.day_figures(d) for d in good})
         return dg.MaterializeResult(metadata=built.metadata(decl, module, delta, good, version))
 
     return features
@@ -184,6 +186,19 @@ class _BuiltRange:
                 self.lineage = references[days[0]][1]
             yield table
 
+    def day_figures(self, day: str) -> dict:
+        """One day's own figures, for its event of a range run."""
+        f = self.days[day]
+        history = sorted(f.history)
+        return {
+            "partition": day,
+            "rows": f.rows,
+            "rows_without_target": f.rows_without_target,
+            "history_partitions": len(history),
+            "history_range": f"{history[0]} .. {history[-1]}" if history else "none",
+            "dagster/row_count": f.rows,
+        }
+
     def metadata(self, decl, module, delta, days: list[str], version: int) -> dict:
         """Metadata of the feature rows of `days`."""
         figures = [self.days[d] for d in days if d in self.days]
@@ -193,7 +208,7 @@ class _BuiltRange:
         first = self.first if self.first is not None else pl.DataFrame()
         return {
             **where,
-            "rows": rows,
+            "rows" if len(days) == 1 else "range_rows": rows,
             "feature_columns": ", ".join(self.feature_columns),
             "rows_without_target": sum(f.rows_without_target for f in figures),
             "rows_without_target_reason": decl.target.missing_reason,
@@ -204,9 +219,8 @@ class _BuiltRange:
             "feature_code_hash": module.code_hash(),
             "delta_table": delta.table_uri(decl.name, FEATURES),
             "delta_version": version,
-            "dagster/row_count": rows,
             **(
-                {"dagster/column_schema": table_schema(first.drop(PARTITION_COLUMN))} if len(days) == 1 else {}
+                {"dagster/row_count": rows, "dagster/column_schema": table_schema(first.drop(PARTITION_COLUMN))} if len(days) == 1 else {}
             ),  # see raw._schema_and_preview
             "preview": preview(first.select(self.feature_columns)),
         }

@@ -33,7 +33,7 @@ from mlops_assets.core.names import (
 from mlops_assets.core.partitions import backfill_policy, misplaced_in_files
 from mlops_assets.core.records import ConformedFile, LandedFileError, conform, read_landed
 from mlops_assets.core.validation import validate_files
-from mlops_assets.metadata import counts_table, preview, table_schema
+from mlops_assets.metadata import add_partition_metadata, counts_table, preview, table_schema
 from resources.delta_lake import DeltaLakeResource
 from resources.landing_zone import LandingZoneResource
 
@@ -143,6 +143,20 @@ class IngestedRange:
 PER_FILE_LOG_LINES = 10
 
 
+def _raw_figures(d: IngestedFile) -> dict:
+    """What one partition's raw event says of its file: the landed file (its signature is the lineage the
+    landing sensor and delivery metrics read) and its rows."""
+    return {
+        "partition": d.partition,
+        "source_file": d.uri,
+        "source_signature": d.signature,
+        "rows": d.rows,
+        "clean_rows": d.clean_rows,
+        "quarantined_rows": d.quarantine.height,
+        "dagster/row_count": d.rows,
+    }
+
+
 def _schema_and_preview(frame: pl.DataFrame, single: bool) -> dict:
     """Column schema and a preview for one partition's run. Dagster copies a range run's metadata into
     every partition's materialization event: the column schema (dozens of typed objects) cost the
@@ -209,19 +223,33 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
         first = days[0]
         single = len(days) == 1
         where = {"partition": first.partition} if single else {"partitions": len(days), "range": f"{partitions[0]} .. {partitions[-1]}"}
+        if not single:  # each partition's event names its own file and figures; the range's totals beside them
+            add_partition_metadata(context, raw_key(decl), {d.partition: _raw_figures(d) for d in days})
+            add_partition_metadata(
+                context,
+                quarantine_key(decl),
+                {
+                    d.partition: {"partition": d.partition, "rows": d.quarantine.height, "dagster/row_count": d.quarantine.height}
+                    for d in days
+                },
+            )
         yield dg.MaterializeResult(
             asset_key=raw_key(decl),
             metadata={
                 **where,
-                "source_file": first.uri if single else f"{len(days)} files",
-                "source_signature": first.signature if single else ",".join(d.signature for d in days),
-                "rows": total,
-                "clean_rows": clean,
-                "quarantined_rows": quarantined,
+                **(
+                    _raw_figures(first)
+                    if single
+                    else {
+                        "source_file": f"{len(days)} files",
+                        "range_rows": total,
+                        "range_clean_rows": clean,
+                        "range_quarantined_rows": quarantined,
+                    }
+                ),
                 "dropped_columns": ", ".join(sorted({c for d in days for c in d.dropped_columns})) or "none",
                 "delta_table": delta.table_uri(decl.name, RAW),
                 "delta_version": raw_version,
-                "dagster/row_count": total,
                 **_schema_and_preview(ingested.first_rows, single),
             },
             tags={LANDED_SIGNATURE: first.signature} if single else None,
@@ -231,10 +259,9 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
             asset_key=quarantine_key(decl),
             metadata={
                 **where,
-                "rows": quarantined,
+                **({"rows": quarantined, "dagster/row_count": quarantined} if single else {"range_rows": quarantined}),
                 "delta_table": delta.table_uri(decl.name, QUARANTINE),
                 "delta_version": quarantine_version,
-                "dagster/row_count": quarantined,
                 "preview": preview(sample) if sample.height else "no rows quarantined",
             },
         )

@@ -47,6 +47,24 @@ def test_a_range_is_one_run_one_commit_per_table_and_equals_day_by_day_ingestion
     # the shared home ingested the same days one run each: every value equal, history included
     theirs = flights_ingested.delta.read_partitions("flights", "features", RANGE).sort("_partition", "_source_row")
     assert ours.equals(theirs.select(ours.columns))
+    # each partition's events carry its own file, signature and rows (not the range's totals, not every file)
+    landed_files = {d: landed.landing.stat("flights", f"flights_{d}.parquet").signature for d in RANGE}
+    raw_rows = dict(ours.group_by("_partition").len().iter_rows())
+    for table in ("raw", "quarantine", "features"):
+        events = {
+            e.partition: e.materialization.metadata
+            for e in result.get_asset_materialization_events()
+            if e.asset_key == dg.AssetKey(["flights", table])
+        }
+        assert set(events) == set(RANGE)
+        for day, meta in events.items():
+            assert meta["partition"].value == day and meta["range"].value == f"{RANGE[0]} .. {RANGE[-1]}"
+            if table == "raw":
+                assert meta["source_signature"].value == landed_files[day] and meta["source_file"].value.endswith(f"flights_{day}.parquet")
+                assert meta["rows"].value == meta["clean_rows"].value + meta["quarantined_rows"].value
+                assert meta["range_rows"].value == sum(e["rows"].value for e in events.values())
+            if table == "features":
+                assert meta["rows"].value == meta["dagster/row_count"].value == raw_rows[day]
     # a re-run of part of the range replaces only those days
     before = landed.delta.read_partitions("flights", "raw", RANGE[:3])
     assert run_range(landed, RANGE[3], RANGE[5]).success
