@@ -65,6 +65,30 @@ def test_a_write_that_fails_commits_nothing_and_leaves_no_file(tmp_path: Path):
     assert delta.read_partitions("p", "t", ["a"]).height == 3
 
 
+def test_a_file_that_fails_on_a_writer_thread_fails_the_write_and_leaves_no_file(tmp_path: Path, monkeypatch):
+    """Files are encoded and written on a thread pool: a failure there reaches the caller, and the files
+    already written (and those still in flight) are removed, so nothing is committed."""
+    import resources.delta_lake as delta_lake
+
+    delta = DeltaLakeResource(root=str(tmp_path))
+    delta.write_partition("p", "t", _rows("a", 3).drop("_partition"), "a", "seed")
+    before = _files(tmp_path)
+    write_table, calls = delta_lake.pq.write_table, []
+
+    def failing_third(table, where, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        write_table(table, where, **kwargs)
+
+    monkeypatch.setattr(delta_lake.pq, "write_table", failing_third)
+    chunks = [pl.concat([_rows(k, 2) for k in "abcd"]), pl.concat([_rows(k, 2) for k in "efgh"])]
+    with pytest.raises(OSError, match="disk full"):
+        delta.write_partition_stream("p", "t", list("abcdefgh"), chunks, "run")
+    assert len(calls) >= 3 and _files(tmp_path) == before and delta.version("p", "t") == 0
+    assert delta.read_partitions("p", "t", ["a"]).height == 3
+
+
 def test_concurrent_first_writes_of_a_new_partition_never_stack(tmp_path: Path):
     """delta-rs would rebase a transaction past a concurrent add to the same new partition; the writer
     commits only on the snapshot it read and rebuilds the overwrite when it lost the race."""
