@@ -35,6 +35,7 @@ from serving.requests import (
     Columns,
     RequestError,
     RequestSchema,
+    ascii_digits,
     decode_v1,
     decode_v2,
     parse_json,
@@ -221,7 +222,7 @@ class Gateway:
     )
     async def infer_version(self, name: str, version: str, request: Request):
         """Pinned to one version: answered by whichever of champion and challenger holds it, else 404."""
-        if not version.isdigit():
+        if not ascii_digits(version):
             return error(404, f"model versions are numbers, got '{version}'", "version")
         return await self._infer(name, request, int(version))
 

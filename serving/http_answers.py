@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 
 from mlops_assets.core.declaration import PipelineDeclaration
-from serving.requests import BINARY_HEADER, Columns, Decoded, RequestError, RequestSchema
+from serving.requests import BINARY_HEADER, Columns, Decoded, RequestError, RequestSchema, ascii_digits
 
 log = logging.getLogger(__name__)
 Route = Callable[[list[dict] | Columns, str, float], Awaitable[dict]]  # (records or columns, request_id, received_at) -> result
@@ -62,7 +62,7 @@ async def read_body(request: Request, decl: PipelineDeclaration) -> bytes:
     and again after a gzip or deflate `Content-Encoding` is undone."""
     limit = decl.serving.max_body_bytes
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and ascii_digits(declared) and int(declared) > limit:
         raise RequestError(f"request body of {declared} bytes is larger than the limit of {limit}", status=413)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity", "gzip", "deflate"):

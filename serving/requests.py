@@ -100,6 +100,12 @@ class RequestSchema:
         return SchemaSpec(columns=self.columns, unique=[], extra_columns="fail")
 
 
+def ascii_digits(text: str) -> bool:
+    """A count or version written in ASCII digits: `str.isdigit` also takes `²` or `٣`, which `int` refuses or reads
+    as another number."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_json(body: bytes) -> Any:
     try:
         return json.loads(body)
@@ -158,7 +164,7 @@ def split_binary(raw: bytes, header_length: str | None) -> tuple[Any, bytes]:
     if header_length is None:
         return parse_json(raw), b""
     text = header_length.strip()
-    if not text.isdigit():
+    if not ascii_digits(text):
         raise RequestError(f"Inference-Header-Content-Length must be a byte count, got {header_length[:40]!r}")
     n = int(text)
     if n > len(raw):

@@ -93,6 +93,7 @@ def test_malformed_binary_bodies_are_400_naming_the_problem(schema):
     header = json.loads(body[:size])
 
     assert "must be a byte count" in _refused(schema, body, {"inference-header-content-length": "ten"})
+    assert "must be a byte count" in _refused(schema, body, {"inference-header-content-length": "\u00b2"})  # isdigit(), not int()
     assert "but the body has only" in _refused(schema, body, {"inference-header-content-length": str(len(body) + 1)})
     assert "goes past the end of the body" in _refused(schema, body[:-3], headers)
     assert "bytes after the binary inputs" in _refused(schema, body + b"\0\0", headers)

@@ -134,6 +134,9 @@ def test_v2_version_pinned_endpoints(served, serving_registry):
         np.testing.assert_allclose(r.json()["outputs"][0]["data"], expected, rtol=0, atol=1e-9)
     r = HTTP.post(f"{base}/v2/models/flights/versions/99/infer", json={"inputs": inputs}, timeout=30)
     assert r.status_code == 404 and "version 99" in r.json()["error"]
+    # `²`.isdigit() is true in Python, int("²") raises: a version in other digits is a 404 naming it, never a 500
+    r = HTTP.post(f"{base}/v2/models/flights/versions/%C2%B2/infer", json={"inputs": inputs}, timeout=30)
+    assert r.status_code == 404 and "model versions are numbers" in r.json()["error"], r.text
     missing = HTTP.get(f"{base}/v2/models/flights/versions/99/ready", timeout=10)
     assert missing.status_code == 404 and f"champion v{reg.champion}" in missing.json()["error"]
 
