@@ -40,7 +40,7 @@ from mlops_assets.core.names import CHALLENGER, CHAMPION, SUBJECT_PREFIX
 from resources.registered_models import resolve_alias
 from resources.serving import ServeSettings
 from serving.http_answers import NotReady, answer_prediction, error, v2_infer_response
-from serving.loaded_model import LoadedModel, load_version
+from serving.loaded_model import LoadedModel, load_version, usable_cores
 from serving.prediction_log import Answered, PredictionLogger, log_rows
 from serving.reference import serving_reference
 from serving.requests import Columns, RequestError, RequestSchema, decode_v2, typed_frame
@@ -77,6 +77,8 @@ class ModelServer:
         self.module = load_feature_module(self.decl)
         self.role = role
         self.device = device
+        serving = self.decl.serving
+        self.group = serving.challenger if role == CHALLENGER else (serving.gpu or serving.cpu) if device == "gpu" else serving.cpu
         # routing (used where this is the application's ingress: the champion's CPU group)
         self.schema = RequestSchema.of(self.decl, self.module.input_columns(self.decl))
         self.challenger = challenger
@@ -113,6 +115,7 @@ class ModelServer:
         if self.loaded is not None and self.loaded.model.version == int(version):
             return  # Serve also reconfigures on rank changes (surge rollouts): nothing to load then
         model = load_version(uri, self.decl.name, int(version), self.device, self.cache_dir)
+        model.batch_threads = self.group.batch_threads
         reference, info = serving_reference(self.decl, self.module, self.settings.delta())
         previous, self.loaded = self.loaded, Loaded(model, reference, self.module.lookup_index(reference), info)
         self.loads += 1
@@ -256,6 +259,7 @@ class ModelServer:
             "reference": loaded.info if loaded else {},
             "loads": self.loads,
             "polars_threads": pl.thread_pool_size(),
+            "batch_threads": (loaded.model.batch_threads or usable_cores()) if loaded else None,  # LightGBM's, for large requests
             "prediction_log": self.logger.stats(),
         }
 

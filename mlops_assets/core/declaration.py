@@ -311,6 +311,12 @@ class ReplicaGroupSpec(_Strict):
     max_replicas: int | None = Field(None, ge=1)
     max_surge_percent: int = Field(100, ge=0, le=100, description="Extra replicas started before old ones stop on a restart.")
     max_ongoing_requests: int = Field(16, ge=1)
+    batch_threads: int = Field(
+        0,
+        ge=0,
+        description="LightGBM threads for a request of 1,000 rows or more (smaller ones use one); 0: every core the replica's "
+        "process may run on. Ray sets a replica's OpenMP threads to its CPU share, one for half a core.",
+    )
     health_check_period_s: float = Field(
         1.0, gt=0, le=60, description="How often Serve checks each replica: a replica that died is replaced within about this."
     )

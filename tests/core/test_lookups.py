@@ -44,10 +44,11 @@ def _frame(rng: np.random.Generator, n: int, keys: list[str], nulls: float) -> p
     return pl.DataFrame({k: pl.Series(k, _values(rng, n, k, nulls), dtype=KEY_TYPES[k]) for k in keys})
 
 
-@pytest.mark.parametrize("few_rows", [0, 1000], ids=["gathered", "as-tuples"])
+@pytest.mark.parametrize("few_rows,join_rows", [(0, 10**9), (1000, 10**9), (0, 0)], ids=["gathered", "as-tuples", "joined"])
 @pytest.mark.parametrize("seed", range(12))
-def test_index_probes_equal_the_polars_joins(seed: int, few_rows: int, monkeypatch):
-    monkeypatch.setattr(LookupIndex, "FEW_ROWS", few_rows)  # both ways a replica takes the rows
+def test_index_probes_equal_the_polars_joins(seed: int, few_rows: int, join_rows: int, monkeypatch):
+    monkeypatch.setattr(LookupIndex, "FEW_ROWS", few_rows)  # every way a replica takes the rows
+    monkeypatch.setattr(LookupIndex, "JOIN_ROWS", join_rows)
     rng = np.random.default_rng(seed)
     lookups, tables = [], {}
     for i, keys in enumerate([["site"], ["unit"], ["site", "at"], ["day", "unit"]]):
@@ -128,6 +129,8 @@ def test_flights_features_are_the_same_through_the_index_for_perturbed_records()
     assert_frame_equal(module.build(records, reference, index), by_join)
     for i in range(0, n, 5):  # single-row requests take the few-rows path
         assert_frame_equal(module.build(records.slice(i, 1), reference, index), by_join.slice(i, 1))
+    many = pl.concat([records] * (LookupIndex.JOIN_ROWS // n + 1))  # a batch request: the index joins it
+    assert_frame_equal(module.build(many, reference, index), pl.concat([by_join] * (LookupIndex.JOIN_ROWS // n + 1)))
     assert by_join.get_column("seats").null_count() >= int((pick < 0.2).sum())  # the unknown and null tail numbers
     assert by_join.get_column("temp").null_count() >= int(((pick > 0.3) & (pick < 0.4)).sum())
 

@@ -84,3 +84,32 @@ def test_refusals_name_the_problem(registry, tmp_path):
     model = load_version(uri, "m", register(booster, "m", {}), cache_dir=str(cache))  # no tags: a regression over the booster's own columns
     with pytest.raises(ModelLoadError, match=r"needs features .*\['c'\]"):
         model.predict(frame)
+
+
+def test_a_large_request_predicts_on_the_declared_threads_whatever_openmp_says(registry, tmp_path, monkeypatch):
+    """Ray sets a half-CPU replica's OMP_NUM_THREADS to 1; a request of SMALL_BATCH rows or more takes the group's
+    `batch_threads` (0: every usable core), a smaller one a single thread; the predictions are LightGBM's own."""
+    from serving.loaded_model import SMALL_BATCH, usable_cores
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    uri, register = registry
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(SMALL_BATCH + 200, 3))
+    booster = lgb.train({"objective": "regression", "verbose": -1}, lgb.Dataset(x, x[:, 0] * 2.0, feature_name=["a", "b", "c"]), 20)
+    model = load_version(
+        uri, "threads", register(booster, "threads", {"mlops.feature_columns": json.dumps(["a", "b", "c"])}), cache_dir=str(tmp_path)
+    )
+    asked: list[int] = []
+
+    class Recorded:  # the real booster, with the thread count each call asked for noted
+        def predict(self, data, num_threads):
+            asked.append(num_threads)
+            return model_booster.predict(data, num_threads=num_threads)
+
+    model_booster, model.booster = model.booster, Recorded()
+    big, small = pl.DataFrame(x, schema=["a", "b", "c"], orient="row"), pl.DataFrame(x[:10], schema=["a", "b", "c"], orient="row")
+    np.testing.assert_array_equal(model.predict(big)["predictions"], booster.predict(x))
+    model.predict(small)
+    model.batch_threads = 3
+    model.predict(big)
+    assert asked == [usable_cores(), 1, 3]

@@ -452,3 +452,6 @@ def test_lone_and_concurrent_v2_requests_answer_alike_and_replicas_size_polars_t
     routed = [s["routed"] for s in statuses]
     assert any(r.get("alone", 0) > 0 for r in routed), routed
     assert {s["champion"]["polars_threads"] for s in statuses} == {polars_threads(serving_registry.decl.serving.cpu)}
+    # Ray gives a half-CPU replica one OpenMP thread; a large request still predicts on every usable core (declared 0)
+    assert serving_registry.decl.serving.cpu.batch_threads == 0
+    assert {s["champion"]["batch_threads"] for s in statuses} == {len(os.sched_getaffinity(0))}
