@@ -24,6 +24,7 @@ from mlops_assets.core.feature_contract import load_feature_module
 from resources.serving import ServeSettings
 from serving import control
 from serving.http_answers import (
+    JSONAnswer,
     NotReady,
     answer_prediction,
     error,
@@ -291,7 +292,7 @@ class Gateway:
         }
         if "probabilities" in result:
             body["probabilities"] = result["probabilities"]
-        return JSONResponse(body, headers={"X-Model-Version": version, "X-Request-Id": request_id})
+        return JSONAnswer(body, headers={"X-Model-Version": version, "X-Request-Id": request_id})
 
     # --- admin (token required) ----------------------------------------------------------------
 

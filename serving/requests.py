@@ -19,7 +19,6 @@ Accepted layouts:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import struct
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import numpy as np
 import polars as pl
 
@@ -107,9 +107,13 @@ def ascii_digits(text: str) -> bool:
 
 
 def parse_json(body: bytes) -> Any:
+    """The body as JSON, decoded by msgspec (a 10,000-row V2 body in 2.8 ms against the json module's 4.5). Strict
+    JSON: NaN and Infinity are not JSON values, and a number beyond a float's range is refused, not read as inf."""
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return msgspec.json.decode(body)
+    except msgspec.ValidationError as err:  # valid JSON, but a number beyond what a float or an integer holds
+        raise RequestError(f"request body has a value that cannot be read: {str(err)[:120]}") from None
+    except msgspec.DecodeError as err:  # malformed, truncated, not UTF-8
         raise RequestError(f"request body is not valid JSON: {err}") from None
     except RecursionError:
         raise RequestError("request body nests too deeply to be a request") from None
@@ -361,8 +365,62 @@ def _utc(text: str) -> datetime | None:
         return None
 
 
+LONG_COLUMN = 64  # values above which a number or text column is checked by polars, not value by value
+_NONE = type(None)
+
+
+def _long_column(values: list, spec: ColumnSpec) -> pl.Series | None:
+    """`_fast_column` for a long number or text column: its value types read in one pass (`type`, not
+    `isinstance`: a bool is no int here either), then bounds, NaN and categories checked by polars."""
+    types = set(map(type, values))
+    if _NONE in types and not spec.nullable:
+        return None
+    types.discard(_NONE)
+    if spec.type in _INT_BOUNDS:
+        if not types <= {int}:
+            return None
+        try:
+            series = pl.Series(values, dtype=pl.Int64)
+        except (TypeError, OverflowError):  # beyond int64: the full path names it
+            return None
+    elif spec.type == "float64":
+        if not types <= {float, int}:
+            return None
+        series = pl.Series(values, dtype=pl.Float64)
+        if series.is_nan().any():
+            return None
+    else:  # str
+        if not types <= {str}:
+            return None
+        series = pl.Series(values, dtype=pl.String)
+    present = series.drop_nulls()
+    if spec.type != "str" and present.len():
+        lo, hi = _bounds(spec)
+        if present.min() < lo or present.max() > hi:
+            return None
+    if spec.allowed is not None and not present.is_in(list(spec.allowed)).all():
+        return None
+    return series.cast(spec.dtype)
+
+
+def _plain_utc_column(text: pl.Series, present: list) -> pl.Series | None:
+    """Many timestamps all written in the plain UTC form of the first one (`2013-02-05T11:00:00Z`), read with that
+    format: a tenth of polars' format inference. Only values that format back to the very same text are taken,
+    so a value the inference would read otherwise (unpadded, fractions, other offsets) sends the column on to it."""
+    first = PLAIN_UTC.fullmatch(present[0]) if present else None
+    if first is None:
+        return None
+    form = f"%Y-%m-%d{present[0][10]}%H:%M:%S{first.group(1) or ''}"
+    parsed = text.str.to_datetime(format=form, strict=False, time_zone="UTC", time_unit="us")
+    if parsed.null_count() != text.len() - len(present) or not (parsed.dt.strftime(form) == text).all():
+        return None
+    return parsed
+
+
 def _fast_column(values: list, spec: ColumnSpec) -> pl.Series | None:
     """One column typed without `conform`/`validate` when every value plainly passes them; None otherwise."""
+    if len(values) > LONG_COLUMN and (spec.type in _INT_BOUNDS or spec.type in ("float64", "str")):
+        return _long_column(values, spec)
     if not spec.nullable and None in values:
         return None
     present = [v for v in values if v is not None] if spec.nullable else values
@@ -385,8 +443,12 @@ def _fast_column(values: list, spec: ColumnSpec) -> pl.Series | None:
             # a few plain UTC timestamps (a single-row request): read by Python, a tenth of polars' inference
             read = [None if v is None else _utc(v) for v in values]
             return pl.Series(read, dtype=spec.dtype) if read.count(None) == len(values) - len(present) else None
+        text = pl.Series(values, dtype=pl.String)
+        plain = _plain_utc_column(text, present)
+        if plain is not None:
+            return plain
         # the cast `conform` applies to text in a datetime column (tests check both give the same frame)
-        parsed = pl.Series(values, dtype=pl.String).str.strip_chars().str.to_datetime(strict=False, time_zone="UTC", time_unit="us")
+        parsed = text.str.strip_chars().str.to_datetime(strict=False, time_zone="UTC", time_unit="us")
         return parsed if parsed.null_count() == len(values) - len(present) else None
     else:
         return None  # float32, bool, date, bounded datetimes: always the full path

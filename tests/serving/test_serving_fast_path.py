@@ -20,10 +20,12 @@ from mlops_assets.core.feature_contract import load_feature_module
 from resources.serving import ServeSettings
 from serving.deployments import ModelServer, NotReady, VersionNotHere
 from serving.requests import (
+    LONG_COLUMN,
     PLAIN_UTC,
     Columns,
     RequestError,
     RequestSchema,
+    _plain_utc_column,
     checked_frame,
     fast_typed_frame,
     typed_frame,
@@ -47,11 +49,14 @@ def test_fast_frame_is_the_checked_frame(schema):
     records[3] = {**records[3], "dep_delay": None, "tailnum": None}  # nullable columns
     records[4] = {**records[4], "dep_delay": 12, "distance": 719}  # an int in a float column
     records[5] = {**records[5], "dep_delay": -0.0}
+    assert len(records) > LONG_COLUMN  # long columns: checked by polars
     fast = fast_typed_frame(records, schema)
     assert fast is not None
     full = checked_frame(records, schema)
     assert fast.schema == full.schema
     assert fast.equals(full)
+    columns = Columns({c: [r[c] for r in records] for c in records[0]}, len(records))  # V2's columns, the same frame
+    assert fast_typed_frame(columns, schema).equals(full)
     assert typed_frame(records[:1], schema).equals(checked_frame(records[:1], schema))
 
 
@@ -74,17 +79,20 @@ def test_fast_frame_is_the_checked_frame(schema):
         {"extra": 1},  # unknown field
     ],
 )
-def test_anything_not_plainly_valid_takes_the_full_path(schema, change):
-    record = {**request_records(1)[0], **change}
-    assert fast_typed_frame([record], schema) is None
+@pytest.mark.parametrize("rows", [1, LONG_COLUMN + 36], ids=["alone", "in-a-long-request"])
+def test_anything_not_plainly_valid_takes_the_full_path(schema, change, rows):
+    """Alone, each value is checked by Python; among many (a long column), by one pass over the types and polars."""
+    records = request_records(rows)
+    records[rows // 2] = {**records[rows // 2], **change}
+    assert fast_typed_frame(records, schema) is None
     try:
-        expected = checked_frame([record], schema)
+        expected = checked_frame(records, schema)
     except RequestError as err:
         with pytest.raises(RequestError) as raised:
-            typed_frame([record], schema)
+            typed_frame(records, schema)
         assert (raised.value.message, raised.value.status, raised.value.field) == (err.message, err.status, err.field)
     else:
-        assert typed_frame([record], schema).equals(expected)
+        assert typed_frame(records, schema).equals(expected)
 
 
 @pytest.mark.parametrize(
@@ -97,6 +105,41 @@ def test_plain_utc_timestamps_read_by_python_equal_the_polars_cast(schema, text)
     fast = fast_typed_frame(records, schema)
     assert fast is not None and fast.equals(checked_frame(records, schema))
     assert fast_typed_frame(records * 10, schema).equals(checked_frame(records * 10, schema))  # polars' own cast
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        "2013-2-05T11:00:00Z",  # unpadded
+        "2013-02-05T11:00:00.5Z",  # a fraction
+        "2013-02-05T11:00Z",
+        " 2013-02-05T11:00:00Z",  # spaces `conform` strips
+        "2013-02-05T11:00:00-05:00",  # another offset
+        "2013-02-05 11:00:00",  # another plain form than the first value's
+        "2013-02-30T11:00:00Z",  # impossible
+        "2013-02-05",
+    ],
+)
+def test_many_timestamps_read_in_one_plain_form_equal_polars_inference(schema, odd):
+    """A long request's timestamps are read with the first one's plain form only when every value formats back to
+    its own text; one odd value sends the column to polars' inference, which gives what the full path gives."""
+    records = [{**r, "time_hour": r["time_hour"].replace("+00:00", "Z")} for r in request_records(40)]
+    assert all(PLAIN_UTC.fullmatch(r["time_hour"]) for r in records)
+    plain = fast_typed_frame(records, schema)
+    assert plain is not None and plain.equals(checked_frame(records, schema))
+    texts = [r["time_hour"] for r in records]
+    assert _plain_utc_column(pl.Series(texts), texts) is not None  # read in the plain form
+    records[17] = {**records[17], "time_hour": odd}
+    texts = [r["time_hour"] for r in records]
+    assert _plain_utc_column(pl.Series(texts), texts) is None  # sent on to polars' inference
+    try:
+        expected = checked_frame(records, schema)
+    except RequestError as err:
+        with pytest.raises(RequestError) as raised:
+            typed_frame(records, schema)
+        assert (raised.value.message, raised.value.field) == (err.message, err.field)
+    else:
+        assert typed_frame(records, schema).equals(expected)
 
 
 @pytest.mark.parametrize("text", ["2013-13-05T11:00:00Z", "2013-02-30T11:00:00Z", "2013-02-05T25:00:00Z"])
