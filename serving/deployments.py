@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -260,6 +261,7 @@ class ModelServer:
             "loads": self.loads,
             "polars_threads": pl.thread_pool_size(),
             "batch_threads": (loaded.model.batch_threads or usable_cores()) if loaded else None,  # LightGBM's, for large requests
+            "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "prediction_log": self.logger.stats(),
         }
 
