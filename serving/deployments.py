@@ -90,7 +90,7 @@ class ModelServer:
         self.rng = random.Random()
         self.counts: Counter[str] = Counter()
         self._background: set[asyncio.Task] = set()
-        self._requests = 0  # HTTP requests inside this replica's `__call__` now (a lone one skips the batch queue)
+        self._requests = 0  # requests in this replica now, HTTP (`__call__`) or by handle (`route`): a lone one skips the batch queue
         self.loaded: Loaded | None = None
         self.loads = 0
         self.cache_dir = tempfile.mkdtemp(prefix=f"mlops-serve-{self.decl.name}-{role}-")
@@ -276,6 +276,15 @@ class ModelServer:
     # --- routing: the champion's CPU group is the application's ingress ---------------------------
 
     async def route(self, records: list[dict] | Columns, request_id: str, received_at: float, version: int | None = None) -> dict:
+        """`_route` for a request that comes through a handle (the gateway's V1, pinned versions): counted like an
+        HTTP request in `__call__`, so a lone one skips the batch queue too."""
+        self._requests += 1
+        try:
+            return await self._route(records, request_id, received_at, version)
+        finally:
+            self._requests -= 1
+
+    async def _route(self, records: list[dict] | Columns, request_id: str, received_at: float, version: int | None = None) -> dict:
         """Type the records (V1) or columns (V2), pick who answers (champion, canary or a pinned version), mirror to the shadow."""
         # small requests are typed inline (the fast path takes ~0.2 ms, less than a hop to a worker thread);
         # large ones in a thread, so the replica keeps answering meanwhile
@@ -326,9 +335,9 @@ class ModelServer:
         """`infer` in this replica; the only HTTP request in it is answered at once, without Serve's batch queue,
         which would hand it to its batching task and back with no company to wait for.
 
-        One event-loop turn first lets requests that arrived meanwhile enter `__call__`: then this one is not
-        alone and they batch, as under load. Requests that come through a handle (the gateway's V1, canary,
-        shadow) are not counted here and always take the queue."""
+        One event-loop turn first lets requests that arrived meanwhile enter `__call__` or `route`: then this one
+        is not alone and they batch, as under load. Canary and shadow requests to the challenger always take its
+        queue."""
         item = (frame, request_id, received_at, role, served, version)
         if self._requests == 1:
             await asyncio.sleep(0)
@@ -374,7 +383,7 @@ class ModelServer:
             return error(405, f"{request.method} {request.url.path}: infer takes POST")
         self._requests += 1
         try:
-            answer = await answer_prediction(request, self.decl, self.schema, decode_v2, self.route)
+            answer = await answer_prediction(request, self.decl, self.schema, decode_v2, self._route)
         finally:
             self._requests -= 1
         if isinstance(answer, JSONResponse):
