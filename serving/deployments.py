@@ -332,7 +332,7 @@ class ModelServer:
     async def _here(
         self, frame: pl.DataFrame, request_id: str, received_at: float, role: str, served: bool, version: int | None = None
     ) -> dict:
-        """`infer` in this replica; the only HTTP request in it is answered at once, without Serve's batch queue,
+        """`infer` in this replica; the only request in it is answered at once, without Serve's batch queue,
         which would hand it to its batching task and back with no company to wait for.
 
         One event-loop turn first lets requests that arrived meanwhile enter `__call__` or `route`: then this one

@@ -36,8 +36,8 @@ class NotReady(RuntimeError):
 
 
 class JSONAnswer(JSONResponse):
-    """A JSON response encoded by msgspec: a 10,000-row answer in 0.2 ms instead of the json module's 3.4
-    (`mlops bench serving`'s batch case). A NaN or infinity, which JSON cannot carry, is written as null."""
+    """A JSON response encoded by msgspec: the bench's 10,000-row answer in 0.2 ms instead of the json module's 3.4
+    (timed by hand). A NaN or infinity, which JSON cannot carry, is written as null."""
 
     def render(self, content: Any) -> bytes:
         return msgspec.json.encode(content)

@@ -107,8 +107,9 @@ def ascii_digits(text: str) -> bool:
 
 
 def parse_json(body: bytes) -> Any:
-    """The body as JSON, decoded by msgspec (a 10,000-row V2 body in 2.8 ms against the json module's 4.5). Strict
-    JSON: NaN and Infinity are not JSON values, and a number beyond a float's range is refused, not read as inf."""
+    """The body as JSON, decoded by msgspec (the bench's 10,000-row V2 body in 2.8 ms against the json module's 4.5,
+    timed by hand). Strict JSON: NaN and Infinity are not JSON values, and a number beyond a float's range is
+    refused, not read as inf."""
     try:
         return msgspec.json.decode(body)
     except msgspec.ValidationError as err:  # valid JSON, but a number beyond what a float or an integer holds
