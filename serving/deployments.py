@@ -23,6 +23,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -37,9 +38,10 @@ from starlette.requests import Request
 
 from mlops_assets.core.feature_contract import FeatureReference, load_feature_module
 from mlops_assets.core.lookups import LookupIndex
-from mlops_assets.core.names import CHALLENGER, CHAMPION, SUBJECT_PREFIX
+from mlops_assets.core.names import CHALLENGER, CHAMPION, FEATURES, SUBJECT_PREFIX
 from resources.registered_models import resolve_alias
 from resources.serving import ServeSettings
+from serving.compiled_trees import CompileError, compile_forest, identical
 from serving.http_answers import NotReady, answer_prediction, error, v2_infer_response
 from serving.loaded_model import LoadedModel, load_version, usable_cores
 from serving.prediction_log import Answered, PredictionLogger, log_rows
@@ -47,6 +49,8 @@ from serving.reference import serving_reference
 from serving.requests import Columns, RequestError, RequestSchema, decode_v2, typed_frame
 
 log = logging.getLogger(__name__)
+# one compiled library per model file on this host, whichever replica builds it first
+COMPILED_TREES_CACHE = os.path.join(tempfile.gettempdir(), "mlops-compiled-trees")
 INLINE_ROWS = 64  # requests up to this many records are typed on the event loop, larger ones in a thread
 
 
@@ -120,8 +124,38 @@ class ModelServer:
         reference, info = serving_reference(self.decl, self.module, self.settings.delta())
         previous, self.loaded = self.loaded, Loaded(model, reference, self.module.lookup_index(reference), info)
         self.loads += 1
+        if self.decl.serving.compiled_trees and self.device == "cpu":
+            model.compiled_note = "building"  # LightGBM answers meanwhile
+            threading.Thread(target=self._compile_trees, args=(model,), name="compiled-trees", daemon=True).start()
         if previous is not None and previous.model.local_dir:
             shutil.rmtree(previous.model.local_dir, ignore_errors=True)
+
+    def _compile_trees(self, model: LoadedModel) -> None:
+        """Build the version's compiled trees off the request path and let them serve large requests only when they
+        predict exactly what LightGBM predicts on the latest partition of the features table."""
+        try:
+            forest = compile_forest(model.model_file, COMPILED_TREES_CACHE, model.batch_threads or usable_cores())
+            rows = self._check_rows(model)
+            expected = np.asarray(model.booster.predict(rows, num_threads=1))  # type: ignore[union-attr]
+            model.compiled_note = identical(forest, rows, expected)
+        except CompileError as err:
+            model.compiled_note = str(err)
+            return
+        except Exception as err:  # reading the rows, a LightGBM error: LightGBM keeps serving, the status says why
+            log.warning("compiled trees for %s v%s not checked: %s", self.decl.name, model.version, err)
+            model.compiled_note = f"not checked: {type(err).__name__}: {str(err)[:200]}"
+            return
+        if model.compiled_note is None:
+            model.compiled = forest
+
+    def _check_rows(self, model: LoadedModel, limit: int = 20_000) -> np.ndarray:
+        """Feature rows of the latest partition, in the model's column order: what the compiled trees are checked on."""
+        delta = self.settings.delta()
+        days = delta.partitions(self.decl.name, FEATURES)
+        frame = delta.read_partitions(self.decl.name, FEATURES, days[-1:]) if days else None
+        if frame is None or frame.height == 0:
+            return np.empty((0, len(model.feature_columns)))
+        return model.matrix(frame.head(limit))
 
     def predict(
         self, frame: pl.DataFrame, request_id: str, received_at: float, role: str, served: bool, version: int | None = None
@@ -262,6 +296,8 @@ class ModelServer:
             "polars_threads": pl.thread_pool_size(),
             "batch_threads": (loaded.model.batch_threads or usable_cores()) if loaded else None,  # LightGBM's, for large requests
             "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "predictor": loaded.model.predictor if loaded else None,  # of large requests: lightgbm, tl2cgen or nvforest
+            "compiled_trees": loaded.model.compiled_note if loaded else None,  # why they do not serve (yet), if declared
             "prediction_log": self.logger.stats(),
         }
 

@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from resources.registered_models import client
+from serving.compiled_trees import CompiledForest
 from serving.gpu import gpu_predict, load_gpu_forest
 
 if TYPE_CHECKING:  # lightgbm where a model is loaded: the champion sensor imports this module in Dagster
@@ -56,6 +57,8 @@ class LoadedModel:
     device: str = "cpu"
     local_dir: str = ""
     batch_threads: int = 0  # threads for SMALL_BATCH rows or more (the replica group's `batch_threads`); 0: usable_cores()
+    compiled: CompiledForest | None = None  # set once checked identical to LightGBM (serving.compiled_trees)
+    compiled_note: str | None = None  # why the compiled trees do not serve (yet), for the status
     _gpu = None  # nvforest ForestInference when device == "gpu"
 
     def matrix(self, features: pl.DataFrame) -> np.ndarray:
@@ -77,11 +80,23 @@ class LoadedModel:
         # one row on 2 busy cores), and replicas, not threads, are what serves concurrent requests. A large batch
         # takes the declared threads: OpenMP's default in a Ray replica is its CPU share (one for half a core),
         # which predicted a 10,000-row request on one core (`mlops bench serving`, batch 10k)
-        threads = 1 if x.shape[0] < SMALL_BATCH else (self.batch_threads or usable_cores())
-        out = np.asarray(self.booster.predict(x, num_threads=threads))  # type: ignore[union-attr]
+        large, compiled = x.shape[0] >= SMALL_BATCH, self.compiled
+        if large and compiled is not None:
+            out = compiled.predict(x, self.output_shape(x.shape[0]))
+        else:
+            threads = self.batch_threads or usable_cores() if large else 1
+            out = np.asarray(self.booster.predict(x, num_threads=threads))  # type: ignore[union-attr]
         if self.task == "binary":
             return np.column_stack([1.0 - out, out])
         return out
+
+    def output_shape(self, rows: int) -> tuple[int, ...]:
+        """What `Booster.predict` answers: a value per row, or a probability per class for multiclass."""
+        return (rows, len(self.classes)) if self.task == "multiclass" else (rows,)
+
+    @property
+    def predictor(self) -> str:
+        return "nvforest" if self.device == "gpu" else "tl2cgen" if self.compiled is not None else "lightgbm"
 
     def predict(self, features: pl.DataFrame) -> dict:
         """JSON-ready predictions: `predictions` always, plus `labels`/`probabilities` for classifiers."""

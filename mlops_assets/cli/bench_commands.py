@@ -59,6 +59,7 @@ def bench_serving(args: argparse.Namespace) -> int:
         cases=tuple(c.strip() for c in args.cases.split(",")) if args.cases else None,
         protocols=tuple(args.protocols.split(",")),
         proxy=args.proxy,
+        compiled_trees=args.compiled_trees,
     )
     print_report(result)
     if args.json:
@@ -144,6 +145,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--proxy", choices=("haproxy", "serve"), default="haproxy", help="our ingress (`mlops serve start --proxy`; haproxy is its default)"
     )
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
+    p.add_argument(
+        "--compiled-trees",
+        action="store_true",
+        help="declare serving.compiled_trees for our server (tl2cgen, the [compiled] extra); the bench waits for the build",
+    )
     p.set_defaults(handler=bench_serving)
     p = bench.add_parser("reliability", help="fault and load cases: killed replicas, steps and training; swaps; a store outage; a soak")
     p.add_argument("--long", action="store_true", help="ten champion swaps and the ten-minute soak (CI runs this after the suite)")

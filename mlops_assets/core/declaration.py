@@ -346,6 +346,12 @@ class ServingSpec(_Strict):
     challenger: ReplicaGroupSpec = ReplicaGroupSpec(replicas=1, num_cpus=0.25)
     traffic: TrafficSpec = TrafficSpec()
     max_batch_rows: int = Field(10_000, ge=1)
+    compiled_trees: bool = Field(
+        False,
+        description="Predict large requests with the forest compiled to a shared library (tl2cgen; pip install -e '.[compiled]' "
+        "and a C compiler), built in the background once per version and used only when identical to LightGBM on the "
+        "latest day of the features table; LightGBM answers until then, and whenever it is not.",
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     token_env: str = Field("MLOPS_SERVE_TOKEN", description="Env var with the optional bearer token for predictions.")
     admin_token_env: str = Field("MLOPS_SERVE_ADMIN_TOKEN", description="Env var with the token admin endpoints require.")

@@ -78,7 +78,7 @@ class Home:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def bench_declaration():
+def bench_declaration(compiled_trees: bool = False):
     from mlops_assets.core.declaration import (
         PACKAGED_PIPELINES,
         derive_declaration,
@@ -86,7 +86,14 @@ def bench_declaration():
     )
 
     packaged = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
-    return derive_declaration(packaged, "flights (bench)", training=BENCH_TRAINING, gates=BENCH_GATES, promotion={"policy": "auto"})
+    return derive_declaration(
+        packaged,
+        "flights (bench)",
+        training=BENCH_TRAINING,
+        gates=BENCH_GATES,
+        promotion={"policy": "auto"},
+        serving={"compiled_trees": compiled_trees},
+    )
 
 
 def _env(root: Path, pipelines: Path) -> dict[str, str]:
@@ -99,12 +106,12 @@ def _env(root: Path, pipelines: Path) -> dict[str, str]:
     }
 
 
-def prepare_home(root: Path, log=print) -> Home:
+def prepare_home(root: Path, log=print, compiled_trees: bool = False) -> Home:
     """A platform home with a trained, promoted flights champion; reused when `root` already has one."""
     root = root.resolve()
     pipelines = root / "pipelines"
     pipelines.mkdir(parents=True, exist_ok=True)
-    decl = bench_declaration()
+    decl = bench_declaration(compiled_trees)
     (pipelines / "flights.yaml").write_text(yaml.safe_dump(decl.model_dump(mode="json", by_alias=True)))
     env = _env(root, pipelines)
     os.environ.update(env)  # this process (training) and every server it starts see the same home
@@ -329,10 +336,30 @@ def _exe(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+BENCH_ADMIN_TOKEN = "mlops-bench-admin"  # our server's admin token in the bench: it reads the champion's status
+
+
+def wait_for_predictor(port: int, compiled_trees: bool, log, timeout_s: float = 180.0) -> str:
+    """What predicts large requests in our champion (lightgbm, tl2cgen); with compiled trees declared, the
+    bench waits until a replica's background build and check have settled, so no case measures the build."""
+    url = f"http://127.0.0.1:{port}/admin/models/{PIPELINE}/status"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {BENCH_ADMIN_TOKEN}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            champion = json.loads(resp.read())["champion"]
+        settled = not compiled_trees or champion.get("compiled_trees") != "building"
+        if settled or time.monotonic() > deadline:
+            note = champion.get("compiled_trees")
+            log(f"  ours: large requests predicted by {champion.get('predictor')}" + (f" ({note})" if note else ""))
+            return str(champion.get("predictor"))
+        time.sleep(1.0)
+
+
 def ours_server(
     home: Home, port: int, logs: Path, extra_env: dict[str, str] | None = None, num_cpus: int = 2, proxy: str = "haproxy"
 ) -> Server:
-    env = {**os.environ, **home.env, **(extra_env or {})}
+    env = {**os.environ, **home.env, "MLOPS_SERVE_ADMIN_TOKEN": BENCH_ADMIN_TOKEN, **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)  # a fresh Ray of its own, like `mlops serve start` on a laptop
     argv = [
         _exe("mlops"),
@@ -618,6 +645,7 @@ def bench(
     cases: tuple[str, ...] | None = None,
     protocols: tuple[str, ...] = ("v1", "v2"),
     proxy: str = "haproxy",
+    compiled_trees: bool = False,
     log=print,
 ) -> dict:
     """Everything above in one run; `cases` (names from CASES) and `protocols` (ours: v1, v2) narrow it for lever runs."""
@@ -631,7 +659,7 @@ def bench(
     logs.mkdir(parents=True, exist_ok=True)
     try:
         log(f"platform home {root} (training the champion unless it has one)")
-        home = prepare_home(root, log)
+        home = prepare_home(root, log, compiled_trees)
         sizes = sorted({n for _, n, _ in chosen} | {1000})
         reqs = request_rows(home, max(sizes + [10_000]))
         bodies = {}
@@ -644,6 +672,7 @@ def bench(
             "duration_s": duration_s,
             "ours_env": ours_env or {},
             "ours_proxy": proxy,
+            "ours_compiled_trees": compiled_trees,
             "results": [],
             "in_process": in_process(home, reqs.features.head(10_000)),
             "champion_steps": champion_steps(home, reqs.records[:1]),
@@ -673,6 +702,8 @@ def bench(
             log(f"{side}: starting ({' '.join(Path(a).name if i == 0 else a for i, a in enumerate(server.argv))})")
             try:
                 startup = server.start(timeout_s=300)
+                if side == "ours":
+                    result["ours_predictor"] = wait_for_predictor(ports["ours"], compiled_trees, log)
                 for protocol, url in urls.items() if side != "floor" else []:  # the floor answers a constant
                     diff = _check(f"{side} {protocol}", _predictions(_post(url, bodies[1000][protocol]), protocol), reqs.expected[:1000])
                     log(f"  {side} {protocol}: ready in {startup:.0f}s, 1,000 predictions match Booster.predict (max diff {diff:.1e})")
@@ -809,7 +840,10 @@ def print_report(r: dict) -> None:
         f"\nserving, LightGBM {m['name']} v{m['version']} ({m['trees']} trees, {m['features']} features), wrk on loopback, "
         f"{r['duration_s']:.0f}s per case; load {before['load_1m']} before / {after.get('load_1m', '?')} after, {before['cpus']} cpus"
     )
-    print(f"ours: `mlops serve start --proxy {r.get('ours_proxy', 'haproxy')}`")
+    print(
+        f"ours: `mlops serve start --proxy {r.get('ours_proxy', 'haproxy')}`"
+        + (f"; large requests predicted by {r['ours_predictor']}" if r.get("ours_predictor") else "")
+    )
     if r.get("ours_env"):
         print(f"ours with {' '.join(f'{k}={v}' for k, v in r['ours_env'].items())}")
     print(
