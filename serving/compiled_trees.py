@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +46,32 @@ def library_path(model_file: str, cache_root: str) -> Path:
     return Path(cache_root) / f"forest-{digest}.so"
 
 
+def _import_tl2cgen(threads: int):
+    """tl2cgen's own OpenMP reads OMP_NUM_THREADS once, as it loads, and refuses a predictor of more threads. Ray sets
+    it to a replica's CPU share (one for half a core), so tl2cgen loads seeing the threads large requests are
+    declared (LightGBM's OpenMP, loaded before, keeps its own setting, and is always given its threads)."""
+    if "tl2cgen" in sys.modules:
+        import tl2cgen
+
+        return tl2cgen
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(max(1, threads))
+    try:
+        import tl2cgen
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+    return tl2cgen
+
+
 def compile_forest(model_file: str, cache_root: str, threads: int) -> CompiledForest:
     """The library for this LightGBM text file, built unless a replica built it already."""
     try:
-        import tl2cgen
         import treelite
+
+        tl2cgen = _import_tl2cgen(threads)
     except ImportError as err:
         raise CompileError(f"compiled trees need tl2cgen and treelite (pip install -e '.[compiled]'): {err}") from None
     path = library_path(model_file, cache_root)
