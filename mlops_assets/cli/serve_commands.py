@@ -90,12 +90,15 @@ def ingress_env(proxy: str, folder: str) -> dict[str, str]:
     """Environment for Ray (set before it starts) selecting the ingress; nothing where the user already chose.
 
     With HAProxy, its files, its stats/metrics ports and the replicas' direct-ingress port ranges are
-    this instance's own (`folder`, free ports, free blocks), so two instances on one host never share
+    this instance's own (`folder`, claimed blocks of free ports), so two instances on one host never share
     /tmp/haproxy-serve or a replica port.
     """
     if proxy != "haproxy" or "RAY_SERVE_ENABLE_HA_PROXY" in os.environ:
         return {}
-    http, grpc = _free_block(), _free_block(low=40_000, high=49_000)
+    # every port below Linux's ephemeral range (32768 up): a port found free there could be taken by any outgoing
+    # connection before HAProxy binds it (seen: the stats port, once replicas talked over Serve's gRPC)
+    http, grpc = _free_block(), _free_block(low=30_000, high=32_600)
+    stats = _free_block(size=2, low=29_000, high=30_000)  # HAProxy's stats and metrics ports
     return {
         **HAPROXY_ENV,
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
@@ -103,8 +106,8 @@ def ingress_env(proxy: str, folder: str) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(stats + 1),
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + PORT_BLOCK - 1),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),

@@ -8,6 +8,7 @@ whose pipeline declares `serving.compiled_trees` switching to them in the backgr
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import lightgbm as lgb
@@ -21,6 +22,8 @@ from serving.loaded_model import SMALL_BATCH
 from tests.support.serving import offline_features, request_records
 
 pytest.importorskip("tl2cgen", reason="compiled trees need the [compiled] extra")
+if shutil.which("gcc") is None:
+    pytest.skip("compiled trees need a C compiler (gcc)", allow_module_level=True)
 
 
 def _forest(tmp_path, task: str, seed: int = 4, rounds: int = 12):
