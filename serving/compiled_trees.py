@@ -30,8 +30,6 @@ class CompileError(RuntimeError):
 class CompiledForest:
     """A loaded tl2cgen library: `predict` answers exactly what `Booster.predict` answers, in its shape."""
 
-    library: str
-    threads: int
     _predictor: object
 
     def predict(self, x: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -87,7 +85,7 @@ def compile_forest(model_file: str, cache_root: str, threads: int) -> CompiledFo
                 partial.unlink(missing_ok=True)
                 raise CompileError(f"building {path.name} failed: {str(err).strip().splitlines()[-1][:200]}") from None
     try:
-        return CompiledForest(str(path), threads, tl2cgen.Predictor(str(path), nthread=max(1, threads)))
+        return CompiledForest(tl2cgen.Predictor(str(path), nthread=max(1, threads)))
     except Exception as err:
         raise CompileError(f"loading {path.name} failed: {str(err).strip().splitlines()[-1][:200]}") from None
 
