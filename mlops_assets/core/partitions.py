@@ -137,6 +137,15 @@ def misplaced_in_files(decl: PipelineDeclaration, frames: list[pl.DataFrame], pa
         label = f"{year}/{month}/{day}"
     windows = pl.DataFrame({"_file": pl.Series(range(len(frames)), dtype=pl.UInt32), "_key": partitions, "_start": begins, "_end": ends})
     rows = pl.concat([f.select(row_id, *columns).with_columns(pl.lit(i, pl.UInt32).alias("_file")) for i, f in enumerate(frames)])
+    if not isinstance(time, str):
+        # rows whose year*10000 + month*100 + day lies in the window's are in it (or an impossible date, the
+        # schema's to report): only the others are read as dates, as text (most rows skip the text)
+        number = pl.col(year).cast(pl.Int64) * 10_000 + pl.col(month).cast(pl.Int64) * 100 + pl.col(day).cast(pl.Int64)
+        as_number = [b.year * 10_000 + b.month * 100 + b.day for b in begins], [e.year * 10_000 + e.month * 100 + e.day for e in ends]
+        numbers = pl.DataFrame({"_file": windows.get_column("_file"), "_from": as_number[0], "_to": as_number[1]})
+        rows = (
+            rows.join(numbers, on="_file", how="left").filter((number < pl.col("_from")) | (number >= pl.col("_to"))).drop("_from", "_to")
+        )
     outside = (
         rows.with_columns(when.alias("_when"))
         .join(windows, on="_file", how="left")

@@ -30,7 +30,7 @@ import polars as pl
 from pandera.engines import polars_engine
 
 from mlops_assets.core.declaration import SchemaSpec
-from mlops_assets.core.names import SOURCE_ROW
+from mlops_assets.core.names import SOURCE_ROW, VALID_ROW
 from mlops_assets.core.records import ConformedFile
 
 REASON = "_reason"
@@ -230,14 +230,25 @@ def failure_cases(data: pl.DataFrame, schema: SchemaSpec, engine: Literal["compi
 
 @dataclass(frozen=True)
 class ValidationResult:
-    clean: pl.DataFrame
+    """One file's split: its rows (in source-row order) and which of them are valid. The clean rows are
+    cut from them only when asked for: the raw write needs the flags, not a copy of the clean rows."""
+
+    rows: pl.DataFrame  # every row of the file, as conformed
+    valid: pl.Series  # one flag per row: True where the row passed
     quarantine: pl.DataFrame  # typed columns + _source_row + _reason + _original
     reasons: pl.DataFrame  # reason kind -> rows
 
+    @functools.cached_property
+    def clean(self) -> pl.DataFrame:
+        return self.rows.filter(self.valid)
+
+    @property
+    def clean_rows(self) -> int:
+        return self.rows.height - self.quarantine.height
+
     @property
     def failure_rate(self) -> float:
-        total = self.clean.height + self.quarantine.height
-        return self.quarantine.height / total if total else 0.0
+        return self.quarantine.height / self.rows.height if self.rows.height else 0.0
 
 
 def validate(
@@ -298,12 +309,14 @@ def validate_files(
     no_reasons = pl.DataFrame(schema={"reason": pl.String, "rows": pl.UInt32})
     if not problems:
         empty = frames[0].clear().with_columns(pl.lit(None, pl.String).alias(REASON), pl.lit(None, pl.String).alias(ORIGINAL))
-        return [ValidationResult(clean=f, quarantine=empty, reasons=no_reasons) for f in frames]
+        return [ValidationResult(f, pl.repeat(True, f.height, eager=True).alias(VALID_ROW), empty, no_reasons) for f in frames]
     all_problems = pl.concat(problems).unique()
     per_row = all_problems.group_by(FILE, SOURCE_ROW).agg(pl.col("reason").sort().str.join("; ").alias(REASON))
-    # frame is in (file, _source_row) order, and the left join and filters keep it
-    marked = frame.join(per_row, on=[FILE, SOURCE_ROW], how="left", maintain_order="left")
-    bad = marked.get_column(REASON).is_not_null()
+    # a row's flag from its (file, source row) key, one probe per row; the rows themselves are not copied
+    row_key = pl.col(FILE).cast(pl.UInt64) * (1 << 32) + pl.col(SOURCE_ROW).cast(pl.UInt64)
+    bad = frame.select(row_key.is_in(per_row.select(row_key.implode()).item()).alias("_quarantined")).to_series()
+    # frame is in (file, _source_row) order, and the filter and the left joins keep it
+    quarantined = frame.filter(bad).join(per_row, on=[FILE, SOURCE_ROW], how="left", maintain_order="left")
     # the values as landed, of the quarantined rows: files landed with the same column types are read together
     by_types: dict[tuple, list[int]] = {}
     for i in per_row.get_column(FILE).unique().sort().to_list():
@@ -318,8 +331,7 @@ def validate_files(
             for same in by_types.values()
         ]
     )
-    quarantined = marked.filter(bad).join(original_json, on=[FILE, SOURCE_ROW], how="left", maintain_order="left")
-    clean = marked.filter(bad.not_()).drop(REASON)
+    quarantined = quarantined.join(original_json, on=[FILE, SOURCE_ROW], how="left", maintain_order="left")
     kinds = (
         all_problems.lazy()
         .with_columns(pl.col("reason").str.replace(r"'[^']*'|-?\d+(\.\d+)?", "…", literal=False))
@@ -328,18 +340,21 @@ def validate_files(
         .sort(FILE, "rows", "reason", descending=[False, True, False])
         .collect()
     )
-    clean_of = _by_file(clean)
+    valid = bad.not_().alias(VALID_ROW)
     quarantined_of = _by_file(quarantined)
     kinds_of = _by_file(kinds)
     results = []
+    start = 0
     for i, f in enumerate(frames):
         results.append(
             ValidationResult(
-                clean=clean_of.get(i, f.clear()),
+                rows=f,
+                valid=valid.slice(start, f.height),
                 quarantine=quarantined_of.get(i, quarantined.clear().drop(FILE)),
                 reasons=kinds_of.get(i, no_reasons),
             )
         )
+        start += f.height
     return results
 
 

@@ -115,14 +115,16 @@ class IngestedRange:
         return partition, uri, stat.signature, conformed
 
     def _validated(self, chunk: list[tuple[str, str, str, ConformedFile]]) -> Iterator[pl.DataFrame]:
-        """A chunk of files validated in one pass; each file's flagged rows, in order."""
+        """A chunk of files validated in one pass; their flagged rows as one frame, so the write encodes the
+        chunk's files on its threads while the next chunk is read and validated (a frame per file made each
+        file's write wait for the one before)."""
         conformed = [c for *_, c in chunk]
         misplaced = misplaced_in_files(self.decl, [c.frame for c in conformed], [p for p, *_ in chunk], SOURCE_ROW)
         results = validate_files(conformed, self.decl.table_schema, misplaced=misplaced)
         del conformed, misplaced
+        flagged_files = []
         for (partition, uri, signature, c), result in zip(chunk, results):
-            invalid = result.quarantine.get_column(SOURCE_ROW).implode()
-            flagged = c.frame.with_columns(pl.col(SOURCE_ROW).is_in(invalid).not_().alias(VALID_ROW))
+            flagged = result.rows.with_columns(result.valid)
             if self.first_rows is None:
                 self.first_rows = flagged.head(PREVIEW_ROWS)
             self.files.append(
@@ -130,14 +132,15 @@ class IngestedRange:
                     partition,
                     uri,
                     signature,
-                    c.frame.height,
+                    result.rows.height,
                     tuple(c.dropped_columns),
-                    result.clean.height,
+                    result.clean_rows,
                     result.quarantine,
                     result.reasons,
                 )
             )
-            yield flagged.with_columns(pl.lit(partition, dtype=pl.String).alias(PARTITION_COLUMN))
+            flagged_files.append(flagged.with_columns(pl.lit(partition, dtype=pl.String).alias(PARTITION_COLUMN)))
+        yield pl.concat(flagged_files, how="diagonal_relaxed") if len(flagged_files) > 1 else flagged_files[0]
 
 
 PER_FILE_LOG_LINES = 10

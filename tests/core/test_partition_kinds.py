@@ -79,3 +79,24 @@ def test_keys_that_are_not_partitions_of_the_kind_are_named():
     assert "is not a hourly partition key" in partition_problem(telemetry("hourly"), "2024-03-03", now)
     assert "has not ended yet" in partition_problem(telemetry("monthly"), "2024-06-01", datetime(2024, 6, 15))
     assert partition_problem(telemetry("weekly"), "2024-03-10", now) is None
+
+
+def test_a_row_is_misplaced_only_when_its_date_parts_make_a_real_date_of_another_partition():
+    from mlops_assets.core.declaration import PACKAGED_PIPELINES
+    from mlops_assets.core.partitions import misplaced_in_files
+
+    flights = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")  # time_column: [year, month, day]
+    frame = pl.DataFrame(
+        {
+            "_source_row": [0, 1, 2, 3, 4, 5],
+            "year": [2013, 2013, 2013, 2013, 2013, 2012],
+            "month": [1, 2, 1, 13, None, 12],
+            "day": [31, 1, 32, 1, 31, 31],  # its day; the next; day 32 (between the two as a number); month 13; null; the year before
+        },
+        schema={"_source_row": pl.UInt32, "year": pl.Int16, "month": pl.Int8, "day": pl.Int8},
+    )
+    (found,) = misplaced_in_files(flights, [frame], ["2013-01-31"], "_source_row")
+    assert dict(found.iter_rows()) == {
+        1: "year/month/day: 2013-02-01 is outside partition 2013-01-31",
+        5: "year/month/day: 2012-12-31 is outside partition 2013-01-31",
+    }  # impossible and incomplete dates are the schema's to report
