@@ -5,6 +5,7 @@ both join records against), drift reports and new prediction-log rows."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -109,25 +110,39 @@ def reference_as_of(
     return references_as_of(delta, decl, module, [partition])[partition]
 
 
+@dataclass
+class RangeReading:
+    """What the calls for the chunks of one range share: each day's history partial (computed once) and the
+    reference tables with their versions, read once (every day of a range is built against the same
+    versions; reading them again per chunk opened five Delta logs each time)."""
+
+    partials: dict[str, dict[str, pl.DataFrame]] = field(default_factory=dict)
+    tables: dict[str, pl.DataFrame] | None = None
+    versions: dict[str, int] = field(default_factory=dict)
+    raw_version: int | None = None
+
+
 def references_as_of(
     delta: DeltaLakeResource,
     decl: PipelineDeclaration,
     module: FeatureModule,
     partitions: Sequence[str],
     clean: pl.DataFrame | None = None,
-    partials: dict[str, pl.DataFrame] | None = None,
+    reading: RangeReading | None = None,
 ) -> dict[str, tuple[FeatureReference, dict]]:
     """`reference_as_of` for each of several partitions (a backfill range): the clean rows are read once and
     each day's share of the history statistics is computed once, then combined per partition over the
     `history_days` before it (the module's history_partial/combine_history, when it has them). `clean`: the
-    clean rows of the range already read (by partition column); only the days before it are read. `partials`:
-    the days' history partials of an earlier call (a range built in chunks), extended by this one."""
+    clean rows of the range already read (by partition column); only the days before it are read. `reading`:
+    what an earlier call for the same range read (a range built in chunks), extended by this one."""
     window = decl.features.history_days
     needed = sorted({d for p in partitions for d in partitions_before(decl, p, window)})
     declared = list(decl.table_schema.columns)
-    tables, versions = read_reference(delta, decl.name, list(decl.landing.reference_tables))
-    raw_version = delta.version(decl.name, RAW)
-    partials = {} if partials is None else partials
+    reading = RangeReading() if reading is None else reading
+    if reading.tables is None:
+        reading.tables, reading.versions = read_reference(delta, decl.name, list(decl.landing.reference_tables))
+        reading.raw_version = delta.version(decl.name, RAW)
+    tables, versions, raw_version, partials = reading.tables, reading.versions, reading.raw_version, reading.partials
     missing = [d for d in needed if d not in partials]
     partials.update({key: module.history_partial(day.select(declared)) for key, day in _clean_days(delta, decl.name, missing, clean)})
     references = {}

@@ -29,7 +29,7 @@ from mlops_assets.core.records import LandedFileError, read_landed
 from mlops_assets.metadata import add_partition_metadata, preview, table_schema
 from resources.delta_lake import DeltaLakeResource
 from resources.landing_zone import LandingZoneResource, reference_signature
-from resources.pipeline_tables import quarantined_share, read_clean, references_as_of
+from resources.pipeline_tables import RangeReading, quarantined_share, read_clean, references_as_of
 
 
 def build_reference_asset(decl: PipelineDeclaration) -> dg.AssetsDefinition:
@@ -166,13 +166,13 @@ class _BuiltRange:
         declared = list(decl.table_schema.columns)
         target = decl.target.column
         keys = list(dict.fromkeys([*decl.table_schema.unique, target]))
-        partials: dict[str, pl.DataFrame] = {}  # each day's share of the history statistics, computed once
+        reading = RangeReading()  # each day's share of the history statistics and the reference tables, read once
         for days in day_chunks:
             records = read_clean(delta, decl.name, days)
             if records is None:
                 raise LookupError(f"raw table of pipeline {decl.name} is gone: ingest {days[0]} first")
             # in order: each day sees the days before it (the chunk's own clean rows are not read twice)
-            references = references_as_of(delta, decl, module, days, clean=records, partials=partials)
+            references = references_as_of(delta, decl, module, days, clean=records, reading=reading)
             built = module.build_partitions(
                 records.select(*declared, PARTITION_COLUMN), {p: references[p][0] for p in days}, PARTITION_COLUMN
             )
