@@ -29,16 +29,17 @@ def platform_resources() -> dg.Definitions:
 
 
 FEATURES_TEMPLATE = '''"""Feature code of the {name} pipeline: row-wise transformations of raw records into model inputs.
-Training calls build_features on each day's clean rows and serving on request records; see
-mlops_assets/core/feature_contract.py for the contract (history_stats, CATEGORICAL_FEATURES, INPUT_COLUMNS)."""
+The platform evaluates feature_expressions on each day's clean rows in training and on request records in
+serving; see mlops_assets/core/feature_contract.py for the contract (build_features for code that needs the
+whole frame, history_stats, CATEGORICAL_FEATURES, INPUT_COLUMNS)."""
 
 import polars as pl
 
 from mlops_assets.core.feature_contract import FeatureReference
 
 
-def build_features(records: pl.DataFrame, reference: FeatureReference) -> pl.DataFrame:
-    return records.select(pl.col("value"), pl.col("value").is_null().cast(pl.Int8).alias("value_missing"))
+def feature_expressions(reference: FeatureReference) -> list[pl.Expr]:
+    return [pl.col("value"), pl.col("value").is_null().cast(pl.Int8).alias("value_missing")]
 '''
 
 

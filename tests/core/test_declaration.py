@@ -105,3 +105,32 @@ def test_feature_code_breaking_the_contract_is_caught(monkeypatch):
     monkeypatch.setattr(module.module, "build_features", lambda r, ref: r.select("machine_id"))
     with pytest.raises(FeatureCodeError, match="reuses key/target column names"):
         module.build(records, FeatureReference(categories={"machine_id": ["m1"]}))
+
+
+def test_feature_expressions_are_built_once_per_lookup_index_and_checked(monkeypatch):
+    import polars as pl
+
+    from mlops_assets.core.feature_contract import FeatureReference
+
+    decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
+    module = load_feature_module(decl)
+    assert not hasattr(module.module, "build_features")  # flights declares expressions only
+    built = []
+    original = module.module.feature_expressions
+    monkeypatch.setattr(module.module, "feature_expressions", lambda ref: built.append(ref) or original(ref))
+    reference = FeatureReference(tables={}, categories={"carrier": ["UA"], "origin": ["EWR"], "dest": ["ORD"]})
+    index = module.lookup_index(reference)
+    records = pl.DataFrame(
+        {"year": [2013], "month": [7], "day": [1], "sched_dep_time": [930], "dep_delay": [4.0], "carrier": ["UA"], "tailnum": [None]}
+        | {"origin": ["EWR"], "dest": ["ORD"], "distance": [719], "time_hour": [None]},
+        schema_overrides={"tailnum": pl.String, "time_hour": pl.Datetime("us", "UTC")},
+    )
+    records = records.cast({c: decl.table_schema.columns[c].dtype for c in records.columns})
+    one = module.build(records, reference, index)
+    again = module.build(records, reference, index)
+    assert len(built) == 1  # the serving path: once per loaded version's index
+    assert one.equals(again) and one.row(0, named=True)["carrier_code"] == 0 and one.row(0, named=True)["dep_hour"] == 9
+    assert module.build(records, reference).equals(one)  # the batch path (no index) gives the same row
+    monkeypatch.setattr(module.module, "feature_expressions", lambda ref: ["dep_delay"])
+    with pytest.raises(FeatureCodeError, match="must return a non-empty list of polars expressions"):
+        module.build(records, reference)

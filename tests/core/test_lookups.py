@@ -166,8 +166,8 @@ def test_a_range_built_in_one_pass_equals_each_day_built_alone():
     records = records.sample(fraction=1.0, shuffle=True, seed=3)
     history = [lookup for lookup in module.lookups if lookup.table in ("route_stats", "carrier_stats")]
     joins_itself = ModuleType("joins_itself")
-    joins_itself.build_features = lambda rows, ref: module.module.build_features(
-        join_lookups(rows, ref.tables, history, module.key_types), ref
+    joins_itself.build_features = lambda rows, ref: join_lookups(rows, ref.tables, history, module.key_types).select(
+        module.module.feature_expressions(ref)
     )
     day_by_day = replace(module, module=joins_itself, lookups=tuple(lk for lk in module.lookups if lk not in history))
     for built in (
@@ -191,7 +191,7 @@ def test_a_module_reading_a_per_day_table_it_declared_as_a_lookup_is_told_why_in
         for d in (date(2013, 1, 5), date(2013, 1, 6))
     }
     reads_it = ModuleType("reads_it")
-    reads_it.build_features = lambda rows, ref: module.module.build_features(rows, ref).with_columns(
+    reads_it.build_features = lambda rows, ref: rows.select(module.module.feature_expressions(ref)).with_columns(
         pl.lit(ref.tables["route_stats"].height).alias("routes")
     )
     types = {c: spec.dtype for c, spec in decl.table_schema.columns.items()}

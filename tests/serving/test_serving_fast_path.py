@@ -186,7 +186,8 @@ def test_batched_requests_get_lightgbms_predictions_each(server, serving_registr
     features = offline_features(serving_registry, records)
     expected = booster.predict(features.select(booster.feature_name()).cast(pl.Float64).to_numpy())
     cuts = [(0, 1), (1, 6), (6, 18), (18, 30)]
-    items = [(typed_frame(records[a:b], schema), f"r{k}", 0.0, "champion", True, None) for k, (a, b) in enumerate(cuts)]
+    ids = [f"batched-r{k}" for k in range(len(cuts))]  # the shared log holds other tests' requests too
+    items = [(typed_frame(records[a:b], schema), ids[k], 0.0, "champion", True, None) for k, (a, b) in enumerate(cuts)]
     items.insert(2, (typed_frame(records[:2], schema), "pinned", 0.0, "champion", True, 999))
     answers = server.predict_many(items)
     assert isinstance(answers[2], VersionNotHere)
@@ -199,9 +200,9 @@ def test_batched_requests_get_lightgbms_predictions_each(server, serving_registr
         assert alone["predictions"] == answer["predictions"]
     server.flush_log()
     logged = serving_registry.delta.scan("flights", "prediction_log").collect()  # type: ignore[union-attr]
-    mine = logged.filter(pl.col("request_id").is_in(["r0", "r1", "r2", "r3"])).sort("request_id", "record")
+    mine = logged.filter(pl.col("request_id").is_in(ids)).sort("request_id", "record")
     assert mine.group_by("request_id").len().sort("request_id").get_column("len").to_list() == [1, 5, 12, 12]
-    assert mine.filter(pl.col("request_id") == "r2").get_column("record").to_list() == list(range(12))
+    assert mine.filter(pl.col("request_id") == ids[2]).get_column("record").to_list() == list(range(12))
     np.testing.assert_array_equal(mine.sort("request_id", "record").get_column("prediction").to_numpy(), expected)
     assert "pinned" not in logged.get_column("request_id").to_list()
 

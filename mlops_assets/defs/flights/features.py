@@ -77,10 +77,11 @@ def _code_expr(column: str, values: tuple) -> pl.Expr:
     return pl.col(column).replace_strict(list(values), list(range(len(values))), default=None, return_dtype=pl.Int16)
 
 
-def build_features(records: pl.DataFrame, reference: FeatureReference) -> pl.DataFrame:
-    """Row-wise only: weather, plane and delay statistics arrive joined in by the declared lookups."""
+def feature_expressions(reference: FeatureReference) -> list[pl.Expr]:
+    """Row-wise only: weather, plane and delay statistics arrive joined in by the declared lookups.
+    The platform evaluates these on the records (a serving replica builds them once per version)."""
     cats = reference.categories
-    return records.select(
+    return [
         pl.col("month").cast(pl.Int8).alias("dep_month"),
         pl.date(pl.col("year"), pl.col("month"), pl.col("day")).dt.weekday().cast(pl.Int8).alias("day_of_week"),
         (pl.col("sched_dep_time") // 100).cast(pl.Int8).alias("dep_hour"),
@@ -96,4 +97,4 @@ def build_features(records: pl.DataFrame, reference: FeatureReference) -> pl.Dat
         pl.col("route_p75_arr_delay").cast(pl.Float64),
         pl.col("route_flights").fill_null(0).cast(pl.Int32),
         pl.col("carrier_mean_arr_delay").cast(pl.Float64),
-    )
+    ]
