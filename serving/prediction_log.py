@@ -282,8 +282,18 @@ def answered_rows(batches: list[Answered]) -> pl.DataFrame:
             "label": pl.Series(labels, dtype=pl.String),
         }
     )
-    columns = batches[0].columns if len(batches) == 1 else pl.concat([b.columns for b in batches], how="diagonal_relaxed")
-    return pl.concat([meta, columns], how="horizontal")
+    return pl.concat([meta, _stacked([b.columns for b in batches])], how="horizontal")
+
+
+def _stacked(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """The logged columns of many requests: stacked as they are (the usual case: one feature code, one schema),
+    else aligned by name and type. Aligning 3,000 one-row frames took 53 ms a flush, stacking them 5.5 (by hand)."""
+    if len(frames) == 1:
+        return frames[0]
+    try:
+        return pl.concat(frames, how="vertical")
+    except (pl.exceptions.SchemaError, pl.exceptions.ShapeError, pl.exceptions.ColumnNotFoundError):
+        return pl.concat(frames, how="diagonal_relaxed")
 
 
 def log_rows(

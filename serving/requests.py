@@ -19,6 +19,7 @@ Accepted layouts:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import struct
@@ -98,6 +99,10 @@ class RequestSchema:
 
     def spec(self) -> SchemaSpec:
         return SchemaSpec(columns=self.columns, unique=[], extra_columns="fail")
+
+    @functools.cached_property
+    def dtypes(self) -> dict[str, pl.DataType]:
+        return {c: spec.dtype for c, spec in self.columns.items()}
 
 
 def ascii_digits(text: str) -> bool:
@@ -418,44 +423,59 @@ def _plain_utc_column(text: pl.Series, present: list) -> pl.Series | None:
     return parsed
 
 
+def _short_values(values: list, spec: ColumnSpec) -> list | None:
+    """A few values (at most FEW_DATETIMES) as the column's Python values when every one plainly passes the
+    checks `_fast_column` makes (datetimes in the plain UTC form only); None otherwise."""
+    if not spec.nullable and None in values:
+        return None
+    present = [v for v in values if v is not None] if spec.nullable else values
+    if spec.type in _INT_BOUNDS:
+        lo, hi = _bounds(spec)
+        ok = all(type(v) is int and lo <= v <= hi for v in present)
+    elif spec.type == "float64":
+        lo, hi = _bounds(spec)
+        ok = all((type(v) is float or type(v) is int) and lo <= v <= hi for v in present)  # NaN fails too
+    elif spec.type == "str":
+        ok = all(type(v) is str for v in present)
+    elif spec.type == "datetime" and spec.min is None and spec.max is None:
+        if not all(type(v) is str and PLAIN_UTC.fullmatch(v) for v in present):
+            return None
+        read = [None if v is None else _utc(v) for v in values]
+        return read if read.count(None) == len(values) - len(present) else None
+    else:
+        return None
+    if ok and spec.allowed is not None:
+        allowed = set(spec.allowed)
+        ok = all(v in allowed for v in present)
+    return values if ok else None
+
+
 def _fast_column(values: list, spec: ColumnSpec) -> pl.Series | None:
     """One column typed without `conform`/`validate` when every value plainly passes them; None otherwise."""
     if len(values) > LONG_COLUMN and (spec.type in _INT_BOUNDS or spec.type in ("float64", "str")):
         return _long_column(values, spec)
+    if spec.type == "datetime" and spec.min is None and spec.max is None and len(values) > FEW_DATETIMES:
+        return _datetime_column(values, spec)
+    short = _short_values(values, spec)  # float32, bool, date, bounded datetimes: None, always the full path
+    if short is None and spec.type == "datetime" and spec.min is None and spec.max is None:
+        return _datetime_column(values, spec)  # a few timestamps not in the plain UTC form: polars reads them
+    return None if short is None else pl.Series(short, dtype=spec.dtype)
+
+
+def _datetime_column(values: list, spec: ColumnSpec) -> pl.Series | None:
+    """Timestamps written as text, read by polars as `conform` reads them (the plain UTC form first)."""
     if not spec.nullable and None in values:
         return None
-    present = [v for v in values if v is not None] if spec.nullable else values
-    allowed = set(spec.allowed) if spec.allowed is not None else None
-    if spec.type in _INT_BOUNDS:
-        lo, hi = _bounds(spec)
-        if not all(type(v) is int and lo <= v <= hi for v in present):
-            return None
-    elif spec.type == "float64":
-        lo, hi = _bounds(spec)
-        if not all((type(v) is float or type(v) is int) and lo <= v <= hi for v in present):
-            return None  # NaN and infinities fail the comparison too: the full path decides them
-    elif spec.type == "str":
-        if not all(type(v) is str for v in present):
-            return None
-    elif spec.type == "datetime" and spec.min is None and spec.max is None:
-        if not all(type(v) is str for v in present):
-            return None
-        if len(present) <= FEW_DATETIMES and all(PLAIN_UTC.fullmatch(v) for v in present):
-            # a few plain UTC timestamps (a single-row request): read by Python, a tenth of polars' inference
-            read = [None if v is None else _utc(v) for v in values]
-            return pl.Series(read, dtype=spec.dtype) if read.count(None) == len(values) - len(present) else None
-        text = pl.Series(values, dtype=pl.String)
-        plain = _plain_utc_column(text, present)
-        if plain is not None:
-            return plain
-        # the cast `conform` applies to text in a datetime column (tests check both give the same frame)
-        parsed = text.str.strip_chars().str.to_datetime(strict=False, time_zone="UTC", time_unit="us")
-        return parsed if parsed.null_count() == len(values) - len(present) else None
-    else:
-        return None  # float32, bool, date, bounded datetimes: always the full path
-    if allowed is not None and not all(v in allowed for v in present):
+    present = [v for v in values if v is not None]
+    if not all(type(v) is str for v in present):
         return None
-    return pl.Series(values, dtype=spec.dtype)
+    text = pl.Series(values, dtype=pl.String)
+    plain = _plain_utc_column(text, present)
+    if plain is not None:
+        return plain
+    # the cast `conform` applies to text in a datetime column (tests check both give the same frame)
+    parsed = text.str.strip_chars().str.to_datetime(strict=False, time_zone="UTC", time_unit="us")
+    return parsed if parsed.null_count() == len(values) - len(present) else None
 
 
 def fast_typed_frame(records: list[dict] | Columns, schema: RequestSchema) -> pl.DataFrame | None:
@@ -479,6 +499,13 @@ def fast_typed_frame(records: list[dict] | Columns, schema: RequestSchema) -> pl
             columns = {c: [rec[c] for rec in records] for c in names}
         except KeyError:
             return None
+    rows = len(records)
+    if 0 < rows <= FEW_DATETIMES:
+        # a few records (a single-row request): the values checked in Python, then one frame built from the
+        # rows at once, about a fifth of building a typed series per column
+        short = [_short_values(columns[c], schema.columns[c]) for c in names]
+        if all(v is not None for v in short):
+            return pl.DataFrame(list(zip(*short)), schema=schema.dtypes, orient="row")
     series = []
     for c in names:
         column = _fast_column(columns[c], schema.columns[c])
