@@ -296,6 +296,8 @@ class ModelServer:
             "polars_threads": pl.thread_pool_size(),
             "batch_threads": (loaded.model.batch_threads or usable_cores()) if loaded else None,  # LightGBM's, for large requests
             "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            # Serve's default runs user code on a loop of its own thread; the replica groups turn that off (app.py)
+            "user_code_in_separate_thread": os.environ.get("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "1") != "0",
             "predictor": loaded.model.predictor if loaded else None,  # of large requests: lightgbm, tl2cgen or nvforest
             "compiled_trees": loaded.model.compiled_note if loaded else None,  # why they do not serve (yet), if declared
             "prediction_log": self.logger.stats(),

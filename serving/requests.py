@@ -424,8 +424,8 @@ def _plain_utc_column(text: pl.Series, present: list) -> pl.Series | None:
 
 
 def _short_values(values: list, spec: ColumnSpec) -> list | None:
-    """A few values (at most FEW_DATETIMES) as the column's Python values when every one plainly passes the
-    checks `_fast_column` makes (datetimes in the plain UTC form only); None otherwise."""
+    """A short column's values as Python values of its type when every one plainly passes the declared checks
+    (datetimes: a few, in the plain UTC form, read by Python); None otherwise, and the caller decides."""
     if not spec.nullable and None in values:
         return None
     present = [v for v in values if v is not None] if spec.nullable else values

@@ -456,3 +456,4 @@ def test_lone_and_concurrent_v2_requests_answer_alike_and_replicas_size_polars_t
     assert serving_registry.decl.serving.cpu.batch_threads == 0
     assert {s["champion"]["batch_threads"] for s in statuses} == {len(os.sched_getaffinity(0))}
     assert {s["champion"]["openmp_wait_policy"] for s in statuses} == {"PASSIVE"}  # replica_env reached the replicas
+    assert {s["champion"]["user_code_in_separate_thread"] for s in statuses} == {False}  # on Serve's own loop

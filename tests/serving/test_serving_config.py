@@ -68,16 +68,20 @@ def test_builders_build_apps_whose_deployments_match_the_overrides():
 def test_replica_groups_map_to_serve_options(monkeypatch):
     monkeypatch.delenv("POLARS_MAX_THREADS", raising=False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", raising=False)
     decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
     cpu = group_options(decl.serving.cpu)
     assert cpu["num_replicas"] == 2 and cpu["max_surge_percent"] == 100
-    env = {"POLARS_MAX_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"POLARS_MAX_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
     assert cpu["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0, "runtime_env": {"env_vars": env}}
     wide = group_options(decl.serving.cpu.model_copy(update={"num_cpus": 2.5}))
     assert wide["ray_actor_options"]["runtime_env"]["env_vars"]["POLARS_MAX_THREADS"] == "3"  # the CPU share, rounded up
     monkeypatch.setenv("POLARS_MAX_THREADS", "4")  # the user's own setting wins: Ray's environment passes it on
-    assert group_options(decl.serving.cpu)["ray_actor_options"]["runtime_env"] == {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    assert group_options(decl.serving.cpu)["ray_actor_options"]["runtime_env"] == {
+        "env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    }
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setenv("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "1")
     assert "runtime_env" not in group_options(decl.serving.cpu)["ray_actor_options"]
     scaled = group_options(decl.serving.cpu.model_copy(update={"min_replicas": 2, "max_replicas": 6}))
     assert "num_replicas" not in scaled and scaled["autoscaling_config"]["max_replicas"] == 6
