@@ -18,6 +18,7 @@ restarts or model loads.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -64,6 +65,16 @@ class Loaded:
     reference: FeatureReference
     index: LookupIndex  # the declared lookups as hash indexes over `reference`, built once per load
     info: dict
+
+
+def freeze_heap() -> None:
+    """Move what a replica holds once a version is loaded (its libraries, the model, the lookup index) out of the
+    cyclic garbage collector's reach. A full collection walked about 490,000 such objects, 0.26 s each time, a
+    pause every few thousand requests (by hand, in-process). Unfrozen and collected first, so the cycles of a
+    swapped-out version are freed at the next load."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 @serve.deployment
@@ -129,6 +140,8 @@ class ModelServer:
             threading.Thread(target=self._compile_trees, args=(model,), name="compiled-trees", daemon=True).start()
         if previous is not None and previous.model.local_dir:
             shutil.rmtree(previous.model.local_dir, ignore_errors=True)
+        del previous
+        freeze_heap()
 
     def _compile_trees(self, model: LoadedModel) -> None:
         """Build the version's compiled trees off the request path and let them serve large requests only when they

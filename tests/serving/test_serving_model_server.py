@@ -88,6 +88,19 @@ def test_reconfigure_swaps_atomically_under_concurrent_predictions(server, servi
     assert server.status()["model_version"] == serving_registry.champion and server.status()["loads"] == 3
 
 
+def test_a_load_leaves_the_loaded_heap_frozen_and_a_swapped_out_version_collected(server, serving_registry):
+    import gc
+    import weakref
+
+    server.reconfigure({"model_version": serving_registry.champion})
+    old = weakref.ref(server.loaded.index)
+    assert gc.get_freeze_count() > 10_000  # the libraries, the model and its index: out of the collector's walks
+    server.reconfigure({"model_version": serving_registry.challenger})
+    server.reconfigure({"model_version": serving_registry.champion})
+    assert old() is None  # the swapped-out version's index is gone, cycles and all
+    assert gc.get_freeze_count() > 10_000
+
+
 def test_traffic_shares_reconfigure_without_a_model_load(server, serving_registry):
     """Shares sit in the champion's user_config next to its version: changing them loads nothing."""
     server.reconfigure({"model_version": serving_registry.champion})
