@@ -48,8 +48,8 @@ def polars_threads(group: ReplicaGroupSpec) -> int:
 # Serve runs a replica's user code on the replica's own event loop, not on a second loop in its own thread:
 # a request then crosses no thread (and no GIL hand-off) between the ingress and the model. `mlops bench serving
 # --ours-env RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0`, two A/B pairs: V2 single-row p50 1.33-1.40 -> 1.01-1.03
-# ms, c=16 2,339-2,704 -> 2,855-2,930 req/s, V1 p50 3.49 -> 2.82 ms. Large requests are typed on a worker thread
-# either way (`INLINE_ROWS`), so the loop is held only by featurizing and predicting.
+# ms, c=16 2,339-2,704 -> 2,855-2,930 req/s, V1 p50 3.49 -> 2.82 ms. Large requests are typed, featurized and
+# predicted on a worker thread (`INLINE_ROWS`), so the loop keeps reading the next request meanwhile.
 SERVE_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 
