@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from mlops_assets.core.lookups import FEW_ROWS
 from resources.registered_models import client
 from serving.compiled_trees import CompiledForest
 from serving.gpu import gpu_predict, load_gpu_forest
@@ -28,7 +29,6 @@ if TYPE_CHECKING:  # lightgbm where a model is loaded: the champion sensor impor
 
 TASKS = ("regression", "binary", "multiclass")
 SMALL_BATCH = 1_000  # rows below which prediction runs on one thread
-FEW_ROWS = 16  # rows a matrix is built from Python values for (a single-row request)
 
 
 def usable_cores() -> int:
@@ -89,7 +89,7 @@ class LoadedModel:
         if large and compiled is not None:
             out = compiled.predict(x, self.output_shape(x.shape[0]))
         else:
-            threads = self.batch_threads or usable_cores() if large else 1
+            threads = (self.batch_threads or usable_cores()) if large else 1
             out = np.asarray(self.booster.predict(x, num_threads=threads))  # type: ignore[union-attr]
         if self.task == "binary":
             return np.column_stack([1.0 - out, out])

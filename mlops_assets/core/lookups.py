@@ -95,6 +95,11 @@ class _IndexedTable(NamedTuple):
     nulls: tuple  # what an unmatched key brings in
 
 
+# records up to which serving works value by value in Python rather than through polars, whose thread pool
+# sleeps between requests and costs a wake-up per call (a single-row request): the one home of that threshold
+FEW_ROWS = 16
+
+
 class LookupIndex:
     """The serving path: per lookup a dict from key to row, built once per loaded version.
 
@@ -103,7 +108,7 @@ class LookupIndex:
     since polars' join outruns a dict probe per record there. Each gives the polars join's columns,
     types and values."""
 
-    FEW_ROWS = 16
+    FEW_ROWS = FEW_ROWS
     JOIN_ROWS = 2_000  # about where a join (1.3 ms for any size up to here) outruns the probes (1 ms per 1,000 records)
 
     def __init__(self, tables: Mapping[str, pl.DataFrame], lookups: Sequence[LookupSpec], key_types: Mapping[str, pl.DataType]):
