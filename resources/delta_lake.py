@@ -334,6 +334,11 @@ class DeltaLakeResource(ConfigurableResource):
             self.table_uri(pipeline, table), frame, f"appending to {table}", {"dagster_run_id": run_id}, mode="append", **options
         )
 
+    def appender(self, pipeline: str, table: str) -> "TableAppender":
+        """Appends to one table through a table opened once (see TableAppender): for a writer that appends
+        often and needs no version back, such as a replica's prediction log."""
+        return TableAppender(self.table_uri(pipeline, table), self._options(), self._commit, f"appending to {table}")
+
     def delete(self, pipeline: str, table: str, predicate: str, run_id: str = "", reason: str = "") -> int:
         """Delete the rows matching a SQL predicate (one commit, retried on a lost race); returns how many went."""
         t = self.table(pipeline, table)
@@ -544,3 +549,36 @@ class _StreamedFiles:
                 pass
             except OSError as err:  # left for vacuum; the write's own error is what the caller sees
                 get_dagster_logger().warning(f"{self.what}: could not remove uncommitted file {path}: {err}")
+
+
+class TableAppender:
+    """Appends to one Delta table through a handle kept open between appends.
+
+    ``append`` by URI opened the table (its checkpoint and every commit since) and then listed the log for
+    its own commit: about 70 ms of CPU per append of a few hundred rows on a prediction log of some
+    hundred commits, against 30 through a kept handle (timed by hand). Appends never conflict with each
+    other, so a handle that is behind other writers still commits (delta-rs rebases the append); after a
+    failed append the handle is opened afresh."""
+
+    def __init__(self, uri: str, storage_options: Mapping[str, str] | None, commit: Callable[[Callable[[], object], str], None], what: str):
+        self.uri, self.storage_options, self._run_commit, self.what = uri, storage_options, commit, what
+        self._table: DeltaTable | None = None
+
+    def append(self, frame: pl.DataFrame, merge_schema: bool = False) -> None:
+        options = {"schema_mode": "merge"} if merge_schema else {}
+        try:
+            self._run_commit(lambda: self._write(frame, options), self.what)
+        except Exception:
+            self._table = None  # whatever went wrong, the next append starts from the table as stored
+            raise
+
+    def _write(self, frame: pl.DataFrame, options: dict) -> None:
+        if self._table is None:
+            try:
+                self._table = DeltaTable(self.uri, storage_options=self.storage_options)
+            except TableNotFoundError:  # the first append creates the table
+                write_deltalake(self.uri, _batches(frame), mode="append", storage_options=self.storage_options, **options)
+                return
+        else:
+            self._table.update_incremental()  # the commits of other writers since the last append (cheap: new commits only)
+        write_deltalake(self._table, _batches(frame), mode="append", **options)

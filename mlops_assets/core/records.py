@@ -110,12 +110,9 @@ def conform(frame: pl.DataFrame, schema: SchemaSpec, file: str) -> ConformedFile
     for name, spec in schema.columns.items():
         if typed.schema[name] != spec.dtype:
             raise unreadable(name)
-    # one pass: which columns have values that could not be read
-    lost = (
-        pl.concat([frame.select(declared), typed.select(pl.all().name.suffix("__typed"))], how="horizontal")
-        .select((pl.col(name).is_not_null() & pl.col(f"{name}__typed").is_null()).any().alias(name) for name in declared)
-        .row(0)
-    )
+    # which columns have values that could not be read: a cast only ever turns a value into null, never a null
+    # into a value, so more nulls after it than before means lost values (null counts are kept, not counted)
+    lost = [typed.get_column(name).null_count() > frame.get_column(name).null_count() for name in declared]
     failures: list[pl.DataFrame] = []
     for name, failed_any in zip(declared, lost):
         if not failed_any:

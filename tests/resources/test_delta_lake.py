@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 
 from resources.delta_lake import DeltaLakeResource
 
@@ -113,3 +114,31 @@ def test_concurrent_first_writes_of_a_new_partition_never_stack(tmp_path: Path):
     assert not errors
     rows = delta.read_partitions("p", "t", ["new"])
     assert rows.height == 5 and rows["writer"].n_unique() == 1
+
+
+def test_an_appender_keeps_its_table_open_and_loses_no_rows_to_other_writers_or_a_missing_table(tmp_path: Path):
+    """Two appenders (two replicas' prediction logs) and a plain append interleave on one table, one adding a
+    column; the table then goes away for a while (a file where it was) and comes back: every append is
+    either stored or raises, and the appender stores again once the table is back."""
+    delta = DeltaLakeResource(root=str(tmp_path), commit_retries=0)
+    first, second = delta.appender("p", "log"), delta.appender("p", "log")
+    first.append(_rows("x", 3, "first"))  # creates the table
+    second.append(_rows("x", 2, "second"))
+    delta.append("p", "log", _rows("x", 1, "plain"))
+    first.append(_rows("x", 4, "first").with_columns(pl.lit(1.5).alias("score")), merge_schema=True)
+    second.append(_rows("x", 5, "second"), merge_schema=True)  # behind the first's new column: appends, the column null
+    table = pl.read_delta(str(tmp_path / "p" / "log"))
+    assert table.group_by("writer").len().sort("writer").rows() == [("first", 7), ("plain", 1), ("second", 7)]
+    assert table.get_column("score").drop_nulls().to_list() == [1.5] * 4
+    assert DeltaTable(str(tmp_path / "p" / "log")).version() == 4  # one commit per append
+
+    folder, aside = tmp_path / "p" / "log", tmp_path / "p" / "log-aside"
+    folder.rename(aside)
+    folder.write_text("not a table")
+    with pytest.raises(DeltaError, match="Invalid table location"):
+        first.append(_rows("x", 1, "lost"), merge_schema=True)
+    folder.unlink()
+    aside.rename(folder)
+    first.append(_rows("x", 6, "back"), merge_schema=True)
+    table = pl.read_delta(str(folder))
+    assert table.height == 21 and table.filter(pl.col("writer") == "back").height == 6 and "lost" not in table.get_column("writer")

@@ -29,7 +29,7 @@ def _rows(request_id: str, n: int) -> pl.DataFrame:
 
 def test_full_queue_counts_overflow_and_flush_writes_the_rest(tmp_path):
     delta = DeltaLakeResource(root=str(tmp_path / "delta"))
-    logger = PredictionLogger(delta, "flights", max_rows=5, flush_seconds=3600)
+    logger = PredictionLogger(delta, "flights", max_rows=5, flush_seconds=3600, flush_rows=100)  # flushed when asked only
     try:
         assert logger.log(_rows("a", 2)) and logger.log(_rows("b", 3))
         started = time.perf_counter()
@@ -64,7 +64,7 @@ def _answered(requests: list[tuple[str, int]], result: dict | None = None) -> An
 
 def test_answered_requests_become_the_same_rows_in_the_writer_thread_within_the_same_bound(tmp_path, monkeypatch):
     delta = DeltaLakeResource(root=str(tmp_path / "delta"))
-    logger = PredictionLogger(delta, "flights", max_rows=8, flush_seconds=3600)
+    logger = PredictionLogger(delta, "flights", max_rows=8, flush_seconds=3600, flush_rows=100)
     built_in: list[str] = []
     build = prediction_log.answered_rows
 
@@ -156,10 +156,17 @@ def test_a_flush_ends_under_steady_traffic(tmp_path):
 class FlakyStore(DeltaLakeResource):
     """A real Delta store whose appends fail while `down` is set (the unit's edge: storage trouble)."""
 
-    def append(self, *args, **kwargs):
-        if FLAKY["down"]:
-            raise OSError("store unreachable")
-        return super().append(*args, **kwargs)
+    def appender(self, pipeline, table):
+        appender = super().appender(pipeline, table)
+        real = appender.append
+
+        def append(*args, **kwargs):
+            if FLAKY["down"]:
+                raise OSError("store unreachable")
+            return real(*args, **kwargs)
+
+        appender.append = append
+        return appender
 
 
 FLAKY = {"down": False}
@@ -204,3 +211,24 @@ def test_a_replica_that_goes_away_spills_its_queue_and_the_next_one_writes_it(tm
         second.close()
     assert delta.scan("flights", PREDICTION_LOG).select(pl.len()).collect().item() == 6
     assert not list(spill.iterdir())
+
+
+def test_a_queue_half_full_is_flushed_before_its_time_so_large_requests_do_not_overflow(tmp_path):
+    """Requests of many rows fill the queue faster than a flush every flush_seconds empties it: the writer
+    flushes as soon as the queue is half full, so a steady stream of them is logged whole."""
+    delta = DeltaLakeResource(root=str(tmp_path / "delta"))
+    logger = PredictionLogger(delta, "flights", max_rows=40, flush_seconds=3600)
+    try:
+        sent = 0
+        for i in range(30):  # 300 rows through a queue of 40, never waiting for a timed flush
+            deadline = time.time() + 20
+            while not logger.log(_rows(f"big{i}", 10)) and time.time() < deadline:
+                time.sleep(0.01)  # full for a moment: the early flush is under way
+            sent += 10
+        deadline = time.time() + 20
+        while logger.stats()["logged_rows"] < 280 and time.time() < deadline:
+            time.sleep(0.05)
+        assert logger.stats()["logged_rows"] >= 280  # the last few rows may wait for the next half-full mark
+    finally:
+        logger.close()
+    assert delta.scan("flights", PREDICTION_LOG).select(pl.len()).collect().item() == sent
