@@ -135,7 +135,7 @@ def test_an_appender_keeps_its_table_open_and_loses_no_rows_to_other_writers_or_
     folder, aside = tmp_path / "p" / "log", tmp_path / "p" / "log-aside"
     folder.rename(aside)
     folder.write_text("not a table")
-    with pytest.raises(DeltaError, match="Invalid table location"):
+    with pytest.raises((DeltaError, OSError)):  # delta-rs says so as one or the other, by where it looked first
         first.append(_rows("x", 1, "lost"), merge_schema=True)
     folder.unlink()
     aside.rename(folder)
