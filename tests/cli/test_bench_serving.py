@@ -116,6 +116,7 @@ def test_naive_app_answers_lightgbms_predictions(naive, tmp_path):
         url, features_body(rows.head(1)), connections=2, duration_s=1, workdir=tmp_path, tag="t", warmup_s=0, server_sid=server.proc.pid
     )
     assert result["requests"] > 0 and result["non2xx"] == 0 and result["p50_ms"] > 0
+    assert result["answered"] == result["requests"]  # no warm-up here: what wrk counted
     assert result["server_cpu_ms_per_req"] >= 0  # the server's own session, not wrk's
 
 
@@ -136,6 +137,7 @@ def test_the_floor_side_is_compared_protocol_by_protocol():
             row("mlflow", "features", "single c=16", 100.0, 150.0),
         ],
         "in_process": {"ceiling": "LightGBM", "ceiling_rows_s": 1.0},
+        "prediction_log": {"answered": 1000, "logged": 998},
     }
     by_case = {(r["case"], r["protocol"]): r for r in ratios(result)}
     assert by_case[("single c=1", "v1")]["ours/floor p50"] == pytest.approx(2.0)
@@ -147,3 +149,16 @@ def test_the_floor_side_is_compared_protocol_by_protocol():
     assert met["V2 single-row p50 at c=1 <= 1 ms"] is True and met["V1 single-row p50 at c=1 <= 1 ms"] is False
     assert met["V2 single-row c=16 throughput >= 0.8x floor"] is True  # 0.86x
     assert met["single-row c=16 throughput >= 20x mlflow serve"] is True
+    assert met["every prediction logged (requests in the prediction log >= requests answered)"] is False  # 2 missing
+
+
+def test_logged_requests_are_counted_from_the_prediction_log_itself(tmp_path):
+    from mlops_assets.cli.bench.serving_bench import logged_requests
+    from resources.delta_lake import DeltaLakeResource
+
+    table = tmp_path / "flights" / "prediction_log"
+    assert logged_requests(table) == 0  # no log yet
+    delta = DeltaLakeResource(root=str(tmp_path))
+    delta.append("flights", "prediction_log", pl.DataFrame({"request_id": ["a", "a", "b"], "record": [0, 1, 0]}))
+    delta.append("flights", "prediction_log", pl.DataFrame({"request_id": ["c"], "record": [0]}))
+    assert logged_requests(table) == 3  # a request of two records counts once

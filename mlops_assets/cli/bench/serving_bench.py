@@ -522,13 +522,19 @@ def run_wrk(
     script.write_text(LUA.format(body=body_file))
     wrk = wrk_path()
     base = [wrk, "-t1", f"-c{connections}", "--latency", "--timeout", "60s", "-s", str(script)]
+    warm_answered = 0
     if warmup_s > 0:
-        subprocess.run([*base, f"-d{max(1, round(warmup_s))}s", url], capture_output=True, text=True, timeout=warmup_s + 120)
+        warm = subprocess.run([*base, f"-d{max(1, round(warmup_s))}s", url], capture_output=True, text=True, timeout=warmup_s + 120)
+        if warm.returncode == 0:
+            w = parse_wrk(warm.stdout)
+            warm_answered = w["requests"] - w["non2xx"]
     cpu = session_cpu_s(server_sid) if server_sid else None
     done = subprocess.run([*base, f"-d{max(1, round(duration_s))}s", url], capture_output=True, text=True, timeout=duration_s + 180)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
     out = parse_wrk(done.stdout)
+    # requests answered with 200, the warm-up's included: what the prediction log must hold (`logged_requests`)
+    out["answered"] = warm_answered + out["requests"] - out["non2xx"]
     if cpu is not None and out["requests"]:
         out["server_cpu_ms_per_req"] = (session_cpu_s(server_sid) - cpu) * 1e3 / out["requests"]  # type: ignore[arg-type]
     return out
@@ -678,7 +684,9 @@ def bench(
             "champion_steps": champion_steps(home, reqs.records[:1]),
         }
         ports = {k: _free(p) for k, p in PORTS.items()}
+        log_table = root / "delta" / PIPELINE / "prediction_log"
         for side in sides:
+            logged_before = logged_requests(log_table)
             if side == "ours":
                 server = ours_server(home, ports["ours"], logs, ours_env, num_cpus, proxy)
                 urls = {
@@ -727,6 +735,11 @@ def bench(
                 log(f"  {side}: {idle_cores:.3f} cores busy while idle (its whole process session, settled)")
             finally:
                 server.stop()
+            if side == "ours":  # every answer logged: the replicas flush on the way down
+                answered = sum(r["answered"] for r in result["results"] if r["side"] == "ours") + len(urls)  # + the checks
+                logged = logged_requests(log_table) - logged_before
+                result["prediction_log"] = {"answered": answered, "logged": logged}
+                log(f"  ours: {logged:,} requests in the prediction log, {answered:,} answered (wrk's counts and the checks)")
         result["machine_after"] = _load()
         result["ratios"] = ratios(result)
         result["targets"] = targets(result)
@@ -734,6 +747,13 @@ def bench(
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def logged_requests(table: Path) -> int:
+    """Requests the prediction log holds (distinct request ids; a request logs a row per record)."""
+    if not (table / "_delta_log").is_dir():
+        return 0
+    return pl.scan_delta(str(table)).select(pl.col("request_id").n_unique()).collect().item()
 
 
 def _free(port: int) -> int:
@@ -823,6 +843,15 @@ def targets(result: dict) -> list[dict]:
                 "target": f"10,000-row batches >= 0.5x in-process {result['in_process']['ceiling']} rows/s",
                 "value": f"{v:.2f}x ({b10['rows_s']:,.0f} vs {ceiling:,.0f} rows/s)",
                 "met": v >= 0.5,
+            }
+        )
+    logged = result.get("prediction_log")
+    if logged:
+        out.append(
+            {
+                "target": "every prediction logged (requests in the prediction log >= requests answered)",
+                "value": f"{logged['logged']:,} of {logged['answered']:,}",
+                "met": logged["logged"] >= logged["answered"],
             }
         )
     idle = result.get("idle_cpu_cores", {}).get("ours")
