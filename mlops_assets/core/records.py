@@ -82,8 +82,13 @@ def _cast(source: pl.DataType, spec: ColumnSpec, name: str) -> pl.Expr:
 
 def conform(frame: pl.DataFrame, schema: SchemaSpec, file: str) -> ConformedFile:
     """Cast a landed frame to the declared schema, reporting cells that do not fit."""
-    declared = list(schema.columns)
-    missing = [c for c in declared if c not in frame.columns]
+    return conform_files([frame], schema, [file])[0]
+
+
+def _checked_columns(frame: pl.DataFrame, schema: SchemaSpec, file: str) -> list[str]:
+    """The file's columns the declaration does not know (dropped); a missing declared column, or an unknown
+    one where the declaration says fail, fails the file."""
+    missing = [c for c in schema.columns if c not in frame.columns]
     if missing:
         raise LandedFileError(file, f"missing declared columns: {', '.join(missing)}")
     extra = [c for c in frame.columns if c not in schema.columns]
@@ -92,10 +97,35 @@ def conform(frame: pl.DataFrame, schema: SchemaSpec, file: str) -> ConformedFile
             file,
             f"unexpected columns not in the declared schema: {', '.join(extra)} (declare them, or set schema.extra_columns: drop)",
         )
-    original = frame.select(declared).with_row_index(SOURCE_ROW)
+    return extra
+
+
+def conform_files(frames: list[pl.DataFrame], schema: SchemaSpec, files: list[str]) -> list[ConformedFile]:
+    """`conform` for many landed files (a backfill's range): files landed with the same column types are cast
+    together, in one polars call instead of one per file (at 2,700 rows a file its fixed cost was most of
+    the time), and split back, each with its own source rows and cast failures."""
+    declared = list(schema.columns)
+    extras = [_checked_columns(frame, schema, file) for frame, file in zip(frames, files)]
+    same_types: dict[tuple, list[int]] = {}
+    for i, frame in enumerate(frames):
+        same_types.setdefault(tuple(frame.select(declared).schema.items()), []).append(i)
+    out: list[ConformedFile | None] = [None] * len(frames)
+    for group in same_types.values():
+        for i, conformed in zip(group, _conform_same_types([frames[i].select(declared) for i in group], schema, files[group[0]])):
+            out[i] = ConformedFile(conformed[0], conformed[1], conformed[2], extras[i])
+    return out  # type: ignore[return-value]
+
+
+def _conform_same_types(frames: list[pl.DataFrame], schema: SchemaSpec, first_file: str) -> list[tuple]:
+    """Cast files of the same column types together: (typed rows, originals, cast failures) per file."""
+    declared = list(schema.columns)
+    heights = [f.height for f in frames]
+    frame = frames[0] if len(frames) == 1 else pl.concat(frames, rechunk=False)
 
     def unreadable(name: str) -> LandedFileError:  # e.g. a nested type nothing can cast
-        return LandedFileError(file, f"column {name} has type {frame.schema[name]}, which cannot be read as {schema.columns[name].type}")
+        return LandedFileError(
+            first_file, f"column {name} has type {frame.schema[name]}, which cannot be read as {schema.columns[name].type}"
+        )
 
     casts = {name: _cast(frame.schema[name], spec, name).alias(name) for name, spec in schema.columns.items()}
     try:
@@ -112,21 +142,31 @@ def conform(frame: pl.DataFrame, schema: SchemaSpec, file: str) -> ConformedFile
             raise unreadable(name)
     # which columns have values that could not be read: a cast only ever turns a value into null, never a null
     # into a value, so more nulls after it than before means lost values (null counts are kept, not counted)
-    lost = [typed.get_column(name).null_count() > frame.get_column(name).null_count() for name in declared]
-    failures: list[pl.DataFrame] = []
-    for name, failed_any in zip(declared, lost):
-        if not failed_any:
-            continue
-        spec = schema.columns[name]
-        failed = frame.get_column(name).is_not_null() & typed.get_column(name).is_null()
-        failures.append(
-            pl.DataFrame({SOURCE_ROW: original[SOURCE_ROW], "value": frame.get_column(name).cast(pl.String, strict=False)})
-            .filter(failed)
-            .select(
-                SOURCE_ROW,
-                pl.format("{}: cannot read '{}' as {}", pl.lit(name), pl.col("value"), pl.lit(spec.type)).alias("reason"),
-            )
+    lost = [name for name in declared if typed.get_column(name).null_count() > frame.get_column(name).null_count()]
+    failures = pl.DataFrame(schema={"_at": pl.UInt32, "reason": pl.String})
+    if lost:
+        at = pl.int_range(pl.len(), dtype=pl.UInt32).alias("_at")
+        failures = pl.concat(
+            [
+                pl.DataFrame({"value": frame.get_column(name).cast(pl.String, strict=False)})
+                .with_columns(at)
+                .filter(frame.get_column(name).is_not_null() & typed.get_column(name).is_null())
+                .select(
+                    "_at",
+                    pl.format("{}: cannot read '{}' as {}", pl.lit(name), pl.col("value"), pl.lit(schema.columns[name].type)).alias(
+                        "reason"
+                    ),
+                )
+                for name in lost
+            ]
         )
-    result = typed.with_columns(original[SOURCE_ROW])
-    cast_failures = pl.concat(failures) if failures else pl.DataFrame(schema={SOURCE_ROW: pl.UInt32, "reason": pl.String})
-    return ConformedFile(result, original, cast_failures, extra)
+    out = []
+    start = 0
+    for height in heights:
+        rows = pl.int_range(height, dtype=pl.UInt32).alias(SOURCE_ROW)
+        original = frame.slice(start, height).with_columns(rows)
+        mine = failures.filter(pl.col("_at").is_between(start, start + height - 1)) if lost else failures
+        cast_failures = mine.select((pl.col("_at") - start).alias(SOURCE_ROW), "reason")
+        out.append((typed.slice(start, height).with_columns(rows), original, cast_failures))
+        start += height
+    return out

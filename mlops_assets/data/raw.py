@@ -31,7 +31,7 @@ from mlops_assets.core.names import (
     step_name,
 )
 from mlops_assets.core.partitions import backfill_policy, misplaced_in_files
-from mlops_assets.core.records import ConformedFile, LandedFileError, conform, read_landed
+from mlops_assets.core.records import LandedFileError, conform_files, read_landed
 from mlops_assets.core.validation import validate_files
 from mlops_assets.metadata import add_partition_metadata, counts_table, preview, table_schema
 from resources.delta_lake import DeltaLakeResource
@@ -84,19 +84,19 @@ class IngestedRange:
     first_rows: pl.DataFrame | None = None  # the first file's rows: its column schema and preview
 
     def rows(self) -> Iterator[pl.DataFrame]:
-        chunk: list[tuple[str, str, str, ConformedFile]] = []
+        chunk: list[tuple[str, str, str, pl.DataFrame]] = []
         chunk_rows = 0
         for partition in self.partitions:
             chunk.append(self._read(partition))
-            chunk_rows += chunk[-1][3].frame.height
+            chunk_rows += chunk[-1][3].height
             if chunk_rows >= VALIDATION_CHUNK_ROWS:
                 yield from self._validated(chunk)
                 chunk, chunk_rows = [], 0
         if chunk:
             yield from self._validated(chunk)
 
-    def _read(self, partition: str) -> tuple[str, str, str, ConformedFile]:
-        """One landed file read and cast (errors name the file); a file that cannot be read fails the run."""
+    def _read(self, partition: str) -> tuple[str, str, str, pl.DataFrame]:
+        """One landed file read as it landed (errors name the file); a file that cannot be read fails the run."""
         decl, landing = self.decl, self.landing
         file_name = decl.landing.file_name(partition)
         stat = landing.stat(decl.name, file_name)
@@ -105,25 +105,23 @@ class IngestedRange:
             raise dg.Failure(f"no landed file for partition {partition}: {uri} does not exist")
         try:
             frame = read_landed(landing.read_bytes(decl.name, file_name), uri, decl.landing.format)
-            conformed = conform(frame, decl.table_schema, uri)
         except LandedFileError as err:
-            raise dg.Failure(
-                description=f"cannot ingest {err.file}: {err.problem}",
-                metadata={"file": err.file, "problem": err.problem, "partition": partition},
-                allow_retries=False,
-            ) from None
-        return partition, uri, stat.signature, conformed
+            raise _cannot_ingest(err, partition) from None
+        return partition, uri, stat.signature, frame
 
-    def _validated(self, chunk: list[tuple[str, str, str, ConformedFile]]) -> Iterator[pl.DataFrame]:
-        """A chunk of files validated in one pass; their flagged rows as one frame, so the write encodes the
-        chunk's files on its threads while the next chunk is read and validated (a frame per file made each
-        file's write wait for the one before)."""
-        conformed = [c for *_, c in chunk]
+    def _validated(self, chunk: list[tuple[str, str, str, pl.DataFrame]]) -> Iterator[pl.DataFrame]:
+        """A chunk of files cast and validated in one pass each; their flagged rows as one frame, so the write
+        encodes the chunk's files on its threads while the next chunk is read and validated (a frame per file
+        made each file's write wait for the one before)."""
+        try:
+            conformed = conform_files([frame for *_, frame in chunk], self.decl.table_schema, [uri for _, uri, _, _ in chunk])
+        except LandedFileError as err:
+            raise _cannot_ingest(err, next(p for p, uri, _, _ in chunk if uri == err.file)) from None
         misplaced = misplaced_in_files(self.decl, [c.frame for c in conformed], [p for p, *_ in chunk], SOURCE_ROW)
         results = validate_files(conformed, self.decl.table_schema, misplaced=misplaced)
-        del conformed, misplaced
+        del misplaced
         flagged_files = []
-        for (partition, uri, signature, c), result in zip(chunk, results):
+        for (partition, uri, signature, _), c, result in zip(chunk, conformed, results):
             flagged = result.rows.with_columns(result.valid)
             if self.first_rows is None:
                 self.first_rows = flagged.head(PREVIEW_ROWS)
@@ -141,6 +139,14 @@ class IngestedRange:
             )
             flagged_files.append(flagged.with_columns(pl.lit(partition, dtype=pl.String).alias(PARTITION_COLUMN)))
         yield pl.concat(flagged_files, how="diagonal_relaxed") if len(flagged_files) > 1 else flagged_files[0]
+
+
+def _cannot_ingest(err: LandedFileError, partition: str) -> dg.Failure:
+    return dg.Failure(
+        description=f"cannot ingest {err.file}: {err.problem}",
+        metadata={"file": err.file, "problem": err.problem, "partition": partition},
+        allow_retries=False,
+    )
 
 
 PER_FILE_LOG_LINES = 10
