@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # rows per append: a flush writes what queued since the last one in as few commits as this allows. At 5,000,
 # 10,000-row requests took a commit each, and the log's appends cost about a third of the CPU of answering them
-# (34 against 6 ms a request in one commit per flush, timed by hand); a batch is a copy of queued rows, bounded
+# (34 against 3-6 ms a request in one commit per flush, timed by hand); a batch is a copy of queued rows, bounded
 # by the queue's own max_rows
 BATCH_ROWS = 100_000
 
@@ -50,7 +50,6 @@ class PredictionLogger:
         spill_dir: str | Path | None = None,
         flush_rows: int | None = None,
     ):
-        self.delta = delta
         self._appender = delta.appender(pipeline, PREDICTION_LOG)
         self.spill_dir = Path(spill_dir) if spill_dir else None
         self.pipeline = pipeline
