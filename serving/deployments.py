@@ -210,6 +210,7 @@ class ModelServer:
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
     async def _batched(self, items: list[tuple]) -> list:
         # no waiting for company: a lone request runs at once; requests that queued meanwhile form the next batch
+        self.counts["batches"] += 1  # requests / batches: how many Serve's batch queue answers at once
         return await self._predicted(items)
 
     async def _predicted(self, items: list[tuple]) -> list:

@@ -451,6 +451,8 @@ def test_lone_and_concurrent_v2_requests_answer_alike_and_replicas_size_polars_t
     statuses = [HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json() for _ in range(8)]
     routed = [s["routed"] for s in statuses]
     assert any(r.get("alone", 0) > 0 for r in routed), routed
+    # and concurrent ones shared Serve's batches: more requests through the queue than batches it ran
+    assert any(r.get("champion", 0) - r.get("alone", 0) > r.get("batches", 0) > 0 for r in routed), routed
     assert {s["champion"]["polars_threads"] for s in statuses} == {polars_threads(serving_registry.decl.serving.cpu)}
     # Ray gives a half-CPU replica one OpenMP thread; a large request still predicts on every usable core (declared 0)
     assert serving_registry.decl.serving.cpu.batch_threads == 0
