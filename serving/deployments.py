@@ -80,6 +80,17 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def _stacked_requests(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """The typed frames of a batch's requests as one: their chunks appended, then one rechunk. `pl.concat`
+    (parallel by default) was about a tenth of a champion replica's py-spy samples at 16 clients; appending
+    seven one-row frames takes 7 microseconds against 28-34 in a warm loop, 185-191 against 197-205 a request
+    in-process at 16 concurrent (by hand); served, the c=16 figure moved within its noise."""
+    out = frames[0].clone()
+    for frame in frames[1:]:
+        out.vstack(frame, in_place=True)
+    return out.rechunk()
+
+
 @serve.deployment
 class ModelServer:
     def __init__(
@@ -240,7 +251,7 @@ class ModelServer:
             return answers
         frames = [items[i][0] for i in take]
         try:
-            frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+            frame = frames[0] if len(frames) == 1 else _stacked_requests(frames)
         except Exception:  # frames of differing dtypes cannot stack: one at a time then
             for i in take:
                 answers[i] = self._answer_one(loaded, items[i])

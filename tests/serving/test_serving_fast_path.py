@@ -260,3 +260,18 @@ def test_log_rows_columns_and_values():
         received_at=0.0,
     )
     assert regression["prediction"].to_list() == [1.5, -2.0, 0.0] and regression["label"].null_count() == 3
+
+
+def test_a_batchs_requests_stack_as_concat_stacks_them_and_mismatched_ones_refuse(schema):
+    from polars.testing import assert_frame_equal
+
+    from serving.deployments import _stacked_requests
+
+    frames = [typed_frame(request_records(k + 1)[k:], schema) for k in range(5)]  # one row each, then more
+    frames.append(typed_frame(request_records(9), schema))
+    stacked = _stacked_requests(frames)
+    assert stacked.n_chunks() == 1
+    assert_frame_equal(stacked, pl.concat(frames, how="vertical"))
+    assert frames[0].height == 1  # the first request's own frame is not grown by the stacking
+    with pytest.raises(pl.exceptions.PolarsError):  # predict_many then answers them one at a time
+        _stacked_requests([frames[0], frames[1].with_columns(pl.col("dep_delay").cast(pl.String))])
