@@ -106,18 +106,18 @@ def conform_files(frames: list[pl.DataFrame], schema: SchemaSpec, files: list[st
     the time), and split back, each with its own source rows and cast failures."""
     declared = list(schema.columns)
     extras = [_checked_columns(frame, schema, file) for frame, file in zip(frames, files)]
+    landed = [frame.select(declared) for frame in frames]
     same_types: dict[tuple, list[int]] = {}
-    for i, frame in enumerate(frames):
-        same_types.setdefault(tuple(frame.select(declared).schema.items()), []).append(i)
-    out: list[ConformedFile | None] = [None] * len(frames)
+    for i, frame in enumerate(landed):
+        same_types.setdefault(tuple(frame.schema.items()), []).append(i)
+    out: dict[int, ConformedFile] = {}
     for group in same_types.values():
-        for i, conformed in zip(group, _conform_same_types([frames[i].select(declared) for i in group], schema, files[group[0]])):
-            out[i] = ConformedFile(conformed[0], conformed[1], conformed[2], extras[i])
-    return out  # type: ignore[return-value]
+        out.update(zip(group, _conform_same_types([landed[i] for i in group], [extras[i] for i in group], schema, files[group[0]])))
+    return [out[i] for i in range(len(frames))]
 
 
-def _conform_same_types(frames: list[pl.DataFrame], schema: SchemaSpec, first_file: str) -> list[tuple]:
-    """Cast files of the same column types together: (typed rows, originals, cast failures) per file."""
+def _conform_same_types(frames: list[pl.DataFrame], extras: list[list[str]], schema: SchemaSpec, first_file: str) -> list[ConformedFile]:
+    """Cast files of the same column types together, then split them back, each with its own rows."""
     declared = list(schema.columns)
     heights = [f.height for f in frames]
     frame = frames[0] if len(frames) == 1 else pl.concat(frames, rechunk=False)
@@ -162,11 +162,14 @@ def _conform_same_types(frames: list[pl.DataFrame], schema: SchemaSpec, first_fi
         )
     out = []
     start = 0
-    for height in heights:
+    for height, extra in zip(heights, extras):
         rows = pl.int_range(height, dtype=pl.UInt32).alias(SOURCE_ROW)
-        original = frame.slice(start, height).with_columns(rows)
         mine = failures.filter(pl.col("_at").is_between(start, start + height - 1)) if lost else failures
         cast_failures = mine.select((pl.col("_at") - start).alias(SOURCE_ROW), "reason")
-        out.append((typed.slice(start, height).with_columns(rows), original, cast_failures))
+        out.append(
+            ConformedFile(
+                typed.slice(start, height).with_columns(rows), frame.slice(start, height).with_columns(rows), cast_failures, extra
+            )
+        )
         start += height
     return out

@@ -686,8 +686,8 @@ def bench(
         ports = {k: _free(p) for k, p in PORTS.items()}
         log_table = root / "delta" / PIPELINE / "prediction_log"
         for side in sides:
-            logged_before = logged_requests(log_table)
             if side == "ours":
+                logged_before = logged_requests(log_table)  # the bench home's log holds earlier runs' requests
                 server = ours_server(home, ports["ours"], logs, ours_env, num_cpus, proxy)
                 urls = {
                     "v1": f"http://127.0.0.1:{ports['ours']}/v1/models/{PIPELINE}:predict",
