@@ -478,9 +478,15 @@ class ModelServer:
             "checked_at": time.time(),
         }
 
-    def __del__(self):
-        # graceful shutdown: write what is queued before the replica goes away
+    def close(self) -> None:
+        """Write what the log has queued and remove the downloaded model files. Serve's graceful shutdown
+        calls `__del__`; a server built in-process (the bench, tests) is closed by its owner: a loaded
+        replica's heap is frozen out of the garbage collector (`freeze_heap`), so it is never collected and
+        its model folder under the temp directory would outlive the process."""
         logger = getattr(self, "logger", None)
         if logger is not None:
             logger.close()
         shutil.rmtree(getattr(self, "cache_dir", ""), ignore_errors=True)
+
+    def __del__(self):
+        self.close()

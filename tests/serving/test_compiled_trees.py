@@ -121,7 +121,7 @@ def test_a_model_server_declaring_compiled_trees_switches_to_them_once_checked(s
         np.testing.assert_array_equal(small["predictions"], expected[:5])
         assert calls == [len(records)]  # the large request only
     finally:
-        server.logger.close()
+        server.close()
 
 
 def test_a_refused_library_leaves_lightgbm_serving_and_says_why(serving_registry, tmp_path, monkeypatch):
@@ -137,4 +137,4 @@ def test_a_refused_library_leaves_lightgbm_serving_and_says_why(serving_registry
         assert compiled_trees.library_path(model.model_file, str(tmp_path / "cache")).exists()  # built, then refused
         assert json.dumps(status)  # the status stays JSON
     finally:
-        server.logger.close()
+        server.close()

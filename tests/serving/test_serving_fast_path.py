@@ -215,7 +215,7 @@ def test_batch_without_a_model_is_not_ready(serving_registry, schema, tmp_path):
         answers = s.predict_many([(typed_frame(request_records(1), schema), "r", 0.0, "champion", True, None)])
         assert isinstance(answers[0], NotReady)
     finally:
-        s.logger.close()
+        s.close()
 
 
 def test_log_rows_columns_and_values():

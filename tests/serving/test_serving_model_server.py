@@ -7,6 +7,7 @@ replica must never answer from a half-loaded model and never fail a request.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import numpy as np
@@ -44,7 +45,7 @@ def test_not_ready_without_a_champion(serving_registry, tmp_path):
         with pytest.raises(NotReady, match="no champion model loaded"):
             s.predict(_frame(serving_registry, 2), "r", 0.0, "champion", True)
     finally:
-        s.logger.close()
+        s.close()
 
 
 def test_follows_the_alias_and_predicts_like_offline(server, serving_registry):
@@ -57,6 +58,23 @@ def test_follows_the_alias_and_predicts_like_offline(server, serving_registry):
     features = offline_features(serving_registry, request_records(12))
     expected = booster.predict(features.select(booster.feature_name()).cast(pl.Float64).to_numpy())
     np.testing.assert_allclose(result["predictions"], expected, rtol=0, atol=1e-9)
+
+
+def test_close_writes_the_log_and_removes_the_downloaded_model(serving_registry):
+    """A server built in-process (bench, tests) is never garbage-collected once its heap is frozen: `close`
+    is what removes its model folder from the temp directory, after the log's queued rows are written."""
+    s = Server(
+        ServeSettings(pipeline="flights", tracking_uri=serving_registry.tracking_uri, delta_root=serving_registry.delta.root).model_dump(),
+        "champion",
+    )
+    s.reconfigure({"model_version": serving_registry.champion})
+    model_dir = s.loaded.model.local_dir
+    assert model_dir and os.path.isdir(model_dir) and model_dir.startswith(s.cache_dir)
+    s.predict(_frame(serving_registry, 3), "closing", 0.0, "champion", True)
+    s.close()
+    assert not os.path.exists(s.cache_dir)
+    assert s.logger.stats()["logged_rows"] >= 3 and not s.logger.stats()["queued_rows"]
+    s.close()  # again (Serve's `__del__` after an owner's close): nothing left to do, no error
 
 
 def test_reconfigure_swaps_atomically_under_concurrent_predictions(server, serving_registry):

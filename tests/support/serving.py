@@ -197,7 +197,7 @@ def champion_server(serving_registry):
         "champion",
     )
     yield s
-    s.logger.close()
+    s.close()
 
 
 def serving_resource(reg, port: int):

@@ -633,7 +633,7 @@ def champion_steps(home: Home, records: list[dict], repeat: int = 300) -> dict:
             "predict_many_ms": ms(lambda: server.predict_many([item])),
         }
     finally:
-        server.logger.close()
+        server.close()
 
 
 def _load() -> dict:
