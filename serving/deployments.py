@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -47,7 +48,8 @@ from serving.http_answers import NotReady, answer_prediction, error, v2_infer_re
 from serving.loaded_model import LoadedModel, load_version, usable_cores
 from serving.prediction_log import Answered, PredictionLogger, log_rows
 from serving.reference import serving_reference
-from serving.requests import Columns, RequestError, RequestSchema, decode_v2, typed_frame
+from serving.requests import Columns, Decoded, RequestError, RequestSchema, decode_v2, typed_frame
+from serving.stage_times import StageTimes
 
 log = logging.getLogger(__name__)
 # one compiled library per model file on this host, whichever replica builds it first
@@ -122,6 +124,8 @@ class ModelServer:
         self._requests = 0  # requests in this replica now, HTTP (`__call__`) or by handle (`route`): a lone one skips the batch queue
         self.loaded: Loaded | None = None
         self.loads = 0
+        self.stage_times = StageTimes()  # this replica's own work, stage by stage (status: stage_ms)
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"  # tells replicas' status answers apart
         self.cache_dir = tempfile.mkdtemp(prefix=f"mlops-serve-{self.decl.name}-{role}-")
         flush = self.settings.log_flush_seconds or self.decl.serving.log_flush_seconds
         self.logger = PredictionLogger(
@@ -256,9 +260,13 @@ class ModelServer:
             for i in take:
                 answers[i] = self._answer_one(loaded, items[i])
             return answers
+        clock = self.stage_times
         try:
+            started = time.perf_counter()
             features = self.module.build(frame, loaded.reference, loaded.index)
+            started = clock.record("features", started)
             result = loaded.model.predict(features)
+            started = clock.record("predict", started)
         except Exception as err:
             self._log_failures(loaded, [items[i] for i in take], err)
             for i in take:
@@ -271,6 +279,7 @@ class ModelServer:
             answers[i] = {key: values[a:b] for key, values in result.items()}
             answers[i]["model_version"] = loaded.model.version
         self.logger.log_answered(self._answered(loaded, self._with_subjects(features, frame), result, [items[i] for i in take], sizes))
+        clock.record("log", started)  # the answers split back and the batch handed to the log's writer
         return answers
 
     def _with_subjects(self, features: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
@@ -335,6 +344,8 @@ class ModelServer:
             "predictor": loaded.model.predictor if loaded else None,  # of large requests: lightgbm, tl2cgen or nvforest
             "compiled_trees": loaded.model.compiled_note if loaded else None,  # why they do not serve (yet), if declared
             "prediction_log": self.logger.stats(),
+            "replica": self.replica,
+            "stage_ms": self.stage_times.snapshot(),  # totals since start: two readings give the work between them
         }
 
     def check_health(self) -> None:
@@ -361,9 +372,9 @@ class ModelServer:
         # small requests are typed inline (the fast path takes ~0.2 ms, less than a hop to a worker thread);
         # large ones in a thread, so the replica keeps answering meanwhile
         if len(records) <= INLINE_ROWS:
-            frame = typed_frame(records, self.schema)
+            frame = self._typed(records)
         else:
-            frame = await asyncio.to_thread(typed_frame, records, self.schema)
+            frame = await asyncio.to_thread(self._typed, records)
         if version is not None:
             return await self._pinned(frame, request_id, received_at, version)
         role = CHAMPION
@@ -394,6 +405,18 @@ class ModelServer:
         self.counts[role] += 1
         result["role"] = role
         return result
+
+    def _typed(self, records: list[dict] | Columns) -> pl.DataFrame:
+        started = time.perf_counter()
+        frame = typed_frame(records, self.schema)
+        self.stage_times.record("typing", started)
+        return frame
+
+    def _decoded(self, raw: bytes, headers, schema: RequestSchema) -> Decoded:
+        started = time.perf_counter()
+        decoded = decode_v2(raw, headers, schema)
+        self.stage_times.record("decode", started)
+        return decoded
 
     def _champion(self, *request):
         """This replica answers, or the GPU group for its share of the requests."""
@@ -455,12 +478,15 @@ class ModelServer:
             return error(405, f"{request.method} {request.url.path}: infer takes POST")
         self._requests += 1
         try:
-            answer = await answer_prediction(request, self.decl, self.schema, decode_v2, self._route)
+            answer = await answer_prediction(request, self.decl, self.schema, self._decoded, self._route)
         finally:
             self._requests -= 1
         if isinstance(answer, JSONResponse):
             return answer
-        return v2_infer_response(self.decl.name, *answer)
+        started = time.perf_counter()
+        response = v2_infer_response(self.decl.name, *answer)
+        self.stage_times.record("encode", started)
+        return response
 
     async def pipeline_status(self) -> dict:
         """The application's status as the ingress sees it: this champion replica, the challenger, the GPU group, traffic."""

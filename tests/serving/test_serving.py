@@ -458,4 +458,10 @@ def test_lone_and_concurrent_v2_requests_answer_alike_and_replicas_size_polars_t
     assert serving_registry.decl.serving.cpu.batch_threads == 0
     assert {s["champion"]["batch_threads"] for s in statuses} == {len(os.sched_getaffinity(0))}
     assert {s["champion"]["openmp_wait_policy"] for s in statuses} == {"PASSIVE"}  # replica_env reached the replicas
+    # each replica times its own stages (what `mlops bench serving` reads around each case): the requests
+    # above were decoded and typed one by one, their batches featurized, predicted and handed to the log
+    for s in statuses:
+        stages = s["champion"]["stage_ms"]
+        assert s["champion"]["replica"] and stages["decode"]["calls"] > 0 and stages["typing"]["calls"] >= stages["decode"]["calls"], stages
+        assert 0 < stages["features"]["calls"] == stages["predict"]["calls"] <= stages["typing"]["calls"], stages
     assert {s["champion"]["user_code_in_separate_thread"] for s in statuses} == {False}  # on Serve's own loop

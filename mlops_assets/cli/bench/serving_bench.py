@@ -339,15 +339,41 @@ def _exe(name: str) -> str:
 BENCH_ADMIN_TOKEN = "mlops-bench-admin"  # our server's admin token in the bench: it reads the champion's status
 
 
+def champion_status(port: int) -> dict:
+    """The champion's status as one of its replicas answers it (the admin route, through the gateway)."""
+    url = f"http://127.0.0.1:{port}/admin/models/{PIPELINE}/status"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {BENCH_ADMIN_TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())["champion"]
+
+
+def replica_stage_times(port: int, replicas: int, tries: int = 12) -> dict[str, dict]:
+    """Each champion replica's stage totals (`stage_ms`), by replica: the status route answers from whichever
+    replica the gateway picks, so it is asked until every replica has answered (or `tries` runs out)."""
+    seen: dict[str, dict] = {}
+    for _ in range(tries):
+        champion = champion_status(port)
+        seen[champion["replica"]] = champion["stage_ms"]
+        if len(seen) >= replicas:
+            break
+    return seen
+
+
+def served_split(before: dict[str, dict], after: dict[str, dict]) -> dict[str, float]:
+    """Milliseconds per request of each of the champion's stages between two readings, over the replicas read
+    both times (a replica missing from either reading is left out of both sides)."""
+    from serving.stage_times import per_request, total
+
+    both = sorted(before.keys() & after.keys())
+    return per_request(total([before[r] for r in both]), total([after[r] for r in both]))
+
+
 def wait_for_predictor(port: int, compiled_trees: bool, log, timeout_s: float = 180.0) -> str:
     """What predicts large requests in our champion (lightgbm, tl2cgen); with compiled trees declared, the
     bench waits until a replica's background build and check have settled, so no case measures the build."""
-    url = f"http://127.0.0.1:{port}/admin/models/{PIPELINE}/status"
     deadline = time.monotonic() + timeout_s
     while True:
-        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {BENCH_ADMIN_TOKEN}"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            champion = json.loads(resp.read())["champion"]
+        champion = champion_status(port)
         settled = not compiled_trees or champion.get("compiled_trees") != "building"
         if settled or time.monotonic() > deadline:
             note = champion.get("compiled_trees")
@@ -684,6 +710,7 @@ def bench(
             "champion_steps": champion_steps(home, reqs.records[:1]),
         }
         ports = {k: _free(p) for k, p in PORTS.items()}
+        replicas = max(1, bench_declaration(compiled_trees).serving.cpu.replicas)  # the champion's CPU group, read per case
         log_table = root / "delta" / PIPELINE / "prediction_log"
         for side in sides:
             if side == "ours":
@@ -717,8 +744,11 @@ def bench(
                     log(f"  {side} {protocol}: ready in {startup:.0f}s, 1,000 predictions match Booster.predict (max diff {diff:.1e})")
                 for protocol, url in urls.items():
                     for case, n, c in chosen:
+                        stages = replica_stage_times(ports["ours"], replicas) if side == "ours" else None
                         w = run_wrk(url, bodies[n][protocol], c, duration_s, logs, f"{side}-{protocol}-{n}-{c}", warmup_s, server.proc.pid)
                         row = {"side": side, "protocol": protocol, "case": case, "rows": n, "concurrency": c, **w, "rows_s": w["req_s"] * n}
+                        if stages is not None:  # the champion's own work in this case, per request, as served
+                            row["served_ms"] = served_split(stages, replica_stage_times(ports["ours"], replicas))
                         result["results"].append(row)
                         log(
                             f"  {side:6} {protocol:8} {case:12} {row['req_s']:9.1f} req/s  {row['rows_s']:11.0f} rows/s  "
@@ -905,6 +935,16 @@ def print_report(r: dict) -> None:
             f"{cs['log_row_ms']:.2f} ms alone or {cs['log_row_in_flush_ms']:.3f} ms a request in a flush of 100, in the log's "
             f"writer thread (predict_many, on the request's path, all but typing: {cs['predict_many_ms']:.2f} ms)"
         )
+    served = [row for row in r["results"] if row.get("served_ms")]
+    if served:
+        print("champion's own work per request as served (its replicas' stage totals around each case; ms):")
+        for row in served:
+            split = row["served_ms"]
+            print(
+                f"  {row['protocol']} {row['case']:12} "
+                + ", ".join(f"{stage} {ms:.3f}" for stage, ms in split.items())
+                + f"; sum {sum(split.values()):.3f} (p50 {row.get('p50_ms', float('nan')):.2f})"
+            )
     if r.get("idle_cpu_cores"):
         print(
             "CPU while idle (cores): "
@@ -913,6 +953,7 @@ def print_report(r: dict) -> None:
         )
     for line in r["ratios"]:
         parts = [f"{k} {v:.2f}x" for k, v in line.items() if k not in ("case", "protocol")]
-        print(f"  {line['case']:12} {line['protocol']}: " + ", ".join(parts))
+        if parts:
+            print(f"  {line['case']:12} {line['protocol']}: " + ", ".join(parts))
     for t in r["targets"]:
         print(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['value']}")
