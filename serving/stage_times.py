@@ -55,8 +55,10 @@ def total(snapshots: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, f
 
 def per_request(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
     """Milliseconds per request of each stage between two snapshots of one server; requests are the typed
-    ones (every request is typed once, whatever its protocol). Empty when no request came between them."""
+    ones (every request is typed once, whatever its protocol); a stage no request met between them (V1's
+    decode is the gateway's) is left out. Empty when no request came between them."""
     requests = after.get("typing", {}).get("calls", 0) - before.get("typing", {}).get("calls", 0)
     if requests <= 0:
         return {}
-    return {s: (after[s]["ms"] - before.get(s, {}).get("ms", 0.0)) / requests for s in STAGES if s in after}
+    moved = [s for s in STAGES if s in after and after[s]["calls"] > before.get(s, {}).get("calls", 0)]
+    return {s: (after[s]["ms"] - before.get(s, {}).get("ms", 0.0)) / requests for s in moved}

@@ -45,6 +45,9 @@ def test_per_request_is_the_work_between_two_readings_over_every_replica():
     # 40 requests typed between the readings; 6 ms of features over them (batches of several requests)
     assert split == pytest.approx({"typing": 4.0 / 40, "features": 6.0 / 40})
     assert per_request(total(after), total(after)) == {}  # no request between them: nothing to divide
+    # a stage no request met between the readings (V1's decode happens in the gateway) is left out
+    decoded_once = {**after[0], "decode": {"calls": 1, "ms": 0.1}}
+    assert "decode" not in per_request(total([decoded_once]), total([{**decoded_once, "typing": {"calls": 40, "ms": 4.0}}]))
 
 
 def test_a_served_request_is_timed_once_in_every_stage(champion_server, serving_registry):
