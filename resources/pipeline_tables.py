@@ -29,12 +29,16 @@ from mlops_assets.core.partitions import partitions_before
 from resources.delta_lake import DeltaLakeResource
 
 
-def read_clean(delta: DeltaLakeResource, pipeline: str, partitions: Sequence[str]) -> pl.DataFrame | None:
+def read_clean(
+    delta: DeltaLakeResource, pipeline: str, partitions: Sequence[str], raw_scan: pl.LazyFrame | None = None
+) -> pl.DataFrame | None:
     """Raw rows that passed validation, by the `_valid` flag their own commit wrote. Partitions
-    written before raw carried the flag read as raw minus quarantine (per partition and source row)."""
-    raw = delta.read_partitions(pipeline, RAW, partitions)
-    if raw is None:
+    written before raw carried the flag read as raw minus quarantine (per partition and source row).
+    `raw_scan`: the raw table to read, as a range opened it (`RangeReading`); by default its latest version."""
+    scan = delta.scan(pipeline, RAW) if raw_scan is None else raw_scan
+    if scan is None:
         return None
+    raw = scan.filter(pl.col(PARTITION_COLUMN).is_in(list(partitions))).collect()
     if VALID_ROW in raw.columns and raw.get_column(VALID_ROW).null_count() == 0:
         return raw.filter(pl.col(VALID_ROW)).drop(VALID_ROW)
     if VALID_ROW not in raw.columns:
@@ -120,6 +124,17 @@ class RangeReading:
     tables: dict[str, pl.DataFrame] | None = None
     versions: dict[str, int] = field(default_factory=dict)
     raw_version: int | None = None
+    # the raw table opened once, at `raw_version`: every chunk reads the version the lineage records (another
+    # run's commit between two chunks is not mixed in), and its log is not read again per chunk
+    raw_scan: pl.LazyFrame | None = None
+
+    def open(self, delta: DeltaLakeResource, decl: PipelineDeclaration) -> "RangeReading":
+        """Read the reference tables and open raw, once for the range."""
+        if self.tables is None:
+            self.tables, self.versions = read_reference(delta, decl.name, list(decl.landing.reference_tables))
+            self.raw_version = delta.version(decl.name, RAW)
+            self.raw_scan = None if self.raw_version is None else delta.scan(decl.name, RAW, self.raw_version)
+        return self
 
 
 def references_as_of(
@@ -138,13 +153,13 @@ def references_as_of(
     window = decl.features.history_days
     needed = sorted({d for p in partitions for d in partitions_before(decl, p, window)})
     declared = list(decl.table_schema.columns)
-    reading = RangeReading() if reading is None else reading
-    if reading.tables is None:
-        reading.tables, reading.versions = read_reference(delta, decl.name, list(decl.landing.reference_tables))
-        reading.raw_version = delta.version(decl.name, RAW)
+    reading = (RangeReading() if reading is None else reading).open(delta, decl)
     tables, versions, raw_version, partials = reading.tables, reading.versions, reading.raw_version, reading.partials
+    assert tables is not None  # opened above
     missing = [d for d in needed if d not in partials]
-    partials.update({key: module.history_partial(day.select(declared)) for key, day in _clean_days(delta, decl.name, missing, clean)})
+    partials.update(
+        {key: module.history_partial(day.select(declared)) for key, day in _clean_days(delta, decl.name, missing, clean, reading.raw_scan)}
+    )
     references = {}
     for partition in partitions:
         used = [d for d in partitions_before(decl, partition, window) if d in partials]
@@ -158,12 +173,13 @@ def references_as_of(
 
 
 def _clean_days(
-    delta: DeltaLakeResource, pipeline: str, partitions: list[str], clean: pl.DataFrame | None
+    delta: DeltaLakeResource, pipeline: str, partitions: list[str], clean: pl.DataFrame | None, raw_scan: pl.LazyFrame | None
 ) -> Iterator[tuple[str, pl.DataFrame]]:
     """The clean rows of each of `partitions` that has any: from `clean` where it holds them, else read."""
     have = set() if clean is None else set(clean.get_column(PARTITION_COLUMN).unique().to_list())
     wanted = set(partitions)
-    for source in (read_clean(delta, pipeline, [p for p in partitions if p not in have]), clean):
+    read = None if raw_scan is None else read_clean(delta, pipeline, [p for p in partitions if p not in have], raw_scan)
+    for source in (read, clean):
         if source is not None and source.height:
             for (key,), day in source.partition_by(PARTITION_COLUMN, as_dict=True).items():
                 if key in wanted:

@@ -166,9 +166,10 @@ class _BuiltRange:
         declared = list(decl.table_schema.columns)
         target = decl.target.column
         keys = list(dict.fromkeys([*decl.table_schema.unique, target]))
-        reading = RangeReading()  # each day's share of the history statistics and the reference tables, read once
+        # each day's share of the history statistics, the reference tables and the raw table, read or opened once
+        reading = RangeReading().open(delta, decl)
         for days in day_chunks:
-            records = read_clean(delta, decl.name, days)
+            records = read_clean(delta, decl.name, days, reading.raw_scan) if reading.raw_scan is not None else None
             if records is None:
                 raise LookupError(f"raw table of pipeline {decl.name} is gone: ingest {days[0]} first")
             # in order: each day sees the days before it (the chunk's own clean rows are not read twice)

@@ -137,6 +137,47 @@ def test_rows_of_another_day_in_a_file_are_quarantined_not_ingested_twice(landed
     assert features.select(keys).is_duplicated().sum() == 0  # the stray rows are in their own day only
 
 
+def test_an_unreadable_file_in_a_range_fails_the_run_naming_it_and_commits_nothing(landed: Platform):
+    """An unreadable file in the middle of a range fails the run naming its file and partition, and no
+    table gains a commit: the days before it, already validated, are not half-written."""
+    bad = RANGE[6]
+    landed.landing.write_bytes("flights", f"flights_{bad}.parquet", b"PAR1 this is not parquet")
+    before = {t: landed.delta.version("flights", t) for t in ("raw", "quarantine", "features")}
+    result = run_range(landed, RANGE[0], RANGE[-1], raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.user_failure_data
+    assert f"flights_{bad}.parquet" in failure.description and failure.metadata["partition"].value == bad
+    assert {t: landed.delta.version("flights", t) for t in before} == before
+
+
+def test_a_range_builds_every_chunk_from_the_raw_version_its_lineage_records(landed: Platform, monkeypatch):
+    """Features are built a chunk of days at a time; a raw commit by another run between two chunks is not
+    mixed in: every chunk reads the raw version the features' metadata names."""
+    from mlops_assets.data import features as features_step
+
+    monkeypatch.setattr(features_step, "FEATURE_CHUNK_ROWS", 1)  # every day its own chunk
+    late = RANGE[-1]
+    real_read_clean = features_step.read_clean
+    sneaked: list[int] = []
+
+    def read_clean_after_another_commit(delta, pipeline, days, raw_scan=None):
+        if not sneaked:  # before the first chunk: another run rewrites the range's last day with 10 rows
+            rows = delta.read_partitions(pipeline, "raw", [late]).head(10).drop("_partition")
+            sneaked.append(delta.write_partitions(pipeline, "raw", {late: rows}, "another-run"))
+        return real_read_clean(delta, pipeline, days, raw_scan)
+
+    monkeypatch.setattr(features_step, "read_clean", read_clean_after_another_commit)
+    result = run_range(landed, RANGE[0], RANGE[-1])
+    assert result.success and sneaked
+    meta = next(
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(["flights", "features"]) and e.partition == late
+    )
+    assert meta["raw_delta_version"].value == sneaked[0] - 1  # the version before the other run's commit
+    assert meta["rows"].value == day_frame(date.fromisoformat(late)).height  # its rows, not the 10 of the later commit
+
+
 def test_a_range_validated_a_few_files_at_a_time_gives_the_same_tables(landed: Platform, monkeypatch):
     """A range is validated in chunks of files (bounding what it holds at once): a chunk of one file, or a
     few, quarantines and flags the same rows as the whole range at once, rows of another day included."""
