@@ -1,4 +1,4 @@
-"""Where a model server's own time goes as it serves: seconds and calls per stage, since the version loaded.
+"""Where a model server's own time goes as it serves: seconds and calls per stage, since the server started.
 
 The same code timed in a warm in-process loop understates a served request about twice: between
 two requests the replica's core runs HAProxy, wrk and Ray, so the next one starts with cold
