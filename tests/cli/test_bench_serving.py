@@ -107,7 +107,7 @@ def naive(tmp_path):
 
 def test_naive_app_answers_lightgbms_predictions(naive, tmp_path):
     server, booster, rows = naive
-    url = server.ready_url.replace("/ping", "/invocations")
+    url = server.ready_urls[0].replace("/ping", "/invocations")
     answer = _post(url, features_body(rows))
     np.testing.assert_array_equal(np.asarray(answer["predictions"]), booster.predict(rows.to_numpy()))
     if shutil.which("wrk") is None:
@@ -156,9 +156,8 @@ def test_logged_requests_are_counted_from_the_prediction_log_itself(tmp_path):
     from mlops_assets.cli.bench.serving_bench import logged_requests
     from resources.delta_lake import DeltaLakeResource
 
-    table = tmp_path / "flights" / "prediction_log"
-    assert logged_requests(table) == 0  # no log yet
     delta = DeltaLakeResource(root=str(tmp_path))
+    assert logged_requests(delta) == 0  # no log yet
     delta.append("flights", "prediction_log", pl.DataFrame({"request_id": ["a", "a", "b"], "record": [0, 1, 0]}))
     delta.append("flights", "prediction_log", pl.DataFrame({"request_id": ["c"], "record": [0]}))
-    assert logged_requests(table) == 3  # a request of two records counts once
+    assert logged_requests(delta) == 3  # a request of two records counts once

@@ -43,10 +43,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import yaml
+
+if TYPE_CHECKING:
+    from resources.delta_lake import DeltaLakeResource
 
 PIPELINE = "flights"
 DAYS = 35  # Jan 1 - Feb 4 2013 land; requests are flights of Feb 5 (the day after)
@@ -245,17 +249,6 @@ def _get_ok(url: str) -> bool:
         return False
 
 
-def wait_until_answering(urls: list[str], timeout_s: float) -> None:
-    """Until every URL answers 200: a server whose applications deploy one after another is ready for the
-    load only when the last one routes (a V1 case of the floor once ran into 1,742 errors from HAProxy)."""
-    deadline = time.monotonic() + timeout_s
-    for url in urls:
-        while not _get_ok(url):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f}s")
-            time.sleep(0.5)
-
-
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -272,7 +265,7 @@ class Server:
     name: str
     argv: list[str]
     env: dict[str, str]
-    ready_url: str
+    ready_urls: tuple[str, ...]  # each must answer 200: a server deploying applications one after another is ready with the last
     log_path: Path
     proc: subprocess.Popen | None = None
 
@@ -286,11 +279,13 @@ class Server:
                 raise RuntimeError(
                     f"{self.name} exited with {self.proc.returncode} before it was ready; log: {self.log_path}\n{self.tail()}"
                 )
-            if _get_ok(self.ready_url):
+            if all(_get_ok(url) for url in self.ready_urls):
                 return time.perf_counter() - started
             time.sleep(0.5)
         self.stop()
-        raise TimeoutError(f"{self.name} not ready at {self.ready_url} within {timeout_s:.0f}s; log: {self.log_path}\n{self.tail()}")
+        raise TimeoutError(
+            f"{self.name} not ready at {', '.join(self.ready_urls)} within {timeout_s:.0f}s; log: {self.log_path}\n{self.tail()}"
+        )
 
     def tail(self, n: int = 30) -> str:
         try:
@@ -412,7 +407,7 @@ def ours_server(
         "--proxy",
         proxy,
     ]
-    return Server("ours", argv, env, f"http://127.0.0.1:{port}/v2/health/ready", logs / "ours.log")
+    return Server("ours", argv, env, (f"http://127.0.0.1:{port}/v2/health/ready",), logs / "ours.log")
 
 
 def mlflow_server(home: Home, port: int, logs: Path) -> Server:
@@ -431,7 +426,7 @@ def mlflow_server(home: Home, port: int, logs: Path) -> Server:
         "-p",
         str(port),
     ]
-    return Server("mlflow", argv, env, f"http://127.0.0.1:{port}/ping", logs / "mlflow.log")
+    return Server("mlflow", argv, env, (f"http://127.0.0.1:{port}/ping",), logs / "mlflow.log")
 
 
 def floor_server(home: Home, port: int, logs: Path, num_cpus: int = 2) -> Server:
@@ -448,7 +443,9 @@ def floor_server(home: Home, port: int, logs: Path, num_cpus: int = 2) -> Server
         "--pipeline",
         PIPELINE,
     ]
-    return Server("floor", argv, env, f"http://127.0.0.1:{port}/v2/models/{PIPELINE}/infer", logs / "floor.log")
+    # both applications: V1 deploys after V2 (a V1 case once ran into 1,742 HAProxy errors when only V2 was asked)
+    routes = (f"http://127.0.0.1:{port}/v2/models/{PIPELINE}/infer", f"http://127.0.0.1:{port}/v1/models/{PIPELINE}:predict")
+    return Server("floor", argv, env, routes, logs / "floor.log")
 
 
 def naive_server(home: Home, port: int, logs: Path) -> Server:
@@ -468,7 +465,7 @@ def naive_server(home: Home, port: int, logs: Path) -> Server:
         "--log-level",
         "warning",
     ]
-    return Server("naive", argv, env, f"http://127.0.0.1:{port}/ping", logs / "naive.log")
+    return Server("naive", argv, env, (f"http://127.0.0.1:{port}/ping",), logs / "naive.log")
 
 
 # -- wrk ----------------------------------------------------------------------------------------------
@@ -722,10 +719,12 @@ def bench(
         }
         ports = {k: _free(p) for k, p in PORTS.items()}
         replicas = max(1, bench_declaration(compiled_trees).serving.cpu.replicas)  # the champion's CPU group, read per case
-        log_table = root / "delta" / PIPELINE / "prediction_log"
+        from resources.delta_lake import DeltaLakeResource
+
+        delta = DeltaLakeResource(root=str(root / "delta"))  # the bench home's tables: the prediction log's requests
         for side in sides:
             if side == "ours":
-                logged_before = logged_requests(log_table)  # the bench home's log holds earlier runs' requests
+                logged_before = logged_requests(delta)  # the bench home's log holds earlier runs' requests
                 server = ours_server(home, ports["ours"], logs, ours_env, num_cpus, proxy)
                 urls = {
                     "v1": f"http://127.0.0.1:{ports['ours']}/v1/models/{PIPELINE}:predict",
@@ -750,8 +749,6 @@ def bench(
                 startup = server.start(timeout_s=300)
                 if side == "ours":
                     result["ours_predictor"] = wait_for_predictor(ports["ours"], compiled_trees, log)
-                if side == "floor":  # its ready check asked the V2 route: the V1 application may still be deploying
-                    wait_until_answering(list(urls.values()), timeout_s=120)
                 for protocol, url in urls.items() if side != "floor" else []:  # the floor answers a constant
                     diff = _check(f"{side} {protocol}", _predictions(_post(url, bodies[1000][protocol]), protocol), reqs.expected[:1000])
                     log(f"  {side} {protocol}: ready in {startup:.0f}s, 1,000 predictions match Booster.predict (max diff {diff:.1e})")
@@ -780,7 +777,7 @@ def bench(
                 server.stop()
             if side == "ours":  # every answer logged: the replicas flush on the way down
                 answered = sum(r["answered"] for r in result["results"] if r["side"] == "ours") + len(urls)  # + the checks
-                logged = logged_requests(log_table) - logged_before
+                logged = logged_requests(delta) - logged_before
                 result["prediction_log"] = {"answered": answered, "logged": logged}
                 log(f"  ours: {logged:,} requests in the prediction log, {answered:,} answered (wrk's counts and the checks)")
         result["machine_after"] = _load()
@@ -792,11 +789,12 @@ def bench(
             shutil.rmtree(root, ignore_errors=True)
 
 
-def logged_requests(table: Path) -> int:
-    """Requests the prediction log holds (distinct request ids; a request logs a row per record)."""
-    if not (table / "_delta_log").is_dir():
-        return 0
-    return pl.scan_delta(str(table)).select(pl.col("request_id").n_unique()).collect().item()
+def logged_requests(delta: "DeltaLakeResource") -> int:
+    """Requests the bench pipeline's prediction log holds (distinct request ids; a request logs a row per record)."""
+    from mlops_assets.core.names import PREDICTION_LOG
+
+    log = delta.scan(PIPELINE, PREDICTION_LOG)
+    return 0 if log is None else log.select(pl.col("request_id").n_unique()).collect().item()
 
 
 def _free(port: int) -> int:
