@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict
+
 from mlops_assets.core.lineage import TrainingPlan
 from mlops_assets.core.names import CHAMPION, ERASED_TAG, PLAN_TAG
 from resources.mlflow_registry import MlflowRegistryResource
@@ -106,6 +108,35 @@ def client(tracking_uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+# the tags that say how to call a version (serving.loaded_model reads them)
+SERVING_TAGS = ("mlops.task", "mlops.feature_columns", "mlops.classes")
+
+
+class ModelSource(BaseModel):
+    """Where a registered version's files are and the tags that say how to call it. A deployment hands it
+    to serving replicas with the version, so a replica that starts (a restart, a scale-up) loads the model
+    without an MLflow client: importing MLflow and opening its store were about 2 s of a replica's start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int
+    artifact_uri: str  # the version's artifact folder, as the registry resolves `models:/<name>/<version>`
+    run_id: str = ""
+    tags: dict[str, str] = {}
+
+
+def model_source(tracking_uri: str, name: str, version: int) -> ModelSource:
+    """The registry's answer for one version; LookupError when the model has no such version."""
+    registry = client(tracking_uri)
+    mv = get_version(registry, name, version)
+    return ModelSource(
+        version=int(version),
+        artifact_uri=registry.get_model_version_download_uri(name, str(version)),
+        run_id=mv.run_id or "",
+        tags={k: v for k, v in mv.tags.items() if k in SERVING_TAGS},
+    )
 
 
 def resolve_alias(tracking_uri: str, name: str, alias: str) -> int | None:

@@ -9,13 +9,14 @@ version, so changing them would restart replicas instead of reconfiguring them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from mlops_assets.core.declaration import PipelineDeclaration
+from resources.registered_models import ModelSource
 from resources.serving import ServeSettings
 
 GATEWAY_APP = "mlops"
@@ -38,20 +39,31 @@ def pipeline_app(
     traffic: dict | None = None,
     gpu: bool = False,
     pinned: bool = False,
+    sources: Mapping[int, ModelSource] | None = None,
 ) -> dict:
     """`pinned`: the versions are what serves, None included (no challenger); otherwise a None version makes
-    the replica follow its alias when it starts (the checked-in config for `serve run`)."""
+    the replica follow its alias when it starts (the checked-in config for `serve run`). `sources`: where each
+    version's files are, handed to its replicas with the version (`model_source`)."""
     traffic = {**decl.serving.traffic.model_dump(), **(traffic or {})}
     args: dict[str, Any] = {"pipeline": decl.name, **settings_args(settings)}
+
+    def source(version: int | None) -> dict:
+        found = (sources or {}).get(version) if version is not None else None
+        return {"model_source": found.model_dump()} if found is not None else {}
+
     deployments = [
-        {"name": CHAMPION_DEPLOYMENT, "user_config": champion_config(champion, traffic)},
+        {"name": CHAMPION_DEPLOYMENT, "user_config": {**champion_config(champion, traffic), **source(champion)}},
         {
             "name": CHALLENGER_DEPLOYMENT,
-            "user_config": {"model_version": challenger, **({"follow_alias": False} if pinned and challenger is None else {})},
+            "user_config": {
+                "model_version": challenger,
+                **source(challenger),
+                **({"follow_alias": False} if pinned and challenger is None else {}),
+            },
         },
     ]
     if gpu:
-        deployments.insert(1, {"name": CHAMPION_GPU_DEPLOYMENT, "user_config": {"model_version": champion}})
+        deployments.insert(1, {"name": CHAMPION_GPU_DEPLOYMENT, "user_config": {"model_version": champion, **source(champion)}})
     return {"name": decl.name, "route_prefix": infer_route(decl.name), "import_path": APP_BUILDER, "args": args, "deployments": deployments}
 
 

@@ -25,7 +25,7 @@ from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.home import MlopsHome
 from mlops_assets.core.names import CHALLENGER, CHAMPION
 from resources import audit_log, rollouts
-from resources.registered_models import resolve_alias
+from resources.registered_models import model_source, resolve_alias
 from resources.serving import ServeSettings
 from serving.config import (
     CHALLENGER_DEPLOYMENT,
@@ -148,7 +148,8 @@ def deploy_pipeline(
     with _lock:
         apps = current_apps()
         traffic = {**_traffic(apps.get(decl.name)), **(traffic or {})}
-        apps[decl.name] = pipeline_app(decl, settings, champion, challenger, traffic, gpu_group_enabled(decl), pinned=True)
+        sources = {v: model_source(settings.resolved_tracking_uri(), decl.name, v) for v in (champion, challenger) if v is not None}
+        apps[decl.name] = pipeline_app(decl, settings, champion, challenger, traffic, gpu_group_enabled(decl), pinned=True, sources=sources)
         if GATEWAY_APP not in apps:
             apps[GATEWAY_APP] = gateway_app(settings, gateway_replicas)
         apply(apps)

@@ -1,9 +1,11 @@
 """The Serve deployments of one pipeline: model servers, the champion's CPU group also routing.
 
 `ModelServer` holds one model version (role champion or challenger, on CPU or
-GPU) with its feature reference. The version arrives in `user_config`; a change
-loads the new version next to the old one and swaps a single reference, so
-requests in flight finish on the old model and none fails during a swap.
+GPU) with its feature reference. The version arrives in `user_config`, with
+where its files are (`model_source`, so a replica that starts needs no MLflow
+client); a change loads the new version next to the old one and swaps a single
+reference, so requests in flight finish on the old model and none fails during
+a swap.
 
 The champion's CPU group is the application's ingress (`route`): it types the
 records, then answers itself, or hands the request to the challenger for the
@@ -24,6 +26,7 @@ import os
 import random
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +37,7 @@ from datetime import UTC, datetime
 import numpy as np
 import polars as pl
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
@@ -41,11 +45,11 @@ from starlette.requests import Request
 from mlops_assets.core.feature_contract import FeatureReference, load_feature_module
 from mlops_assets.core.lookups import LookupIndex
 from mlops_assets.core.names import CHALLENGER, CHAMPION, FEATURES, SUBJECT_PREFIX
-from resources.registered_models import resolve_alias
+from resources.registered_models import ModelSource, resolve_alias
 from resources.serving import ServeSettings
 from serving.compiled_trees import CompileError, compile_forest, identical
 from serving.http_answers import NotReady, answer_prediction, error, v2_infer_response
-from serving.loaded_model import LoadedModel, load_version, usable_cores
+from serving.loaded_model import LoadedModel, ModelLoadError, load_source, load_version, usable_cores
 from serving.prediction_log import Answered, PredictionLogger, log_rows
 from serving.reference import serving_reference
 from serving.requests import Columns, Decoded, RequestError, RequestSchema, decode_v2, typed_frame
@@ -148,7 +152,7 @@ class ModelServer:
             return
         if self.loaded is not None and self.loaded.model.version == int(version):
             return  # Serve also reconfigures on rank changes (surge rollouts): nothing to load then
-        model = load_version(uri, self.decl.name, int(version), self.device, self.cache_dir)
+        model = self._load(uri, int(version), config.get("model_source"))
         model.batch_threads = self.group.batch_threads
         reference, info = serving_reference(self.decl, self.module, self.settings.delta())
         previous, self.loaded = self.loaded, Loaded(model, reference, self.module.lookup_index(reference), info)
@@ -160,6 +164,19 @@ class ModelServer:
             shutil.rmtree(previous.model.local_dir, ignore_errors=True)
         del previous
         freeze_heap()
+
+    def _load(self, tracking_uri: str, version: int, source: dict | None) -> LoadedModel:
+        """The version from the source its deployment handed over (no MLflow client in this replica), else
+        looked up in the registry (a config that names only the version: `serve run`, an older deployment)."""
+        if source is not None:
+            try:
+                handed = ModelSource.model_validate(source)
+            except ValidationError as err:
+                bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+                raise ModelLoadError(f"user_config.model_source of {self.decl.name}/{self.role}: {bad}") from None
+            if handed.version == version:
+                return load_source(self.decl.name, handed, self.device, self.cache_dir, tracking_uri)
+        return load_version(tracking_uri, self.decl.name, version, self.device, self.cache_dir)
 
     def _compile_trees(self, model: LoadedModel) -> None:
         """Build the version's compiled trees off the request path and let them serve large requests only when they
@@ -345,6 +362,8 @@ class ModelServer:
             "compiled_trees": loaded.model.compiled_note if loaded else None,  # why they do not serve (yet), if declared
             "prediction_log": self.logger.stats(),
             "replica": self.replica,
+            # False while every version came with its model_source: this replica never paid MLflow's import
+            "mlflow_imported": "mlflow" in sys.modules,
             "stage_ms": self.stage_times.snapshot(),  # totals since start: two readings give the work between them
         }
 

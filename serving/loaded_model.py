@@ -15,12 +15,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import polars as pl
 
 from mlops_assets.core.lookups import FEW_ROWS
-from resources.registered_models import client
+from resources.registered_models import ModelSource, model_source
 from serving.compiled_trees import CompiledForest
 from serving.gpu import gpu_predict, load_gpu_forest
 
@@ -129,41 +131,69 @@ def _tag_list(tags: dict, key: str, name: str, version: int) -> list:
 
 
 def load_version(tracking_uri: str, name: str, version: int, device: str = "cpu", cache_dir: str | None = None) -> LoadedModel:
-    """Download `models:/<name>/<version>` and load its LightGBM text file (never a pickle)."""
-    import mlflow
+    """Look `<name>/<version>` up in the registry and load its LightGBM text file (never a pickle)."""
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     try:
-        mv = client(tracking_uri).get_model_version(name, str(version))
-    except MlflowException as err:
-        raise ModelLoadError(f"model {name} has no version {version}: {err.message}") from None
-    tags = dict(mv.tags)
+        source = model_source(tracking_uri, name, int(version))
+    except (LookupError, MlflowException) as err:
+        raise ModelLoadError(f"model {name} has no version {version}: {getattr(err, 'message', err)}") from None
+    return load_source(name, source, device, cache_dir, tracking_uri)
+
+
+def load_source(name: str, source: ModelSource, device: str = "cpu", cache_dir: str | None = None, tracking_uri: str = "") -> LoadedModel:
+    """Load a version from where the registry keeps its files (`ModelSource`). A local artifact store is read
+    directly, with no MLflow client; any other store is downloaded through MLflow. The model file is copied
+    into a folder of this model's own (`local_dir`, removed when the version is swapped out)."""
+    version, tags = source.version, dict(source.tags)
     task = tags.get("mlops.task", "regression")
     if task not in TASKS:
         raise ModelLoadError(f"model {name} v{version}: tag mlops.task is {task!r}, expected one of {TASKS}")
     dst = tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=cache_dir)
     try:
-        return _load_downloaded(name, int(version), task, tags, mv.run_id or "", device, dst)
+        return _load_file(name, version, task, tags, source.run_id, device, dst, _fetch(name, source, dst, tracking_uri))
     except BaseException:
         shutil.rmtree(dst, ignore_errors=True)  # a version that cannot be served leaves no download behind
         raise
 
 
-def _load_downloaded(name: str, version: int, task: str, tags: dict, run_id: str, device: str, dst: str) -> LoadedModel:
-    import lightgbm as lgb
+def _local_folder(uri: str) -> Path | None:
+    """The folder a `file:` URI (or a plain path) names, when it exists on this host."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
+        return None
+    folder = Path(url2pathname(parsed.path))
+    return folder if folder.is_dir() else None
+
+
+def _fetch(name: str, source: ModelSource, dst: str, tracking_uri: str) -> Path:
+    """The version's LightGBM text file, copied into `dst`."""
+    folder = _local_folder(source.artifact_uri)
+    if folder is not None:
+        files = sorted(folder.rglob("*.lgb"))
+        if not files:
+            raise ModelLoadError(f"model {name} v{source.version} has no LightGBM text file (*.lgb) in {source.artifact_uri}")
+        return Path(shutil.copy2(files[0], Path(dst) / files[0].name))
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    if tracking_uri:  # an `mlflow-artifacts:` location is served by the tracking server
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=dst)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source.artifact_uri, dst_path=dst)
     except MlflowException as err:
-        raise ModelLoadError(f"model {name} v{version}: cannot download artifacts: {err.message}") from None
+        raise ModelLoadError(f"model {name} v{source.version}: cannot download artifacts: {err.message}") from None
     files = sorted(Path(local).rglob("*.lgb"))
     if not files:
-        raise ModelLoadError(f"model {name} v{version} has no LightGBM text file (*.lgb) in its artifacts")
-    booster = lgb.Booster(model_file=str(files[0]))
+        raise ModelLoadError(f"model {name} v{source.version} has no LightGBM text file (*.lgb) in its artifacts")
+    return files[0]
+
+
+def _load_file(name: str, version: int, task: str, tags: dict, run_id: str, device: str, dst: str, model_file: Path) -> LoadedModel:
+    import lightgbm as lgb
+
+    booster = lgb.Booster(model_file=str(model_file))
     columns = _tag_list(tags, "mlops.feature_columns", name, version) or booster.feature_name()
     if list(columns) != booster.feature_name():
         raise ModelLoadError(
@@ -172,7 +202,7 @@ def _load_downloaded(name: str, version: int, task: str, tags: dict, run_id: str
     classes = _tag_list(tags, "mlops.classes", name, version)
     if task != "regression" and not classes:
         raise ModelLoadError(f"model {name} v{version}: a {task} model needs the mlops.classes tag")
-    model = LoadedModel(name, version, task, list(columns), classes, booster, str(files[0]), run_id, device, dst)
+    model = LoadedModel(name, version, task, list(columns), classes, booster, str(model_file), run_id, device, dst)
     if device == "gpu":
-        model._gpu = load_gpu_forest(str(files[0]), task)
+        model._gpu = load_gpu_forest(str(model_file), task)
     return model

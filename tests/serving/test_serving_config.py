@@ -91,3 +91,16 @@ def test_replica_groups_map_to_serve_options(monkeypatch):
     assert gpu_app["deployments"][0]["user_config"] == {"model_version": 3, "canary_share": 0.0, "shadow": False}
     kept = pipeline_app(decl, champion=3, traffic={"canary_share": 0.25})  # a partial override keeps the declared rest
     assert kept["deployments"][0]["user_config"] == {"model_version": 3, "canary_share": 0.25, "shadow": False}
+
+
+def test_pinned_versions_carry_their_model_source_to_every_group_serving_them(decls):
+    from resources.registered_models import ModelSource
+
+    decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
+    source = ModelSource(version=3, artifact_uri="file:///registry/3", run_id="r3", tags={"mlops.task": "regression"})
+    app = pipeline_app(decl, champion=3, challenger=None, gpu=True, pinned=True, sources={3: source})
+    configs = {d["name"]: d["user_config"] for d in app["deployments"]}
+    assert configs["champion"]["model_source"] == configs[CHAMPION_GPU_DEPLOYMENT]["model_source"] == source.model_dump()
+    assert "model_source" not in configs["challenger"] and configs["challenger"]["follow_alias"] is False
+    check({"applications": [app]})  # still what Serve accepts
+    assert ModelSource.model_validate(configs["champion"]["model_source"]) == source

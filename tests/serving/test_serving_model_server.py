@@ -190,3 +190,30 @@ def test_shadow_mirrors_are_bounded_and_the_overflow_counted(server, serving_reg
     answers, in_flight = asyncio.run(flood())
     assert all(a["role"] == "champion" for a in answers)  # every request was answered
     assert in_flight == bound and server.counts["shadow_dropped"] == 10
+
+
+def test_a_replica_loads_the_handed_source_without_the_registry_and_names_a_bad_one(serving_registry, tmp_path):
+    """A replica that (re)starts gets its version's `model_source` in user_config: it loads from there even when
+    the registry is out of reach; a source for another version is not used; a malformed one is named."""
+    from resources.registered_models import model_source
+    from serving.loaded_model import ModelLoadError
+
+    source = model_source(serving_registry.tracking_uri, "flights", serving_registry.champion).model_dump()
+    unreachable = f"sqlite:///{tmp_path / 'no-registry.db'}"  # an empty store: any registry lookup finds no model
+    s = Server(ServeSettings(pipeline="flights", tracking_uri=unreachable, delta_root=serving_registry.delta.root).model_dump(), "champion")
+    try:
+        s.reconfigure({"model_version": serving_registry.champion, "model_source": source})
+        assert s.status()["model_version"] == serving_registry.champion
+        result = s.predict(_frame(serving_registry, 5), "r", 0.0, "champion", True)
+        booster = serving_registry.boosters[serving_registry.champion]
+        features = offline_features(serving_registry, request_records(5))
+        np.testing.assert_allclose(
+            result["predictions"], booster.predict(features.select(booster.feature_name()).to_numpy()), rtol=0, atol=1e-9
+        )
+        with pytest.raises(ModelLoadError, match="has no version"):  # the source names v{champion}: the registry is asked
+            s.reconfigure({"model_version": serving_registry.challenger, "model_source": source})
+        with pytest.raises(ModelLoadError, match="user_config.model_source of flights/champion: artifact_uri: Field required"):
+            s.reconfigure({"model_version": serving_registry.challenger, "model_source": {"version": serving_registry.challenger}})
+        assert s.status()["model_version"] == serving_registry.champion  # a refused load changes nothing
+    finally:
+        s.close()
