@@ -136,8 +136,10 @@ def load_version(tracking_uri: str, name: str, version: int, device: str = "cpu"
 
     try:
         source = model_source(tracking_uri, name, int(version))
-    except (LookupError, MlflowException) as err:
-        raise ModelLoadError(f"model {name} has no version {version}: {getattr(err, 'message', err)}") from None
+    except LookupError as err:
+        raise ModelLoadError(str(err)) from None
+    except MlflowException as err:
+        raise ModelLoadError(f"model {name} has no version {version}: {err.message}") from None
     return load_source(name, source, device, cache_dir, tracking_uri)
 
 
