@@ -124,7 +124,7 @@ def test_a_large_request_predicts_on_the_declared_threads_whatever_openmp_says(r
 
 def test_a_handed_source_in_a_local_store_loads_without_mlflow(registry, tmp_path):
     """What a deployment hands a replica (`model_source`) is enough to load the version: no MLflow client, no
-    MLflow import (about 2 s of a replica's start), the same predictions; the model file is the replica's own copy."""
+    MLflow import (about half of a model server's first load), the same predictions; the model file is the replica's own copy."""
     uri, register = registry
     x, y, params = _data("binary")
     booster = lgb.train({**params, "verbose": -1}, lgb.Dataset(x, y, feature_name=["a", "b", "c"]), 10)
@@ -144,8 +144,11 @@ def test_a_handed_source_in_a_local_store_loads_without_mlflow(registry, tmp_pat
     )
     run = subprocess.run(
         [sys.executable, "-c", child, source.model_dump_json(), str(tmp_path), json.dumps(x[:20].tolist())],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     answer = json.loads(run.stdout.strip().splitlines()[-1])
     assert answer["mlflow"] is False and answer["version"] == version

@@ -93,7 +93,7 @@ def test_replica_groups_map_to_serve_options(monkeypatch):
     assert kept["deployments"][0]["user_config"] == {"model_version": 3, "canary_share": 0.25, "shadow": False}
 
 
-def test_pinned_versions_carry_their_model_source_to_every_group_serving_them(decls):
+def test_pinned_versions_carry_their_model_source_to_every_group_serving_them():
     from resources.registered_models import ModelSource
 
     decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")

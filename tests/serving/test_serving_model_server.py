@@ -194,13 +194,15 @@ def test_shadow_mirrors_are_bounded_and_the_overflow_counted(server, serving_reg
 
 def test_a_replica_loads_the_handed_source_without_the_registry_and_names_a_bad_one(serving_registry, tmp_path):
     """A replica that (re)starts gets its version's `model_source` in user_config: it loads from there even when
-    the registry is out of reach; a source for another version is not used; a malformed one is named."""
+    the registry has no such model; a source for another version is not used; a malformed one is named."""
     from resources.registered_models import model_source
     from serving.loaded_model import ModelLoadError
 
     source = model_source(serving_registry.tracking_uri, "flights", serving_registry.champion).model_dump()
-    unreachable = f"sqlite:///{tmp_path / 'no-registry.db'}"  # an empty store: any registry lookup finds no model
-    s = Server(ServeSettings(pipeline="flights", tracking_uri=unreachable, delta_root=serving_registry.delta.root).model_dump(), "champion")
+    empty_registry = f"sqlite:///{tmp_path / 'no-registry.db'}"  # any registry lookup here finds no model
+    s = Server(
+        ServeSettings(pipeline="flights", tracking_uri=empty_registry, delta_root=serving_registry.delta.root).model_dump(), "champion"
+    )
     try:
         s.reconfigure({"model_version": serving_registry.champion, "model_source": source})
         assert s.status()["model_version"] == serving_registry.champion
