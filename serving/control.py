@@ -15,6 +15,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import ray
@@ -25,7 +26,7 @@ from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.home import MlopsHome
 from mlops_assets.core.names import CHALLENGER, CHAMPION
 from resources import audit_log, rollouts
-from resources.registered_models import model_source, resolve_alias
+from resources.registered_models import ModelSource, resolve_alias
 from resources.serving import ServeSettings
 from serving.config import (
     CHALLENGER_DEPLOYMENT,
@@ -36,7 +37,7 @@ from serving.config import (
     pipeline_app,
 )
 from serving.gpu import gpu_group_enabled
-from serving.loaded_model import load_version
+from serving.loaded_model import load_source, registered_source
 
 _lock = threading.Lock()
 log = logging.getLogger(__name__)
@@ -139,16 +140,19 @@ def deploy_pipeline(
     challenger: int | None,
     gateway_replicas: int = 2,
     traffic: dict | None = None,
+    sources: Mapping[int, ModelSource] | None = None,
 ) -> dict:
     """Point the pipeline's application at these versions, keeping its traffic settings (`traffic` overrides them).
 
     Only `user_config` changes for a running app (a rolling reconfigure); its builder args stay
     as they are unless the settings differ, since Serve restarts every replica when args change.
+    `sources`: the versions' registry entries where the caller already looked them up (else looked up here).
     """
+    uri = settings.resolved_tracking_uri()
+    sources = {v: (sources or {}).get(v) or registered_source(uri, decl.name, v) for v in (champion, challenger) if v is not None}
     with _lock:
         apps = current_apps()
         traffic = {**_traffic(apps.get(decl.name)), **(traffic or {})}
-        sources = {v: model_source(settings.resolved_tracking_uri(), decl.name, v) for v in (champion, challenger) if v is not None}
         apps[decl.name] = pipeline_app(decl, settings, champion, challenger, traffic, gpu_group_enabled(decl), pinned=True, sources=sources)
         if GATEWAY_APP not in apps:
             apps[GATEWAY_APP] = gateway_app(settings, gateway_replicas)
@@ -282,13 +286,14 @@ def follow_aliases(decl: PipelineDeclaration, settings: ServeSettings, **kwargs)
         log.warning("%s: challenger v%s has no record of passing its gates in the audit log: not served", decl.name, challenger)
         versions[CHALLENGER] = None
     uri = settings.resolved_tracking_uri()
+    # looked up once: the check loads what replicas will be handed (model_source)
+    sources = {v: registered_source(uri, decl.name, v) for v in versions.values() if v is not None}
     with tempfile.TemporaryDirectory(prefix=f"mlops-check-{decl.name}-") as scratch:  # the check load leaves nothing behind
-        for version in versions.values():
-            if version is not None:
-                load_version(uri, decl.name, version, cache_dir=scratch)
+        for source in sources.values():
+            load_source(decl.name, source, cache_dir=scratch, tracking_uri=uri)
     # a rollout's share comes from the audit log, so a restarted Serve resumes the step it was at
     traffic = rollout_traffic(decl.name, settings, versions[CHALLENGER])
-    deploy_pipeline(decl, settings, versions[CHAMPION], versions[CHALLENGER], traffic=traffic, **kwargs)
+    deploy_pipeline(decl, settings, versions[CHAMPION], versions[CHALLENGER], traffic=traffic, sources=sources, **kwargs)
     return versions
 
 

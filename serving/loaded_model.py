@@ -130,17 +130,21 @@ def _tag_list(tags: dict, key: str, name: str, version: int) -> list:
     return value
 
 
-def load_version(tracking_uri: str, name: str, version: int, device: str = "cpu", cache_dir: str | None = None) -> LoadedModel:
-    """Look `<name>/<version>` up in the registry and load its LightGBM text file (never a pickle)."""
+def registered_source(tracking_uri: str, name: str, version: int) -> ModelSource:
+    """The registry's `ModelSource` of `<name>/<version>`, or ModelLoadError naming what is missing."""
     from mlflow.exceptions import MlflowException
 
     try:
-        source = model_source(tracking_uri, name, int(version))
+        return model_source(tracking_uri, name, int(version))
     except LookupError as err:
         raise ModelLoadError(str(err)) from None
     except MlflowException as err:
         raise ModelLoadError(f"model {name} has no version {version}: {err.message}") from None
-    return load_source(name, source, device, cache_dir, tracking_uri)
+
+
+def load_version(tracking_uri: str, name: str, version: int, device: str = "cpu", cache_dir: str | None = None) -> LoadedModel:
+    """Look `<name>/<version>` up in the registry and load its LightGBM text file (never a pickle)."""
+    return load_source(name, registered_source(tracking_uri, name, version), device, cache_dir, tracking_uri)
 
 
 def load_source(name: str, source: ModelSource, device: str = "cpu", cache_dir: str | None = None, tracking_uri: str = "") -> LoadedModel:
