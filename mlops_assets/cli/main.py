@@ -11,13 +11,10 @@ import sys
 
 from mlops_assets.cli import bench_commands, data_commands, model_commands
 from mlops_assets.cli import serve_commands as serving_commands
+from mlops_assets.cli.errors import CommandError
 from mlops_assets.core.declaration import DeclarationError
 
 COMMAND_MODULES = [data_commands, model_commands, serving_commands, bench_commands]
-
-
-class CommandError(Exception):
-    """A command that cannot do what was asked; printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,9 @@ import sys
 import threading
 from pathlib import Path
 
+from mlops_assets.cli import ports
+from mlops_assets.cli.errors import CommandError
+
 
 def _connect(args: argparse.Namespace) -> None:
     from serving import control
@@ -42,48 +45,6 @@ def _pipelines(names: list[str] | None):
 # answer each other's requests (seen on a shared host), so each instance claims a private block.
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
 PORT_BLOCK = 200
-_claims: list = []  # lock files of the port blocks this process holds (released when it exits)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _free_block(size: int = PORT_BLOCK, low: int = 20_000, high: int = 29_000) -> int:
-    """The first port of a block of `size` ports that no other instance on this host has claimed and nobody
-    listens on now. Blocks are aligned (they never half-overlap) and claimed by an exclusive lock on a file
-    per block, held for this process's life: two instances starting at once cannot pick the same block."""
-    import fcntl
-    import random
-    import socket
-    import tempfile
-
-    folder = Path(tempfile.gettempdir()) / "mlops-ingress-ports"
-    folder.mkdir(exist_ok=True)
-    bases = list(range(low, high - size + 1, size))
-    random.shuffle(bases)
-    for base in bases:
-        claim = open(folder / f"{base}-{size}.lock", "w")
-        try:
-            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            claim.close()  # another instance holds this block
-            continue
-        for port in range(base, base + size):
-            with socket.socket() as s:
-                try:
-                    s.bind(("0.0.0.0", port))
-                except OSError:
-                    break
-        else:
-            _claims.append(claim)
-            return base
-        claim.close()
-    raise RuntimeError(f"no free block of {size} ports in {low}..{high} for the direct-ingress replicas")
 
 
 def ingress_env(proxy: str, folder: str) -> dict[str, str]:
@@ -95,10 +56,8 @@ def ingress_env(proxy: str, folder: str) -> dict[str, str]:
     """
     if proxy != "haproxy" or "RAY_SERVE_ENABLE_HA_PROXY" in os.environ:
         return {}
-    # every port below Linux's ephemeral range (32768 up): a port found free there could be taken by any outgoing
-    # connection before HAProxy binds it (seen: the stats port, once replicas talked over Serve's gRPC)
-    http, grpc = _free_block(), _free_block(low=30_000, high=32_600)
-    stats = _free_block(size=2, low=29_000, high=30_000)  # HAProxy's stats and metrics ports
+    http, grpc = ports.claim_block(PORT_BLOCK, *ports.INGRESS_HTTP), ports.claim_block(PORT_BLOCK, *ports.INGRESS_GRPC)
+    stats = ports.claim_block(2, *ports.HAPROXY_STATS)  # HAProxy's stats and metrics ports
     return {
         **HAPROXY_ENV,
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
@@ -129,6 +88,9 @@ def start(args: argparse.Namespace) -> int:
     if warning:
         print(f"mlops serve start: warning: {warning}", file=sys.stderr, flush=True)
 
+    busy = ports.listen_error(args.host, args.port)
+    if busy:  # found now, not as a Ray actor's traceback once Ray and Serve have started
+        raise CommandError(f"cannot listen on {args.host}:{args.port} ({busy}): stop what listens there or pick another --port")
     folder = tempfile.mkdtemp(prefix="mlops-haproxy-")
     os.environ.update(ingress_env(args.proxy, folder))  # before Ray and Serve import their constants
     try:

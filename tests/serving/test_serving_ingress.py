@@ -20,7 +20,6 @@ import pytest
 import requests
 
 from mlops_assets.cli.bench.serving_bench import v2_body
-from mlops_assets.cli.serve_commands import _free_block
 from tests.support.serving import (
     free_port,
     offline_features,
@@ -28,14 +27,6 @@ from tests.support.serving import (
 )
 
 TOKEN = "ingress-test-token"
-
-
-def test_port_blocks_are_claimed_once_per_host():
-    """Aligned blocks, each claimed by a file lock held for the process's life: never handed out twice."""
-    bases = {_free_block(size=10, low=31_000, high=31_040) for _ in range(4)}
-    assert bases == {31_000, 31_010, 31_020, 31_030}
-    with pytest.raises(RuntimeError, match="no free block of 10 ports"):
-        _free_block(size=10, low=31_000, high=31_040)
 
 
 @pytest.fixture(scope="module")

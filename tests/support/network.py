@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import socket
+from mlops_assets.cli.ports import claim_port
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a test's server: claimed below the ranges Linux and Ray take ports from at random, so
+    nothing else binds it between now and the server's start (`mlops_assets.cli.ports`)."""
+    return claim_port()

@@ -692,11 +692,11 @@ def start_serving(home: FaultHome, num_cpus: int):
     import ray
     from ray import serve
 
-    from mlops_assets.cli.serve_commands import _free_port
+    from mlops_assets.cli.ports import claim_port
     from resources.serving import ServeSettings
     from serving import control
 
-    port = _free_port()
+    port = claim_port()
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, namespace="mlops-reliability")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = ServeSettings(

@@ -1,0 +1,62 @@
+"""Ports a local instance listens on, claimed where nothing else on the host takes ports at random.
+
+Linux hands 32768-60999 to every outgoing connection and every bind to port 0, and Ray's workers listen on
+10002-19999: a port found free there can be taken before the server binds it (seen in CI: HAProxy's stats
+port once replicas talked over Serve's gRPC, and a test's HTTP port while Ray started). So ports come from
+below, each block claimed by an exclusive lock on a file held for the claiming process's life: two instances
+(or a test and a server) starting at once never pick the same one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import random
+import socket
+import tempfile
+from pathlib import Path
+
+INGRESS_HTTP = (20_000, 29_000)  # direct-ingress replicas' HTTP ports, a block per instance
+HAPROXY_STATS = (29_000, 30_000)  # HAProxy's stats and metrics ports, a pair per instance
+INGRESS_GRPC = (30_000, 32_600)  # direct-ingress replicas' gRPC ports, a block per instance
+SINGLE = (2_000, 10_000)  # one server's port (tests, benches): below Ray's workers
+CLAIMS = Path(tempfile.gettempdir()) / "mlops-ingress-ports"
+
+_claims: list = []  # lock files of the blocks this process holds (released when it exits)
+
+
+def claim_block(size: int, low: int, high: int) -> int:
+    """The first port of a block of `size` ports in low..high that no other process on this host has
+    claimed and nobody listens on now. Blocks are aligned (they never half-overlap)."""
+    CLAIMS.mkdir(exist_ok=True)
+    bases = list(range(low, high - size + 1, size))
+    random.shuffle(bases)
+    for base in bases:
+        claim = open(CLAIMS / f"{base}-{size}.lock", "w")
+        try:
+            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            claim.close()  # another process holds this block
+            continue
+        if all(listen_error("0.0.0.0", port, reuse=False) is None for port in range(base, base + size)):
+            _claims.append(claim)
+            return base
+        claim.close()
+    raise RuntimeError(f"no free block of {size} ports in {low}..{high}")
+
+
+def claim_port(low: int = SINGLE[0], high: int = SINGLE[1]) -> int:
+    """A port for one server, claimed for this process's life."""
+    return claim_block(1, low, high)
+
+
+def listen_error(host: str, port: int, reuse: bool = True) -> str | None:
+    """Why a server could not listen on host:port now (None if it could). `reuse` binds as servers do
+    (SO_REUSEADDR: a port whose last connections are closing is not in use)."""
+    with socket.socket() as s:
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            return err.strerror or str(err)
+    return None

@@ -1,0 +1,63 @@
+"""Ports claimed for local servers: never handed out twice, never where other processes take ports at random."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from mlops_assets.cli.main import main
+from mlops_assets.cli.ports import SINGLE, claim_block, claim_port, listen_error
+
+
+def test_port_blocks_are_claimed_once_per_host():
+    """Aligned blocks, each claimed by a file lock held for the process's life: never handed out twice."""
+    bases = {claim_block(10, 31_000, 31_040) for _ in range(4)}
+    assert bases == {31_000, 31_010, 31_020, 31_030}
+    with pytest.raises(RuntimeError, match="no free block of 10 ports"):
+        claim_block(10, 31_000, 31_040)
+
+
+def test_a_claim_holds_across_processes(tmp_path):
+    """Another process (another instance, or a test's server) cannot claim a block this one holds."""
+    base = claim_block(5, 31_100, 31_110)
+    child = subprocess.run(
+        [sys.executable, "-c", "from mlops_assets.cli.ports import claim_block; print(claim_block(5, 31_100, 31_110))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(child.stdout) == ({31_100, 31_105} - {base}).pop()
+
+
+def test_single_ports_are_below_the_ranges_taken_at_random():
+    """Below Ray's worker ports (10002 up) and Linux's ephemeral range (32768 up), and free to listen on."""
+    claimed = {claim_port() for _ in range(5)}
+    assert len(claimed) == 5 and all(SINGLE[0] <= p < SINGLE[1] < 10_002 for p in claimed)
+    assert all(listen_error("127.0.0.1", p) is None for p in claimed)
+
+
+def test_a_port_in_use_is_named_and_skipped():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert listen_error("127.0.0.1", port) == "Address already in use"
+        with pytest.raises(RuntimeError, match="no free block"):
+            claim_block(1, port, port + 1)
+
+
+def test_serve_start_on_a_port_in_use_is_a_clean_error_before_ray_starts(tmp_path, monkeypatch, capsys):
+    """Not a HAProxy actor's traceback after Ray and Serve started: the port and what to do, exit 2."""
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "start", "flights", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in err and "--port" in err
+    assert "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written
