@@ -12,6 +12,7 @@ import threading
 from datetime import date, timedelta
 from pathlib import Path
 
+from mlops_assets.cli.ports import require_listenable
 from mlops_assets.core.declaration import PipelineDeclaration, load_declarations
 from mlops_assets.core.home import MlopsHome
 from mlops_assets.core.names import BACKLOG_TAG, QUEUE_TAGS
@@ -107,6 +108,7 @@ def _create_mlflow_store(home: MlopsHome) -> None:
 
 def demo(args: argparse.Namespace) -> int:
     """Start Dagster (webserver + daemon, sensors on) and land flights days as an upstream system would."""
+    require_listenable(args.host, {"--port": args.port, "--serve-port": args.serve_port, "--mlflow-port": args.mlflow_port})
     home = MlopsHome.from_env()
     if args.reset and home.root.exists():
         shutil.rmtree(home.root)

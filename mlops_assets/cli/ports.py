@@ -15,6 +15,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+from mlops_assets.cli.errors import CommandError
+
 INGRESS_HTTP = (20_000, 29_000)  # direct-ingress replicas' HTTP ports, a block per instance
 HAPROXY_STATS = (29_000, 30_000)  # HAProxy's stats and metrics ports, a pair per instance
 INGRESS_GRPC = (30_000, 32_600)  # direct-ingress replicas' gRPC ports, a block per instance
@@ -60,3 +62,12 @@ def listen_error(host: str, port: int, reuse: bool = True) -> str | None:
         except OSError as err:
             return err.strerror or str(err)
     return None
+
+
+def require_listenable(host: str, ports_by_flag: dict[str, int]) -> None:
+    """Refuse, naming its flag, a port something already listens on: found before anything starts, not as a
+    server's traceback once Ray, Serve or Dagster are up."""
+    for flag, port in ports_by_flag.items():
+        busy = listen_error(host, port)
+        if busy:
+            raise CommandError(f"cannot listen on {host}:{port} ({busy}): stop what listens there or pick another {flag}")

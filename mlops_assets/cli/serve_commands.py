@@ -19,7 +19,6 @@ import threading
 from pathlib import Path
 
 from mlops_assets.cli import ports
-from mlops_assets.cli.errors import CommandError
 
 
 def _connect(args: argparse.Namespace) -> None:
@@ -88,9 +87,7 @@ def start(args: argparse.Namespace) -> int:
     if warning:
         print(f"mlops serve start: warning: {warning}", file=sys.stderr, flush=True)
 
-    busy = ports.listen_error(args.host, args.port)
-    if busy:  # found now, not as a Ray actor's traceback once Ray and Serve have started
-        raise CommandError(f"cannot listen on {args.host}:{args.port} ({busy}): stop what listens there or pick another --port")
+    ports.require_listenable(args.host, {"--port": args.port})
     folder = tempfile.mkdtemp(prefix="mlops-haproxy-")
     os.environ.update(ingress_env(args.proxy, folder))  # before Ray and Serve import their constants
     try:

@@ -8,11 +8,20 @@ import sys
 
 import pytest
 
+from mlops_assets.cli import ports
 from mlops_assets.cli.main import main
 from mlops_assets.cli.ports import SINGLE, claim_block, claim_port, listen_error
 
 
-def test_port_blocks_are_claimed_once_per_host():
+@pytest.fixture
+def own_claims(tmp_path, monkeypatch):
+    """A claims folder of the test's own: blocks this session's other tests (or another session) hold stay out."""
+    folder = tmp_path / "claims"
+    monkeypatch.setattr(ports, "CLAIMS", folder)
+    return folder
+
+
+def test_port_blocks_are_claimed_once_per_host(own_claims):
     """Aligned blocks, each claimed by a file lock held for the process's life: never handed out twice."""
     bases = {claim_block(10, 31_000, 31_040) for _ in range(4)}
     assert bases == {31_000, 31_010, 31_020, 31_030}
@@ -20,11 +29,12 @@ def test_port_blocks_are_claimed_once_per_host():
         claim_block(10, 31_000, 31_040)
 
 
-def test_a_claim_holds_across_processes(tmp_path):
+def test_a_claim_holds_across_processes(own_claims):
     """Another process (another instance, or a test's server) cannot claim a block this one holds."""
     base = claim_block(5, 31_100, 31_110)
+    code = f"from pathlib import Path; from mlops_assets.cli import ports; ports.CLAIMS = Path({str(own_claims)!r}); print(ports.claim_block(5, 31_100, 31_110))"
     child = subprocess.run(
-        [sys.executable, "-c", "from mlops_assets.cli.ports import claim_block; print(claim_block(5, 31_100, 31_110))"],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         check=True,
@@ -39,7 +49,7 @@ def test_single_ports_are_below_the_ranges_taken_at_random():
     assert all(listen_error("127.0.0.1", p) is None for p in claimed)
 
 
-def test_a_port_in_use_is_named_and_skipped():
+def test_a_port_in_use_is_named_and_skipped(own_claims):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -61,3 +71,16 @@ def test_serve_start_on_a_port_in_use_is_a_clean_error_before_ray_starts(tmp_pat
     assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in err and "--port" in err
     assert "Traceback" not in err
     assert not list(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_demo_names_the_flag_of_a_port_in_use_before_it_lands_or_resets_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    (tmp_path / "kept").write_text("a user's file")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["demo", "--reset", "--serve-port", str(port), "--port", str(claim_port()), "--mlflow-port", str(claim_port())]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "pick another --serve-port" in err and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]  # --reset wiped nothing, nothing landed

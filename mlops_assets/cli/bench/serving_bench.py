@@ -33,7 +33,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 import yaml
+
+from mlops_assets.cli.ports import claim_port
 
 if TYPE_CHECKING:
     from resources.delta_lake import DeltaLakeResource
@@ -65,7 +66,6 @@ BENCH_TRAINING = {
     "params": {"learning_rate": 0.01, "num_leaves": 63, "min_data_in_leaf": 50},
 }
 BENCH_GATES = {"floors": {"mae": 40.0}, "max_regression": 0.5, "holdout_days": 4}
-PORTS = {"ours": 18431, "mlflow": 18432, "naive": 18433, "floor": 18434}
 
 
 # -- the platform home with a champion ---------------------------------------------------------------
@@ -247,15 +247,6 @@ def _get_ok(url: str) -> bool:
             return resp.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass
@@ -717,7 +708,7 @@ def bench(
             "in_process": in_process(home, reqs.features.head(10_000)),
             "champion_steps": champion_steps(home, reqs.records[:1]),
         }
-        ports = {k: _free(p) for k, p in PORTS.items()}
+        ports = {side: claim_port() for side in sides}  # claimed (mlops_assets.cli.ports): none taken meanwhile
         replicas = max(1, bench_declaration(compiled_trees).serving.cpu.replicas)  # the champion's CPU group, read per case
         from resources.delta_lake import DeltaLakeResource
 
@@ -795,13 +786,6 @@ def logged_requests(delta: "DeltaLakeResource") -> int:
 
     log = delta.scan(PIPELINE, PREDICTION_LOG)
     return 0 if log is None else log.select(pl.col("request_id").n_unique()).collect().item()
-
-
-def _free(port: int) -> int:
-    for candidate in range(port, port + 50):
-        if port_free(candidate):
-            return candidate
-    raise RuntimeError(f"no free port in {port}..{port + 49}")
 
 
 def _trees(home: Home) -> int:
