@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from mlops_assets.core.lineage import TrainingPlan
-from mlops_assets.core.names import CHAMPION, ERASED_TAG, PLAN_TAG
+from mlops_assets.core.names import CHAMPION, ERASED_TAG, PLAN_TAG, SERVING_TAGS
 from resources.mlflow_registry import MlflowRegistryResource
 
 if TYPE_CHECKING:  # mlflow and lightgbm are imported where used (seconds at import)
@@ -108,10 +108,6 @@ def client(tracking_uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-# the tags that say how to call a version (serving.loaded_model reads them)
-SERVING_TAGS = ("mlops.task", "mlops.feature_columns", "mlops.classes")
 
 
 class ModelSource(BaseModel):

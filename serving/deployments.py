@@ -42,6 +42,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
+from mlops_assets.core.declaration import field_errors
 from mlops_assets.core.feature_contract import FeatureReference, load_feature_module
 from mlops_assets.core.lookups import LookupIndex
 from mlops_assets.core.names import CHALLENGER, CHAMPION, FEATURES, SUBJECT_PREFIX
@@ -172,7 +173,7 @@ class ModelServer:
             try:
                 handed = ModelSource.model_validate(source)
             except ValidationError as err:
-                bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+                bad = "; ".join(field_errors(err))
                 raise ModelLoadError(f"user_config.model_source of {self.decl.name}/{self.role}: {bad}") from None
             if handed.version == version:
                 return load_source(self.decl.name, handed, self.device, self.cache_dir, tracking_uri)

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from mlops_assets.core.lookups import FEW_ROWS
+from mlops_assets.core.names import CLASSES_TAG, FEATURE_COLUMNS_TAG, TASK_TAG
 from resources.registered_models import ModelSource, model_source
 from serving.compiled_trees import CompiledForest
 from serving.gpu import gpu_predict, load_gpu_forest
@@ -152,9 +153,9 @@ def load_source(name: str, source: ModelSource, device: str = "cpu", cache_dir: 
     directly, with no MLflow client; any other store is downloaded through MLflow. The model file is copied
     into a folder of this model's own (`local_dir`, removed when the version is swapped out)."""
     version, tags = source.version, dict(source.tags)
-    task = tags.get("mlops.task", "regression")
+    task = tags.get(TASK_TAG, "regression")
     if task not in TASKS:
-        raise ModelLoadError(f"model {name} v{version}: tag mlops.task is {task!r}, expected one of {TASKS}")
+        raise ModelLoadError(f"model {name} v{version}: tag {TASK_TAG} is {task!r}, expected one of {TASKS}")
     dst = tempfile.mkdtemp(prefix=f"{name}-v{version}-", dir=cache_dir)
     try:
         return _load_file(name, version, task, tags, source.run_id, device, dst, _fetch(name, source, dst, tracking_uri))
@@ -200,12 +201,12 @@ def _load_file(name: str, version: int, task: str, tags: dict, run_id: str, devi
     import lightgbm as lgb
 
     booster = lgb.Booster(model_file=str(model_file))
-    columns = _tag_list(tags, "mlops.feature_columns", name, version) or booster.feature_name()
+    columns = _tag_list(tags, FEATURE_COLUMNS_TAG, name, version) or booster.feature_name()
     if list(columns) != booster.feature_name():
         raise ModelLoadError(
             f"model {name} v{version}: tag mlops.feature_columns {columns} differs from the booster's features {booster.feature_name()}"
         )
-    classes = _tag_list(tags, "mlops.classes", name, version)
+    classes = _tag_list(tags, CLASSES_TAG, name, version)
     if task != "regression" and not classes:
         raise ModelLoadError(f"model {name} v{version}: a {task} model needs the mlops.classes tag")
     model = LoadedModel(name, version, task, list(columns), classes, booster, str(model_file), run_id, device, dst)

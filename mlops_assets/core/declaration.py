@@ -464,12 +464,13 @@ class PipelineDeclaration(_Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def field_errors(err: ValidationError) -> list[str]:
+    """Each problem pydantic found, as `field.path: message`: what a user fixes, without pydantic's URLs."""
+    return [f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()]
+
+
 def _describe(err: ValidationError, source: str) -> str:
-    lines = [f"invalid pipeline declaration {source}:"]
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {field}: {e['msg']}")
-    return "\n".join(lines)
+    return "\n".join([f"invalid pipeline declaration {source}:", *(f"  {line}" for line in field_errors(err))])
 
 
 def parse_declaration(data: Any, source: str = "<memory>") -> PipelineDeclaration:

@@ -39,6 +39,11 @@ PLAN_TAG = "mlops.training_plan"
 STATUS_TAG = "mlops.status"
 GATES_TAG = "mlops.gates"
 GATES_CHAMPION_TAG = "mlops.gates_champion"  # the champion the gates compared a version with ("none": there was none)
+# the tags that say how to call a version (registration writes them, serving.loaded_model reads them)
+TASK_TAG = "mlops.task"
+FEATURE_COLUMNS_TAG = "mlops.feature_columns"  # the model's input columns, in order (JSON list)
+CLASSES_TAG = "mlops.classes"  # classifiers' labels, in the model's order (JSON list)
+SERVING_TAGS = (TASK_TAG, FEATURE_COLUMNS_TAG, CLASSES_TAG)
 
 GATES_ARTIFACT = "gates/evaluation.json"  # on the version's MLflow run: every gate's full comparison
 

@@ -13,7 +13,15 @@ import json
 from dataclasses import dataclass
 
 from mlops_assets.core.declaration import PipelineDeclaration, RolloutSpec
-from mlops_assets.core.names import CHALLENGER, CHAMPION, GATES_ARTIFACT, GATES_CHAMPION_TAG, GATES_TAG, STATUS_TAG
+from mlops_assets.core.names import (
+    CHALLENGER,
+    CHAMPION,
+    FEATURE_COLUMNS_TAG,
+    GATES_ARTIFACT,
+    GATES_CHAMPION_TAG,
+    GATES_TAG,
+    STATUS_TAG,
+)
 from mlops_assets.models.gates import Evaluation
 from resources.audit_log import AuditEvent, champion_history, history, passed_gates, record
 from resources.delta_lake import DeltaLakeResource
@@ -364,5 +372,5 @@ def describe(registry: MlflowRegistryResource, pipeline: str, alias: str) -> dic
         "features": f"{t.get('mlops.features_table', '?')}@v{t.get('mlops.features_delta_version', '?')}",
         "git_commit": t.get("mlops.git_commit", "?")[:12],
         "dagster_run_id": t.get("mlops.dagster_run_id", ""),
-        "feature_columns": len(json.loads(t.get("mlops.feature_columns", "[]"))),
+        "feature_columns": len(json.loads(t.get(FEATURE_COLUMNS_TAG, "[]"))),
     }

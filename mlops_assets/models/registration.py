@@ -20,7 +20,7 @@ import dagster as dg
 import polars as pl
 
 from mlops_assets.core.lineage import TrainingPlan
-from mlops_assets.core.names import PLAN_TAG, STATUS_TAG
+from mlops_assets.core.names import CLASSES_TAG, FEATURE_COLUMNS_TAG, PLAN_TAG, STATUS_TAG, TASK_TAG
 from mlops_assets.models.training import TrainedModel, TrainingData
 from resources.mlflow_registry import MlflowRegistryResource
 
@@ -95,8 +95,8 @@ def version_tags(
     commit, dirty = git_commit()
     tags = {
         "mlops.pipeline": plan.pipeline,
-        "mlops.task": plan.task,
-        "mlops.feature_columns": json.dumps(model.booster.feature_name()),
+        TASK_TAG: plan.task,
+        FEATURE_COLUMNS_TAG: json.dumps(model.booster.feature_name()),
         "mlops.categorical_features": json.dumps(plan.categorical_features),
         "mlops.declaration_hash": declaration_hash,
         "mlops.feature_code_hash": feature_code_hash,
@@ -117,7 +117,7 @@ def version_tags(
         **{f"metric.{k}": repr(float(v)) for k, v in model.validation_metrics.items()},
     }
     if plan.task != "regression":
-        tags["mlops.classes"] = json.dumps(plan.classes)
+        tags[CLASSES_TAG] = json.dumps(plan.classes)
     return tags
 
 
