@@ -69,7 +69,9 @@ def bench_serving(args: argparse.Namespace) -> int:
 
 def bench_leadtime(args: argparse.Namespace) -> int:
     from mlops_assets.cli.bench.lead_time_bench import bench, print_report
+    from mlops_assets.cli.ports import require_listenable
 
+    require_listenable("127.0.0.1", {"--port": args.port, "--serve-port": args.serve_port})
     result = bench(initial_days=args.initial_days, port=args.port, serve_port=args.serve_port, timeout=args.timeout, keep=args.keep)
     print_report(result)
     if args.json:

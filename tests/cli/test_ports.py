@@ -73,6 +73,16 @@ def test_serve_start_on_a_port_in_use_is_a_clean_error_before_ray_starts(tmp_pat
     assert not list(tmp_path.iterdir())  # nothing started, nothing written
 
 
+def test_leadtime_bench_names_the_flag_of_a_port_in_use_before_it_builds_a_platform(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["bench", "leadtime", "--port", str(port), "--serve-port", str(claim_port())]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "pick another --port" in err and "Traceback" not in err
+
+
 def test_demo_names_the_flag_of_a_port_in_use_before_it_lands_or_resets_anything(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
     (tmp_path / "kept").write_text("a user's file")
