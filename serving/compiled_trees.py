@@ -88,18 +88,3 @@ def compile_forest(model_file: str, cache_root: str, threads: int) -> CompiledFo
         return CompiledForest(tl2cgen.Predictor(str(path), nthread=max(1, threads)))
     except Exception as err:
         raise CompileError(f"loading {path.name} failed: {str(err).strip().splitlines()[-1][:200]}") from None
-
-
-def identical(forest: CompiledForest, x: np.ndarray, expected: np.ndarray) -> str | None:
-    """None when the library predicts exactly `expected` on `x`; otherwise why not."""
-    if x.shape[0] == 0:
-        return "no rows to check the compiled trees on"
-    got = forest.predict(x, expected.shape)
-    if got.shape != expected.shape:
-        return f"compiled trees answer shape {got.shape}, LightGBM {expected.shape}"
-    differ = int(np.sum(~((got == expected) | (np.isnan(got) & np.isnan(expected)))))
-    if differ:
-        return (
-            f"compiled trees differ from LightGBM on {differ} of {x.shape[0]} rows (up to {float(np.nanmax(np.abs(got - expected))):.3g})"
-        )
-    return None

@@ -48,12 +48,14 @@ from mlops_assets.core.lookups import LookupIndex
 from mlops_assets.core.names import CHALLENGER, CHAMPION, FEATURES, SUBJECT_PREFIX
 from resources.registered_models import ModelSource, resolve_alias
 from resources.serving import ServeSettings
-from serving.compiled_trees import CompileError, compile_forest, identical
+from serving.compiled_trees import CompiledForest, CompileError, compile_forest
+from serving.exact_predictions import identical
 from serving.http_answers import NotReady, answer_prediction, error, v2_infer_response
 from serving.loaded_model import LoadedModel, ModelLoadError, load_source, load_version, usable_cores
 from serving.prediction_log import Answered, PredictionLogger, log_rows
 from serving.reference import serving_reference
 from serving.requests import Columns, Decoded, RequestError, RequestSchema, decode_v2, typed_frame
+from serving.single_row import SingleRowError, SingleRowPredictor
 from serving.stage_times import StageTimes
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ COMPILED_TREES_CACHE = os.path.join(tempfile.gettempdir(), "mlops-compiled-trees
 # thread, so the loop meanwhile reads the next request's body (polars and LightGBM release the GIL): with user
 # code on Serve's own loop, 10,000-row V2 batches fell from 117,244 to 93,838 rows/s when they were predicted on it
 INLINE_ROWS = 64
+SINGLE_ROW_CHECK = 2_000  # rows the single-row C API is checked on, one call each (about 30 ms)
 
 
 class VersionNotHere(LookupError):
@@ -85,6 +88,29 @@ def freeze_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+def _single_row(model: LoadedModel, rows: np.ndarray, expected: np.ndarray) -> tuple[SingleRowPredictor | None, str | None]:
+    """LightGBM's single-row C API for this version, with None as the reason when it predicts `expected` exactly."""
+    try:
+        booster = model.booster
+        predictor = SingleRowPredictor(
+            model.model_file, len(model.feature_columns), booster.num_model_per_iteration(), booster.best_iteration
+        )  # type: ignore[union-attr]
+        note = identical(predictor.predict_rows, rows, expected, "single-row predictions")
+    except SingleRowError as err:
+        return None, str(err)
+    return (predictor, None) if note is None else (None, note)
+
+
+def _compiled_trees(model: LoadedModel, rows: np.ndarray, expected: np.ndarray) -> tuple[CompiledForest | None, str | None]:
+    """The version's compiled trees, with None as the reason when they predict `expected` exactly."""
+    try:
+        forest = compile_forest(model.model_file, COMPILED_TREES_CACHE, model.batch_threads or usable_cores())
+        note = identical(forest.predict, rows, expected, "compiled trees")
+    except CompileError as err:
+        return None, str(err)
+    return (forest, None) if note is None else (None, note)
 
 
 def _stacked_requests(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -158,9 +184,12 @@ class ModelServer:
         reference, info = serving_reference(self.decl, self.module, self.settings.delta())
         previous, self.loaded = self.loaded, Loaded(model, reference, self.module.lookup_index(reference), info)
         self.loads += 1
-        if self.decl.serving.compiled_trees and self.device == "cpu":
-            model.compiled_note = "building"  # LightGBM answers meanwhile
-            threading.Thread(target=self._compile_trees, args=(model,), name="compiled-trees", daemon=True).start()
+        if self.device != "cpu":
+            model.single_row_note = f"{self.device} replicas predict every request on the {self.device}"
+        else:  # Booster.predict answers meanwhile
+            if self.decl.serving.compiled_trees:
+                model.compiled_note = "building"
+            threading.Thread(target=self._faster_predictors, args=(model,), name="faster-predictors", daemon=True).start()
         if previous is not None and previous.model.local_dir:
             shutil.rmtree(previous.model.local_dir, ignore_errors=True)
         del previous
@@ -179,26 +208,26 @@ class ModelServer:
                 return load_source(self.decl.name, handed, self.device, self.cache_dir, tracking_uri)
         return load_version(tracking_uri, self.decl.name, version, self.device, self.cache_dir)
 
-    def _compile_trees(self, model: LoadedModel) -> None:
-        """Build the version's compiled trees off the request path and let them serve large requests only when they
-        predict exactly what LightGBM predicts on the latest partition of the features table."""
+    def _faster_predictors(self, model: LoadedModel) -> None:
+        """Off the request path, once per version: LightGBM's single-row C API for lone rows and, where declared,
+        compiled trees for large requests. Each serves only once it predicts exactly what `Booster.predict`
+        predicts on the latest partition of the features table; otherwise the status says why not."""
         try:
-            forest = compile_forest(model.model_file, COMPILED_TREES_CACHE, model.batch_threads or usable_cores())
             rows = self._check_rows(model)
             expected = np.asarray(model.booster.predict(rows, num_threads=1))  # type: ignore[union-attr]
-            model.compiled_note = identical(forest, rows, expected)
-        except CompileError as err:
-            model.compiled_note = str(err)
-            return
-        except Exception as err:  # reading the rows, a LightGBM error: LightGBM keeps serving, the status says why
-            log.warning("compiled trees for %s v%s not checked: %s", self.decl.name, model.version, err)
-            model.compiled_note = f"not checked: {type(err).__name__}: {str(err)[:200]}"
-            return
-        if model.compiled_note is None:
-            model.compiled = forest
+            model.single_row, model.single_row_note = _single_row(model, rows[:SINGLE_ROW_CHECK], expected[:SINGLE_ROW_CHECK])
+            if self.decl.serving.compiled_trees:
+                model.compiled, model.compiled_note = _compiled_trees(model, rows, expected)
+        except Exception as err:  # reading the rows, a LightGBM error: Booster.predict keeps serving, the status says why
+            log.warning("faster predictors for %s v%s not checked: %s", self.decl.name, model.version, err)
+            note = f"not checked: {type(err).__name__}: {str(err)[:200]}"
+            if model.single_row is None:
+                model.single_row_note = note
+            if self.decl.serving.compiled_trees and model.compiled is None:
+                model.compiled_note = note
 
     def _check_rows(self, model: LoadedModel, limit: int = 20_000) -> np.ndarray:
-        """Feature rows of the latest partition, in the model's column order: what the compiled trees are checked on."""
+        """Feature rows of the latest partition, in the model's column order: what faster predictors are checked on."""
         delta = self.settings.delta()
         days = delta.partitions(self.decl.name, FEATURES)
         frame = delta.read_partitions(self.decl.name, FEATURES, days[-1:]) if days else None
@@ -361,6 +390,8 @@ class ModelServer:
             "user_code_in_separate_thread": os.environ.get("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "1") != "0",
             "predictor": loaded.model.predictor if loaded else None,  # of large requests: lightgbm, tl2cgen or nvforest
             "compiled_trees": loaded.model.compiled_note if loaded else None,  # why they do not serve (yet), if declared
+            # lone rows through LightGBM's single-row C API once checked identical (None), else why not (yet)
+            "single_row": loaded.model.single_row_note if loaded else None,
             "prediction_log": self.logger.stats(),
             "replica": self.replica,
             # False while every version came with its model_source: this replica never paid MLflow's import

@@ -26,6 +26,7 @@ from mlops_assets.core.names import CLASSES_TAG, FEATURE_COLUMNS_TAG, TASK_TAG
 from resources.registered_models import ModelSource, model_source
 from serving.compiled_trees import CompiledForest
 from serving.gpu import gpu_predict, load_gpu_forest
+from serving.single_row import SingleRowPredictor
 
 if TYPE_CHECKING:  # lightgbm where a model is loaded: the champion sensor imports this module in Dagster
     import lightgbm as lgb
@@ -63,6 +64,8 @@ class LoadedModel:
     batch_threads: int = 0  # threads for SMALL_BATCH rows or more (the replica group's `batch_threads`); 0: usable_cores()
     compiled: CompiledForest | None = None  # set once checked identical to LightGBM (serving.compiled_trees)
     compiled_note: str | None = None  # why the compiled trees do not serve (yet), for the status
+    single_row: SingleRowPredictor | None = None  # set once checked identical to LightGBM (serving.single_row)
+    single_row_note: str | None = "not checked yet"  # why lone rows are not predicted through it (yet), for the status
     _gpu = None  # nvforest ForestInference when device == "gpu"
 
     def matrix(self, features: pl.DataFrame) -> np.ndarray:
@@ -88,10 +91,14 @@ class LoadedModel:
         # one row on 2 busy cores), and replicas, not threads, are what serves concurrent requests. A large batch
         # takes the declared threads: OpenMP's default in a Ray replica is its CPU share (one for half a core),
         # which predicted a 10,000-row request on one core (`mlops bench serving`, batch 10k)
-        large, compiled = x.shape[0] >= SMALL_BATCH, self.compiled
+        large, compiled, single_row = x.shape[0] >= SMALL_BATCH, self.compiled, self.single_row
+        out = None
         if large and compiled is not None:
             out = compiled.predict(x, self.output_shape(x.shape[0]))
-        else:
+        elif x.shape[0] == 1 and single_row is not None:  # a lone row: LightGBM's single-row C API, set up once
+            lone = single_row.predict(x[0])  # None while another thread predicts through it: Booster.predict then
+            out = None if lone is None else lone.reshape(self.output_shape(1))
+        if out is None:
             threads = (self.batch_threads or usable_cores()) if large else 1
             out = np.asarray(self.booster.predict(x, num_threads=threads))  # type: ignore[union-attr]
         if self.task == "binary":

@@ -17,7 +17,8 @@ import polars as pl
 import pytest
 import yaml
 
-from serving.compiled_trees import CompileError, compile_forest, identical, library_path
+from serving.compiled_trees import CompileError, compile_forest, library_path
+from serving.exact_predictions import identical
 from serving.loaded_model import SMALL_BATCH
 from tests.support.serving import offline_features, request_records
 
@@ -47,7 +48,7 @@ def test_compiled_trees_predict_exactly_what_lightgbm_predicts(tmp_path, task):
     x, booster, model_file = _forest(tmp_path, task)
     forest = compile_forest(model_file, str(tmp_path / "cache"), threads=2)
     expected = booster.predict(x)
-    assert identical(forest, x, expected) is None
+    assert identical(forest.predict, x, expected, "compiled trees") is None
     np.testing.assert_array_equal(forest.predict(x, expected.shape), expected)
 
 
@@ -61,9 +62,9 @@ def test_a_library_is_built_once_per_model_file_and_another_forest_is_found_to_d
     assert built.stat().st_mtime_ns == stamp
     _, _, other_file = _forest(tmp_path, "regression", seed=5, rounds=20)
     other = compile_forest(other_file, cache, threads=1)
-    why = identical(other, x, booster.predict(x))
+    why = identical(other.predict, x, booster.predict(x), "compiled trees")
     assert why is not None and "differ from LightGBM" in why
-    assert identical(other, x[:0], booster.predict(x[:0])) == "no rows to check the compiled trees on"
+    assert identical(other.predict, x[:0], booster.predict(x[:0]), "compiled trees") == "no rows to check the compiled trees on"
 
 
 def test_without_tl2cgen_the_error_names_the_extra(tmp_path, monkeypatch):
@@ -128,7 +129,7 @@ def test_a_refused_library_leaves_lightgbm_serving_and_says_why(serving_registry
     from serving import compiled_trees, deployments
 
     # the check's verdict on a real build, as if one prediction differed
-    monkeypatch.setattr(deployments, "identical", lambda forest, x, expected: "compiled trees differ from LightGBM on 1 of 5 rows")
+    monkeypatch.setattr(deployments, "identical", lambda predict, x, expected, what: f"{what} differ from LightGBM on 1 of 5 rows")
     server = _server_declaring_compiled_trees(serving_registry, tmp_path, monkeypatch)
     try:
         model, status = server.loaded.model, server.status()
