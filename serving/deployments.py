@@ -94,9 +94,10 @@ def _single_row(model: LoadedModel, rows: np.ndarray, expected: np.ndarray) -> t
     """LightGBM's single-row C API for this version, with None as the reason when it predicts `expected` exactly."""
     try:
         booster = model.booster
+        assert booster is not None  # a CPU model always has one
         predictor = SingleRowPredictor(
             model.model_file, len(model.feature_columns), booster.num_model_per_iteration(), booster.best_iteration
-        )  # type: ignore[union-attr]
+        )
         note = identical(predictor.predict_rows, rows, expected, "single-row predictions")
     except SingleRowError as err:
         return None, str(err)

@@ -366,15 +366,17 @@ def served_split(before: dict[str, dict], after: dict[str, dict]) -> dict[str, f
 
 
 def wait_for_predictor(port: int, compiled_trees: bool, log, timeout_s: float = 180.0) -> str:
-    """What predicts large requests in our champion (lightgbm, tl2cgen); with compiled trees declared, the
-    bench waits until a replica's background build and check have settled, so no case measures the build."""
+    """What predicts large requests in our champion (lightgbm, tl2cgen). The bench waits until a replica's
+    background checks have settled (the single-row C API's; with compiled trees declared, their build), so no
+    case measures a check or the predictor it replaces."""
     deadline = time.monotonic() + timeout_s
     while True:
         champion = champion_status(port)
-        settled = not compiled_trees or champion.get("compiled_trees") != "building"
+        settled = (not compiled_trees or champion.get("compiled_trees") != "building") and champion.get("single_row") != "not checked yet"
         if settled or time.monotonic() > deadline:
-            note = champion.get("compiled_trees")
+            note, lone = champion.get("compiled_trees"), champion.get("single_row")
             log(f"  ours: large requests predicted by {champion.get('predictor')}" + (f" ({note})" if note else ""))
+            log("  ours: lone rows predicted by " + ("LightGBM's single-row C API" if lone is None else f"Booster.predict ({lone})"))
             return str(champion.get("predictor"))
         time.sleep(1.0)
 
