@@ -17,7 +17,8 @@ One run:
    - ``floor``: Ray Serve's own floor (``mlops_assets.cli.bench.floor_app``): the same
      ingress, replica group and request bodies as ``ours``, answered with a constant;
 3. drives each with ``wrk`` (a separate C process, a Lua script POSTing fixed bodies):
-   single-row requests at concurrency 1 and 16, then 1,000- and 10,000-row batches;
+   single-row requests at concurrency 1 and 16, then 1,000- and 10,000-row batches; each of
+   ``ours``' cases starts once its replicas' prediction logs have written the earlier cases' rows;
 4. measures in-process prediction of the same 10,000 feature rows (LightGBM, and
    lleaves' compiled trees where installed) as the ceiling for batches, and the champion's
    own work for one single-row request (typing, features, predict, log row), in-process.
@@ -354,6 +355,26 @@ def replica_stage_times(port: int, replicas: int, tries: int = 12) -> dict[str, 
         if len(seen) >= replicas:
             break
     return seen
+
+
+def wait_for_written_log(port: int, replicas: int, timeout_s: float = 60.0) -> float:
+    """Seconds until every champion replica's prediction log has written what earlier cases queued (nothing
+    queued, and no row written between two readings), so a case does not start while the log's writer thread
+    still writes the previous case's rows (a 10,000-row case leaves seconds of Delta appends behind)."""
+    start, last = time.monotonic(), None
+    while time.monotonic() - start < timeout_s:
+        seen: dict[str, dict] = {}
+        for _ in range(12):
+            champion = champion_status(port)
+            seen[champion["replica"]] = champion["prediction_log"]
+            if len(seen) >= replicas:
+                break
+        reading = {r: (s["queued_rows"], s["logged_rows"]) for r, s in seen.items()}
+        if len(seen) >= replicas and not any(q for q, _ in reading.values()) and reading == last:
+            break
+        last = reading
+        time.sleep(0.3)
+    return time.monotonic() - start
 
 
 def served_split(before: dict[str, dict], after: dict[str, dict]) -> dict[str, float]:
@@ -747,6 +768,8 @@ def bench(
                     log(f"  {side} {protocol}: ready in {startup:.0f}s, 1,000 predictions match Booster.predict (max diff {diff:.1e})")
                 for protocol, url in urls.items():
                     for case, n, c in chosen:
+                        if side == "ours":
+                            wait_for_written_log(ports["ours"], replicas)
                         stages = replica_stage_times(ports["ours"], replicas) if side == "ours" else None
                         w = run_wrk(url, bodies[n][protocol], c, duration_s, logs, f"{side}-{protocol}-{n}-{c}", warmup_s, server.proc.pid)
                         row = {"side": side, "protocol": protocol, "case": case, "rows": n, "concurrency": c, **w, "rows_s": w["req_s"] * n}
