@@ -26,7 +26,7 @@ from mlops_assets.core.names import CLASSES_TAG, FEATURE_COLUMNS_TAG, TASK_TAG
 from resources.registered_models import ModelSource, model_source
 from serving.compiled_trees import CompiledForest
 from serving.gpu import gpu_predict, load_gpu_forest
-from serving.single_row import SingleRowPredictor
+from serving.single_row import UNCHECKED, SingleRowPredictor
 
 if TYPE_CHECKING:  # lightgbm where a model is loaded: the champion sensor imports this module in Dagster
     import lightgbm as lgb
@@ -65,7 +65,7 @@ class LoadedModel:
     compiled: CompiledForest | None = None  # set once checked identical to LightGBM (serving.compiled_trees)
     compiled_note: str | None = None  # why the compiled trees do not serve (yet), for the status
     single_row: SingleRowPredictor | None = None  # set once checked identical to LightGBM (serving.single_row)
-    single_row_note: str | None = "not checked yet"  # why lone rows are not predicted through it (yet), for the status
+    single_row_note: str | None = UNCHECKED  # why lone rows are not predicted through it (yet), for the status
     _gpu = None  # nvforest ForestInference when device == "gpu"
 
     def matrix(self, features: pl.DataFrame) -> np.ndarray:

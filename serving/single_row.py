@@ -23,6 +23,7 @@ import numpy as np
 
 C_API_PREDICT_NORMAL = 0  # c_api.h: the transformed output (probabilities for classifiers), as Booster.predict
 C_API_DTYPE_FLOAT64 = 1
+UNCHECKED = "not checked yet"  # a loaded version's single-row status until its check has run
 
 
 class SingleRowError(RuntimeError):

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from serving.exact_predictions import identical
-from serving.single_row import SingleRowError, SingleRowPredictor
+from serving.single_row import UNCHECKED, SingleRowError, SingleRowPredictor
 from tests.support.serving import offline_features, request_records
 
 
@@ -80,7 +80,7 @@ def test_a_busy_predictor_hands_the_row_back_and_its_handles_are_freed(tmp_path)
 def _checked_server(champion_server, serving_registry):
     champion_server.reconfigure({"model_version": serving_registry.champion})
     deadline = time.monotonic() + 60
-    while champion_server.loaded.model.single_row_note == "not checked yet" and time.monotonic() < deadline:
+    while champion_server.loaded.model.single_row_note == UNCHECKED and time.monotonic() < deadline:
         time.sleep(0.05)
     return champion_server
 

@@ -50,6 +50,7 @@ import polars as pl
 import yaml
 
 from mlops_assets.cli.ports import claim_port
+from serving.single_row import UNCHECKED
 
 if TYPE_CHECKING:
     from resources.delta_lake import DeltaLakeResource
@@ -393,7 +394,7 @@ def wait_for_predictor(port: int, compiled_trees: bool, log, timeout_s: float = 
     deadline = time.monotonic() + timeout_s
     while True:
         champion = champion_status(port)
-        settled = (not compiled_trees or champion.get("compiled_trees") != "building") and champion.get("single_row") != "not checked yet"
+        settled = (not compiled_trees or champion.get("compiled_trees") != "building") and champion.get("single_row") != UNCHECKED
         if settled or time.monotonic() > deadline:
             note, lone = champion.get("compiled_trees"), champion.get("single_row")
             log(f"  ours: large requests predicted by {champion.get('predictor')}" + (f" ({note})" if note else ""))
