@@ -48,8 +48,8 @@ from mlops_assets.core.lookups import LookupIndex
 from mlops_assets.core.names import CHALLENGER, CHAMPION, FEATURES, SUBJECT_PREFIX
 from resources.registered_models import ModelSource, resolve_alias
 from resources.serving import ServeSettings
-from serving.compiled_trees import CompiledForest, CompileError, compile_forest
-from serving.exact_predictions import identical
+from serving.compiled_trees import CompileError, compile_forest
+from serving.exact_predictions import checked
 from serving.http_answers import NotReady, answer_prediction, error, v2_infer_response
 from serving.loaded_model import LoadedModel, ModelLoadError, load_source, load_version, usable_cores
 from serving.prediction_log import Answered, PredictionLogger, log_rows
@@ -88,30 +88,6 @@ def freeze_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-
-
-def _single_row(model: LoadedModel, rows: np.ndarray, expected: np.ndarray) -> tuple[SingleRowPredictor | None, str | None]:
-    """LightGBM's single-row C API for this version, with None as the reason when it predicts `expected` exactly."""
-    try:
-        booster = model.booster
-        assert booster is not None  # a CPU model always has one
-        predictor = SingleRowPredictor(
-            model.model_file, len(model.feature_columns), booster.num_model_per_iteration(), booster.best_iteration
-        )
-        note = identical(predictor.predict_rows, rows, expected, "single-row predictions")
-    except SingleRowError as err:
-        return None, str(err)
-    return (predictor, None) if note is None else (None, note)
-
-
-def _compiled_trees(model: LoadedModel, rows: np.ndarray, expected: np.ndarray) -> tuple[CompiledForest | None, str | None]:
-    """The version's compiled trees, with None as the reason when they predict `expected` exactly."""
-    try:
-        forest = compile_forest(model.model_file, COMPILED_TREES_CACHE, model.batch_threads or usable_cores())
-        note = identical(forest.predict, rows, expected, "compiled trees")
-    except CompileError as err:
-        return None, str(err)
-    return (forest, None) if note is None else (None, note)
 
 
 def _stacked_requests(frames: list[pl.DataFrame]) -> pl.DataFrame:
@@ -214,11 +190,30 @@ class ModelServer:
         compiled trees for large requests. Each serves only once it predicts exactly what `Booster.predict`
         predicts on the latest partition of the features table; otherwise the status says why not."""
         try:
+            booster = model.booster
+            assert booster is not None  # a CPU model always has one
             rows = self._check_rows(model)
-            expected = np.asarray(model.booster.predict(rows, num_threads=1))  # type: ignore[union-attr]
-            model.single_row, model.single_row_note = _single_row(model, rows[:SINGLE_ROW_CHECK], expected[:SINGLE_ROW_CHECK])
+            expected = np.asarray(booster.predict(rows, num_threads=1))
+            model.single_row, model.single_row_note = checked(
+                lambda: SingleRowPredictor(
+                    model.model_file, len(model.feature_columns), booster.num_model_per_iteration(), booster.best_iteration
+                ),
+                lambda predictor: predictor.predict_rows,
+                rows[:SINGLE_ROW_CHECK],
+                expected[:SINGLE_ROW_CHECK],
+                "single-row predictions",
+                SingleRowError,
+            )
             if self.decl.serving.compiled_trees:
-                model.compiled, model.compiled_note = _compiled_trees(model, rows, expected)
+                threads = model.batch_threads or usable_cores()
+                model.compiled, model.compiled_note = checked(
+                    lambda: compile_forest(model.model_file, COMPILED_TREES_CACHE, threads),
+                    lambda forest: forest.predict,
+                    rows,
+                    expected,
+                    "compiled trees",
+                    CompileError,
+                )
         except Exception as err:  # reading the rows, a LightGBM error: Booster.predict keeps serving, the status says why
             log.warning("faster predictors for %s v%s not checked: %s", self.decl.name, model.version, err)
             note = f"not checked: {type(err).__name__}: {str(err)[:200]}"

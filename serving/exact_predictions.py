@@ -7,8 +7,11 @@ Compiled trees (large requests) and LightGBM's single-row C API (lone rows) are 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
+
+Predictor = TypeVar("Predictor")
 
 
 def identical(predict: Callable[[np.ndarray, tuple[int, ...]], np.ndarray], x: np.ndarray, expected: np.ndarray, what: str) -> str | None:
@@ -22,3 +25,21 @@ def identical(predict: Callable[[np.ndarray, tuple[int, ...]], np.ndarray], x: n
     if differ:
         return f"{what} differ from LightGBM on {differ} of {x.shape[0]} rows (up to {float(np.nanmax(np.abs(got - expected))):.3g})"
     return None
+
+
+def checked(
+    build: Callable[[], Predictor],
+    predict: Callable[[Predictor], Callable[[np.ndarray, tuple[int, ...]], np.ndarray]],
+    x: np.ndarray,
+    expected: np.ndarray,
+    what: str,
+    failure: type[Exception],
+) -> tuple[Predictor | None, str | None]:
+    """What `build()` makes, with None as the reason, when it predicts `expected` on `x` exactly; otherwise
+    None and why not (a `failure` raised while building or predicting is the reason)."""
+    try:
+        predictor = build()
+        note = identical(predict(predictor), x, expected, what)
+    except failure as err:
+        return None, str(err)
+    return (predictor, None) if note is None else (None, note)

@@ -184,10 +184,8 @@ def _fetch(name: str, source: ModelSource, dst: str, tracking_uri: str) -> Path:
     """The version's LightGBM text file, copied into `dst`."""
     folder = _local_folder(source.artifact_uri)
     if folder is not None:
-        files = sorted(folder.rglob("*.lgb"))
-        if not files:
-            raise ModelLoadError(f"model {name} v{source.version} has no LightGBM text file (*.lgb) in {source.artifact_uri}")
-        return Path(shutil.copy2(files[0], Path(dst) / files[0].name))
+        found = _model_file(folder, f"model {name} v{source.version}", f"in {source.artifact_uri}")
+        return Path(shutil.copy2(found, Path(dst) / found.name))
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -198,9 +196,14 @@ def _fetch(name: str, source: ModelSource, dst: str, tracking_uri: str) -> Path:
         local = mlflow.artifacts.download_artifacts(artifact_uri=source.artifact_uri, dst_path=dst)
     except MlflowException as err:
         raise ModelLoadError(f"model {name} v{source.version}: cannot download artifacts: {err.message}") from None
-    files = sorted(Path(local).rglob("*.lgb"))
+    return _model_file(Path(local), f"model {name} v{source.version}", "in its artifacts")
+
+
+def _model_file(folder: Path, model: str, where: str) -> Path:
+    """The LightGBM text file of a version's artifact folder (the first by name, should there be several)."""
+    files = sorted(folder.rglob("*.lgb"))
     if not files:
-        raise ModelLoadError(f"model {name} v{source.version} has no LightGBM text file (*.lgb) in its artifacts")
+        raise ModelLoadError(f"{model} has no LightGBM text file (*.lgb) {where}")
     return files[0]
 
 
@@ -211,11 +214,11 @@ def _load_file(name: str, version: int, task: str, tags: dict, run_id: str, devi
     columns = _tag_list(tags, FEATURE_COLUMNS_TAG, name, version) or booster.feature_name()
     if list(columns) != booster.feature_name():
         raise ModelLoadError(
-            f"model {name} v{version}: tag mlops.feature_columns {columns} differs from the booster's features {booster.feature_name()}"
+            f"model {name} v{version}: tag {FEATURE_COLUMNS_TAG} {columns} differs from the booster's features {booster.feature_name()}"
         )
     classes = _tag_list(tags, CLASSES_TAG, name, version)
     if task != "regression" and not classes:
-        raise ModelLoadError(f"model {name} v{version}: a {task} model needs the mlops.classes tag")
+        raise ModelLoadError(f"model {name} v{version}: a {task} model needs the {CLASSES_TAG} tag")
     model = LoadedModel(name, version, task, list(columns), classes, booster, str(model_file), run_id, device, dst)
     if device == "gpu":
         model._gpu = load_gpu_forest(str(model_file), task)

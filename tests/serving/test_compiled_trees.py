@@ -126,10 +126,10 @@ def test_a_model_server_declaring_compiled_trees_switches_to_them_once_checked(s
 
 
 def test_a_refused_library_leaves_lightgbm_serving_and_says_why(serving_registry, tmp_path, monkeypatch):
-    from serving import compiled_trees, deployments
+    from serving import compiled_trees, exact_predictions
 
     # the check's verdict on a real build, as if one prediction differed
-    monkeypatch.setattr(deployments, "identical", lambda predict, x, expected, what: f"{what} differ from LightGBM on 1 of 5 rows")
+    monkeypatch.setattr(exact_predictions, "identical", lambda predict, x, expected, what: f"{what} differ from LightGBM on 1 of 5 rows")
     server = _server_declaring_compiled_trees(serving_registry, tmp_path, monkeypatch)
     try:
         model, status = server.loaded.model, server.status()

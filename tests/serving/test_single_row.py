@@ -108,7 +108,7 @@ def test_a_model_server_predicts_lone_rows_through_it_once_checked(champion_serv
     assert len(fast_calls) == len(records)
 
 
-def test_concurrent_lone_rows_fall_back_rather_than_share_the_fast_path(champion_server, serving_registry):
+def test_concurrent_lone_rows_from_six_threads_are_each_exact(champion_server, serving_registry):
     from serving.requests import RequestSchema, typed_frame
 
     server = _checked_server(champion_server, serving_registry)
@@ -134,9 +134,9 @@ def test_concurrent_lone_rows_fall_back_rather_than_share_the_fast_path(champion
 
 
 def test_a_refused_check_leaves_booster_predict_serving_and_says_why(champion_server, serving_registry, monkeypatch):
-    from serving import deployments
+    from serving import exact_predictions
 
-    monkeypatch.setattr(deployments, "identical", lambda predict, x, expected, what: f"{what} differ from LightGBM on 1 of 5 rows")
+    monkeypatch.setattr(exact_predictions, "identical", lambda predict, x, expected, what: f"{what} differ from LightGBM on 1 of 5 rows")
     server = _checked_server(champion_server, serving_registry)
     assert server.loaded.model.single_row is None
     assert server.status()["single_row"] == "single-row predictions differ from LightGBM on 1 of 5 rows"

@@ -346,36 +346,35 @@ def champion_status(port: int) -> dict:
         return json.loads(resp.read())["champion"]
 
 
-def replica_stage_times(port: int, replicas: int, tries: int = 12) -> dict[str, dict]:
-    """Each champion replica's stage totals (`stage_ms`), by replica: the status route answers from whichever
-    replica the gateway picks, so it is asked until every replica has answered (or `tries` runs out)."""
+def replica_statuses(port: int, replicas: int, tries: int = 12) -> dict[str, dict]:
+    """Each champion replica's status, by replica: the status route answers from whichever replica the gateway
+    picks, so it is asked until every replica has answered (or `tries` runs out)."""
     seen: dict[str, dict] = {}
     for _ in range(tries):
         champion = champion_status(port)
-        seen[champion["replica"]] = champion["stage_ms"]
+        seen[champion["replica"]] = champion
         if len(seen) >= replicas:
             break
     return seen
 
 
-def wait_for_written_log(port: int, replicas: int, timeout_s: float = 60.0) -> float:
-    """Seconds until every champion replica's prediction log has written what earlier cases queued (nothing
-    queued, and no row written between two readings), so a case does not start while the log's writer thread
-    still writes the previous case's rows (a 10,000-row case leaves seconds of Delta appends behind)."""
-    start, last = time.monotonic(), None
-    while time.monotonic() - start < timeout_s:
-        seen: dict[str, dict] = {}
-        for _ in range(12):
-            champion = champion_status(port)
-            seen[champion["replica"]] = champion["prediction_log"]
-            if len(seen) >= replicas:
-                break
-        reading = {r: (s["queued_rows"], s["logged_rows"]) for r, s in seen.items()}
-        if len(seen) >= replicas and not any(q for q, _ in reading.values()) and reading == last:
-            break
+def replica_stage_times(port: int, replicas: int) -> dict[str, dict]:
+    """Each champion replica's stage totals (`stage_ms`), by replica."""
+    return {replica: status["stage_ms"] for replica, status in replica_statuses(port, replicas).items()}
+
+
+def wait_for_written_log(port: int, replicas: int, timeout_s: float = 60.0) -> None:
+    """Until every champion replica's prediction log has written what earlier cases queued (nothing queued,
+    and no row written between two readings), so a case does not start while the log's writer thread still
+    writes the previous case's rows (a 10,000-row case leaves seconds of Delta appends behind)."""
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        seen = replica_statuses(port, replicas)
+        reading = {r: (s["prediction_log"]["queued_rows"], s["prediction_log"]["logged_rows"]) for r, s in seen.items()}
+        if len(seen) >= replicas and not any(queued for queued, _ in reading.values()) and reading == last:
+            return
         last = reading
         time.sleep(0.3)
-    return time.monotonic() - start
 
 
 def served_split(before: dict[str, dict], after: dict[str, dict]) -> dict[str, float]:
