@@ -11,7 +11,7 @@ import sys
 
 from mlops_assets.cli import bench_commands, data_commands, model_commands
 from mlops_assets.cli import serve_commands as serving_commands
-from mlops_assets.cli.errors import CommandError
+from mlops_assets.cli.errors import CommandError, Terminated
 from mlops_assets.core.declaration import DeclarationError
 
 COMMAND_MODULES = [data_commands, model_commands, serving_commands, bench_commands]
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, DeclarationError, LookupError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
         print(f"mlops {args.command}: error: {_one_line(err)}", file=sys.stderr)  # the input was wrong
         return 2
+    except Terminated:
+        return 143  # 128 + SIGTERM, as the shell reports a process that SIGTERM ended
     except KeyboardInterrupt:
         return 130
     except Exception as err:

@@ -11,14 +11,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-from mlops_assets.cli import ports
+from mlops_assets.cli import ingress_janitor, ports
+from mlops_assets.cli.errors import Terminated
 
 
 def _connect(args: argparse.Namespace) -> None:
@@ -78,7 +81,6 @@ def ingress_env(proxy: str, folder: str) -> dict[str, str]:
 
 
 def start(args: argparse.Namespace) -> int:
-    import shutil
     import tempfile
 
     from serving.exposure import check_exposure
@@ -89,36 +91,84 @@ def start(args: argparse.Namespace) -> int:
 
     ports.require_listenable(args.host, {"--port": args.port})
     folder = tempfile.mkdtemp(prefix="mlops-haproxy-")
+    janitor = ingress_janitor.start(folder)  # stops HAProxy and removes the folder once this process is gone
     os.environ.update(ingress_env(args.proxy, folder))  # before Ray and Serve import their constants
     try:
         return _start(args)
     finally:
-        _stop_own_haproxy(folder)
-        shutil.rmtree(folder, ignore_errors=True)
+        janitor.stdin.close()  # type: ignore[union-attr]
+        janitor.wait(30)
 
 
-def _stop_own_haproxy(folder: str) -> None:
-    """HAProxy reloads itself as a new process: one can outlive its manager when a signal reached every Ray
-    process at once (a process-group SIGTERM). Stop those started with this instance's own config folder."""
-    for cmdline_file in Path("/proc").glob("[0-9]*/cmdline"):
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def own_ray(num_cpus: int | None, namespace: str) -> Iterator[None]:
+    """Ray (and Serve on it) started by this process for as long as the block runs, shut down however the block
+    ends: Ctrl-C, SIGTERM (to this process alone, as `mlops demo` stops it, or to its whole process group, as
+    systemd does), or an error while starting. Ray's driver answers SIGTERM with a C++ handler that aborts the
+    process (exit -6), which skipped every cleanup below; from `ray.init` on, SIGTERM unwinds like Ctrl-C
+    instead (exit 143)."""
+    import ray
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=namespace)
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _shut_down_serve()
+        ray.shutdown()
+
+
+CONTROLLER_PROBE_S = 5.0  # a live controller answers in milliseconds
+
+
+def _controller_answers(timeout_s: float) -> bool:
+    """Whether Serve's controller answers within `timeout_s`. Asked on a thread of its own: after a SIGTERM to the
+    whole process group, Ray's GCS still runs but no longer answers, and Ray's calls to it have no timeout."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    answered = threading.Event()
+
+    def probe() -> None:
         try:
-            argv = cmdline_file.read_bytes().split(b"\0")
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-        if argv and os.path.basename(argv[0]) == b"haproxy" and any(folder.encode() in arg for arg in argv):
-            try:
-                os.kill(int(cmdline_file.parent.name), signal.SIGTERM)
-            except ProcessLookupError:
-                pass  # gone meanwhile
+            controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+            ray.get(controller.check_alive.remote(), timeout=timeout_s)
+        except (ValueError, ray.exceptions.RayError):  # no controller, or one that is dead or restarting
+            return
+        answered.set()
+
+    threading.Thread(target=probe, name="serve-controller-probe", daemon=True).start()
+    return answered.wait(timeout_s)
+
+
+def _shut_down_serve() -> None:
+    """Serve's own shutdown, where it can do its job: the controller drains the replicas (each writes its
+    queued prediction-log rows) and stops HAProxy. A SIGTERM to the whole process group already stopped the
+    controller and the replicas; Serve's shutdown then waited on Ray's GCS until Ray's driver gave up after 60 s
+    (exit 1), while `ray.shutdown` stops what is left at once."""
+    from ray import serve
+
+    if _controller_answers(CONTROLLER_PROBE_S):
+        serve.shutdown()
 
 
 def _start(args: argparse.Namespace) -> int:
+    with own_ray(args.num_cpus, "serve"):
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     import ray
 
     from resources.serving import ServeSettings
     from serving import control
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace="serve")
     control.start(args.host, args.port)
     control.ensure_gateway(ServeSettings())
     ingress = "HAProxy + direct ingress" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "Serve's proxy"
@@ -142,20 +192,13 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def serve_until_stopped() -> int:
-    """Block until SIGINT or SIGTERM, then shut down Serve and the Ray this process started."""
-    import ray
-    from ray import serve
-
+    """Block until SIGINT or SIGTERM (0: stopped as asked); `own_ray` then shuts down Serve and Ray."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            pass
-        return 0
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    while not stop.wait(1.0):
+        pass
+    return 0
 
 
 def deploy(args: argparse.Namespace) -> int:

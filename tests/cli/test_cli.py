@@ -1,7 +1,10 @@
 """The `mlops` command line: what a person types, with clean errors for bad input."""
 
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -91,22 +94,54 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         main(["pipelines"])
 
 
-def test_serve_start_stops_an_haproxy_of_its_own_folder_left_behind(tmp_path):
-    """An HAProxy that outlived its manager (its reload makes a new process) is stopped by its config
-    folder, and only that one: another instance's HAProxy keeps running."""
-    from mlops_assets.cli.serve_commands import _stop_own_haproxy
+def _ignores(pid: int, sig: int) -> bool:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+    return False
 
+
+def test_the_ingress_janitor_stops_its_own_haproxy_however_serve_start_ends(tmp_path):
+    """An HAProxy outlives its manager (its reload makes a new process), and `mlops serve start` can end without
+    running any cleanup (Ray's driver exits on a lost GCS). Its janitor ignores the group's SIGTERM and, once its
+    parent is gone (SIGKILL here), stops the HAProxy of the instance's own config folder, and only that one, and
+    removes the folder; another instance's HAProxy keeps running."""
     ours, theirs = tmp_path / "mlops-haproxy-ours", tmp_path / "mlops-haproxy-theirs"
     procs = {}
     for folder in (ours, theirs):
         folder.mkdir()
         (folder / "haproxy").symlink_to("/bin/sleep")  # a process whose program is named haproxy
         procs[folder] = subprocess.Popen([str(folder / "haproxy"), "60"])
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom mlops_assets.cli import ingress_janitor\n"
+            "print(ingress_janitor.start(sys.argv[1]).pid, flush=True)\ntime.sleep(120)",
+            str(ours),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        _stop_own_haproxy(str(ours))
+        janitor = int(parent.stdout.readline())  # type: ignore[union-attr]
+        deadline = time.time() + 10
+        while not _ignores(janitor, signal.SIGTERM) and time.time() < deadline:
+            time.sleep(0.05)  # its interpreter starting
+        os.kill(janitor, signal.SIGTERM)  # what a SIGTERM to the whole process group does to it: nothing
+        time.sleep(0.5)
+        assert ours.exists() and procs[ours].poll() is None
+        parent.kill()  # serve start ending without any cleanup of its own
+        parent.wait()
         assert procs[ours].wait(timeout=10) != 0  # terminated
-        assert procs[theirs].poll() is None
+        deadline = time.time() + 10
+        while ours.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert not ours.exists()
+        assert procs[theirs].poll() is None and theirs.exists()
     finally:
+        parent.kill()
+        parent.wait()
         for proc in procs.values():
             proc.kill()
             proc.wait()

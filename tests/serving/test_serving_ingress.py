@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,14 +31,12 @@ from tests.support.serving import (
 TOKEN = "ingress-test-token"
 
 
-@pytest.fixture(scope="module")
-def haproxy_server(serving_registry):
-    """`mlops serve start flights` (HAProxy by default) on the serving registry's home, in its own Ray."""
+def _serve_start(serving_registry, port: int, log: Path, until: str) -> subprocess.Popen:
+    """`mlops serve start flights` (HAProxy by default) on the serving registry's home, in its own Ray and its own
+    process group, once `until` shows in its output."""
     home = Path(serving_registry.delta.root).parent
-    port = free_port()
     env = {**os.environ, "MLOPS_HOME": str(home), "MLOPS_SERVE_TOKEN": TOKEN}
     env.pop("RAY_ADDRESS", None)
-    log = home / "serve-start.log"
     exe = Path(sys.executable).with_name("mlops")
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -46,20 +46,59 @@ def haproxy_server(serving_registry):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    try:
-        deadline = time.time() + 240
-        while "Ctrl-C" not in log.read_text():
-            if proc.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"mlops serve start did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield f"http://127.0.0.1:{port}", log.read_text()
-    finally:
+    deadline = time.time() + 240
+    while until not in log.read_text():
+        if proc.poll() is not None or time.time() > deadline:
+            _stop(proc)
+            raise AssertionError(f"mlops serve start did not come up:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)  # it shuts down the Ray it started
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    try:
+        proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _haproxy_folders() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("mlops-haproxy-*"))
+
+
+def test_sigterm_to_the_whole_group_while_starting_leaves_nothing_behind(serving_registry, tmp_path):
+    """What systemd's stop does (SIGTERM to every process at once), while the champion is still starting: Ray's
+    driver used to abort (exit -6) without any cleanup, or wait 60 s on Ray's GCS, and HAProxy kept the port."""
+    port, before = free_port(), _haproxy_folders()
+    log = tmp_path / "serve-start.log"
+    proc = _serve_start(serving_registry, port, log, until="Ray Serve on")  # Ray and HAProxy up, the champion not yet
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=90) == 143, log.read_text()[-3000:]  # 128 + SIGTERM, after its cleanup
+    finally:
+        _stop(proc)
+    output = log.read_text()
+    assert "SIGTERM received" not in output and "Traceback" not in output, output[-3000:]
+    deadline = time.time() + 15  # the janitor removes the folder once the process is gone
+    while _haproxy_folders() - before and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _haproxy_folders() - before
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # nothing listens there any more
+
+
+@pytest.fixture(scope="module")
+def haproxy_server(serving_registry):
+    home = Path(serving_registry.delta.root).parent
+    port = free_port()
+    proc = _serve_start(serving_registry, port, home / "serve-start.log", until="Ctrl-C")
+    try:
+        yield f"http://127.0.0.1:{port}", (home / "serve-start.log").read_text()
+    finally:
+        _stop(proc)
 
 
 def test_default_ingress_is_haproxy_and_answers_like_lightgbm(haproxy_server, serving_registry):

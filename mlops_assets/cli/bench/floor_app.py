@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import tempfile
 
 V2_ANSWER = b'{"model_name":"flights","model_version":"0","id":"floor","outputs":[{"name":"predictions","shape":[1],"datatype":"FP64","data":[0.0]}]}'
@@ -26,23 +25,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipeline", default="flights")
     args = p.parse_args(argv)
 
+    from mlops_assets.cli import ingress_janitor
     from mlops_assets.cli.serve_commands import ingress_env
 
     folder = tempfile.mkdtemp(prefix="mlops-fl-")  # short: HAProxy caps its socket paths at 97 characters
+    janitor = ingress_janitor.start(folder)  # stops HAProxy and removes the folder once this process is gone
     os.environ.update(ingress_env("haproxy", folder))  # before Ray and Serve read their settings
     try:
         return _serve(args)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        janitor.stdin.close()  # type: ignore[union-attr]
+        janitor.wait(30)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import ray
     from ray import serve
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from mlops_assets.cli.serve_commands import serve_until_stopped
+    from mlops_assets.cli.serve_commands import own_ray, serve_until_stopped
     from mlops_assets.core.declaration import load_declarations
     from serving import control
     from serving.app import group_options
@@ -58,13 +59,17 @@ def _serve(args: argparse.Namespace) -> int:
             await request.body()
             return Response(self.answer, media_type="application/json")
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, namespace="serve-floor")
-    control.start("127.0.0.1", args.port)
-    options = group_options(decl.serving.cpu)
-    serve.run(Constant.options(name="floor_v2", **options).bind(V2_ANSWER), name="floor-v2", route_prefix=f"/v2/models/{decl.name}/infer")
-    serve.run(Constant.options(name="floor_v1", **options).bind(V1_ANSWER), name="floor-v1", route_prefix=f"/v1/models/{decl.name}:predict")
-    print("floor: serving", flush=True)
-    return serve_until_stopped()
+    with own_ray(args.num_cpus, "serve-floor"):
+        control.start("127.0.0.1", args.port)
+        options = group_options(decl.serving.cpu)
+        serve.run(
+            Constant.options(name="floor_v2", **options).bind(V2_ANSWER), name="floor-v2", route_prefix=f"/v2/models/{decl.name}/infer"
+        )
+        serve.run(
+            Constant.options(name="floor_v1", **options).bind(V1_ANSWER), name="floor-v1", route_prefix=f"/v1/models/{decl.name}:predict"
+        )
+        print("floor: serving", flush=True)
+        return serve_until_stopped()
 
 
 if __name__ == "__main__":
