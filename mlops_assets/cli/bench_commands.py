@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mlops_assets.cli.arg_types import non_negative_float, port_number, positive_float, positive_int
+
 
 def bench_drift(args: argparse.Namespace) -> int:
     from mlops_assets.cli.bench.drift_bench import bench, print_report
@@ -121,26 +123,26 @@ def bench_reliability(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="run a benchmark").add_subparsers(dest="benchmark", required=True)
     p = bench.add_parser("drift", help="drift decision vs Evidently DataDriftPreset")
-    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--rows", type=positive_int, default=1_000_000)
     p.add_argument("--numerical", type=int, default=15)
     p.add_argument("--categorical", type=int, default=5)
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_drift)
     p = bench.add_parser("pipeline", help="ingest + validate + featurize vs pandas; training vs bare lgb.train")
     p.add_argument("--rows", type=_sizes, default=[1_000_000, 10_000_000], help="comma-separated sizes (default 1000000,10000000)")
-    p.add_argument("--days", type=int, default=365, help="daily partitions the rows are spread over (default 365)")
-    p.add_argument("--check-rows", type=int, default=30_000, help="rows of the platform/pandas agreement check")
+    p.add_argument("--days", type=positive_int, default=365, help="daily partitions the rows are spread over (default 365)")
+    p.add_argument("--check-rows", type=positive_int, default=30_000, help="rows of the platform/pandas agreement check")
     p.add_argument("--no-training", action="store_true", help="skip the training-overhead measurement")
     p.add_argument("--platform-only", action="store_true", help="skip the pandas baseline")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_pipeline)
     p = bench.add_parser("serving", help="Ray Serve endpoint vs `mlflow models serve` vs a naive FastAPI app, with wrk")
-    p.add_argument("--duration", type=float, default=5.0, help="seconds of load per case (default 5)")
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load before each case (default 1)")
+    p.add_argument("--duration", type=positive_float, default=5.0, help="seconds of load per case (default 5)")
+    p.add_argument("--warmup", type=non_negative_float, default=1.0, help="seconds of unmeasured load before each case (default 1)")
     p.add_argument("--sides", default="ours,floor,mlflow,naive", help="servers to run, comma-separated (default ours,floor,mlflow,naive)")
     p.add_argument("--workdir", help="platform home to build or reuse (keeps the trained champion between runs); default: a temp folder")
     p.add_argument("--ours-env", type=_env_pair, action="append", metavar="NAME=VALUE", help="extra environment for our server (levers)")
-    p.add_argument("--num-cpus", type=int, default=2, help="CPUs our Ray instance declares (default 2)")
+    p.add_argument("--num-cpus", type=positive_int, default=2, help="CPUs our Ray instance declares (default 2)")
     p.add_argument("--cases", help="only these cases, comma-separated: 'single c=1,single c=16,batch 1k,batch 10k' (default all)")
     p.add_argument("--protocols", default="v1,v2", help="our protocols to load (default v1,v2)")
     p.add_argument(
@@ -156,22 +158,24 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = bench.add_parser("reliability", help="fault and load cases: killed replicas, steps and training; swaps; a store outage; a soak")
     p.add_argument("--long", action="store_true", help="ten champion swaps and the ten-minute soak (CI runs this after the suite)")
     p.add_argument("--workdir", help="platform home to build the cases in (kept afterwards); default: a temp folder, removed")
-    p.add_argument("--num-cpus", type=int, default=2, help="CPUs the bench's Ray instance declares (default 2)")
+    p.add_argument("--num-cpus", type=positive_int, default=2, help="CPUs the bench's Ray instance declares (default 2)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_reliability)
     p = bench.add_parser("leadtime", help="a landed day to the model trained on it answering, on the local platform")
-    p.add_argument("--initial-days", type=int, default=28, help="days landed before the platform starts (default 28)")
-    p.add_argument("--port", type=int, default=3019, help="Dagster UI port of the bench platform (default 3019)")
-    p.add_argument("--serve-port", type=int, default=8019, help="Ray Serve port of the bench platform (default 8019)")
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each stage (default 900)")
+    p.add_argument("--initial-days", type=positive_int, default=28, help="days landed before the platform starts (default 28)")
+    p.add_argument("--port", type=port_number, default=3019, help="Dagster UI port of the bench platform (default 3019)")
+    p.add_argument("--serve-port", type=port_number, default=8019, help="Ray Serve port of the bench platform (default 8019)")
+    p.add_argument("--timeout", type=positive_float, default=900.0, help="seconds to wait for each stage (default 900)")
     p.add_argument("--keep", action="store_true", help="keep the bench platform home (its runs and tables) afterwards")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_leadtime)
     p = bench.add_parser("backlog", help="a year of files landed at once, and the demo's walk-away story, on the local platform")
     p.add_argument("--cases", type=_cases, default=["year", "walkaway"], help="year,walkaway (default both)")
-    p.add_argument("--initial-days", type=int, default=28, help="walkaway: days landed before the platform starts (default 28)")
-    p.add_argument("--interval", type=float, default=20.0, help="walkaway: seconds between landed days (default 20)")
-    p.add_argument("--burst-after", type=float, default=40.0, help="walkaway: seconds before the seven July days land (default 40)")
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each stage (default 900)")
+    p.add_argument("--initial-days", type=positive_int, default=28, help="walkaway: days landed before the platform starts (default 28)")
+    p.add_argument("--interval", type=non_negative_float, default=20.0, help="walkaway: seconds between landed days (default 20)")
+    p.add_argument(
+        "--burst-after", type=non_negative_float, default=40.0, help="walkaway: seconds before the seven July days land (default 40)"
+    )
+    p.add_argument("--timeout", type=positive_float, default=900.0, help="seconds to wait for each stage (default 900)")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_backlog)

@@ -12,6 +12,7 @@ import threading
 from datetime import date, timedelta
 from pathlib import Path
 
+from mlops_assets.cli.arg_types import iso_day, non_negative_float, port_number, positive_int
 from mlops_assets.cli.ports import require_listenable
 from mlops_assets.core.declaration import PipelineDeclaration, load_declarations
 from mlops_assets.core.home import MlopsHome
@@ -201,7 +202,7 @@ def stop_local_platform(processes: list[subprocess.Popen]) -> None:
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("land", help="land data files into a pipeline's landing zone")
     p.add_argument("pipeline")
-    p.add_argument("--start", default="2013-01-01", help="first day (flights demo)")
+    p.add_argument("--start", type=iso_day, default="2013-01-01", help="first day (flights demo)")
     p.add_argument("--days", type=int, default=1, help="number of days (flights demo)")
     p.add_argument("--file", help="land this file instead of demo data")
     p.add_argument("--partition", help="the day the --file stands for (YYYY-MM-DD)")
@@ -211,13 +212,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=pipelines)
 
     p = commands.add_parser("demo", help="start the local platform and land the flights demo")
-    p.add_argument("--start", default="2013-01-01")
-    p.add_argument("--days", type=int, default=120, help="days to land in all")
-    p.add_argument("--initial-days", type=int, default=21, help="days landed before Dagster starts")
-    p.add_argument("--interval", type=float, default=20.0, help="seconds between later days")
+    p.add_argument("--start", type=iso_day, default="2013-01-01")
+    p.add_argument("--days", type=positive_int, default=120, help="days to land in all")
+    p.add_argument("--initial-days", type=positive_int, default=21, help="days landed before Dagster starts")
+    p.add_argument("--interval", type=non_negative_float, default=20.0, help="seconds between later days")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=3000, help="Dagster UI port")
-    p.add_argument("--serve-port", type=int, default=8000, help="Ray Serve HTTP port")
-    p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port")
+    p.add_argument("--port", type=port_number, default=3000, help="Dagster UI port")
+    p.add_argument("--serve-port", type=port_number, default=8000, help="Ray Serve HTTP port")
+    p.add_argument("--mlflow-port", type=port_number, default=5000, help="MLflow UI port")
     p.add_argument("--reset", action="store_true", help="wipe $MLOPS_HOME first")
     p.set_defaults(handler=demo)

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlops_assets.cli import ingress_janitor, ports
+from mlops_assets.cli.arg_types import port_number
 from mlops_assets.cli.errors import Terminated
 
 
@@ -273,7 +274,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = sub.add_parser("start", help="start Ray + Serve here and serve every champion (foreground)")
     p.add_argument("pipelines", nargs="*", help="pipelines to deploy (default: all declared)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; any other needs the prediction token)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument(
         "--allow-unauthenticated", action="store_true", help="serve beyond loopback without a prediction token (logged as a warning)"
     )
@@ -309,5 +310,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="print (or write) the Serve config for serve run / serve deploy / KubeRay")
     p.add_argument("-o", "--output")
     p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.set_defaults(handler=config)
