@@ -19,6 +19,7 @@ from mlops_assets.cli.main import main
         (["demo", "--interval", "-3"], "--interval", "-3 is not a number of at least 0"),
         (["demo", "--days", "0"], "--days", "0 is not at least 1"),
         (["land", "flights", "--start", "2013-02-30"], "--start", "'2013-02-30' is not a day as YYYY-MM-DD"),
+        (["land", "flights", "--start", "yesterday"], "--start", "'yesterday' is not a day as YYYY-MM-DD"),
         (["bench", "serving", "--duration", "0"], "--duration", "0 is not a number above 0"),
         (["bench", "leadtime", "--port", "-1"], "--port", "-1 is not a port number"),
         (["bench", "drift", "--rows", "many"], "--rows", "'many' is not a whole number"),
