@@ -4,18 +4,33 @@ traceback from deep inside a command."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from datetime import date
 
 
-def port_number(text: str) -> int:
-    """A TCP port a server can listen on."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
-    return port
+def _number(kind: type, what: str, minimum: float, maximum: float | None = None, strictly_above: bool = False) -> Callable[[str], float]:
+    """A parser of `what` (a `kind`) at least `minimum` (above it, when `strictly_above`) and at most `maximum`."""
+    bounds = f"above {minimum:g}" if strictly_above else f"at least {minimum:g}"
+    if maximum is not None:
+        bounds = f"{minimum:g}-{maximum:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        within = value > minimum if strictly_above else value >= minimum  # NaN is neither
+        if not within or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"{text} is not {what} ({bounds})")
+        return value
+
+    return parse
+
+
+port_number = _number(int, "a port number", 1, 65535)  # a TCP port a server can listen on
+positive_int = _number(int, "a whole number", 1)
+non_negative_float = _number(float, "a number", 0)
+positive_float = _number(float, "a number", 0, strictly_above=True)
 
 
 def iso_day(text: str) -> str:
@@ -25,30 +40,3 @@ def iso_day(text: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day as YYYY-MM-DD ({err})") from None
     return text
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"{text} is not a number of at least 0")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a number above 0")
-    return value
