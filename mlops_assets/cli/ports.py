@@ -9,6 +9,7 @@ below, each block claimed by an exclusive lock on a file held for the claiming p
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import random
 import socket
@@ -51,23 +52,34 @@ def claim_port(low: int = SINGLE[0], high: int = SINGLE[1]) -> int:
     return claim_block(1, low, high)
 
 
-def listen_error(host: str, port: int, reuse: bool = True) -> str | None:
-    """Why a server could not listen on host:port now (None if it could). `reuse` binds as servers do
-    (SO_REUSEADDR: a port whose last connections are closing is not in use)."""
+def _bind_error(host: str, port: int, reuse: bool) -> OSError | None:
     with socket.socket() as s:
         if reuse:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as err:
-            return err.strerror or str(err)
+            return err
     return None
 
 
+def listen_error(host: str, port: int, reuse: bool = True) -> str | None:
+    """Why a server could not listen on host:port now (None if it could). `reuse` binds as servers do
+    (SO_REUSEADDR: a port whose last connections are closing is not in use)."""
+    err = _bind_error(host, port, reuse)
+    return None if err is None else err.strerror or str(err)
+
+
 def require_listenable(host: str, ports_by_flag: dict[str, int]) -> None:
-    """Refuse, naming its flag, a port something already listens on: found before anything starts, not as a
-    server's traceback once Ray, Serve or Dagster are up."""
+    """Refuse, naming its flag, a port something already listens on (or a host this machine cannot listen on):
+    found before anything starts, not as a server's traceback once Ray, Serve or Dagster are up."""
     for flag, port in ports_by_flag.items():
-        busy = listen_error(host, port)
-        if busy:
-            raise CommandError(f"cannot listen on {host}:{port} ({busy}): stop what listens there or pick another {flag}")
+        err = _bind_error(host, port, reuse=True)
+        if err is None:
+            continue
+        why = err.strerror or str(err)
+        if err.errno == errno.EADDRINUSE:
+            raise CommandError(f"cannot listen on {host}:{port} ({why}): stop what listens there or pick another {flag}")
+        if err.errno == errno.EACCES:
+            raise CommandError(f"cannot listen on {host}:{port} ({why}): pick another {flag} (ports below 1024 need root)")
+        raise CommandError(f"cannot listen on {host}:{port} ({why}): pick a --host this machine has (127.0.0.1, or 0.0.0.0 for all)")

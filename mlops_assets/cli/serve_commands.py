@@ -86,6 +86,7 @@ def start(args: argparse.Namespace) -> int:
 
     from serving.exposure import check_exposure
 
+    _pipelines(args.pipelines)  # an unknown name is refused before Ray starts
     warning = check_exposure(args.host, _pipelines(None), args.allow_unauthenticated)  # the gateway serves every pipeline
     if warning:
         print(f"mlops serve start: warning: {warning}", file=sys.stderr, flush=True)

@@ -94,3 +94,20 @@ def test_demo_names_the_flag_of_a_port_in_use_before_it_lands_or_resets_anything
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "pick another --serve-port" in err and "Traceback" not in err
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]  # --reset wiped nothing, nothing landed
+
+
+def test_a_host_this_machine_cannot_listen_on_is_named_with_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("MLOPS_SERVE_TOKEN", "t")  # beyond loopback needs a token: the host is what is wrong here
+    assert main(["demo", "--host", "999.1.1.1", "--port", str(claim_port())]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen on 999.1.1.1:" in err and "pick a --host this machine has" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_serve_start_refuses_an_unknown_pipeline_before_ray_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    monkeypatch.setattr("ray.init", lambda *a, **k: pytest.fail("Ray started for a pipeline that is not declared"))
+    assert main(["serve", "start", "boats", "--port", str(claim_port())]) == 2
+    err = capsys.readouterr().err
+    assert "no pipeline named boats; declared: flights" in err and "Traceback" not in err
