@@ -77,10 +77,12 @@ def test_sigterm_to_the_whole_group_while_starting_leaves_nothing_behind(serving
     proc = _serve_start(serving_registry, port, log, until="Ray Serve on")  # Ray and HAProxy up, the champion not yet
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        assert proc.wait(timeout=90) == 143, log.read_text()[-3000:]  # 128 + SIGTERM, after its cleanup
+        code = proc.wait(timeout=90)
     finally:
         _stop(proc)
     output = log.read_text()
+    # 128 + SIGTERM, after its cleanup; 0 only if the champion came up within the moment the signal took
+    assert code == 143 or (code == 0 and "Ctrl-C" in output), output[-3000:]
     assert "SIGTERM received" not in output and "Traceback" not in output, output[-3000:]
     deadline = time.time() + 15  # the janitor removes the folder once the process is gone
     while _haproxy_folders() - before and time.time() < deadline:
