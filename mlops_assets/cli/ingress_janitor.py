@@ -11,11 +11,14 @@ config folder and removes the folder. Standard library only: it starts in about 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -33,9 +36,17 @@ def stop_own_haproxy(folder: str) -> None:
                 pass  # gone meanwhile
 
 
-def start(folder: str) -> subprocess.Popen:
-    """The janitor of `folder`, bound to this process by a pipe only it holds open."""
-    return subprocess.Popen([sys.executable, "-m", "mlops_assets.cli.ingress_janitor", folder], stdin=subprocess.PIPE, close_fds=True)
+@contextlib.contextmanager
+def ingress_folder(prefix: str, parent: str | None = None) -> Iterator[str]:
+    """A fresh folder for HAProxy's config and sockets, with its janitor: bound to this process by a pipe only it
+    holds open, it stops HAProxy and removes the folder when the block ends or the process does, however."""
+    folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    janitor = subprocess.Popen([sys.executable, "-m", "mlops_assets.cli.ingress_janitor", folder], stdin=subprocess.PIPE, close_fds=True)
+    try:
+        yield folder
+    finally:
+        janitor.stdin.close()  # type: ignore[union-attr]
+        janitor.wait(30)
 
 
 def main(folder: str) -> int:

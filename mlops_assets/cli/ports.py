@@ -40,7 +40,7 @@ def claim_block(size: int, low: int, high: int) -> int:
         except OSError:
             claim.close()  # another process holds this block
             continue
-        if all(listen_error("0.0.0.0", port, reuse=False) is None for port in range(base, base + size)):
+        if all(bind_error("0.0.0.0", port, reuse=False) is None for port in range(base, base + size)):
             _claims.append(claim)
             return base
         claim.close()
@@ -52,7 +52,9 @@ def claim_port(low: int = SINGLE[0], high: int = SINGLE[1]) -> int:
     return claim_block(1, low, high)
 
 
-def _bind_error(host: str, port: int, reuse: bool) -> OSError | None:
+def bind_error(host: str, port: int, reuse: bool = True) -> OSError | None:
+    """Why a server could not listen on host:port now (None if it could). `reuse` binds as servers do
+    (SO_REUSEADDR: a port whose last connections are closing is not in use)."""
     with socket.socket() as s:
         if reuse:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -63,18 +65,11 @@ def _bind_error(host: str, port: int, reuse: bool) -> OSError | None:
     return None
 
 
-def listen_error(host: str, port: int, reuse: bool = True) -> str | None:
-    """Why a server could not listen on host:port now (None if it could). `reuse` binds as servers do
-    (SO_REUSEADDR: a port whose last connections are closing is not in use)."""
-    err = _bind_error(host, port, reuse)
-    return None if err is None else err.strerror or str(err)
-
-
 def require_listenable(host: str, ports_by_flag: dict[str, int]) -> None:
     """Refuse, naming its flag, a port something already listens on (or a host this machine cannot listen on):
     found before anything starts, not as a server's traceback once Ray, Serve or Dagster are up."""
     for flag, port in ports_by_flag.items():
-        err = _bind_error(host, port, reuse=True)
+        err = bind_error(host, port)
         if err is None:
             continue
         why = err.strerror or str(err)

@@ -20,9 +20,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlops_assets.cli import ingress_janitor, ports
+from mlops_assets.cli import ports
 from mlops_assets.cli.arg_types import port_number
 from mlops_assets.cli.errors import Terminated
+from mlops_assets.cli.ingress_janitor import ingress_folder
 
 
 def _connect(args: argparse.Namespace) -> None:
@@ -82,8 +83,6 @@ def ingress_env(proxy: str, folder: str) -> dict[str, str]:
 
 
 def start(args: argparse.Namespace) -> int:
-    import tempfile
-
     from serving.exposure import check_exposure
 
     _pipelines(args.pipelines)  # an unknown name is refused before Ray starts
@@ -92,14 +91,9 @@ def start(args: argparse.Namespace) -> int:
         print(f"mlops serve start: warning: {warning}", file=sys.stderr, flush=True)
 
     ports.require_listenable(args.host, {"--port": args.port})
-    folder = tempfile.mkdtemp(prefix="mlops-haproxy-")
-    janitor = ingress_janitor.start(folder)  # stops HAProxy and removes the folder once this process is gone
-    os.environ.update(ingress_env(args.proxy, folder))  # before Ray and Serve import their constants
-    try:
+    with ingress_folder("mlops-haproxy-") as folder:
+        os.environ.update(ingress_env(args.proxy, folder))  # before Ray and Serve import their constants
         return _start(args)
-    finally:
-        janitor.stdin.close()  # type: ignore[union-attr]
-        janitor.wait(30)
 
 
 def _terminated(signum: int, frame: object) -> None:

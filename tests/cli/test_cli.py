@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -100,30 +101,46 @@ def _ignores(pid: int, sig: int) -> bool:
     return False
 
 
+def _child_running(parent: int, module: str) -> int:
+    """The pid of `parent`'s child process that runs `module` (`python -m module`)."""
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text, argv = stat.read_text(), (stat.parent / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if int(text[text.rindex(")") + 2 :].split()[1]) == parent and module.encode() in argv:
+                return int(stat.parent.name)
+        time.sleep(0.05)
+    raise AssertionError(f"no child of {parent} runs {module}")
+
+
 def test_the_ingress_janitor_stops_its_own_haproxy_however_serve_start_ends(tmp_path):
     """An HAProxy outlives its manager (its reload makes a new process), and `mlops serve start` can end without
     running any cleanup (Ray's driver exits on a lost GCS). Its janitor ignores the group's SIGTERM and, once its
     parent is gone (SIGKILL here), stops the HAProxy of the instance's own config folder, and only that one, and
     removes the folder; another instance's HAProxy keeps running."""
-    ours, theirs = tmp_path / "mlops-haproxy-ours", tmp_path / "mlops-haproxy-theirs"
-    procs = {}
-    for folder in (ours, theirs):
-        folder.mkdir()
-        (folder / "haproxy").symlink_to("/bin/sleep")  # a process whose program is named haproxy
-        procs[folder] = subprocess.Popen([str(folder / "haproxy"), "60"])
     parent = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom mlops_assets.cli import ingress_janitor\n"
-            "print(ingress_janitor.start(sys.argv[1]).pid, flush=True)\ntime.sleep(120)",
-            str(ours),
+            "import sys, time\nfrom mlops_assets.cli.ingress_janitor import ingress_folder\n"
+            "with ingress_folder('mlops-haproxy-', sys.argv[1]) as folder:\n    print(folder, flush=True)\n    time.sleep(120)",
+            str(tmp_path),
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
+    theirs = tmp_path / "mlops-haproxy-theirs"
+    theirs.mkdir()
+    procs: dict[Path, subprocess.Popen] = {}
     try:
-        janitor = int(parent.stdout.readline())  # type: ignore[union-attr]
+        ours = Path(parent.stdout.readline().strip())  # type: ignore[union-attr]
+        for folder in (ours, theirs):
+            (folder / "haproxy").symlink_to("/bin/sleep")  # a process whose program is named haproxy
+            procs[folder] = subprocess.Popen([str(folder / "haproxy"), "60"])
+        janitor = _child_running(parent.pid, "mlops_assets.cli.ingress_janitor")
         deadline = time.time() + 10
         while not _ignores(janitor, signal.SIGTERM) and time.time() < deadline:
             time.sleep(0.05)  # its interpreter starting

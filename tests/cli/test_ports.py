@@ -10,7 +10,7 @@ import pytest
 
 from mlops_assets.cli import ports
 from mlops_assets.cli.main import main
-from mlops_assets.cli.ports import SINGLE, claim_block, claim_port, listen_error
+from mlops_assets.cli.ports import SINGLE, bind_error, claim_block, claim_port
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_single_ports_are_below_the_ranges_taken_at_random():
     """Below Ray's worker ports (10002 up) and Linux's ephemeral range (32768 up), and free to listen on."""
     claimed = {claim_port() for _ in range(5)}
     assert len(claimed) == 5 and all(SINGLE[0] <= p < SINGLE[1] < 10_002 for p in claimed)
-    assert all(listen_error("127.0.0.1", p) is None for p in claimed)
+    assert all(bind_error("127.0.0.1", p) is None for p in claimed)
 
 
 def test_a_port_in_use_is_named_and_skipped(own_claims):
@@ -54,7 +54,7 @@ def test_a_port_in_use_is_named_and_skipped(own_claims):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert listen_error("127.0.0.1", port) == "Address already in use"
+        assert bind_error("127.0.0.1", port).strerror == "Address already in use"  # type: ignore[union-attr]
         with pytest.raises(RuntimeError, match="no free block"):
             claim_block(1, port, port + 1)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 
 V2_ANSWER = b'{"model_name":"flights","model_version":"0","id":"floor","outputs":[{"name":"predictions","shape":[1],"datatype":"FP64","data":[0.0]}]}'
 V1_ANSWER = b'{"predictions":[0.0],"model_name":"flights","model_version":"0","request_id":"floor","role":"champion"}'
@@ -25,17 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipeline", default="flights")
     args = p.parse_args(argv)
 
-    from mlops_assets.cli import ingress_janitor
+    from mlops_assets.cli.ingress_janitor import ingress_folder
     from mlops_assets.cli.serve_commands import ingress_env
 
-    folder = tempfile.mkdtemp(prefix="mlops-fl-")  # short: HAProxy caps its socket paths at 97 characters
-    janitor = ingress_janitor.start(folder)  # stops HAProxy and removes the folder once this process is gone
-    os.environ.update(ingress_env("haproxy", folder))  # before Ray and Serve read their settings
-    try:
+    with ingress_folder("mlops-fl-") as folder:  # short: HAProxy caps its socket paths at 97 characters
+        os.environ.update(ingress_env("haproxy", folder))  # before Ray and Serve read their settings
         return _serve(args)
-    finally:
-        janitor.stdin.close()  # type: ignore[union-attr]
-        janitor.wait(30)
 
 
 def _serve(args: argparse.Namespace) -> int:
