@@ -50,7 +50,7 @@ from resources.registered_models import ModelSource, resolve_alias
 from resources.serving import ServeSettings
 from serving.compiled_trees import CompileError, compile_forest
 from serving.exact_predictions import checked
-from serving.http_answers import NotReady, answer_prediction, error, v2_infer_response
+from serving.http_answers import NotReady, answer_prediction, post_only, v2_infer_response
 from serving.loaded_model import LoadedModel, ModelLoadError, load_source, load_version, usable_cores
 from serving.prediction_log import Answered, PredictionLogger, log_rows
 from serving.reference import serving_reference
@@ -522,7 +522,7 @@ class ModelServer:
         """`POST /v2/models/{name}/infer`, taken straight from Serve's proxy (the application's route prefix):
         one Ray hand-off fewer than through the gateway, answered exactly as the gateway answers it."""
         if request.method != "POST":
-            return error(405, f"{request.method} {request.url.path}: infer takes POST")
+            return post_only(request.method, request.url.path, "infer")
         self._requests += 1
         try:
             answer = await answer_prediction(request, self.decl, self.schema, self._decoded, self._route)

@@ -28,6 +28,7 @@ from serving.http_answers import (
     NotReady,
     answer_prediction,
     error,
+    post_only,
     token_ok,
     v2_infer_response,
 )
@@ -271,6 +272,8 @@ class Gateway:
 
     @api.get("/v1/models/{name}", tags=["v1"])
     async def v1_status(self, name: str):
+        if name.endswith(":predict"):  # the predict URL asked with GET (this route's `{name}` takes the colon too)
+            return post_only("GET", f"/v1/models/{name}", "predict")
         problem = self._unknown(name)
         if problem is not None:
             return problem

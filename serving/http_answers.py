@@ -51,6 +51,13 @@ def error(status: int, message: str, field: str | None = None, request_id: str |
     return JSONAnswer(body, status_code=status, headers=headers)
 
 
+def post_only(method: str, path: str, what: str) -> JSONResponse:
+    """405 for a prediction route asked with another method, with the `Allow` header HTTP requires."""
+    answer = error(405, f"{method} {path}: {what} takes POST")
+    answer.headers["Allow"] = "POST"
+    return answer
+
+
 def token_ok(request: Request, env_name: str) -> bool:
     expected = os.environ.get(env_name, "")
     given = request.headers.get("authorization", "")

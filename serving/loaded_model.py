@@ -9,6 +9,7 @@ to a version number first, so every answer can say which version made it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from serving.single_row import UNCHECKED, SingleRowPredictor
 if TYPE_CHECKING:  # lightgbm where a model is loaded: the champion sensor imports this module in Dagster
     import lightgbm as lgb
 
+log = logging.getLogger(__name__)
 TASKS = ("regression", "binary", "multiclass")
 SMALL_BATCH = 1_000  # rows below which prediction runs on one thread
 
@@ -93,17 +95,30 @@ class LoadedModel:
         # which predicted a 10,000-row request on one core (`mlops bench serving`, batch 10k)
         large, compiled, single_row = x.shape[0] >= SMALL_BATCH, self.compiled, self.single_row
         out = None
-        if large and compiled is not None:
-            out = compiled.predict(x, self.output_shape(x.shape[0]))
-        elif x.shape[0] == 1 and single_row is not None:  # a lone row: LightGBM's single-row C API, set up once
-            lone = single_row.predict(x[0])  # None while another thread predicts through it: Booster.predict then
-            out = None if lone is None else lone.reshape(self.output_shape(1))
+        try:
+            if large and compiled is not None:
+                out = compiled.predict(x, self.output_shape(x.shape[0]))
+            elif x.shape[0] == 1 and single_row is not None:  # a lone row: LightGBM's single-row C API, set up once
+                lone = single_row.predict(x[0])  # None while another thread predicts through it: Booster.predict then
+                out = None if lone is None else lone.reshape(self.output_shape(1))
+        except Exception as err:  # a faster predictor failing on a request costs that request nothing
+            self._drop_faster(compiled if large else single_row, err)
         if out is None:
             threads = (self.batch_threads or usable_cores()) if large else 1
             out = np.asarray(self.booster.predict(x, num_threads=threads))  # type: ignore[union-attr]
         if self.task == "binary":
             return np.column_stack([1.0 - out, out])
         return out
+
+    def _drop_faster(self, predictor: object, err: Exception) -> None:
+        """Retire a faster predictor that raised while answering: Booster.predict answers this request and every
+        later one of this version, and the status says why (a library error must not fail requests one by one)."""
+        note = f"failed while serving: {type(err).__name__}: {str(err)[:200]}"
+        log.warning("%s v%s: %s; Booster.predict serves instead", self.name, self.version, note)
+        if predictor is not None and predictor is self.compiled:
+            self.compiled, self.compiled_note = None, note
+        elif predictor is not None and predictor is self.single_row:
+            self.single_row, self.single_row_note = None, note
 
     def output_shape(self, rows: int) -> tuple[int, ...]:
         """What `Booster.predict` answers: a value per row, or a probability per class for multiclass."""

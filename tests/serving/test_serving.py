@@ -382,7 +382,9 @@ def test_gateway_app_is_one_app_for_all_pipelines(served):
     # fewer); everything else, V1 and the pinned-version infer included, is the gateway's
     assert apps["flights"].get("route_prefix") == "/v2/models/flights/infer"
     r = HTTP.get(f"{served.base_url}/v2/models/flights/infer", timeout=10)
-    assert r.status_code == 405 and "infer takes POST" in r.json()["error"]
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and "infer takes POST" in r.json()["error"]
+    r = HTTP.get(f"{served.base_url}/v1/models/flights:predict", timeout=10)  # not "unknown model flights:predict"
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and "predict takes POST" in r.json()["error"]
 
 
 @pytest.mark.skipif(not os.environ.get("MLOPS_SERVING_SLOW"), reason="replaces every replica (about a minute); set MLOPS_SERVING_SLOW=1")

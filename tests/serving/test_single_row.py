@@ -140,3 +140,30 @@ def test_a_refused_check_leaves_booster_predict_serving_and_says_why(champion_se
     server = _checked_server(champion_server, serving_registry)
     assert server.loaded.model.single_row is None
     assert server.status()["single_row"] == "single-row predictions differ from LightGBM on 1 of 5 rows"
+
+
+def test_a_predictor_that_fails_while_serving_is_retired_and_the_request_still_answered(champion_server, serving_registry):
+    """A LightGBM library error on a lone row (the edge stubbed here) costs no request: Booster.predict answers
+    it and every later one of the version, and the status says why the fast path stopped."""
+    from serving.requests import RequestSchema, typed_frame
+
+    server = _checked_server(champion_server, serving_registry)
+    model = server.loaded.model
+    calls: list[int] = []
+
+    class Failing:
+        def predict(self, row):
+            calls.append(1)
+            raise SingleRowError("LightGBM predicting a row: out of memory")
+
+    model.single_row = Failing()
+    booster = serving_registry.boosters[serving_registry.champion]
+    records = request_records(3)
+    expected = booster.predict(offline_features(serving_registry, records).select(booster.feature_name()).cast(pl.Float64).to_numpy())
+    schema = RequestSchema.of(serving_registry.decl, server.module.input_columns(serving_registry.decl))
+    for i, record in enumerate(records):
+        answer = server.predict(typed_frame([record], schema), f"after-failure-{i}", 0.0, "champion", True)
+        assert answer["predictions"] == [expected[i]]
+    assert calls == [1]  # retired at its first failure
+    assert model.single_row is None
+    assert server.status()["single_row"] == "failed while serving: SingleRowError: LightGBM predicting a row: out of memory"
