@@ -54,7 +54,7 @@ from serving.http_answers import NotReady, answer_prediction, post_only, v2_infe
 from serving.loaded_model import LoadedModel, ModelLoadError, load_source, load_version, usable_cores
 from serving.prediction_log import Answered, PredictionLogger, log_rows
 from serving.reference import serving_reference
-from serving.requests import Columns, Decoded, RequestError, RequestSchema, decode_v2, typed_frame
+from serving.requests import CheckedRows, Columns, Decoded, RequestError, RequestSchema, decode_v2, request_frame, typed_request
 from serving.single_row import SingleRowError, SingleRowPredictor
 from serving.stage_times import StageTimes
 
@@ -88,17 +88,6 @@ def freeze_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-
-
-def _stacked_requests(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    """The typed frames of a batch's requests as one: their chunks appended, then one rechunk. `pl.concat`
-    (parallel by default) was about a tenth of a champion replica's py-spy samples at 16 clients; appending
-    seven one-row frames takes 7 microseconds against 28-34 in a warm loop, 185-191 against 197-205 a request
-    in-process at 16 concurrent (by hand); served, the c=16 figure moved within its noise."""
-    out = frames[0].clone()
-    for frame in frames[1:]:
-        out.vstack(frame, in_place=True)
-    return out.rechunk()
 
 
 @serve.deployment
@@ -232,13 +221,14 @@ class ModelServer:
         return model.matrix(frame.head(limit))
 
     def predict(
-        self, frame: pl.DataFrame, request_id: str, received_at: float, role: str, served: bool, version: int | None = None
+        self, typed: CheckedRows | pl.DataFrame, request_id: str, received_at: float, role: str, served: bool, version: int | None = None
     ) -> dict:
         loaded = self.loaded  # one read: the whole request uses one version even if a swap lands meanwhile
         if loaded is None:
             raise NotReady(f"no {self.role} model loaded for pipeline {self.decl.name}")
         if version is not None and loaded.model.version != version:
             raise VersionNotHere(f"{self.role} serves v{loaded.model.version}, not v{version}")
+        frame = request_frame([typed], self.schema)
         features = self.module.build(frame, loaded.reference, loaded.index)
         result = loaded.model.predict(features)
         self.logger.log(
@@ -257,10 +247,10 @@ class ModelServer:
         return result
 
     async def infer(
-        self, frame: pl.DataFrame, request_id: str, received_at: float, role: str, served: bool, version: int | None = None
+        self, typed: CheckedRows | pl.DataFrame, request_id: str, received_at: float, role: str, served: bool, version: int | None = None
     ) -> dict:
         """The Serve path of `predict`: requests arriving together are featurized and predicted as one frame."""
-        answer = await self._batched((frame, request_id, received_at, role, served, version))
+        answer = await self._batched((typed, request_id, received_at, role, served, version))
         if isinstance(answer, BaseException):
             raise answer
         return answer
@@ -273,7 +263,7 @@ class ModelServer:
 
     async def _predicted(self, items: list[tuple]) -> list:
         """`predict_many`, on the loop for a few rows, in a thread for many (INLINE_ROWS)."""
-        if sum(item[0].height for item in items) <= INLINE_ROWS:
+        if sum(len(item[0]) for item in items) <= INLINE_ROWS:
             return self.predict_many(items)
         return await asyncio.to_thread(self.predict_many, items)
 
@@ -296,16 +286,17 @@ class ModelServer:
                 take.append(i)
         if not take:
             return answers
-        frames = [items[i][0] for i in take]
+        typed = [items[i][0] for i in take]
+        clock = self.stage_times
+        started = time.perf_counter()
         try:
-            frame = frames[0] if len(frames) == 1 else _stacked_requests(frames)
+            frame = request_frame(typed, self.schema)
         except Exception:  # frames of differing dtypes cannot stack: one at a time then
             for i in take:
                 answers[i] = self._answer_one(loaded, items[i])
             return answers
-        clock = self.stage_times
+        started = clock.record("frame", started)
         try:
-            started = time.perf_counter()
             features = self.module.build(frame, loaded.reference, loaded.index)
             started = clock.record("features", started)
             result = loaded.model.predict(features)
@@ -315,7 +306,7 @@ class ModelServer:
             for i in take:
                 answers[i] = err
             return answers
-        sizes = [f.height for f in frames]
+        sizes = [len(t) for t in typed]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
         for k, i in enumerate(take):
             a, b = offsets[k], offsets[k + 1]
@@ -453,9 +444,9 @@ class ModelServer:
         result["role"] = role
         return result
 
-    def _typed(self, records: list[dict] | Columns) -> pl.DataFrame:
+    def _typed(self, records: list[dict] | Columns) -> CheckedRows | pl.DataFrame:
         started = time.perf_counter()
-        frame = typed_frame(records, self.schema)
+        frame = typed_request(records, self.schema)
         self.stage_times.record("typing", started)
         return frame
 
@@ -472,7 +463,7 @@ class ModelServer:
         return self._here(*request)
 
     async def _here(
-        self, frame: pl.DataFrame, request_id: str, received_at: float, role: str, served: bool, version: int | None = None
+        self, frame: CheckedRows | pl.DataFrame, request_id: str, received_at: float, role: str, served: bool, version: int | None = None
     ) -> dict:
         """`infer` in this replica; the only request in it is answered at once, without Serve's batch queue,
         which would hand it to its batching task and back with no company to wait for.
@@ -491,7 +482,7 @@ class ModelServer:
             raise answer
         return answer
 
-    async def _pinned(self, frame: pl.DataFrame, request_id: str, received_at: float, version: int) -> dict:
+    async def _pinned(self, frame: CheckedRows | pl.DataFrame, request_id: str, received_at: float, version: int) -> dict:
         """A request for one version (`/v2/models/{name}/versions/{v}/infer`): whichever role holds it answers."""
         holders = [(CHAMPION, self._champion)]
         if self.challenger is not None:
@@ -508,7 +499,7 @@ class ModelServer:
             f"version {version} of {self.decl.name} is not being served (only the champion and challenger are)", status=404, field="version"
         )
 
-    async def _mirror(self, frame: pl.DataFrame, request_id: str, received_at: float) -> None:
+    async def _mirror(self, frame: CheckedRows | pl.DataFrame, request_id: str, received_at: float) -> None:
         try:
             await self.challenger.infer.remote(frame, request_id, received_at, "shadow", False)
             self.counts["shadow"] += 1

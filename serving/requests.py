@@ -477,6 +477,48 @@ def _datetime_column(values: list, spec: ColumnSpec) -> pl.Series | None:
     return parsed if parsed.null_count() == len(values) - len(present) else None
 
 
+@dataclass(frozen=True)
+class CheckedRows:
+    """A few records whose every value plainly passes the declared checks, as rows of Python values of the
+    declared types, not yet a frame: the requests a champion answers together become one frame
+    (`request_frame`). A frame per request was most of the typing at 16 clients (by hand, in-process, seven
+    one-row requests: a frame each and a stack 0.31 ms, the same checks and one frame 0.12 ms)."""
+
+    rows: list[tuple]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _input_columns(records: list[dict] | Columns, schema: RequestSchema) -> dict[str, list] | None:
+    """The records column by column, or None when a record has fields other than exactly the input columns."""
+    if isinstance(records, Columns):
+        return records.data  # V2: already one list per input column, names checked
+    names = list(schema.columns)
+    width = len(names)
+    for rec in records:
+        if len(rec) != width:  # extra (ignored or unknown) or missing fields: the full path
+            return None
+    try:
+        return {c: [rec[c] for rec in records] for c in names}
+    except KeyError:
+        return None
+
+
+def checked_rows(records: list[dict] | Columns, schema: RequestSchema) -> CheckedRows | None:
+    """A few records (at most FEW_ROWS: a single-row request) as CheckedRows when every value is checked in
+    Python (`_short_values`); None for more records, or when any value needs the ingestion path."""
+    if not 0 < len(records) <= FEW_ROWS:
+        return None
+    columns = _input_columns(records, schema)
+    if columns is None:
+        return None
+    short = [_short_values(columns[c], spec) for c, spec in schema.columns.items()]
+    if any(v is None for v in short):
+        return None
+    return CheckedRows(list(zip(*short)))
+
+
 def fast_typed_frame(records: list[dict] | Columns, schema: RequestSchema) -> pl.DataFrame | None:
     """The typed frame of records that plainly satisfy the declared schema, built without the ingestion path.
 
@@ -486,32 +528,27 @@ def fast_typed_frame(records: list[dict] | Columns, schema: RequestSchema) -> pl
     and `typed_frame` takes the full `conform` + `validate` path, which gives the same frame or the
     error naming record and field. Tests check both paths give identical frames.
     """
-    names = list(schema.columns)
-    if isinstance(records, Columns):
-        columns = records.data  # V2: already one list per input column, names checked
-    else:
-        width = len(names)
-        for rec in records:
-            if len(rec) != width:  # extra (ignored or unknown) or missing fields: the full path
-                return None
-        try:
-            columns = {c: [rec[c] for rec in records] for c in names}
-        except KeyError:
-            return None
-    rows = len(records)
-    if 0 < rows <= FEW_ROWS:
-        # a few records (a single-row request): the values checked in Python, then one frame built from the
-        # records at once (`from_dicts`: 0.016 ms a row, against 0.12 for a typed series per column, by hand)
-        short = [_short_values(columns[c], schema.columns[c]) for c in names]
-        if all(v is not None for v in short):
-            return pl.from_dicts([dict(zip(names, row)) for row in zip(*short)], schema=schema.dtypes)
+    rows = checked_rows(records, schema)
+    if rows is not None:
+        return request_frame([rows], schema)
+    columns = _input_columns(records, schema)
+    if columns is None:
+        return None
     series = []
-    for c in names:
-        column = _fast_column(columns[c], schema.columns[c])
+    for c, spec in schema.columns.items():
+        column = _fast_column(columns[c], spec)
         if column is None:
             return None
         series.append(column.alias(c))
     return pl.DataFrame(series)
+
+
+def typed_request(records: list[dict] | Columns, schema: RequestSchema) -> CheckedRows | pl.DataFrame:
+    """`typed_frame`, except that a few plainly valid records stay CheckedRows, to be made one frame with the
+    other requests answered alongside them (`request_frame`)."""
+    _check_size(len(records), schema)
+    rows = checked_rows(records, schema)
+    return rows if rows is not None else typed_frame(records, schema)
 
 
 def typed_frame(records: list[dict] | Columns, schema: RequestSchema) -> pl.DataFrame:
@@ -521,6 +558,35 @@ def typed_frame(records: list[dict] | Columns, schema: RequestSchema) -> pl.Data
     if fast is not None:
         return fast
     return checked_frame(records.records() if isinstance(records, Columns) else records, schema)
+
+
+def request_frame(requests: list[CheckedRows | pl.DataFrame], schema: RequestSchema) -> pl.DataFrame:
+    """The typed requests of a batch as one frame, in order: CheckedRows built at once (`from_dicts`: 0.016 ms
+    a row, against 0.12 for a typed series per column, by hand), frames appended to them."""
+    names = list(schema.columns)
+    frames: list[pl.DataFrame] = []
+    rows: list[tuple] = []
+    for request in requests:
+        if isinstance(request, CheckedRows):
+            rows.extend(request.rows)
+            continue
+        if rows:
+            frames.append(pl.from_dicts([dict(zip(names, row)) for row in rows], schema=schema.dtypes))
+            rows = []
+        frames.append(request)
+    if rows:
+        frames.append(pl.from_dicts([dict(zip(names, row)) for row in rows], schema=schema.dtypes))
+    return frames[0] if len(frames) == 1 else _stacked(frames)
+
+
+def _stacked(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Frames appended, then one rechunk. `pl.concat` (parallel by default) was about a tenth of a champion
+    replica's py-spy samples at 16 clients; appending seven one-row frames takes 7 microseconds against 28-34
+    in a warm loop (by hand)."""
+    out = frames[0].clone()
+    for frame in frames[1:]:
+        out.vstack(frame, in_place=True)
+    return out.rechunk()
 
 
 def checked_frame(records: list[dict], schema: RequestSchema) -> pl.DataFrame:

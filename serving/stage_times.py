@@ -14,8 +14,9 @@ import time
 from collections import Counter, defaultdict
 
 # the stages, in the order a request meets them; per request (decode, typing, encode) or per batch of
-# requests (features, predict, log: the hand-off to the prediction log's writer thread)
-STAGES = ("decode", "typing", "features", "predict", "log", "encode")
+# requests (frame: the batch's typed requests made one frame; features, predict, log: the hand-off to the
+# prediction log's writer thread)
+STAGES = ("decode", "typing", "frame", "features", "predict", "log", "encode")
 
 
 class StageTimes:

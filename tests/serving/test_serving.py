@@ -465,7 +465,9 @@ def test_lone_and_concurrent_v2_requests_answer_alike_and_replicas_size_polars_t
     for s in statuses:
         stages = s["champion"]["stage_ms"]
         assert s["champion"]["replica"] and stages["decode"]["calls"] > 0 and stages["typing"]["calls"] >= stages["decode"]["calls"], stages
-        assert 0 < stages["features"]["calls"] == stages["predict"]["calls"] <= stages["typing"]["calls"], stages
+        assert 0 < stages["frame"]["calls"] == stages["features"]["calls"] == stages["predict"]["calls"] <= stages["typing"]["calls"], (
+            stages
+        )
     assert {s["champion"]["user_code_in_separate_thread"] for s in statuses} == {False}  # on Serve's own loop
     # the deployment handed each replica its version's model_source: none of them imported MLflow to load it
     assert {s["champion"]["mlflow_imported"] for s in statuses} == {False}

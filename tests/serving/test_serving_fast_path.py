@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 
 from mlops_assets.core.feature_contract import load_feature_module
+from mlops_assets.core.lookups import FEW_ROWS
 from resources.serving import ServeSettings
 from serving.deployments import ModelServer, NotReady, VersionNotHere
 from serving.requests import (
@@ -265,13 +266,19 @@ def test_log_rows_columns_and_values():
 def test_a_batchs_requests_stack_as_concat_stacks_them_and_mismatched_ones_refuse(schema):
     from polars.testing import assert_frame_equal
 
-    from serving.deployments import _stacked_requests
+    from serving.requests import CheckedRows, request_frame, typed_request
 
-    frames = [typed_frame(request_records(k + 1)[k:], schema) for k in range(5)]  # one row each, then more
-    frames.append(typed_frame(request_records(9), schema))
-    stacked = _stacked_requests(frames)
+    requests = [request_records(k + 1)[k:] for k in range(5)]  # one row each, then more
+    requests += [request_records(FEW_ROWS + 3), request_records(2)]
+    typed = [typed_request(r, schema) for r in requests]
+    # a few plainly valid records stay rows until their batch is one frame; a larger request is a frame at once
+    assert [type(t).__name__ for t in typed] == ["CheckedRows"] * 5 + ["DataFrame", "CheckedRows"]
+    frames = [typed_frame(r, schema) for r in requests]
+    stacked = request_frame(typed, schema)
     assert stacked.n_chunks() == 1
     assert_frame_equal(stacked, pl.concat(frames, how="vertical"))
-    assert frames[0].height == 1  # the first request's own frame is not grown by the stacking
+    assert_frame_equal(request_frame(typed[:5], schema), typed_frame([r for req in requests[:5] for r in req], schema))
+    assert request_frame([typed[5]], schema) is typed[5]  # a lone frame is answered as it is
+    assert len(typed[6]) == 2 and isinstance(typed[6], CheckedRows)
     with pytest.raises(pl.exceptions.PolarsError):  # predict_many then answers them one at a time
-        _stacked_requests([frames[0], frames[1].with_columns(pl.col("dep_delay").cast(pl.String))])
+        request_frame([frames[0], frames[1].with_columns(pl.col("dep_delay").cast(pl.String))], schema)

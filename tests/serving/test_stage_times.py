@@ -51,7 +51,7 @@ def test_per_request_is_the_work_between_two_readings_over_every_replica():
 
 
 def test_a_served_request_is_timed_once_in_every_stage(champion_server, serving_registry):
-    """The stages a V2 request meets in the champion (decode, typing, then features, predict and the log's
+    """The stages a V2 request meets in the champion (decode, typing, then its batch made one frame, features, predict and the log's
     hand-off for its batch), each counted once, in the status the bench reads."""
     server = champion_server
     server.reconfigure({"model_version": None})
@@ -62,7 +62,7 @@ def test_a_served_request_is_timed_once_in_every_stage(champion_server, serving_
     assert len(answer["predictions"]) == 3
     status = server.status()
     after = status["stage_ms"]
-    for stage in ("decode", "typing", "features", "predict", "log"):
+    for stage in ("decode", "typing", "frame", "features", "predict", "log"):
         assert after[stage]["calls"] - before.get(stage, {}).get("calls", 0) == 1, stage
         assert after[stage]["ms"] > before.get(stage, {}).get("ms", 0.0), stage
     assert set(after) <= set(STAGES)
