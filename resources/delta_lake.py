@@ -193,7 +193,7 @@ class DeltaLakeResource(ConfigurableResource):
 
     def table(self, pipeline: str, table: str) -> DeltaTable | None:
         try:
-            return DeltaTable(self.table_uri(pipeline, table), storage_options=self._options())
+            return self._fresh(pipeline, table)
         except TableNotFoundError:
             return None
 
@@ -334,10 +334,47 @@ class DeltaLakeResource(ConfigurableResource):
             self.table_uri(pipeline, table), frame, f"appending to {table}", {"dagster_run_id": run_id}, mode="append", **options
         )
 
-    def appender(self, pipeline: str, table: str) -> "TableAppender":
+    def appender(self, pipeline: str, table: str, configuration: Mapping[str, str] | None = None) -> "TableAppender":
         """Appends to one table through a table opened once (see TableAppender): for a writer that appends
-        often and needs no version back, such as a replica's prediction log."""
-        return TableAppender(self.table_uri(pipeline, table), self._options(), self._commit, f"appending to {table}")
+        often and needs no version back, such as a replica's prediction log. `configuration`: the Delta table
+        properties the first append creates the table with."""
+        return TableAppender(self.table_uri(pipeline, table), self._options(), self._commit, f"appending to {table}", configuration)
+
+    def compact(self, pipeline: str, table: str, configuration: Mapping[str, str], retention_hours: float) -> dict[str, int]:
+        """Keep an append-only log table cheap to append to and to read: its small files rewritten into large
+        ones (delta-rs' OPTIMIZE; a blind append committed meanwhile does not conflict with it), `configuration`
+        made the table's properties where it differs, the files compaction replaced removed once no version
+        within `retention_hours` needs them, then a checkpoint, and the log entries older than the table's
+        `delta.logRetentionDuration` dropped (those before the newest checkpoint older than that: delta-rs keeps
+        the table readable as of the cutoff). Each append lists and replays the log: on a prediction log of
+        2,000 one-file commits an append of 2,000 rows took 58 ms of CPU against 7 on a new table, 29 once
+        compacted, 9 once its old log entries were gone too (by hand). The rows are the same before and after."""
+        t = self.table(pipeline, table)
+        if t is None:
+            return {"files_before": 0, "files_after": 0, "files_removed": 0, "log_entries": 0}
+        files_before = len(t.file_uris())
+        metrics: dict = {}
+        self._commit(lambda: metrics.update(self._fresh(pipeline, table).optimize.compact()), f"compacting {table}")
+        current = self._fresh(pipeline, table)
+        differing = {k: v for k, v in configuration.items() if current.metadata().configuration.get(k) != v}
+        if differing:
+            self._commit(lambda: self._fresh(pipeline, table).alter.set_table_properties(dict(differing)), f"setting {table}'s properties")
+        current = self._fresh(pipeline, table)
+        removed = current.vacuum(retention_hours=int(retention_hours), enforce_retention_duration=False, dry_run=False)
+        current.create_checkpoint()
+        current.cleanup_metadata()
+        log_dir = self.table_uri(pipeline, table).rstrip("/") + "/_delta_log"
+        entries = len(os.listdir(log_dir)) if os.path.isdir(log_dir) else -1  # -1: an object store's log, not listed here
+        return {
+            "files_before": files_before,
+            "files_after": len(current.file_uris()),
+            "files_removed": len(removed),
+            "log_entries": entries,
+            "compacted_files": int(metrics.get("numFilesRemoved", 0)),
+        }
+
+    def _fresh(self, pipeline: str, table: str) -> DeltaTable:
+        return DeltaTable(self.table_uri(pipeline, table), storage_options=self._options())
 
     def delete(self, pipeline: str, table: str, predicate: str, run_id: str = "", reason: str = "") -> int:
         """Delete the rows matching a SQL predicate (one commit, retried on a lost race); returns how many went."""
@@ -560,8 +597,16 @@ class TableAppender:
     other, so a handle that is behind other writers still commits (delta-rs rebases the append); after a
     failed append the handle is opened afresh."""
 
-    def __init__(self, uri: str, storage_options: Mapping[str, str] | None, commit: Callable[[Callable[[], object], str], None], what: str):
+    def __init__(
+        self,
+        uri: str,
+        storage_options: Mapping[str, str] | None,
+        commit: Callable[[Callable[[], object], str], None],
+        what: str,
+        configuration: Mapping[str, str] | None = None,
+    ):
         self.uri, self.storage_options, self._run_commit, self.what = uri, storage_options, commit, what
+        self.configuration = dict(configuration) if configuration else None
         self._table: DeltaTable | None = None
 
     def append(self, frame: pl.DataFrame, merge_schema: bool = False) -> None:
@@ -577,8 +622,18 @@ class TableAppender:
             try:
                 self._table = DeltaTable(self.uri, storage_options=self.storage_options)
             except TableNotFoundError:  # the first append creates the table
-                write_deltalake(self.uri, _batches(frame), mode="append", storage_options=self.storage_options, **options)
+                write_deltalake(
+                    self.uri,
+                    _batches(frame),
+                    mode="append",
+                    storage_options=self.storage_options,
+                    configuration=self.configuration,
+                    **options,
+                )
                 return
         else:
-            self._table.update_incremental()  # the commits of other writers since the last append (cheap: new commits only)
+            try:
+                self._table.update_incremental()  # the commits of other writers since the last append (cheap: new commits only)
+            except Exception:  # the entries to catch up on expired from the log (`compact`) while this handle idled
+                self._table = DeltaTable(self.uri, storage_options=self.storage_options)
         write_deltalake(self._table, _batches(frame), mode="append", **options)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.names import PREDICTION_LOG
+from mlops_assets.core.names import PREDICTION_LOG, PREDICTION_LOG_PROPERTIES
 from resources.delta_lake import DeltaLakeResource
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class PredictionLogger:
         spill_dir: str | Path | None = None,
         flush_rows: int | None = None,
     ):
-        self._appender = delta.appender(pipeline, PREDICTION_LOG)
+        self._appender = delta.appender(pipeline, PREDICTION_LOG, PREDICTION_LOG_PROPERTIES)
         self.spill_dir = Path(spill_dir) if spill_dir else None
         self.pipeline = pipeline
         self.max_rows = max_rows

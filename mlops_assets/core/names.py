@@ -20,6 +20,11 @@ BATCH_SCORES = "batch_scores"
 LIVE_PERFORMANCE = "live_performance"
 DELIVERY_METRICS = "delivery_metrics"
 PREDICTION_LOG = "prediction_log"  # written by serving/prediction_log.py
+# the prediction log's Delta properties. Its readers filter by `logged_at` and none travels back in time, so its
+# log entries expire after 10 minutes (each append lists and replays the log; the writers' own checkpoints, every
+# 100 commits, drop what expired), and the files compaction replaced go an hour after it (`prediction_log_compaction`)
+PREDICTION_LOG_PROPERTIES = {"delta.logRetentionDuration": "interval 10 minutes", "delta.deletedFileRetentionDuration": "interval 1 hours"}
+PREDICTION_LOG_FILE_RETENTION_HOURS = 1
 
 PARTITION_COLUMN = "_partition"
 SUBJECT_PREFIX = "subject_"  # prediction-log columns that carry governance.subject_columns (for erasure)
@@ -131,6 +136,10 @@ def live_performance_key(decl: PipelineDeclaration) -> dg.AssetKey:
 
 def serving_drift_key(decl: PipelineDeclaration) -> dg.AssetKey:
     return _key(decl, "serving_drift")
+
+
+def prediction_log_compaction_key(decl: PipelineDeclaration) -> dg.AssetKey:
+    return _key(decl, "prediction_log_compaction")
 
 
 def delivery_metrics_key(decl: PipelineDeclaration) -> dg.AssetKey:

@@ -1,5 +1,6 @@
 """Monitoring stage: feature drift, batch scores and live performance per day, serving drift
-on the prediction log, delivery metrics; their jobs, the sensors that retrain, the fallback schedule."""
+on the prediction log and the log's compaction, delivery metrics; their jobs, the sensors that
+retrain, the fallback schedule."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from mlops_assets.core.names import (
     deployment_key,
     feature_drift_key,
     monitor_job_name,
+    prediction_log_compaction_key,
     promotion_key,
     serving_drift_job_name,
     serving_drift_key,
@@ -24,6 +26,7 @@ from mlops_assets.core.names import (
 from mlops_assets.core.partitions import partitions_def
 from mlops_assets.monitoring.assets import build_monitoring_assets
 from mlops_assets.monitoring.delivery_metrics import build_delivery_metrics_asset
+from mlops_assets.monitoring.prediction_log_compaction import build_prediction_log_compaction_asset
 from mlops_assets.monitoring.serving_drift import build_serving_drift_asset
 from sensors.retrain_sensors import (
     build_delivery_sensor,
@@ -45,8 +48,10 @@ def build(decl: PipelineDeclaration) -> dg.Definitions:
         tags={PRIORITY_TAG: PRIORITY["monitor"], **BACKLOG},
     )
     train_job = train_job_name(decl)
-    serving_drift_job = dg.define_asset_job(
-        serving_drift_job_name(decl), selection=dg.AssetSelection.assets(serving_drift_key(decl)), tags=BACKLOG
+    serving_drift_job = dg.define_asset_job(  # the check, then the log it read compacted: no run of its own
+        serving_drift_job_name(decl),
+        selection=dg.AssetSelection.assets(serving_drift_key(decl), prediction_log_compaction_key(decl)),
+        tags=BACKLOG,
     )
     delivery_job = dg.define_asset_job(
         delivery_job_name(decl), selection=dg.AssetSelection.assets(delivery_metrics_key(decl)), tags=BACKLOG
@@ -56,6 +61,7 @@ def build(decl: PipelineDeclaration) -> dg.Definitions:
         assets=[
             *build_monitoring_assets(decl, partitions),
             build_serving_drift_asset(decl, deployed),
+            build_prediction_log_compaction_asset(decl),
             build_delivery_metrics_asset(decl, deployed, promotion_key(decl), train_job),
         ],
         jobs=[monitor_job, serving_drift_job, delivery_job],

@@ -5,7 +5,9 @@ from datetime import UTC, date
 
 import dagster as dg
 import polars as pl
+from polars.testing import assert_frame_equal
 
+from mlops_assets.core.names import PREDICTION_LOG_PROPERTIES
 from mlops_assets.defs.flights.upstream import land_days
 from resources import registered_models
 from serving.prediction_log import log_rows
@@ -63,8 +65,15 @@ def test_serving_skew_and_delivery_metrics(model_home):
 
     tick = sensor_tick(plat, "flights_serving_drift_sensor")
     (request,) = tick.run_requests
+    logged_before = plat.delta.scan("flights", "prediction_log").collect().sort("request_id")
     result = plat.run(request.job_name)
-    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    meta = result.asset_materializations_for_node("flights__serving_drift")[0].metadata
+    # the same run then compacts the log it read: its three appends' files as one, the rows the same, and the
+    # table given the prediction log's properties (its log entries expire)
+    compaction = result.asset_materializations_for_node("flights__prediction_log_compaction")[0].metadata
+    assert compaction["files_before"].value == 3 and compaction["files_after"].value == 1
+    assert_frame_equal(plat.delta.scan("flights", "prediction_log").collect().sort("request_id"), logged_before)
+    assert plat.delta.table("flights", "prediction_log").metadata().configuration == PREDICTION_LOG_PROPERTIES
     served_rows = sum(plat.delta.read_partitions("flights", "features", [d]).height for d in ("2013-01-29", "2013-01-30"))
     assert meta["rows"].value == served_rows
     rows = plat.delta.scan("flights", "drift_metrics").filter(pl.col("source") == "serving").collect()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,3 +143,59 @@ def test_an_appender_keeps_its_table_open_and_loses_no_rows_to_other_writers_or_
     first.append(_rows("x", 6, "back"), merge_schema=True)
     table = pl.read_delta(str(folder))
     assert table.height == 21 and table.filter(pl.col("writer") == "back").height == 6 and "lost" not in table.get_column("writer")
+
+
+def test_compacting_a_log_table_keeps_every_row_while_replicas_append_and_bounds_its_files_and_log(tmp_path: Path):
+    """A prediction log as replicas write it (a small file and a log entry per append), compacted while two
+    writers keep appending: no row lost or doubled, the small files rewritten, the table given its properties
+    (log entries expire), the expired entries gone at the checkpoint; an appender whose catch-up entries
+    expired meanwhile opens the table afresh and stores again."""
+    delta = DeltaLakeResource(root=str(tmp_path), commit_retries=5)
+    properties = {"delta.logRetentionDuration": "interval 2 seconds", "delta.deletedFileRetentionDuration": "interval 0 seconds"}
+    first, second = delta.appender("p", "log", properties), delta.appender("p", "log")
+    for i in range(40):
+        (second if i % 2 else first).append(_rows("x", 3, f"before-{i}"))
+    log_dir = tmp_path / "p" / "log" / "_delta_log"
+    assert DeltaTable(str(tmp_path / "p" / "log")).metadata().configuration == properties  # made so by the first append
+    assert len(DeltaTable(str(tmp_path / "p" / "log")).file_uris()) == 40
+    time.sleep(2.5)  # every entry so far expired: the first appender's handle now points into a log that will lose them
+
+    stop, during, errors = threading.Event(), [], []
+
+    def keep_appending() -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                second.append(_rows("x", 2, f"during-{n}"))
+                during.append(n)
+            except Exception as err:  # noqa: BLE001 - reported by the assertion below
+                errors.append(err)
+            n += 1
+
+    writer = threading.Thread(target=keep_appending)
+    writer.start()
+    try:
+        figures = delta.compact("p", "log", properties, retention_hours=0)
+    finally:
+        stop.set()
+        writer.join(60)
+    assert not errors and during
+    assert figures["files_before"] >= 40 and figures["compacted_files"] >= 40
+    # entries go once a checkpoint older than their expiry exists (delta-rs keeps the table readable as of the
+    # cutoff): the next compaction, as the replicas' own checkpoints every 100 commits, drops them
+    time.sleep(2.5)
+    figures = delta.compact("p", "log", properties, retention_hours=0)
+    first.append(_rows("x", 1, "after"))  # its handle points at entries that are gone: it reopens
+    table = pl.read_delta(str(tmp_path / "p" / "log"))
+    expected = sorted([f"before-{i}" for i in range(40)] * 3 + [f"during-{n}" for n in during] * 2 + ["after"])
+    assert sorted(table.get_column("writer").to_list()) == expected
+    t = DeltaTable(str(tmp_path / "p" / "log"))
+    assert len(t.file_uris()) <= 2  # the compacted file, plus the last append
+    assert figures["files_after"] == 1 and figures["log_entries"] <= 10 and len(list(log_dir.glob("*.json"))) <= 10
+
+    assert delta.compact("p", "missing", properties, retention_hours=0) == {
+        "files_before": 0,
+        "files_after": 0,
+        "files_removed": 0,
+        "log_entries": 0,
+    }

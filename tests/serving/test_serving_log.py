@@ -156,8 +156,8 @@ def test_a_flush_ends_under_steady_traffic(tmp_path):
 class FlakyStore(DeltaLakeResource):
     """A real Delta store whose appends fail while `down` is set (the unit's edge: storage trouble)."""
 
-    def appender(self, pipeline, table):
-        appender = super().appender(pipeline, table)
+    def appender(self, pipeline, table, configuration=None):
+        appender = super().appender(pipeline, table, configuration)
         real = appender.append
 
         def append(*args, **kwargs):

@@ -131,12 +131,29 @@ def prepare_home(root: Path, log=print, compiled_trees: bool = False) -> Home:
     version = resolve_alias(uri, PIPELINE, CHAMPION)
     if version is None:
         raise RuntimeError(f"training in {root} left no champion")
+    _compact_prediction_log(root, log)
     from serving.loaded_model import load_version
 
     cache = root / "model_cache"
     cache.mkdir(exist_ok=True)
     model = load_version(uri, PIPELINE, version, cache_dir=str(cache))
     return Home(root, pipelines, uri, version, Path(model.model_file), model.feature_columns, env)
+
+
+def _compact_prediction_log(root: Path, log) -> None:
+    """The home's prediction log as `<pipeline>/prediction_log_compaction` leaves it after each serving-drift
+    check: a reused home holds every earlier run's appends, and each append costs more with each file and log
+    entry the table keeps."""
+    from mlops_assets.core.names import PREDICTION_LOG, PREDICTION_LOG_FILE_RETENTION_HOURS, PREDICTION_LOG_PROPERTIES
+    from resources.delta_lake import DeltaLakeResource
+
+    figures = DeltaLakeResource(root=str(root / "delta")).compact(
+        PIPELINE, PREDICTION_LOG, PREDICTION_LOG_PROPERTIES, PREDICTION_LOG_FILE_RETENTION_HOURS
+    )
+    if figures["files_before"]:
+        log(
+            f"  prediction log compacted: {figures['files_before']:,} files to {figures['files_after']:,}, {figures['log_entries']:,} log entries"
+        )
 
 
 def home_definitions(root: Path, decl):
