@@ -69,6 +69,16 @@ def _haproxy_folders() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("mlops-haproxy-*"))
 
 
+def _binding(folders: set[Path], port: int) -> dict[str, list[str]]:
+    """Of these HAProxy folders, those whose config binds `port` (this test's instance, not another's), with their files."""
+    ours = {}
+    for folder in folders:
+        files = [f for f in folder.rglob("*") if f.is_file()]
+        if any(f":{port}" in f.read_text(errors="replace") for f in files if f.stat().st_size < 1_000_000):
+            ours[str(folder)] = sorted(f.name for f in files)
+    return ours
+
+
 def test_sigterm_to_the_whole_group_while_starting_leaves_nothing_behind(serving_registry, tmp_path):
     """What systemd's stop does (SIGTERM to every process at once), while the champion is still starting: Ray's
     driver used to abort (exit -6) without any cleanup, or wait 60 s on Ray's GCS, and HAProxy kept the port."""
@@ -85,9 +95,9 @@ def test_sigterm_to_the_whole_group_while_starting_leaves_nothing_behind(serving
     assert code == 143 or (code == 0 and "Ctrl-C" in output), output[-3000:]
     assert "SIGTERM received" not in output and "Traceback" not in output, output[-3000:]
     deadline = time.time() + 15  # the janitor removes the folder once the process is gone
-    while _haproxy_folders() - before and time.time() < deadline:
+    while _binding(_haproxy_folders() - before, port) and time.time() < deadline:
         time.sleep(0.2)
-    assert not _haproxy_folders() - before
+    assert not _binding(_haproxy_folders() - before, port), (_binding(_haproxy_folders() - before, port), output[-3000:])
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))  # nothing listens there any more
 
