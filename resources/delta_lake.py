@@ -351,7 +351,7 @@ class DeltaLakeResource(ConfigurableResource):
         compacted, 9 once its old log entries were gone too (by hand). The rows are the same before and after."""
         t = self.table(pipeline, table)
         if t is None:
-            return {"files_before": 0, "files_after": 0, "files_removed": 0, "log_entries": 0}
+            return {"files_before": 0, "files_after": 0, "files_removed": 0, "log_entries": 0, "compacted_files": 0}
         files_before = len(t.file_uris())
         metrics: dict = {}
         self._commit(lambda: metrics.update(self._fresh(pipeline, table).optimize.compact()), f"compacting {table}")

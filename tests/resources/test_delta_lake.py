@@ -191,11 +191,14 @@ def test_compacting_a_log_table_keeps_every_row_while_replicas_append_and_bounds
     assert sorted(table.get_column("writer").to_list()) == expected
     t = DeltaTable(str(tmp_path / "p" / "log"))
     assert len(t.file_uris()) <= 2  # the compacted file, plus the last append
-    assert figures["files_after"] == 1 and figures["log_entries"] <= 10 and len(list(log_dir.glob("*.json"))) <= 10
+    commits = t.version() + 1  # 40 before, those made during the first compaction, each compaction's own
+    assert figures["files_after"] == 1 and commits >= 44
+    assert figures["log_entries"] < commits // 2 and len(list(log_dir.glob("*.json"))) < commits // 2  # the expired went
 
     assert delta.compact("p", "missing", properties, retention_hours=0) == {
         "files_before": 0,
         "files_after": 0,
         "files_removed": 0,
         "log_entries": 0,
+        "compacted_files": 0,
     }
