@@ -358,8 +358,8 @@ class DeltaLakeResource(ConfigurableResource):
         current = self._fresh(pipeline, table)
         differing = {k: v for k, v in configuration.items() if current.metadata().configuration.get(k) != v}
         if differing:
-            self._commit(lambda: self._fresh(pipeline, table).alter.set_table_properties(dict(differing)), f"setting {table}'s properties")
-        current = self._fresh(pipeline, table)
+            self._commit(lambda: self._fresh(pipeline, table).alter.set_table_properties(differing), f"setting {table}'s properties")
+            current = self._fresh(pipeline, table)
         removed = current.vacuum(retention_hours=int(retention_hours), enforce_retention_duration=False, dry_run=False)
         current.create_checkpoint()
         current.cleanup_metadata()

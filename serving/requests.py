@@ -20,6 +20,7 @@ Accepted layouts:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 import struct
@@ -565,17 +566,11 @@ def request_frame(requests: list[CheckedRows | pl.DataFrame], schema: RequestSch
     a row, against 0.12 for a typed series per column, by hand), frames appended to them."""
     names = list(schema.columns)
     frames: list[pl.DataFrame] = []
-    rows: list[tuple] = []
-    for request in requests:
-        if isinstance(request, CheckedRows):
-            rows.extend(request.rows)
-            continue
-        if rows:
-            frames.append(pl.from_dicts([dict(zip(names, row)) for row in rows], schema=schema.dtypes))
-            rows = []
-        frames.append(request)
-    if rows:
-        frames.append(pl.from_dicts([dict(zip(names, row)) for row in rows], schema=schema.dtypes))
+    for checked, run in itertools.groupby(requests, key=lambda request: isinstance(request, CheckedRows)):
+        if checked:
+            frames.append(pl.from_dicts([dict(zip(names, row)) for request in run for row in request.rows], schema=schema.dtypes))
+        else:
+            frames.extend(run)
     return frames[0] if len(frames) == 1 else _stacked(frames)
 
 

@@ -203,7 +203,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("land", help="land data files into a pipeline's landing zone")
     p.add_argument("pipeline")
     p.add_argument("--start", type=iso_day, default="2013-01-01", help="first day (flights demo)")
-    p.add_argument("--days", type=int, default=1, help="number of days (flights demo)")
+    p.add_argument("--days", type=positive_int, default=1, help="number of days (flights demo)")
     p.add_argument("--file", help="land this file instead of demo data")
     p.add_argument("--partition", help="the day the --file stands for (YYYY-MM-DD)")
     p.set_defaults(handler=land)

@@ -32,10 +32,11 @@ def _connect(args: argparse.Namespace) -> None:
     control.connect(args.address)
 
 
-def _pipelines(names: list[str] | None):
+def _pipelines(names: list[str] | None, declared: list | None = None):
+    """The named declarations (all when none are named), from `declared` if given, else read from the folder."""
     from mlops_assets.core.declaration import load_declarations
 
-    decls = {d.name: d for d in load_declarations()}
+    decls = {d.name: d for d in (load_declarations() if declared is None else declared)}
     unknown = [n for n in names or [] if n not in decls]
     if unknown:
         raise LookupError(f"no pipeline named {', '.join(unknown)}; declared: {', '.join(sorted(decls))}")
@@ -85,15 +86,16 @@ def ingress_env(proxy: str, folder: str) -> dict[str, str]:
 def start(args: argparse.Namespace) -> int:
     from serving.exposure import check_exposure
 
-    _pipelines(args.pipelines)  # an unknown name is refused before Ray starts
-    warning = check_exposure(args.host, _pipelines(None), args.allow_unauthenticated)  # the gateway serves every pipeline
+    declared = _pipelines(None)  # read once
+    chosen = _pipelines(args.pipelines, declared)  # an unknown name is refused before Ray starts
+    warning = check_exposure(args.host, declared, args.allow_unauthenticated)  # the gateway serves every pipeline
     if warning:
         print(f"mlops serve start: warning: {warning}", file=sys.stderr, flush=True)
 
     ports.require_listenable(args.host, {"--port": args.port})
     with ingress_folder("mlops-haproxy-") as folder:
         os.environ.update(ingress_env(args.proxy, folder))  # before Ray and Serve import their constants
-        return _start(args)
+        return _start(args, chosen)
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -154,12 +156,12 @@ def _shut_down_serve() -> None:
         serve.shutdown()
 
 
-def _start(args: argparse.Namespace) -> int:
+def _start(args: argparse.Namespace, chosen: list) -> int:
     with own_ray(args.num_cpus, "serve"):
-        return _serve(args)
+        return _serve(args, chosen)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, chosen: list) -> int:
     import ray
 
     from resources.serving import ServeSettings
@@ -169,7 +171,7 @@ def _serve(args: argparse.Namespace) -> int:
     control.ensure_gateway(ServeSettings())
     ingress = "HAProxy + direct ingress" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "Serve's proxy"
     print(f"Ray Serve on http://{args.host}:{args.port} via {ingress} (Ray address {ray.get_runtime_context().gcs_address})", flush=True)
-    for decl in _pipelines(args.pipelines):
+    for decl in chosen:
         try:
             versions = control.follow_aliases(decl, ServeSettings(pipeline=decl.name))
         except LookupError as err:

@@ -18,6 +18,7 @@ from mlops_assets.cli.main import main
         (["demo", "--serve-port", "0"], "--serve-port", "0 is not a port number"),
         (["demo", "--interval", "-3"], "--interval", "-3 is not a number (at least 0)"),
         (["demo", "--days", "0"], "--days", "0 is not a whole number (at least 1)"),
+        (["land", "flights", "--days", "0"], "--days", "0 is not a whole number (at least 1)"),
         (["land", "flights", "--start", "2013-02-30"], "--start", "'2013-02-30' is not a day as YYYY-MM-DD"),
         (["land", "flights", "--start", "yesterday"], "--start", "'yesterday' is not a day as YYYY-MM-DD"),
         (["bench", "serving", "--duration", "0"], "--duration", "0 is not a number (above 0)"),
