@@ -3,6 +3,9 @@
 `build_app({"pipeline": name, ...})` builds one pipeline's application from its
 declaration: the challenger, the champion on the GPU group where Ray sees enough
 GPUs, and the champion on the CPU replica group as ingress (it routes).
+`build_v1_app({"pipeline": name, ...})` builds its V1 route's application: champion
+replicas of their own, which hand canary, shadow and GPU requests to the pipeline
+application's challenger and GPU group.
 `build_gateway({...})` builds the HTTP ingress shared by all pipelines.
 """
 
@@ -13,7 +16,7 @@ import os
 
 from ray.serve import Application
 
-from mlops_assets.core.declaration import ReplicaGroupSpec
+from mlops_assets.core.declaration import PipelineDeclaration, ReplicaGroupSpec
 from mlops_assets.core.names import CHALLENGER, CHAMPION
 from resources.serving import ServeSettings
 from serving.config import (
@@ -103,16 +106,38 @@ def build_app(args: dict) -> Application:
     challenger = ModelServer.options(
         name=CHALLENGER_DEPLOYMENT, user_config={"model_version": None}, **group_options(serving.challenger)
     ).bind(payload, CHALLENGER, "cpu")
-    gpu, gpu_share = None, 0.0
+    gpu = None
     if gpu_group_enabled(decl):
         assert serving.gpu is not None
         gpu = ModelServer.options(name=CHAMPION_GPU_DEPLOYMENT, user_config={"model_version": None}, **group_options(serving.gpu)).bind(
             payload, CHAMPION, "gpu"
         )
-        gpu_share = serving.gpu.replicas / (serving.gpu.replicas + serving.cpu.replicas)
+    return _champion(decl, serving.cpu).bind(payload, CHAMPION, "cpu", challenger, gpu, gpu_share(decl))
+
+
+def build_v1_app(args: dict) -> Application:
+    settings = _settings(args)
+    decl = settings.declaration()
+    if decl.serving.v1_route is None:
+        raise ValueError(f"pipeline {decl.name} declares no serving.v1_route: its V1 predict goes through the gateway")
+    return _champion(decl, decl.serving.v1_route).bind(
+        settings.model_dump(), CHAMPION, "cpu", gpu_share=gpu_share(decl), protocol="v1", peers_app=decl.name
+    )
+
+
+def _champion(decl: PipelineDeclaration, group: ReplicaGroupSpec):
+    """A champion CPU replica group (an application's ingress), as the declaration shapes it."""
     return ModelServer.options(
-        name=CHAMPION_DEPLOYMENT, user_config=champion_config(None, serving.traffic.model_dump()), **group_options(serving.cpu)
-    ).bind(payload, CHAMPION, "cpu", challenger, gpu, gpu_share)
+        name=CHAMPION_DEPLOYMENT, user_config=champion_config(None, decl.serving.traffic.model_dump()), **group_options(group)
+    )
+
+
+def gpu_share(decl: PipelineDeclaration) -> float:
+    """The share of the champion's requests the GPU group answers: its share of the champion's replicas."""
+    if not gpu_group_enabled(decl):
+        return 0.0
+    assert decl.serving.gpu is not None
+    return decl.serving.gpu.replicas / (decl.serving.gpu.replicas + decl.serving.cpu.replicas)
 
 
 def build_gateway(args: dict) -> Application:

@@ -1,8 +1,11 @@
 """The Serve config (what `serve deploy` / `serve run` and KubeRay's RayService take), built from declarations.
 
 One application per declared pipeline, whose only HTTP route is its V2 infer
-path (`/v2/models/<name>/infer`, taken by the champion itself), plus the gateway
-application on `/` for everything else. Model versions and traffic shares are
+path (`/v2/models/<name>/infer`, taken by the champion itself); where the pipeline
+declares `serving.v1_route` (the default), a second one whose champion replicas take
+its V1 predict path (`/v1/models/<name>:predict`): a Serve application has one route
+prefix, and the two paths share only `/`. Plus the gateway application on `/` for
+everything else. Model versions and traffic shares are
 `user_config` overrides, never builder `args`: Serve hashes args into the code
 version, so changing them would restart replicas instead of reconfiguring them.
 """
@@ -22,6 +25,7 @@ from resources.serving import ServeSettings
 GATEWAY_APP = "mlops"
 APP_BUILDER = "serving.app:build_app"
 GATEWAY_BUILDER = "serving.app:build_gateway"
+V1_APP_BUILDER = "serving.app:build_v1_app"
 
 
 def settings_args(settings: ServeSettings | None) -> dict[str, Any]:
@@ -67,9 +71,40 @@ def pipeline_app(
     return {"name": decl.name, "route_prefix": infer_route(decl.name), "import_path": APP_BUILDER, "args": args, "deployments": deployments}
 
 
+def v1_app(pipeline_application: dict) -> dict:
+    """The V1 route's application of a pipeline: its own champion replicas, configured as the pipeline
+    application's champion is (version, model source, traffic shares), which hand canary, shadow and GPU
+    requests to that application's challenger and GPU group."""
+    name = pipeline_application["name"]
+    champion = next(d for d in pipeline_application["deployments"] if d["name"] == CHAMPION_DEPLOYMENT)
+    return {
+        "name": v1_app_name(name),
+        "route_prefix": predict_route(name),
+        "import_path": V1_APP_BUILDER,
+        "args": dict(pipeline_application["args"]),
+        "deployments": [{"name": CHAMPION_DEPLOYMENT, "user_config": dict(champion["user_config"])}],
+    }
+
+
+def pipeline_apps(decl: PipelineDeclaration, *args, **kwargs) -> dict[str, dict]:
+    """The pipeline's applications by name: `pipeline_app`, and `v1_app` where it declares `serving.v1_route`."""
+    main = pipeline_app(decl, *args, **kwargs)
+    return {main["name"]: main} | ({v1_app_name(decl.name): v1_app(main)} if decl.serving.v1_route is not None else {})
+
+
 def infer_route(pipeline: str) -> str:
     """The pipeline application's route prefix: the hot path goes straight to its champion, not through the gateway."""
     return f"/v2/models/{pipeline}/infer"
+
+
+def predict_route(pipeline: str) -> str:
+    """The V1 route's application's route prefix (TF-Serving's predict URL)."""
+    return f"/v1/models/{pipeline}:predict"
+
+
+def v1_app_name(pipeline: str) -> str:
+    """No pipeline is named so: a pipeline's name is an identifier, without '-'."""
+    return f"{pipeline}-v1"
 
 
 def gateway_app(settings: ServeSettings | None = None, replicas: int = 2) -> dict:
@@ -83,7 +118,7 @@ def serve_config(
     decls: Sequence[PipelineDeclaration], host: str = "0.0.0.0", port: int = 8000, settings: ServeSettings | None = None
 ) -> dict:
     """The whole config; versions left null make each replica follow its alias when it starts."""
-    apps = [gateway_app(settings)] + [pipeline_app(d, settings) for d in decls]
+    apps = [gateway_app(settings)] + [app for d in decls for app in pipeline_apps(d, settings).values()]
     return {"proxy_location": "EveryNode", "http_options": {"host": host, "port": port}, "applications": apps}
 
 

@@ -34,7 +34,8 @@ from serving.config import (
     CHAMPION_GPU_DEPLOYMENT,
     GATEWAY_APP,
     gateway_app,
-    pipeline_app,
+    pipeline_apps,
+    v1_app_name,
 )
 from serving.gpu import gpu_group_enabled
 from serving.loaded_model import load_source, registered_source
@@ -153,7 +154,8 @@ def deploy_pipeline(
     with _lock:
         apps = current_apps()
         traffic = {**_traffic(apps.get(decl.name)), **(traffic or {})}
-        apps[decl.name] = pipeline_app(decl, settings, champion, challenger, traffic, gpu_group_enabled(decl), pinned=True, sources=sources)
+        apps.pop(v1_app_name(decl.name), None)  # gone if the declaration no longer has it
+        apps.update(pipeline_apps(decl, settings, champion, challenger, traffic, gpu_group_enabled(decl), pinned=True, sources=sources))
         if GATEWAY_APP not in apps:
             apps[GATEWAY_APP] = gateway_app(settings, gateway_replicas)
         apply(apps)
@@ -227,7 +229,7 @@ def set_traffic(
                 metrics={"before": before, "after": traffic},
             ),
         )
-        _set_champion_config(app, traffic)
+        _set_champion_config(apps, pipeline, traffic)
         apply(apps)
         return traffic
 
@@ -236,10 +238,12 @@ class RolloutInProgress(ValueError):
     """A manual traffic change while a progressive rollout owns the canary share."""
 
 
-def _set_champion_config(app: dict, traffic: dict) -> None:
-    for d in app["deployments"]:
-        if d["name"] == CHAMPION_DEPLOYMENT:
-            d["user_config"] = {**(d.get("user_config") or {}), **traffic}
+def _set_champion_config(apps: dict[str, dict], pipeline: str, traffic: dict) -> None:
+    """The traffic shares into the champion's user_config of the pipeline's application and its V1 route's."""
+    for name in (pipeline, v1_app_name(pipeline)):
+        for d in apps.get(name, {}).get("deployments", []):
+            if d["name"] == CHAMPION_DEPLOYMENT:
+                d["user_config"] = {**(d.get("user_config") or {}), **traffic}
 
 
 def apply_rollout_share(pipeline: str, share: float) -> dict:
@@ -249,7 +253,7 @@ def apply_rollout_share(pipeline: str, share: float) -> dict:
         if pipeline not in apps:
             raise LookupError(f"pipeline '{pipeline}' is not deployed")
         traffic = {**_traffic(apps[pipeline]), "canary_share": float(share)}
-        _set_champion_config(apps[pipeline], traffic)
+        _set_champion_config(apps, pipeline, traffic)
         apply(apps)
         return traffic
 
@@ -313,8 +317,16 @@ def app_status(name: str) -> dict:
 
 
 def wait_for_version(name: str, version: int, timeout_s: float = 180.0, deployments=(CHAMPION_DEPLOYMENT,)) -> dict:
-    """Block until the app runs, its deployments are healthy and the champion answers with `version`."""
+    """Block until the pipeline's application (and its V1 route's, where deployed) runs, its deployments are
+    healthy and the champion answers with `version`; the pipeline application's status."""
     deadline = time.time() + timeout_s
+    status = _wait_for_app(name, version, deadline, deployments)
+    if v1_app_name(name) in serve.status().applications:
+        _wait_for_app(v1_app_name(name), version, deadline, (CHAMPION_DEPLOYMENT,))
+    return status
+
+
+def _wait_for_app(name: str, version: int, deadline: float, deployments) -> dict:
     agreeing = 0
     last: dict = {}
     while time.time() < deadline:
@@ -330,7 +342,7 @@ def wait_for_version(name: str, version: int, timeout_s: float = 180.0, deployme
         if agreeing >= 6:
             return last
         time.sleep(0.25)
-    raise TimeoutError(f"application {name} did not serve version {version} within {timeout_s:.0f}s: {last}")
+    raise TimeoutError(f"application {name} did not serve version {version} in time: {last}")
 
 
 __all__ = [

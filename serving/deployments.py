@@ -7,7 +7,10 @@ client); a change loads the new version next to the old one and swaps a single
 reference, so requests in flight finish on the old model and none fails during
 a swap.
 
-The champion's CPU group is the application's ingress (`route`): it types the
+The champion's CPU group is the application's ingress (`route`) for V2 infer; the
+V1 route's application has a champion CPU group of its own (`protocol="v1"`), which
+reaches the challenger and the GPU group of the pipeline's application (`peers_app`)
+by name. Either group types the
 records, then answers itself, or hands the request to the challenger for the
 declared canary share (or to the GPU group for its share); with shadow on it
 also mirrors the request to the challenger, whose answer is logged and never
@@ -36,25 +39,37 @@ from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 
-from mlops_assets.core.declaration import field_errors
+from mlops_assets.core.declaration import ReplicaGroupSpec, ServingSpec, field_errors
 from mlops_assets.core.feature_contract import FeatureReference, load_feature_module
 from mlops_assets.core.lookups import LookupIndex
 from mlops_assets.core.names import CHALLENGER, CHAMPION, FEATURES, SUBJECT_PREFIX
 from resources.registered_models import ModelSource, resolve_alias
 from resources.serving import ServeSettings
 from serving.compiled_trees import CompileError, compile_forest
+from serving.config import CHALLENGER_DEPLOYMENT, CHAMPION_GPU_DEPLOYMENT, infer_route, predict_route, v1_app_name
 from serving.exact_predictions import checked
-from serving.http_answers import NotReady, answer_prediction, post_only, v2_infer_response
+from serving.http_answers import NotReady, answer_prediction, error, post_only, v1_predict_response, v2_infer_response
 from serving.loaded_model import LoadedModel, ModelLoadError, load_source, load_version, usable_cores
 from serving.prediction_log import Answered, PredictionLogger, log_rows
 from serving.reference import serving_reference
-from serving.requests import CheckedRows, Columns, Decoded, RequestError, RequestSchema, decode_v2, request_frame, typed_request
+from serving.requests import (
+    CheckedRows,
+    Columns,
+    Decoded,
+    RequestError,
+    RequestSchema,
+    decode_v1,
+    decode_v2,
+    request_frame,
+    typed_request,
+)
 from serving.single_row import SingleRowError, SingleRowPredictor
 from serving.stage_times import StageTimes
 
@@ -90,6 +105,17 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def replica_group(serving: ServingSpec, role: str, device: str, protocol: str) -> ReplicaGroupSpec:
+    """The declared group a replica belongs to (its batch threads come from there)."""
+    if role == CHALLENGER:
+        return serving.challenger
+    if device == "gpu":
+        return serving.gpu or serving.cpu
+    if protocol == "v1":
+        return serving.v1_route or serving.cpu
+    return serving.cpu
+
+
 @serve.deployment
 class ModelServer:
     def __init__(
@@ -100,6 +126,8 @@ class ModelServer:
         challenger: DeploymentHandle | None = None,
         champion_gpu: DeploymentHandle | None = None,
         gpu_share: float = 0.0,
+        protocol: str = "v2",
+        peers_app: str | None = None,
     ):
         self.settings = ServeSettings(**settings)
         self.decl = self.settings.declaration()
@@ -107,12 +135,15 @@ class ModelServer:
         self.role = role
         self.device = device
         serving = self.decl.serving
-        self.group = serving.challenger if role == CHALLENGER else (serving.gpu or serving.cpu) if device == "gpu" else serving.cpu
+        self.group = replica_group(serving, role, device, protocol)
         # routing (used where this is the application's ingress: the champion's CPU group)
         self.schema = RequestSchema.of(self.decl, self.module.input_columns(self.decl))
-        self.challenger = challenger
-        self.champion_gpu = champion_gpu
-        self.gpu_share = gpu_share if champion_gpu is not None else 0.0
+        self.protocol = protocol  # what `__call__` answers: V2 infer, or V1 predict (the V1 route's application)
+        self.peers_app = peers_app  # the application whose challenger and GPU group these replicas hand requests to
+        self._peers: dict[str, DeploymentHandle | None] = {}
+        if peers_app is None:
+            self._peers = {CHALLENGER_DEPLOYMENT: challenger, CHAMPION_GPU_DEPLOYMENT: champion_gpu}
+        self.gpu_share = gpu_share if champion_gpu is not None or peers_app is not None else 0.0
         self.canary_share = self.decl.serving.traffic.canary_share
         self.shadow = self.decl.serving.traffic.shadow
         self.rng = random.Random()
@@ -396,6 +427,25 @@ class ModelServer:
 
     # --- routing: the champion's CPU group is the application's ingress ---------------------------
 
+    @property
+    def challenger(self) -> DeploymentHandle | None:
+        return self._peer(CHALLENGER_DEPLOYMENT)
+
+    @property
+    def champion_gpu(self) -> DeploymentHandle | None:
+        return self._peer(CHAMPION_GPU_DEPLOYMENT) if self.gpu_share > 0 else None
+
+    def _peer(self, deployment: str) -> DeploymentHandle | None:
+        """A bound handle, or one looked up by name in `peers_app` the first time it is needed (the two
+        applications deploy together, in either order); None while that application does not have it."""
+        if deployment not in self._peers:
+            try:
+                self._peers[deployment] = serve.get_deployment_handle(deployment, app_name=self.peers_app)
+            except RayServeException as err:
+                log.warning("%s of %s is not deployed (yet): %s", deployment, self.peers_app, err)
+                return None
+        return self._peers[deployment]
+
     async def route(self, records: list[dict] | Columns, request_id: str, received_at: float, version: int | None = None) -> dict:
         """`_route` for a request that comes through a handle (the gateway's V1, pinned versions): counted like an
         HTTP request in `__call__`, so a lone one skips the batch queue too."""
@@ -417,7 +467,7 @@ class ModelServer:
             return await self._pinned(frame, request_id, received_at, version)
         role = CHAMPION
         result = None
-        if self.challenger is not None and self.canary_share > 0 and self.rng.random() < self.canary_share:
+        if self.canary_share > 0 and self.rng.random() < self.canary_share and self.challenger is not None:
             role = "canary"
             try:
                 result = await self.challenger.infer.remote(frame, request_id, received_at, "canary", True)
@@ -509,20 +559,25 @@ class ModelServer:
             self.counts["shadow_failed"] += 1
             log.warning("shadow request %s failed: %s", request_id, err)
 
-    async def __call__(self, request: Request) -> JSONResponse:
-        """`POST /v2/models/{name}/infer`, taken straight from Serve's proxy (the application's route prefix):
-        one Ray hand-off fewer than through the gateway, answered exactly as the gateway answers it."""
+    async def __call__(self, request: Request) -> Response:
+        """`POST /v2/models/{name}/infer` (or, in the V1 route's application, `POST /v1/models/{name}:predict`),
+        taken straight from Serve's ingress (the application's route prefix): one Ray hand-off fewer than
+        through the gateway, answered exactly as the gateway answers it."""
+        v1 = self.protocol == "v1"
+        route = predict_route(self.decl.name) if v1 else infer_route(self.decl.name)
+        if request.url.path.rstrip("/") != route:  # the prefix's sub-paths are no endpoint
+            return error(404, f"no endpoint at {request.url.path[:200]}; predictions are asked at POST {route}")
         if request.method != "POST":
-            return post_only(request.method, request.url.path, "infer")
+            return post_only(request.method, request.url.path, "predict" if v1 else "infer")
         self._requests += 1
         try:
-            answer = await answer_prediction(request, self.decl, self.schema, self._decoded, self._route)
+            answer = await answer_prediction(request, self.decl, self.schema, decode_v1 if v1 else self._decoded, self._route)
         finally:
             self._requests -= 1
         if isinstance(answer, JSONResponse):
             return answer
         started = time.perf_counter()
-        response = v2_infer_response(self.decl.name, *answer)
+        response = v1_predict_response(self.decl.name, *answer[:2]) if v1 else v2_infer_response(self.decl.name, *answer)
         self.stage_times.record("encode", started)
         return response
 
@@ -539,8 +594,23 @@ class ModelServer:
             "champion_gpu": gpu,
             "traffic": {"canary_share": self.canary_share, "shadow": self.shadow, "gpu_share": self.gpu_share},
             "routed": dict(self.counts),
+            "v1_route": await self._v1_route_status(),
             "checked_at": time.time(),
         }
+
+    def route_status(self) -> dict:
+        """This replica's model, traffic and what it routed: the V1 route's part of the pipeline's status."""
+        traffic = {"canary_share": self.canary_share, "shadow": self.shadow, "gpu_share": self.gpu_share}
+        return {"champion": self.status(), "traffic": traffic, "routed": dict(self.counts)}
+
+    async def _v1_route_status(self) -> dict | None:
+        """The V1 route's champion group (one replica's view), where this pipeline application has one."""
+        if self.protocol != "v2" or self.decl.serving.v1_route is None:
+            return None
+        try:
+            return await serve.get_app_handle(v1_app_name(self.decl.name)).route_status.remote()
+        except Exception as err:  # not deployed (yet), or being replaced: reported as absent, with why
+            return {"champion": None, "error": f"{type(err).__name__}: {str(err)[:200]}"}
 
     def close(self) -> None:
         """Write what the log has queued and remove the downloaded model files. Serve's graceful shutdown

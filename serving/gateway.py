@@ -24,12 +24,12 @@ from mlops_assets.core.feature_contract import load_feature_module
 from resources.serving import ServeSettings
 from serving import control
 from serving.http_answers import (
-    JSONAnswer,
     NotReady,
     answer_prediction,
     error,
     post_only,
     token_ok,
+    v1_predict_response,
     v2_infer_response,
 )
 from serving.requests import (
@@ -284,21 +284,12 @@ class Gateway:
 
     @api.post("/v1/models/{name}:predict", tags=["v1"], response_model=V1PredictResponse, openapi_extra=_body_doc(V1PredictRequest))
     async def v1_predict(self, name: str, request: Request):
+        """Answered here for a pipeline without `serving.v1_route` (or until its V1 route's application is up);
+        otherwise the ingress sends this path straight to that application's champion replicas."""
         answer = await self._predict(request, name, decode_v1)
         if isinstance(answer, JSONResponse):
             return answer
-        result, request_id, _ = answer
-        version = str(result["model_version"])
-        body = {
-            "predictions": result["predictions"],
-            "model_name": name,
-            "model_version": version,
-            "request_id": request_id,
-            "role": result["role"],
-        }
-        if "probabilities" in result:
-            body["probabilities"] = result["probabilities"]
-        return JSONAnswer(body, headers={"X-Model-Version": version, "X-Request-Id": request_id})
+        return v1_predict_response(name, *answer[:2])
 
     # --- admin (token required) ----------------------------------------------------------------
 

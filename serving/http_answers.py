@@ -1,8 +1,9 @@
-"""How a prediction request over HTTP is answered, shared by the gateway and each pipeline's own V2 infer route.
+"""How a prediction request over HTTP is answered, shared by the gateway and each pipeline's own routes.
 
 The gateway answers every endpoint; a deployed pipeline's champion also takes
-`POST /v2/models/{name}/infer` itself (its application's route prefix), so the
-hot path skips the gateway's Ray hand-off. Both go through `answer_prediction`:
+`POST /v2/models/{name}/infer` itself (its application's route prefix), and the
+V1 route's champion group `POST /v1/models/{name}:predict`, so the hot paths skip
+the gateway's Ray hand-off. All go through `answer_prediction`:
 the same bearer token, body limit, JSON parsing, error codes and request ids.
 """
 
@@ -169,3 +170,18 @@ def v2_infer_response(name: str, result: dict, request_id: str, decoded: Decoded
     header = msgspec.json.encode(body)
     headers[BINARY_HEADER] = str(len(header))
     return Response(header + b"".join(tail), media_type="application/octet-stream", headers=headers)
+
+
+def v1_predict_response(name: str, result: dict, request_id: str) -> Response:
+    """A TF-Serving style predict response: predictions (and probabilities), the version and role that made them."""
+    version = str(result["model_version"])
+    body = {
+        "predictions": result["predictions"],
+        "model_name": name,
+        "model_version": version,
+        "request_id": request_id,
+        "role": result["role"],
+    }
+    if "probabilities" in result:
+        body["probabilities"] = result["probabilities"]
+    return JSONAnswer(body, headers={"X-Model-Version": version, "X-Request-Id": request_id})

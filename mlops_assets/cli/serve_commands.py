@@ -228,11 +228,14 @@ def status(args: argparse.Namespace) -> int:
     from ray import serve
 
     from serving import control
+    from serving.config import v1_app_name
 
     _connect(args)
     for decl in _pipelines(args.pipelines):
         app = control.app_status(decl.name)
         line = {"pipeline": decl.name, **app, "traffic": control.traffic_of(decl.name)}
+        if decl.serving.v1_route is not None:
+            line["v1_route"] = control.app_status(v1_app_name(decl.name))
         if app["status"] == "RUNNING":
             line["models"] = serve.get_app_handle(decl.name).pipeline_status.remote().result(timeout_s=30)
         print(json.dumps(line, indent=2, default=str))

@@ -7,9 +7,11 @@ as they found them (champion alias back, replicas replaced, the prediction log's
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+import requests
 
 from mlops_assets.cli.bench import reliability_bench as rb
 from resources.audit_log import history
@@ -57,10 +59,22 @@ def target(served, serving_registry) -> rb.Served:
     )
 
 
-def test_a_champion_replica_killed_under_load_fails_no_request_and_is_replaced(target):
+def test_a_champion_replica_killed_under_load_fails_only_requests_in_flight_and_is_replaced(target):
+    """V1 goes straight to its route's own champion replicas (no gateway hand-off): a request in flight on the
+    killed replica fails (a 500 from Serve's proxy), and the next ones go to the other replica."""
     case = rb.replica_killed(target, clients=2, before_s=2.0, after_s=2.0)
     assert case.passed, case.detail
-    assert case.failed == 0, case.detail  # the gateway asks another replica when one dies under a request
+    assert case.failed <= 2, case.detail  # at most one request per client was in flight
+    assert case.requests > 50
+
+
+def test_a_replica_killed_under_requests_through_the_gateway_fails_none(target, served):
+    """The gateway asks another replica when one dies under its hand-off (pinned versions go through it, and V1
+    of a pipeline without `serving.v1_route`)."""
+    deployed = requests.get(f"{served.base_url}/v2/models/flights", timeout=10).json()["versions"][0]
+    case = rb.replica_killed(dataclasses.replace(target, pinned=int(deployed)), clients=2, before_s=2.0, after_s=2.0)
+    assert case.passed, case.detail
+    assert case.failed == 0, case.detail
     assert case.requests > 50
 
 

@@ -58,12 +58,18 @@ def set_traffic(base: str, **body) -> None:
     deadline = time.time() + 60
     while time.time() < deadline:  # the champion replicas reconfigure asynchronously
         status = HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
-        if all(status["traffic"][k] == v for k, v in body.items()):
+        if applied(status, body):
             seen = [HTTP.get(f"{base}/admin/models/flights/status", headers=ADMIN, timeout=10).json() for _ in range(6)]
-            if all(all(s["traffic"][k] == v for k, v in body.items()) for s in seen):
+            if all(applied(s, body) for s in seen):
                 return
         time.sleep(0.3)
     raise TimeoutError(f"traffic {body} not applied")
+
+
+def applied(status: dict, traffic: dict) -> bool:
+    """The traffic in a champion replica of the V2 route and one of the V1 route (its own replicas)."""
+    routes = (status["traffic"], status["v1_route"]["traffic"])
+    return all(route[k] == v for route in routes for k, v in traffic.items())
 
 
 def read_log(reg, request_ids: set[str], expected_rows: int, timeout_s: float = 60) -> pl.DataFrame:
@@ -375,16 +381,38 @@ def test_swap_under_load_via_sensor_and_asset_has_no_failed_request(served, serv
     assert loads == {n + 1 for n in loads_before}, (loads_before, loads)
 
 
-def test_gateway_app_is_one_app_for_all_pipelines(served):
+def test_gateway_app_is_one_app_for_all_pipelines_and_each_predict_route_goes_straight_to_a_champion(served):
     apps = control.current_apps()
-    assert set(apps) == {GATEWAY_APP, "flights"}
+    assert set(apps) == {GATEWAY_APP, "flights", "flights-v1"}
     # the pipeline app's only route is its V2 infer path, answered by the champion itself (one Ray hand-off
-    # fewer); everything else, V1 and the pinned-version infer included, is the gateway's
+    # fewer); V1 predict is its V1 route's application's, champion replicas of their own; everything else,
+    # the pinned-version infer included, is the gateway's
     assert apps["flights"].get("route_prefix") == "/v2/models/flights/infer"
+    assert apps["flights-v1"].get("route_prefix") == "/v1/models/flights:predict"
     r = HTTP.get(f"{served.base_url}/v2/models/flights/infer", timeout=10)
     assert r.status_code == 405 and r.headers["allow"] == "POST" and "infer takes POST" in r.json()["error"]
     r = HTTP.get(f"{served.base_url}/v1/models/flights:predict", timeout=10)  # not "unknown model flights:predict"
     assert r.status_code == 405 and r.headers["allow"] == "POST" and "predict takes POST" in r.json()["error"]
+    for path in ("/v1/models/flights:predict/more", "/v2/models/flights/infer/more"):  # under a route prefix, no endpoint
+        r = HTTP.post(f"{served.base_url}{path}", json={}, timeout=10)
+        assert r.status_code == 404 and "predictions are asked at POST" in r.json()["error"], (path, r.text)
+
+    def v1_routed() -> dict[str, int]:
+        """Requests each V1 route replica answered as champion (status reaches one replica at a time)."""
+        counts = {}
+        for _ in range(16):
+            status = HTTP.get(f"{served.base_url}/admin/models/flights/status", headers=ADMIN, timeout=10).json()
+            v1 = status["v1_route"]
+            assert v1["champion"]["model_version"] == status["champion"]["model_version"]  # the same champion
+            counts[v1["champion"]["replica"]] = v1["routed"].get("champion", 0)
+        return counts
+
+    before = v1_routed()
+    for _ in range(8):
+        assert predict(served.base_url, request_records(1)).status_code == 200
+    after = v1_routed()
+    assert len(before) == len(after) == 2, (before, after)  # the declared replicas, both seen
+    assert sum(after[r] - before[r] for r in after) == 8  # every request answered by the V1 route's own replicas
 
 
 @pytest.mark.skipif(not os.environ.get("MLOPS_SERVING_SLOW"), reason="replaces every replica (about a minute); set MLOPS_SERVING_SLOW=1")

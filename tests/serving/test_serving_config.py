@@ -48,8 +48,15 @@ def test_config_round_trips_through_serve_deploy_schema():
     assert again == schema
     names = [a.name for a in schema.applications]
     assert names[0] == "mlops" and schema.applications[0].route_prefix == "/"
-    for app in schema.applications[1:]:
-        assert app.route_prefix == f"/v2/models/{app.name}/infer" and app.import_path == "serving.app:build_app"
+    apps = {a.name: a for a in schema.applications[1:]}
+    for decl in load_declarations(str(PACKAGED_PIPELINES)):
+        main = apps.pop(decl.name)
+        assert main.route_prefix == f"/v2/models/{decl.name}/infer" and main.import_path == "serving.app:build_app"
+        # V1 predict has an application of its own: a Serve application has one route prefix
+        v1 = apps.pop(f"{decl.name}-v1")
+        assert v1.route_prefix == f"/v1/models/{decl.name}:predict" and v1.import_path == "serving.app:build_v1_app"
+        assert v1.deployments[0].user_config == main.deployments[0].user_config  # the same champion, traffic included
+    assert not apps, f"applications of no declared pipeline: {sorted(apps)}"
 
 
 def test_builders_build_apps_whose_deployments_match_the_overrides():

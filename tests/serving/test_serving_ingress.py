@@ -1,7 +1,7 @@
 """The default ingress, end to end: `mlops serve start` with HAProxy + direct ingress, as a user runs it.
 
-HAProxy forwards HTTP straight to the ingress replicas (the gateway, and the champion for its
-V2 infer route), each on a port of its own; an instance claims a private block of ports so two
+HAProxy forwards HTTP straight to the ingress replicas (the gateway, the champion for its
+V2 infer route and the V1 route's champion replicas), each on a port of its own; an instance claims a private block of ports so two
 instances on one host never answer each other's requests.
 """
 
@@ -125,7 +125,7 @@ def test_default_ingress_is_haproxy_and_answers_like_lightgbm(haproxy_server, se
     assert v2.status_code == 200, v2.text
     np.testing.assert_allclose(v2.json()["outputs"][0]["data"], expected, rtol=0, atol=1e-9)
     assert v2.headers["X-Model-Version"] == str(serving_registry.champion)
-    v1 = requests.post(f"{base}/v1/models/flights:predict", json={"instances": records}, headers=auth, timeout=30)  # the gateway
+    v1 = requests.post(f"{base}/v1/models/flights:predict", json={"instances": records}, headers=auth, timeout=30)  # its own replicas
     assert v1.status_code == 200, v1.text
     np.testing.assert_allclose(v1.json()["predictions"], expected, rtol=0, atol=1e-9)
     assert requests.post(f"{base}/v2/models/flights/infer", data=body, timeout=30).status_code == 401

@@ -1,7 +1,7 @@
 """The floor side of `mlops bench serving`: what Ray Serve itself costs a request, with none of our work in it.
 
 The same ingress as `mlops serve start` (HAProxy + direct ingress, a Ray of the same CPUs), the
-champion's replica group as the pipeline declares it (replicas, CPUs, max ongoing requests), the
+champion's replica groups as the pipeline declares them (replicas, CPUs, max ongoing requests), the
 same request body read in full, and a constant answer: one application at the V2 infer route, one
 at the V1 predict route. Ours/floor is then the cost of the platform's own work around the model.
 
@@ -59,8 +59,9 @@ def _serve(args: argparse.Namespace) -> int:
         serve.run(
             Constant.options(name="floor_v2", **options).bind(V2_ANSWER), name="floor-v2", route_prefix=f"/v2/models/{decl.name}/infer"
         )
+        v1_options = group_options(decl.serving.v1_route or decl.serving.cpu)  # the replicas our V1 route has
         serve.run(
-            Constant.options(name="floor_v1", **options).bind(V1_ANSWER), name="floor-v1", route_prefix=f"/v1/models/{decl.name}:predict"
+            Constant.options(name="floor_v1", **v1_options).bind(V1_ANSWER), name="floor-v1", route_prefix=f"/v1/models/{decl.name}:predict"
         )
         print("floor: serving", flush=True)
         return serve_until_stopped()

@@ -375,10 +375,20 @@ class Served:
     records: list[dict]
     headers: dict[str, str] = field(default_factory=dict)
     root_pid: int = field(default_factory=os.getpid)  # the replicas are descendants of this process
+    pinned: int | None = None  # ask this version by V2 (through the gateway) instead of the champion by V1
 
     @property
     def url(self) -> str:
+        if self.pinned is not None:
+            return f"{self.base_url}/v2/models/{PIPELINE}/versions/{self.pinned}/infer"
         return f"{self.base_url}/v1/models/{PIPELINE}:predict"
+
+    def body(self) -> bytes:
+        if self.pinned is not None:
+            from mlops_assets.cli.bench.serving_bench import v2_body
+
+            return v2_body(self.records)
+        return json.dumps({"instances": self.records}).encode()
 
     def set_champion(self, version: int) -> None:
         from mlflow import MlflowClient
@@ -406,11 +416,11 @@ class Answer:
 
 
 class Load:
-    """Clients posting one V1 request in a loop from threads, each answer recorded with its request id."""
+    """Clients posting one request (the target's) in a loop from threads, each answer recorded with its request id."""
 
     def __init__(self, target: Served, clients: int = 2, pause_s: float = 0.0, timeout_s: float = 10.0):
         self.target, self.clients, self.pause_s, self.timeout_s = target, clients, pause_s, timeout_s
-        self.body = json.dumps({"instances": target.records}).encode()
+        self.body = target.body()
         self.answers: list[Answer] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
@@ -478,10 +488,18 @@ def serve_pids(target: Served, prefix: str) -> list[int]:
     return sorted(p for p in _descendants(target.root_pid) if _cmdline(p).startswith(prefix))
 
 
+def answering_app(target: Served) -> str:
+    """The application whose champion replicas answer the load: the V1 route's own, where the pipeline declares
+    one, else (and for pinned requests) the pipeline's application, through the gateway."""
+    from serving.config import v1_app_name
+
+    return v1_app_name(PIPELINE) if target.pinned is None and target.decl.serving.v1_route is not None else PIPELINE
+
+
 def champion_replicas(target: Served) -> list[int]:
     from serving.config import CHAMPION_DEPLOYMENT
 
-    return serve_pids(target, f"ray::ServeReplica:{PIPELINE}:{CHAMPION_DEPLOYMENT}")
+    return serve_pids(target, f"ray::ServeReplica:{answering_app(target)}:{CHAMPION_DEPLOYMENT}")
 
 
 def _rss_mb(pids: list[int]) -> float:
@@ -500,7 +518,7 @@ def _healthy(target: Served, replicas: int) -> bool:
     from serving import control
     from serving.config import CHAMPION_DEPLOYMENT
 
-    status = control.app_status(PIPELINE)
+    status = control.app_status(answering_app(target))
     deployment = status["deployments"].get(CHAMPION_DEPLOYMENT, {})
     return status["status"] == "RUNNING" and deployment.get("replicas", {}).get("RUNNING", 0) >= replicas
 
