@@ -318,31 +318,31 @@ def app_status(name: str) -> dict:
 
 def wait_for_version(name: str, version: int, timeout_s: float = 180.0, deployments=(CHAMPION_DEPLOYMENT,)) -> dict:
     """Block until the pipeline's application (and its V1 route's, where deployed) runs, its deployments are
-    healthy and the champion answers with `version`; the pipeline application's status."""
+    healthy and their champions answer with `version`; the pipeline application's status."""
     deadline = time.time() + timeout_s
-    status = _wait_for_app(name, version, deadline, deployments)
-    if v1_app_name(name) in serve.status().applications:
-        _wait_for_app(v1_app_name(name), version, deadline, (CHAMPION_DEPLOYMENT,))
-    return status
-
-
-def _wait_for_app(name: str, version: int, deadline: float, deployments) -> dict:
+    apps = {name: deployments} | ({v1: (CHAMPION_DEPLOYMENT,)} if (v1 := v1_app_name(name)) in serve.status().applications else {})
     agreeing = 0
     last: dict = {}
     while time.time() < deadline:
-        last = app_status(name)
-        healthy = last["status"] == "RUNNING" and all(last["deployments"].get(d, {}).get("status") == "HEALTHY" for d in deployments)
-        seen = None
-        if healthy:
-            try:
-                seen = serve.get_app_handle(name).status.remote().result(timeout_s=10)["model_version"]  # a champion replica's
-            except Exception:  # app still (re)building: keep polling until the deadline
-                seen = None
-        agreeing = agreeing + 1 if seen == version else 0
+        seen = {app: _serving(app, wanted) for app, wanted in apps.items()}
+        last = {app: status for app, (status, _) in seen.items()}
+        agreeing = agreeing + 1 if all(version_seen == version for _, version_seen in seen.values()) else 0
         if agreeing >= 6:
-            return last
+            return last[name]
         time.sleep(0.25)
-    raise TimeoutError(f"application {name} did not serve version {version} in time: {last}")
+    raise TimeoutError(f"application {name} did not serve version {version} within {timeout_s:.0f}s: {last}")
+
+
+def _serving(app: str, deployments) -> tuple[dict, int | None]:
+    """The application's status, and the version a champion replica answers with once its deployments are healthy."""
+    status = app_status(app)
+    healthy = status["status"] == "RUNNING" and all(status["deployments"].get(d, {}).get("status") == "HEALTHY" for d in deployments)
+    if not healthy:
+        return status, None
+    try:
+        return status, serve.get_app_handle(app).status.remote().result(timeout_s=10)["model_version"]  # a champion replica's
+    except Exception:  # app still (re)building: keep polling until the deadline
+        return status, None
 
 
 __all__ = [

@@ -16,6 +16,7 @@ import pytest
 
 from mlops_assets.core.feature_contract import load_feature_module
 from resources.serving import ServeSettings
+from serving.config import CHALLENGER_DEPLOYMENT
 from serving.deployments import ModelServer, NotReady
 from serving.requests import RequestError, RequestSchema, typed_frame
 from tests.support.serving import (
@@ -178,7 +179,8 @@ def test_shadow_mirrors_are_bounded_and_the_overflow_counted(server, serving_reg
             async def remote(*args):
                 await asyncio.Event().wait()
 
-    server.infer, server.challenger = unbatched, StuckChallenger()
+    server.infer = unbatched
+    server._peers[CHALLENGER_DEPLOYMENT] = StuckChallenger()
 
     async def flood():
         answers = [await server.route(records, f"r{i}", 0.0) for i in range(bound + 10)]
