@@ -141,6 +141,7 @@ class ModelServer:
         self.protocol = protocol  # what `__call__` answers: V2 infer, or V1 predict (the V1 route's application)
         self.peers_app = peers_app  # the application whose challenger and GPU group these replicas hand requests to
         self._peers: dict[str, DeploymentHandle | None] = {}
+        self._v1_route: DeploymentHandle | None = None  # the V1 route's application, for the status
         if peers_app is None:
             self._peers = {CHALLENGER_DEPLOYMENT: challenger, CHAMPION_GPU_DEPLOYMENT: champion_gpu}
         self.gpu_share = gpu_share if champion_gpu is not None or peers_app is not None else 0.0
@@ -502,7 +503,7 @@ class ModelServer:
 
     def _decoded(self, raw: bytes, headers, schema: RequestSchema) -> Decoded:
         started = time.perf_counter()
-        decoded = decode_v2(raw, headers, schema)
+        decoded = (decode_v1 if self.protocol == "v1" else decode_v2)(raw, headers, schema)
         self.stage_times.record("decode", started)
         return decoded
 
@@ -571,7 +572,7 @@ class ModelServer:
             return post_only(request.method, request.url.path, "predict" if v1 else "infer")
         self._requests += 1
         try:
-            answer = await answer_prediction(request, self.decl, self.schema, decode_v1 if v1 else self._decoded, self._route)
+            answer = await answer_prediction(request, self.decl, self.schema, self._decoded, self._route)
         finally:
             self._requests -= 1
         if isinstance(answer, JSONResponse):
@@ -592,7 +593,7 @@ class ModelServer:
             "champion": champion,
             "challenger": challenger,
             "champion_gpu": gpu,
-            "traffic": {"canary_share": self.canary_share, "shadow": self.shadow, "gpu_share": self.gpu_share},
+            "traffic": self._traffic(),
             "routed": dict(self.counts),
             "v1_route": await self._v1_route_status(),
             "checked_at": time.time(),
@@ -600,15 +601,19 @@ class ModelServer:
 
     def route_status(self) -> dict:
         """This replica's model, traffic and what it routed: the V1 route's part of the pipeline's status."""
-        traffic = {"canary_share": self.canary_share, "shadow": self.shadow, "gpu_share": self.gpu_share}
-        return {"champion": self.status(), "traffic": traffic, "routed": dict(self.counts)}
+        return {"champion": self.status(), "traffic": self._traffic(), "routed": dict(self.counts)}
+
+    def _traffic(self) -> dict:
+        return {"canary_share": self.canary_share, "shadow": self.shadow, "gpu_share": self.gpu_share}
 
     async def _v1_route_status(self) -> dict | None:
         """The V1 route's champion group (one replica's view), where this pipeline application has one."""
         if self.protocol != "v2" or self.decl.serving.v1_route is None:
             return None
         try:
-            return await serve.get_app_handle(v1_app_name(self.decl.name)).route_status.remote()
+            if self._v1_route is None:  # looked up once: the status answers health checks, often
+                self._v1_route = serve.get_app_handle(v1_app_name(self.decl.name))
+            return await self._v1_route.route_status.remote()
         except Exception as err:  # not deployed (yet), or being replaced: reported as absent, with why
             return {"champion": None, "error": f"{type(err).__name__}: {str(err)[:200]}"}
 

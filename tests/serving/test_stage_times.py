@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mlops_assets.cli.bench.serving_bench import v2_body
+from mlops_assets.cli.bench.serving_bench import v1_body, v2_body
 from serving.stage_times import STAGES, StageTimes, per_request, total
 from tests.support.serving import request_records
 
@@ -45,7 +45,7 @@ def test_per_request_is_the_work_between_two_readings_over_every_replica():
     # 40 requests typed between the readings; 6 ms of features over them (batches of several requests)
     assert split == pytest.approx({"typing": 4.0 / 40, "features": 6.0 / 40})
     assert per_request(total(after), total(after)) == {}  # no request between them: nothing to divide
-    # a stage no request met between the readings (V1's decode happens in the gateway) is left out
+    # a stage no request met between the readings (a V1 request through the gateway is decoded there) is left out
     decoded_once = {**after[0], "decode": {"calls": 1, "ms": 0.1}}
     assert "decode" not in per_request(total([decoded_once]), total([{**decoded_once, "typing": {"calls": 40, "ms": 4.0}}]))
 
@@ -67,3 +67,6 @@ def test_a_served_request_is_timed_once_in_every_stage(champion_server, serving_
         assert after[stage]["ms"] > before.get(stage, {}).get("ms", 0.0), stage
     assert set(after) <= set(STAGES)
     assert status["replica"] and json.loads(json.dumps(status["stage_ms"])) == after  # JSON as the status route sends it
+    server.protocol = "v1"  # a replica of the V1 route's own decodes V1 bodies, in the same stage
+    assert len(server._decoded(v1_body(request_records(2)), {}, server.schema).records) == 2
+    assert server.status()["stage_ms"]["decode"]["calls"] == after["decode"]["calls"] + 1

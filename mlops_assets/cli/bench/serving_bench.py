@@ -355,40 +355,43 @@ def _exe(name: str) -> str:
 BENCH_ADMIN_TOKEN = "mlops-bench-admin"  # our server's admin token in the bench: it reads the champion's status
 
 
-def champion_status(port: int) -> dict:
-    """The champion's status as one of its replicas answers it (the admin route, through the gateway)."""
+def champion_status(port: int, protocol: str = "v2") -> dict:
+    """The champion's status as one of the replicas answering `protocol` reports it (the admin route, through the
+    gateway): for V1, the V1 route's own replicas where the pipeline has them, else the V2 route's."""
     url = f"http://127.0.0.1:{port}/admin/models/{PIPELINE}/status"
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {BENCH_ADMIN_TOKEN}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())["champion"]
+        status = json.loads(resp.read())
+    v1 = status.get("v1_route")
+    return v1["champion"] if protocol == "v1" and v1 and v1.get("champion") else status["champion"]
 
 
-def replica_statuses(port: int, replicas: int, tries: int = 12) -> dict[str, dict]:
+def replica_statuses(port: int, replicas: int, protocol: str = "v2", tries: int = 12) -> dict[str, dict]:
     """Each champion replica's status, by replica: the status route answers from whichever replica the gateway
     picks, so it is asked until every replica has answered (or `tries` runs out)."""
     seen: dict[str, dict] = {}
     for _ in range(tries):
-        champion = champion_status(port)
+        champion = champion_status(port, protocol)
         seen[champion["replica"]] = champion
         if len(seen) >= replicas:
             break
     return seen
 
 
-def replica_stage_times(port: int, replicas: int) -> dict[str, dict]:
+def replica_stage_times(port: int, replicas: int, protocol: str = "v2") -> dict[str, dict]:
     """Each champion replica's stage totals (`stage_ms`), by replica."""
-    return {replica: status["stage_ms"] for replica, status in replica_statuses(port, replicas).items()}
+    return {replica: status["stage_ms"] for replica, status in replica_statuses(port, replicas, protocol).items()}
 
 
-def wait_for_written_log(port: int, replicas: int, timeout_s: float = 60.0) -> None:
+def wait_for_written_log(port: int, replicas: dict[str, int], timeout_s: float = 60.0) -> None:
     """Until every champion replica's prediction log has written what earlier cases queued (nothing queued,
     and no row written between two readings), so a case does not start while the log's writer thread still
     writes the previous case's rows (a 10,000-row case leaves seconds of Delta appends behind)."""
     deadline, last = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
-        seen = replica_statuses(port, replicas)
+        seen = {r: s for protocol, n in replicas.items() for r, s in replica_statuses(port, n, protocol).items()}
         reading = {r: (s["prediction_log"]["queued_rows"], s["prediction_log"]["logged_rows"]) for r, s in seen.items()}
-        if len(seen) >= replicas and not any(queued for queued, _ in reading.values()) and reading == last:
+        if len(seen) >= sum(replicas.values()) and not any(queued for queued, _ in reading.values()) and reading == last:
             return
         last = reading
         time.sleep(0.3)
@@ -406,11 +409,13 @@ def served_split(before: dict[str, dict], after: dict[str, dict]) -> dict[str, f
 def wait_for_predictor(port: int, compiled_trees: bool, log, timeout_s: float = 180.0) -> str:
     """What predicts large requests in our champion (lightgbm, tl2cgen). The bench waits until a replica's
     background checks have settled (the single-row C API's; with compiled trees declared, their build), so no
-    case measures a check or the predictor it replaces."""
+    case measures a check or the predictor it replaces; a replica of each route is asked (V1's own, where declared)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        champion = champion_status(port)
-        settled = (not compiled_trees or champion.get("compiled_trees") != "building") and champion.get("single_row") != UNCHECKED
+        champion, v1 = champion_status(port), champion_status(port, "v1")
+        settled = all(
+            (not compiled_trees or c.get("compiled_trees") != "building") and c.get("single_row") != UNCHECKED for c in (champion, v1)
+        )
         if settled or time.monotonic() > deadline:
             note, lone = champion.get("compiled_trees"), champion.get("single_row")
             log(f"  ours: large requests predicted by {champion.get('predictor')}" + (f" ({note})" if note else ""))
@@ -749,7 +754,9 @@ def bench(
             "champion_steps": champion_steps(home, reqs.records[:1]),
         }
         ports = {side: claim_port() for side in sides}  # claimed (mlops_assets.cli.ports): none taken meanwhile
-        replicas = max(1, bench_declaration(compiled_trees).serving.cpu.replicas)  # the champion's CPU group, read per case
+        serving = bench_declaration(compiled_trees).serving
+        # the champion replicas answering each protocol, read per case: V1's own route where declared
+        replicas = {"v2": max(1, serving.cpu.replicas)} | ({"v1": max(1, serving.v1_route.replicas)} if serving.v1_route else {})
         from resources.delta_lake import DeltaLakeResource
 
         delta = DeltaLakeResource(root=str(root / "delta"))  # the bench home's tables: the prediction log's requests
@@ -787,11 +794,12 @@ def bench(
                     for case, n, c in chosen:
                         if side == "ours":
                             wait_for_written_log(ports["ours"], replicas)
-                        stages = replica_stage_times(ports["ours"], replicas) if side == "ours" else None
+                        group = protocol if protocol in replicas else "v2"  # the replicas that answer this protocol
+                        stages = replica_stage_times(ports["ours"], replicas[group], group) if side == "ours" else None
                         w = run_wrk(url, bodies[n][protocol], c, duration_s, logs, f"{side}-{protocol}-{n}-{c}", warmup_s, server.proc.pid)
                         row = {"side": side, "protocol": protocol, "case": case, "rows": n, "concurrency": c, **w, "rows_s": w["req_s"] * n}
                         if stages is not None:  # the champion's own work in this case, per request, as served
-                            row["served_ms"] = served_split(stages, replica_stage_times(ports["ours"], replicas))
+                            row["served_ms"] = served_split(stages, replica_stage_times(ports["ours"], replicas[group], group))
                         result["results"].append(row)
                         log(
                             f"  {side:6} {protocol:8} {case:12} {row['req_s']:9.1f} req/s  {row['rows_s']:11.0f} rows/s  "
