@@ -587,15 +587,17 @@ class ModelServer:
         champion = self.status()
         challenger = await self.challenger.status.remote() if self.challenger is not None else None
         gpu = await self.champion_gpu.status.remote() if self.champion_gpu is not None else None
+        v1 = await self._v1_route_status()
         return {
             "pipeline": self.decl.name,
-            "ready": bool(champion["ready"]),
+            # ready when the champion answers on every route: V1's own replicas too, where the pipeline has them
+            "ready": bool(champion["ready"]) and (v1 is None or bool(v1["champion"] and v1["champion"]["ready"])),
             "champion": champion,
             "challenger": challenger,
             "champion_gpu": gpu,
             "traffic": self._traffic(),
             "routed": dict(self.counts),
-            "v1_route": await self._v1_route_status(),
+            "v1_route": v1,
             "checked_at": time.time(),
         }
 
