@@ -19,11 +19,12 @@ from mlops_assets.core.declaration import (
     load_declaration,
     load_declarations,
 )
-from serving.app import group_options
+from serving.app import build_v1_app, group_options
 from serving.config import (
     CHAMPION_GPU_DEPLOYMENT,
     check,
     pipeline_app,
+    pipeline_apps,
     serve_config,
     to_yaml,
 )
@@ -111,3 +112,18 @@ def test_pinned_versions_carry_their_model_source_to_every_group_serving_them():
     assert "model_source" not in configs["challenger"] and configs["challenger"]["follow_alias"] is False
     check({"applications": [app]})  # still what Serve accepts
     assert ModelSource.model_validate(configs["champion"]["model_source"]) == source
+
+
+def test_a_pipeline_without_a_v1_route_has_one_application_and_its_v1_stays_on_the_gateway(decls, tmp_path):
+    decl = next(d for d in decls if d.name == "flights")
+    assert set(pipeline_apps(decl)) == {"flights", "flights-v1"}
+    v1 = pipeline_apps(decl, champion=3, traffic={"canary_share": 0.25})["flights-v1"]
+    assert v1["deployments"][0]["user_config"] == {"model_version": 3, "canary_share": 0.25, "shadow": False}
+    raw = yaml.safe_load((PACKAGED_PIPELINES / "flights" / "defs.yaml").read_text())
+    raw["attributes"]["serving"]["v1_route"] = None  # as a user writes it: `v1_route: null`
+    (tmp_path / "flights.yaml").write_text(yaml.safe_dump(raw))
+    without = load_declaration(tmp_path / "flights.yaml")
+    assert without.serving.v1_route is None
+    assert set(pipeline_apps(without)) == {"flights"}  # the gateway's V1 route answers it
+    with pytest.raises(ValueError, match="declares no serving.v1_route"):
+        build_v1_app({"pipeline": "flights", "pipelines": str(tmp_path / "flights.yaml")})
