@@ -348,7 +348,8 @@ class ServingSpec(_Strict):
     v1_route: ReplicaGroupSpec | None = Field(
         ReplicaGroupSpec(replicas=2, num_cpus=0.25),
         description="Champion replicas of V1 predict's own (/v1/models/<name>:predict), reached straight from the ingress as "
-        "V2 infer's are: about 1.5 ms less a request than the gateway's hand-off, for one more replica group's memory. "
+        "V2 infer's are: about 1.3 ms less a request than the gateway's hand-off (`mlops bench serving`), for one more "
+        "replica group's memory and idle CPU. "
         "null: V1 goes through the gateway to the V2 replicas.",
     )
     max_batch_rows: int = Field(10_000, ge=1)
