@@ -108,7 +108,13 @@ def own_ray(num_cpus: int | None, namespace: str) -> Iterator[None]:
     ends: Ctrl-C, SIGTERM (to this process alone, as `mlops demo` stops it, or to its whole process group, as
     systemd does), or an error while starting. Ray's driver answers SIGTERM with a C++ handler that aborts the
     process (exit -6), which skipped every cleanup below; from `ray.init` on, SIGTERM unwinds like Ctrl-C
-    instead (exit 143)."""
+    instead (exit 143).
+
+    Nothing in this process starts a Ray of its own once this one is shut down: Ray's auto-init is off.
+    Without that, a Serve handle's long poll that polled again after `ray.shutdown` (its thread outlives
+    it) started a fresh local Ray that nothing stopped: seen in one of five SIGTERMs to the whole process
+    group."""
+    no_ray_auto_init()
     import ray
 
     ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=namespace)
@@ -120,6 +126,16 @@ def own_ray(num_cpus: int | None, namespace: str) -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _shut_down_serve()
         ray.shutdown()
+
+
+def no_ray_auto_init() -> None:
+    """Ray's own switch, `RAY_ENABLE_AUTO_CONNECT=0`: a Ray API called before `ray.init` (or after
+    `ray.shutdown`) raises instead of starting a local Ray. Ray reads it when it is imported; where it already
+    was, the value it read is set the same way."""
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
+    hook = sys.modules.get("ray._private.auto_init_hook")
+    if hook is not None:
+        hook.enable_auto_connect = False
 
 
 CONTROLLER_PROBE_S = 5.0  # a live controller answers in milliseconds

@@ -116,6 +116,33 @@ def test_sigterm_to_the_whole_group_while_starting_leaves_nothing_behind(serving
         sock.bind(("127.0.0.1", port))  # nothing listens there any more
 
 
+OWN_RAY_THEN_A_RAY_CALL = """
+from mlops_assets.cli.serve_commands import own_ray
+with own_ray(1, "own-ray-test"):
+    pass
+import ray
+try:
+    ray.get_actor("anything")  # what a Serve handle's long poll does when it polls once more after the shutdown
+except Exception as err:
+    print("refused:", type(err).__name__, err)
+print("initialized after:", ray.is_initialized())
+"""
+
+
+@pytest.mark.reliability  # starts a Ray of its own (about 10 s)
+def test_no_ray_call_starts_a_second_ray_after_serve_start_shuts_its_own_down(tmp_path):
+    """A handle's long poll outlives `ray.shutdown` on its own thread; when it polled again, Ray's auto-init
+    started a fresh local Ray that nothing stopped (seen once in five SIGTERMs to `mlops serve start`'s group)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_AUTO_CONNECT")}
+    done = subprocess.run(
+        [sys.executable, "-c", OWN_RAY_THEN_A_RAY_CALL], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "initialized after: False" in output and "refused:" in output, output[-3000:]
+    assert output.count("Started a local Ray instance") == 1, output[-3000:]
+
+
 @pytest.fixture(scope="module")
 def haproxy_server(serving_registry):
     home = Path(serving_registry.delta.root).parent
