@@ -81,7 +81,7 @@ def test_a_range_is_one_run_one_commit_per_table_and_equals_day_by_day_ingestion
 def test_the_local_home_plans_a_range_run_as_one_event_per_asset(landed: Platform, monkeypatch):
     """`mlops demo`'s environment opts into Dagster's partition-subset planned events: a year landed at once
     is planned in 3 events, not 1,095 SQLite writes; every partition is still materialized for itself."""
-    from mlops_assets.cli.data_commands import LOCAL_DAGSTER_ENV
+    from mlops_assets.cli.data_commands import DAGSTER_ENV
 
     def planned(result: dg.ExecuteInProcessResult) -> list:
         records = landed.instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED).records
@@ -89,7 +89,7 @@ def test_the_local_home_plans_a_range_run_as_one_event_per_asset(landed: Platfor
 
     monkeypatch.delenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", raising=False)
     assert len(planned(run_range(landed, RANGE[0], RANGE[2]))) == 3 * 3  # Dagster's default: one per partition
-    for name, value in LOCAL_DAGSTER_ENV.items():
+    for name, value in DAGSTER_ENV.items():
         monkeypatch.setenv(name, value)
     result = run_range(landed, RANGE[0], RANGE[-1])
     assert result.success

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 import jsonschema
+import polars as pl
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -380,6 +381,27 @@ def test_helm_values_launch_runs_on_kubernetes_with_external_postgres(helm_value
         validate_resources(deployment["resources"])
 
 
+def test_every_dagster_process_of_the_cluster_gets_the_dagster_settings_of_the_local_home(helm_values: dict):
+    """DAGSTER_ENV (planned events per range, batched event writes) is in the platform ConfigMap the README
+    creates, with the same values, and every Dagster process reads that ConfigMap: the webserver and the daemon
+    create runs (planned events), the code location and the run pods store the materializations."""
+    from mlops_assets.cli.data_commands import DAGSTER_ENV
+
+    readme = (DEPLOY / "README.md").read_text()
+    command = readme.split("create configmap mlops-platform", 1)[1].split("```", 1)[0]
+    configmap = dict(re.findall(r"--from-literal=([A-Z_][A-Z0-9_]*)=(\S+)", command))
+    assert {k: configmap.get(k) for k in DAGSTER_ENV} == DAGSTER_ENV
+    launcher = helm_values["runLauncher"]["config"]["k8sRunLauncher"]
+    readers = {
+        "webserver": helm_values["dagsterWebserver"],
+        "daemon": helm_values["dagsterDaemon"],
+        "run pods": launcher,
+        **{f"code location {d['name']}": d for d in helm_values["dagster-user-deployments"]["deployments"]},
+    }
+    for who, values in readers.items():
+        assert {"name": "mlops-platform"} in values.get("envConfigMaps", []), f"{who} does not read the platform ConfigMap"
+
+
 def test_helm_daemon_settings_are_valid_dagster_instance_config(helm_values: dict, tmp_path: Path):
     """The chart renders these values into dagster.yaml; Dagster's own validation must accept the result."""
     pytest.importorskip("dagster_k8s", reason="pip install 'dagster-k8s>=0.29,<0.30'")
@@ -710,15 +732,30 @@ def test_dagster_yaml_passes_dagster_instance_config_validation(tmp_path: Path, 
 
 
 def test_dagster_runs_on_postgres_storage(tmp_path: Path, monkeypatch, flights_decl):
-    """deploy/dagster/dagster.yaml, credentials from the environment, a real flights run, a real PostgreSQL."""
+    """deploy/dagster/dagster.yaml, credentials from the environment, a real flights run, a real PostgreSQL; a
+    backfill over a range with the deployment's Dagster settings (DAGSTER_ENV, the platform ConfigMap's): its
+    per-partition materializations are stored in batches, each partition's event with its own figures."""
     pytest.importorskip("dagster_postgres", reason="pip install 'dagster-postgres>=0.29,<0.30'")
     from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster_postgres.event_log.event_log import PostgresEventLogStorage
 
+    from mlops_assets.cli.data_commands import DAGSTER_ENV
+    from mlops_assets.core.names import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
     from tests.support.platform import Platform
 
+    batches: list[int] = []  # sizes of the batches Dagster handed to the Postgres storage
+    store_event_batch = PostgresEventLogStorage.store_event_batch
+
+    def counted(self, events):
+        batches.append(len(events))
+        return store_event_batch(self, events)
+
+    monkeypatch.setattr(PostgresEventLogStorage, "store_event_batch", counted)
     with postgres_server() as pg:
         pg.create_database("dagster")
         for name, value in zip(PG_ENV, ("127.0.0.1", str(pg.port), "dagster", pg.user, pg.password)):
+            monkeypatch.setenv(name, value)
+        for name, value in DAGSTER_ENV.items():
             monkeypatch.setenv(name, value)
         home = tmp_path / "dagster_home"
         home.mkdir()
@@ -734,18 +771,43 @@ def test_dagster_runs_on_postgres_storage(tmp_path: Path, monkeypatch, flights_d
             from mlops_assets.defs.flights.upstream import land_days
 
             plat = Platform(tmp_path, [flights_decl], instance)
-            land_days(flights_decl, plat.landing, date(2013, 1, 1), 1)
+            land_days(flights_decl, plat.landing, date(2013, 1, 1), 4)
             plat.run("flights_reference")
             result = plat.run("flights_ingest", "2013-01-01")
             assert result.success
+            days = ["2013-01-02", "2013-01-03", "2013-01-04"]
+            backfill = plat.defs.resolve_job_def("flights_ingest").execute_in_process(
+                instance=instance, tags={ASSET_PARTITION_RANGE_START_TAG: days[0], ASSET_PARTITION_RANGE_END_TAG: days[-1]}
+            )
+            assert backfill.success
+            assert batches and max(batches) >= len(days), f"no batch of the range's materializations: {batches}"
+            raw_events = {
+                day: instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=dg.AssetKey(["flights", "raw"]), asset_partitions=[day]), limit=1
+                ).records
+                for day in days
+            }
 
         stored = dict(pg.query("dagster", "SELECT run_id, status FROM runs"))
-        assert stored[result.run_id] == "SUCCESS"
+        assert stored[result.run_id] == stored[backfill.run_id] == "SUCCESS"
         materialized = pg.query(
             "dagster",
             f"SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND run_id = '{result.run_id}'",
         )[0][0]
         assert materialized >= 2, "raw, quarantine and features materializations are in Postgres"
+        per_partition = pg.query(
+            "dagster",
+            "SELECT asset_key, partition, count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
+            f"AND run_id = '{backfill.run_id}' GROUP BY asset_key, partition",
+        )
+        assert sorted((json.loads(k)[-1], p, n) for k, p, n in per_partition) == [
+            (table, day, 1) for table in ("features", "quarantine", "raw") for day in days
+        ]
+        landed = {day: pl.read_parquet(plat.landing.uri("flights", flights_decl.landing.file_name(day))).height for day in days}
+        for day, records in raw_events.items():  # each partition's own event, with its own file's rows
+            (record,) = records
+            assert record.partition_key == day and record.run_id == backfill.run_id
+            assert record.asset_materialization.metadata["rows"].value == landed[day]  # type: ignore[union-attr]
         assert pg.query("dagster", "SELECT to_regclass('instigators') IS NOT NULL")[0][0], "schedule storage tables exist"
 
 

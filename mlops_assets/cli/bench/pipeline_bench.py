@@ -256,12 +256,12 @@ def run_backfill(folder: Path) -> dict:
     import dagster as dg
 
     from mlops_assets.cli.bench.serving_bench import home_definitions
-    from mlops_assets.cli.data_commands import LOCAL_DAGSTER_ENV
+    from mlops_assets.cli.data_commands import DAGSTER_ENV
     from mlops_assets.core.declaration import PACKAGED_PIPELINES, load_declaration
     from mlops_assets.core.names import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
     from mlops_assets.defs.flights.upstream import land_reference
 
-    os.environ.update(LOCAL_DAGSTER_ENV)  # the Dagster settings of `mlops demo`'s home (this side's own process)
+    os.environ.update(DAGSTER_ENV)  # the Dagster settings of `mlops demo`'s home (this side's own process)
     decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
     files = day_files(folder)
     root = Path(tempfile.mkdtemp(prefix="mlops-bench-backfill-"))  # beside the day files, not among them
