@@ -32,6 +32,8 @@ def bench_pipeline(args: argparse.Namespace) -> int:
     from mlops_assets.cli.bench.pipeline_bench import bench, print_report
 
     sides = ("platform", "backfill") if args.platform_only else ("platform", "backfill", "pandas")
+    if args.postgres:
+        sides += ("backfill-postgres", "backfill-postgres-one-by-one")
     result = bench(args.rows, days=args.days, check_rows=args.check_rows, training=not args.no_training, sides=sides)
     print_report(result)
     if args.json:
@@ -134,6 +136,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--check-rows", type=positive_int, default=30_000, help="rows of the platform/pandas agreement check")
     p.add_argument("--no-training", action="store_true", help="skip the training-overhead measurement")
     p.add_argument("--platform-only", action="store_true", help="skip the pandas baseline")
+    p.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also run the backfill stored in PostgreSQL, as the cluster's Dagster stores it, with the deployment's "
+        "batched event writes and with one event at a time (a throwaway server; needs PostgreSQL's binaries and "
+        "dagster-postgres)",
+    )
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_pipeline)
     p = bench.add_parser("serving", help="Ray Serve endpoint vs `mlflow models serve` vs a naive FastAPI app, with wrk")

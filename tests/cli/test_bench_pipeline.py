@@ -84,6 +84,39 @@ def test_bench_pipeline_command_end_to_end(capsys: pytest.CaptureFixture):
     assert result["agreement"]["rows"] == 2_000
 
 
+def test_bench_pipeline_backfill_on_postgres_batched_and_one_by_one(capsys: pytest.CaptureFixture):
+    """`--postgres`: the same backfill stored in a throwaway PostgreSQL, as the cluster's Dagster stores it, with
+    the deployment's batched event writes and with one event at a time: the same rows, every partition."""
+    from mlops_assets.cli.bench.throwaway_postgres import unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    code = main(
+        ["bench", "pipeline", "--rows", "4000", "--days", "4", "--check-rows", "1000", "--no-training", "--platform-only"]
+        + ["--postgres", "--json"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "batched event writes vs one event at a time" in out
+    (size,) = json.loads(out.strip().splitlines()[-1])["sizes"]
+    backfill = size["backfill"]
+    for side in ("backfill-postgres", "backfill-postgres-one-by-one"):
+        s = size[side]
+        assert s["side"] == side
+        assert (s["rows"], s["clean"], s["partitions"]) == (4_000, backfill["clean"], 4)
+        assert set(s["stages"]) == {"ingest", "features"}
+    assert size["postgres_batching_speedup"] > 0
+
+
+def test_bench_pipeline_postgres_without_a_server_is_a_clear_error(monkeypatch, capsys: pytest.CaptureFixture):
+    from mlops_assets.cli.bench import throwaway_postgres
+
+    monkeypatch.setattr(throwaway_postgres, "unavailable", lambda: "PostgreSQL server binaries not installed")
+    assert main(["bench", "pipeline", "--rows", "1000", "--days", "2", "--no-training", "--platform-only", "--postgres"]) == 2
+    assert "--postgres: PostgreSQL server binaries not installed" in capsys.readouterr().err
+
+
 def test_bench_pipeline_rejects_bad_sizes(capsys: pytest.CaptureFixture):
     with pytest.raises(SystemExit):
         main(["bench", "pipeline", "--rows", "1e6x"])

@@ -19,8 +19,11 @@ What is timed, per daily partition, exactly as the assets do it:
   The Delta writes and reads between the two assets are not timed on either
   side: earlier days' partials (platform) or clean rows (pandas) are kept in memory.
 - backfill: the real ``flights_ingest`` job over the whole range as one Dagster run (the single-run
-  backfill policy, with the Dagster settings of `mlops demo`'s home): the same calls plus the Delta reads
-  and commits and the run's bookkeeping.
+  backfill policy, with the Dagster settings of every deployment, ``DAGSTER_ENV``): the same calls plus the
+  Delta reads and commits and the run's bookkeeping, in an ephemeral Dagster instance.
+- backfill-postgres, backfill-postgres-one-by-one (``--postgres``): the same run stored in Postgres, as
+  the cluster's Dagster stores it (a throwaway server on loopback), with the deployment's settings and
+  with Dagster's default of one event written at a time.
 - pandas: ``mlops_assets.bench.pandas_baseline``, the same steps.
 
 Each side runs in its own subprocess (peak memory = its VmHWM). Before timing,
@@ -35,6 +38,8 @@ on the same arrays with the same parameters.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -43,11 +48,13 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import yaml
 
 DAYS_2013 = [date(2013, 1, 1) + timedelta(days=i) for i in range(365)]
 BROKEN_SHARE = 0.001  # per kind of breakage
@@ -249,10 +256,16 @@ def run_side(side: str, folder: Path) -> dict:
     }
 
 
-def run_backfill(folder: Path) -> dict:
+# the backfill sides: the laptop's Dagster storage (an ephemeral instance), or the cluster's (Postgres, a
+# throwaway server) with the deployment's Dagster settings, and with its events stored one by one (Dagster's default)
+BACKFILL_SIDES = ("backfill", "backfill-postgres", "backfill-postgres-one-by-one")
+
+
+def run_backfill(folder: Path, side: str = "backfill", postgres_url: str | None = None) -> dict:
     """The platform as it runs a backfill: the day files landed in a fresh home (not timed), the reference
     job, then the real `flights_ingest` job over the whole range as one Dagster run (timed): Delta reads and
-    commits, validation, history in order, the run's own bookkeeping included."""
+    commits, validation, history in order, the run's own bookkeeping included. The Postgres sides store the
+    run in the database at `postgres_url`, as the cluster's Dagster does."""
     import dagster as dg
 
     from mlops_assets.cli.bench.serving_bench import home_definitions
@@ -261,7 +274,9 @@ def run_backfill(folder: Path) -> dict:
     from mlops_assets.core.names import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
     from mlops_assets.defs.flights.upstream import land_reference
 
-    os.environ.update(DAGSTER_ENV)  # the Dagster settings of `mlops demo`'s home (this side's own process)
+    os.environ.update(DAGSTER_ENV)  # the Dagster settings of every deployment (this side's own process)
+    if side == "backfill-postgres-one-by-one":
+        os.environ["DAGSTER_EVENT_BATCH_SIZE"] = "0"  # Dagster's default
     decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
     files = day_files(folder)
     root = Path(tempfile.mkdtemp(prefix="mlops-bench-backfill-"))  # beside the day files, not among them
@@ -269,7 +284,9 @@ def run_backfill(folder: Path) -> dict:
     for partition, path in files:
         landing.write_bytes(decl.name, decl.landing.file_name(partition), path.read_bytes())
     land_reference(decl, landing)
-    with dg.DagsterInstance.ephemeral() as instance:
+    if postgres_url:
+        (root / "dagster" / "dagster.yaml").write_text(yaml.safe_dump({"storage": {"postgres": {"postgres_url": postgres_url}}}))
+    with dg.DagsterInstance.from_config(str(root / "dagster")) if postgres_url else dg.DagsterInstance.ephemeral() as instance:
         defs.resolve_job_def(f"{decl.name}_reference").execute_in_process(instance=instance)
         start = time.perf_counter()
         result = defs.resolve_job_def(f"{decl.name}_ingest").execute_in_process(
@@ -281,6 +298,11 @@ def run_backfill(folder: Path) -> dict:
             for e in result.all_events
             if e.event_type_value == "STEP_SUCCESS"
         }
+        materialized = {
+            t: len(instance.get_materialized_partitions(dg.AssetKey([decl.name, t]))) for t in ("raw", "quarantine", "features")
+        }
+    if set(materialized.values()) != {len(files)}:
+        raise RuntimeError(f"{side}: partitions materialized per asset {materialized}, of {len(files)} landed")
     from resources.delta_lake import DeltaLakeResource
 
     delta = DeltaLakeResource(root=str(root / "delta"))
@@ -288,7 +310,7 @@ def run_backfill(folder: Path) -> dict:
     clean = delta.scan(decl.name, "features").select(pl.len()).collect().item()
     shutil.rmtree(root, ignore_errors=True)
     return {
-        "side": "backfill",
+        "side": side,
         "rows": rows,
         "partitions": len(files),
         "clean": clean,
@@ -428,9 +450,10 @@ def run_training(folder: Path, end: str = "2013-06-30", repeats: int = 3) -> dic
 # -- driver ---------------------------------------------------------------------------------------------
 
 
-def _side(side: str, folder: str, timeout: float | None = None) -> dict:
+def _side(side: str, folder: str, timeout: float | None = None, postgres_url: str | None = None) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "mlops_assets.cli.bench.pipeline_bench", "--side", side, "--folder", folder],
+        [sys.executable, "-m", "mlops_assets.cli.bench.pipeline_bench", "--side", side, "--folder", folder]
+        + (["--postgres-url", postgres_url] if postgres_url else []),
         check=False,
         capture_output=True,
         text=True,
@@ -448,11 +471,12 @@ def bench(
     training: bool = True,
     sides: tuple[str, ...] = ("platform", "pandas"),
 ) -> dict:
-    """Agreement check, then each size on each side in its own subprocess, then training."""
+    """Agreement check, then each size on each side in its own subprocess, then training. The Postgres backfill
+    sides share one throwaway server, a fresh database each."""
     if not 1 <= days <= 365:
         raise ValueError("days must be between 1 and 365 (the days of 2013)")
     result: dict = {"sizes": [], "days": days}
-    with tempfile.TemporaryDirectory(prefix="mlops-bench-pipeline-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mlops-bench-pipeline-") as tmp, _postgres_for(sides) as postgres:
         root = Path(tmp)
         check = root / "check"
         check.mkdir()
@@ -464,13 +488,22 @@ def bench(
             generate(rows, folder, days=DAYS_2013[:days])
             entry: dict = {"rows": rows}
             for side in sides:
-                entry[side] = _side(side, str(folder))
+                url = None
+                if side.startswith("backfill-postgres"):
+                    database = f"bench_{rows}_{side.replace('-', '_')}"
+                    postgres.create_database(database)
+                    url = postgres.url(database)
+                entry[side] = _side(side, str(folder), postgres_url=url)
             for f in folder.iterdir():
                 f.unlink()
             if "pandas" in entry and "platform" in entry:
                 entry["speedup"] = entry["pandas"]["seconds"] / entry["platform"]["seconds"]
             if "pandas" in entry and "backfill" in entry:
                 entry["backfill_speedup"] = entry["pandas"]["seconds"] / entry["backfill"]["seconds"]
+            if "backfill-postgres" in entry and "backfill-postgres-one-by-one" in entry:
+                entry["postgres_batching_speedup"] = (
+                    entry["backfill-postgres-one-by-one"]["seconds"] / entry["backfill-postgres"]["seconds"]
+                )
             result["sizes"].append(entry)
         if training:
             train_folder = root / "training"
@@ -482,6 +515,25 @@ def bench(
         factor = large["rows"] / small["rows"]
         result["growth"] = {side: {"rows_factor": factor, "time_factor": large[side]["seconds"] / small[side]["seconds"]} for side in sides}
     return result
+
+
+@contextlib.contextmanager
+def _postgres_for(sides: tuple[str, ...]) -> Iterator:
+    """A throwaway PostgreSQL server when a Postgres side is asked for (None otherwise); a clear error without one."""
+    if not any(s.startswith("backfill-postgres") for s in sides):
+        yield None
+        return
+    from mlops_assets.cli.bench.throwaway_postgres import throwaway_postgres, unavailable
+
+    reason = unavailable() or (
+        None if importlib.util.find_spec("dagster_postgres") else "dagster-postgres is not installed (pip install '.[cluster]')"
+    )
+    if reason:
+        from mlops_assets.cli.errors import CommandError
+
+        raise CommandError(f"--postgres: {reason}")
+    with throwaway_postgres() as server:
+        yield server
 
 
 def print_report(r: dict) -> None:
@@ -496,7 +548,7 @@ def print_report(r: dict) -> None:
     )
     print(f"{'rows':>12} {'side':<9}{'seconds':>9}{'rows/s':>12}{'peak MB':>9}{'quarant.':>10}  stages (s)")
     for e in r["sizes"]:
-        for side in ("platform", "backfill", "pandas"):
+        for side in ("platform", *BACKFILL_SIDES, "pandas"):
             if side not in e:
                 continue
             s = e[side]
@@ -508,6 +560,11 @@ def print_report(r: dict) -> None:
             print(f"{'':>12} platform vs pandas: {e['speedup']:.1f}x")
         if "backfill_speedup" in e:
             print(f"{'':>12} backfill (one Dagster run, Delta I/O included) vs pandas: {e['backfill_speedup']:.1f}x")
+        if "postgres_batching_speedup" in e:
+            print(
+                f"{'':>12} backfill on Postgres, the deployment's batched event writes vs one event at a time: "
+                f"{e['postgres_batching_speedup']:.1f}x"
+            )
     for side, g in r.get("growth", {}).items():
         print(f"growth {side}: {g['rows_factor']:.0f}x rows -> {g['time_factor']:.1f}x time")
     t = r.get("training")
@@ -522,13 +579,14 @@ def print_report(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--side", required=True, choices=["platform", "backfill", "pandas", "training"])
+    p.add_argument("--side", required=True, choices=["platform", *BACKFILL_SIDES, "pandas", "training"])
     p.add_argument("--folder", required=True)
+    p.add_argument("--postgres-url")
     args = p.parse_args(argv)
     if args.side == "training":
         print(json.dumps(run_training(Path(args.folder))))
-    elif args.side == "backfill":
-        print(json.dumps(run_backfill(Path(args.folder))))
+    elif args.side in BACKFILL_SIDES:
+        print(json.dumps(run_backfill(Path(args.folder), args.side, args.postgres_url)))
     else:
         print(json.dumps(run_side(args.side, Path(args.folder))))
 
