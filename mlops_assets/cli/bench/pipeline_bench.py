@@ -546,7 +546,8 @@ def print_report(r: dict) -> None:
         f"pipeline: ingest + validate + featurize, one daily partition at a time ({r['days']} days of 2013); "
         "Delta writes/reads between the assets not included on either side"
     )
-    print(f"{'rows':>12} {'side':<9}{'seconds':>9}{'rows/s':>12}{'peak MB':>9}{'quarant.':>10}  stages (s)")
+    width = max(len(side) for e in r["sizes"] for side in ("platform", *BACKFILL_SIDES, "pandas") if side in e) + 1
+    print(f"{'rows':>12} {'side':<{width}}{'seconds':>9}{'rows/s':>12}{'peak MB':>9}{'quarant.':>10}  stages (s)")
     for e in r["sizes"]:
         for side in ("platform", *BACKFILL_SIDES, "pandas"):
             if side not in e:
@@ -554,7 +555,7 @@ def print_report(r: dict) -> None:
             s = e[side]
             stages = " ".join(f"{k} {v:.1f}" for k, v in s["stages"].items())
             print(
-                f"{e['rows']:>12,} {side:<9}{s['seconds']:>9.1f}{s['rows_per_s']:>12,.0f}{s['peak_mb']:>9.0f}{s['quarantined']:>10,}  {stages}"
+                f"{e['rows']:>12,} {side:<{width}}{s['seconds']:>9.1f}{s['rows_per_s']:>12,.0f}{s['peak_mb']:>9.0f}{s['quarantined']:>10,}  {stages}"
             )
         if "speedup" in e:
             print(f"{'':>12} platform vs pandas: {e['speedup']:.1f}x")
