@@ -85,27 +85,25 @@ def test_bench_pipeline_command_end_to_end(capsys: pytest.CaptureFixture):
 
 
 def test_bench_pipeline_backfill_on_postgres_batched_and_one_by_one(capsys: pytest.CaptureFixture):
-    """`--postgres`: the same backfill stored in a throwaway PostgreSQL, as the cluster's Dagster stores it, with
-    the deployment's batched event writes and with one event at a time: the same rows, every partition."""
+    """The `--postgres` sides: the same backfill stored in a throwaway PostgreSQL, as the cluster's Dagster stores
+    it, with the deployment's batched event writes and with one event at a time: the same rows, every partition.
+    (The command's other sides are the end-to-end test's; `--postgres` adds these two, as the next test shows.)"""
     from mlops_assets.cli.bench.throwaway_postgres import unavailable
 
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    code = main(
-        ["bench", "pipeline", "--rows", "4000", "--days", "4", "--check-rows", "1000", "--no-training", "--platform-only"]
-        + ["--postgres", "--json"]
-    )
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "batched event writes vs one event at a time" in out
-    (size,) = json.loads(out.strip().splitlines()[-1])["sizes"]
-    backfill = size["backfill"]
-    for side in ("backfill-postgres", "backfill-postgres-one-by-one"):
-        s = size[side]
+    sides = ("backfill-postgres", "backfill-postgres-one-by-one")
+    result = pipeline_bench.bench([3000], days=3, check_rows=1000, training=False, sides=sides)
+    pipeline_bench.print_report(result)
+    assert "batched event writes vs one event at a time" in capsys.readouterr().out
+    (size,) = result["sizes"]
+    batched, one_by_one = size["backfill-postgres"], size["backfill-postgres-one-by-one"]
+    for side, s in zip(sides, (batched, one_by_one)):
         assert s["side"] == side
-        assert (s["rows"], s["clean"], s["partitions"]) == (4_000, backfill["clean"], 4)
+        assert (s["rows"], s["partitions"]) == (3_000, 3)
         assert set(s["stages"]) == {"ingest", "features"}
+    assert batched["clean"] == one_by_one["clean"] > 0 and batched["quarantined"] == one_by_one["quarantined"]
     assert size["postgres_batching_speedup"] > 0
 
 
@@ -113,8 +111,12 @@ def test_bench_pipeline_postgres_without_a_server_is_a_clear_error(monkeypatch, 
     from mlops_assets.cli.bench import throwaway_postgres
 
     monkeypatch.setattr(throwaway_postgres, "unavailable", lambda: "PostgreSQL server binaries not installed")
+    asked: list[tuple] = []
+    bench = pipeline_bench.bench
+    monkeypatch.setattr(pipeline_bench, "bench", lambda *a, **kw: asked.append(kw["sides"]) or bench(*a, **kw))
     assert main(["bench", "pipeline", "--rows", "1000", "--days", "2", "--no-training", "--platform-only", "--postgres"]) == 2
     assert "--postgres: PostgreSQL server binaries not installed" in capsys.readouterr().err
+    assert asked == [("platform", "backfill", "backfill-postgres", "backfill-postgres-one-by-one")]
 
 
 def test_bench_pipeline_rejects_bad_sizes(capsys: pytest.CaptureFixture):
