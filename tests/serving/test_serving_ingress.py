@@ -60,7 +60,7 @@ def _serve_start(serving_registry, port: int, log: Path, until: str) -> subproce
 def _declaration(home: Path) -> Path:
     """The packaged flights declaration with one champion replica on each route instead of two: every replica of
     this instance starts on the suite's 2 cores beside the session's Serve, and one is all these tests ask of it
-    (the session's Serve and the reliability cases run the declared two)."""
+    (the session's Serve and the reliability bench run the declared two)."""
     raw = yaml.safe_load((PACKAGED_PIPELINES / "flights" / "defs.yaml").read_text())
     raw["attributes"]["serving"]["cpu"]["replicas"] = 1
     raw["attributes"]["serving"]["v1_route"] = {"replicas": 1, "num_cpus": 0.25}
