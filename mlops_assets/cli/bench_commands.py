@@ -29,11 +29,11 @@ def _sizes(text: str) -> list[int]:
 
 
 def bench_pipeline(args: argparse.Namespace) -> int:
-    from mlops_assets.cli.bench.pipeline_bench import bench, print_report
+    from mlops_assets.cli.bench.pipeline_bench import POSTGRES_SIDES, bench, print_report
 
     sides = ("platform", "backfill") if args.platform_only else ("platform", "backfill", "pandas")
     if args.postgres:
-        sides += ("backfill-postgres", "backfill-postgres-one-by-one")
+        sides += POSTGRES_SIDES
     result = bench(args.rows, days=args.days, check_rows=args.check_rows, training=not args.no_training, sides=sides)
     print_report(result)
     if args.json:

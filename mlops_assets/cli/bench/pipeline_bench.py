@@ -258,7 +258,8 @@ def run_side(side: str, folder: Path) -> dict:
 
 # the backfill sides: the laptop's Dagster storage (an ephemeral instance), or the cluster's (Postgres, a
 # throwaway server) with the deployment's Dagster settings, and with its events stored one by one (Dagster's default)
-BACKFILL_SIDES = ("backfill", "backfill-postgres", "backfill-postgres-one-by-one")
+POSTGRES_SIDES = ("backfill-postgres", "backfill-postgres-one-by-one")
+BACKFILL_SIDES = ("backfill", *POSTGRES_SIDES)
 
 
 def run_backfill(folder: Path, side: str = "backfill", postgres_url: str | None = None) -> dict:
@@ -489,7 +490,7 @@ def bench(
             entry: dict = {"rows": rows}
             for side in sides:
                 url = None
-                if side.startswith("backfill-postgres"):
+                if side in POSTGRES_SIDES:
                     database = f"bench_{rows}_{side.replace('-', '_')}"
                     postgres.create_database(database)
                     url = postgres.url(database)
@@ -520,7 +521,7 @@ def bench(
 @contextlib.contextmanager
 def _postgres_for(sides: tuple[str, ...]) -> Iterator:
     """A throwaway PostgreSQL server when a Postgres side is asked for (None otherwise); a clear error without one."""
-    if not any(s.startswith("backfill-postgres") for s in sides):
+    if not set(sides) & set(POSTGRES_SIDES):
         yield None
         return
     from mlops_assets.cli.bench.throwaway_postgres import throwaway_postgres, unavailable

@@ -355,15 +355,20 @@ def _exe(name: str) -> str:
 BENCH_ADMIN_TOKEN = "mlops-bench-admin"  # our server's admin token in the bench: it reads the champion's status
 
 
-def champion_status(port: int, protocol: str = "v2") -> dict:
-    """The champion's status as one of the replicas answering `protocol` reports it (the admin route, through the
-    gateway): for V1, the V1 route's own replicas where the pipeline has them, else the V2 route's."""
+def route_champions(port: int) -> dict[str, dict]:
+    """The champion's status by protocol, from one reading of the admin route (through the gateway): a replica
+    answering V2, and one answering V1 (the V1 route's own where the pipeline has them, else the V2 route's)."""
     url = f"http://127.0.0.1:{port}/admin/models/{PIPELINE}/status"
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {BENCH_ADMIN_TOKEN}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         status = json.loads(resp.read())
     v1 = status.get("v1_route")
-    return v1["champion"] if protocol == "v1" and v1 and v1.get("champion") else status["champion"]
+    return {"v2": status["champion"], "v1": v1["champion"] if v1 and v1.get("champion") else status["champion"]}
+
+
+def champion_status(port: int, protocol: str = "v2") -> dict:
+    """The champion's status as one of the replicas answering `protocol` reports it."""
+    return route_champions(port)[protocol]
 
 
 def replica_statuses(port: int, replicas: int, protocol: str = "v2", tries: int = 12) -> dict[str, dict]:
@@ -412,9 +417,10 @@ def wait_for_predictor(port: int, compiled_trees: bool, log, timeout_s: float = 
     case measures a check or the predictor it replaces; a replica of each route is asked (V1's own, where declared)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        champion, v1 = champion_status(port), champion_status(port, "v1")
+        routes = route_champions(port)
+        champion = routes["v2"]
         settled = all(
-            (not compiled_trees or c.get("compiled_trees") != "building") and c.get("single_row") != UNCHECKED for c in (champion, v1)
+            (not compiled_trees or c.get("compiled_trees") != "building") and c.get("single_row") != UNCHECKED for c in routes.values()
         )
         if settled or time.monotonic() > deadline:
             note, lone = champion.get("compiled_trees"), champion.get("single_row")
