@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.support.platform", "tests.support.models", "tests.support.serving"]
+pytest_plugins = ["tests.support.platform", "tests.support.models", "tests.support.ray_instance", "tests.support.serving"]
 
 
 @pytest.fixture(scope="session", autouse=True)

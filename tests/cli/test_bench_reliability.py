@@ -15,7 +15,8 @@ import requests
 
 from mlops_assets.cli.bench import reliability_bench as rb
 from resources.audit_log import history
-from tests.support.serving import PREDICT_TOKEN, request_records, serving_settings
+from tests.support.ray_instance import PREDICT_TOKEN
+from tests.support.serving import request_records, serving_settings
 
 pytestmark = pytest.mark.reliability  # after the suite, in .ci/run: `pytest -m reliability`
 

@@ -38,20 +38,6 @@ WORKERS = 2
 HOLDOUT_TOLERANCE = 0.05  # relative, on hold-out MAE and RMSE
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """A local Ray instance for this module; shut down only if this fixture started it."""
-    started = False
-    began = time.perf_counter()
-    if not ray.is_initialized():
-        ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        started = True
-    print(f"ray.init {time.perf_counter() - began:.1f}s")
-    yield
-    if started:
-        ray.shutdown()
-
-
 @dataclass
 class BothPaths:
     plan: TrainingPlan
@@ -203,7 +189,7 @@ def test_workers_that_can_never_fit_fail_at_once_naming_the_settings(local_ray, 
     from mlops_assets.models.ray_training import RayCapacityError, check_capacity
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    cpus = ray.cluster_resources()["CPU"]  # this module's instance, or the session's shared one
+    cpus = ray.cluster_resources()["CPU"]  # the session's shared instance
     check_capacity(WORKERS, {"CPU": cpus / WORKERS})  # fits exactly
     per = cpus / WORKERS + 1
     with pytest.raises(

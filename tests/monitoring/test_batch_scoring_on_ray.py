@@ -7,13 +7,9 @@ the model version must be equal, and both commit the whole range at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import dagster as dg
 import numpy as np
 import polars as pl
-import pytest
-import ray
 
 from mlops_assets.core.names import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mlops_assets.models import training
@@ -21,17 +17,6 @@ from resources import registered_models
 from tests.support.models import flights_variant, train
 
 FIRST, LAST = "2013-01-29", "2013-02-04"
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """The session's Ray when a test started one already, else a 2-CPU instance shut down afterwards."""
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 def score_range(plat, first: str = FIRST, last: str = LAST, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:

@@ -20,7 +20,8 @@ from tritonclient.utils import InferenceServerException
 from mlops_assets.core.feature_contract import load_feature_module
 from serving.requests import RequestError, RequestSchema, decode_v2
 from tests.support.models import flights_variant
-from tests.support.serving import PREDICT_TOKEN, request_records
+from tests.support.ray_instance import PREDICT_TOKEN
+from tests.support.serving import request_records
 
 AUTH = {"Authorization": f"Bearer {PREDICT_TOKEN}"}
 

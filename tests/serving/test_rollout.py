@@ -28,7 +28,8 @@ from resources.audit_log import AuditEvent, history, record
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.registered_models import resolve_alias
 from serving import control
-from tests.support.serving import ADMIN_TOKEN, PREDICT_TOKEN, request_records, serving_resource, serving_settings, train
+from tests.support.ray_instance import ADMIN_TOKEN, PREDICT_TOKEN
+from tests.support.serving import request_records, serving_resource, serving_settings, train
 
 STEPS = [0.5, 1.0]
 

@@ -22,9 +22,8 @@ from mlops_assets.core.names import PREDICTION_LOG
 from resources.audit_log import AuditEvent, history, passed_gates, record
 from serving import control
 from serving.config import GATEWAY_APP
+from tests.support.ray_instance import ADMIN_TOKEN, PREDICT_TOKEN
 from tests.support.serving import (
-    ADMIN_TOKEN,
-    PREDICT_TOKEN,
     offline_features,
     request_records,
     serving_resource,

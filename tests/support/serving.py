@@ -10,7 +10,6 @@ that also receives the prediction log.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -36,8 +35,6 @@ from resources.delta_lake import DeltaLakeResource
 from resources.pipeline_tables import read_clean, read_reference
 from tests.support.network import free_port
 
-ADMIN_TOKEN = "test-admin-token"
-PREDICT_TOKEN = "test-predict-token"
 SERVE_DAY = date(2013, 2, 5)  # the day after the last ingested one: requests are "today's" flights
 
 
@@ -150,27 +147,16 @@ class ServeInstance:
 
 
 @pytest.fixture(scope="session")
-def ray_serve() -> Iterator[ServeInstance]:
-    """The one Ray instance and Serve proxy of the test session, on loopback; shut down at the end."""
-    import ray
+def ray_serve(local_ray) -> Iterator[ServeInstance]:
+    """Serve's proxy on the session's Ray instance, on loopback; shut down at the end."""
     from ray import serve
 
-    saved = {k: os.environ.get(k) for k in ("MLOPS_SERVE_ADMIN_TOKEN", "MLOPS_SERVE_TOKEN")}
-    os.environ["MLOPS_SERVE_ADMIN_TOKEN"] = ADMIN_TOKEN  # workers inherit the driver's environment
-    os.environ["MLOPS_SERVE_TOKEN"] = PREDICT_TOKEN
     port = free_port()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="mlops-serving-tests")
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield ServeInstance(f"http://127.0.0.1:{port}", port)
     finally:
         serve.shutdown()
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
