@@ -10,6 +10,7 @@ never "the latest file".
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from dataclasses import dataclass
@@ -143,6 +144,28 @@ class Registered:
     experiment_id: str
 
 
+@functools.cache
+def _versioned_delta_source() -> type:
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+
+    class VersionedDeltaSource(DeltaDatasetSource):
+        """MLflow's Delta source, whose `to_dict` drops a version of 0 (a truthiness test): a features table
+        whose first commit was a whole backfill is at version 0, and the run's input must still pin it."""
+
+        def to_dict(self) -> dict:
+            info = super().to_dict()
+            if self.delta_table_version is not None:
+                info["delta_table_version"] = self.delta_table_version
+            return info
+
+    return VersionedDeltaSource
+
+
+def delta_source(path: str, version: int):
+    """The MLflow dataset source of a training run's features: the Delta table at the version it read."""
+    return _versioned_delta_source()(path=path, delta_table_version=version)
+
+
 def log_and_register(
     registry: MlflowRegistryResource,
     plan: TrainingPlan,
@@ -155,7 +178,6 @@ def log_and_register(
     import lightgbm as lgb
     import mlflow
     import pandas as pd
-    from mlflow.data.delta_dataset_source import DeltaDatasetSource
     from mlflow.models import infer_signature
 
     with registry.writing() as client:
@@ -194,7 +216,7 @@ def log_and_register(
                     run.info.run_id,
                     metrics=[mlflow.entities.Metric(f"curve_{name}", v, 0, i) for i, v in enumerate(values)],
                 )
-            source = DeltaDatasetSource(path=plan.features_table, delta_table_version=plan.features_version)
+            source = delta_source(plan.features_table, plan.features_version)
             dataset = mlflow.data.from_polars(
                 sample,
                 source=source,

@@ -11,20 +11,11 @@ import pytest
 from deltalake import DeltaTable
 
 from mlops_assets.core.declaration import derive_declaration
-from mlops_assets.core.names import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mlops_assets.core.partitions import backfill_policy, runs_of
 from mlops_assets.defs.flights.upstream import day_frame, encode, land_days
 from tests.support.platform import Platform, days
 
 RANGE = days("2013-01-01", 10)
-
-
-def run_range(platform: Platform, first: str, last: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
-    return platform.defs.resolve_job_def("flights_ingest").execute_in_process(
-        instance=platform.instance,
-        tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
-        raise_on_error=raise_on_error,
-    )
 
 
 def commits(platform: Platform, table: str) -> int:
@@ -38,15 +29,12 @@ def landed(platform: Platform) -> Platform:
     return platform
 
 
-def test_a_range_is_one_run_one_commit_per_table_and_equals_day_by_day_ingestion(landed: Platform, flights_ingested: Platform):
-    result = run_range(landed, RANGE[0], RANGE[-1])
+def test_a_range_is_one_run_one_commit_per_table_and_equals_day_by_day_ingestion(landed: Platform):
+    result = landed.ingest_range("flights", RANGE[0], RANGE[-1])
     assert result.success
     assert {t: commits(landed, t) for t in ("raw", "quarantine", "features")} == {"raw": 1, "quarantine": 1, "features": 1}
     assert landed.instance.get_materialized_partitions(dg.AssetKey(["flights", "features"])) == set(RANGE)
     ours = landed.delta.read_partitions("flights", "features", RANGE).sort("_partition", "_source_row")
-    # the shared home ingested the same days one run each: every value equal, history included
-    theirs = flights_ingested.delta.read_partitions("flights", "features", RANGE).sort("_partition", "_source_row")
-    assert ours.equals(theirs.select(ours.columns))
     # each partition's events carry its own file, signature and rows (not the range's totals, not every file)
     landed_files = {d: landed.landing.stat("flights", f"flights_{d}.parquet").signature for d in RANGE}
     raw_rows = dict(ours.group_by("_partition").len().iter_rows())
@@ -67,7 +55,7 @@ def test_a_range_is_one_run_one_commit_per_table_and_equals_day_by_day_ingestion
                 assert meta["rows"].value == meta["dagster/row_count"].value == raw_rows[day]
     # a re-run of part of the range replaces only those days
     before = landed.delta.read_partitions("flights", "raw", RANGE[:3])
-    assert run_range(landed, RANGE[3], RANGE[5]).success
+    assert landed.ingest_range("flights", RANGE[3], RANGE[5]).success
     assert (
         landed.delta.read_partitions("flights", "raw", RANGE[:3])
         .sort("_partition", "_source_row")
@@ -76,6 +64,12 @@ def test_a_range_is_one_run_one_commit_per_table_and_equals_day_by_day_ingestion
     assert dict(landed.delta.scan("flights", "raw").group_by("_partition").len().collect().iter_rows()) == {
         d: day_frame(date.fromisoformat(d)).height for d in RANGE
     }
+    # the same days again, one run each (oldest first, as the sensor runs lone files): every value equal, history included
+    written = landed.delta.version("flights", "features")
+    assert all(r.success for r in landed.ingest("flights", RANGE))
+    assert landed.delta.version("flights", "features") == written + len(RANGE), "each day's features written again"
+    by_day = landed.delta.read_partitions("flights", "features", RANGE).sort("_partition", "_source_row")
+    assert ours.equals(by_day.select(ours.columns))
 
 
 def test_the_local_home_plans_a_range_run_as_one_event_per_asset(landed: Platform, monkeypatch):
@@ -88,10 +82,10 @@ def test_the_local_home_plans_a_range_run_as_one_event_per_asset(landed: Platfor
         return [r.event_log_entry.dagster_event.event_specific_data for r in records]
 
     monkeypatch.delenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", raising=False)
-    assert len(planned(run_range(landed, RANGE[0], RANGE[2]))) == 3 * 3  # Dagster's default: one per partition
+    assert len(planned(landed.ingest_range("flights", RANGE[0], RANGE[2]))) == 3 * 3  # Dagster's default: one per partition
     for name, value in DAGSTER_ENV.items():
         monkeypatch.setenv(name, value)
-    result = run_range(landed, RANGE[0], RANGE[-1])
+    result = landed.ingest_range("flights", RANGE[0], RANGE[-1])
     assert result.success
     events = planned(result)
     assert sorted(e.asset_key.path[-1] for e in events) == ["features", "quarantine", "raw"]
@@ -105,7 +99,7 @@ def test_a_bad_day_in_a_range_is_held_back_alone(landed: Platform):
     frame = day_frame(date.fromisoformat(bad)).with_row_index("i")
     frame = frame.with_columns(pl.when(pl.col("i") % 5 == 0).then(pl.lit("ZZ")).otherwise(pl.col("carrier")).alias("carrier")).drop("i")
     landed.landing.write_bytes("flights", f"flights_{bad}.parquet", encode(frame, "parquet"))
-    result = run_range(landed, RANGE[0], RANGE[-1], raise_on_error=False)
+    result = landed.ingest_range("flights", RANGE[0], RANGE[-1], raise_on_error=False)
     assert not result.success
     check = result.get_asset_check_evaluations()[0]
     assert not check.passed and bad in check.description
@@ -128,7 +122,7 @@ def test_rows_of_another_day_in_a_file_are_quarantined_not_ingested_twice(landed
     landed.landing.write_bytes(
         "flights", f"flights_{day}.parquet", encode(pl.concat([day_frame(date.fromisoformat(day)), stray]), "parquet")
     )
-    assert run_range(landed, RANGE[0], RANGE[2]).success
+    assert landed.ingest_range("flights", RANGE[0], RANGE[2]).success
     quarantine = landed.delta.read_partitions("flights", "quarantine", [day])
     assert quarantine.height == 3
     assert set(quarantine.get_column("_reason")) == {f"year/month/day: {other} is outside partition {day}"}
@@ -143,7 +137,7 @@ def test_an_unreadable_file_in_a_range_fails_the_run_naming_it_and_commits_nothi
     bad = RANGE[6]
     landed.landing.write_bytes("flights", f"flights_{bad}.parquet", b"PAR1 this is not parquet")
     before = {t: landed.delta.version("flights", t) for t in ("raw", "quarantine", "features")}
-    result = run_range(landed, RANGE[0], RANGE[-1], raise_on_error=False)
+    result = landed.ingest_range("flights", RANGE[0], RANGE[-1], raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.user_failure_data
     assert f"flights_{bad}.parquet" in failure.description and failure.metadata["partition"].value == bad
@@ -167,7 +161,7 @@ def test_a_range_builds_every_chunk_from_the_raw_version_its_lineage_records(lan
         return real_read_clean(delta, pipeline, days, raw_scan)
 
     monkeypatch.setattr(features_step, "read_clean", read_clean_after_another_commit)
-    result = run_range(landed, RANGE[0], RANGE[-1])
+    result = landed.ingest_range("flights", RANGE[0], RANGE[-1])
     assert result.success and sneaked
     meta = next(
         e.materialization.metadata
@@ -190,7 +184,7 @@ def test_a_range_validated_a_few_files_at_a_time_gives_the_same_tables(landed: P
     landed.landing.write_bytes("flights", f"flights_{day}.parquet", encode(pl.concat([broken, stray]), "parquet"))
 
     def tables() -> dict[str, pl.DataFrame]:
-        assert run_range(landed, RANGE[0], RANGE[-1]).success
+        assert landed.ingest_range("flights", RANGE[0], RANGE[-1]).success
         return {
             t: landed.delta.read_partitions("flights", t, RANGE).sort("_partition", "_source_row")
             for t in ("raw", "quarantine", "features")

@@ -16,6 +16,7 @@ from mlops_assets.core.declaration import (
     load_declaration,
 )
 from mlops_assets.core.home import MlopsHome
+from mlops_assets.core.names import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.flights.upstream import land_days
 from resources.defaults import model_resources, serving_resources
@@ -50,7 +51,16 @@ class Platform:
         )
 
     def ingest(self, pipeline: str, partitions: list[str], raise_on_error: bool = True) -> list[dg.ExecuteInProcessResult]:
+        """One run per partition, as the landing sensor runs a lone late file."""
         return [self.run(f"{pipeline}_ingest", p, raise_on_error) for p in partitions]
+
+    def ingest_range(self, pipeline: str, first: str, last: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+        """Partitions `first`..`last` in one run, as a backfill (or the landing sensor's burst) runs them."""
+        return self.defs.resolve_job_def(f"{pipeline}_ingest").execute_in_process(
+            instance=self.instance,
+            tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+            raise_on_error=raise_on_error,
+        )
 
 
 def days(start: str, n: int) -> list[str]:
@@ -74,12 +84,13 @@ def platform(tmp_path: Path, flights_decl: PipelineDeclaration, monkeypatch) -> 
 
 @pytest.fixture(scope="session")
 def flights_ingested(tmp_path_factory, flights_decl) -> Iterator[Platform]:
-    """Shared, read-only: 35 flights days landed, reference loaded, ingested and featurized."""
+    """Shared, read-only: 35 flights days landed, reference loaded, ingested and featurized in one range run
+    (tests/data/test_backfill.py holds a range run equal to one run per day)."""
     root = tmp_path_factory.mktemp("flights_home")
     (root / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
         plat = Platform(root, [flights_decl], instance)
         land_days(flights_decl, plat.landing, date(2013, 1, 1), 35)
         plat.run("flights_reference")
-        plat.ingest("flights", days("2013-01-01", 35))
+        plat.ingest_range("flights", "2013-01-01", days("2013-01-01", 35)[-1])
         yield plat
