@@ -93,7 +93,7 @@ def test_bench_pipeline_backfill_on_postgres_batched_and_one_by_one(capsys: pyte
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    sides = ("backfill-postgres", "backfill-postgres-one-by-one")
+    sides = pipeline_bench.POSTGRES_SIDES
     result = pipeline_bench.bench([3000], days=3, check_rows=1000, training=False, sides=sides)
     pipeline_bench.print_report(result)
     assert "batched event writes vs one event at a time" in capsys.readouterr().out
