@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from mlops_assets.cli.arg_types import iso_day, non_negative_float, port_number, positive_int
@@ -67,15 +67,7 @@ def land(args: argparse.Namespace) -> int:
     decl = pipeline_by_name(args.pipeline)
     landing = landing_zone()
     if args.file:
-        if not args.partition:
-            raise ValueError("--file needs --partition YYYY-MM-DD")
-        partition = date.fromisoformat(args.partition).isoformat()
-        source = Path(args.file)
-        if not source.is_file():
-            raise ValueError(f"--file {source} does not exist")
-        uri = landing.write_bytes(decl.name, decl.landing.file_name(partition), source.read_bytes())
-        print(f"landed {uri}")
-        return 0
+        return _land_file(decl, landing, Path(args.file), args.partition)
     if decl.name != "flights" and not decl.features.module.startswith("mlops_assets.defs.flights"):
         raise ValueError(f"only the flights demo generates data; land {decl.name} files with --file and --partition")
     from mlops_assets.defs.flights.upstream import land_days
@@ -83,6 +75,35 @@ def land(args: argparse.Namespace) -> int:
     start = date.fromisoformat(args.start)
     for uri in land_days(decl, landing, start, args.days):
         print(f"landed {uri}")
+    return 0
+
+
+def _land_file(decl: PipelineDeclaration, landing: LandingZoneResource, source: Path, partition: str | None) -> int:
+    """One file as the partition it holds, refused before anything is written where the landing sensor would skip
+    it (a key that is no partition of the declaration: the wrong form for its kind, not aligned, out of range) or
+    ingestion could not read it (a file that is not Parquet for a Parquet pipeline)."""
+    from mlops_assets.core.partitions import KEY_FORMATS, partition_problem
+
+    kind = decl.partitioning.kind
+    if not partition:
+        raise ValueError(f"--file needs --partition, the {kind} partition the file holds ({KEY_FORMATS[kind]})")
+    if not source.is_file():
+        raise ValueError(f"--file {source} does not exist")
+    problem = partition_problem(decl, partition, now=datetime.max)  # a partition still running may be landed
+    if problem is not None:
+        raise ValueError(f"--partition {problem}")
+    if decl.landing.format == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            pq.read_metadata(source)
+        except (pa.ArrowException, OSError) as err:
+            raise ValueError(f"--file {source} is not a Parquet file ({err})") from None
+    uri = landing.write_bytes(decl.name, decl.landing.file_name(partition), source.read_bytes())
+    print(f"landed {uri}")
+    if partition_problem(decl, partition) is not None:
+        print(f"  {partition} has not ended yet: the landing sensor ingests it once it has", flush=True)
     return 0
 
 
@@ -211,7 +232,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=iso_day, default="2013-01-01", help="first day (flights demo)")
     p.add_argument("--days", type=positive_int, default=1, help="number of days (flights demo)")
     p.add_argument("--file", help="land this file instead of demo data")
-    p.add_argument("--partition", help="the day the --file stands for (YYYY-MM-DD)")
+    p.add_argument("--partition", help="the partition the --file holds: YYYY-MM-DD (hourly: YYYY-MM-DD-HH:MM)")
     p.set_defaults(handler=land)
 
     p = commands.add_parser("pipelines", help="list the declared pipelines (validates every declaration)")

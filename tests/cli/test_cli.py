@@ -5,9 +5,12 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
+import yaml
 
 from mlops_assets.cli.main import main
 
@@ -24,9 +27,51 @@ def test_land_flights_days(tmp_path, monkeypatch, capsys):
 def test_land_a_given_file(tmp_path, monkeypatch):
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
     src = tmp_path / "day.parquet"
-    src.write_bytes(b"data")
+    pl.DataFrame({"year": [2013]}).write_parquet(src)  # its columns are ingestion's business, not landing's
     assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-05"]) == 0
-    assert (tmp_path / "landing" / "flights" / "flights_2013-05-05.parquet").read_bytes() == b"data"
+    assert (tmp_path / "landing" / "flights" / "flights_2013-05-05.parquet").read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("partition", "content", "message"),
+    [
+        ("2013-02-30", "parquet", "--partition 2013-02-30 is not a daily partition key (%Y-%m-%d)"),
+        ("20130105", "parquet", "--partition 20130105 is not a daily partition key"),
+        ("2012-12-31", "parquet", "--partition 2012-12-31 is outside the declared partitions (2013-01-01 .. 2014-01-01)"),
+        (None, "parquet", "--file needs --partition, the daily partition the file holds (%Y-%m-%d)"),
+        ("2013-01-05", "text", "is not a Parquet file"),
+    ],
+)
+def test_a_file_the_platform_would_not_ingest_is_refused_before_landing(tmp_path, monkeypatch, capsys, partition, content, message):
+    """What the landing sensor would skip, or ingestion could not read, is refused at once, naming why."""
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    src = tmp_path / "day.parquet"
+    if content == "parquet":
+        pl.DataFrame({"year": [2013]}).write_parquet(src)
+    else:
+        src.write_text("year,month\n2013,1\n")
+    assert main(["land", "flights", "--file", str(src)] + (["--partition", partition] if partition else [])) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "landing").exists() or not any((tmp_path / "landing").rglob("*.*"))
+
+
+def test_an_hourly_pipeline_lands_a_file_under_its_own_key(tmp_path, monkeypatch, capsys):
+    raw = yaml.safe_load((Path(__file__).parents[1] / "pipelines" / "telemetry.yaml").read_text())
+    raw["partitioning"] = {"kind": "hourly", "start": "2024-03-01"}  # open-ended: a partition may still be running
+    declaration = tmp_path / "telemetry.yaml"
+    declaration.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("MLOPS_PIPELINES", str(declaration))
+    src = tmp_path / "readings.csv"
+    src.write_text("machine_id,reading_time,temperature,vibration,failure\n")
+    assert main(["land", "telemetry", "--file", str(src), "--partition", "2024-03-03-05:00"]) == 0
+    assert (tmp_path / "landing" / "telemetry" / "readings-2024-03-03-05:00.csv").read_text() == src.read_text()
+    assert main(["land", "telemetry", "--file", str(src), "--partition", "2024-03-03-05:30"]) == 2
+    assert "2024-03-03-05:30 is not the start of an hour" in capsys.readouterr().err
+    soon = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%d-%H:00")
+    assert main(["land", "telemetry", "--file", str(src), "--partition", soon]) == 0
+    assert f"{soon} has not ended yet: the landing sensor ingests it once it has" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
