@@ -125,6 +125,8 @@ def parse_predicate(text: str, decl: PipelineDeclaration) -> Predicate:
             if "." in value and spec.type.startswith("int"):
                 raise PredicateError(f"--where: {column} is an {spec.type} column; {value} is not an integer")
             return float(value) if "." in value else int(value)
+        if kind == "word" and spec.type in ("str", "date", "datetime"):  # carrier = UA
+            raise PredicateError(f'--where: {column} is a {spec.type} column; quote its value, as in {column} = "{value}"')
         raise PredicateError(f"--where: expected a value after {column}, found {value or 'the end'}")
 
     while i < len(tokens):

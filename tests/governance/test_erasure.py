@@ -120,6 +120,8 @@ def test_erasure_leaves_no_row_in_any_table_or_version_audits_tags_and_retrains(
     [
         ('plane = "N1"', "plane is not a declared column"),
         ("tailnum = 5", "tailnum is a str column; compare it with a quoted value"),
+        ("carrier=UA", 'carrier is a str column; quote its value, as in carrier = "UA"'),
+        ("distance = far", "expected a value after distance, found far"),
         ('distance = "far"', "distance is a int32 column"),
         ("tailnum", "expected an operator after tailnum"),
         ('tailnum = "N1" or origin = "EWR"', "expected `and` between conditions"),
