@@ -69,6 +69,7 @@ class FeatureModule:
     reserved: frozenset[str]  # key, target and platform columns the output must not reuse
     lookups: tuple[LookupSpec, ...] = ()
     key_types: Mapping[str, pl.DataType] = field(default_factory=dict)  # the records' declared types of the lookup keys
+    reference_tables: frozenset[str] = frozenset()  # the declaration's landing.reference_tables names
     # a serving replica's feature expressions, built once per lookup index (one per loaded version)
     _built: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, compare=False, repr=False)
 
@@ -92,9 +93,26 @@ class FeatureModule:
         """Hash of the feature source, recorded in model lineage."""
         return hashlib.sha256(inspect.getsource(self.module).encode()).hexdigest()[:16]
 
+    @property
+    def has_history(self) -> bool:
+        return callable(getattr(self.module, "history_stats", None)) or self.has_partials
+
     def history_stats(self, history: pl.DataFrame) -> dict[str, pl.DataFrame]:
         fn = getattr(self.module, "history_stats", None)
-        return dict(fn(history)) if fn is not None else {}
+        return self._looked_up(dict(fn(history))) if fn is not None else {}
+
+    def _looked_up(self, history: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+        """The module's history tables, once every declared lookup is known to find its table: a lookup of a
+        table that is neither a reference table nor among these (a misspelt name) would join null columns into
+        every feature row. (A partition with no earlier days has no history tables: its lookups stay null.)"""
+        for i, lookup in enumerate(self.lookups):
+            if lookup.table not in self.reference_tables and lookup.table not in history:
+                raise DeclarationError(
+                    f"features.lookups.{i}: table '{lookup.table}' is neither a landing.reference_tables name "
+                    f"({', '.join(sorted(self.reference_tables)) or 'none declared'}) nor a table {self.name}'s history "
+                    f"statistics return ({', '.join(sorted(history)) or 'none'})"
+                )
+        return history
 
     @property
     def has_partials(self) -> bool:
@@ -108,7 +126,7 @@ class FeatureModule:
     def combine_history(self, partials: Sequence[dict[str, pl.DataFrame] | pl.DataFrame]) -> dict[str, pl.DataFrame]:
         """History statistics from per-day partials (oldest day first; at least one)."""
         if self.has_partials:
-            return dict(self.module.combine_history(list(partials)))
+            return self._looked_up(dict(self.module.combine_history(list(partials))))
         return self.history_stats(pl.concat(list(partials)))
 
     def history_from_days(self, days: Sequence[pl.DataFrame]) -> dict[str, pl.DataFrame]:
@@ -231,9 +249,15 @@ def load_feature_module(decl: PipelineDeclaration) -> FeatureModule:
     columns = decl.table_schema.columns
     lookups = tuple(decl.features.lookups)
     key_types = {k: columns[k].dtype for lookup in lookups for k in lookup.keys}
-    feature_module = FeatureModule(module, reserved_columns(decl), lookups, key_types)
+    feature_module = FeatureModule(module, reserved_columns(decl), lookups, key_types, frozenset(decl.landing.reference_tables))
     requested = set(feature_module.input_columns(decl))
     for i, lookup in enumerate(lookups):
+        if lookup.table not in feature_module.reference_tables and not feature_module.has_history:
+            raise DeclarationError(
+                f"pipeline {decl.name}: features.lookups.{i}: table '{lookup.table}' is not a landing.reference_tables name "
+                f"({', '.join(sorted(feature_module.reference_tables)) or 'none declared'}), and {feature_module.name} "
+                "has no history statistics (history_stats, or history_partial and combine_history)"
+            )
         unsent = [k for k in lookup.keys if k not in requested]
         if unsent:  # a prediction request would not carry them
             raise DeclarationError(

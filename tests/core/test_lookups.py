@@ -8,6 +8,7 @@ perturbed real records. The declaration's checks name the bad lookup.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from types import ModuleType
@@ -178,6 +179,28 @@ def test_a_range_built_in_one_pass_equals_each_day_built_alone():
         for p, reference in references.items():
             mine = records.get_column("_partition") == p
             assert_frame_equal(built.filter(mine), module.build(records.filter(mine).drop("_partition"), reference))
+
+
+def test_a_lookup_of_a_table_nobody_provides_is_refused_not_joined_as_nulls(monkeypatch):
+    """A misspelt table name used to join null columns into every feature row, training included."""
+    base = load_declaration(PACKAGED / "flights" / "defs.yaml")
+    lookups = [lookup.model_dump() for lookup in base.features.lookups]
+    lookups[2]["table"] = "route_stat"
+    module = load_feature_module(derive_declaration(base, "test", features={"lookups": lookups}))  # it has history statistics
+    earlier = [day_frame(date(2013, 1, 1)), day_frame(date(2013, 1, 2))]
+    message = (
+        r"features\.lookups\.2: table 'route_stat' is neither a landing\.reference_tables name \(planes, weather\) "
+        r"nor a table mlops_assets\.defs\.flights\.features's history statistics return \(carrier_stats, route_stats\)"
+    )
+    with pytest.raises(DeclarationError, match=message):
+        module.history_from_days(earlier)  # the features step's path, and a backfill's
+    with pytest.raises(DeclarationError, match=message):
+        module.history_stats(pl.concat(earlier))
+    no_history = ModuleType("no_history_features")  # row-wise only: nothing but the reference tables to look up
+    no_history.feature_expressions = module.module.feature_expressions
+    monkeypatch.setitem(sys.modules, no_history.__name__, no_history)
+    with pytest.raises(DeclarationError, match=r"features\.lookups\.2: table 'route_stat' is not a landing\.reference_tables name"):
+        load_feature_module(derive_declaration(base, "test", features={"lookups": lookups, "module": no_history.__name__}))  # at load
 
 
 def test_a_module_reading_a_per_day_table_it_declared_as_a_lookup_is_told_why_in_a_range():
