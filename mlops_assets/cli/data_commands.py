@@ -140,7 +140,8 @@ def demo(args: argparse.Namespace) -> int:
 
     # every day the demo will land, checked before anything starts: a later day past the data stopped the landing
     # thread with a traceback while the platform kept running
-    check_covered(date.fromisoformat(args.start), args.days)
+    start = date.fromisoformat(args.start)
+    check_covered(start, args.days)
     require_listenable(args.host, {"--port": args.port, "--serve-port": args.serve_port, "--mlflow-port": args.mlflow_port})
     home = MlopsHome.from_env()
     if args.reset and home.root.exists():
@@ -149,7 +150,6 @@ def demo(args: argparse.Namespace) -> int:
     os.environ.update(MLOPS_HOME=env["MLOPS_HOME"], DAGSTER_HOME=env["DAGSTER_HOME"])
     decl = pipeline_by_name("flights")
     landing = landing_zone()
-    start = date.fromisoformat(args.start)
     first = min(args.initial_days, args.days)
     land_days(decl, landing, start, first)
     processes = start_local_platform(env, args.host, args.port, args.serve_port, args.mlflow_port)
