@@ -7,6 +7,9 @@ where declared; a single late file still runs at once, alone.
 The cursor maps each landed file to the signature it was requested with, so a
 file runs once; a corrected file landed again has a new signature and runs
 again. Run keys (partition + signature) make a repeated request a no-op.
+A range run that fails (one unreadable file fails the whole range) is asked for again one
+partition per run, once: every other file of the burst is ingested, and the bad one fails alone,
+naming its problem, until a corrected file is landed.
 Partial files (hidden or temporary names) are never listed. When the pipeline
 has reference tables, partitions wait until the reference asset has been
 materialized from the reference files as they are now.
@@ -23,6 +26,7 @@ from mlops_assets.core.names import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
     FILE_TAG,
+    RUN_KEY_TAG,
     TRIGGER_TAG,
     reference_key,
     sensor_name,
@@ -74,6 +78,22 @@ def _ingest_request(job_name: str, partitions: list[str], landed: dict[str, tupl
     )
 
 
+RETRY_STATUSES = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+def _ended_ranges(instance: dg.DagsterInstance, ranges: dict[str, list[str]]) -> tuple[dict[str, list[str]], list[str]]:
+    """Of the range runs asked for, those still to watch (not launched, queued or running), and the partitions of
+    those that failed or were canceled."""
+    watching, failed = {}, []
+    for run_key, partitions in ranges.items():
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
+        if not runs or not runs[0].is_finished:
+            watching[run_key] = partitions
+        elif runs[0].status in RETRY_STATUSES:
+            failed.extend(partitions)
+    return watching, failed
+
+
 def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, reference_job: JobTarget | None) -> dg.SensorDefinition:
     jobs = [ingest_job] + ([reference_job] if reference_job is not None else [])
 
@@ -103,6 +123,7 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
                     skip_reason=None,
                 )
         landed_now: dict[str, tuple[str, str]] = {}  # partition -> (file, signature) of new or replaced files
+        present: dict[str, tuple[str, str]] = {}  # the same of every ingestible file there now
         ignored = set(cursor.get("ignored", []))
         for landed in landing.list_files(decl.name):
             problem = not_ingestible(decl, landed.name)
@@ -112,12 +133,21 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
                     ignored.add(landed.name)
                 continue
             partition = decl.landing.partition_of(landed.name)
+            present[partition] = (landed.name, landed.signature)  # type: ignore[index]
             if seen.get(landed.name) == landed.signature:
                 continue
             landed_now[partition] = (landed.name, landed.signature)  # type: ignore[index]
             seen[landed.name] = landed.signature
-        requests = [_ingest_request(ingest_job.name, group, landed_now) for group in runs_of(decl, list(landed_now))]
-        new_cursor = json.dumps({"files": seen, "ignored": sorted(ignored)}, sort_keys=True)
+        groups = runs_of(decl, list(landed_now))
+        requests = [_ingest_request(ingest_job.name, group, landed_now) for group in groups]
+        watching, failed = _ended_ranges(context.instance, cursor.get("ranges", {}))
+        watching.update({request.run_key: group for request, group in zip(requests, groups) if len(group) > 1})
+        for partition in failed:
+            if partition in landed_now or partition not in present:
+                continue  # landed again since (requested above), or gone
+            context.log.info(f"a range run over {partition} failed: {present[partition][0]} is asked for in a run of its own")
+            requests.append(_ingest_request(ingest_job.name, [partition], present))
+        new_cursor = json.dumps({"files": seen, "ignored": sorted(ignored), "ranges": watching}, sort_keys=True)
         if not requests:
             return dg.SensorResult(skip_reason=dg.SkipReason("no new or replaced files"), cursor=new_cursor)
         return dg.SensorResult(run_requests=requests, cursor=new_cursor)

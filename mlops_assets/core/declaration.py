@@ -102,7 +102,8 @@ class LandingSpec(_Strict):
     def partition_of(self, file_name: str) -> str | None:
         """The partition key a landed file name stands for, or None for other files."""
         prefix, suffix = self.file_pattern.split("{partition}")
-        m = re.fullmatch(re.escape(prefix) + r"(\d{4}-\d{2}-\d{2}(?:-\d{2}:\d{2})?)" + re.escape(suffix), file_name)
+        # ASCII digits only: `\d` also matches other scripts' digits, which strptime reads and Dagster does not
+        m = re.fullmatch(re.escape(prefix) + r"([0-9]{4}-[0-9]{2}-[0-9]{2}(?:-[0-9]{2}:[0-9]{2})?)" + re.escape(suffix), file_name)
         return m.group(1) if m else None
 
     def file_name(self, partition: str) -> str:

@@ -86,6 +86,7 @@ PRIORITY_TAG = "dagster/priority"
 # a run over a range of partitions (Dagster's single-run backfill tags)
 ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+RUN_KEY_TAG = "dagster/run_key"  # Dagster's tag for the run key of the sensor request that launched a run
 PRIORITY = {"rollout": "30", "deploy": "20", "train": "10", "ingest": "0", "monitor": "-10"}
 
 

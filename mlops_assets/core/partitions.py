@@ -73,6 +73,8 @@ def partition_problem(decl: PipelineDeclaration, key: str, now: datetime | None 
     try:
         start = key_time(decl, key)
     except ValueError:
+        start = None
+    if start is None or key_at(decl, start) != key:  # strptime also reads 2013-1-5 and other scripts' digits
         return f"{key} is not a {kind} partition key ({KEY_FORMATS[kind]})"
     if kind == "weekly" and start.weekday() != calendar.SUNDAY:
         return f"{key} is not the first day of a week (weekly partitions start on Sunday)"

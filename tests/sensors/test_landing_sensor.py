@@ -7,6 +7,7 @@ from datetime import date
 import dagster as dg
 import pytest
 
+from mlops_assets.core.names import RUN_KEY_TAG
 from mlops_assets.defs.flights.upstream import land_days, land_reference
 from tests.support.platform import Platform, days
 
@@ -128,14 +129,43 @@ def test_partial_foreign_and_out_of_range_files_are_ignored(ready: Platform):
 def test_a_file_named_for_an_impossible_day_is_reported_once_and_never_stalls_the_others(ready: Platform):
     land_days(ready.declarations["flights"], ready.landing, date(2013, 1, 3), 1)
     folder = ready.landing.uri("flights")
-    with open(os.path.join(folder, "flights_2013-02-30.parquet"), "wb") as f:
-        f.write(b"x")
+    # an impossible day, and digits of another script (strptime reads them; Dagster knows no such partition)
+    for name in ("flights_2013-02-30.parquet", "flights_\uff12\uff10\uff11\uff13-01-05.parquet"):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(b"x")
     first = evaluate(ready)
     assert partitions_of(first) == ["2013-01-03"]  # the good file flows
-    assert json.loads(first.cursor)["ignored"] == ["flights_2013-02-30.parquet"]
+    assert json.loads(first.cursor)["ignored"] == sorted(["flights_2013-02-30.parquet", "flights_\uff12\uff10\uff11\uff13-01-05.parquet"])
     land_days(ready.declarations["flights"], ready.landing, date(2013, 1, 4), 1)
     second = evaluate(ready, first.cursor)  # and keeps flowing on later ticks
     assert partitions_of(second) == ["2013-01-04"]
+
+
+def launch(platform: Platform, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    """The run the daemon launches for a request, with the run key tag it gives it."""
+    job = platform.defs.resolve_job_def(request.job_name)
+    tags = {**request.tags, RUN_KEY_TAG: request.run_key}
+    return job.execute_in_process(instance=platform.instance, tags=tags, partition_key=request.partition_key, raise_on_error=False)
+
+
+def test_a_failed_range_is_asked_for_again_one_partition_per_run_so_a_bad_file_holds_back_only_itself(ready: Platform):
+    land_days(ready.declarations["flights"], ready.landing, date(2013, 1, 1), 3)
+    with open(ready.landing.uri("flights", "flights_2013-01-02.parquet"), "wb") as f:
+        f.write(b"")  # unreadable: the range run over the three days fails
+    first = evaluate(ready)
+    (burst,) = first.run_requests
+    waiting = evaluate(ready, first.cursor)  # not launched yet: nothing to do
+    assert not waiting.run_requests and json.loads(waiting.cursor)["ranges"] == {burst.run_key: days("2013-01-01", 3)}
+    assert not launch(ready, burst).success
+    again = evaluate(ready, waiting.cursor)
+    assert [r.partition_key for r in again.run_requests] == days("2013-01-01", 3)
+    assert json.loads(again.cursor)["ranges"] == {}
+    results = {r.partition_key: launch(ready, r) for r in again.run_requests}
+    assert {p: r.success for p, r in results.items()} == {"2013-01-01": True, "2013-01-02": False, "2013-01-03": True}
+    failure = next(e for e in results["2013-01-02"].all_events if e.is_step_failure)
+    assert "empty" in failure.step_failure_data.error.message  # the bad file's own run names its problem
+    assert ready.delta.partitions("flights", "features") == ["2013-01-01", "2013-01-03"]
+    assert not evaluate(ready, again.cursor).run_requests  # once: the bad file waits for a corrected one
 
 
 def test_sensor_runs_through_the_daemon_path_and_ingests(ready: Platform):
