@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import RayServeException
@@ -28,6 +28,7 @@ from serving.http_answers import (
     answer_prediction,
     error,
     post_only,
+    read_body,
     token_ok,
     v1_predict_response,
     v2_infer_response,
@@ -96,10 +97,18 @@ class V2InferResponse(BaseModel):
 
 
 class TrafficRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is refused, not audited as a change of nothing
+
     canary_share: float | None = Field(None, ge=0.0, le=1.0)
     shadow: bool | None = None
     by: str = Field("admin endpoint", min_length=1, description="Who changes the traffic (audited).")
     reason: str = Field("traffic change through the admin endpoint", min_length=1, description="Why (audited).")
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> "TrafficRequest":
+        if self.canary_share is None and self.shadow is None:
+            raise ValueError("give canary_share and/or shadow")
+        return self
 
 
 def _body_doc(model: type[BaseModel]) -> dict:
@@ -306,9 +315,9 @@ class Gateway:
         if problem is not None:
             return problem
         try:
-            body = TrafficRequest.model_validate(parse_json(await request.body()))
+            body = TrafficRequest.model_validate(parse_json(await read_body(request, self.decls[name])))
         except RequestError as err:
-            return error(400, err.message)
+            return error(err.status, err.message)
         except ValueError as err:
             return error(400, f"bad traffic settings: {err}")
         try:
@@ -316,6 +325,8 @@ class Gateway:
                 control.set_traffic, name, body.canary_share, body.shadow, settings=self.settings, actor=body.by, reason=body.reason
             )
         except (control.NotGated, control.RolloutInProgress) as err:
+            return error(409, str(err))
+        except LookupError as err:  # not deployed (yet): as a reload answers
             return error(409, str(err))
         return {"model_name": name, "traffic": applied}
 

@@ -225,6 +225,11 @@ def test_admin_endpoints_refuse_without_the_token_and_reload_with_it(served, ser
     assert control.traffic_of("flights")["canary_share"] == 0.0
     r = HTTP.post(f"{base}/admin/models/flights/traffic", json={"canary_share": 2}, headers=ADMIN, timeout=10)
     assert r.status_code == 400
+    for body, named in (({"canary_shre": 0.5}, "canary_shre"), ({}, "give canary_share and/or shadow")):  # nothing audited
+        r = HTTP.post(f"{base}/admin/models/flights/traffic", json=body, headers=ADMIN, timeout=10)
+        assert r.status_code == 400 and named in r.json()["error"], r.text
+    r = HTTP.post(f"{base}/admin/models/flights/traffic", data=b" " * (9 * 2**20), headers=ADMIN, timeout=30)
+    assert r.status_code == 413, r.text  # the declared body limit, as for predictions
     gated(serving_registry)  # a challenger with no record of passing its gates would not be served
     r = HTTP.post(f"{base}/admin/models/flights/reload", headers=ADMIN, timeout=120)
     assert r.status_code == 200, r.text
