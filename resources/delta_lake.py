@@ -38,12 +38,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from dagster import ConfigurableResource, get_dagster_logger
+from dagster import ConfigurableResource, EnvVar, get_dagster_logger
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from mlops_assets.core.home import MlopsHome
 from mlops_assets.core.names import PARTITION_COLUMN
@@ -74,6 +74,23 @@ S3_SCHEMES = ("s3://", "s3a://")
 
 def is_object_store(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
+
+
+_URI_MISSING_A_SLASH = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/(?!/)")  # s3:/bucket (Windows drive letters are one letter)
+
+
+def checked_root(root: str) -> str:
+    """A storage root as configured, checked at load: empty (the platform home's folder), a URI (`s3://bucket/path`)
+    or an absolute path, `~` expanded. `s3:/bucket` and `~/x` were written to local folders named `s3:` and `~`
+    (wherever the process ran), and a relative path names another folder for each working directory."""
+    if not isinstance(root, str) or isinstance(root, EnvVar) or not root or "://" in root:  # EnvVar: checked once resolved
+        return root
+    if _URI_MISSING_A_SLASH.match(root):
+        raise ValueError(f"{root!r} is missing a slash after its scheme: write scheme://bucket/path")
+    expanded = os.path.expanduser(root)
+    if not os.path.isabs(expanded):
+        raise ValueError(f"{root!r} is a relative path: give an absolute path or a URI such as s3://bucket/path")
+    return expanded
 
 
 def object_store_options(uri: str, explicit: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -173,6 +190,21 @@ class DeltaLakeResource(ConfigurableResource):
         "keep credentials in environment variables.",
     )
     commit_retries: int = Field(default=5, ge=0)
+
+    @field_validator("root", mode="before")  # before: an EnvVar is still itself
+    @classmethod
+    def _checked_root(cls, root: str) -> str:
+        return checked_root(root)
+
+    @model_validator(mode="after")
+    def _safe_options(self) -> DeltaLakeResource:
+        """Options that would make concurrent commits unsafe are refused at load (the environment's, at use)."""
+        if self.root and is_object_store(self.root):
+            try:
+                object_store_options(self.root, self.storage_options, environ={})
+            except ValueError as err:
+                raise ValueError(f"storage_options: {err}") from None
+        return self
 
     def root_uri(self) -> str:
         return (self.root or str(MlopsHome.from_env().delta)).rstrip("/")

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 from dagster import ConfigurableResource
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.home import MlopsHome
-from resources.delta_lake import pyarrow_filesystem
+from resources.delta_lake import checked_root, pyarrow_filesystem
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,11 @@ class LandingZoneResource(ConfigurableResource):
         description="Non-secret object_store options over the environment (AWS_*, MLOPS_STORAGE_*); "
         "keep credentials in environment variables.",
     )
+
+    @field_validator("root", mode="before")  # before: an EnvVar is still itself
+    @classmethod
+    def _checked_root(cls, root: str) -> str:
+        return checked_root(root)
 
     def root_uri(self) -> str:
         return (self.root or str(MlopsHome.from_env().landing)).rstrip("/")

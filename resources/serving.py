@@ -55,7 +55,7 @@ class ServingResource(dg.ConfigurableResource):
 
     ray_address: str = Field(default="auto", description="Ray cluster to join ('auto': the one running on this host).")
     http_host: str = Field(default="127.0.0.1", description="Serve HTTP proxy host (when this call starts Serve).")
-    http_port: int = Field(default=8000)
+    http_port: int = Field(default=8000, ge=1, le=65535)
     public_url: str = Field(default="", description="URL clients use; empty: http://<http_host>:<http_port>.")
     tracking_uri: str = Field(default="", description="MLflow tracking/registry URI; empty: $MLOPS_HOME's SQLite.")
     delta_root: str = Field(default="", description="Delta table root for replicas; empty: $MLOPS_HOME/delta.")

@@ -202,3 +202,29 @@ def test_compacting_a_log_table_keeps_every_row_while_replicas_append_and_bounds
         "log_entries": 0,
         "compacted_files": 0,
     }
+
+
+@pytest.mark.parametrize(
+    ("root", "message"),
+    [
+        ("s3:/bucket/delta", "'s3:/bucket/delta' is missing a slash after its scheme"),
+        ("delta", "'delta' is a relative path: give an absolute path or a URI"),
+    ],
+)
+def test_a_root_that_would_write_somewhere_unintended_is_refused_at_load(root: str, message: str, monkeypatch):
+    """Both were written to local folders named after them, wherever the process ran; the landing zone is checked alike."""
+    from pydantic import ValidationError
+
+    from resources.landing_zone import LandingZoneResource
+    from resources.serving import ServingResource
+
+    for resource in (DeltaLakeResource, LandingZoneResource):
+        with pytest.raises(ValidationError, match=message):
+            resource(root=root)
+    monkeypatch.setenv("HOME", "/srv/someone")
+    assert LandingZoneResource(root="~/landing").root == "/srv/someone/landing"
+    assert DeltaLakeResource(root="s3://bucket/delta").root == "s3://bucket/delta"
+    with pytest.raises(ValidationError, match="storage_options: AWS_S3_ALLOW_UNSAFE_RENAME=true"):
+        DeltaLakeResource(root="s3://bucket/delta", storage_options={"aws_s3_allow_unsafe_rename": "true"})
+    with pytest.raises(ValidationError, match="http_port"):
+        ServingResource(http_port=70000)
