@@ -80,6 +80,9 @@ class ColumnSpec(_Strict):
         return self
 
 
+FILE_EXTENSIONS = {"parquet": ".parquet", "csv": ".csv"}  # a landing format's file name ending
+
+
 class LandingSpec(_Strict):
     """Where files land. ``uri`` defaults to ``$MLOPS_HOME/landing/<pipeline>``."""
 
@@ -91,12 +94,28 @@ class LandingSpec(_Strict):
         description="Reference tables (name -> file name in the landing zone's reference/ folder).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pattern_of_the_format(cls, data: Any) -> Any:
+        """Without a file_pattern, files are named for the format: `{partition}.csv` for CSV."""
+        if isinstance(data, dict) and "file_pattern" not in data and data.get("format") in FILE_EXTENSIONS:
+            return {**data, "file_pattern": "{partition}" + FILE_EXTENSIONS[data["format"]]}
+        return data
+
     @model_validator(mode="after")
     def _pattern(self) -> "LandingSpec":
         if self.file_pattern.count("{partition}") != 1:
             raise ValueError("file_pattern must contain '{partition}' exactly once")
         if "/" in self.file_pattern:
             raise ValueError("file_pattern is a file name, not a path")
+        for fmt, extension in FILE_EXTENSIONS.items():
+            if fmt != self.format and self.file_pattern.lower().endswith(extension):
+                raise ValueError(f"file_pattern {self.file_pattern!r} names {extension} files, but format is {self.format}")
+        for name, file_name in self.reference_tables.items():
+            if "/" in file_name or "\\" in file_name or file_name.startswith("."):
+                raise ValueError(f"reference_tables.{name}: {file_name!r} is a file name in the reference/ folder, not a path")
+            if not file_name.endswith(tuple(FILE_EXTENSIONS.values())):
+                raise ValueError(f"reference_tables.{name}: {file_name!r} must end in .csv or .parquet (it says how it is read)")
         return self
 
     def partition_of(self, file_name: str) -> str | None:
@@ -365,6 +384,22 @@ class ServingSpec(_Strict):
     admin_token_env: str = Field("MLOPS_SERVE_ADMIN_TOKEN", description="Env var with the token admin endpoints require.")
     log_queue_rows: int = Field(100_000, ge=1, description="Prediction-log rows buffered before overflow is counted.")
     log_flush_seconds: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _groups(self) -> "ServingSpec":
+        """Settings Serve would not follow, refused: a group of 0 replicas was started with 1, a GPU asked of a CPU group
+        waited for one, and a GPU group without GPUs was dropped."""
+        for name in ("cpu", "challenger", "v1_route"):
+            group = getattr(self, name)
+            if group is None:
+                continue
+            if group.replicas < 1 and group.min_replicas is None:
+                raise ValueError(f"{name}.replicas: at least 1" + (" (null turns the V1 route off)" if name == "v1_route" else ""))
+            if group.num_gpus > 0:
+                raise ValueError(f"{name}.num_gpus: the {name} group runs on CPUs; declare GPU replicas under serving.gpu")
+        if self.gpu is not None and self.gpu.replicas > 0 and self.gpu.num_gpus <= 0:
+            raise ValueError("gpu.num_gpus: a GPU group needs num_gpus above 0 (or replicas: 0 to turn it off)")
+        return self
 
 
 class GovernanceSpec(_Strict):

@@ -44,6 +44,13 @@ def test_packaged_flights_declaration_loads():
         (lambda d: d.update(name="Flights!"), "name", "should match pattern"),
         (lambda d: d["schema"]["columns"]["month"].update(min=12, max=1), "schema.columns.month", "greater than max"),
         (lambda d: d["training"].update(validation_days=90), "training", "validation_days"),
+        (lambda d: d["landing"].update(format="csv"), "landing", "file_pattern 'flights_{partition}.parquet' names .parquet files"),
+        (lambda d: d["landing"]["reference_tables"].update(weather="../weather.parquet"), "landing", "not a path"),
+        (lambda d: d["landing"]["reference_tables"].update(weather="weather.PARQUET"), "landing", "must end in .csv or .parquet"),
+        # what Serve would not follow: 0 replicas became 1, a GPU on a CPU group was waited for, a GPU group without one dropped
+        (lambda d: d["serving"]["cpu"].update(replicas=0), "serving", "cpu.replicas: at least 1"),
+        (lambda d: d["serving"]["cpu"].update(num_gpus=1), "serving", "cpu.num_gpus: the cpu group runs on CPUs"),
+        (lambda d: d["serving"]["gpu"].update(num_gpus=0), "serving", "gpu.num_gpus: a GPU group needs num_gpus above 0"),
     ],
 )
 def test_bad_field_is_named(mutate, field, message):
@@ -55,6 +62,12 @@ def test_bad_field_is_named(mutate, field, message):
     assert "flights.yaml" in text
     assert field in text
     assert message in text
+
+
+def test_a_csv_pipeline_without_a_file_pattern_expects_csv_files():
+    data = flights_dict()
+    data["landing"] = {"format": "csv"}
+    assert parse_declaration(data, "flights.yaml").landing.file_pattern == "{partition}.csv"
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):
