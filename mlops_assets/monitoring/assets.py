@@ -99,7 +99,7 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
                 window=partition,
                 model_version=champ.version,
                 rows=current.height,
-                key_columns=decl.drift.key_columns,
+                key_columns=drift_metrics.checked_key_columns(decl.drift.key_columns, reference),
                 run_id=context.run.run_id,
                 html_report=html,
             )

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from mlops_assets.core.declaration import DeclarationError
 from mlops_assets.core.names import DRIFT_METRICS, PROFILES
 from mlops_assets.models import training
 from mlops_assets.monitoring.drift import DriftResult, ReferenceProfile, profile
@@ -44,6 +45,16 @@ def reference_profile(delta: DeltaLakeResource, model: Champion, run_id: str = "
     )
     delta.append(model.plan.pipeline, PROFILES, row, run_id)
     return result
+
+
+def checked_key_columns(key_columns: list[str], reference: ReferenceProfile) -> list[str]:
+    """`drift.key_columns`, each one a column the drift check compares: a misspelt one never asked for retraining."""
+    unknown = [c for c in key_columns if c not in reference.columns]
+    if unknown:
+        raise DeclarationError(
+            f"drift.key_columns names {unknown}, which the drift check does not compare; it compares: {', '.join(reference.columns)}"
+        )
+    return key_columns
 
 
 def alert_reason(result: DriftResult, key_columns: list[str]) -> str:

@@ -60,7 +60,7 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
                 window=window,
                 model_version=int(version),
                 rows=served.height,
-                key_columns=decl.drift.key_columns,
+                key_columns=drift_metrics.checked_key_columns(decl.drift.key_columns, reference),
                 run_id=context.run.run_id,
                 html_report=html,
             )

@@ -72,3 +72,14 @@ def test_missing_column_is_a_clear_error():
     ref = profile(synthetic(100, 1, {}), ["normal"], [])
     with pytest.raises(KeyError, match="column 'normal' of the reference is missing"):
         detect(ref, pl.DataFrame({"other": [1.0]}))
+
+
+def test_a_key_column_the_drift_check_does_not_compare_is_refused():
+    """A misspelt drift.key_columns entry never asked for retraining; the monitoring runs now fail naming it."""
+    from mlops_assets.core.declaration import DeclarationError
+    from mlops_assets.monitoring.drift_metrics import checked_key_columns
+
+    reference = profile(pl.DataFrame({"dep_delay": [1.0, 2.0, 3.0], "carrier_code": [1, 2, 1]}), ["dep_delay"], ["carrier_code"])
+    assert checked_key_columns(["dep_delay"], reference) == ["dep_delay"]
+    with pytest.raises(DeclarationError, match=r"drift\.key_columns names \['dep_dealy'\], which the drift check does not compare"):
+        checked_key_columns(["dep_dealy"], reference)
