@@ -30,7 +30,8 @@ class SingleRowError(RuntimeError):
     """LightGBM's library could not be found or refused the model (the replica keeps Booster.predict)."""
 
 
-def _library() -> ctypes.CDLL:
+def lightgbm_library() -> ctypes.CDLL:
+    """LightGBM's own library, as the installed package loaded it (its public C API, `c_api.h`)."""
     import lightgbm
 
     found = sorted((Path(lightgbm.__file__).parent / "lib").glob("lib_lightgbm.*"))
@@ -65,7 +66,7 @@ class SingleRowPredictor:
     it busy gets None and uses `Booster.predict`. LightGBM's handles are freed with the object."""
 
     def __init__(self, model_file: str, num_features: int, outputs: int, num_iteration: int = -1):
-        self._lib = lib = _library()
+        self._lib = lib = lightgbm_library()
         booster, fast, iterations = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_int()
         _check(
             lib,

@@ -12,19 +12,23 @@ partition and source row, never read in file order).
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.declaration import DeclarationError, PipelineDeclaration
 from mlops_assets.core.feature_contract import load_feature_module
 from mlops_assets.core.lineage import TrainingPlan
 from mlops_assets.core.metrics import score
 from mlops_assets.core.names import FEATURES, PARTITION_COLUMN, SOURCE_ROW
 from mlops_assets.core.partitions import shift
 from resources.delta_lake import DeltaLakeResource
+from serving.single_row import lightgbm_library
 
 if TYPE_CHECKING:  # lightgbm (and the scikit-learn it imports, about 2 s) only where a model is trained
     import lightgbm as lgb
@@ -87,8 +91,25 @@ def lgb_params(decl: PipelineDeclaration) -> dict:
     return params
 
 
+@functools.cache
+def lightgbm_parameter_names() -> frozenset[str]:
+    """Every parameter name LightGBM reads, aliases included: its own list (`LGBM_DumpParamAliases`)."""
+    lib, size, buffer = lightgbm_library(), ctypes.c_int64(0), ctypes.create_string_buffer(1 << 16)
+    for _ in range(2):  # again with the size it asked for, if the first buffer was short
+        if lib.LGBM_DumpParamAliases(ctypes.c_int64(len(buffer)), ctypes.byref(size), buffer) != 0:
+            raise RuntimeError(f"LightGBM's parameter list: {lib.LGBM_GetLastError().decode(errors='replace')}")
+        if size.value <= len(buffer):
+            break
+        buffer = ctypes.create_string_buffer(size.value)
+    aliases = json.loads(buffer.value)
+    return frozenset(aliases) | {alias for names in aliases.values() for alias in names}
+
+
 def plan_training(decl: PipelineDeclaration, delta: DeltaLakeResource, end: str | None = None) -> TrainingPlan:
     """The window ending at `end` (default: the newest featurized day) at the table's current version."""
+    unknown = sorted(set(decl.training.params) - lightgbm_parameter_names())
+    if unknown:  # LightGBM ignores a name it does not know (silently, at the platform's verbosity) and trains on its default
+        raise DeclarationError(f"pipeline {decl.name}: training.params names {unknown}, which LightGBM does not know")
     version = delta.version(decl.name, FEATURES)
     available = delta.partitions(decl.name, FEATURES)
     if version is None or not available:

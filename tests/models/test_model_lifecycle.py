@@ -126,6 +126,12 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(model_home, capsys):
     failure = [e for e in approval.all_events if e.is_step_failure][0]
     assert "rejected by the gates" in failure.step_failure_data.error.message
     unchanged()
+    # a misspelt LightGBM parameter, which LightGBM would ignore and train on its default, fails the training run
+    typo = model_home.platform(flights_variant(training={"params": {"learning_rate": 0.1, "num_leavs": 7}}))
+    result = typo.run("flights_train", raise_on_error=False)
+    failure = [e for e in result.all_events if e.is_step_failure][0]
+    assert "training.params names ['num_leavs'], which LightGBM does not know" in failure.step_failure_data.error.to_string()
+    unchanged()
 
 
 def test_rollback_without_any_champion_is_an_error(model_home, capsys):
