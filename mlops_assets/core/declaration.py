@@ -118,6 +118,11 @@ class LandingSpec(_Strict):
                 raise ValueError(f"reference_tables.{name}: {file_name!r} must end in .csv or .parquet (it says how it is read)")
         return self
 
+    @staticmethod
+    def reference_format(file_name: str) -> str:
+        """How a reference table's file is read and written: by its ending (.csv or .parquet, checked at load)."""
+        return "csv" if file_name.endswith(FILE_EXTENSIONS["csv"]) else "parquet"
+
     def partition_of(self, file_name: str) -> str | None:
         """The partition key a landed file name stands for, or None for other files."""
         prefix, suffix = self.file_pattern.split("{partition}")

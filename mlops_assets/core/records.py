@@ -36,15 +36,18 @@ class ConformedFile:
     dropped_columns: list[str]
 
 
-def read_landed(data: bytes, file: str, fmt: str) -> pl.DataFrame:
+def read_landed(data: bytes, file: str, fmt: str, infer_types: bool = False) -> pl.DataFrame:
+    """A landed file's rows. CSV values stay strings, to be typed against the declaration, unless `infer_types`
+    (a reference table, which has no declared schema: its numbers and ISO dates read as such, over every row)."""
     if len(data) == 0:
         raise LandedFileError(file, "file is empty (0 bytes)")
     try:
         if fmt == "parquet":
             frame = pl.read_parquet(io.BytesIO(data))
         else:
-            # strings first: typing is done against the declaration, not guessed
-            frame = pl.read_csv(io.BytesIO(data), infer_schema=False, null_values=[""])
+            frame = pl.read_csv(
+                io.BytesIO(data), infer_schema=infer_types, infer_schema_length=None, try_parse_dates=infer_types, null_values=[""]
+            )
     except Exception as err:  # polars raises several exception types for a bad file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LandedFileError(file, f"not a readable {fmt} file ({first})") from err

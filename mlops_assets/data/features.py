@@ -49,9 +49,9 @@ def build_reference_asset(decl: PipelineDeclaration) -> dg.AssetsDefinition:
         for name, file_name in decl.landing.reference_tables.items():
             uri = landing.uri(decl.name, "reference", file_name)
             data = landing.read_bytes(decl.name, "reference", file_name)
-            fmt = "csv" if file_name.endswith(".csv") else "parquet"
+            fmt = decl.landing.reference_format(file_name)
             try:
-                frame = read_landed(data, uri, fmt)
+                frame = read_landed(data, uri, fmt, infer_types=True)  # a CSV table's numbers looked up as numbers, not text
             except LandedFileError as err:
                 raise dg.Failure(f"cannot read reference table {name}: {err}") from None
             version = delta.overwrite(decl.name, reference_table(name), frame, context.run.run_id)

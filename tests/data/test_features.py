@@ -109,3 +109,28 @@ def test_features_metadata_records_target_exclusions(flights_ingested: Platform)
 def test_partition_keys_cannot_inject_predicates(flights_ingested: Platform, bad):
     with pytest.raises(ValueError, match="invalid partition key"):
         flights_ingested.delta.write_partition("flights", "scratch", pl.DataFrame({"a": [1]}), bad, "run")
+
+
+def test_a_csv_reference_table_is_looked_up_with_its_numbers_as_numbers(tmp_path):
+    """A CSV reference table has no declared schema: its values were kept as text, so a lookup brought `temp` in as a
+    string, and a datetime key could not be matched at all. Read with its types inferred, it looks up as Parquet does."""
+    import dagster as dg
+
+    from mlops_assets.core.declaration import PACKAGED_PIPELINES, derive_declaration, load_declaration
+    from mlops_assets.core.names import reference_table
+
+    base = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
+    decl = derive_declaration(
+        base, "flights, weather as CSV", landing={"reference_tables": {"weather": "weather.csv", "planes": "planes.parquet"}}
+    )
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        plat = Platform(tmp_path, [decl], instance)
+        land_days(decl, plat.landing, date(2013, 1, 1), 2)  # the reference files too, each in its own format
+        assert plat.landing.read_bytes("flights", "reference", "weather.csv").startswith(b"origin,")
+        plat.run("flights_reference")
+        weather = plat.delta.scan("flights", reference_table("weather")).collect()
+        assert weather.schema["temp"] == pl.Float64 and weather.schema["origin"] == pl.String
+        plat.ingest_range("flights", "2013-01-01", "2013-01-02")
+        features = plat.delta.scan("flights", "features").collect()
+    assert features.schema["temp"] == pl.Float64 and features.get_column("temp").null_count() < features.height

@@ -68,7 +68,8 @@ def land_reference(decl: PipelineDeclaration, landing: LandingZoneResource, forc
         if name not in frames:
             raise ValueError(f"the flights demo has no reference table '{name}'")
         if force or landing.stat(decl.name, "reference", file_name) is None:
-            written.append(landing.write_bytes(decl.name, file_name, encode(frames[name], "parquet"), folder="reference"))
+            data = encode(frames[name], decl.landing.reference_format(file_name))
+            written.append(landing.write_bytes(decl.name, file_name, data, folder="reference"))
     return written
 
 
