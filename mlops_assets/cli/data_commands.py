@@ -92,15 +92,16 @@ def _land_file(decl: PipelineDeclaration, landing: LandingZoneResource, source: 
     problem = partition_problem(decl, partition, now=datetime.max)  # a partition still running may be landed
     if problem is not None:
         raise ValueError(f"--partition {problem}")
+    data = source.read_bytes()  # read once: checked, then landed
     if decl.landing.format == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            pq.read_metadata(source)
+            pq.read_metadata(pa.BufferReader(data))
         except (pa.ArrowException, OSError) as err:
             raise ValueError(f"--file {source} is not a Parquet file ({err})") from None
-    uri = landing.write_bytes(decl.name, decl.landing.file_name(partition), source.read_bytes())
+    uri = landing.write_bytes(decl.name, decl.landing.file_name(partition), data)
     print(f"landed {uri}")
     if partition_problem(decl, partition) is not None:
         print(f"  {partition} has not ended yet: the landing sensor ingests it once it has", flush=True)

@@ -174,7 +174,7 @@ def test_sensor_runs_through_the_daemon_path_and_ingests(ready: Platform):
     land_days(decl, ready.landing, date(2013, 1, 1), 2)
     result = evaluate(ready)
     (request,) = result.run_requests
-    run = ready.defs.resolve_job_def(request.job_name).execute_in_process(instance=ready.instance, tags=request.tags)
+    run = launch(ready, request)
     assert run.success
     assert ready.instance.get_run_by_id(run.run_id).tags["mlops/landed_file"].startswith("2 files")
     assert ready.delta.partitions("flights", "features") == ["2013-01-01", "2013-01-02"]
