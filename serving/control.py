@@ -20,7 +20,7 @@ from pathlib import Path
 
 import ray
 from ray import serve
-from ray.serve.schema import ServeDeploySchema
+from ray.serve.schema import ApplicationStatus, ServeDeploySchema
 
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.home import MlopsHome
@@ -115,7 +115,30 @@ def current_apps() -> dict[str, dict]:
 
 
 def apply(apps: dict[str, dict]) -> None:
+    """Apply the whole set. An application sent unchanged while Serve still builds it is waited for first:
+    Serve compares code versions only once a build has finished, so resending it mid-build would cancel
+    the build and start it again (the gateway, rebuilt while `mlops serve start` deployed the pipelines)."""
+    current = current_apps()
+    _await_builds([name for name, app in apps.items() if current.get(name) == app])
     _client().deploy_apps(ServeDeploySchema.model_validate({"applications": list(apps.values())}))
+
+
+BUILD_WAIT_S = 60.0
+
+
+def _await_builds(names: list[str], timeout_s: float = BUILD_WAIT_S) -> None:
+    """Until none of these applications is being built (deploying with no deployments yet); past the
+    timeout the caller applies anyway, and Serve restarts that build."""
+    deadline = time.monotonic() + timeout_s
+    while names:
+        statuses = serve.status().applications
+        building = [n for n in names if (s := statuses.get(n)) is not None and s.status == ApplicationStatus.DEPLOYING and not s.deployments]
+        if not building:
+            return
+        if time.monotonic() > deadline:
+            log.warning("applications %s still building after %.0f s: applying anyway", building, timeout_s)
+            return
+        time.sleep(0.05)
 
 
 def _user_config(app: dict, deployment: str) -> dict:

@@ -59,6 +59,7 @@ from serving.http_answers import NotReady, answer_prediction, error, post_only, 
 from serving.loaded_model import LoadedModel, ModelLoadError, load_source, load_version, usable_cores
 from serving.prediction_log import Answered, PredictionLogger, log_rows
 from serving.reference import serving_reference
+from serving.replica_files import model_folder
 from serving.requests import (
     CheckedRows,
     Columns,
@@ -155,7 +156,7 @@ class ModelServer:
         self.loads = 0
         self.stage_times = StageTimes()  # this replica's own work, stage by stage (status: stage_ms)
         self.replica = f"{socket.gethostname()}:{os.getpid()}"  # tells replicas' status answers apart
-        self.cache_dir = tempfile.mkdtemp(prefix=f"mlops-serve-{self.decl.name}-{role}-")
+        self.cache_dir = model_folder(self.decl.name, role)
         flush = self.settings.log_flush_seconds or self.decl.serving.log_flush_seconds
         self.logger = PredictionLogger(
             self.settings.delta(), self.decl.name, self.decl.serving.log_queue_rows, flush, spill_dir=self.settings.spill_dir()

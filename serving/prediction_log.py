@@ -28,6 +28,7 @@ import polars as pl
 
 from mlops_assets.core.names import PREDICTION_LOG, PREDICTION_LOG_PROPERTIES
 from resources.delta_lake import DeltaLakeResource
+from serving.replica_files import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class PredictionLogger:
             return
         for claimed in self.spill_dir.glob("*.draining"):
             pid = int(claimed.suffixes[-2].lstrip(".")) if len(claimed.suffixes) >= 2 and claimed.suffixes[-2][1:].isdigit() else 0
-            if pid and _alive(pid):
+            if pid and process_alive(pid):
                 continue
             try:
                 claimed.rename(claimed.with_name(claimed.name.split(".parquet")[0] + ".parquet"))
@@ -331,13 +332,3 @@ def log_rows(
     """The rows of one request answered now: `answered_rows` of a single batch."""
     request = ((request_id, role, served, received_at, features.height),)
     return answered_rows([Answered(features, result, pipeline, model_version, request, time.time())])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -385,6 +385,29 @@ def test_swap_under_load_via_sensor_and_asset_has_no_failed_request(served, serv
     assert loads == {n + 1 for n in loads_before}, (loads_before, loads)
 
 
+def test_an_application_resent_unchanged_while_serve_builds_it_is_built_once(ray_serve, tmp_path):
+    """`mlops serve start` deploys the gateway, then each pipeline with the whole set of applications: Serve
+    compares code versions only once a build has finished, so the resent gateway was built twice."""
+    builds = tmp_path / "builds"
+    app = {"name": "build-counter", "route_prefix": "/build-counter", "import_path": "tests.support.build_counter:build"}
+    app["args"] = {"builds": str(builds), "seconds": 2.0}
+    control.apply(control.current_apps() | {app["name"]: app})
+    try:
+        deadline = time.monotonic() + 60
+        while not builds.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert builds.exists(), "the builder never ran"
+        control.apply(control.current_apps())  # the same set, mid-build
+        while control.app_status(app["name"])["status"] != "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert control.app_status(app["name"])["status"] == "RUNNING"
+        assert builds.read_text().splitlines() == ["built"]
+    finally:
+        apps = control.current_apps()
+        apps.pop(app["name"], None)
+        control.apply(apps)
+
+
 def test_gateway_app_is_one_app_for_all_pipelines_and_each_predict_route_goes_straight_to_a_champion(served):
     apps = control.current_apps()
     assert set(apps) == {GATEWAY_APP, "flights", "flights-v1"}

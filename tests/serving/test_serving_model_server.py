@@ -7,8 +7,13 @@ replica must never answer from a half-loaded model and never fail a request.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -76,6 +81,40 @@ def test_close_writes_the_log_and_removes_the_downloaded_model(serving_registry)
     assert not os.path.exists(s.cache_dir)
     assert s.logger.stats()["logged_rows"] >= 3 and not s.logger.stats()["queued_rows"]
     s.close()  # again (Serve's `__del__` after an owner's close): nothing left to do, no error
+
+
+def test_a_killed_replicas_model_folder_is_removed_by_the_next_replica_on_the_host(serving_registry, tmp_path, monkeypatch):
+    """A killed replica cannot remove its model folder, and Serve's replacement downloads the model again:
+    each restart left a copy. A replica starting removes the folders of replica processes that are gone."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    settings = ServeSettings(pipeline="flights", tracking_uri=serving_registry.tracking_uri, delta_root=serving_registry.delta.root)
+    replica = (
+        "import json, sys, time\n"
+        "from serving.deployments import ModelServer\n"
+        "s = ModelServer.func_or_class(json.loads(sys.argv[1]), 'champion')\n"
+        "s.reconfigure({'model_version': int(sys.argv[2])})\n"
+        "print(s.cache_dir, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    args = [sys.executable, "-c", replica, json.dumps(settings.model_dump()), str(serving_registry.champion)]
+    killed = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=os.environ | {"TMPDIR": str(tmp_path)})
+    try:
+        folder = killed.stdout.readline().strip()
+        assert folder.startswith(str(tmp_path)) and any(Path(folder).rglob("*")), "the replica downloaded its model"
+    finally:
+        killed.kill()
+        killed.wait(30)
+    unrelated = tmp_path / "mlops-serve-notes"  # not a model folder: no process id in its name
+    unrelated.mkdir()
+    s = Server(settings.model_dump(), "champion")
+    try:
+        assert not os.path.exists(folder)
+        assert os.path.isdir(s.cache_dir) and f"-{os.getpid()}-" in os.path.basename(s.cache_dir)
+        assert unrelated.is_dir()
+        Server(settings.model_dump(), "champion").close()  # a replica beside it leaves the live one's folder alone
+        assert os.path.isdir(s.cache_dir)
+    finally:
+        s.close()
 
 
 def test_reconfigure_swaps_atomically_under_concurrent_predictions(server, serving_registry):
