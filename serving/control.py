@@ -132,7 +132,9 @@ def _await_builds(names: list[str], timeout_s: float = BUILD_WAIT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while names:
         statuses = serve.status().applications
-        building = [n for n in names if (s := statuses.get(n)) is not None and s.status == ApplicationStatus.DEPLOYING and not s.deployments]
+        building = [
+            n for n in names if (s := statuses.get(n)) is not None and s.status == ApplicationStatus.DEPLOYING and not s.deployments
+        ]
         if not building:
             return
         if time.monotonic() > deadline:
