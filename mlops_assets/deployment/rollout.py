@@ -36,6 +36,13 @@ def _metadata(state: rollouts.Rollout, signals: rollouts.StepSignals, verdict: r
     }
 
 
+def _drop_challenger(client, pipeline: str, version: int) -> None:
+    """The rollout's alias ends with its version; one pointing at another version is not the rollout's to remove."""
+    held = alias_version(client, pipeline, CHALLENGER)
+    if held is not None and int(held.version) == version:
+        client.delete_registered_model_alias(pipeline, CHALLENGER)
+
+
 def judge(
     decl: PipelineDeclaration, spec: RolloutSpec, delta: DeltaLakeResource, registry: MlflowRegistryResource, actor: str, run_id: str
 ) -> tuple[rollouts.Rollout | None, rollouts.Verdict, dict]:
@@ -76,7 +83,7 @@ def judge(
                     decl.name,
                     AuditEvent("rollout_abort", state.version, actor=actor, reason=why, alias=CHALLENGER, dagster_run_id=run_id),
                 )
-                client.delete_registered_model_alias(decl.name, CHALLENGER)
+                _drop_challenger(client, decl.name, state.version)
                 client.set_model_version_tag(decl.name, str(state.version), STATUS_TAG, "stale")
                 return state, rollouts.Verdict("abort", why), {**metadata, "verdict": "abort"}
             mv = get_version(client, decl.name, state.version)
@@ -114,7 +121,7 @@ def judge(
                 ),
             )
             client.set_registered_model_alias(decl.name, CHAMPION, str(state.version))
-            client.delete_registered_model_alias(decl.name, CHALLENGER)
+            _drop_challenger(client, decl.name, state.version)
             client.set_model_version_tag(decl.name, str(state.version), STATUS_TAG, "promoted")
         elif verdict.action == "rollback":
             guard = verdict.guard
@@ -160,7 +167,7 @@ def judge(
                     dagster_run_id=run_id,
                 ),
             )
-            client.delete_registered_model_alias(decl.name, CHALLENGER)
+            _drop_challenger(client, decl.name, state.version)
             client.set_model_version_tag(decl.name, str(state.version), STATUS_TAG, "rolled_back")
             client.set_model_version_tag(decl.name, str(state.version), ROLLOUT_GUARD_TAG, verdict.reason[:5000])
     return state, verdict, metadata

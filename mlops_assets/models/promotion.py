@@ -75,8 +75,9 @@ def record_evaluation(
             client.log_dict(mv.run_id, evaluation_record(evaluation), GATES_ARTIFACT)
         if mv.aliases:  # checks re-run on a serving or waiting version: record, but decide nothing
             return
-        client.set_model_version_tag(name, version, GATES_TAG, "passed" if evaluation.passed else "failed: " + ",".join(evaluation.failed))
+        # what the gates compared with first, the verdict last: a verdict is never without its comparison
         client.set_model_version_tag(name, version, GATES_CHAMPION_TAG, str(evaluation.champion_version or "none"))
+        client.set_model_version_tag(name, version, GATES_TAG, "passed" if evaluation.passed else "failed: " + ",".join(evaluation.failed))
         client.set_model_version_tag(name, version, STATUS_TAG, "passed" if evaluation.passed else "rejected")
         if not evaluation.passed:
             reasons = "; ".join(f"{g.name}: {g.description}" for g in evaluation.gates if not g.passed) + trigger
@@ -103,6 +104,17 @@ class StaleGates(ValueError):
 
 def _named(version: str) -> str:
     return "none" if version == "none" else f"v{version}"
+
+
+def stale_comparison(mv, champion) -> str | None:
+    """Why the version's gates no longer compare it with the champion (`champion`: its model version or None),
+    or None while they do. Gates that recorded no comparison are stale too: their verdict was written without it."""
+    compared_with = mv.tags.get(GATES_CHAMPION_TAG)
+    now = str(champion.version) if champion is not None else "none"
+    if compared_with == now:
+        return None
+    was = f"champion {_named(compared_with)}" if compared_with is not None else "no recorded champion"
+    return f"gates compared v{mv.version} with {was}, but the champion is now {_named(now)}; re-run the gates to compare with it"
 
 
 def _require_passed(mv, what: str) -> None:
@@ -132,13 +144,9 @@ def promote_after_gates(
         current = alias_version(client, name, alias)
         if current is not None and current.version == mv.version:
             return Decision("none", int(version), int(version), f"v{version} already is the {alias}")
-        compared_with = mv.tags.get(GATES_CHAMPION_TAG)
-        if alias == CHAMPION and compared_with is not None and compared_with != (str(current.version) if current else "none"):
+        why = stale_comparison(mv, current) if alias == CHAMPION else None  # an approval checks it (manual)
+        if why is not None:
             # another promotion won the race since these gates ran: their comparison is stale
-            why = (
-                f"gates compared v{mv.version} with champion {_named(compared_with)}, but the champion is now "
-                f"{_named(current.version if current else 'none')}; re-run the gates to compare with it"
-            )
             record(
                 delta,
                 name,
@@ -164,6 +172,11 @@ def promote_after_gates(
             action, why, status = "promote", "gates passed; policy auto", "promoted"
         else:
             action, why, status = "await_approval", "gates passed; policy manual: waiting for approval", "awaiting_approval"
+            ongoing = current_rollout(history(delta, name))
+            if ongoing is not None:
+                # the alias is the rollout's: its canary share must keep reaching the version it judges
+                why += f"; the {CHALLENGER} alias stays with v{ongoing.version}, rolling out (approving v{mv.version} supersedes it)"
+                alias = None
         from_version = _int(current.version if current else None)
         # the audit row first: a failure after it leaves a recorded move the registry lacks (rollback and
         # `mlops status` say so), never a move the history lacks
@@ -182,8 +195,11 @@ def promote_after_gates(
                 mlflow_run_id=mv.run_id or "",
             ),
         )
-        client.set_registered_model_alias(name, alias, mv.version)
+        if alias is not None:
+            client.set_registered_model_alias(name, alias, mv.version)
         client.set_model_version_tag(name, mv.version, STATUS_TAG, status)
+    if alias is None:
+        return Decision(action, int(mv.version), from_version, f"v{mv.version} waits for approval ({why})")
     return Decision(
         action, int(mv.version), from_version, f"{alias} -> v{mv.version} (was {f'v{from_version}' if from_version else 'none'})"
     )
@@ -273,6 +289,9 @@ def approve(
         current = alias_version(client, pipeline, CHAMPION)
         if current is not None and current.version == mv.version:
             raise ValueError(f"model {pipeline} v{mv.version} already is the champion")
+        stale = stale_comparison(mv, current)
+        if stale is not None:  # a person approves what the gates showed them, against the champion it would replace
+            raise StaleGates(f"model {pipeline} v{mv.version} cannot be approved: {stale}")
         if rollout is not None and current is not None:
             return start_rollout(delta, client, pipeline, rollout, mv, int(current.version), by, f"approved: {reason}", dagster_run_id)
         challenger = alias_version(client, pipeline, CHALLENGER)

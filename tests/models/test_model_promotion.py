@@ -241,3 +241,43 @@ def test_no_alias_moves_without_its_audit_row(model_home, monkeypatch):
     assert aliases(model_home) == (None, None)
     events = history(model_home.platform(flights_variant()).delta, "flights")
     assert [(r["action"], r["model_version"]) for r in events.iter_rows(named=True)] == [("promote", 1)]
+
+
+def test_an_approval_of_gates_compared_with_another_champion_is_refused(model_home, capsys):
+    """v2 and v3 both passed their gates against v1. Once v3 is approved, approving v2 would replace v3 with
+    a version never compared with it: refused as policy auto refuses it, and nothing changes."""
+    model_home.declare(flights_variant(policy="manual"))
+    for window in (21, 22, 23):
+        assert model_home.platform(flights_variant(policy="manual", training={"window_days": window})).run("flights_train").success
+        if window == 21:
+            assert model_home.mlops("approve", "flights", "1", "--by", "carol", "--reason", "first", capsys=capsys)[0] == 0
+    assert aliases(model_home) == (1, 3)
+    assert model_home.mlops("approve", "flights", "3", "--by", "dave", "--reason", "better", capsys=capsys)[0] == 0
+    plat = model_home.platform(flights_variant(policy="manual"))
+    before = history(plat.delta, "flights").height
+    code, _, err = model_home.mlops("approve", "flights", "2", "--by", "dave", "--reason", "also good", capsys=capsys)
+    assert code != 0 and "Traceback" not in err
+    assert "gates compared v2 with champion v1, but the champion is now v3; re-run the gates" in err
+    assert aliases(model_home) == (3, None) and history(plat.delta, "flights").height == before
+
+
+def test_a_version_waiting_for_approval_leaves_the_challenger_alias_to_a_rollout_in_progress(model_home, capsys):
+    """The rollout's canary share goes to whatever `challenger` names: a newer version that passed its gates
+    meanwhile waits for approval without the alias, and approving it supersedes the rollout."""
+    rollout = {"steps": [0.1, 1.0], "bake_minutes": 1.0, "min_requests": 10}
+    manual = {"policy": "manual", "rollout": rollout}
+    model_home.declare(flights_variant(promotion=manual))
+    for window in (21, 22, 23):
+        plat = model_home.platform(flights_variant(training={"window_days": window}, promotion=manual))
+        assert plat.run("flights_train").success
+        if window < 23:  # v1 becomes champion at once (nothing to roll out beside); v2 starts rolling out
+            assert model_home.mlops("approve", "flights", str(window - 20), "--by", "carol", "--reason", "ok", capsys=capsys)[0] == 0
+    assert aliases(model_home) == (1, 2)
+    waiting = history(plat.delta, "flights").tail(1).row(0, named=True)
+    assert (waiting["action"], waiting["model_version"], waiting["alias"]) == ("await_approval", 3, None)
+    assert "stays with v2, rolling out" in waiting["reason"]
+    assert model_home.registry.client().get_model_version("flights", "3").tags["mlops.status"] == "awaiting_approval"
+
+    assert model_home.mlops("approve", "flights", "3", "--by", "dave", "--reason", "newer", capsys=capsys)[0] == 0
+    assert aliases(model_home) == (1, 3)
+    assert actions(plat)[-2:] == [("rollout_abort", 2), ("rollout_start", 3)]
