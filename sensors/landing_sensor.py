@@ -26,6 +26,7 @@ from mlops_assets.core.names import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
     FILE_TAG,
+    REASON_TAG,
     RUN_KEY_TAG,
     TRIGGER_TAG,
     reference_key,
@@ -33,6 +34,7 @@ from mlops_assets.core.names import (
 )
 from mlops_assets.core.partitions import partition_problem, runs_of
 from resources.landing_zone import LandingZoneResource, reference_signature
+from sensors.run_attempts import RETRY_STATUSES, next_attempt, with_attempt
 
 # define_asset_job returns an unresolved job definition that dagster does not export by name
 JobTarget = Any
@@ -78,9 +80,6 @@ def _ingest_request(job_name: str, partitions: list[str], landed: dict[str, tupl
     )
 
 
-RETRY_STATUSES = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
-
-
 def _ended_ranges(instance: dg.DagsterInstance, ranges: dict[str, list[str]]) -> tuple[dict[str, list[str]], list[str]]:
     """Of the range runs asked for, those still to watch (not launched, queued or running), and the partitions of
     those that failed or were canceled."""
@@ -112,16 +111,16 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
             if wanted is None:
                 return dg.SkipReason(f"waiting for the reference files of {decl.name} in {landing.uri(decl.name, 'reference')}")
             if _materialized_reference_signature(context.instance, decl) != wanted:
-                return dg.SensorResult(
-                    run_requests=[
-                        dg.RunRequest(
-                            run_key=f"reference:{wanted}",
-                            job_name=reference_job.name,
-                            tags={TRIGGER_TAG: "landing_sensor", FILE_TAG: "reference"},
-                        )
-                    ],
-                    skip_reason=None,
+                # partitions wait for the reference tables: a failed reference run is asked for again (a few times)
+                attempt = next_attempt(context.instance, f"reference:{wanted}")
+                if attempt.state == "given_up":
+                    return dg.SkipReason(f"partitions wait for the reference tables: {attempt.why}; land corrected reference files")
+                if attempt.state != "request":
+                    return dg.SkipReason(f"partitions wait for the reference tables: {attempt.why}")
+                request = dg.RunRequest(
+                    run_key="", job_name=reference_job.name, tags={TRIGGER_TAG: "landing_sensor", FILE_TAG: "reference"}
                 )
+                return dg.SensorResult(run_requests=[with_attempt(request, attempt, REASON_TAG)], skip_reason=None)
         landed_now: dict[str, tuple[str, str]] = {}  # partition -> (file, signature) of new or replaced files
         present: dict[str, tuple[str, str]] = {}  # the same of every ingestible file there now
         ignored = set(cursor.get("ignored", []))

@@ -10,12 +10,13 @@ import dagster as dg
 import polars as pl
 
 from mlops_assets.core.declaration import PipelineDeclaration
-from mlops_assets.core.names import ERASED_TAG, GATES_TAG, STATUS_TAG, sensor_name
+from mlops_assets.core.names import ERASED_TAG, GATES_TAG, REASON_TAG, STATUS_TAG, sensor_name
 from resources.audit_log import history
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.pipeline_tables import drift_reports
 from resources.registered_models import no_registry_yet
+from sensors.run_attempts import follow_up, with_attempt
 
 
 def story(mv, audit: pl.DataFrame, drift: pl.DataFrame) -> str:
@@ -28,6 +29,9 @@ def story(mv, audit: pl.DataFrame, drift: pl.DataFrame) -> str:
         "drift": drift.filter(pl.col("model_version") == version).height,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+ASKED = "asked"  # the cursor's record of card runs asked for (the other keys are versions)
 
 
 def build_model_card_sensor(decl: PipelineDeclaration, job, versions: dg.DynamicPartitionsDefinition) -> dg.SensorDefinition:
@@ -46,16 +50,26 @@ def build_model_card_sensor(decl: PipelineDeclaration, job, versions: dg.Dynamic
         if not registered:
             return dg.SkipReason(f"no {decl.name} version has been through its gates yet")
         before = json.loads(context.cursor) if context.cursor else {}
+        asked = before.pop(ASKED, {})  # card runs asked for, until they succeed: a failed one is asked for again
         audit, drift = history(delta, decl.name), drift_reports(delta, decl.name)
         now = {str(mv.version): story(mv, audit, drift) for mv in registered}
         changed = sorted((v for v, s in now.items() if before.get(v) != s), key=int)
-        if not changed:
-            return dg.SkipReason(f"the cards of {len(now)} versions are current")
+        followed = follow_up(context.instance, asked)
+        for gave_up in followed.given_up:
+            context.log.warning(f"the model card of v{asked[gave_up.run_key]} was not written: {gave_up.why}")
+        # a retry is for the story it was asked with: a version whose story changed since gets a fresh request
+        retries = [(attempt, v) for attempt, v in followed.again if v not in changed]
+        requests = [with_attempt(dg.RunRequest(partition_key=v), attempt, REASON_TAG) for attempt, v in retries]
+        requests += [dg.RunRequest(run_key=f"card-{v}-{now[v]}", partition_key=v) for v in changed]
+        watching = {key: v for key, v in followed.watching.items() if v not in changed} | {f"card-{v}-{now[v]}": v for v in changed}
+        cursor = json.dumps({**before, **now, ASKED: watching})
+        if not requests:
+            return dg.SensorResult(skip_reason=dg.SkipReason(f"the cards of {len(now)} versions are current"), cursor=cursor)
         known = set(context.instance.get_dynamic_partitions(versions.name))
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=f"card-{v}-{now[v]}", partition_key=v) for v in changed],
+            run_requests=requests,
             dynamic_partitions_requests=[versions.build_add_request([v for v in changed if v not in known])],
-            cursor=json.dumps({**before, **now}),
+            cursor=cursor,
         )
 
     return model_card_sensor

@@ -36,6 +36,7 @@ from resources import pipeline_tables, registered_models
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.pipeline_tables import new_log_rows
+from sensors.run_attempts import follow_up, next_attempt, with_attempt
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -154,7 +155,8 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
 
 
 def _monitor_request(job_name: str, days: list[str], version: int) -> dg.RunRequest:
-    """One run per contiguous range of new feature days (the monitoring assets run a range in one run)."""
+    """One run per contiguous range of new feature days (the monitoring assets run a range in one run);
+    its run key is the range's and the version's."""
     tags = {TRIGGER_TAG: "monitor_sensor"}
     if len(days) == 1:
         return dg.RunRequest(run_key=f"monitor:{days[0]}:v{version}", job_name=job_name, partition_key=days[0], tags=tags)
@@ -174,21 +176,32 @@ def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job:
         champ = registered_models.champion(decl.name, mlflow)
         if champ is None:
             return dg.SkipReason("no champion yet")
+        version = str(champ.version)
         cursor = json.loads(context.cursor) if context.cursor else {}
-        done = set(cursor.get(str(champ.version), []))
+        done = set(cursor.get(version, []))  # days asked for against this champion
+        # the runs asked for against this champion, until they succeed: a failed one is asked for again
+        asked = cursor.get("asked", {}) if cursor.get("asked_for") == version else {}
         new = [p for p in delta.partitions(decl.name, FEATURES) if p > champ.plan.partition_end and p not in done]
-        if not new:
-            return dg.SkipReason(f"no feature days after champion v{champ.version}'s window ({champ.plan.partition_end})")
+        followed = follow_up(context.instance, asked)
+        for gave_up in followed.given_up:
+            context.log.warning(f"monitoring of {asked[gave_up.run_key]} not done: {gave_up.why}")
+        kept = {version: sorted(done | set(new)), "asked_for": version, "asked": followed.watching}
+        if not new and not followed.again:
+            why = f"no feature days after champion v{champ.version}'s window ({champ.plan.partition_end})"
+            return dg.SensorResult(skip_reason=dg.SkipReason(why), cursor=json.dumps(kept))
         busy = training_in_flight(context.instance, train_job)
         if busy:
             # the new day's training is the path to a fresher model; on a small machine the drift report
             # beside it slowed the training step 4x (`mlops bench leadtime`). The days are checked next tick.
-            return dg.SkipReason(f"{len(new)} feature day(s) wait for monitoring: {busy}")
-        cursor = {str(champ.version): sorted(done | set(new))}
-        return dg.SensorResult(
-            run_requests=[_monitor_request(monitor_job, group, champ.version) for group in runs_of(decl, new)],
-            cursor=json.dumps(cursor),
-        )
+            retrying = f" and {len(followed.again)} failed run(s) to ask for again" if followed.again else ""
+            return dg.SkipReason(f"{len(new)} feature day(s){retrying} wait for monitoring: {busy}")
+        retries = [
+            with_attempt(_monitor_request(monitor_job, days, champ.version), attempt, REASON_TAG) for attempt, days in followed.again
+        ]
+        groups = runs_of(decl, new)
+        requests = [_monitor_request(monitor_job, days, champ.version) for days in groups]
+        kept["asked"] |= {r.run_key: sorted({days[0], days[-1]}) for r, days in zip(requests, groups)}  # a range: its ends
+        return dg.SensorResult(run_requests=retries + requests, cursor=json.dumps(kept))
 
     return monitor_sensor
 
@@ -208,7 +221,12 @@ def build_serving_drift_sensor(decl: PipelineDeclaration, job_name: str) -> dg.S
         count = 0 if rows is None else rows.select(pl.len()).collect().item()
         if count < decl.drift.serving_window_rows:
             return dg.SkipReason(f"{count} served predictions logged since the last check; {decl.drift.serving_window_rows} needed")
-        return dg.RunRequest(run_key=f"serving-drift:{after}", job_name=job_name, tags={TRIGGER_TAG: "serving_drift_sensor"})
+        # the watermark moves only when a check succeeds: a failed one is asked for again (sensors/run_attempts.py)
+        attempt = next_attempt(context.instance, f"serving-drift:{after}")
+        if attempt.state != "request":
+            return dg.SkipReason(f"{count} served predictions logged since the last check wait: {attempt.why}")
+        request = dg.RunRequest(run_key=attempt.run_key, job_name=job_name, tags={TRIGGER_TAG: "serving_drift_sensor"})
+        return with_attempt(request, attempt, REASON_TAG)
 
     return serving_drift_sensor
 

@@ -36,6 +36,11 @@ def test_the_champions_card_names_its_delta_versions_gates_and_history_and_is_re
     assert logged == {"model_card/v1.md", "model_card/v1.html"}
 
     assert not sensor_tick(plat, "flights_model_card_sensor", cursor=tick.cursor).run_requests  # nothing changed
+    # a card run that failed is asked for again while the story stays the same
+    (first,) = tick.run_requests
+    plat.failed(first, "flights_model_card")
+    retry = sensor_tick(plat, "flights_model_card_sensor", cursor=tick.cursor)
+    assert [(r.partition_key, r.run_key) for r in retry.run_requests] == [("1", f"{first.run_key}~retry-1")]
     later = model_home.platform(flights_variant(gates=FAIR, training={"window_days": 22}))
     assert later.run("flights_train").success  # v2 replaces v1: both stories change
     again = sensor_tick(later, "flights_model_card_sensor", cursor=tick.cursor)

@@ -47,6 +47,11 @@ def test_drift_scores_and_retraining_requests(model_home):
     (burst,) = tick.run_requests  # the seven contiguous days are one monitoring run over their range
     assert (burst.partition_key_range.start, burst.partition_key_range.end) == ("2013-01-29", "2013-02-04")
     assert not sensor_tick(plat, "flights_monitor_sensor", tick.cursor).run_requests
+    # a monitoring run that failed is asked for again, for the same days (sensors/run_attempts.py)
+    failed = plat.failed(burst)
+    (retry,) = sensor_tick(plat, "flights_monitor_sensor", tick.cursor).run_requests
+    assert retry.run_key == f"{burst.run_key}~retry-1" and retry.partition_key_range == burst.partition_key_range
+    assert retry.tags["mlops/reason"] == f"retry 1 of 3: run {failed.run_id} failure"
 
     # new data: 7 new days >= 5 declared
     tick = sensor_tick(plat, "flights_new_data_sensor")

@@ -65,8 +65,13 @@ def test_serving_skew_and_delivery_metrics(model_home):
 
     tick = sensor_tick(plat, "flights_serving_drift_sensor")
     (request,) = tick.run_requests
+    # the watermark moves only when a check succeeds: a failed check is asked for again, a few times
+    failed = plat.failed(request)
+    (retry,) = sensor_tick(plat, "flights_serving_drift_sensor").run_requests
+    assert retry.run_key == f"{request.run_key}~retry-1" and retry.tags["mlops/reason"] == f"retry 1 of 3: run {failed.run_id} failure"
     logged_before = plat.delta.scan("flights", "prediction_log").collect().sort("request_id")
-    result = plat.run(request.job_name)
+    result = plat.launch(retry)
+    assert result.success
     meta = result.asset_materializations_for_node("flights__serving_drift")[0].metadata
     # the same run then compacts the log it read: its three appends' files as one, the rows the same, and the
     # table given the prediction log's properties (its log entries expire)

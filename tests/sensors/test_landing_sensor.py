@@ -7,8 +7,8 @@ from datetime import date
 import dagster as dg
 import pytest
 
-from mlops_assets.core.names import RUN_KEY_TAG
 from mlops_assets.defs.flights.upstream import land_days, land_reference
+from sensors.run_attempts import RETRIES
 from tests.support.platform import Platform, days
 
 
@@ -61,6 +61,33 @@ def test_partitions_wait_for_reference_tables(platform: Platform):
     land_days(decl, platform.landing, date(2013, 1, 3), 1)
     result = evaluate(platform, result.cursor)
     assert [r.job_name for r in result.run_requests] == ["flights_reference"]
+
+
+def test_a_failed_reference_run_is_asked_for_again_then_waits_for_corrected_files(platform: Platform):
+    """Partitions wait for the reference tables: a failed reference run used to be asked for under the same run
+    key on every tick, which Dagster skips, so ingestion waited for good without saying why."""
+    decl = platform.declarations["flights"]
+    land_reference(decl, platform.landing)
+    land_days(decl, platform.landing, date(2013, 1, 1), 1)
+    weather = platform.landing.uri("flights", "reference", "weather.parquet")
+    with open(weather, "rb") as f:
+        good = f.read()
+    with open(weather, "wb") as f:
+        f.write(b"not parquet")
+    keys = []
+    for _ in range(RETRIES + 1):
+        (request,) = evaluate(platform).run_requests
+        keys.append(request.run_key)
+        assert not platform.launch(request).success
+    assert keys[1:] == [f"{keys[0]}~retry-{n}" for n in range(1, RETRIES + 1)]
+    stalled = evaluate(platform)
+    assert not stalled.run_requests and f"gave up on {keys[0]} after {RETRIES + 1} failed runs" in stalled.skip_message
+    assert "land corrected reference files" in stalled.skip_message
+    with open(weather, "wb") as f:
+        f.write(good)  # corrected: a new signature, a new run key
+    (request,) = evaluate(platform).run_requests
+    assert request.run_key not in keys and platform.launch(request).success
+    assert partitions_of(evaluate(platform)) == ["2013-01-01"]
 
 
 @pytest.fixture
@@ -141,13 +168,6 @@ def test_a_file_named_for_an_impossible_day_is_reported_once_and_never_stalls_th
     assert partitions_of(second) == ["2013-01-04"]
 
 
-def launch(platform: Platform, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
-    """The run the daemon launches for a request, with the run key tag it gives it."""
-    job = platform.defs.resolve_job_def(request.job_name)
-    tags = {**request.tags, RUN_KEY_TAG: request.run_key}
-    return job.execute_in_process(instance=platform.instance, tags=tags, partition_key=request.partition_key, raise_on_error=False)
-
-
 def test_a_failed_range_is_asked_for_again_one_partition_per_run_so_a_bad_file_holds_back_only_itself(ready: Platform):
     land_days(ready.declarations["flights"], ready.landing, date(2013, 1, 1), 3)
     with open(ready.landing.uri("flights", "flights_2013-01-02.parquet"), "wb") as f:
@@ -156,11 +176,11 @@ def test_a_failed_range_is_asked_for_again_one_partition_per_run_so_a_bad_file_h
     (burst,) = first.run_requests
     waiting = evaluate(ready, first.cursor)  # not launched yet: nothing to do
     assert not waiting.run_requests and json.loads(waiting.cursor)["ranges"] == {burst.run_key: days("2013-01-01", 3)}
-    assert not launch(ready, burst).success
+    assert not ready.launch(burst).success
     again = evaluate(ready, waiting.cursor)
     assert [r.partition_key for r in again.run_requests] == days("2013-01-01", 3)
     assert json.loads(again.cursor)["ranges"] == {}
-    results = {r.partition_key: launch(ready, r) for r in again.run_requests}
+    results = {r.partition_key: ready.launch(r) for r in again.run_requests}
     assert {p: r.success for p, r in results.items()} == {"2013-01-01": True, "2013-01-02": False, "2013-01-03": True}
     failure = next(e for e in results["2013-01-02"].all_events if e.is_step_failure)
     assert "empty" in failure.step_failure_data.error.message  # the bad file's own run names its problem
@@ -174,7 +194,7 @@ def test_sensor_runs_through_the_daemon_path_and_ingests(ready: Platform):
     land_days(decl, ready.landing, date(2013, 1, 1), 2)
     result = evaluate(ready)
     (request,) = result.run_requests
-    run = launch(ready, request)
+    run = ready.launch(request)
     assert run.success
     assert ready.instance.get_run_by_id(run.run_id).tags["mlops/landed_file"].startswith("2 files")
     assert ready.delta.partitions("flights", "features") == ["2013-01-01", "2013-01-02"]

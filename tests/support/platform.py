@@ -16,7 +16,7 @@ from mlops_assets.core.declaration import (
     load_declaration,
 )
 from mlops_assets.core.home import MlopsHome
-from mlops_assets.core.names import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from mlops_assets.core.names import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG, RUN_KEY_TAG
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.flights.upstream import land_days
 from resources.defaults import model_resources, serving_resources
@@ -49,6 +49,21 @@ class Platform:
         return self.defs.resolve_job_def(job_name).execute_in_process(
             instance=self.instance, partition_key=partition, raise_on_error=raise_on_error
         )
+
+    def launch(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        """The run the daemon launches for a sensor's request, with the run key tag it gives it (how sensors
+        find the runs they asked for); a failure is returned, not raised."""
+        job = self.defs.resolve_job_def(request.job_name)
+        tags = {**request.tags, RUN_KEY_TAG: request.run_key}
+        return job.execute_in_process(instance=self.instance, tags=tags, partition_key=request.partition_key, raise_on_error=False)
+
+    def failed(self, request: dg.RunRequest, job_name: str | None = None) -> dg.DagsterRun:
+        """A run of the request that failed: its record only, where the sensor's answer to a failure is under test.
+        `job_name` for a sensor whose requests name no job (it targets one)."""
+        job = self.defs.resolve_job_def(request.job_name or job_name)
+        run = self.instance.create_run_for_job(job_def=job, tags={**request.tags, RUN_KEY_TAG: request.run_key})
+        self.instance.report_run_failed(run)
+        return run
 
     def ingest(self, pipeline: str, partitions: list[str], raise_on_error: bool = True) -> list[dg.ExecuteInProcessResult]:
         """One run per partition, as the landing sensor runs a lone late file."""
