@@ -137,13 +137,11 @@ def model_source(tracking_uri: str, name: str, version: int) -> ModelSource:
 
 
 def resolve_alias(tracking_uri: str, name: str, alias: str) -> int | None:
-    """The version an alias points at, or None when the model or the alias does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return int(client(tracking_uri).get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    """The version an alias points at, or None when the model or the alias does not exist. Any other registry
+    error is raised: read as "no alias", a registry that did not answer made the champion sensor redeploy
+    without a challenger and a replica drop the model it served."""
+    found = alias_version(client(tracking_uri), name, alias)
+    return None if found is None else int(found.version)
 
 
 def no_registry_yet(tracking_uri: str) -> str | None:

@@ -87,6 +87,10 @@ def test_refusals_name_the_problem(registry, tmp_path):
         load_version(uri, "m", 99, cache_dir=str(cache))
     assert list(cache.iterdir()) == []  # a refused version leaves no download behind
     assert resolve_alias(uri, "m", "champion") is None and resolve_alias(uri, "nosuch", "champion") is None
+    unreadable = tmp_path / "not-a-registry.db"
+    unreadable.write_text("not a database")
+    with pytest.raises(Exception, match="file is not a database"):  # a registry that cannot answer is not "no alias"
+        resolve_alias(f"sqlite:///{unreadable}", "m", "champion")
     frame = pl.DataFrame({"a": [0.1], "b": [0.2]})
     model = load_version(uri, "m", register(booster, "m", {}), cache_dir=str(cache))  # no tags: a regression over the booster's own columns
     with pytest.raises(ModelLoadError, match=r"needs features .*\['c'\]"):

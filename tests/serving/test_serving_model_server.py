@@ -159,6 +159,19 @@ def test_a_load_leaves_the_loaded_heap_frozen_and_a_swapped_out_version_collecte
     assert gc.get_freeze_count() > 10_000
 
 
+def test_a_registry_that_does_not_answer_leaves_the_loaded_model_serving(server, serving_registry, tmp_path):
+    """Following the alias while the registry errs: the reconfigure fails (Serve says so) and the replica keeps
+    answering with the version it has; it used to read the error as "no champion" and drop its model."""
+    server.reconfigure({"model_version": None})
+    unreadable = tmp_path / "registry.db"
+    unreadable.write_text("not a database")
+    server.settings = server.settings.model_copy(update={"tracking_uri": f"sqlite:///{unreadable}"})
+    with pytest.raises(Exception, match="file is not a database"):
+        server.reconfigure({"model_version": None})
+    assert server.status()["ready"] and server.status()["model_version"] == serving_registry.champion
+    assert server.predict(_frame(serving_registry, 2), "r", 0.0, "champion", True)["model_version"] == serving_registry.champion
+
+
 def test_traffic_shares_reconfigure_without_a_model_load(server, serving_registry):
     """Shares sit in the champion's user_config next to its version: changing them loads nothing."""
     server.reconfigure({"model_version": serving_registry.champion})
