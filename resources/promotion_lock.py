@@ -48,8 +48,11 @@ def _try_take(delta: DeltaLakeResource, pipeline: str, holder: str, ttl_s: float
             write_deltalake(
                 delta.table_uri(pipeline, PROMOTION_LOCK), _row("", 0.0), mode="error", storage_options=delta.resolved_storage_options()
             )
-        except (CommitFailedError, DeltaError):
+        except CommitFailedError:
             pass
+        except DeltaError:
+            if delta.table(pipeline, PROMOTION_LOCK) is None:
+                raise  # no creator won a race: the table cannot be made (a root that is a file, no permission)
         table = delta.table(pipeline, PROMOTION_LOCK)
         if table is None:
             return "nobody yet (the lease table is being created)"

@@ -67,9 +67,10 @@ def resolve_address(ray_address: str) -> str:
         return ray_address
     try:
         published = json.loads(path.read_text())
-        host, _, port = published["address"].rpartition(":")
-        socket.create_connection((host, int(port)), timeout=2).close()
+        answering = _answers(published["address"])
     except (OSError, ValueError, KeyError, TypeError):
+        answering = False
+    if not answering:
         return ray_address  # unreadable or stale: that cluster is gone
     if published.get("auth_mode") == "token" and os.environ.get("RAY_AUTH_MODE") != "token":
         # Ray reads the mode when it is imported, and never turns auth on for an explicit address
@@ -80,10 +81,23 @@ def resolve_address(ray_address: str) -> str:
     return published["address"]
 
 
+def _answers(address: str) -> bool:
+    """Whether something accepts connections at a Ray GCS address (host:port) within 2 s."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def connect(ray_address: str = "auto") -> None:
-    """Join the running Ray cluster (no-op when this process already joined one)."""
+    """Join the running Ray cluster (no-op when this process already joined one). An address nothing answers
+    at is refused at once: Ray itself retried it for minutes."""
     if not ray.is_initialized():
         address = resolve_address(ray_address)
+        if address != "auto" and "://" not in address and not _answers(address):
+            raise LookupError(f"no Ray cluster answers at '{address}': start one with `mlops serve start`, or give its --address")
         try:
             ray.init(address=address, namespace="serve", include_dashboard=False, log_to_driver=False)
         except ConnectionError as err:

@@ -30,6 +30,8 @@ def _number(kind: type, what: str, minimum: float, maximum: float | None = None,
 port_number = _number(int, "a port number", 1, 65535)  # a TCP port a server can listen on
 positive_int = _number(int, "a whole number", 1)
 non_negative_float = _number(float, "a number", 0)
+interval_seconds = _number(float, "a number of seconds", 0, 86_400)  # what a thread can wait for (inf cannot)
+event_count = _number(int, "a number of events", 0, 1_000_000_000)
 positive_float = _number(float, "a number", 0, strictly_above=True)
 
 

@@ -12,9 +12,9 @@ import threading
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from mlops_assets.cli.arg_types import iso_day, non_negative_float, port_number, positive_int
+from mlops_assets.cli.arg_types import interval_seconds, iso_day, port_number, positive_int
 from mlops_assets.cli.ports import require_listenable
-from mlops_assets.core.declaration import PipelineDeclaration, load_declarations
+from mlops_assets.core.declaration import MLPIPELINE_TYPE, PipelineDeclaration, load_declarations
 from mlops_assets.core.home import MlopsHome
 from mlops_assets.core.names import BACKLOG_TAG, QUEUE_TAGS
 from resources.landing_zone import LandingZoneResource
@@ -52,6 +52,9 @@ run_coordinator:
 DAGSTER_ENV = {"DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true", "DAGSTER_EVENT_BATCH_SIZE": "1000"}
 
 
+DEMO_START = "2013-01-01"  # the flights demo's first day (upstream.check_covered holds the data's range)
+
+
 def pipeline_by_name(name: str) -> PipelineDeclaration:
     decls = {d.name: d for d in load_declarations()}
     if name not in decls:
@@ -67,13 +70,17 @@ def land(args: argparse.Namespace) -> int:
     decl = pipeline_by_name(args.pipeline)
     landing = landing_zone()
     if args.file:
+        if args.start is not None or args.days is not None:
+            raise ValueError("--start and --days choose demo days to land; a --file lands as its --partition")
         return _land_file(decl, landing, Path(args.file), args.partition)
+    if args.partition is not None:
+        raise ValueError("--partition names the partition a --file holds; demo days are chosen with --start and --days")
     if decl.name != "flights" and not decl.features.module.startswith("mlops_assets.defs.flights"):
         raise ValueError(f"only the flights demo generates data; land {decl.name} files with --file and --partition")
     from mlops_assets.defs.flights.upstream import land_days
 
-    start = date.fromisoformat(args.start)
-    for uri in land_days(decl, landing, start, args.days):
+    start = date.fromisoformat(args.start or DEMO_START)
+    for uri in land_days(decl, landing, start, args.days or 1):
         print(f"landed {uri}")
     return 0
 
@@ -87,6 +94,8 @@ def _land_file(decl: PipelineDeclaration, landing: LandingZoneResource, source: 
     kind = decl.partitioning.kind
     if not partition:
         raise ValueError(f"--file needs --partition, the {kind} partition the file holds ({KEY_FORMATS[kind]})")
+    if source.is_dir():
+        raise ValueError(f"--file {source} is a folder: land one file per partition")
     if not source.is_file():
         raise ValueError(f"--file {source} does not exist")
     problem = partition_problem(decl, partition, now=datetime.max)  # a partition still running may be landed
@@ -109,7 +118,11 @@ def _land_file(decl: PipelineDeclaration, landing: LandingZoneResource, source: 
 
 
 def pipelines(args: argparse.Namespace) -> int:
-    for decl in load_declarations():
+    decls = load_declarations()
+    if not decls:
+        where = os.environ.get("MLOPS_PIPELINES") or "the packaged pipelines"
+        raise ValueError(f"no pipeline is declared in {where} (MLOPS_PIPELINES): no {MLPIPELINE_TYPE} component or declaration")
+    for decl in decls:
         print(
             f"{decl.name}: {decl.target.task} on {decl.target.column}, {decl.landing.format} files "
             f"'{decl.landing.file_pattern}', features {decl.features.module}, declaration {decl.fingerprint()}"
@@ -145,8 +158,10 @@ def demo(args: argparse.Namespace) -> int:
     check_covered(start, args.days)
     require_listenable(args.host, {"--port": args.port, "--serve-port": args.serve_port, "--mlflow-port": args.mlflow_port})
     home = MlopsHome.from_env()
-    if args.reset and home.root.exists():
-        shutil.rmtree(home.root)
+    if args.reset:
+        home.require_resettable()
+        if home.root.exists():
+            shutil.rmtree(home.root)
     env = _prepare_home(home)
     os.environ.update(MLOPS_HOME=env["MLOPS_HOME"], DAGSTER_HOME=env["DAGSTER_HOME"])
     decl = pipeline_by_name("flights")
@@ -233,8 +248,8 @@ def stop_local_platform(processes: list[subprocess.Popen]) -> None:
 def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("land", help="land data files into a pipeline's landing zone")
     p.add_argument("pipeline")
-    p.add_argument("--start", type=iso_day, default="2013-01-01", help="first day (flights demo)")
-    p.add_argument("--days", type=positive_int, default=1, help="number of days (flights demo)")
+    p.add_argument("--start", type=iso_day, help=f"first day (flights demo; default {DEMO_START})")
+    p.add_argument("--days", type=positive_int, help="number of days (flights demo; default 1)")
     p.add_argument("--file", help="land this file instead of demo data")
     p.add_argument("--partition", help="the partition the --file holds: YYYY-MM-DD (hourly: YYYY-MM-DD-HH:MM)")
     p.set_defaults(handler=land)
@@ -243,10 +258,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=pipelines)
 
     p = commands.add_parser("demo", help="start the local platform and land the flights demo")
-    p.add_argument("--start", type=iso_day, default="2013-01-01")
+    p.add_argument("--start", type=iso_day, default=DEMO_START)
     p.add_argument("--days", type=positive_int, default=120, help="days to land in all")
     p.add_argument("--initial-days", type=positive_int, default=21, help="days landed before Dagster starts")
-    p.add_argument("--interval", type=non_negative_float, default=20.0, help="seconds between later days")
+    p.add_argument("--interval", type=interval_seconds, default=20.0, help="seconds between later days (up to a day)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port_number, default=3000, help="Dagster UI port")
     p.add_argument("--serve-port", type=port_number, default=8000, help="Ray Serve HTTP port")

@@ -50,11 +50,19 @@ def main(argv: list[str] | None = None) -> int:
 USER_FACING = ("ModelLoadError", "MlflowException", "RestException", "CommitFailedError", "DeltaError", "RayError", "RaySystemError")
 
 
+# a database that cannot be opened or is not one (SQLAlchemy's and sqlite3's classes of those exact names; their
+# subclasses, such as a ProgrammingError, are bugs)
+STORE_UNREADABLE = ("OperationalError", "DatabaseError")
+
+
 def met_by_users(err: BaseException) -> bool:
     """OS errors (permissions, a full disk, a refused connection, timeouts) and the errors of the stores and
-    services the platform talks to (MLflow, Delta, Ray), matched by name so `mlops --help` imports none of them."""
+    services the platform talks to (MLflow, Delta, Ray, a damaged SQLite store), matched by name so
+    `mlops --help` imports none of them."""
     if any(c.__name__ == "RayTaskError" for c in type(err).__mro__):
         return False  # an exception raised in remote code: a bug, keep its traceback
+    if type(err).__name__ in STORE_UNREADABLE:
+        return True
     return isinstance(err, OSError | TimeoutError) or any(c.__name__ in USER_FACING for c in type(err).__mro__)
 
 

@@ -14,18 +14,24 @@ import os
 
 import polars as pl
 
+from mlops_assets.cli.arg_types import event_count
 from mlops_assets.cli.data_commands import pipeline_by_name
 from mlops_assets.core.declaration import load_declarations
+from mlops_assets.core.home import MlopsHome
 from resources.audit_log import history as audit_history
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 
 
 def delta_lake() -> DeltaLakeResource:
+    if not os.environ.get("MLOPS_DELTA_URI"):
+        MlopsHome.from_env().require_platform()
     return DeltaLakeResource(root=os.environ.get("MLOPS_DELTA_URI", ""))
 
 
 def mlflow_registry() -> MlflowRegistryResource:
+    if not os.environ.get("MLOPS_MLFLOW_TRACKING_URI"):
+        MlopsHome.from_env().require_platform()
     return MlflowRegistryResource(
         tracking_uri=os.environ.get("MLOPS_MLFLOW_TRACKING_URI", ""),
         registry_uri=os.environ.get("MLOPS_MLFLOW_REGISTRY_URI", ""),
@@ -37,7 +43,7 @@ def version_number(text: str) -> int:
         value = int(text)
     except ValueError:
         raise ValueError(f"version must be a positive integer, not '{text}'") from None
-    if value < 1:
+    if not 1 <= value < 2**63:  # the registry stores a 64-bit integer
         raise ValueError(f"version must be a positive integer, not '{text}'")
     return value
 
@@ -173,7 +179,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("history", help="the audit log of a model: promotions, rejections, approvals, rollbacks")
     p.add_argument("pipeline")
-    p.add_argument("--limit", type=int, default=0, help="only the last N events")
+    p.add_argument("--limit", type=event_count, default=0, help="only the last N events (default 0: all)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=history)
 

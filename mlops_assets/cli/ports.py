@@ -68,6 +68,12 @@ def bind_error(host: str, port: int, reuse: bool = True) -> OSError | None:
 def require_listenable(host: str, ports_by_flag: dict[str, int]) -> None:
     """Refuse, naming its flag, a port something already listens on (or a host this machine cannot listen on):
     found before anything starts, not as a server's traceback once Ray, Serve or Dagster are up."""
+    flags_of: dict[int, list[str]] = {}
+    for flag, port in ports_by_flag.items():
+        flags_of.setdefault(port, []).append(flag)
+    for port, flags in flags_of.items():
+        if len(flags) > 1:
+            raise CommandError(f"{' and '.join(flags)} both name port {port}: each server needs a port of its own")
     for flag, port in ports_by_flag.items():
         err = bind_error(host, port)
         if err is None:

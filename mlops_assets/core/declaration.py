@@ -543,6 +543,8 @@ def _documents(path: Path) -> list:
         return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
     except OSError as err:
         raise DeclarationError(f"cannot read pipeline declaration {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise DeclarationError(f"pipeline declaration {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         raise DeclarationError(f"pipeline declaration {path} is not valid YAML: {err}") from None
 
@@ -561,6 +563,9 @@ def declaration_attributes(path: str | Path) -> list[dict]:
         if _is_component(doc):
             if doc["type"] == MLPIPELINE_TYPE:
                 found.append(doc.get("attributes"))
+            elif "mlpipeline" in str(doc["type"]).lower().replace("_", ""):
+                # another library's component is not ours; a misspelling of ours would drop the pipeline silently
+                raise DeclarationError(f"{path}: component type '{doc['type']}' is not {MLPIPELINE_TYPE}")
         else:
             found.append(doc)
     return found

@@ -16,7 +16,7 @@ from mlops_assets.cli.main import main
         (["serve", "start", "--port", "99999"], "--port", "99999 is not a port number (1-65535)"),
         (["serve", "config", "--port", "http"], "--port", "'http' is not a port number"),
         (["demo", "--serve-port", "0"], "--serve-port", "0 is not a port number"),
-        (["demo", "--interval", "-3"], "--interval", "-3 is not a number (at least 0)"),
+        (["demo", "--interval", "-3"], "--interval", "-3 is not a number of seconds (0-86400)"),
         (["demo", "--days", "0"], "--days", "0 is not a whole number (at least 1)"),
         (["land", "flights", "--days", "0"], "--days", "0 is not a whole number (at least 1)"),
         (["land", "flights", "--start", "2013-02-30"], "--start", "'2013-02-30' is not a day as YYYY-MM-DD"),

