@@ -423,9 +423,11 @@ class DeltaLakeResource(ConfigurableResource):
         self._commit(run, f"deleting from {table}")
         return int(deleted.get("num_deleted_rows", 0))
 
-    def vacuum(self, pipeline: str, table: str, retention_hours: float) -> list[str]:
+    def vacuum(self, pipeline: str, table: str, retention_hours: int) -> list[str]:
         """Remove data files no version within `retention_hours` still needs: rows deleted before then are
         gone from time travel too. Returns the files removed."""
+        if retention_hours != int(retention_hours):
+            raise ValueError(f"retention_hours must be whole hours (Delta's vacuum counts hours), not {retention_hours}")
         t = self.table(pipeline, table)
         if t is None:
             return []

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource
 from filelock import FileLock, Timeout
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mlops_assets.core.home import MlopsHome
 
@@ -30,14 +30,33 @@ if TYPE_CHECKING:  # mlflow is imported where used: it adds about 1.5 s to every
 _FLUENT = threading.RLock()
 
 
+def separate_registry(registry_uri: str, tracking_uri: str) -> None:
+    if registry_uri and registry_uri != tracking_uri:
+        raise ValueError(
+            f"registry_uri {registry_uri!r} differs from tracking_uri {tracking_uri or 'the home default'!r}: serving and "
+            "the sensors read models where they are tracked, so a separate registry is not supported; leave registry_uri empty"
+        )
+
+
 class MlflowRegistryResource(ConfigurableResource):
     """Where runs, artifacts and registered models live; empty values mean the $MLOPS_HOME defaults."""
 
     tracking_uri: str = Field(default="", description="MLflow tracking URI; empty: sqlite under $MLOPS_HOME/mlflow.")
-    registry_uri: str = Field(default="", description="Model registry URI; empty: the tracking URI.")
+    registry_uri: str = Field(
+        default="", description="Model registry URI: empty or the tracking URI (serving reads models where they are tracked)."
+    )
     artifact_root: str = Field(default="", description="Artifact location of new experiments; empty: $MLOPS_HOME/mlflow/artifacts.")
     ui_url: str = Field(default="http://127.0.0.1:5000", description="MLflow UI base URL, for links in Dagster metadata.")
     lock_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the SQLite store's write lock.")
+
+    @model_validator(mode="after")
+    def _one_store(self) -> MlflowRegistryResource:
+        """A registry apart from the tracking store was written to by training and promotion, while serving, the
+        champion sensor and rollouts read aliases at the tracking URI: nothing was ever deployed. Refused until
+        serving takes a registry URI of its own (an EnvVar is checked once resolved, by `client`)."""
+        if isinstance(self.registry_uri, str) and isinstance(self.tracking_uri, str) and self.tracking_uri:
+            separate_registry(self.registry_uri, self.tracking_uri)
+        return self
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or MlopsHome.from_env().mlflow_tracking_uri
@@ -52,6 +71,7 @@ class MlflowRegistryResource(ConfigurableResource):
         from mlflow import MlflowClient
 
         self._ensure_sqlite_folder()
+        separate_registry(self.resolved_registry_uri(), self.resolved_tracking_uri())
         return MlflowClient(tracking_uri=self.resolved_tracking_uri(), registry_uri=self.resolved_registry_uri())
 
     def run_url(self, experiment_id: str, run_id: str) -> str:

@@ -415,8 +415,11 @@ class GovernanceSpec(_Strict):
         default_factory=list,
         description="Declared columns that identify a data subject; logged with each prediction as subject_<column>.",
     )
-    erasure_retention_hours: float = Field(
-        0.0, ge=0.0, description="Delta history kept after an erasure: 0 removes the rows from every old version at once."
+    erasure_retention_hours: int = Field(
+        0,
+        ge=0,
+        description="Delta history kept after an erasure, in whole hours (Delta's vacuum counts hours; 0.5 was vacuumed as 0): "
+        "0 removes the rows from every old version at once.",
     )
 
 

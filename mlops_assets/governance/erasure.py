@@ -179,7 +179,7 @@ class Erasure:
     partitions: list[str] = field(default_factory=list)
     tagged_versions: list[int] = field(default_factory=list)
     vacuumed_files: int = 0
-    retention_hours: float = 0.0
+    retention_hours: int = 0
 
     def report(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"

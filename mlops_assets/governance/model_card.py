@@ -65,8 +65,12 @@ def gate_evaluation(mlflow: MlflowRegistryResource, run_id: str) -> dict | None:
     try:
         with mlflow.writing():
             return mlflow_module.artifacts.load_dict(f"runs:/{run_id}/{GATES_ARTIFACT}")
-    except (OSError, MlflowException):  # not logged: the gates have not evaluated this version
-        return None
+    except FileNotFoundError:
+        return None  # not logged: the gates have not evaluated this version
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise  # a store that did not answer: the card run fails (and is asked for again), not a card saying "not evaluated"
 
 
 def build_card(decl: PipelineDeclaration, delta: DeltaLakeResource, mlflow: MlflowRegistryResource, version: int) -> ModelCard:

@@ -59,19 +59,25 @@ class ModelPointer:
 
 
 def run_pointer(instance: dg.DagsterInstance, key: dg.AssetKey, run_id: str) -> ModelPointer:
-    """The pointer a model asset recorded in this run; else (a check or promotion run alone) its latest one.
+    """The pointer a model asset recorded in this run or, for a re-execution, in the run it re-executes (and
+    that run's parent, up the chain); else (a check or promotion run started alone) its latest one.
 
-    Reading this run's own materialization first keeps two overlapping
-    trainings of one pipeline from gating or promoting each other's model.
+    Reading the run's own lineage first keeps two overlapping trainings of one pipeline from gating or
+    promoting each other's model, a re-execution from failure (which skips the model step) included.
     """
-    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
-    mine = [
-        r.event_log_entry.asset_materialization
-        for r in records
-        if r.event_log_entry.asset_materialization is not None and r.event_log_entry.asset_materialization.asset_key == key
-    ]
-    if mine:
-        return ModelPointer.from_metadata(dict(mine[-1].metadata))
+    run: dg.DagsterRun | None = instance.get_run_by_id(run_id)
+    looked_at = run_id
+    while looked_at is not None:
+        records = instance.get_records_for_run(looked_at, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        mine = [
+            r.event_log_entry.asset_materialization
+            for r in records
+            if r.event_log_entry.asset_materialization is not None and r.event_log_entry.asset_materialization.asset_key == key
+        ]
+        if mine:
+            return ModelPointer.from_metadata(dict(mine[-1].metadata))
+        looked_at = run.parent_run_id if run is not None else None
+        run = instance.get_run_by_id(looked_at) if looked_at is not None else None
     event = instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
         raise LookupError(f"{key.to_user_string()} has not been materialized yet: train a model first")

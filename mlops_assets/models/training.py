@@ -91,9 +91,37 @@ def lgb_params(decl: PipelineDeclaration) -> dict:
     return params
 
 
+# LightGBM parameters the platform sets itself, with where a declaration sets them instead
+PLATFORM_PARAMETERS = {
+    "objective": "target.task",
+    "num_class": "target.classes",
+    "seed": "training.seed",
+    "deterministic": "always on",
+    "num_threads": "training.num_threads",
+    "num_iterations": "training.num_boost_round",
+    "early_stopping_round": "training.early_stopping_rounds",
+}
+
+
+def platform_parameter_problems(params: dict) -> list[str]:
+    """`training.params` names, aliases included, that LightGBM does not know or that set what the platform sets:
+    LightGBM ignores an unknown name silently (at the platform's verbosity), and an alias such as `n_estimators`
+    or `random_state` overrode the declared value (the run logged `num_boost_round` 400 and trained 5 trees)."""
+    aliases = lightgbm_parameter_aliases()
+    canonical = {alias: name for name, names in aliases.items() for alias in (name, *names)}
+    problems = []
+    for name in sorted(params):
+        if name not in canonical:
+            problems.append(f"{name}: LightGBM does not know it")
+        elif canonical[name] in PLATFORM_PARAMETERS:
+            known_as = "" if canonical[name] == name else f" (LightGBM's {canonical[name]})"
+            problems.append(f"{name}{known_as}: the platform sets it ({PLATFORM_PARAMETERS[canonical[name]]})")
+    return problems
+
+
 @functools.cache
-def lightgbm_parameter_names() -> frozenset[str]:
-    """Every parameter name LightGBM reads, aliases included: its own list (`LGBM_DumpParamAliases`)."""
+def lightgbm_parameter_aliases() -> dict[str, tuple[str, ...]]:
+    """Every parameter LightGBM reads and its aliases: its own list (`LGBM_DumpParamAliases`)."""
     lib, size, buffer = lightgbm_library(), ctypes.c_int64(0), ctypes.create_string_buffer(1 << 16)
     for _ in range(2):  # again with the size it asked for, if the first buffer was short
         if lib.LGBM_DumpParamAliases(ctypes.c_int64(len(buffer)), ctypes.byref(size), buffer) != 0:
@@ -101,15 +129,14 @@ def lightgbm_parameter_names() -> frozenset[str]:
         if size.value <= len(buffer):
             break
         buffer = ctypes.create_string_buffer(size.value)
-    aliases = json.loads(buffer.value)
-    return frozenset(aliases) | {alias for names in aliases.values() for alias in names}
+    return {name: tuple(names) for name, names in json.loads(buffer.value).items()}
 
 
 def plan_training(decl: PipelineDeclaration, delta: DeltaLakeResource, end: str | None = None) -> TrainingPlan:
     """The window ending at `end` (default: the newest featurized day) at the table's current version."""
-    unknown = sorted(set(decl.training.params) - lightgbm_parameter_names())
-    if unknown:  # LightGBM ignores a name it does not know (silently, at the platform's verbosity) and trains on its default
-        raise DeclarationError(f"pipeline {decl.name}: training.params names {unknown}, which LightGBM does not know")
+    problems = platform_parameter_problems(decl.training.params)
+    if problems:
+        raise DeclarationError(f"pipeline {decl.name}: training.params: {'; '.join(problems)}")
     version = delta.version(decl.name, FEATURES)
     available = delta.partitions(decl.name, FEATURES)
     if version is None or not available:

@@ -39,6 +39,7 @@ def test_packaged_flights_declaration_loads():
         (lambda d: d["target"].update(task="ranking"), "target.task", "Input should be"),
         (lambda d: d["landing"].update(file_pattern="flights.parquet"), "landing", "{partition}"),
         (lambda d: d["validation"].update(max_failure_rate=1.5), "validation.max_failure_rate", "less than or equal"),
+        (lambda d: d["governance"].update(erasure_retention_hours=0.5), "governance.erasure_retention_hours", "fractional part"),
         (lambda d: d["schema"].update(unique=["year", "nope"]), "schema", "nope"),
         (lambda d: d.update(trainning={}), "trainning", "Extra inputs are not permitted"),
         (lambda d: d.update(name="Flights!"), "name", "should match pattern"),

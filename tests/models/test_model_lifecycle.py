@@ -126,11 +126,14 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(model_home, capsys):
     failure = [e for e in approval.all_events if e.is_step_failure][0]
     assert "rejected by the gates" in failure.step_failure_data.error.message
     unchanged()
-    # a misspelt LightGBM parameter, which LightGBM would ignore and train on its default, fails the training run
-    typo = model_home.platform(flights_variant(training={"params": {"learning_rate": 0.1, "num_leavs": 7}}))
-    result = typo.run("flights_train", raise_on_error=False)
-    failure = [e for e in result.all_events if e.is_step_failure][0]
-    assert "training.params names ['num_leavs'], which LightGBM does not know" in failure.step_failure_data.error.to_string()
+    # a misspelt LightGBM parameter, which LightGBM would ignore and train on its default, fails the training run;
+    # so does an alias of what the platform sets, which overrode the declared value (n_estimators: 5 trees)
+    params = {"learning_rate": 0.1, "num_leavs": 7, "n_estimators": 5, "random_state": 1}
+    result = model_home.platform(flights_variant(training={"params": params})).run("flights_train", raise_on_error=False)
+    error = [e for e in result.all_events if e.is_step_failure][0].step_failure_data.error.to_string()
+    assert "n_estimators (LightGBM's num_iterations): the platform sets it (training.num_boost_round)" in error
+    assert "num_leavs: LightGBM does not know it" in error
+    assert "random_state (LightGBM's seed): the platform sets it (training.seed)" in error
     unchanged()
 
 

@@ -281,3 +281,24 @@ def test_a_version_waiting_for_approval_leaves_the_challenger_alias_to_a_rollout
     assert model_home.mlops("approve", "flights", "3", "--by", "dave", "--reason", "newer", capsys=capsys)[0] == 0
     assert aliases(model_home) == (1, 3)
     assert actions(plat)[-2:] == [("rollout_abort", 2), ("rollout_start", 3)]
+
+
+def test_a_re_execution_gates_and_promotes_the_model_its_parent_run_trained(model_home):
+    """A re-execution from failure skips the model step: its gates and promotion read the pointer the run it
+    re-executes recorded (up the chain), not whichever training materialized a model last."""
+    from mlops_assets.core.names import model_key
+    from mlops_assets.models.registration import run_pointer
+
+    decl = flights_variant()
+    plat = model_home.platform(decl)
+    first = plat.run("flights_train")
+    assert model_home.platform(flights_variant(training={"window_days": 22})).run("flights_train").success  # v2, later
+    job = plat.defs.resolve_job_def("flights_train")
+    again = plat.instance.create_run_for_job(job_def=job, parent_run_id=first.run_id, root_run_id=first.run_id)
+    twice = plat.instance.create_run_for_job(job_def=job, parent_run_id=again.run_id, root_run_id=first.run_id)
+    alone = plat.instance.create_run_for_job(job_def=job)
+    key = model_key(decl)
+    assert run_pointer(plat.instance, key, first.run_id).version == "1"
+    assert run_pointer(plat.instance, key, again.run_id).version == "1"
+    assert run_pointer(plat.instance, key, twice.run_id).version == "1"
+    assert run_pointer(plat.instance, key, alone.run_id).version == "2"  # started alone: the latest model

@@ -22,8 +22,8 @@ def test_defaults_follow_the_platform_home(tmp_path, monkeypatch):
     assert r.resolved_tracking_uri() == MlopsHome(tmp_path).mlflow_tracking_uri
     assert r.resolved_registry_uri() == r.resolved_tracking_uri()
     assert r.resolved_artifact_root() == str(tmp_path / "mlflow" / "artifacts")
-    configured = MlflowRegistryResource(tracking_uri="http://mlflow:5000", registry_uri="postgresql://db/registry")
-    assert (configured.resolved_tracking_uri(), configured.resolved_registry_uri()) == ("http://mlflow:5000", "postgresql://db/registry")
+    configured = MlflowRegistryResource(tracking_uri="http://mlflow:5000")
+    assert (configured.resolved_tracking_uri(), configured.resolved_registry_uri()) == ("http://mlflow:5000", "http://mlflow:5000")
     assert model_resources(MlopsHome(tmp_path / "other"))["mlflow"].resolved_tracking_uri().endswith("other/mlflow/mlflow.db")
 
 
@@ -65,3 +65,15 @@ def test_writing_leaves_the_process_mlflow_settings_as_they_were(tmp_path, monke
         assert mlflow.get_registry_uri() == registry.resolved_registry_uri()
     assert mlflow.get_tracking_uri() == before
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+
+
+def test_a_registry_apart_from_the_tracking_store_is_refused(tmp_path, monkeypatch):
+    """Training registered there while serving and the champion sensor read aliases at the tracking URI: the
+    champion was never deployed. Refused at load, and for values from the environment once resolved."""
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert MlflowRegistryResource(tracking_uri=tracking, registry_uri=tracking).client() is not None
+    with pytest.raises(ValueError, match="registry_uri 'databricks-uc' differs from tracking_uri"):
+        MlflowRegistryResource(tracking_uri=tracking, registry_uri="databricks-uc")
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    with pytest.raises(ValueError, match="a separate registry is not supported"):
+        MlflowRegistryResource(registry_uri=f"sqlite:///{tmp_path / 'other.db'}").client()
