@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from mlops_assets.core.lineage import TrainingPlan
-from mlops_assets.core.names import CHAMPION, ERASED_TAG, PLAN_TAG, SERVING_TAGS
+from mlops_assets.core.names import CHALLENGER, CHAMPION, ERASED_TAG, PLAN_TAG, SERVING_TAGS
 from resources.mlflow_registry import MlflowRegistryResource
 
 if TYPE_CHECKING:  # mlflow and lightgbm are imported where used (seconds at import)
@@ -44,6 +44,14 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
         if err.error_code == "RESOURCE_DOES_NOT_EXIST" or missing_alias:
             return None
         raise
+
+
+def drop_challenger(client: MlflowClient, name: str, version: int) -> None:
+    """Remove the `challenger` alias where it names `version`: one pointing at another version (set since, by
+    hand or by a newer decision) is not this decision's to remove."""
+    held = alias_version(client, name, CHALLENGER)
+    if held is not None and int(held.version) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
 
 
 def load_booster(registry: MlflowRegistryResource, name: str, version: str | int) -> lgb.Booster:

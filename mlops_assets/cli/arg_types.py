@@ -32,6 +32,8 @@ positive_int = _number(int, "a whole number", 1)
 non_negative_float = _number(float, "a number", 0)
 interval_seconds = _number(float, "a number of seconds", 0, 86_400)  # what a thread can wait for (inf cannot)
 event_count = _number(int, "a number of events", 0, 1_000_000_000)
+non_negative_int = _number(int, "a whole number", 0)
+traffic_share = _number(float, "a share of requests", 0, 1)
 positive_float = _number(float, "a number", 0, strictly_above=True)
 
 
@@ -42,3 +44,16 @@ def iso_day(text: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day as YYYY-MM-DD ({err})") from None
     return text
+
+
+def one_or_more_of(*choices: str) -> Callable[[str], tuple[str, ...]]:
+    """A comma-separated list of `choices` (a typo was run as another side under its name, or left out silently)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+        unknown = [c for c in chosen if c not in choices]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(f"{', '.join(unknown) or repr(text)}: choose from {', '.join(choices)} (comma-separated)")
+        return chosen
+
+    return parse

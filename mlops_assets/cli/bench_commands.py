@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mlops_assets.cli.arg_types import non_negative_float, port_number, positive_float, positive_int
+from mlops_assets.cli.arg_types import non_negative_float, non_negative_int, one_or_more_of, port_number, positive_float, positive_int
 
 
 def bench_drift(args: argparse.Namespace) -> int:
@@ -57,11 +57,11 @@ def bench_serving(args: argparse.Namespace) -> int:
         Path(args.workdir) if args.workdir else None,
         duration_s=args.duration,
         warmup_s=args.warmup,
-        sides=tuple(args.sides.split(",")),
+        sides=args.sides,
         ours_env=dict(args.ours_env or []),
         num_cpus=args.num_cpus,
         cases=tuple(c.strip() for c in args.cases.split(",")) if args.cases else None,
-        protocols=tuple(args.protocols.split(",")),
+        protocols=args.protocols,
         proxy=args.proxy,
         compiled_trees=args.compiled_trees,
     )
@@ -126,8 +126,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="run a benchmark").add_subparsers(dest="benchmark", required=True)
     p = bench.add_parser("drift", help="drift decision vs Evidently DataDriftPreset")
     p.add_argument("--rows", type=positive_int, default=1_000_000)
-    p.add_argument("--numerical", type=int, default=15)
-    p.add_argument("--categorical", type=int, default=5)
+    p.add_argument("--numerical", type=positive_int, default=15)
+    p.add_argument("--categorical", type=non_negative_int, default=5)
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(handler=bench_drift)
     p = bench.add_parser("pipeline", help="ingest + validate + featurize vs pandas; training vs bare lgb.train")
@@ -148,12 +148,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = bench.add_parser("serving", help="Ray Serve endpoint vs `mlflow models serve` vs a naive FastAPI app, with wrk")
     p.add_argument("--duration", type=positive_float, default=5.0, help="seconds of load per case (default 5)")
     p.add_argument("--warmup", type=non_negative_float, default=1.0, help="seconds of unmeasured load before each case (default 1)")
-    p.add_argument("--sides", default="ours,floor,mlflow,naive", help="servers to run, comma-separated (default ours,floor,mlflow,naive)")
+    p.add_argument(
+        "--sides",
+        type=one_or_more_of("ours", "floor", "mlflow", "naive"),
+        default=("ours", "floor", "mlflow", "naive"),
+        help="servers to run, comma-separated (default ours,floor,mlflow,naive)",
+    )
     p.add_argument("--workdir", help="platform home to build or reuse (keeps the trained champion between runs); default: a temp folder")
     p.add_argument("--ours-env", type=_env_pair, action="append", metavar="NAME=VALUE", help="extra environment for our server (levers)")
     p.add_argument("--num-cpus", type=positive_int, default=2, help="CPUs our Ray instance declares (default 2)")
     p.add_argument("--cases", help="only these cases, comma-separated: 'single c=1,single c=16,batch 1k,batch 10k' (default all)")
-    p.add_argument("--protocols", default="v1,v2", help="our protocols to load (default v1,v2)")
+    p.add_argument("--protocols", type=one_or_more_of("v1", "v2"), default=("v1", "v2"), help="our protocols to load (default v1,v2)")
     p.add_argument(
         "--proxy", choices=("haproxy", "serve"), default="haproxy", help="our ingress (`mlops serve start --proxy`; haproxy is its default)"
     )

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlops_assets.cli import ports
-from mlops_assets.cli.arg_types import port_number
+from mlops_assets.cli.arg_types import port_number, positive_int, traffic_share
 from mlops_assets.cli.errors import Terminated
 from mlops_assets.cli.ingress_janitor import ingress_folder
 
@@ -230,6 +230,8 @@ def deploy(args: argparse.Namespace) -> int:
 def traffic(args: argparse.Namespace) -> int:
     from serving import control
 
+    if args.canary is None and args.shadow is None:
+        raise ValueError("nothing to change: give --canary SHARE and/or --shadow / --no-shadow")
     _connect(args)
     _pipelines([args.pipeline])
     from resources.serving import ServeSettings
@@ -294,7 +296,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--allow-unauthenticated", action="store_true", help="serve beyond loopback without a prediction token (logged as a warning)"
     )
-    p.add_argument("--num-cpus", type=int, default=None)
+    p.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs the Ray instance declares (default: the machine's)")
     p.add_argument(
         "--proxy",
         choices=("haproxy", "serve"),
@@ -311,7 +313,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("traffic", help="set the challenger's canary share and/or shadow mirroring")
     p.add_argument("pipeline")
-    p.add_argument("--canary", type=float, default=None, help="share of requests the challenger answers (0..1)")
+    p.add_argument("--canary", type=traffic_share, default=None, help="share of requests the challenger answers (0..1)")
     p.add_argument("--shadow", action=argparse.BooleanOptionalAction, default=None, help="mirror requests to the challenger")
     p.add_argument("--by", default=os.environ.get("USER", "unknown"), help="who changes the traffic (audited; default: the current user)")
     p.add_argument("--reason", default="traffic change from the command line", help="why (audited)")

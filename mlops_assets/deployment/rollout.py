@@ -20,7 +20,7 @@ from resources.audit_log import AuditEvent, history, record
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.promotion_lock import promotion_lease
-from resources.registered_models import alias_version, get_version, metrics_of
+from resources.registered_models import alias_version, drop_challenger, get_version, metrics_of
 from resources.serving import ServingResource
 
 
@@ -34,13 +34,6 @@ def _metadata(state: rollouts.Rollout, signals: rollouts.StepSignals, verdict: r
         "reason": verdict.reason,
         **{k: (float(v) if v is not None else "n/a") for k, v in signals.as_metadata().items()},
     }
-
-
-def _drop_challenger(client, pipeline: str, version: int) -> None:
-    """The rollout's alias ends with its version; one pointing at another version is not the rollout's to remove."""
-    held = alias_version(client, pipeline, CHALLENGER)
-    if held is not None and int(held.version) == version:
-        client.delete_registered_model_alias(pipeline, CHALLENGER)
 
 
 def judge(
@@ -83,7 +76,7 @@ def judge(
                     decl.name,
                     AuditEvent("rollout_abort", state.version, actor=actor, reason=why, alias=CHALLENGER, dagster_run_id=run_id),
                 )
-                _drop_challenger(client, decl.name, state.version)
+                drop_challenger(client, decl.name, state.version)
                 client.set_model_version_tag(decl.name, str(state.version), STATUS_TAG, "stale")
                 return state, rollouts.Verdict("abort", why), {**metadata, "verdict": "abort"}
             mv = get_version(client, decl.name, state.version)
@@ -121,7 +114,7 @@ def judge(
                 ),
             )
             client.set_registered_model_alias(decl.name, CHAMPION, str(state.version))
-            _drop_challenger(client, decl.name, state.version)
+            drop_challenger(client, decl.name, state.version)
             client.set_model_version_tag(decl.name, str(state.version), STATUS_TAG, "promoted")
         elif verdict.action == "rollback":
             guard = verdict.guard
@@ -167,7 +160,7 @@ def judge(
                     dagster_run_id=run_id,
                 ),
             )
-            _drop_challenger(client, decl.name, state.version)
+            drop_challenger(client, decl.name, state.version)
             client.set_model_version_tag(decl.name, str(state.version), STATUS_TAG, "rolled_back")
             client.set_model_version_tag(decl.name, str(state.version), ROLLOUT_GUARD_TAG, verdict.reason[:5000])
     return state, verdict, metadata

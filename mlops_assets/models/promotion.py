@@ -27,7 +27,7 @@ from resources.audit_log import AuditEvent, champion_history, history, passed_ga
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.promotion_lock import promotion_lease
-from resources.registered_models import alias_version, get_version, metrics_of
+from resources.registered_models import alias_version, drop_challenger, get_version, metrics_of
 from resources.rollouts import current as current_rollout
 from resources.rollouts import step_metrics
 
@@ -352,9 +352,7 @@ def rollback(pipeline: str, delta: DeltaLakeResource, registry: MlflowRegistryRe
         if len(stack) < 2:
             raise LookupError(f"model {pipeline} has no previous champion to roll back to (v{current.version} is the first)")
         target = get_version(client, pipeline, stack[-2])
-        record(
-            delta,
-            pipeline,
+        events = [
             AuditEvent(
                 "rollback",
                 int(target.version),
@@ -364,11 +362,23 @@ def rollback(pipeline: str, delta: DeltaLakeResource, registry: MlflowRegistryRe
                 from_version=int(current.version),
                 metrics={"validation": metrics_of(target), "holdout": metrics_of(target, "holdout.")},
                 mlflow_run_id=target.run_id or "",
-            ),
-        )  # before the alias moves: no move without its history
+            )
+        ]
+        # a rollout in progress was judged beside the champion rolled back: it ends with it (else it waited for
+        # signals of a champion no longer served)
+        ongoing = current_rollout(history(delta, pipeline))
+        if ongoing is not None:
+            why = f"champion v{current.version}, which it rolled out beside, was rolled back to v{target.version}"
+            events.append(
+                AuditEvent("rollout_abort", ongoing.version, actor=by, reason=why, alias=CHALLENGER, from_version=ongoing.from_version)
+            )
+        record(delta, pipeline, *events)  # before the aliases move: no move without its history
         client.set_registered_model_alias(pipeline, CHAMPION, target.version)
         client.set_model_version_tag(pipeline, current.version, STATUS_TAG, "rolled_back")
         client.set_model_version_tag(pipeline, target.version, STATUS_TAG, "promoted")
+        if ongoing is not None:
+            drop_challenger(client, pipeline, ongoing.version)
+            client.set_model_version_tag(pipeline, str(ongoing.version), STATUS_TAG, "aborted")
     return Decision(
         "rollback", int(target.version), int(current.version), f"champion -> v{target.version} (rolled back from v{current.version})"
     )

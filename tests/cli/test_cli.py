@@ -90,6 +90,7 @@ def test_an_hourly_pipeline_lands_a_file_under_its_own_key(tmp_path, monkeypatch
         (["history", "flights", "--limit", "99999999999999999999"], "is not a number of events"),
         (["reproduce", "flights", "99999999999999999999"], "version must be a positive integer"),
         (["serve", "status", "--address", "127.0.0.1:1"], "no Ray cluster answers at '127.0.0.1:1'"),
+        (["serve", "traffic", "flights", "--address", "127.0.0.1:1"], "nothing to change: give --canary SHARE and/or --shadow"),
     ],
 )
 def test_bad_input_is_a_clean_error(tmp_path, monkeypatch, capsys, argv, message):

@@ -302,3 +302,21 @@ def test_a_re_execution_gates_and_promotes_the_model_its_parent_run_trained(mode
     assert run_pointer(plat.instance, key, again.run_id).version == "1"
     assert run_pointer(plat.instance, key, twice.run_id).version == "1"
     assert run_pointer(plat.instance, key, alone.run_id).version == "2"  # started alone: the latest model
+
+
+def test_a_rollback_ends_the_rollout_beside_the_champion_it_rolls_back(model_home, capsys):
+    """The rollout of v3 was judged beside champion v2: rolled back to v1, it waited for signals of a champion no
+    longer served. It is aborted with the rollback, in the same audit commit, and `challenger` is removed."""
+    for window in (21, 22):  # v1, then v2 promoted at once
+        assert model_home.platform(flights_variant(training={"window_days": window})).run("flights_train").success
+    rollout = {"policy": "auto", "rollout": {"steps": [0.1, 1.0], "bake_minutes": 1.0, "min_requests": 10}}
+    plat = model_home.platform(flights_variant(training={"window_days": 23}, promotion=rollout))
+    assert plat.run("flights_train").success
+    assert aliases(model_home) == (2, 3) and actions(plat)[-1] == ("rollout_start", 3)
+    code, out, err = model_home.mlops("rollback", "flights", "--by", "erin", "--reason", "v2 misbehaves", capsys=capsys)
+    assert code == 0, err
+    assert aliases(model_home) == (1, None)
+    assert actions(plat)[-2:] == [("rollback", 1), ("rollout_abort", 3)]
+    abort = history(plat.delta, "flights").tail(1).row(0, named=True)
+    assert abort["reason"] == "champion v2, which it rolled out beside, was rolled back to v1"
+    assert model_home.registry.client().get_model_version("flights", "3").tags["mlops.status"] == "aborted"
