@@ -117,9 +117,8 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
                     return dg.SkipReason(f"partitions wait for the reference tables: {attempt.why}; land corrected reference files")
                 if attempt.state != "request":
                     return dg.SkipReason(f"partitions wait for the reference tables: {attempt.why}")
-                request = dg.RunRequest(
-                    run_key="", job_name=reference_job.name, tags={TRIGGER_TAG: "landing_sensor", FILE_TAG: "reference"}
-                )
+                tags = {TRIGGER_TAG: "landing_sensor", FILE_TAG: "reference"}
+                request = dg.RunRequest(run_key=attempt.run_key, job_name=reference_job.name, tags=tags)
                 return dg.SensorResult(run_requests=[with_attempt(request, attempt, REASON_TAG)], skip_reason=None)
         landed_now: dict[str, tuple[str, str]] = {}  # partition -> (file, signature) of new or replaced files
         present: dict[str, tuple[str, str]] = {}  # the same of every ingestible file there now
