@@ -19,6 +19,7 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlops_assets.core.feature_contract import load_feature_module
 from resources.serving import ServeSettings
@@ -53,6 +54,15 @@ api = FastAPI(
     "V2 infer takes one input tensor per raw input column; V1 predict takes raw records as `instances`.",
     version="1",
 )
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _protocol_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Routing's own answers (no such path, a method a route does not take) in the protocol's error shape,
+    `{"error": ...}`, as every other answer: tritonclient reads the `error` key (FastAPI's default is `detail`)."""
+    answer = error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+    answer.headers.update(exc.headers or {})  # 405's Allow
+    return answer
 
 
 class V1PredictRequest(BaseModel):

@@ -90,17 +90,31 @@ async def read_body(request: Request, decl: PipelineDeclaration) -> bytes:
             raise RequestError(f"request body of more than {limit} bytes is larger than the limit of {limit}", status=413)
         chunks.append(chunk)
     raw = b"".join(chunks)
-    if encoding in ("gzip", "deflate"):
+    return inflated(raw, encoding, limit) if encoding in ("gzip", "deflate") else raw
+
+
+def inflated(data: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip or deflate body inflated, within `limit` bytes. A gzip body may hold several members (RFC 1952: they
+    read as one text); anything else after the compressed data is refused, not dropped."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
         inflate = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
         try:
-            raw = inflate.decompress(raw, limit + 1)
+            part = inflate.decompress(data, limit + 1 - size)
         except zlib.error as err:
             raise RequestError(f"request body is not valid {encoding} data: {err}") from None
-        if len(raw) > limit or inflate.unconsumed_tail:
+        size += len(part)
+        if size > limit or inflate.unconsumed_tail:
             raise RequestError(f"request body inflates to more than the limit of {limit} bytes", status=413)
         if not inflate.eof:
             raise RequestError(f"request body is not valid {encoding} data: the stream ends early")
-    return raw
+        parts.append(part)
+        data = inflate.unused_data
+        if not data:
+            return b"".join(parts)
+        if encoding != "gzip":
+            raise RequestError(f"request body has {len(data)} bytes after its deflate stream")
 
 
 async def answer_prediction(

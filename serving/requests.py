@@ -108,9 +108,9 @@ class RequestSchema:
 
 
 def ascii_digits(text: str) -> bool:
-    """A count or version written in ASCII digits: `str.isdigit` also takes `²` or `٣`, which `int` refuses or reads
-    as another number."""
-    return text.isascii() and text.isdigit()
+    """A count or version written in ASCII digits, at most 18 of them (a 64-bit integer): `str.isdigit` also takes
+    `²` or `٣`, which `int` refuses or reads as another number, and `int` refuses more than 4,300 digits."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 def parse_json(body: bytes) -> Any:
@@ -168,7 +168,18 @@ def decode_v2(raw: bytes, headers: Any, schema: RequestSchema) -> Decoded:
         raise RequestError(f"the body has {len(tail)} bytes of binary data after its JSON header, but no inputs to take them")
     columns = columns_from_v2(body, schema)
     request_id = body["id"] if isinstance(body.get("id"), str) else None
+    if request_id is not None and not header_safe(request_id):
+        # it is answered in the X-Request-Id header: a value HTTP cannot carry failed the answer after the prediction
+        raise RequestError(f"id must be printable Latin-1 text of at most {MAX_ID_CHARS} characters, got {request_id[:40]!r}", field="id")
     return Decoded(columns, request_id, requested_outputs(body, schema.outputs))
+
+
+MAX_ID_CHARS = 256
+
+
+def header_safe(text: str) -> bool:
+    """Whether a value can travel in an HTTP header as it is: Latin-1, no control characters, bounded."""
+    return len(text) <= MAX_ID_CHARS and all(" " <= c <= "~" or "\xa0" <= c <= "\xff" for c in text)
 
 
 def split_binary(raw: bytes, header_length: str | None) -> tuple[Any, bytes]:
@@ -257,6 +268,8 @@ def requested_outputs(body: dict, known: tuple[str, ...]) -> tuple[tuple[str, bo
             raise RequestError(f"outputs[{k}] must be an object with a name", field="outputs")
         if out["name"] not in known:
             raise RequestError(f"unknown output '{out['name'][:100]}'; outputs: {', '.join(known)}", field="outputs")
+        if any(out["name"] == name for name, _ in chosen):  # each would be answered in full again
+            raise RequestError(f"output '{out['name']}' is asked for twice", field="outputs")
         own = out.get("parameters")
         if own is not None and not isinstance(own, dict):
             raise RequestError(f"outputs[{k}].parameters must be an object", field="outputs")
@@ -393,8 +406,11 @@ def _long_column(values: list, spec: ColumnSpec) -> pl.Series | None:
     elif spec.type == "float64":
         if not types <= {float, int}:
             return None
-        series = pl.Series(values, dtype=pl.Float64)
-        if series.is_nan().any():
+        try:
+            series = pl.Series(values, dtype=pl.Float64)
+        except (TypeError, OverflowError):  # an integer beyond a float: the full path names it
+            return None
+        if series.is_nan().any() or series.is_infinite().any():
             return None
     else:  # str
         if not types <= {str}:
@@ -435,7 +451,8 @@ def _short_values(values: list, spec: ColumnSpec) -> list | None:
         ok = all(type(v) is int and lo <= v <= hi for v in present)
     elif spec.type == "float64":
         lo, hi = _bounds(spec)
-        ok = all((type(v) is float or type(v) is int) and lo <= v <= hi for v in present)  # NaN fails too
+        # NaN fails the bounds; an integer too large for a float (JSON has them) is left to the full path
+        ok = all((type(v) is float or (type(v) is int and -(2**53) <= v <= 2**53)) and lo <= v <= hi and v - v == 0 for v in present)
     elif spec.type == "str":
         ok = all(type(v) is str for v in present)
     elif spec.type == "datetime" and spec.min is None and spec.max is None:

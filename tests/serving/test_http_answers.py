@@ -9,8 +9,8 @@ import logging
 from starlette.requests import Request
 
 from mlops_assets.core.feature_contract import load_feature_module
-from serving.http_answers import answer_prediction
-from serving.requests import RequestSchema, decode_v1
+from serving.http_answers import answer_prediction, inflated
+from serving.requests import RequestError, RequestSchema, decode_v1, decode_v2
 from tests.support.models import flights_variant
 
 
@@ -37,3 +37,100 @@ def test_a_refused_request_is_one_log_line_and_a_400(caplog, monkeypatch):
     assert answer.status_code == 400 and "nests too deeply" in json.loads(answer.body)["error"]
     records = [r for r in caplog.records if r.name == "serving.http_answers"]
     assert len(records) == 1 and records[0].exc_info is None and "refused (400)" in records[0].getMessage()
+
+
+def _v2_request(body: bytes, headers: dict | None = None) -> Request:
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    pairs = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return Request({"type": "http", "method": "POST", "path": "/v2/models/flights/infer", "headers": pairs}, receive)
+
+
+def _v2_body(schema: RequestSchema, **extra) -> dict:
+    from tests.support.serving import request_records
+
+    (record,) = request_records(1)
+    datatype = {"str": "BYTES", "datetime": "BYTES", "float64": "FP64"}
+    inputs = [
+        {"name": c, "shape": [1], "datatype": datatype.get(spec.type, "INT64"), "data": [record[c]]} for c, spec in schema.columns.items()
+    ]
+    return {"inputs": inputs, **extra}
+
+
+def test_v2_mistakes_that_were_answered_500_or_worse_are_400s(monkeypatch):
+    """Each reached a 500 or a replica's memory: an id HTTP cannot carry back in X-Request-Id (the prediction was
+    logged, then the answer failed), an output asked for 2,000 times (answered 2,000 times), a byte count of
+    5,000 digits, data after a gzip stream (dropped)."""
+    import gzip
+
+    monkeypatch.delenv("MLOPS_SERVE_TOKEN", raising=False)
+    decl = flights_variant()
+    schema = RequestSchema.of(decl, load_feature_module(decl).input_columns(decl))
+    routed = []
+
+    async def route(records, request_id, received):
+        routed.append(request_id)
+        return {"predictions": [1.0] * len(records), "model_version": 1, "role": "champion"}
+
+    def answer(body: bytes, headers: dict | None = None):
+        return asyncio.run(answer_prediction(_v2_request(body, headers), decl, schema, decode_v2, route))
+
+    def refused(body: bytes, headers: dict | None = None) -> str:
+        result = answer(body, headers)
+        assert not isinstance(result, tuple) and result.status_code == 400, result
+        return json.loads(result.body)["error"]
+
+    good = json.dumps(_v2_body(schema)).encode()
+    for bad_id in ("req-\u20ac", "a\r\nSet-Cookie: x=1", "x" * 300):
+        assert refused(json.dumps(_v2_body(schema, id=bad_id)).encode()).startswith("id must be printable Latin-1 text")
+    assert answer(json.dumps(_v2_body(schema, id="caf\u00e9-7")).encode())[1] == "caf\u00e9-7"  # Latin-1 travels
+    twice = _v2_body(schema, outputs=[{"name": "predictions"}] * 2000)
+    assert refused(json.dumps(twice).encode()) == "output 'predictions' is asked for twice"
+    assert refused(good, {"Inference-Header-Content-Length": "9" * 5000}).startswith("Inference-Header-Content-Length must be a byte count")
+    assert routed == ["caf\u00e9-7"], "no refused request was routed"
+
+    limit = decl.serving.max_body_bytes
+    half = len(good) // 2
+    members = gzip.compress(good[:half]) + gzip.compress(good[half:])  # RFC 1952: one text
+    assert inflated(members, "gzip", limit) == good
+    for tail in (b"GARBAGE", gzip.compress(good)[:20]):
+        try:
+            inflated(gzip.compress(good) + tail, "gzip", limit)
+        except RequestError as err:
+            assert err.status == 400 and "not valid gzip data" in err.message
+        else:
+            raise AssertionError("data after the gzip stream was dropped")
+
+
+def test_routing_answers_in_the_protocols_error_shape():
+    """No such path, or a method a route does not take: `{"error": ...}` as every other answer (tritonclient reads
+    `error`), with the Allow header a 405 needs; a version of 5,000 digits is no version (it was a 500)."""
+    from fastapi.testclient import TestClient
+
+    from serving.gateway import api
+    from serving.requests import ascii_digits
+
+    client = TestClient(api, raise_server_exceptions=False)
+    wrong_method = client.get("/v2/models/flights/versions/1/infer")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json() == {"error": "GET /v2/models/flights/versions/1/infer: Method Not Allowed"}
+    nowhere = client.post("/v2/models/flights/versions/1/infer/more")
+    assert nowhere.status_code == 404 and nowhere.json() == {"error": "POST /v2/models/flights/versions/1/infer/more: Not Found"}
+    assert ascii_digits("123") and not ascii_digits("9" * 5000) and not ascii_digits("\u00b2")
+
+
+def test_a_float_beyond_what_a_float_holds_is_typed_as_ingestion_types_it_not_a_500():
+    """An integer too large for a float in a float column without a maximum went through the few-rows path and failed
+    building the batch's frame (OverflowError: a 500, logged as the model's failure). Ingestion reads it as inf."""
+    from mlops_assets.core.declaration import load_declaration
+    from serving.requests import Columns, request_frame, typed_request
+
+    decl = load_declaration("tests/pipelines/telemetry.yaml")
+    schema = RequestSchema.of(decl, load_feature_module(decl).input_columns(decl))
+    record = {"machine_id": "m1", "reading_time": "2024-03-03T05:00:00Z", "temperature": 20.0, "vibration": 2**70}
+    for rows in (1, 100):
+        typed = typed_request(Columns({c: [record[c]] * rows for c in schema.columns}, rows), schema)
+        assert request_frame([typed], schema).get_column("vibration").to_list() == [float(2**70)] * rows
