@@ -4,7 +4,7 @@ The features of day D use D's clean rows, the reference tables and statistics
 over clean rows of the ``history_days`` days before D, never D itself or later,
 so nothing leaks from the day being predicted. A range of days (a backfill) is one
 step: the clean rows read once, each day's history computed in order, one commit.
-A day whose validation failed is held back; the others are computed.
+A day whose validation failed is held back (its earlier features removed); the others are computed.
 """
 
 from collections.abc import Iterator
@@ -92,17 +92,26 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
         clean_rows = {p: shares[p]["rows"] - shares[p]["quarantined"] for p in partitions if p in shares}
         held.update({p: "no clean rows: ingest it first" for p in partitions if p not in held and clean_rows.get(p, 0) <= 0})
         good = [p for p in partitions if p not in held]
+        built = _BuiltRange()
+        # the held-back days are emptied in the same commit: features built from an earlier file of a day no longer
+        # match its raw rows (re-landed), and rows keyed by (day, source row) then name other flights, so an erasure
+        # deleted the wrong rows
+        if good or delta.table(decl.name, FEATURES) is not None:
+            try:
+                version = delta.write_partition_stream(
+                    decl.name,
+                    FEATURES,
+                    partitions,
+                    built.chunks(delta, decl, module, _chunks(good, clean_rows)),
+                    context.run.run_id,
+                    merge_schema=True,  # a feature the module adds reaches the table (earlier days read it as null)
+                )
+            except LookupError as err:
+                raise dg.Failure(str(err)) from None
         if not good:
             raise dg.Failure(
                 f"no features computed: {_held_back(held)}", metadata={"held_back": dg.MetadataValue.json(held)}, allow_retries=False
             )
-        built = _BuiltRange()
-        try:
-            version = delta.write_partition_stream(
-                decl.name, FEATURES, good, built.chunks(delta, decl, module, _chunks(good, clean_rows)), context.run.run_id
-            )
-        except LookupError as err:
-            raise dg.Failure(str(err)) from None
         if held:  # the good days are materialized, each for itself; the run fails naming the others
             for p in good:
                 context.log_event(

@@ -215,7 +215,9 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
         ingested = IngestedRange(decl, landing, partitions)
         raw_version = delta.write_partition_stream(decl.name, RAW, partitions, ingested.rows(), run_id, merge_schema=True)
         days = ingested.files
-        quarantine_version = delta.write_partitions(decl.name, QUARANTINE, {d.partition: d.quarantine for d in days}, run_id)
+        # columns a declaration adds reach quarantine as they reach raw (without, its commit failed after raw's)
+        quarantine = {d.partition: d.quarantine for d in days}
+        quarantine_version = delta.write_partitions(decl.name, QUARANTINE, quarantine, run_id, merge_schema=True)
         total = sum(d.rows for d in days)
         clean = sum(d.clean_rows for d in days)
         quarantined = sum(d.quarantine.height for d in days)

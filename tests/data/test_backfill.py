@@ -221,3 +221,52 @@ def test_rollouts_and_training_go_ahead_of_ingestion_and_monitoring_in_the_run_q
         for name in ("deploy", "train", "ingest", "monitor")
     }
     assert priority["deploy"] > priority["train"] > priority["ingest"] > priority["monitor"]
+
+
+def _with_bad_carriers(day: str, share_every: int = 5) -> pl.DataFrame:
+    frame = day_frame(date.fromisoformat(day)).with_row_index("i")
+    bad = pl.when(pl.col("i") % share_every == 0).then(pl.lit("ZZ")).otherwise(pl.col("carrier"))
+    return frame.with_columns(bad.alias("carrier")).drop("i").reverse()  # its rows in another order, too
+
+
+def test_a_day_held_back_after_its_file_is_landed_again_loses_its_earlier_features(landed: Platform):
+    """Features of the earlier file no longer match the day's raw rows: keyed by (day, source row), they named
+    other flights, and an erasure through raw's keys deleted the wrong feature rows."""
+    day = RANGE[0]
+    assert landed.ingest("flights", [day])[0].success
+    assert landed.delta.read_partitions("flights", "features", [day]).height == day_frame(date.fromisoformat(day)).height
+    landed.landing.write_bytes("flights", f"flights_{day}.parquet", encode(_with_bad_carriers(day), "parquet"))
+    (result,) = landed.ingest("flights", [day], raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.user_failure_data
+    assert "no features computed" in failure.description and f"{day}: 20.0" in failure.description
+    assert landed.delta.read_partitions("flights", "features", [day]).height == 0
+
+
+def test_a_day_that_does_not_exist_is_quarantined_not_a_failed_range(landed: Platform):
+    """2013-02-30 lies between 2013-01-02 and its next day as a number and passes the schema's ranges: it was read as
+    no date, let through, and the features step then failed the whole range on it."""
+    day = RANGE[1]
+    frame = day_frame(date.fromisoformat(day)).with_row_index("i")
+    frame = frame.with_columns(
+        pl.when(pl.col("i") == 0).then(2).otherwise(pl.col("month")).cast(frame.schema["month"]).alias("month"),
+        pl.when(pl.col("i") == 0).then(30).otherwise(pl.col("day")).cast(frame.schema["day"]).alias("day"),
+    ).drop("i")
+    landed.landing.write_bytes("flights", f"flights_{day}.parquet", encode(frame, "parquet"))
+    assert landed.ingest_range("flights", RANGE[0], RANGE[2]).success
+    quarantine = landed.delta.read_partitions("flights", "quarantine", [day])
+    assert quarantine.get_column("_reason").to_list() == ["year/month/day: 2013-2-30 is not a calendar date"]
+    assert landed.delta.partitions("flights", "features") == RANGE[:3]
+
+
+def test_a_column_the_declaration_adds_reaches_quarantine_as_it_reaches_raw(landed: Platform, flights_decl):
+    """raw merges a new declared column into its schema; quarantine's commit, after raw's, refused it, on every run."""
+    assert landed.ingest("flights", [RANGE[0]])[0].success
+    columns = {**flights_decl.model_dump(mode="json", by_alias=True)["schema"]["columns"], "gate": {"type": "str", "nullable": True}}
+    wider = derive_declaration(flights_decl, "with a gate", schema={"columns": columns})
+    platform = Platform(landed.root, [wider], landed.instance)
+    frame = _with_bad_carriers(RANGE[0], share_every=50).with_columns(pl.lit("B12").alias("gate"))
+    landed.landing.write_bytes("flights", f"flights_{RANGE[0]}.parquet", encode(frame, "parquet"))
+    assert platform.ingest("flights", [RANGE[0]])[0].success
+    quarantine = platform.delta.read_partitions("flights", "quarantine", [RANGE[0]])
+    assert quarantine.height > 0 and set(quarantine.get_column("gate")) == {"B12"}
