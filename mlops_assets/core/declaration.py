@@ -504,6 +504,9 @@ class PipelineDeclaration(_Strict):
             wrong = [c for c in names if not columns[c].type.startswith("int")]
             if wrong:
                 raise ValueError(f"partitioning.time_column [year, month, day] must be integer columns: {wrong}")
+        if self.partitioning.kind == "hourly" and (not isinstance(time, str) or columns[time].type == "date"):
+            # a day places no row in an hour: every row was quarantined as outside its partition
+            raise ValueError("partitioning.time_column of an hourly pipeline must be a datetime column (a date names no hour)")
 
     @property
     def target_classes(self) -> list:

@@ -99,4 +99,17 @@ def test_a_row_is_misplaced_only_when_its_date_parts_make_a_real_date_of_another
     assert dict(found.iter_rows()) == {
         1: "year/month/day: 2013-02-01 is outside partition 2013-01-31",
         5: "year/month/day: 2012-12-31 is outside partition 2013-01-31",
-    }  # impossible and incomplete dates are the schema's to report
+    }  # parts out of the schema's ranges (month 13, day 32) and incomplete dates are the schema's to report
+    # a day its month does not have lies between the partition's day and the next as a number: still read, and refused
+    leap = pl.DataFrame({"_source_row": [0, 1], "year": [2013, 2013], "month": [2, 2], "day": [28, 31]}, schema=frame.schema)
+    (found,) = misplaced_in_files(flights, [leap], ["2013-02-28"], "_source_row")
+    assert dict(found.iter_rows()) == {1: "year/month/day: 2013-2-31 is not a calendar date"}
+
+
+def test_an_hourly_pipeline_needs_a_datetime_to_place_its_rows():
+    """A date names no hour: every row of an hourly file was quarantined as outside its partition."""
+    from mlops_assets.core.declaration import PACKAGED_PIPELINES, DeclarationError
+
+    flights = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")  # time_column: [year, month, day]
+    with pytest.raises(DeclarationError, match="time_column of an hourly pipeline must be a datetime column"):
+        derive_declaration(flights, "hourly flights", partitioning={"kind": "hourly"})
