@@ -535,6 +535,15 @@ class _StreamedFiles:
                 casts[name] = known
         if not casts:
             return chunk
+        # a strict cast still truncates a fraction into an integer column (2.7 stored as 2): refused, naming the column
+        fractional = [
+            name
+            for name, dtype in casts.items()
+            if chunk.schema[name].is_float() and dtype.is_integer() and (chunk.get_column(name).drop_nans() % 1 != 0).any()
+        ]
+        if fractional:
+            bad = ", ".join(f"{n!r} ({chunk.schema[n]} -> {casts[n]})" for n in fractional)
+            raise ValueError(f"{self.what}: values with a fraction do not fit the table's integer columns: {bad}")
         try:
             return chunk.with_columns(pl.col(name).cast(dtype, strict=True) for name, dtype in casts.items())
         except pl.exceptions.PolarsError as err:

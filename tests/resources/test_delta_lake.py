@@ -63,6 +63,9 @@ def test_a_write_that_fails_commits_nothing_and_leaves_no_file(tmp_path: Path):
         delta.write_partition_stream("p", "t", ["a"], [_rows("a", 1).with_columns(pl.lit(1).alias("extra"))], "run")
     with pytest.raises(ValueError, match="partition 'z', which this write does not replace"):
         delta.write_partition_stream("p", "t", ["a"], [_rows("z", 1)], "run")
+    fraction = _rows("a", 2).with_columns(pl.Series("id", [2.7, 3.0]))  # a strict cast stored 2.7 as 2
+    with pytest.raises(ValueError, match="values with a fraction do not fit the table's integer columns: 'id' \\(Float64 -> Int32\\)"):
+        delta.write_partition_stream("p", "t", ["a"], [fraction], "run")
     assert _files(tmp_path) == before and delta.version("p", "t") == 0
     assert delta.read_partitions("p", "t", ["a"]).height == 3
 
