@@ -11,6 +11,7 @@ value, so validation can quarantine it.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -36,9 +37,11 @@ class ConformedFile:
     dropped_columns: list[str]
 
 
-def read_landed(data: bytes, file: str, fmt: str, infer_types: bool = False) -> pl.DataFrame:
+def read_landed(data: bytes, file: str, fmt: str, infer_types: bool = False, as_text: Sequence[str] = ()) -> pl.DataFrame:
     """A landed file's rows. CSV values stay strings, to be typed against the declaration, unless `infer_types`
-    (a reference table, which has no declared schema: its numbers and ISO dates read as such, over every row)."""
+    (a reference table, which has no declared schema: its numbers and ISO dates read as such, over every row);
+    the `as_text` columns (a reference table's lookup keys) are never inferred: `007` read as the number 7 was
+    looked up as "7", and matched nothing."""
     if len(data) == 0:
         raise LandedFileError(file, "file is empty (0 bytes)")
     try:
@@ -46,7 +49,12 @@ def read_landed(data: bytes, file: str, fmt: str, infer_types: bool = False) -> 
             frame = pl.read_parquet(io.BytesIO(data))
         else:
             frame = pl.read_csv(
-                io.BytesIO(data), infer_schema=infer_types, infer_schema_length=None, try_parse_dates=infer_types, null_values=[""]
+                io.BytesIO(data),
+                infer_schema=infer_types,
+                infer_schema_length=None,
+                try_parse_dates=infer_types,
+                null_values=[""],
+                schema_overrides=dict.fromkeys(as_text, pl.String) if infer_types else None,
             )
     except Exception as err:  # polars raises several exception types for a bad file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

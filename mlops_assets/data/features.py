@@ -50,8 +50,11 @@ def build_reference_asset(decl: PipelineDeclaration) -> dg.AssetsDefinition:
             uri = landing.uri(decl.name, "reference", file_name)
             data = landing.read_bytes(decl.name, "reference", file_name)
             fmt = decl.landing.reference_format(file_name)
+            columns = decl.table_schema.columns
+            keys = {k for lookup in decl.features.lookups if lookup.table == name for k in lookup.keys if columns[k].type == "str"}
             try:
-                frame = read_landed(data, uri, fmt, infer_types=True)  # a CSV table's numbers looked up as numbers, not text
+                # a CSV table's numbers looked up as numbers, not text; its text keys as the text they are (`007`)
+                frame = read_landed(data, uri, fmt, infer_types=True, as_text=sorted(keys))
             except LandedFileError as err:
                 raise dg.Failure(f"cannot read reference table {name}: {err}") from None
             version = delta.overwrite(decl.name, reference_table(name), frame, context.run.run_id)

@@ -134,3 +134,13 @@ def test_a_csv_reference_table_is_looked_up_with_its_numbers_as_numbers(tmp_path
         plat.ingest_range("flights", "2013-01-01", "2013-01-02")
         features = plat.delta.scan("flights", "features").collect()
     assert features.schema["temp"] == pl.Float64 and features.get_column("temp").null_count() < features.height
+
+
+def test_a_csv_reference_tables_text_keys_keep_their_leading_zeros():
+    """Inferred as numbers, `007` and `010` were cast back to "7" and "10" for the lookup: every record missed."""
+    from mlops_assets.core.records import read_landed
+
+    data = b"station,elevation,opened\n007,12.5,2013-01-01\n010,3,2013-02-01\n"
+    inferred = read_landed(data, "stations.csv", "csv", infer_types=True, as_text=["station"])
+    assert inferred.get_column("station").to_list() == ["007", "010"]
+    assert inferred.schema["elevation"] == pl.Float64 and inferred.schema["opened"] == pl.Date
