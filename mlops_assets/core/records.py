@@ -64,13 +64,25 @@ def read_landed(data: bytes, file: str, fmt: str, infer_types: bool = False, as_
     return frame
 
 
-def _cast(source: pl.DataType, spec: ColumnSpec, name: str) -> pl.Expr:
-    """The expression that reads column `name` (of type `source`) as the declared type;
-    a value it cannot read becomes null."""
+def _cast(source: pl.DataType, spec: ColumnSpec, name: str) -> pl.Expr | None:
+    """The expression that reads column `name` (of type `source`) as the declared type; a value it cannot read
+    becomes null. None where the types do not convert with a meaning: numbers read as times (epoch seconds were
+    read as microseconds since 1970: 1357016400 became 1970-01-01 00:22:37) or times as numbers."""
     target = spec.dtype
     values = pl.col(name)
     if source == target:
         return values
+    temporal = (pl.Date, pl.Datetime, pl.Time, pl.Duration)
+    if (source.is_numeric() and target.is_temporal()) or (isinstance(source, temporal) and target.is_numeric()):
+        return None
+    if source.is_numeric() and spec.type == "bool":  # 1 and 0 are flags; 2 or -7 is no truth value
+        return pl.when(values.is_in([0, 1])).then(values).otherwise(None).cast(pl.Boolean)
+    if source.is_decimal() and target.is_integer():  # as for floats: a fraction is not read away
+        whole = values.is_null() | (values.cast(pl.Float64) % 1 == 0)
+        return pl.when(whole).then(values).otherwise(None).cast(target, strict=False)
+    if source.is_float() and target.is_float():  # a narrower float: a finite value that overflows is not read as inf
+        narrowed = values.cast(target, strict=False)
+        return pl.when(values.is_finite() & narrowed.is_infinite()).then(None).otherwise(narrowed)
     if source == pl.String:
         stripped = values.str.strip_chars()
         if spec.type == "date":
@@ -138,7 +150,12 @@ def _conform_same_types(frames: list[pl.DataFrame], extras: list[list[str]], sch
             first_file, f"column {name} has type {frame.schema[name]}, which cannot be read as {schema.columns[name].type}"
         )
 
-    casts = {name: _cast(frame.schema[name], spec, name).alias(name) for name, spec in schema.columns.items()}
+    casts = {}
+    for name, spec in schema.columns.items():
+        expr = _cast(frame.schema[name], spec, name)
+        if expr is None:
+            raise unreadable(name)
+        casts[name] = expr.alias(name)
     try:
         typed = frame.select(*casts.values())
     except pl.exceptions.PolarsError:

@@ -267,3 +267,27 @@ def test_csv_with_wrong_types_quarantines_cells_it_cannot_read(tmp_path):
         assert reasons[2] == "failure: null in a required column"
         assert json.loads(quarantine.get_column("_original")[0])["temperature"] == "hot"
         assert plat.delta.read_partitions("telemetry", "features", ["2024-03-01"]).height == 22
+
+
+def test_values_that_do_not_convert_with_a_meaning_are_refused_not_read_away():
+    """Each was accepted as a valid row: epoch seconds read as microseconds since 1970, a fraction cut off a Decimal,
+    2 read as true, a finite float overflowing to inf in a narrower column. Now the column is unreadable (a time
+    from a number, a number from a time) or the value a cast failure, quarantined with its reason."""
+    from decimal import Decimal
+
+    from mlops_assets.core.declaration import SchemaSpec
+    from mlops_assets.core.records import LandedFileError, conform
+
+    def reasons(column: dict, values: pl.Series) -> list[str]:
+        return conform(pl.DataFrame({"x": values}), SchemaSpec(columns={"x": column}), "f").cast_failures.get_column("reason").to_list()
+
+    for declared, landed in (
+        ("datetime", pl.Series([1357016400])),
+        ("date", pl.Series([20130101])),
+        ("int32", pl.Series([date(2013, 1, 1)])),
+    ):
+        with pytest.raises(LandedFileError, match=f"column x has type .*, which cannot be read as {declared}"):
+            conform(pl.DataFrame({"x": landed}), SchemaSpec(columns={"x": {"type": declared}}), "f")
+    assert reasons({"type": "int16"}, pl.Series([Decimal("3.75"), Decimal("4.00")])) == ["x: cannot read '3.75' as int16"]
+    assert reasons({"type": "bool"}, pl.Series([0, 1, 2])) == ["x: cannot read '2' as bool"]
+    assert reasons({"type": "float32"}, pl.Series([1.0, 1e40])) == ["x: cannot read '1e+40' as float32"]
