@@ -29,6 +29,7 @@ from serving.http_answers import (
     answer_prediction,
     error,
     post_only,
+    prediction_datatype,
     read_body,
     token_ok,
     v1_predict_response,
@@ -208,7 +209,9 @@ class Gateway:
         decl, schema = self.decls[name], self.schemas[name]
         status = await self._status(name)
         version = status["champion"]["model_version"] if status else None
-        outputs = [{"name": "predictions", "datatype": "FP64" if decl.target.task != "multiclass" else "BYTES", "shape": [-1]}]
+        classes = decl.target_classes
+        predicted = prediction_datatype(classes[0]) if decl.target.task == "multiclass" and classes else "FP64"
+        outputs = [{"name": "predictions", "datatype": predicted, "shape": [-1]}]
         if decl.target.task != "regression":
             outputs += [
                 {"name": "labels", "datatype": "BYTES", "shape": [-1]},

@@ -142,9 +142,17 @@ async def answer_prediction(
     return result, request_id, decoded
 
 
+def prediction_datatype(value) -> str:
+    """A prediction's V2 datatype: a class name is BYTES, an integer class INT64 (its metadata says the same),
+    a score FP64."""
+    if isinstance(value, str):
+        return "BYTES"
+    return "INT64" if isinstance(value, int | np.integer) and not isinstance(value, bool) else "FP64"
+
+
 def _v2_outputs(result: dict) -> dict[str, dict]:
     n = len(result["predictions"])
-    pred_type = "BYTES" if result["predictions"] and isinstance(result["predictions"][0], str) else "FP64"
+    pred_type = prediction_datatype(result["predictions"][0]) if result["predictions"] else "FP64"
     outputs = {"predictions": {"name": "predictions", "shape": [n], "datatype": pred_type, "data": result["predictions"]}}
     if "labels" in result:
         outputs["labels"] = {"name": "labels", "shape": [n], "datatype": "BYTES", "data": [str(label) for label in result["labels"]]}
@@ -158,7 +166,7 @@ def _binary(output: dict) -> bytes:
     if output["datatype"] == "BYTES":
         encoded = [str(v).encode() for v in output["data"]]
         return b"".join(struct.pack("<I", len(e)) + e for e in encoded)
-    return np.asarray(output["data"], dtype="<f8").tobytes()
+    return np.asarray(output["data"], dtype="<i8" if output["datatype"] == "INT64" else "<f8").tobytes()
 
 
 def v2_infer_response(name: str, result: dict, request_id: str, decoded: Decoded | None = None) -> Response:

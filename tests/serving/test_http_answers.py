@@ -105,20 +105,33 @@ def test_v2_mistakes_that_were_answered_500_or_worse_are_400s(monkeypatch):
             raise AssertionError("data after the gzip stream was dropped")
 
 
+def _asgi(app, method: str, path: str) -> tuple[int, dict, dict]:
+    """One request through an ASGI app, in-process: status, headers, JSON body."""
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"", "headers": []}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, json.loads(body)
+
+
 def test_routing_answers_in_the_protocols_error_shape():
     """No such path, or a method a route does not take: `{"error": ...}` as every other answer (tritonclient reads
     `error`), with the Allow header a 405 needs; a version of 5,000 digits is no version (it was a 500)."""
-    from fastapi.testclient import TestClient
-
     from serving.gateway import api
     from serving.requests import ascii_digits
 
-    client = TestClient(api, raise_server_exceptions=False)
-    wrong_method = client.get("/v2/models/flights/versions/1/infer")
-    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
-    assert wrong_method.json() == {"error": "GET /v2/models/flights/versions/1/infer: Method Not Allowed"}
-    nowhere = client.post("/v2/models/flights/versions/1/infer/more")
-    assert nowhere.status_code == 404 and nowhere.json() == {"error": "POST /v2/models/flights/versions/1/infer/more: Not Found"}
+    status, headers, body = _asgi(api, "GET", "/v2/models/flights/versions/1/infer")
+    assert (status, headers["allow"], body) == (405, "POST", {"error": "GET /v2/models/flights/versions/1/infer: Method Not Allowed"})
+    status, _, body = _asgi(api, "POST", "/v2/models/flights/versions/1/infer/more")
+    assert (status, body) == (404, {"error": "POST /v2/models/flights/versions/1/infer/more: Not Found"})
     assert ascii_digits("123") and not ascii_digits("9" * 5000) and not ascii_digits("\u00b2")
 
 
@@ -134,3 +147,28 @@ def test_a_float_beyond_what_a_float_holds_is_typed_as_ingestion_types_it_not_a_
     for rows in (1, 100):
         typed = typed_request(Columns({c: [record[c]] * rows for c in schema.columns}, rows), schema)
         assert request_frame([typed], schema).get_column("vibration").to_list() == [float(2**70)] * rows
+
+
+def test_integer_classes_are_answered_as_the_metadata_describes_them():
+    """Metadata said BYTES for a multiclass model's predictions while the answer said FP64 for integer classes; both
+    now take the datatype from the class (INT64 here), in JSON and in binary."""
+    import numpy as np
+
+    from serving.http_answers import prediction_datatype, v2_infer_response
+    from serving.requests import Columns, Decoded
+
+    assert [prediction_datatype(c) for c in (2, "late", 0.7, True)] == ["INT64", "BYTES", "FP64", "FP64"]
+    result = {
+        "predictions": [2, 0],
+        "labels": [2, 0],
+        "probabilities": [[0.1, 0.2, 0.7], [0.8, 0.1, 0.1]],
+        "model_version": 1,
+        "role": "champion",
+    }
+    answer = json.loads(v2_infer_response("m", dict(result), "r").body)
+    assert answer["outputs"][0] == {"name": "predictions", "shape": [2], "datatype": "INT64", "data": [2, 0]}
+    binary = Decoded(Columns({}, 2), None, (("predictions", True),))
+    raw = v2_infer_response("m", dict(result), "r", binary)
+    header = int(raw.headers["Inference-Header-Content-Length"])
+    assert json.loads(raw.body[:header])["outputs"][0]["datatype"] == "INT64"
+    assert np.frombuffer(raw.body[header:], dtype="<i8").tolist() == [2, 0]
