@@ -103,6 +103,29 @@ def _cast(source: pl.DataType, spec: ColumnSpec, name: str) -> pl.Expr | None:
     return values.cast(target, strict=False)
 
 
+MIXED_FORM_PASSES = 4
+
+
+def _mixed_forms(text: pl.Series, typed: pl.Series, spec: ColumnSpec, name: str) -> pl.Series:
+    """Times written in more than one valid form (`2013-02-05T11:00:00Z` and `2013-02-05 11:00:00`): polars reads a
+    column in the form of its first value, and the others read as unreadable (a valid value quarantined). The values
+    left unread are read again as a column of their own, a few forms deep; one that reads alone in no pass (the
+    first of a pass that reads none) stays unread."""
+    left = text.is_not_null() & typed.is_null()
+    for _ in range(MIXED_FORM_PASSES):
+        at = left.arg_true()
+        if at.len() == 0:
+            break
+        again = pl.DataFrame({name: text.gather(at)}).select(_cast(pl.String, spec, name)).to_series()
+        read = again.is_not_null()
+        if read.any():
+            typed = typed.scatter(at.filter(read), again.filter(read))
+            left = text.is_not_null() & typed.is_null()
+        else:  # its first value set the form and reads in none: the next pass starts after it
+            left = left.scatter(at.head(1), False)
+    return typed
+
+
 def conform(frame: pl.DataFrame, schema: SchemaSpec, file: str) -> ConformedFile:
     """Cast a landed frame to the declared schema, reporting cells that do not fit."""
     return conform_files([frame], schema, [file])[0]
@@ -171,6 +194,10 @@ def _conform_same_types(frames: list[pl.DataFrame], extras: list[list[str]], sch
     # which columns have values that could not be read: a cast only ever turns a value into null, never a null
     # into a value, so more nulls after it than before means lost values (null counts are kept, not counted)
     lost = [name for name in declared if typed.get_column(name).null_count() > frame.get_column(name).null_count()]
+    for name in lost:
+        if frame.schema[name] == pl.String and schema.columns[name].type in ("date", "datetime"):
+            typed = typed.with_columns(_mixed_forms(frame.get_column(name), typed.get_column(name), schema.columns[name], name))
+    lost = [name for name in lost if typed.get_column(name).null_count() > frame.get_column(name).null_count()]
     failures = pl.DataFrame(schema={"_at": pl.UInt32, "reason": pl.String})
     if lost:
         at = pl.int_range(pl.len(), dtype=pl.UInt32).alias("_at")

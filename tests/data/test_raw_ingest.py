@@ -291,3 +291,22 @@ def test_values_that_do_not_convert_with_a_meaning_are_refused_not_read_away():
     assert reasons({"type": "int16"}, pl.Series([Decimal("3.75"), Decimal("4.00")])) == ["x: cannot read '3.75' as int16"]
     assert reasons({"type": "bool"}, pl.Series([0, 1, 2])) == ["x: cannot read '2' as bool"]
     assert reasons({"type": "float32"}, pl.Series([1.0, 1e40])) == ["x: cannot read '1e+40' as float32"]
+
+
+def test_times_written_in_several_valid_forms_are_all_read():
+    """polars reads a column in the form of its first value: a valid time in another form was quarantined as
+    unreadable, and a served request of 20 records was refused where one of 2 was answered."""
+    from mlops_assets.core.declaration import SchemaSpec
+    from mlops_assets.core.records import conform
+
+    values = ["2013-02-05", "2013-02-05T11:00:00Z", "2013-02-05 11:00:00", "garbage", "2013-02-05T16:00:00+05:00"]
+    conformed = conform(pl.DataFrame({"t": values}), SchemaSpec(columns={"t": {"type": "datetime"}}), "f")
+    read = [None if v is None else v.isoformat() for v in conformed.frame.get_column("t").to_list()]
+    assert read == [
+        "2013-02-05T00:00:00+00:00",
+        "2013-02-05T11:00:00+00:00",
+        "2013-02-05T11:00:00+00:00",
+        None,
+        "2013-02-05T11:00:00+00:00",
+    ]
+    assert conformed.cast_failures.get_column("reason").to_list() == ["t: cannot read 'garbage' as datetime"]

@@ -172,3 +172,16 @@ def test_integer_classes_are_answered_as_the_metadata_describes_them():
     header = int(raw.headers["Inference-Header-Content-Length"])
     assert json.loads(raw.body[:header])["outputs"][0]["datatype"] == "INT64"
     assert np.frombuffer(raw.body[header:], dtype="<i8").tolist() == [2, 0]
+
+
+def test_a_request_mixing_valid_time_forms_is_answered_whatever_its_size():
+    from serving.requests import request_frame, typed_request
+    from tests.support.serving import request_records
+
+    decl = flights_variant()
+    schema = RequestSchema.of(decl, load_feature_module(decl).input_columns(decl))
+    for size in (2, 21):
+        records = request_records(size)
+        records[-1] = {**records[-1], "time_hour": records[-1]["time_hour"].replace("T", " ").removesuffix("Z")}
+        frame = request_frame([typed_request(records, schema)], schema)
+        assert frame.get_column("time_hour").null_count() == 0 and frame.height == size
