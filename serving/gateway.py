@@ -249,8 +249,8 @@ class Gateway:
     )
     async def infer_version(self, name: str, version: str, request: Request):
         """Pinned to one version: answered by whichever of champion and challenger holds it, else 404."""
-        if not ascii_digits(version):
-            return error(404, f"model versions are numbers, got '{version}'", "version")
+        if not ascii_digits(version) or version != str(int(version)):  # `01` is no version here, as for /ready
+            return error(404, f"model versions are numbers as the registry writes them, got '{version[:40]}'", "version")
         return await self._infer(name, request, int(version))
 
     @api.get("/v2/models/{name}/versions/{version}", tags=["v2"])

@@ -140,8 +140,10 @@ def test_v2_version_pinned_endpoints(served, serving_registry):
     r = HTTP.post(f"{base}/v2/models/flights/versions/99/infer", json={"inputs": inputs}, timeout=30)
     assert r.status_code == 404 and "version 99" in r.json()["error"]
     # `²`.isdigit() is true in Python, int("²") raises: a version in other digits is a 404 naming it, never a 500
-    r = HTTP.post(f"{base}/v2/models/flights/versions/%C2%B2/infer", json={"inputs": inputs}, timeout=30)
-    assert r.status_code == 404 and "model versions are numbers" in r.json()["error"], r.text
+    # nor is `01` (the ready route knew no such version), or a number of 5,000 digits (int() refuses it: a 500)
+    for odd in ("%C2%B2", f"0{reg.champion}", "9" * 5000):
+        r = HTTP.post(f"{base}/v2/models/flights/versions/{odd}/infer", json={"inputs": inputs}, timeout=30)
+        assert r.status_code == 404 and "model versions are numbers" in r.json()["error"], r.text
     missing = HTTP.get(f"{base}/v2/models/flights/versions/99/ready", timeout=10)
     assert missing.status_code == 404 and f"champion v{reg.champion}" in missing.json()["error"]
 
