@@ -539,7 +539,9 @@ class _StreamedFiles:
         fractional = [
             name
             for name, dtype in casts.items()
-            if chunk.schema[name].is_float() and dtype.is_integer() and (chunk.get_column(name).drop_nans() % 1 != 0).any()
+            if chunk.schema[name].is_float()
+            and dtype.is_integer()
+            and (chunk.get_column(name).filter(chunk.get_column(name).is_finite()) % 1 != 0).any()
         ]
         if fractional:
             bad = ", ".join(f"{n!r} ({chunk.schema[n]} -> {casts[n]})" for n in fractional)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 from filelock import FileLock, Timeout
 from pydantic import Field, model_validator
 
@@ -54,7 +54,8 @@ class MlflowRegistryResource(ConfigurableResource):
         """A registry apart from the tracking store was written to by training and promotion, while serving, the
         champion sensor and rollouts read aliases at the tracking URI: nothing was ever deployed. Refused until
         serving takes a registry URI of its own (an EnvVar is checked once resolved, by `client`)."""
-        if isinstance(self.registry_uri, str) and isinstance(self.tracking_uri, str) and self.tracking_uri:
+        plain = [v for v in (self.registry_uri, self.tracking_uri) if isinstance(v, str) and not isinstance(v, EnvVar)]
+        if len(plain) == 2 and self.tracking_uri:  # an EnvVar is a str holding the variable's name
             separate_registry(self.registry_uri, self.tracking_uri)
         return self
 

@@ -80,12 +80,12 @@ def _ingest_request(job_name: str, partitions: list[str], landed: dict[str, tupl
     )
 
 
-def _ended_ranges(instance: dg.DagsterInstance, ranges: dict[str, list[str]]) -> tuple[dict[str, list[str]], list[str]]:
+def _ended_ranges(instance: dg.DagsterInstance, job_name: str, ranges: dict[str, list[str]]) -> tuple[dict[str, list[str]], list[str]]:
     """Of the range runs asked for, those still to watch (not launched, queued or running), and the partitions of
     those that failed or were canceled."""
     watching, failed = {}, []
     for run_key, partitions in ranges.items():
-        runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, tags={RUN_KEY_TAG: run_key}), limit=1)
         if not runs or not runs[0].is_finished:
             watching[run_key] = partitions
         elif runs[0].status in RETRY_STATUSES:
@@ -112,7 +112,7 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
                 return dg.SkipReason(f"waiting for the reference files of {decl.name} in {landing.uri(decl.name, 'reference')}")
             if _materialized_reference_signature(context.instance, decl) != wanted:
                 # partitions wait for the reference tables: a failed reference run is asked for again (a few times)
-                attempt = next_attempt(context.instance, f"reference:{wanted}")
+                attempt = next_attempt(context.instance, reference_job.name, f"reference:{wanted}")
                 if attempt.state == "given_up":
                     return dg.SkipReason(f"partitions wait for the reference tables: {attempt.why}; land corrected reference files")
                 if attempt.state != "request":
@@ -138,7 +138,7 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
             seen[landed.name] = landed.signature
         groups = runs_of(decl, list(landed_now))
         requests = [_ingest_request(ingest_job.name, group, landed_now) for group in groups]
-        watching, failed = _ended_ranges(context.instance, cursor.get("ranges", {}))
+        watching, failed = _ended_ranges(context.instance, ingest_job.name, cursor.get("ranges", {}))
         watching.update({request.run_key: group for request, group in zip(requests, groups) if len(group) > 1})
         for partition in failed:
             if partition in landed_now or partition not in present:

@@ -54,7 +54,7 @@ def build_model_card_sensor(decl: PipelineDeclaration, job, versions: dg.Dynamic
         audit, drift = history(delta, decl.name), drift_reports(delta, decl.name)
         now = {str(mv.version): story(mv, audit, drift) for mv in registered}
         changed = sorted((v for v, s in now.items() if before.get(v) != s), key=int)
-        followed = follow_up(context.instance, asked)
+        followed = follow_up(context.instance, job.name, asked)
         for gave_up in followed.given_up:
             context.log.warning(f"the model card of v{asked[gave_up.run_key]} was not written: {gave_up.why}")
         # a retry is for the story it was asked with: a version whose story changed since gets a fresh request

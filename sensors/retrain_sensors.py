@@ -182,7 +182,7 @@ def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job:
         # the runs asked for against this champion, until they succeed: a failed one is asked for again
         asked = cursor.get("asked", {}) if cursor.get("asked_for") == version else {}
         new = [p for p in delta.partitions(decl.name, FEATURES) if p > champ.plan.partition_end and p not in done]
-        followed = follow_up(context.instance, asked)
+        followed = follow_up(context.instance, monitor_job, asked)
         for gave_up in followed.given_up:
             context.log.warning(f"monitoring of {asked[gave_up.run_key]} not done: {gave_up.why}")
         kept = {version: sorted(done | set(new)), "asked_for": version, "asked": followed.watching}
@@ -222,9 +222,12 @@ def build_serving_drift_sensor(decl: PipelineDeclaration, job_name: str) -> dg.S
         if count < decl.drift.serving_window_rows:
             return dg.SkipReason(f"{count} served predictions logged since the last check; {decl.drift.serving_window_rows} needed")
         # the watermark moves only when a check succeeds: a failed one is asked for again (sensors/run_attempts.py)
-        attempt = next_attempt(context.instance, f"serving-drift:{after}")
+        attempt = next_attempt(context.instance, job_name, f"serving-drift:{after}")
+        if attempt.state == "given_up":
+            hint = f"materialize {serving_drift_key(decl).to_user_string()} once the cause is fixed (the watermark then moves)"
+            return dg.SkipReason(f"{count} served predictions logged since the last check: {attempt.why}; {hint}")
         if attempt.state != "request":
-            return dg.SkipReason(f"{count} served predictions logged since the last check wait: {attempt.why}")
+            return dg.SkipReason(f"{count} served predictions logged since the last check: {attempt.why}")
         request = dg.RunRequest(run_key=attempt.run_key, job_name=job_name, tags={TRIGGER_TAG: "serving_drift_sensor"})
         return with_attempt(request, attempt, REASON_TAG)
 

@@ -41,16 +41,20 @@ def attempt_key(run_key: str, attempt: int) -> str:
     return run_key if attempt == 0 else f"{run_key}~retry-{attempt}"
 
 
-def next_attempt(instance: dg.DagsterInstance, run_key: str, retries: int = RETRIES) -> Attempt:
-    """The attempt to ask for now, or why none is: one run query per attempt made so far."""
+WILL_RETRY_TAG = "dagster/will_retry"  # a failed run Dagster's own run retries will launch again (deploy/dagster/dagster.yaml)
+
+
+def next_attempt(instance: dg.DagsterInstance, job_name: str, run_key: str, retries: int = RETRIES) -> Attempt:
+    """The attempt to ask for now, or why none is: one run query per attempt made so far. Runs are looked up
+    within the job: run keys are the sensor's own (another pipeline's first serving-drift check has the same key)."""
     why = ""
     for attempt in range(retries + 1):
         key = attempt_key(run_key, attempt)
-        runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: key}), limit=1)
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, tags={RUN_KEY_TAG: key}), limit=1)
         if not runs:
             return Attempt("request", key, why)
         run = runs[0]
-        if not run.is_finished:
+        if not run.is_finished or run.tags.get(WILL_RETRY_TAG) == "true":
             return Attempt("waiting", key, f"run {run.run_id} for {key} is {run.status.value.lower()}")
         if run.status not in RETRY_STATUSES:
             return Attempt("succeeded", key, f"run {run.run_id} for {key} succeeded")
@@ -74,14 +78,14 @@ class FollowUp:
     given_up: list[Attempt]
 
 
-def follow_up(instance: dg.DagsterInstance, asked: dict[str, object], retries: int = RETRIES) -> FollowUp:
+def follow_up(instance: dg.DagsterInstance, job_name: str, asked: dict[str, object], retries: int = RETRIES) -> FollowUp:
     """For a sensor whose cursor marks work done when it asks for it: what it asked for (base run key -> what the
     run covers) sorted into still watched, asked for again, and given up; succeeded work drops out."""
     watching: dict[str, object] = {}
     again: list[tuple[Attempt, object]] = []
     given_up: list[Attempt] = []
     for key, what in asked.items():
-        attempt = next_attempt(instance, key, retries)
+        attempt = next_attempt(instance, job_name, key, retries)
         if attempt.state == "given_up":
             given_up.append(attempt)
         elif attempt.state != "succeeded":

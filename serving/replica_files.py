@@ -24,7 +24,7 @@ _OWNER = re.compile(rf"{re.escape(MODEL_FOLDER_PREFIX)}.+-(\d+)-[a-z0-9_]+")
 def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or no process id at all (a stray folder's name)
         return False
     except PermissionError:  # someone else's process: alive
         return True

@@ -569,7 +569,7 @@ def declaration_attributes(path: str | Path) -> list[dict]:
         if _is_component(doc):
             if doc["type"] == MLPIPELINE_TYPE:
                 found.append(doc.get("attributes"))
-            elif "mlpipeline" in str(doc["type"]).lower().replace("_", ""):
+            elif str(doc["type"]).rsplit(".", 1)[-1].lower().replace("_", "") == "mlpipeline":
                 # another library's component is not ours; a misspelling of ours would drop the pipeline silently
                 raise DeclarationError(f"{path}: component type '{doc['type']}' is not {MLPIPELINE_TYPE}")
         else:

@@ -76,9 +76,9 @@ def _cast(source: pl.DataType, spec: ColumnSpec, name: str) -> pl.Expr | None:
     if (source.is_numeric() and target.is_temporal()) or (isinstance(source, temporal) and target.is_numeric()):
         return None
     if source.is_numeric() and spec.type == "bool":  # 1 and 0 are flags; 2 or -7 is no truth value
-        return pl.when(values.is_in([0, 1])).then(values).otherwise(None).cast(pl.Boolean)
-    if source.is_decimal() and target.is_integer():  # as for floats: a fraction is not read away
-        whole = values.is_null() | (values.cast(pl.Float64) % 1 == 0)
+        return pl.when((values == 0) | (values == 1)).then(values).otherwise(None).cast(pl.Boolean)
+    if source.is_decimal() and target.is_integer():  # as for floats: a fraction is not read away (checked exactly)
+        whole = values.is_null() | (values.cast(target, strict=False).cast(source, strict=False) == values)
         return pl.when(whole).then(values).otherwise(None).cast(target, strict=False)
     if source.is_float() and target.is_float():  # a narrower float: a finite value that overflows is not read as inf
         narrowed = values.cast(target, strict=False)

@@ -73,11 +73,15 @@ def record_evaluation(
             client.set_model_version_tag(name, version, f"holdout.{k}", repr(float(v)))
         if mv.run_id:  # every gate's full comparison, for the model card
             client.log_dict(mv.run_id, evaluation_record(evaluation), GATES_ARTIFACT)
-        if mv.aliases:  # checks re-run on a serving or waiting version: record, but decide nothing
+        if CHAMPION in mv.aliases:  # checks re-run on the serving version: record, but decide nothing
             return
-        # what the gates compared with first, the verdict last: a verdict is never without its comparison
+        # what the gates compared with first, the verdict last: a verdict is never without its comparison. A waiting
+        # challenger's are rewritten too (nothing else is decided for it): after the champion moved, gates re-run
+        # against the new one are what lets it be approved
         client.set_model_version_tag(name, version, GATES_CHAMPION_TAG, str(evaluation.champion_version or "none"))
         client.set_model_version_tag(name, version, GATES_TAG, "passed" if evaluation.passed else "failed: " + ",".join(evaluation.failed))
+        if mv.aliases:
+            return
         client.set_model_version_tag(name, version, STATUS_TAG, "passed" if evaluation.passed else "rejected")
         if not evaluation.passed:
             reasons = "; ".join(f"{g.name}: {g.description}" for g in evaluation.gates if not g.passed) + trigger

@@ -168,6 +168,9 @@ def test_declarations_that_would_be_dropped_silently_are_reported(tmp_path, monk
     (tmp_path / "defs.yaml").write_text("type: mlops_assets.components.MLPipeline\nattributes: {name: x}\n")
     assert main(["pipelines"]) == 2
     assert "component type 'mlops_assets.components.MLPipeline' is not mlops_assets.components.MlPipeline" in capsys.readouterr().err
+    (tmp_path / "defs.yaml").write_text("type: acme.components.MLPipelineRun\nattributes: {}\n")  # another library's
+    assert main(["pipelines"]) == 2
+    assert f"no pipeline is declared in {tmp_path}" in capsys.readouterr().err
     (tmp_path / "defs.yaml").write_bytes("name: caf\u00e9\n".encode("latin-1"))
     assert main(["pipelines"]) == 2
     err = capsys.readouterr().err

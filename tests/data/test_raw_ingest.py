@@ -289,7 +289,10 @@ def test_values_that_do_not_convert_with_a_meaning_are_refused_not_read_away():
         with pytest.raises(LandedFileError, match=f"column x has type .*, which cannot be read as {declared}"):
             conform(pl.DataFrame({"x": landed}), SchemaSpec(columns={"x": {"type": declared}}), "f")
     assert reasons({"type": "int16"}, pl.Series([Decimal("3.75"), Decimal("4.00")])) == ["x: cannot read '3.75' as int16"]
+    exact = pl.Series([Decimal("123456789012345678.5")], dtype=pl.Decimal(20, 1))  # a float's 53 bits would lose the .5
+    assert reasons({"type": "int64"}, exact) == ["x: cannot read '123456789012345678.5' as int64"]
     assert reasons({"type": "bool"}, pl.Series([0, 1, 2])) == ["x: cannot read '2' as bool"]
+    assert reasons({"type": "bool", "nullable": True}, pl.Series([0.0, 1.0, None, 0.5])) == ["x: cannot read '0.5' as bool"]
     assert reasons({"type": "float32"}, pl.Series([1.0, 1e40])) == ["x: cannot read '1e+40' as float32"]
 
 

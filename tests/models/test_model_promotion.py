@@ -320,3 +320,33 @@ def test_a_rollback_ends_the_rollout_beside_the_champion_it_rolls_back(model_hom
     abort = history(plat.delta, "flights").tail(1).row(0, named=True)
     assert abort["reason"] == "champion v2, which it rolled out beside, was rolled back to v1"
     assert model_home.registry.client().get_model_version("flights", "3").tags["mlops.status"] == "aborted"
+
+
+def test_a_waiting_challengers_gates_run_again_against_the_new_champion_let_it_be_approved(model_home, capsys):
+    """v2 and v3 passed against v1; v2 was approved. v3's gates are stale, and re-running them used to record
+    nothing for a version holding an alias, so it could never be approved."""
+    import dagster as dg
+
+    from mlops_assets.core.names import model_key
+
+    model_home.declare(flights_variant(policy="manual"))
+    for window in (21, 22, 23):
+        plat = model_home.platform(flights_variant(policy="manual", training={"window_days": window}))
+        assert plat.run("flights_train").success
+        if window == 21:
+            assert model_home.mlops("approve", "flights", "1", "--by", "carol", "--reason", "first", capsys=capsys)[0] == 0
+    assert model_home.mlops("approve", "flights", "2", "--by", "dave", "--reason", "ok", capsys=capsys)[0] == 0
+    assert aliases(model_home) == (2, 3)
+    code, _, err = model_home.mlops("approve", "flights", "3", "--by", "dave", "--reason", "newer", capsys=capsys)
+    assert code != 0 and "gates compared v3 with champion v1, but the champion is now v2" in err
+    gates = dg.materialize(
+        [*plat.defs.assets, *plat.defs.asset_checks],
+        selection=dg.AssetSelection.checks_for_assets(model_key(plat.declarations["flights"])),
+        instance=model_home.instance,
+        resources=plat.resources(),
+    )
+    assert all(e.passed for e in gates.get_asset_check_evaluations())
+    assert model_home.registry.client().get_model_version("flights", "3").tags["mlops.gates_champion"] == "2"
+    code, out, err = model_home.mlops("approve", "flights", "3", "--by", "dave", "--reason", "re-gated", capsys=capsys)
+    assert code == 0, err
+    assert aliases(model_home) == (3, None)

@@ -75,5 +75,8 @@ def test_a_registry_apart_from_the_tracking_store_is_refused(tmp_path, monkeypat
     with pytest.raises(ValueError, match="registry_uri 'databricks-uc' differs from tracking_uri"):
         MlflowRegistryResource(tracking_uri=tracking, registry_uri="databricks-uc")
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    for variable in ("MLOPS_MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_REGISTRY_URI"):  # both EnvVars, equal once resolved
+        monkeypatch.setenv(variable, tracking)
+    assert model_resources(MlopsHome(tmp_path))["mlflow"].client() is not None
     with pytest.raises(ValueError, match="a separate registry is not supported"):
         MlflowRegistryResource(registry_uri=f"sqlite:///{tmp_path / 'other.db'}").client()

@@ -143,10 +143,11 @@ def test_a_float_beyond_what_a_float_holds_is_typed_as_ingestion_types_it_not_a_
 
     decl = load_declaration("tests/pipelines/telemetry.yaml")
     schema = RequestSchema.of(decl, load_feature_module(decl).input_columns(decl))
-    record = {"machine_id": "m1", "reading_time": "2024-03-03T05:00:00Z", "temperature": 20.0, "vibration": 2**70}
-    for rows in (1, 100):
-        typed = typed_request(Columns({c: [record[c]] * rows for c in schema.columns}, rows), schema)
-        assert request_frame([typed], schema).get_column("vibration").to_list() == [float(2**70)] * rows
+    for huge, read in ((2**70, float(2**70)), (10**400, float("inf"))):  # beyond int64; beyond a float
+        record = {"machine_id": "m1", "reading_time": "2024-03-03T05:00:00Z", "temperature": 20.0, "vibration": huge}
+        for rows in (1, 100):
+            typed = typed_request(Columns({c: [record[c]] * rows for c in schema.columns}, rows), schema)
+            assert request_frame([typed], schema).get_column("vibration").to_list() == [read] * rows
 
 
 def test_integer_classes_are_answered_as_the_metadata_describes_them():

@@ -106,11 +106,12 @@ def test_a_killed_replicas_model_folder_is_removed_by_the_next_replica_on_the_ho
         killed.wait(30)
     unrelated = tmp_path / "mlops-serve-notes"  # not a model folder: no process id in its name
     unrelated.mkdir()
+    (tmp_path / "mlops-serve-x-99999999999999999999-abc").mkdir()  # no process has such an id: removed, not a crash
     s = Server(settings.model_dump(), "champion")
     try:
         assert not os.path.exists(folder)
         assert os.path.isdir(s.cache_dir) and f"-{os.getpid()}-" in os.path.basename(s.cache_dir)
-        assert unrelated.is_dir()
+        assert unrelated.is_dir() and not (tmp_path / "mlops-serve-x-99999999999999999999-abc").exists()
         Server(settings.model_dump(), "champion").close()  # a replica beside it leaves the live one's folder alone
         assert os.path.isdir(s.cache_dir)
     finally:
