@@ -426,12 +426,10 @@ class DeltaLakeResource(ConfigurableResource):
     def vacuum(self, pipeline: str, table: str, retention_hours: int) -> list[str]:
         """Remove data files no version within `retention_hours` still needs: rows deleted before then are
         gone from time travel too. Returns the files removed."""
-        if retention_hours != int(retention_hours):
-            raise ValueError(f"retention_hours must be whole hours (Delta's vacuum counts hours), not {retention_hours}")
         t = self.table(pipeline, table)
         if t is None:
             return []
-        return list(t.vacuum(retention_hours=int(retention_hours), enforce_retention_duration=False, dry_run=False))
+        return list(t.vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=False))
 
     def scan(self, pipeline: str, table: str, version: int | None = None) -> pl.LazyFrame | None:
         t = self.table(pipeline, table)

@@ -27,14 +27,13 @@ from mlops_assets.core.names import (
     ASSET_PARTITION_RANGE_START_TAG,
     FILE_TAG,
     REASON_TAG,
-    RUN_KEY_TAG,
     TRIGGER_TAG,
     reference_key,
     sensor_name,
 )
 from mlops_assets.core.partitions import partition_problem, runs_of
 from resources.landing_zone import LandingZoneResource, reference_signature
-from sensors.run_attempts import RETRY_STATUSES, next_attempt, with_attempt
+from sensors.run_attempts import follow_up, next_attempt, with_attempt
 
 # define_asset_job returns an unresolved job definition that dagster does not export by name
 JobTarget = Any
@@ -82,15 +81,10 @@ def _ingest_request(job_name: str, partitions: list[str], landed: dict[str, tupl
 
 def _ended_ranges(instance: dg.DagsterInstance, job_name: str, ranges: dict[str, list[str]]) -> tuple[dict[str, list[str]], list[str]]:
     """Of the range runs asked for, those still to watch (not launched, queued or running), and the partitions of
-    those that failed or were canceled."""
-    watching, failed = {}, []
-    for run_key, partitions in ranges.items():
-        runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, tags={RUN_KEY_TAG: run_key}), limit=1)
-        if not runs or not runs[0].is_finished:
-            watching[run_key] = partitions
-        elif runs[0].status in RETRY_STATUSES:
-            failed.extend(partitions)
-    return watching, failed
+    those that failed or were canceled (asked for again one per run, not as a retry of the range)."""
+    followed = follow_up(instance, job_name, ranges, retries=0)
+    failed = [partition for attempt in followed.given_up for partition in ranges[attempt.run_key]]
+    return followed.watching, failed  # type: ignore[return-value]
 
 
 def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, reference_job: JobTarget | None) -> dg.SensorDefinition:
