@@ -4,6 +4,12 @@ rollout run when they call for a change (next step, promotion, or a rollback at 
 It keeps no state of its own: where the rollout stands is read from the audit log on every
 tick, so a restarted daemon resumes a rollout where it was. While a step bakes, the tick's skip
 reason shows the step, the share and the guard values so far (the Dagster UI lists them).
+
+A run writes a step to the audit log before it changes Serve's share, so a run that failed in
+between (Serve unreachable, say) leaves the step recorded and Serve at the share before it, and
+the signals of the step would be judged on the wrong traffic. While that step bakes, the sensor
+asks for an `apply` run, which puts the recorded share on Serve: up to RETRIES more times as
+its run fails, then it says it gave up.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from mlops_assets.core.names import (
 from resources import rollouts
 from resources.audit_log import history
 from resources.delta_lake import DeltaLakeResource
+from sensors.run_attempts import next_attempt, with_attempt
 
 UNFINISHED = [
     dg.DagsterRunStatus.QUEUED,
@@ -47,19 +54,44 @@ def build_rollout_sensor(decl: PipelineDeclaration, spec: RolloutSpec, job) -> d
             return dg.SkipReason(f"no rollout of {decl.name} in progress")
         signals = rollouts.read_signals(delta, state, spec.guards, decl.target.task, decl.target.column)
         verdict = rollouts.decide(state, signals, spec)
-        if verdict.action == "wait":
+        job_name = rollout_job_name(decl)
+        if verdict.action == "wait" and not _unapplied(context.instance, job_name, state):
             return dg.SkipReason(verdict.reason)
-        pending = context.instance.get_run_records(filters=dg.RunsFilter(job_name=rollout_job_name(decl), statuses=UNFINISHED), limit=1)
+        pending = context.instance.get_run_records(filters=dg.RunsFilter(job_name=job_name, statuses=UNFINISHED), limit=1)
         if pending:
             return dg.SkipReason(f"{verdict.action} is due; rollout run {pending[0].dagster_run.run_id} has not finished yet")
-        return dg.RunRequest(
+        request = dg.RunRequest(
             tags={
                 ROLLOUT_VERSION_TAG: str(state.version),
                 ROLLOUT_STEP_TAG: str(state.step),
-                ROLLOUT_ACTION_TAG: verdict.action,
+                ROLLOUT_ACTION_TAG: verdict.action if verdict.action != "wait" else APPLY,
                 REASON_TAG: verdict.reason[:1000],
                 PRIORITY_TAG: PRIORITY["rollout"],
             },
         )
+        if verdict.action != "wait":
+            return request
+        attempt = next_attempt(context.instance, job_name, f"rollout:v{state.version}:step{state.step}:{APPLY}")
+        if attempt.state == "given_up":
+            return dg.SkipReason(
+                f"{state.describe()} is recorded but Serve may still have the share before it: {attempt.why}; "
+                f"materialize {decl.name}/rollout to apply it"
+            )
+        if attempt.state != "request":
+            return dg.SkipReason(f"{verdict.reason} ({attempt.why})")
+        return with_attempt(request, attempt, REASON_TAG)
 
     return rollout_sensor
+
+
+APPLY = "apply"  # a run that puts the audit log's current share on Serve
+
+
+def _unapplied(instance: dg.DagsterInstance, job_name: str, state: rollouts.Rollout) -> bool:
+    """Whether the latest rollout run of this version failed after recording the current step (or
+    while applying it), so Serve may not have its share."""
+    latest = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, tags={ROLLOUT_VERSION_TAG: str(state.version)}), limit=1)
+    if not latest or latest[0].status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+        return False
+    tags = latest[0].tags
+    return tags.get(ROLLOUT_ACTION_TAG) == APPLY or int(tags.get(ROLLOUT_STEP_TAG, state.step)) < state.step

@@ -61,8 +61,11 @@ def _readable(check: str, column: str | None, value: str | None, schema: SchemaS
         return f"{column}: unknown category '{value}'"
     m = re.match(r"(greater_than_or_equal_to|less_than_or_equal_to)\((.*)\)", check)
     if m:
-        word = "below the minimum" if m.group(1).startswith("greater") else "above the maximum"
-        return f"{column}: {value} is {word} {m.group(2)}"
+        bound = "minimum" if m.group(1).startswith("greater") else "maximum"
+        if value == "NaN":  # polars orders NaN above every number, so a maximum is what it fails
+            return f"{column}: NaN is not a number (the column's {bound} is {m.group(2)})"
+        word = "below the" if bound == "minimum" else "above the"
+        return f"{column}: {value} is {word} {bound} {m.group(2)}"
     return f"{column}: failed {check} (got '{value}')"
 
 

@@ -6,7 +6,8 @@ gets the same judgement) and then advances the share, promotes the new version
 (`champion` moves; the champion sensor rolls serving to it) or rolls back on a
 breached guard: traffic back to the champion, the `challenger` alias removed, the
 version tagged, and the run failed naming the guard, its value and the threshold.
-Every change is written to the audit log before it is made.
+Every change is written to the audit log before it is made, and a run with nothing due puts the
+current step's share on Serve (what the sensor asks for when a run failed between the two).
 """
 
 from datetime import UTC, datetime
@@ -181,12 +182,18 @@ def build_rollout_asset(decl: PipelineDeclaration, spec: RolloutSpec) -> dg.Asse
         run_id = context.run.run_id
         state, verdict, metadata = judge(decl, spec, delta, mlflow, f"dagster:{run_id}", run_id)
         context.log.info(verdict.reason if state is None else f"{state.describe()}: {verdict.action}: {verdict.reason}")
-        if verdict.action in ("advance", "rollback"):
+        if state is not None and verdict.action in ("advance", "rollback", "wait"):
             from serving import control
 
+            # the audit row is written: Serve gets its share (a `wait` puts the current step's share back,
+            # after a run that recorded the step failed before applying it)
+            share = state.share
+            if verdict.action == "advance":
+                share = state.steps[state.step + 1]
+            elif verdict.action == "rollback":
+                share = 0.0
             control.connect(serving.ray_address)
-            share = 0.0 if verdict.action == "rollback" else state.steps[state.step + 1]  # type: ignore[union-attr]
-            control.apply_rollout_share(decl.name, share)  # the alias already moved: the champion sensor redeploys too
+            control.apply_rollout_share(decl.name, share)  # a rollback moved the alias: the champion sensor redeploys too
             metadata["applied_share"] = share
         if verdict.action == "rollback":
             raise dg.Failure(

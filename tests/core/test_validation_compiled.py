@@ -99,8 +99,8 @@ def test_compiled_and_pandera_agree_on_every_check_kind():
     assert reasons[3] == "n: 0 is below the minimum 1.0"
     assert reasons[8] == "small: 6 is above the maximum 5.0; tag: unknown category 'z'"
     assert 9 not in reasons and 16 not in reasons and 17 not in reasons
-    assert reasons[14] == "x: NaN is above the maximum 2.5; x: null in a required column"
-    assert reasons[15] == "y: NaN is above the maximum 10.0"
+    assert reasons[14] == "x: NaN is not a number (the column's maximum is 2.5); x: null in a required column"
+    assert reasons[15] == "y: NaN is not a number (the column's maximum is 10.0)"
     assert reasons[20] == reasons[21] == "duplicate key (site, n); site: null in a required column"
     assert reasons[30] == "n: 200 is above the maximum 100.0; small: cannot read '300' as int8"
     for row in (24, 25, 40, 41, 270, 271, 272):

@@ -20,7 +20,16 @@ import requests
 
 from mlops_assets.cli.model_commands import rollout_lines
 from mlops_assets.core.declaration import PromotionSpec, RolloutGuardsSpec, RolloutSpec
-from mlops_assets.core.names import FEATURES, GATES_CHAMPION_TAG, GATES_TAG, ROLLOUT_GUARD_TAG, STATUS_TAG
+from mlops_assets.core.names import (
+    FEATURES,
+    GATES_CHAMPION_TAG,
+    GATES_TAG,
+    ROLLOUT_ACTION_TAG,
+    ROLLOUT_GUARD_TAG,
+    ROLLOUT_STEP_TAG,
+    ROLLOUT_VERSION_TAG,
+    STATUS_TAG,
+)
 from mlops_assets.deployment import build as build_serving_definitions
 from mlops_assets.models import promotion
 from resources import rollouts
@@ -227,6 +236,28 @@ def test_a_healthy_version_walks_every_step_to_champion_and_survives_restarts(pl
     assert resolve_alias(reg.tracking_uri, "flights", "challenger") is None
     meta = runs[0][1].asset_materializations_for_node("flights__rollout")[0].metadata
     assert meta["verdict"].value == "complete" and meta["step"].value == "2/2" and meta["canary_requests"].value >= 40
+
+
+def test_a_step_whose_run_failed_before_serve_took_its_share_is_applied_by_the_next_run(platform):
+    reg = platform.reg
+    version = start(platform, "healthy")  # no client traffic: every step keeps baking
+    # what an advance run does before it fails on an unreachable Serve: the step recorded, its share not applied
+    metrics = rollouts.step_metrics(1, STEPS)
+    step = AuditEvent("rollout_step", version, actor="t", reason="t", alias="challenger", from_version=reg.champion, metrics=metrics)
+    record(reg.delta, "flights", step)
+    failed = {ROLLOUT_VERSION_TAG: str(version), ROLLOUT_STEP_TAG: "0", ROLLOUT_ACTION_TAG: "advance"}
+    job = platform.defs.resolve_job_def("flights_rollout")
+    platform.instance.create_run_for_job(job_def=job, tags=failed, status=dg.DagsterRunStatus.FAILURE)
+    assert control.traffic_of("flights")["canary_share"] == STEPS[0]
+    (request,) = platform.sensor("rollout").run_requests
+    assert request.tags[ROLLOUT_ACTION_TAG] == "apply"
+    result = platform.run("flights_rollout", request.tags)
+    assert result.success
+    assert control.traffic_of("flights")["canary_share"] == STEPS[1]
+    replica_status(platform, lambda s: s["traffic"]["canary_share"] == STEPS[1])
+    meta = result.asset_materializations_for_node("flights__rollout")[0].metadata
+    assert meta["verdict"].value == "wait" and meta["applied_share"].value == STEPS[1] and meta["step"].value == "2/2"
+    assert "step 2/2" in str(platform.sensor("rollout").skip_message)  # applied: the step bakes
 
 
 @pytest.mark.parametrize(("kind", "guard"), [("broken", "error_rate_increase"), ("shifted", "prediction_shift")])

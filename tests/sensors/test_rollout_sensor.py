@@ -1,0 +1,77 @@
+"""The rollout sensor against a real instance and a real audit log: a run that recorded a step but failed
+before Serve took its share is followed by `apply` runs, a bounded number of times."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mlops_assets.core.declaration import PACKAGED_PIPELINES, PromotionSpec, RolloutSpec, load_declaration
+from mlops_assets.core.names import REASON_TAG, ROLLOUT_ACTION_TAG, ROLLOUT_STEP_TAG, ROLLOUT_VERSION_TAG, RUN_KEY_TAG
+from mlops_assets.deployment import build as build_serving_definitions
+from resources import rollouts
+from resources.audit_log import AuditEvent, history, record
+from resources.delta_lake import DeltaLakeResource
+from resources.mlflow_registry import MlflowRegistryResource
+from resources.serving import ServingResource
+from sensors.run_attempts import RETRIES
+
+STEPS = (0.25, 0.5, 1.0)
+
+
+def _recorded(delta: DeltaLakeResource, action: str, step: int) -> None:
+    """The audit row a rollout run writes before it changes Serve."""
+    metrics = rollouts.step_metrics(step, STEPS)
+    record(delta, "flights", AuditEvent(action, 2, actor="t", reason="t", alias="challenger", from_version=1, metrics=metrics))
+
+
+def test_a_step_recorded_by_a_failed_run_is_applied_again_a_bounded_number_of_times(tmp_path):
+    base = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
+    # min_requests nobody sends here: every step keeps baking, so the sensor's only work is the repair
+    spec = RolloutSpec(steps=list(STEPS), bake_minutes=60, min_requests=10_000, check_seconds=1)
+    decl = base.model_copy(update={"promotion": PromotionSpec(policy="auto", rollout=spec)})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    delta = DeltaLakeResource(root=str(tmp_path / "delta"))
+    resources = {"delta": delta, "mlflow": MlflowRegistryResource(tracking_uri=uri), "serving": ServingResource(tracking_uri=uri)}
+    defs = dg.Definitions.merge(build_serving_definitions(decl), dg.Definitions(resources=resources))
+    sensor, job = defs.resolve_sensor_def("flights_rollout_sensor"), defs.resolve_job_def("flights_rollout")
+
+    with dg.instance_for_test() as instance:
+
+        def tick():
+            return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources))
+
+        def ran(tags: dict, status: dg.DagsterRunStatus) -> None:  # a rollout run as the daemon would have launched it
+            instance.create_run_for_job(job_def=job, tags=tags, status=status)
+
+        _recorded(delta, "rollout_start", 0)
+        assert "step 1/3" in tick().skip_message  # baking, nothing to do
+
+        # an advance run recorded step 2, then failed before Serve took its share
+        advance = {ROLLOUT_VERSION_TAG: "2", ROLLOUT_STEP_TAG: "0", ROLLOUT_ACTION_TAG: "advance"}
+        _recorded(delta, "rollout_step", 1)
+        ran(advance, dg.DagsterRunStatus.FAILURE)
+        (request,) = tick().run_requests
+        assert request.tags[ROLLOUT_ACTION_TAG] == "apply" and request.tags[ROLLOUT_STEP_TAG] == "1"
+        assert request.run_key == "rollout:v2:step1:apply"
+        ran({**request.tags, RUN_KEY_TAG: request.run_key}, dg.DagsterRunStatus.SUCCESS)
+        assert "step 2/3" in tick().skip_message and not tick().run_requests  # applied: baking again
+
+        # the next step's run fails the same way, and so does every apply run after it
+        _recorded(delta, "rollout_step", 2)
+        ran({**advance, ROLLOUT_STEP_TAG: "1"}, dg.DagsterRunStatus.FAILURE)
+        keys = []
+        for attempt in range(RETRIES + 1):
+            (request,) = tick().run_requests
+            keys.append(request.run_key)
+            if attempt:
+                assert request.tags[REASON_TAG].startswith(f"retry {attempt} of {RETRIES}")
+            ran({**request.tags, RUN_KEY_TAG: request.run_key}, dg.DagsterRunStatus.FAILURE)
+        assert len(set(keys)) == RETRIES + 1
+        given_up = tick()
+        assert not given_up.run_requests
+        assert "gave up" in given_up.skip_message and "materialize flights/rollout" in given_up.skip_message
+
+        # a rollout that ended has nothing to repair
+        record(delta, "flights", AuditEvent("rollout_abort", 2, actor="t", reason="t", alias="challenger"))
+        assert rollouts.current(history(delta, "flights")) is None
+        assert "no rollout" in tick().skip_message
