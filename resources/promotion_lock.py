@@ -6,14 +6,19 @@ process that moves an alias (promotion runs, rollout runs, `mlops approve` / `ro
 shares the Delta root, so the lease lives there: a one-row table per pipeline, taken by an
 overwrite committed on the snapshot that showed it free. Delta's optimistic concurrency
 refuses the second of two such commits (a concurrent transaction deleted the row it read),
-so exactly one taker wins; a holder that died is overtaken once its lease expires.
+so exactly one taker wins; a holder that died is overtaken once its lease expires. A live
+holder renews its lease while it holds it (a judgement reading a very large prediction log may
+take longer than the TTL), and a block whose lease was overtaken all the same (its process was
+paused past the TTL) fails when it ends, naming the new holder.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,12 +31,18 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 from mlops_assets.core.names import PROMOTION_LOCK
 from resources.delta_lake import DeltaLakeResource
 
+log = logging.getLogger(__name__)
+
 WAIT_S = 120.0  # how long a decision waits for the lease before it gives up, naming the holder
 TTL_S = 120.0  # a lease older than this is overtaken (its holder died); decisions take seconds
 
 
 class LeaseHeld(TimeoutError):
     """Another decision held the pipeline's promotion lease for longer than the wait allowed."""
+
+
+class LeaseLost(RuntimeError):
+    """The lease expired while its block ran and another decision took it: the two may have overlapped."""
 
 
 def _row(holder: str, expires_at: float) -> pa.Table:
@@ -68,6 +79,39 @@ def _try_take(delta: DeltaLakeResource, pipeline: str, holder: str, ttl_s: float
     return None
 
 
+def _renew(delta: DeltaLakeResource, pipeline: str, holder: str, ttl_s: float) -> str | None:
+    """Push the lease's expiry on; returns who holds it instead when it was overtaken."""
+    table = delta.table(pipeline, PROMOTION_LOCK)
+    holders = [r["holder"] for r in table.to_pyarrow_table().to_pylist()] if table is not None else []
+    if holders != [holder]:
+        return next((h for h in holders if h), "nobody (the lease was released)")
+    try:
+        write_deltalake(table, _row(holder, time.time() + ttl_s), mode="overwrite")
+    except CommitFailedError:
+        return _renew(delta, pipeline, holder, ttl_s)  # someone wrote meanwhile: read who
+    return None
+
+
+class _Renewal(threading.Thread):
+    """Renews the lease every quarter TTL until stopped; notes who took it if it was overtaken."""
+
+    def __init__(self, delta: DeltaLakeResource, pipeline: str, holder: str, ttl_s: float) -> None:
+        super().__init__(name=f"promotion-lease-{pipeline}", daemon=True)
+        self.delta, self.pipeline, self.holder, self.ttl_s = delta, pipeline, holder, ttl_s
+        self.stopped = threading.Event()
+        self.taken_by: str | None = None
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.ttl_s / 4):
+            try:
+                self.taken_by = _renew(self.delta, self.pipeline, self.holder, self.ttl_s)
+            except Exception as err:  # noqa: BLE001 - a storage hiccup: the next renewal tries again before the TTL runs out
+                log.warning("%s: renewing the promotion lease failed (%s); trying again", self.pipeline, err)
+                continue
+            if self.taken_by is not None:
+                return
+
+
 def _release(delta: DeltaLakeResource, pipeline: str, holder: str) -> None:
     table = delta.table(pipeline, PROMOTION_LOCK)
     if table is None:
@@ -81,7 +125,7 @@ def _release(delta: DeltaLakeResource, pipeline: str, holder: str) -> None:
 
 @contextmanager
 def promotion_lease(delta: DeltaLakeResource, pipeline: str, wait_s: float | None = None, ttl_s: float | None = None) -> Iterator[str]:
-    """Hold the pipeline's promotion lease for the block (decisions take well under the TTL)."""
+    """Hold the pipeline's promotion lease for the block, renewed every quarter TTL while it runs."""
     wait_s = WAIT_S if wait_s is None else wait_s
     ttl_s = TTL_S if ttl_s is None else ttl_s
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -90,7 +134,16 @@ def promotion_lease(delta: DeltaLakeResource, pipeline: str, wait_s: float | Non
         if time.monotonic() > deadline:
             raise LeaseHeld(f"{pipeline}: the promotion lease was held by {held_by} for more than {wait_s:g}s; try again")
         time.sleep(random.uniform(0.02, 0.1))
+    renewal = _Renewal(delta, pipeline, holder, ttl_s)
+    renewal.start()
     try:
         yield holder
     finally:
-        _release(delta, pipeline, holder)
+        renewal.stopped.set()
+        renewal.join()
+        _release(delta, pipeline, holder)  # only while it is still ours
+    if renewal.taken_by is not None:
+        raise LeaseLost(
+            f"{pipeline}: the promotion lease expired while this decision ran ({ttl_s:g}s without a renewal) and "
+            f"{renewal.taken_by} took it; check the audit log (`mlops history {pipeline}`) for overlapping decisions"
+        )

@@ -47,7 +47,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # failures a user meets rather than causes: the machine, a store or a service (not a bug in this code)
-USER_FACING = ("ModelLoadError", "MlflowException", "RestException", "CommitFailedError", "DeltaError", "RayError", "RaySystemError")
+USER_FACING = (
+    "ModelLoadError",
+    "LeaseLost",
+    "MlflowException",
+    "RestException",
+    "CommitFailedError",
+    "DeltaError",
+    "RayError",
+    "RaySystemError",
+)
 
 
 # a database that cannot be opened or is not one (SQLAlchemy's and sqlite3's classes of those exact names; their

@@ -11,7 +11,7 @@ import pytest
 
 from mlops_assets.core.names import PROMOTION_LOCK
 from resources.delta_lake import DeltaLakeResource
-from resources.promotion_lock import LeaseHeld, _try_take, promotion_lease
+from resources.promotion_lock import LeaseHeld, LeaseLost, _row, _try_take, promotion_lease
 
 
 def _hold_in_turn(root: str, out, turns: int) -> None:
@@ -71,6 +71,26 @@ def test_an_expired_lease_is_overtaken_and_a_live_one_makes_the_wait_give_up(tmp
     time.sleep(0.3)
     with promotion_lease(delta, "p", wait_s=5) as holder:
         assert delta.table("p", PROMOTION_LOCK).to_pyarrow_table().to_pylist()[0]["holder"] == holder
+
+
+def test_a_live_holder_renews_its_lease_past_the_ttl_and_learns_when_it_was_overtaken(tmp_path):
+    from deltalake import write_deltalake
+
+    delta = DeltaLakeResource(root=str(tmp_path))
+    with promotion_lease(delta, "p", ttl_s=0.4) as holder:
+        time.sleep(1.2)  # three TTLs: without renewals any taker would have overtaken it
+        with pytest.raises(LeaseHeld, match=f"held by {holder}"):
+            with promotion_lease(delta, "p", wait_s=0.3):
+                pass
+    assert delta.table("p", PROMOTION_LOCK).to_pyarrow_table().to_pylist()[0]["holder"] == ""  # released
+
+    with pytest.raises(LeaseLost, match="took-it-after-expiry"):
+        with promotion_lease(delta, "p", ttl_s=0.4):
+            # what a taker does once the lease expired (this process paused past the TTL, say)
+            write_deltalake(delta.table("p", PROMOTION_LOCK), _row("took-it-after-expiry", time.time() + 60), mode="overwrite")
+            time.sleep(0.5)
+    rows = delta.table("p", PROMOTION_LOCK).to_pyarrow_table().to_pylist()
+    assert rows[0]["holder"] == "took-it-after-expiry"  # the new holder's lease is left alone
 
 
 def test_a_promotion_waits_for_the_lease(tmp_path, monkeypatch):
