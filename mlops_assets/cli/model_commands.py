@@ -1,4 +1,4 @@
-"""`mlops` commands about models: status, approve, rollback, history, reproduce.
+"""`mlops` commands about models: status, gate, approve, rollback, history, reproduce.
 
 They act on the same registry and audit log as the Dagster assets, through the
 same functions, configured from the environment ($MLOPS_HOME, MLOPS_DELTA_URI,
@@ -104,6 +104,26 @@ def approve(args: argparse.Namespace) -> int:
     return 0
 
 
+def gate(args: argparse.Namespace) -> int:
+    """The gates of one version against the champion now, as the gates check runs them for the version it trained:
+    after the champion moved, a version waiting for approval needs them again before it can be approved."""
+    from mlops_assets.models.gates import evaluate
+    from mlops_assets.models.promotion import record_evaluation
+
+    decl = pipeline_by_name(args.pipeline)
+    delta, registry = delta_lake(), mlflow_registry()
+    evaluation = evaluate(decl, delta, registry, str(version_number(args.version)))
+    record_evaluation(delta, registry, evaluation, actor=f"cli:{args.by}", dagster_run_id="")
+    against = f"champion v{evaluation.champion_version}" if evaluation.champion_version else "no champion"
+    for g in evaluation.gates:
+        print(f"  {g.name:<22}{'passed' if g.passed else 'FAILED'}  {g.description}")
+    if not evaluation.passed:
+        print(f"{decl.name}: v{evaluation.version} failed its gates against {against}: {', '.join(evaluation.failed)}")
+        return 1
+    print(f"{decl.name}: v{evaluation.version} passed its gates against {against}")
+    return 0
+
+
 def rollback(args: argparse.Namespace) -> int:
     from mlops_assets.models.promotion import rollback as rollback_champion
 
@@ -163,6 +183,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("status", help="champion and challenger of each model: metrics and data ranges")
     p.add_argument("pipeline", nargs="?", help="one pipeline (default: all declared)")
     p.set_defaults(handler=status)
+
+    p = commands.add_parser("gate", help="run a model version's gates against the champion now and record them")
+    p.add_argument("pipeline")
+    p.add_argument("version")
+    p.add_argument("--by", default=_who(), help="who runs them (default: the current user)")
+    p.set_defaults(handler=gate)
 
     p = commands.add_parser("approve", help="approve a model version that passed its gates: it becomes champion")
     p.add_argument("pipeline")

@@ -118,7 +118,10 @@ def stale_comparison(mv, champion) -> str | None:
     if compared_with == now:
         return None
     was = f"champion {_named(compared_with)}" if compared_with is not None else "no recorded champion"
-    return f"gates compared v{mv.version} with {was}, but the champion is now {_named(now)}; re-run the gates to compare with it"
+    return (
+        f"gates compared v{mv.version} with {was}, but the champion is now {_named(now)}; re-run the gates to compare "
+        f"with it (`mlops gate {mv.name} {mv.version}`)"
+    )
 
 
 def _require_passed(mv, what: str) -> None:

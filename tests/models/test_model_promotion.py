@@ -245,7 +245,8 @@ def test_no_alias_moves_without_its_audit_row(model_home, monkeypatch):
 
 def test_an_approval_of_gates_compared_with_another_champion_is_refused(model_home, capsys):
     """v2 and v3 both passed their gates against v1. Once v3 is approved, approving v2 would replace v3 with
-    a version never compared with it: refused as policy auto refuses it, and nothing changes."""
+    a version never compared with it: refused as policy auto refuses it, and nothing changes, until `mlops gate`
+    compares v2 with v3."""
     model_home.declare(flights_variant(policy="manual"))
     for window in (21, 22, 23):
         assert model_home.platform(flights_variant(policy="manual", training={"window_days": window})).run("flights_train").success
@@ -258,7 +259,15 @@ def test_an_approval_of_gates_compared_with_another_champion_is_refused(model_ho
     code, _, err = model_home.mlops("approve", "flights", "2", "--by", "dave", "--reason", "also good", capsys=capsys)
     assert code != 0 and "Traceback" not in err
     assert "gates compared v2 with champion v1, but the champion is now v3; re-run the gates" in err
+    assert "`mlops gate flights 2`" in err
     assert aliases(model_home) == (3, None) and history(plat.delta, "flights").height == before
+    # the gates again, against v3 now: what the refusal says to do, and then v2 can be decided on
+    code, out, _ = model_home.mlops("gate", "flights", "2", "--by", "dave", capsys=capsys)
+    assert code == 0 and "flights: v2 passed its gates against champion v3" in out and "no_regression" in out, out
+    assert model_home.registry.client().get_model_version("flights", "2").tags["mlops.gates_champion"] == "3"
+    code, out, _ = model_home.mlops("approve", "flights", "2", "--by", "dave", "--reason", "also good", capsys=capsys)
+    assert code == 0 and "champion -> v2 (was v3)" in out
+    assert aliases(model_home) == (2, None)
 
 
 def test_a_version_waiting_for_approval_leaves_the_challenger_alias_to_a_rollout_in_progress(model_home, capsys):
