@@ -10,6 +10,8 @@ one pass over the current data:
   distance for numerical columns with more than 5 distinct values, Jensen-Shannon
   distance otherwise (threshold 0.1); smaller references -> Kolmogorov-Smirnov,
   chi-square or a two-proportion z-test (p-value below 0.05 means drift);
+- a column the reference had values of and the current data has none of (all null, NaN or
+  infinite) counts as drifted (``all values missing``); Evidently would skip it;
 - the Wasserstein distance is computed from quantile functions
   (W1 = integral of |Q_ref(u) - Q_cur(u)| du) on a fine grid, so the reference is
   a few thousand numbers, not the training data.
@@ -31,6 +33,7 @@ QUANTILE_GRID = 2000
 SMALL_REFERENCE = 1000  # Evidently switches tests at this many reference rows
 DISTANCE_THRESHOLD = 0.1
 P_VALUE_THRESHOLD = 0.05
+ALL_MISSING = "all values missing"  # the method of a column with no finite current value: its score is the share missing
 
 
 @dataclass(frozen=True)
@@ -195,9 +198,16 @@ def detect(reference: ReferenceProfile, current: pl.DataFrame, share_threshold: 
     for name, ref in reference.columns.items():
         if name not in current.columns:
             raise KeyError(f"drift: column '{name}' of the reference is missing from the current data")
-        if ref.rows == 0 or current.get_column(name).drop_nulls().len() == 0:
-            continue  # nothing to compare; Evidently skips empty columns too
-        method, score, threshold, drifted = _column(ref, current.get_column(name))
+        values = current.get_column(name)
+        if ref.rows == 0 or values.len() == 0:
+            continue  # nothing to compare
+        present = _numeric(values).size if ref.kind == "numerical" else values.drop_nulls().len()
+        if present == 0:
+            # Evidently skips an empty column; here a feature the reference had and the current data lost entirely
+            # (a broken upstream join, say) is drift: the model sees nothing of it
+            rows.append((name, ALL_MISSING, 1.0, 1.0, True))
+            continue
+        method, score, threshold, drifted = _column(ref, values)
         rows.append((name, method, score, threshold, drifted))
     table = pl.DataFrame(
         rows,

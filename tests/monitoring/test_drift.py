@@ -83,3 +83,18 @@ def test_a_key_column_the_drift_check_does_not_compare_is_refused():
     assert checked_key_columns(["dep_delay"], reference) == ["dep_delay"]
     with pytest.raises(DeclarationError, match=r"drift\.key_columns names \['dep_dealy'\], which the drift check does not compare"):
         checked_key_columns(["dep_dealy"], reference)
+
+
+@pytest.mark.parametrize("reference_rows", [5000, 300])  # the large-reference tests and the small-reference ones
+@pytest.mark.parametrize("lost", [None, float("nan"), float("inf")])
+def test_a_column_with_no_finite_current_value_is_drifted_not_skipped_or_a_crash(reference_rows, lost):
+    """A broken upstream join empties a feature: it used to drop out of the result (no alert), crash on an empty
+    quantile grid, or score NaN and count as not drifted."""
+    rng = np.random.default_rng(3)
+    ref = pl.DataFrame({"temp": rng.normal(10, 5, reference_rows), "flag": rng.integers(0, 2, reference_rows).astype(float)})
+    reference = profile(ref, ["temp", "flag"], [])
+    current = pl.DataFrame({"temp": pl.Series([lost] * 200, dtype=pl.Float64), "flag": pl.Series([lost] * 200, dtype=pl.Float64)})
+    result = detect(reference, current, share_threshold=0.5)
+    assert result.columns.rows() == [("temp", "all values missing", 1.0, 1.0, True), ("flag", "all values missing", 1.0, 1.0, True)]
+    assert result.dataset_drift and result.drifted() == ["temp", "flag"]
+    assert detect(reference, current.head(0)).columns.height == 0  # no rows at all: nothing to compare
