@@ -24,6 +24,7 @@ from mlops_assets.core.names import (
     FEATURES,
     PARTITION_COLUMN,
     PREDICTION_LOG,
+    PROFILES,
     QUARANTINE,
     RAW,
     SOURCE_ROW,
@@ -124,7 +125,7 @@ def parse_predicate(text: str, decl: PipelineDeclaration) -> Predicate:
                 raise PredicateError(f"--where: {column} is a {spec.type} column; compare it with a quoted value, not {value}")
             if "." in value and spec.type.startswith("int"):
                 raise PredicateError(f"--where: {column} is an {spec.type} column; {value} is not an integer")
-            return float(value) if "." in value else int(value)
+            return float(value) if "." in value or spec.type.startswith("float") else int(value)  # one type per list
         if kind == "word" and spec.type in ("str", "date", "datetime"):  # carrier = UA
             raise PredicateError(f'--where: {column} is a {spec.type} column; quote its value, as in {column} = "{value}"')
         raise PredicateError(f"--where: expected a value after {column}, found {value or 'the end'}")
@@ -180,6 +181,7 @@ class Erasure:
     tagged_versions: list[int] = field(default_factory=list)
     vacuumed_files: int = 0
     retention_hours: int = 0
+    unsearchable_log_rows: int = 0  # prediction-log rows without a subject column the predicate reads
 
     def report(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
@@ -190,6 +192,12 @@ class Erasure:
             lines.append(
                 f"model versions trained on them: {', '.join(f'v{v}' for v in self.tagged_versions)}"
                 + (" (would be tagged)" if self.dry_run else f" (tagged {ERASED_TAG}; the retrain sensor replaces the champion)")
+            )
+        if self.unsearchable_log_rows:
+            lines.append(
+                f"warning: {self.unsearchable_log_rows} prediction-log rows carry no subject_ value for the columns of the "
+                "predicate (logged before governance.subject_columns named them, or by requests without them): this "
+                "erasure could not search them"
             )
         if not self.dry_run and self.retention_hours == 0:
             lines.append(f"vacuumed {self.vacuumed_files} data files: the rows are gone from every Delta version too")
@@ -264,8 +272,20 @@ def erase(
             result.rows[table] = 0
             continue
         result.rows[table] = lf.join(keys.lazy(), on=[PARTITION_COLUMN, SOURCE_ROW], how="semi").select(pl.len()).collect().item()
-    present = logged is not None and all(SUBJECT_PREFIX + c in logged.collect_schema() for c in predicate.columns)
-    result.rows[PREDICTION_LOG] = logged.filter(predicate.expr(SUBJECT_PREFIX)).select(pl.len()).collect().item() if present else 0
+    if logged is not None:
+        carried = logged.collect_schema()
+        present = all(SUBJECT_PREFIX + c in carried for c in predicate.columns)
+        result.rows[PREDICTION_LOG] = logged.filter(predicate.expr(SUBJECT_PREFIX)).select(pl.len()).collect().item() if present else 0
+        # rows logged without a subject column the predicate reads (before it was declared, or a request without
+        # it) cannot be matched: counted, so the report and the audit row say what this erasure could not search
+        unmarked = [pl.col(SUBJECT_PREFIX + c).is_null() for c in predicate.columns if SUBJECT_PREFIX + c in carried]
+        result.unsearchable_log_rows = (
+            logged.select(pl.len()).collect().item()
+            if not present
+            else logged.filter(pl.any_horizontal(unmarked)).select(pl.len()).collect().item()
+        )
+    else:
+        result.rows[PREDICTION_LOG] = 0
     result.tagged_versions = _trained_on(mlflow, decl.name, result.partitions)
     if dry_run:
         return result
@@ -289,6 +309,7 @@ def erase(
                 "rows_deleted": result.rows,
                 "days": len(result.partitions),
                 "tagged_versions": result.tagged_versions,
+                "unsearchable_log_rows": result.unsearchable_log_rows,
                 "retention_hours": decl.governance.erasure_retention_hours,
                 "at": datetime.now(UTC).isoformat(),
             },
@@ -302,8 +323,10 @@ def erase(
                 delta.delete(decl.name, table, where_keys, dagster_run_id, why)
     if result.rows[PREDICTION_LOG]:
         delta.delete(decl.name, PREDICTION_LOG, predicate.sql(SUBJECT_PREFIX), dagster_run_id, why)
+    if result.tagged_versions:  # drift profiles of their windows (value counts; a small window's values): made again without the rows
+        delta.delete(decl.name, PROFILES, f"model_version IN ({', '.join(map(str, result.tagged_versions))})", dagster_run_id, why)
     if keys.height:
         delta.delete(decl.name, RAW, predicate.sql(), dagster_run_id, why)
-    for table in (RAW, *KEYED_TABLES, PREDICTION_LOG):  # every table, every time: a re-run completes an interrupted vacuum
+    for table in (RAW, *KEYED_TABLES, PREDICTION_LOG, PROFILES):  # every table, every time: a re-run completes an interrupted vacuum
         result.vacuumed_files += len(delta.vacuum(decl.name, table, decl.governance.erasure_retention_hours))
     return result

@@ -81,9 +81,9 @@ def build_card(decl: PipelineDeclaration, delta: DeltaLakeResource, mlflow: Mlfl
     run_metrics = run.data.metrics if run else {}
     tags = mv.tags
     md: list[str] = [f"# Model card: {decl.name} v{version}\n"]
-    status = tags.get(STATUS_TAG, "unknown")
+    status = html.escape(tags.get(STATUS_TAG, "unknown"))  # registry tags anyone with registry access can edit: never markup
     aliases = ", ".join(f"`{a}`" for a in sorted(mv.aliases)) or "none"
-    md.append(f"Status **{status}**; aliases {aliases}; gates {tags.get(GATES_TAG, 'not run')}.")
+    md.append(f"Status **{status}**; aliases {aliases}; gates {html.escape(tags.get(GATES_TAG, 'not run'))}.")
     if tags.get(ERASED_TAG):
         md.append(
             f"\n**Rows this version trained on were erased** (erasure `{tags[ERASED_TAG]}`): it cannot be reproduced and is due for replacement."

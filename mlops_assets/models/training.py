@@ -176,12 +176,13 @@ def plan_training(decl: PipelineDeclaration, delta: DeltaLakeResource, end: str 
     )
 
 
-def read_window(plan: TrainingPlan, delta: DeltaLakeResource) -> pl.DataFrame:
-    """The plan's partitions at the plan's exact Delta version, in a fixed row order."""
+def read_window(plan: TrainingPlan, delta: DeltaLakeResource, as_now: bool = False) -> pl.DataFrame:
+    """The plan's partitions at the plan's exact Delta version, in a fixed row order; `as_now`: the same days as
+    the table holds them now (for a version whose training rows were since erased and vacuumed away)."""
     uri = delta.table_uri(plan.pipeline, FEATURES)
     if uri != plan.features_table:
         raise ValueError(f"the features table is now {uri}, but the model was trained on {plan.features_table}")
-    lf = delta.scan(plan.pipeline, FEATURES, plan.features_version)
+    lf = delta.scan(plan.pipeline, FEATURES, None if as_now else plan.features_version)
     if lf is None:
         raise LookupError(f"features table {plan.features_table} does not exist")
     return (

@@ -31,7 +31,6 @@ from mlops_assets.core.names import (
 )
 from mlops_assets.core.partitions import backfill_policy
 from mlops_assets.metadata import preview
-from mlops_assets.models import training
 from mlops_assets.monitoring import batch_scoring, drift_metrics
 from mlops_assets.monitoring.drift import detect
 from mlops_assets.monitoring.drift_report import evidently_drift
@@ -64,7 +63,7 @@ def html_report(
     if not decl.drift.html_report:
         return ""
 
-    reference = training.read_window(champ.plan, delta)
+    reference = drift_metrics.reference_window(delta, champ)
     path = MlopsHome.from_env().reports / decl.name / f"{name}.html"
     evidently_drift(reference, current, champ.numerical, champ.categorical, html_path=path, sample_rows=decl.drift.report_sample_rows)
     return str(path)

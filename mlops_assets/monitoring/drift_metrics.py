@@ -23,6 +23,13 @@ from resources.pipeline_tables import DRIFT_SCHEMA
 from resources.registered_models import Champion
 
 
+def reference_window(delta: DeltaLakeResource, model: Champion) -> pl.DataFrame:
+    """What drift is measured against: the version's training window at its recorded Delta version or, once rows it
+    trained on were erased, the same days without them (a vacuum may have removed the recorded version's files, and
+    the erased rows must not be read again)."""
+    return training.read_window(model.plan, delta, as_now=model.erased is not None)
+
+
 def reference_profile(delta: DeltaLakeResource, model: Champion, run_id: str = "") -> ReferenceProfile:
     """The training-window profile of a model version, computed once and cached."""
     cached = delta.scan(model.plan.pipeline, PROFILES)
@@ -30,7 +37,7 @@ def reference_profile(delta: DeltaLakeResource, model: Champion, run_id: str = "
         hit = cached.filter(pl.col("model_version") == model.version).select("profile").head(1).collect()
         if hit.height:
             return ReferenceProfile.from_json(hit.item())
-    frame = training.read_window(model.plan, delta)
+    frame = reference_window(delta, model)
     result = profile(frame, model.numerical, model.categorical)
     row = pl.DataFrame(
         {

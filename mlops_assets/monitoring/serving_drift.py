@@ -45,13 +45,12 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
             )
         through = int(logged.select(pl.col("logged_at").dt.epoch("us").max()).item())
         window = f"log {datetime.fromtimestamp(after / 1e6, UTC):%Y-%m-%dT%H:%M:%S}..{datetime.fromtimestamp(through / 1e6, UTC):%Y-%m-%dT%H:%M:%S}"
-        summary, alerts, html = [], [], ""
-        for (version,), served in logged.group_by("model_version"):
+        summary, alerts, reports = [], [], {}
+        for (version,), served in logged.sort("model_version").group_by("model_version", maintain_order=True):
             model = registered_models.model_version(decl.name, mlflow, int(version))
             reference = drift_metrics.reference_profile(delta, model, context.run.run_id)
             result = detect(reference, served, decl.drift.share_threshold)
-            if not html:
-                html = html_report(decl, delta, model, served, f"serving_drift_{through}_v{version}")
+            html = reports[int(version)] = html_report(decl, delta, model, served, f"serving_drift_{through}_v{version}")
             written = drift_metrics.record(
                 delta,
                 decl.name,
@@ -84,8 +83,9 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
             "alert": bool(alerts),
             "alert_reason": "; ".join(alerts) or "none",
         }
-        if html:
-            metadata["report"] = dg.MetadataValue.path(html)
+        for version, html in reports.items():  # one Evidently report per version that answered, against its own window
+            if html:
+                metadata[f"report_v{version}"] = dg.MetadataValue.path(html)
         return dg.MaterializeResult(metadata=metadata)
 
     return serving_drift

@@ -11,10 +11,22 @@ import pytest
 
 from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.feature_contract import load_feature_module
-from mlops_assets.core.names import ERASED_TAG, FEATURES, PARTITION_COLUMN, PREDICTION_LOG, QUARANTINE, RAW, SOURCE_ROW, SUBJECT_PREFIX
+from mlops_assets.core.names import (
+    ERASED_TAG,
+    FEATURES,
+    PARTITION_COLUMN,
+    PREDICTION_LOG,
+    PROFILES,
+    QUARANTINE,
+    RAW,
+    SOURCE_ROW,
+    SUBJECT_PREFIX,
+)
 from mlops_assets.governance.erasure import PredicateError, parse_predicate
+from mlops_assets.monitoring import drift_metrics
 from resources.audit_log import history
 from resources.pipeline_tables import reference_as_of
+from resources.registered_models import champion
 from serving.prediction_log import log_rows
 from tests.support.models import flights_variant, sensor_tick, train
 
@@ -26,7 +38,7 @@ def _log_predictions(plat, decl: PipelineDeclaration, records: pl.DataFrame) -> 
     module = load_feature_module(decl)
     reference, _ = reference_as_of(plat.delta, decl, module, "2013-01-30")
     features = module.build(records.select(list(decl.table_schema.columns)), reference)
-    logged = features.hstack(records.select(pl.col("tailnum").alias(SUBJECT_PREFIX + "tailnum")))
+    logged = features.hstack(records.select(pl.col(c).alias(SUBJECT_PREFIX + c) for c in decl.governance.subject_columns))
     result = {"predictions": [1.0] * records.height}
     rows = log_rows(
         features=logged,
@@ -68,6 +80,8 @@ def test_erasure_leaves_no_row_in_any_table_or_version_audits_tags_and_retrains(
     before = {t: _matches(plat, t, predicate, keys) for t in tables}
     assert before[RAW] == keys.height > 3 and before[FEATURES] > 0 and before[PREDICTION_LOG] == 3
     versions_before = {t: plat.delta.version("flights", t) for t in tables}
+    profiled = drift_metrics.reference_profile(plat.delta, champion("flights", model_home.registry))  # cached for v2
+    profiled_rows = plat.delta.scan("flights", PROFILES).filter(pl.col("model_version") == 2).collect()["rows"][0]
 
     code, out, err = model_home.mlops(
         "erase", "flights", "--where", where, "--by", "dpo", "--reason", "request 7", "--dry-run", capsys=capsys
@@ -93,6 +107,15 @@ def test_erasure_leaves_no_row_in_any_table_or_version_audits_tags_and_retrains(
                 continue
             assert found == 0, f"{table}@v{version} still holds erased rows"
     assert unreadable > 0  # the versions that held the rows are the ones the vacuum took
+    # drift against v2 still works: its cached profile (counted with the rows) is gone, and it is made again from
+    # the same days without them, since the recorded version's files are gone too
+    assert plat.delta.scan("flights", PROFILES).filter(pl.col("model_version") == 2).collect().height == 0
+    erased = champion("flights", model_home.registry)
+    assert erased.erased is not None
+    again = drift_metrics.reference_profile(plat.delta, erased)
+    cached = plat.delta.scan("flights", PROFILES).filter(pl.col("model_version") == 2).collect()
+    assert cached.height == 1 and cached["rows"][0] == profiled_rows - before[FEATURES]
+    assert again.columns.keys() == profiled.columns.keys()
 
     events = history(plat.delta, "flights").filter(pl.col("action") == "erase")
     assert events.height == 1
@@ -144,9 +167,34 @@ def test_an_erasure_the_prediction_log_cannot_reach_is_refused_before_anything_c
     code, _, err = model_home.mlops("erase", "flights", "--where", 'tailnum = "N1"', "--by", "dpo", "--reason", "r", capsys=capsys)
     assert code == 2 and "governance.subject_columns" in err and "none declared" in err
     assert plat.delta.version("flights", RAW) == before
+    mixed = parse_predicate("dep_delay in (1, 2.5)", decl)  # a float column's list of ints and fractions: one type
+    assert (
+        mixed.clauses[0].values == (1.0, 2.5)
+        and raw.filter(mixed.expr()).height == raw.filter(pl.col("dep_delay").is_in([1.0, 2.5])).height
+    )
     assert parse_predicate('tailnum in ("N1", "N2") and origin = "EWR"', decl).sql() == "\"tailnum\" IN ('N1', 'N2') AND \"origin\" = 'EWR'"
     # quotes inside a value stay inside the literal; datetimes compare as datetimes
     assert parse_predicate("tailnum = \"N1' OR '1'='1\"", decl).sql() == "\"tailnum\" = 'N1'' OR ''1''=''1'"
     by_time = parse_predicate('time_hour >= "2013-01-02T05:00:00Z" and tailnum = "N1"', decl)
     rows = raw.filter(by_time.expr())
     assert rows.height == 0 or (rows["time_hour"].min() >= datetime(2013, 1, 2, 5, tzinfo=UTC))
+
+
+def test_prediction_log_rows_logged_before_the_subject_column_was_declared_are_reported_unsearchable(model_home, capsys):
+    """They carry no subject_ value, so no predicate reaches them: the erasure goes on through every other table and
+    says, in its report and its audit row, how many log rows it could not search."""
+    decl = flights_variant(**GOVERNED)
+    model_home.declare(decl)
+    plat = model_home.platform(decl)
+    raw = plat.delta.scan("flights", RAW).collect()
+    subject = raw.get_column("tailnum").drop_nulls()[0]
+    _log_predictions(plat, flights_variant(governance={"subject_columns": []}), raw.head(3))  # no subject_tailnum column
+    where = f'tailnum = "{subject}"'
+    code, out, _ = model_home.mlops("erase", "flights", "--where", where, "--by", "dpo", "--reason", "r", capsys=capsys)
+    assert code == 0 and "warning: 3 prediction-log rows carry no subject_ value" in out, out
+    assert plat.delta.scan("flights", RAW).filter(pl.col("tailnum") == subject).collect().height == 0
+    details = json.loads(history(plat.delta, "flights").filter(pl.col("action") == "erase").tail(1)["metrics"][0])
+    assert details["unsearchable_log_rows"] == 3
+    _log_predictions(plat, decl, raw.head(2))  # logged with the column now: those rows are searchable
+    code, out, _ = model_home.mlops("erase", "flights", "--where", where, "--by", "dpo", "--reason", "r", capsys=capsys)
+    assert code == 0 and "warning: 3 prediction-log rows" in out  # the old rows, null in the column now the log has it

@@ -45,3 +45,8 @@ def test_the_champions_card_names_its_delta_versions_gates_and_history_and_is_re
     assert later.run("flights_train").success  # v2 replaces v1: both stories change
     again = sensor_tick(later, "flights_model_card_sensor", cursor=tick.cursor)
     assert sorted(r.partition_key for r in again.run_requests) == ["1", "2"]
+    # registry tags are anyone's to edit: the card shows them as text, never as markup
+    model_home.registry.client().set_model_version_tag("flights", "1", "mlops.status", "<img src=x onerror=alert(1)>")
+    result = later.defs.resolve_job_def("flights_model_card").execute_in_process(instance=later.instance, partition_key="1")
+    html = open(result.asset_materializations_for_node("flights__model_card")[0].metadata["html"].value).read()
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html

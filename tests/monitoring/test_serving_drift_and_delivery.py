@@ -157,3 +157,21 @@ def test_rollouts_count_in_delivery_metrics_and_a_rollback_is_a_failed_change_wi
     assert snapshot["promotion_decisions"] == 3 and snapshot["failed_changes"] == 1  # two promotions, one rollback
     assert snapshot["change_failure_rate"] == 1 / 3
     assert snapshot["rollback_time_to_restore_median_s"] == 42.0
+
+
+def test_each_version_that_answered_gets_its_own_html_report(model_home):
+    """A canary window holds two versions' answers: each is compared with its own training window, in its own
+    Evidently report (they all linked the first version's report)."""
+    decl = flights_variant(drift={"serving_window_rows": 10, "html_report": True, "report_sample_rows": 500, "cooldown_minutes": 0})
+    plat = model_home.platform(decl)
+    assert train(plat, end="2013-01-20").success and train(plat).success
+    models = {v: registered_models.model_version("flights", plat.resources()["mlflow"], v) for v in (1, 2)}
+    for version, day in ((1, "2013-01-21"), (2, "2013-01-22")):
+        plat.delta.append("flights", "prediction_log", served_log(plat, day, version, models[version].plan))
+    result = materialize(plat, ["flights", "serving_drift"])
+    meta = result.asset_materializations_for_node("flights__serving_drift")[0].metadata
+    reports = {v: meta[f"report_v{v}"].value for v in (1, 2)}
+    assert reports[1] != reports[2] and reports[1].endswith("_v1.html") and reports[2].endswith("_v2.html")
+    rows = plat.delta.scan("flights", "drift_metrics").filter(pl.col("source") == "serving").collect()
+    linked = dict(rows.select("model_version", "html_report").unique().iter_rows())
+    assert linked == reports
