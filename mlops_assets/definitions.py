@@ -30,6 +30,7 @@ def build_definitions(declarations: Sequence[PipelineDeclaration], resources: di
 def location() -> dg.Definitions:
     if os.environ.get("MLOPS_PIPELINES"):
         return build_definitions(load_declarations())
+    load_declarations()  # the defs folder's pipelines checked together first: unique names, no derived name twice
     # the package's parent is the project root, installed editable or not
     tree = dg.ComponentTree.from_module(defs_module=defs_folder, project_root=Path(defs_folder.__file__).parents[2])
     return dg.Definitions.merge(tree.build_defs(), platform_resources())

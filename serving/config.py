@@ -19,10 +19,10 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.names import GATEWAY_APP
 from resources.registered_models import ModelSource
 from resources.serving import ServeSettings
 
-GATEWAY_APP = "mlops"
 APP_BUILDER = "serving.app:build_app"
 GATEWAY_BUILDER = "serving.app:build_gateway"
 V1_APP_BUILDER = "serving.app:build_v1_app"

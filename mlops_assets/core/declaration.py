@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from mlops_assets.core.metrics import ALL_METRIC_NAMES, METRICS, RATE_METRICS
+from mlops_assets.core.names import GATEWAY_APP, derived_names
 
 # the package's own defs folder (a Dagster Components defs folder): one folder per pipeline, each
 # with a defs.yaml whose component type is MLPIPELINE_TYPE and whose attributes are the declaration
@@ -73,10 +74,19 @@ class ColumnSpec(_Strict):
     def _bounds(self) -> "ColumnSpec":
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
-        if (self.min is not None or self.max is not None) and self.type in ("str", "bool"):
-            raise ValueError(f"min/max do not apply to a {self.type} column")
-        if self.allowed is not None and len(self.allowed) == 0:
-            raise ValueError("allowed must list at least one value")
+        if (self.min is not None or self.max is not None) and self.type in ("str", "bool", "date", "datetime"):
+            raise ValueError(f"min/max do not apply to a {self.type} column")  # a number against a date passed every row
+        if self.allowed is not None:
+            if len(self.allowed) == 0:
+                raise ValueError("allowed must list at least one value")
+            if self.type in ("bool", "date", "datetime"):
+                raise ValueError(f"allowed does not apply to a {self.type} column")
+            # ["0", "1"] for an int column (a YAML quoting slip) loaded, then failed every ingest
+            wanted = str if self.type == "str" else int if self.type.startswith("int") else (int, float)
+            wrong = [v for v in self.allowed if not isinstance(v, wanted) or isinstance(v, bool)]
+            if wrong:
+                kind = "text" if self.type == "str" else "numbers"
+                raise ValueError(f"allowed values of a {self.type} column must be {kind}, not {wrong[:3]}")
         return self
 
 
@@ -84,9 +94,9 @@ FILE_EXTENSIONS = {"parquet": ".parquet", "csv": ".csv"}  # a landing format's f
 
 
 class LandingSpec(_Strict):
-    """Where files land. ``uri`` defaults to ``$MLOPS_HOME/landing/<pipeline>``."""
+    """What lands. Where is the deployment's: ``<landing resource root>/<pipeline>``, by default
+    ``$MLOPS_HOME/landing/<pipeline>`` (MLOPS_LANDING_URI or the resource's ``root`` elsewhere)."""
 
-    uri: str | None = None
     format: Literal["parquet", "csv"]
     file_pattern: str = "{partition}.parquet"
     reference_tables: dict[Identifier, str] = Field(
@@ -98,6 +108,11 @@ class LandingSpec(_Strict):
     @classmethod
     def _pattern_of_the_format(cls, data: Any) -> Any:
         """Without a file_pattern, files are named for the format: `{partition}.csv` for CSV."""
+        if isinstance(data, dict) and "uri" in data:  # it was accepted once and never read: the folder watched was another
+            raise ValueError(
+                "landing.uri is not a declaration setting: files land in <landing root>/<pipeline>, the root set per "
+                "deployment (the landing resource's root, MLOPS_LANDING_URI; default $MLOPS_HOME/landing)"
+            )
         if isinstance(data, dict) and "file_pattern" not in data and data.get("format") in FILE_EXTENSIONS:
             return {**data, "file_pattern": "{partition}" + FILE_EXTENSIONS[data["format"]]}
         return data
@@ -440,6 +455,13 @@ class PipelineDeclaration(_Strict):
     serving: ServingSpec = ServingSpec()
     governance: GovernanceSpec = GovernanceSpec()
 
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name == GATEWAY_APP:
+            raise ValueError(f"'{name}' is the name of the serving gateway's Ray Serve application; name the pipeline otherwise")
+        return name
+
     @model_validator(mode="after")
     def _target(self) -> "PipelineDeclaration":
         col = self.table_schema.columns.get(self.target.column)
@@ -447,6 +469,8 @@ class PipelineDeclaration(_Strict):
             raise ValueError(f"target.column '{self.target.column}' is not a declared schema column")
         if self.target.task in ("binary", "multiclass") and not (self.target.classes or col.allowed):
             raise ValueError(f"target.classes is required for a {self.target.task} target")
+        if self.target.classes and col.allowed is not None and (outside := [c for c in self.target.classes if c not in col.allowed]):
+            raise ValueError(f"target.classes {outside} are not among schema.columns.{self.target.column}.allowed: no row could have them")
         declared = set(self.table_schema.columns)
         fairness = self.gates.fairness
         if fairness is not None:
@@ -613,4 +637,19 @@ def load_declarations(spec: str | None = None) -> list[PipelineDeclaration]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DeclarationError(f"pipeline names must be unique; declared more than once: {dupes}")
+    check_distinct_names(decls)
     return decls
+
+
+def check_distinct_names(decls: list[PipelineDeclaration]) -> None:
+    """No two pipelines may derive the same job, sensor or schedule name (`a` and `a_serving` both derive
+    `a_serving_drift_sensor`): Dagster would refuse the code location with an error naming neither pipeline."""
+    seen: dict[str, str] = {}
+    for decl in decls:
+        for name in sorted(derived_names(decl)):
+            if seen.get(name, decl.name) != decl.name:
+                raise DeclarationError(
+                    f"pipelines '{seen[name]}' and '{decl.name}' both derive the Dagster name '{name}'; rename one "
+                    "(a pipeline name that is another's plus a suffix such as _serving can collide)"
+                )
+            seen[name] = decl.name

@@ -87,6 +87,10 @@ class FeatureModule:
         unknown = [c for c in wanted if c not in decl.table_schema.columns]
         if unknown:
             raise FeatureCodeError(f"{self.name}.INPUT_COLUMNS names undeclared columns: {unknown}")
+        if decl.target.column in wanted:
+            raise FeatureCodeError(
+                f"{self.name}.INPUT_COLUMNS names the target '{decl.target.column}': a prediction request never carries it"
+            )
         return wanted
 
     def code_hash(self) -> str:
@@ -144,6 +148,17 @@ class FeatureModule:
         return self._checked(self._transform(joined, reference, index), records.height)
 
     def _transform(self, joined: pl.DataFrame, reference: FeatureReference, index: LookupIndex | None = None) -> pl.DataFrame:
+        try:
+            return self._run_module(joined, reference, index)
+        except pl.exceptions.ColumnNotFoundError as err:
+            first = str(err).strip().splitlines()[0]
+            raise FeatureCodeError(
+                f"{self.name} reads a column its records do not carry ({first}): feature code gets the columns a prediction "
+                f"request carries (INPUT_COLUMNS) and the declared lookups' outputs, in training as in serving; it has: "
+                f"{', '.join(joined.columns)}"
+            ) from err
+
+    def _run_module(self, joined: pl.DataFrame, reference: FeatureReference, index: LookupIndex | None) -> pl.DataFrame:
         build = getattr(self.module, "feature_expressions", None)
         if build is None:
             return self.module.build_features(joined, reference)
@@ -257,6 +272,11 @@ def load_feature_module(decl: PipelineDeclaration) -> FeatureModule:
                 f"pipeline {decl.name}: features.lookups.{i}: table '{lookup.table}' is not a landing.reference_tables name "
                 f"({', '.join(sorted(feature_module.reference_tables)) or 'none declared'}), and {feature_module.name} "
                 "has no history statistics (history_stats, or history_partial and combine_history)"
+            )
+        if lookup.table not in feature_module.reference_tables and decl.features.history_days == 0:
+            raise DeclarationError(
+                f"pipeline {decl.name}: features.lookups.{i}: table '{lookup.table}' comes from the history statistics, "
+                "but features.history_days is 0: it would be null in every row"
             )
         unsent = [k for k in lookup.keys if k not in requested]
         if unsent:  # a prediction request would not carry them

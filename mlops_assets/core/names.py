@@ -4,9 +4,12 @@ here, so a name is spelled once and no layer imports another for a constant."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
-from mlops_assets.core.declaration import PipelineDeclaration
+if TYPE_CHECKING:  # annotations only: the declaration checks its names against the ones given here
+    from mlops_assets.core.declaration import PipelineDeclaration
 
 # --- Delta tables (one folder per pipeline) and the platform's own columns -------------------
 RAW = "raw"
@@ -14,7 +17,7 @@ QUARANTINE = "quarantine"
 FEATURES = "features"
 AUDIT_TABLE = "audit_log"
 PROMOTION_LOCK = "promotion_lock"  # the lease one promotion decision per pipeline holds (resources/promotion_lock.py)
-PROFILES = "reference_profiles"
+PROFILES = "drift_profiles"  # not reference_<x>: a landing reference table may be named "profiles"
 DRIFT_METRICS = "drift_metrics"
 BATCH_SCORES = "batch_scores"
 LIVE_PERFORMANCE = "live_performance"
@@ -227,3 +230,17 @@ def sensor_name(decl: PipelineDeclaration, kind: str) -> str:
 
 def retrain_schedule_name(decl: PipelineDeclaration) -> str:
     return f"{decl.name}_weekly_retrain"
+
+
+# --- Ray Serve applications ----------------------------------------------------------------------
+GATEWAY_APP = "mlops"  # the HTTP gateway's application; each pipeline's is named as the pipeline
+
+
+def derived_names(decl: PipelineDeclaration) -> set[str]:
+    """The Dagster names made from a pipeline's name: two pipelines whose sets meet cannot share a code location
+    (pipelines `a` and `a_serving` both had an `a_serving_drift_sensor`)."""
+    jobs = (ingest_job_name, reference_job_name, train_job_name, approve_job_name, monitor_job_name, serving_drift_job_name)
+    jobs += (delivery_job_name, deploy_job_name, rollout_job_name, erase_job_name, model_card_job_name)
+    return (
+        {f(decl) for f in jobs} | {sensor_name(decl, k) for k in SENSORS} | {retrain_schedule_name(decl), model_versions_partitions(decl)}
+    )

@@ -83,7 +83,8 @@ def partition_problem(decl: PipelineDeclaration, key: str, now: datetime | None 
     if kind == "hourly" and start.minute:
         return f"{key} is not the start of an hour"
     p = decl.partitioning
-    if start < datetime.combine(p.start, time()) or (p.end is not None and start >= datetime.combine(p.end, time())):
+    # as Dagster's partitions: each one whole between start and end (a week running past `end` is none)
+    if start < datetime.combine(p.start, time()) or (p.end is not None and _step(kind, start, 1) > datetime.combine(p.end, time())):
         return f"{key} is outside the declared partitions ({p.start} .. {p.end or 'open'})"
     if _step(kind, start, 1) > (now or datetime.now(UTC)).replace(tzinfo=None):
         return f"{key} has not ended yet"

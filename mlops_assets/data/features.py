@@ -175,7 +175,9 @@ class _BuiltRange:
     feature_columns: list[str] = field(default_factory=list)
 
     def chunks(self, delta, decl, module, day_chunks: Iterator[list[str]]) -> Iterator[pl.DataFrame]:
-        declared = list(decl.table_schema.columns)
+        # the columns a prediction request carries, and no others: feature code reading the target or a column known
+        # only later (arrival time) failed at serving only, after its leak had passed the gates
+        requested = module.input_columns(decl)
         target = decl.target.column
         keys = list(dict.fromkeys([*decl.table_schema.unique, target]))
         # each day's share of the history statistics, the reference tables and the raw table, read or opened once
@@ -187,7 +189,7 @@ class _BuiltRange:
             # in order: each day sees the days before it (the chunk's own clean rows are not read twice)
             references = references_as_of(delta, decl, module, days, clean=records, reading=reading)
             built = module.build_partitions(
-                records.select(*declared, PARTITION_COLUMN), {p: references[p][0] for p in days}, PARTITION_COLUMN
+                records.select(*requested, PARTITION_COLUMN), {p: references[p][0] for p in days}, PARTITION_COLUMN
             )
             table = pl.concat([records.select(*keys, SOURCE_ROW), built, records.select(PARTITION_COLUMN)], how="horizontal")
             del records  # the columns the table does not carry are freed before the write

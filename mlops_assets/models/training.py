@@ -153,13 +153,19 @@ def plan_training(decl: PipelineDeclaration, delta: DeltaLakeResource, end: str 
     columns = delta.scan(decl.name, FEATURES, version).collect_schema().names()  # type: ignore[union-attr]
     module = load_feature_module(decl)
     features = feature_columns(decl, columns)
+    unbuilt = [c for c in module.categorical if c not in features]
+    if unbuilt:  # a misspelt name was dropped, and the feature trained as a number
+        raise TrainingDataError(
+            f"pipeline {decl.name}: {module.name}.CATEGORICAL_FEATURES names {unbuilt}, which the features table does not "
+            f"hold; its feature columns: {', '.join(features)}"
+        )
     return TrainingPlan(
         pipeline=decl.name,
         task=decl.target.task,
         target=decl.target.column,
         classes=decl.target_classes if decl.target.task != "regression" else [],
         feature_columns=features,
-        categorical_features=[c for c in module.categorical if c in features],
+        categorical_features=module.categorical,
         features_table=delta.table_uri(decl.name, FEATURES),
         features_version=version,
         partition_start=window[0],

@@ -2,7 +2,7 @@
 
 The reference of a model version is its training window at the exact Delta
 version recorded in its lineage, summarized once (drift.profile) and cached in
-``<pipeline>/reference_profiles``. Every drift check appends its per-column
+``<pipeline>/drift_profiles``. Every drift check appends its per-column
 scores, methods, thresholds and the drift share to ``<pipeline>/drift_metrics``:
 an append-only history a person (or a sensor) can query.
 """

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mlops_assets.core.declaration import (
     PACKAGED_PIPELINES,
@@ -52,6 +53,13 @@ def test_packaged_flights_declaration_loads():
         (lambda d: d["serving"]["cpu"].update(replicas=0), "serving", "cpu.replicas: at least 1"),
         (lambda d: d["serving"]["cpu"].update(num_gpus=1), "serving", "cpu.num_gpus: the cpu group runs on CPUs"),
         (lambda d: d["serving"]["gpu"].update(num_gpus=0), "serving", "gpu.num_gpus: a GPU group needs num_gpus above 0"),
+        # accepted once and never read: the landing sensor watched <landing root>/<pipeline> all the same
+        (lambda d: d["landing"].update(uri="s3://bucket/flights"), "landing", "landing.uri is not a declaration setting"),
+        (lambda d: d.update(name="mlops"), "name", "the serving gateway's Ray Serve application"),
+        # a YAML quoting slip loaded, then failed every ingest; a number against a datetime passed every row
+        (lambda d: d["schema"]["columns"]["month"].update(allowed=["1", "2"]), "schema.columns.month", "must be numbers"),
+        (lambda d: d["schema"]["columns"]["carrier"].update(allowed=[1, 2]), "schema.columns.carrier", "must be text"),
+        (lambda d: d["schema"]["columns"]["time_hour"].update(min=0), "schema.columns.time_hour", "do not apply to a datetime"),
     ],
 )
 def test_bad_field_is_named(mutate, field, message):
@@ -82,6 +90,15 @@ def test_invalid_yaml_and_missing_file(tmp_path):
     top.write_text("- a\n- b\n")
     with pytest.raises(DeclarationError, match="expected a mapping"):
         load_declaration(top)
+
+
+def test_pipelines_deriving_the_same_dagster_name_are_refused_naming_both(tmp_path):
+    """`a` and `a_serving` both derived `a_serving_drift_sensor`: Dagster refused the code location naming neither."""
+    for name in ("a", "a_serving"):
+        data = {**flights_dict(), "name": name}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(DeclarationError, match="pipelines 'a' and 'a_serving' both derive the Dagster name 'a_serving_drift_sensor'"):
+        load_declarations(str(tmp_path))
 
 
 def test_duplicate_pipeline_names_rejected(tmp_path):
@@ -119,6 +136,21 @@ def test_feature_code_breaking_the_contract_is_caught(monkeypatch):
     monkeypatch.setattr(module.module, "build_features", lambda r, ref: r.select("machine_id"))
     with pytest.raises(FeatureCodeError, match="reuses key/target column names"):
         module.build(records, FeatureReference(categories={"machine_id": ["m1"]}))
+
+
+def test_feature_code_cannot_ask_for_what_a_request_never_carries(monkeypatch):
+    """The target among INPUT_COLUMNS trained a leak that passed the gates and then failed every request; a
+    history lookup with history_days 0 was null in every row."""
+    decl = load_declaration(TELEMETRY)
+    module = load_feature_module(decl)
+    monkeypatch.setattr(module.module, "INPUT_COLUMNS", ["machine_id", "reading_time", "failure"], raising=False)
+    with pytest.raises(FeatureCodeError, match="INPUT_COLUMNS names the target 'failure': a prediction request never carries it"):
+        load_feature_module(decl)
+    monkeypatch.undo()
+    data = declaration_attributes(TELEMETRY)[0]
+    data["features"]["history_days"] = 0
+    with pytest.raises(DeclarationError, match="'machine_stats' comes from the history statistics, but features.history_days is 0"):
+        load_feature_module(parse_declaration(data))
 
 
 def test_feature_expressions_are_built_once_per_lookup_index_and_checked(monkeypatch):

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from mlops_assets.core.declaration import derive_declaration, load_declaration
-from mlops_assets.core.partitions import key_time, partition_problem, partitions_before, shift
+from mlops_assets.core.partitions import key_time, partition_problem, partitions_before, partitions_def, shift
 from tests.support.platform import TESTS, Platform
 
 KEYS = {
@@ -79,6 +79,18 @@ def test_keys_that_are_not_partitions_of_the_kind_are_named():
     assert "is not a hourly partition key" in partition_problem(telemetry("hourly"), "2024-03-03", now)
     assert "has not ended yet" in partition_problem(telemetry("monthly"), "2024-06-01", datetime(2024, 6, 15))
     assert partition_problem(telemetry("weekly"), "2024-03-10", now) is None
+
+
+def test_a_period_running_past_the_declared_end_is_no_partition_as_in_dagster():
+    """A week that ends after `end` is not one of Dagster's partitions: a landed file for it was asked for in a range
+    run that failed (taking the valid weeks with it), then alone, with an unknown-partition error."""
+    now = datetime(2030, 1, 1)
+    for kind, last, past in (("weekly", "2024-06-23", "2024-06-30"), ("monthly", "2024-06-01", "2024-07-01")):
+        decl = telemetry(kind).model_copy(deep=True)
+        decl = derive_declaration(decl, "t", partitioning={**decl.partitioning.model_dump(), "end": "2024-07-03"})
+        keys = partitions_def(decl).get_partition_keys()
+        assert keys[-1] == last and partition_problem(decl, last, now) is None
+        assert past not in keys and "outside the declared partitions" in partition_problem(decl, past, now)
 
 
 def test_a_row_is_misplaced_only_when_its_date_parts_make_a_real_date_of_another_partition():

@@ -144,3 +144,20 @@ def test_a_csv_reference_tables_text_keys_keep_their_leading_zeros():
     inferred = read_landed(data, "stations.csv", "csv", infer_types=True, as_text=["station"])
     assert inferred.get_column("station").to_list() == ["007", "010"]
     assert inferred.schema["elevation"] == pl.Float64 and inferred.schema["opened"] == pl.Date
+
+
+def test_feature_code_sees_in_training_only_what_a_request_carries(platform: Platform, monkeypatch):
+    """Feature code reading a column known only after the fact (arrival time, the target) trained a leak that passed
+    the gates, then failed every prediction: featurization now gets the request's columns only, and fails at once."""
+    decl = platform.declarations["flights"]
+    module = load_feature_module(decl)
+    original = module.module.feature_expressions
+    monkeypatch.setattr(module.module, "feature_expressions", lambda ref: [*original(ref), pl.col("arr_time").alias("arrived")])
+    land_days(decl, platform.landing, date(2013, 1, 1), 1)
+    platform.run("flights_reference")
+    (result,) = platform.ingest("flights", ["2013-01-01"], raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.cause
+    assert failure.cls_name == "FeatureCodeError" and "flights.features reads a column its records do not carry" in failure.message
+    assert 'unable to find column "arr_time"' in failure.message and "INPUT_COLUMNS" in failure.message
+    assert platform.delta.scan("flights", "features") is None  # nothing featurized with the leak

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from mlops_assets.core.names import PROFILES
 from mlops_assets.defs.flights.upstream import land_days
 from mlops_assets.models import training
 from resources import registered_models
@@ -85,7 +86,7 @@ def test_drift_scores_and_retraining_requests(model_home):
     assert set(winter.get_column("column")) == set(champ.plan.feature_columns)
     assert summer.get_column("drift_share")[0] > winter.get_column("drift_share")[0]
     assert summer.filter(pl.col("column") == "temp").get_column("method").item() == "Wasserstein distance (normed)"
-    assert plat.delta.scan("flights", "reference_profiles").collect().height == 1, "the reference profile is computed once"
+    assert plat.delta.scan("flights", PROFILES).collect().height == 1, "the reference profile is computed once"
 
     tick = sensor_tick(plat, "flights_drift_sensor")
     (request,) = tick.run_requests
