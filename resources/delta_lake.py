@@ -452,6 +452,20 @@ class DeltaLakeResource(ConfigurableResource):
             return []
         return sorted({p[PARTITION_COLUMN] for p in t.partitions()})
 
+    def empty_columns(self, pipeline: str, table: str, version: int, partitions: Sequence[str], columns: Sequence[str]) -> list[str]:
+        """Of `columns`, those without a single value in `partitions` at `version`, read from Delta's file statistics
+        (no data is read; a column without statistics counts as holding values)."""
+        t = self.table(pipeline, table)
+        if t is None:
+            return []
+        t.load_as_version(version)
+        files = pl.from_arrow(pa.table(t.get_add_actions(flatten=True)))
+        files = files.filter(pl.col(f"partition.{PARTITION_COLUMN}").is_in(list(partitions)))
+        if files.height == 0:
+            return []
+        rows = files.get_column("num_records").sum()
+        return [c for c in columns if f"null_count.{c}" in files.columns and files.get_column(f"null_count.{c}").sum() == rows]
+
 
 def _partition_keys(table: str, partitions: Sequence[str]) -> list[str]:
     keys = list(dict.fromkeys(partitions))

@@ -159,13 +159,17 @@ def plan_training(decl: PipelineDeclaration, delta: DeltaLakeResource, end: str 
             f"pipeline {decl.name}: {module.name}.CATEGORICAL_FEATURES names {unbuilt}, which the features table does not "
             f"hold; its feature columns: {', '.join(features)}"
         )
+    # a column without a value in the window teaches the model nothing, and one the feature code no longer builds
+    # (renamed: the table keeps the old column, null from the rebuild on) would make every request fail
+    empty = set(delta.empty_columns(decl.name, FEATURES, version, window, features))
+    features = [c for c in features if c not in empty]
     return TrainingPlan(
         pipeline=decl.name,
         task=decl.target.task,
         target=decl.target.column,
         classes=decl.target_classes if decl.target.task != "regression" else [],
         feature_columns=features,
-        categorical_features=module.categorical,
+        categorical_features=[c for c in module.categorical if c in features],
         features_table=delta.table_uri(decl.name, FEATURES),
         features_version=version,
         partition_start=window[0],

@@ -197,3 +197,31 @@ def test_the_window_end_is_configurable_and_must_be_a_featurized_day(model_home)
         "2013-02-01",
         "2013-01-29",
     )
+
+
+def test_a_feature_column_without_a_value_in_the_window_is_no_model_input(model_home, monkeypatch):
+    """A renamed feature leaves its old column in the features table (merge_schema), null from the rebuild on: it
+    became a model input, and serving refused the model. A misspelt CATEGORICAL_FEATURES name trained as a number."""
+    from deltalake import write_deltalake
+
+    from mlops_assets.core.feature_contract import load_feature_module
+    from mlops_assets.core.names import FEATURES, PARTITION_COLUMN
+
+    decl = flights_variant()
+    delta = model_home.platform(decl).delta
+    table = delta.scan("flights", FEATURES).collect()
+    last = table.get_column(PARTITION_COLUMN).max()
+    table = table.with_columns(
+        pl.lit(None, pl.Float64).alias("renamed_away"),
+        pl.when(pl.col(PARTITION_COLUMN) == last).then(pl.lit(1.0)).alias("sparse"),  # values on one day of the window: kept
+    )
+    write_deltalake(
+        delta.table_uri("flights", FEATURES), table.to_arrow(), mode="overwrite", schema_mode="merge", partition_by=[PARTITION_COLUMN]
+    )
+    plan = training.plan_training(decl, delta, end=last)
+    assert "renamed_away" not in plan.feature_columns and {"temp", "sparse"} <= set(plan.feature_columns)
+
+    module = load_feature_module(decl)
+    monkeypatch.setattr(module.module, "CATEGORICAL_FEATURES", ["carrier_code", "origin_cod"])
+    with pytest.raises(training.TrainingDataError, match=r"CATEGORICAL_FEATURES names \['origin_cod'\]"):
+        training.plan_training(decl, delta)
