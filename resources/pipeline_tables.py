@@ -4,6 +4,7 @@ both join records against), drift reports and new prediction-log rows."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from mlops_assets.core.feature_contract import (
     categories,
 )
 from mlops_assets.core.names import (
+    APPENDED_AT,
     DRIFT_METRICS,
     PARTITION_COLUMN,
     PREDICTION_LOG,
@@ -217,8 +219,18 @@ def quarantined_share(delta: DeltaLakeResource, pipeline: str, partitions: pl.Ex
     )
 
 
-def new_log_rows(delta: DeltaLakeResource, decl: PipelineDeclaration, after_us: int) -> pl.LazyFrame | None:
+def settled_through_us(decl: PipelineDeclaration) -> int:
+    """The newest append time serving drift reads up to now: `drift.serving_settle_seconds` ago."""
+    return int((time.time() - decl.drift.serving_settle_seconds) * 1e6)
+
+
+def new_log_rows(delta: DeltaLakeResource, decl: PipelineDeclaration, after_us: int, through_us: int) -> pl.LazyFrame | None:
+    """Served rows appended after `after_us` and up to `through_us` (microseconds since the epoch, UTC). By append
+    time, not answer time: a check's watermark then covers every row committed before it, in whatever order the
+    replicas' flushes and spill re-appends committed them (rows logged before the column existed count by answer time)."""
     log = delta.scan(decl.name, PREDICTION_LOG)
     if log is None:
         return None
-    return log.filter(pl.col("served") & (pl.col("logged_at").dt.epoch("us") > after_us))
+    stamp = pl.coalesce(APPENDED_AT, "logged_at") if APPENDED_AT in log.collect_schema() else pl.col("logged_at")
+    us = stamp.dt.epoch("us")
+    return log.filter(pl.col("served") & (us > after_us) & (us <= through_us))

@@ -35,7 +35,7 @@ from mlops_assets.core.partitions import runs_of
 from resources import pipeline_tables, registered_models
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
-from resources.pipeline_tables import new_log_rows
+from resources.pipeline_tables import new_log_rows, settled_through_us
 from sensors.run_attempts import follow_up, next_attempt, with_attempt
 
 IN_FLIGHT = [
@@ -217,7 +217,7 @@ def build_serving_drift_sensor(decl: PipelineDeclaration, job_name: str) -> dg.S
     )
     def serving_drift_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource):
         after = last_watermark(context.instance, decl)
-        rows = new_log_rows(delta, decl, after)
+        rows = new_log_rows(delta, decl, after, settled_through_us(decl))
         count = 0 if rows is None else rows.select(pl.len()).collect().item()
         if count < decl.drift.serving_window_rows:
             return dg.SkipReason(f"{count} served predictions logged since the last check; {decl.drift.serving_window_rows} needed")

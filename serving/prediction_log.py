@@ -21,12 +21,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from mlops_assets.core.names import PREDICTION_LOG, PREDICTION_LOG_PROPERTIES
+from mlops_assets.core.names import APPENDED_AT, PREDICTION_LOG, PREDICTION_LOG_PROPERTIES
 from resources.delta_lake import DeltaLakeResource
 from serving.replica_files import process_alive
 
@@ -144,8 +145,11 @@ class PredictionLogger:
         return written + self._drain_spill()
 
     def _append(self, batch: pl.DataFrame) -> bool:
+        # when the rows reach the log, which serving drift reads by: a row answered earlier may be committed later
+        # (another replica's next flush, a spilled batch appended again), and a watermark on the answer time missed it
+        appended = pl.lit(datetime.now(UTC), dtype=pl.Datetime("us", "UTC")).alias(APPENDED_AT)
         try:
-            self._appender.append(batch, merge_schema=True)  # new subject or feature columns
+            self._appender.append(batch.with_columns(appended), merge_schema=True)  # new subject or feature columns
         except Exception as err:  # storage trouble must not kill the logger: the batch is spilled, counted and kept visible
             self.write_errors += 1
             self.last_error = f"{type(err).__name__}: {err}"[:500]

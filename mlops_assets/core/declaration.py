@@ -339,6 +339,13 @@ class DriftSpec(_Strict):
     html_report: bool = Field(True, description="Render Evidently's HTML report for each drift check.")
     report_sample_rows: int = Field(5000, ge=100, description="Rows per side given to Evidently's HTML report.")
     serving_window_rows: int = Field(1000, ge=1, description="Logged predictions that make a serving drift window.")
+    serving_settle_seconds: int = Field(
+        30,
+        ge=0,
+        le=3600,
+        description="How long after its append a logged row is read by serving drift: rows appended in the last seconds may "
+        "still be committing, and a check that read past them would never read them.",
+    )
 
 
 class ReplicaGroupSpec(_Strict):

@@ -30,6 +30,7 @@ PREDICTION_LOG_PROPERTIES = {"delta.logRetentionDuration": "interval 10 minutes"
 PREDICTION_LOG_FILE_RETENTION_HOURS = 1
 
 PARTITION_COLUMN = "_partition"
+APPENDED_AT = "appended_at"  # prediction log: when the row's batch was appended (a spilled batch: appended again)
 SUBJECT_PREFIX = "subject_"  # prediction-log columns that carry governance.subject_columns (for erasure)
 SOURCE_ROW = "_source_row"
 VALID_ROW = "_valid"  # on raw rows: False where the same commit quarantined the row, so raw alone says what is clean
@@ -61,7 +62,7 @@ FLOORS = "quality_floors"
 NO_REGRESSION = "no_regression"
 DATA_CHECKS = "data_checks"
 FAIRNESS = "fairness"
-WATERMARK = "logged_through_us"  # serving_drift metadata: the prediction log read so far
+WATERMARK = "logged_through_us"  # serving_drift metadata: the append time (APPENDED_AT) the log was read up to
 
 # --- run tags -------------------------------------------------------------------------------------
 TRIGGER_TAG = "mlops/trigger"

@@ -1,7 +1,7 @@
 """``<pipeline>/serving_drift``: what the model actually saw in production.
 
-Each materialization takes the prediction-log rows logged since the previous
-one (served traffic; shadow rows are the challenger's and are left out) and,
+Each materialization takes the prediction-log rows appended since the previous
+one, up to `drift.serving_settle_seconds` ago (served traffic; shadow rows are the challenger's and are left out) and,
 per model version that answered, compares the logged features with that
 version's exact training snapshot: training-serving skew, reported per column
 like feature drift, into ``drift_metrics`` (source ``serving``).
@@ -21,7 +21,7 @@ from mlops_assets.monitoring.drift import detect
 from resources import registered_models
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
-from resources.pipeline_tables import new_log_rows
+from resources.pipeline_tables import new_log_rows, settled_through_us
 from sensors.retrain_sensors import last_watermark
 
 
@@ -35,15 +35,16 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
         "that served them (training-serving skew), per column, into drift_metrics.",
     )
     def serving_drift(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
-        after = last_watermark(context.instance, decl)
-        rows = new_log_rows(delta, decl, after)
+        after, through = last_watermark(context.instance, decl), settled_through_us(decl)
+        rows = new_log_rows(delta, decl, after, through)
         logged = rows.collect() if rows is not None else pl.DataFrame()
         if logged.height == 0:
             raise dg.Failure(
-                f"no served predictions logged since {datetime.fromtimestamp(after / 1e6, UTC).isoformat()}: nothing to compare",
+                f"no served predictions appended to the log since {datetime.fromtimestamp(after / 1e6, UTC).isoformat()} "
+                f"(up to {decl.drift.serving_settle_seconds} s ago): nothing to compare",
                 allow_retries=False,
             )
-        through = int(logged.select(pl.col("logged_at").dt.epoch("us").max()).item())
+        # the watermark is the settled point, not the newest row read: every row appended up to it has been read
         window = f"log {datetime.fromtimestamp(after / 1e6, UTC):%Y-%m-%dT%H:%M:%S}..{datetime.fromtimestamp(through / 1e6, UTC):%Y-%m-%dT%H:%M:%S}"
         summary, alerts, reports = [], [], {}
         for (version,), served in logged.sort("model_version").group_by("model_version", maintain_order=True):

@@ -39,7 +39,7 @@ def materialize(plat, key: list[str]) -> dg.ExecuteInProcessResult:
 
 
 def test_serving_skew_and_delivery_metrics(model_home):
-    decl = flights_variant(drift={"serving_window_rows": 1000, "html_report": False, "cooldown_minutes": 0})
+    decl = flights_variant(drift={"serving_window_rows": 1000, "html_report": False, "cooldown_minutes": 0, "serving_settle_seconds": 0})
     plat = model_home.platform(decl)
     land_days(decl, plat.landing, date(2013, 1, 28), 1)
     plat.ingest("flights", ["2013-01-28"])  # so the instance knows when the window's newest day landed
@@ -50,7 +50,7 @@ def test_serving_skew_and_delivery_metrics(model_home):
     )
     assert not empty.success
     assert any(
-        "no served predictions logged" in (e.step_failure_data.user_failure_data.description or "")
+        "no served predictions appended to the log" in (e.step_failure_data.user_failure_data.description or "")
         for e in empty.all_events
         if e.is_step_failure and e.step_failure_data.user_failure_data
     )
@@ -162,7 +162,8 @@ def test_rollouts_count_in_delivery_metrics_and_a_rollback_is_a_failed_change_wi
 def test_each_version_that_answered_gets_its_own_html_report(model_home):
     """A canary window holds two versions' answers: each is compared with its own training window, in its own
     Evidently report (they all linked the first version's report)."""
-    decl = flights_variant(drift={"serving_window_rows": 10, "html_report": True, "report_sample_rows": 500, "cooldown_minutes": 0})
+    drift = {"serving_window_rows": 10, "html_report": True, "report_sample_rows": 500, "cooldown_minutes": 0, "serving_settle_seconds": 0}
+    decl = flights_variant(drift=drift)
     plat = model_home.platform(decl)
     assert train(plat, end="2013-01-20").success and train(plat).success
     models = {v: registered_models.model_version("flights", plat.resources()["mlflow"], v) for v in (1, 2)}
@@ -175,3 +176,30 @@ def test_each_version_that_answered_gets_its_own_html_report(model_home):
     rows = plat.delta.scan("flights", "drift_metrics").filter(pl.col("source") == "serving").collect()
     linked = dict(rows.select("model_version", "html_report").unique().iter_rows())
     assert linked == reports
+
+
+def test_rows_a_replica_commits_after_a_check_are_read_by_the_next_one(model_home):
+    """Replica B answered first but flushed after replica A, and after a check had read A's rows: by answer time the
+    check's watermark was past B's rows, and no check ever read them. By append time the next check reads them."""
+    from serving.prediction_log import PredictionLogger
+
+    decl = flights_variant(drift={"serving_window_rows": 1, "html_report": False, "cooldown_minutes": 0, "serving_settle_seconds": 0})
+    plat = model_home.platform(decl)
+    assert train(plat).success
+    champ = registered_models.champion("flights", plat.resources()["mlflow"])
+    replicas = [PredictionLogger(plat.delta, "flights", max_rows=100_000, flush_seconds=3600) for _ in range(2)]
+    try:
+        a, b = replicas
+        b.log(served_log(plat, "2013-01-29", champ.version, champ.plan))  # answered first, still queued in replica B
+        a.log(served_log(plat, "2013-01-30", champ.version, champ.plan))
+        assert a.flush() > 0
+        first = materialize(plat, ["flights", "serving_drift"]).asset_materializations_for_node("flights__serving_drift")[0]
+        late = b.flush()  # B's flush lands after the check: its rows were answered before the check's watermark
+        assert late > 0
+        assert sensor_tick(plat, "flights_serving_drift_sensor").run_requests, "the sensor counts the late rows"
+        second = materialize(plat, ["flights", "serving_drift"]).asset_materializations_for_node("flights__serving_drift")[0]
+    finally:
+        for logger in replicas:
+            logger.close()
+    assert first.metadata["rows"].value == plat.delta.read_partitions("flights", "features", ["2013-01-30"]).height
+    assert second.metadata["rows"].value == late
