@@ -109,6 +109,11 @@ class FeatureModule:
         """The module's history tables, once every declared lookup is known to find its table: a lookup of a
         table that is neither a reference table nor among these (a misspelt name) would join null columns into
         every feature row. (A partition with no earlier days has no history tables: its lookups stay null.)"""
+        shadowed = sorted(self.reference_tables & set(history))
+        if shadowed:  # a lookup of the name would find one of the two, silently
+            raise DeclarationError(
+                f"{self.name}'s history statistics return {shadowed}, the name of landing.reference_tables too; rename one"
+            )
         for i, lookup in enumerate(self.lookups):
             if lookup.table not in self.reference_tables and lookup.table not in history:
                 raise DeclarationError(
@@ -187,6 +192,13 @@ class FeatureModule:
         clash = sorted(self.reserved & set(out.columns))
         if clash:
             raise FeatureCodeError(f"{self.name}.build_features output reuses key/target column names: {clash}")
+        # LightGBM reads numbers: a text column was written to Delta and failed only at training, with a cast error
+        unusable = {c: str(t) for c, t in out.schema.items() if not (t.is_numeric() or t == pl.Boolean or t == pl.Null)}
+        if unusable:
+            raise FeatureCodeError(
+                f"{self.name} outputs columns a model cannot read: {unusable}; encode them as numbers "
+                "(categories as integer codes, listed in CATEGORICAL_FEATURES)"
+            )
         return out
 
     def build_partitions(self, records: pl.DataFrame, references: Mapping[str, FeatureReference], partition_column: str) -> pl.DataFrame:

@@ -136,6 +136,23 @@ def test_feature_code_breaking_the_contract_is_caught(monkeypatch):
     monkeypatch.setattr(module.module, "build_features", lambda r, ref: r.select("machine_id"))
     with pytest.raises(FeatureCodeError, match="reuses key/target column names"):
         module.build(records, FeatureReference(categories={"machine_id": ["m1"]}))
+    # text reached Delta and failed only at training, with a polars cast error
+    monkeypatch.setattr(module.module, "build_features", lambda r, ref: r.select(pl.col("machine_id").alias("machine")))
+    with pytest.raises(FeatureCodeError, match="outputs columns a model cannot read: {'machine': 'String'}"):
+        module.build(records, FeatureReference(categories={"machine_id": ["m1"]}))
+
+
+def test_a_history_table_named_as_a_reference_table_is_refused():
+    """A lookup of the name found one of the two, silently."""
+    from datetime import date
+
+    from mlops_assets.defs.flights.upstream import day_frame
+
+    data = flights_dict()
+    data["landing"]["reference_tables"]["route_stats"] = "route_stats.parquet"
+    module = load_feature_module(parse_declaration(data))
+    with pytest.raises(DeclarationError, match=r"history statistics return \['route_stats'\], the name of landing.reference_tables too"):
+        module.history_stats(day_frame(date(2013, 1, 1)))
 
 
 def test_feature_code_cannot_ask_for_what_a_request_never_carries(monkeypatch):
