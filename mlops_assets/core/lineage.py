@@ -30,6 +30,7 @@ class TrainingPlan:
     engine: str = "local"  # local | ray: the model depends on it (and on the worker count), so it is part of the plan
     ray_workers: int = 0
     num_threads: int = 0
+    raw_version: int | None = None  # raw at planning: what the hold-out rows' raw columns (fairness groups) are read at
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -150,14 +150,17 @@ def data_checks_gate(decl: PipelineDeclaration, delta: DeltaLakeResource, plan: 
     )
 
 
-def group_columns(decl: PipelineDeclaration, delta: DeltaLakeResource, holdout: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+def group_columns(
+    decl: PipelineDeclaration, delta: DeltaLakeResource, holdout: pl.DataFrame, columns: list[str], raw_version: int | None = None
+) -> pl.DataFrame:
     """The hold-out rows' values of `columns`: from the features table where it carries them, else
-    from the raw rows they were built from (same partition and source row)."""
+    from the raw rows they were built from (same partition and source row), at `raw_version` (the plan's: a day
+    landed again since names other rows by the same source row)."""
     missing = [c for c in columns if c not in holdout.columns]
     if not missing:
         return holdout.select(columns)
     days = holdout.get_column(PARTITION_COLUMN).unique().sort().to_list()
-    raw = delta.read_partitions(decl.name, RAW, days)
+    raw = delta.read_partitions(decl.name, RAW, days, raw_version)
     if raw is None:
         raise ValueError(f"fairness gate: no raw rows for the hold-out days to read {missing} from")
     keys = [PARTITION_COLUMN, SOURCE_ROW]
@@ -236,6 +239,6 @@ def evaluate(decl: PipelineDeclaration, delta: DeltaLakeResource, registry: Mlfl
         data_checks_gate(decl, delta, plan),
     ]
     if decl.gates.fairness is not None:
-        groups = group_columns(decl, delta, holdout, list(decl.gates.fairness.groups))
+        groups = group_columns(decl, delta, holdout, list(decl.gates.fairness.groups), plan.raw_version)
         gates.append(fairness_gate(decl, groups, y, predictions))
     return Evaluation(decl.name, str(version), champion_version, holdout.height, challenger, champion, gates)

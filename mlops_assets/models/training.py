@@ -25,7 +25,7 @@ from mlops_assets.core.declaration import DeclarationError, PipelineDeclaration
 from mlops_assets.core.feature_contract import load_feature_module
 from mlops_assets.core.lineage import TrainingPlan
 from mlops_assets.core.metrics import score
-from mlops_assets.core.names import FEATURES, PARTITION_COLUMN, SOURCE_ROW
+from mlops_assets.core.names import FEATURES, PARTITION_COLUMN, RAW, SOURCE_ROW
 from mlops_assets.core.partitions import shift
 from resources.delta_lake import DeltaLakeResource
 from serving.single_row import lightgbm_library
@@ -172,6 +172,7 @@ def plan_training(decl: PipelineDeclaration, delta: DeltaLakeResource, end: str 
         categorical_features=[c for c in module.categorical if c in features],
         features_table=delta.table_uri(decl.name, FEATURES),
         features_version=version,
+        raw_version=delta.version(decl.name, RAW),
         partition_start=window[0],
         partition_end=last,
         validation_start=validation_start,

@@ -31,6 +31,21 @@ def test_a_gap_over_the_limit_blocks_the_model_and_one_within_passes(model_home)
     assert not fairness.passed and "FAILED" in fairness.description and "limit 0.1%" in fairness.description
     assert aliases(model_home) == (1, None)
 
+    # gates run again later (`mlops gate`) read the groups from raw as v1's plan found it: a hold-out day landed
+    # again since names other flights by the same source rows
+    from mlops_assets.models import gates
+    from resources.registered_models import plan_of
+
+    plan = plan_of(model_home.registry.client().get_model_version("flights", "1"))
+    delta = model_home.platform(within).delta
+    assert plan.raw_version is not None and plan.raw_version <= delta.version("flights", "raw")
+    holdout = [d for d in delta.partitions("flights", "raw") if plan.holdout_start <= d <= plan.partition_end]
+    relanded = {d: delta.read_partitions("flights", "raw", [d]).with_columns(pl.lit("ATL").alias("dest")) for d in holdout}
+    delta.write_partitions("flights", "raw", relanded, "test")
+    by_dest = flights_variant(gates={"fairness": {"groups": ["dest"], "metric": "mae", "max_gap": 0.99}})  # dest: from raw
+    again = next(g for g in gates.evaluate(by_dest, delta, model_home.registry, "1").gates if g.name == "fairness")
+    assert len({r["group"] for r in again.metadata["groups"]}) > 10
+
 
 def test_gap_is_the_spread_over_the_largest_and_small_or_undefined_groups_are_not_gated():
     decl = flights_variant(gates={"fairness": {"groups": ["origin"], "metric": "mae", "max_gap": 0.15, "min_group_rows": 3}})
