@@ -31,6 +31,7 @@ def model_resources(home: MlopsHome | None = None) -> dict:
         for k, v in (
             ("tracking_uri", "MLOPS_MLFLOW_TRACKING_URI"),
             ("registry_uri", "MLOPS_MLFLOW_REGISTRY_URI"),
+            ("artifact_root", "MLOPS_MLFLOW_ARTIFACT_ROOT"),
             ("ui_url", "MLOPS_MLFLOW_UI_URL"),
         )
         if os.environ.get(v)

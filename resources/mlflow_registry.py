@@ -45,7 +45,11 @@ class MlflowRegistryResource(ConfigurableResource):
     registry_uri: str = Field(
         default="", description="Model registry URI: empty or the tracking URI (serving reads models where they are tracked)."
     )
-    artifact_root: str = Field(default="", description="Artifact location of new experiments; empty: $MLOPS_HOME/mlflow/artifacts.")
+    artifact_root: str = Field(
+        default="",
+        description="Artifact location of new experiments; empty: the tracking server's own (its --serve-artifacts proxy) "
+        "for an http(s) tracking URI, else $MLOPS_HOME/mlflow/artifacts.",
+    )
     ui_url: str = Field(default="http://127.0.0.1:5000", description="MLflow UI base URL, for links in Dagster metadata.")
     lock_timeout_s: float = Field(default=120.0, gt=0, description="Longest wait for the SQLite store's write lock.")
 
@@ -65,8 +69,14 @@ class MlflowRegistryResource(ConfigurableResource):
     def resolved_registry_uri(self) -> str:
         return self.registry_uri or self.resolved_tracking_uri()
 
-    def resolved_artifact_root(self) -> str:
-        return self.artifact_root or str(MlopsHome.from_env().mlflow / "artifacts")
+    def resolved_artifact_root(self) -> str | None:
+        """None: the tracking server chooses (a run pod's local folder would vanish with the pod, and replicas on other
+        hosts could not download the model from it)."""
+        if self.artifact_root:
+            return self.artifact_root
+        if self.resolved_tracking_uri().startswith(("http://", "https://")):
+            return None
+        return str(MlopsHome.from_env().mlflow / "artifacts")
 
     def client(self) -> MlflowClient:
         from mlflow import MlflowClient
@@ -126,6 +136,8 @@ class MlflowRegistryResource(ConfigurableResource):
         if found is not None:
             return found.experiment_id
         root = self.resolved_artifact_root()
+        if root is None:
+            return client.create_experiment(name)
         if "://" not in root:
             Path(root).mkdir(parents=True, exist_ok=True)
             root = Path(root).resolve().as_uri()

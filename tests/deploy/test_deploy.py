@@ -685,6 +685,15 @@ def test_mlflow_server_runs_on_postgres_with_artifacts_on_the_object_store(tmp_p
             client.log_text(run_id, "hello", "notes/hello.txt")
             client.set_terminated(run_id)
             assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+            # the platform's own resource, as a run pod has it (MLOPS_HOME a folder of the pod): its experiments keep
+            # their artifacts where the server puts them, not in the pod's folder that is gone once the run ends
+            from resources.mlflow_registry import MlflowRegistryResource
+
+            monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "pod"))
+            platform = MlflowRegistryResource(tracking_uri=uri)
+            with platform.writing() as writing:
+                location = writing.get_experiment(platform.experiment_id(writing, "flights")).artifact_location
+            assert location.startswith("mlflow-artifacts:"), location
         finally:
             server.terminate()
             server.wait(timeout=30)
