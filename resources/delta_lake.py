@@ -453,8 +453,9 @@ class DeltaLakeResource(ConfigurableResource):
         return sorted({p[PARTITION_COLUMN] for p in t.partitions()})
 
     def empty_columns(self, pipeline: str, table: str, version: int, partitions: Sequence[str], columns: Sequence[str]) -> list[str]:
-        """Of `columns`, those without a single value in `partitions` at `version`, read from Delta's file statistics
-        (no data is read; a column without statistics counts as holding values)."""
+        """Of `columns`, those without a single value in `partitions` at `version`. Delta's file statistics show most
+        columns holding values without reading data; the rest (no statistics: a file written before the column
+        existed records none for it) are read, those columns only."""
         t = self.table(pipeline, table)
         if t is None:
             return []
@@ -463,8 +464,16 @@ class DeltaLakeResource(ConfigurableResource):
         files = files.filter(pl.col(f"partition.{PARTITION_COLUMN}").is_in(list(partitions)))
         if files.height == 0:
             return []
-        rows = files.get_column("num_records").sum()
-        return [c for c in columns if f"null_count.{c}" in files.columns and files.get_column(f"null_count.{c}").sum() == rows]
+        rows = pl.col("num_records")
+        with_values = [
+            c for c in columns if f"null_count.{c}" in files.columns and files.select((rows - pl.col(f"null_count.{c}")).gt(0).any()).item()
+        ]
+        unsure = [c for c in columns if c not in with_values]
+        if not unsure:
+            return []
+        window = self.scan(pipeline, table, version).filter(pl.col(PARTITION_COLUMN).is_in(list(partitions)))  # type: ignore[union-attr]
+        held = window.select(pl.col(c).is_not_null().any() for c in unsure).collect().row(0, named=True)
+        return [c for c in unsure if not held[c]]
 
 
 def _partition_keys(table: str, partitions: Sequence[str]) -> list[str]:

@@ -112,15 +112,19 @@ class _Renewal(threading.Thread):
                 return
 
 
-def _release(delta: DeltaLakeResource, pipeline: str, holder: str) -> None:
+def _release(delta: DeltaLakeResource, pipeline: str, holder: str) -> str | None:
+    """Free the lease while it is still ours; returns who holds it instead when it was taken (None: released)."""
     table = delta.table(pipeline, PROMOTION_LOCK)
     if table is None:
-        return
-    if [r["holder"] for r in table.to_pyarrow_table().to_pylist()] == [holder]:
-        try:
-            write_deltalake(table, _row("", 0.0), mode="overwrite")
-        except CommitFailedError:
-            pass  # someone took it meanwhile: our lease had expired, nothing of ours to release
+        return "nobody (the lease table is gone)"
+    holders = [r["holder"] for r in table.to_pyarrow_table().to_pylist()]
+    if holders != [holder]:
+        return next((h for h in holders if h), "nobody (the lease was released)")
+    try:
+        write_deltalake(table, _row("", 0.0), mode="overwrite")
+    except CommitFailedError:
+        return _release(delta, pipeline, holder)  # someone wrote meanwhile: read who
+    return None
 
 
 @contextmanager
@@ -141,7 +145,8 @@ def promotion_lease(delta: DeltaLakeResource, pipeline: str, wait_s: float | Non
     finally:
         renewal.stopped.set()
         renewal.join()
-        _release(delta, pipeline, holder)  # only while it is still ours
+        taken_by = _release(delta, pipeline, holder)  # only while it is still ours: else the decision overlapped another
+        renewal.taken_by = renewal.taken_by or taken_by
     if renewal.taken_by is not None:
         raise LeaseLost(
             f"{pipeline}: the promotion lease expired while this decision ran ({ttl_s:g}s without a renewal) and "

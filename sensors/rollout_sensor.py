@@ -30,7 +30,7 @@ from mlops_assets.core.names import (
 from resources import rollouts
 from resources.audit_log import history
 from resources.delta_lake import DeltaLakeResource
-from sensors.run_attempts import next_attempt, with_attempt
+from sensors.run_attempts import WILL_RETRY_TAG, next_attempt, with_attempt
 
 UNFINISHED = [
     dg.DagsterRunStatus.QUEUED,
@@ -94,4 +94,6 @@ def _unapplied(instance: dg.DagsterInstance, job_name: str, state: rollouts.Roll
     if not latest or latest[0].status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
         return False
     tags = latest[0].tags
+    if tags.get(WILL_RETRY_TAG) == "true":
+        return False  # Dagster's own run retry launches it again: that run judges and applies
     return tags.get(ROLLOUT_ACTION_TAG) == APPLY or int(tags.get(ROLLOUT_STEP_TAG, state.step)) < state.step

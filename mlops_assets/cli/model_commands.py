@@ -108,7 +108,7 @@ def gate(args: argparse.Namespace) -> int:
     """The gates of one version against the champion now, as the gates check runs them for the version it trained:
     after the champion moved, a version waiting for approval needs them again before it can be approved."""
     from mlops_assets.models.gates import evaluate
-    from mlops_assets.models.promotion import record_evaluation
+    from mlops_assets.models.promotion import await_approval_after_regate, record_evaluation
 
     decl = pipeline_by_name(args.pipeline)
     delta, registry = delta_lake(), mlflow_registry()
@@ -121,6 +121,9 @@ def gate(args: argparse.Namespace) -> int:
         print(f"{decl.name}: v{evaluation.version} failed its gates against {against}: {', '.join(evaluation.failed)}")
         return 1
     print(f"{decl.name}: v{evaluation.version} passed its gates against {against}")
+    waiting = await_approval_after_regate(delta, registry, evaluation, actor=f"cli:{args.by}")
+    if waiting is not None:
+        print(f"{decl.name}: {waiting.message}; `mlops approve {decl.name} {evaluation.version}` makes it champion")
     return 0
 
 

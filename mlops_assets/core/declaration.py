@@ -63,7 +63,7 @@ class ColumnSpec(_Strict):
     nullable: bool = False
     min: float | None = None
     max: float | None = None
-    allowed: list[str] | list[int] | None = None
+    allowed: list[str] | list[int] | list[float] | None = None
     description: str = ""
 
     @property
@@ -85,7 +85,7 @@ class ColumnSpec(_Strict):
             wanted = str if self.type == "str" else int if self.type.startswith("int") else (int, float)
             wrong = [v for v in self.allowed if not isinstance(v, wanted) or isinstance(v, bool)]
             if wrong:
-                kind = "text" if self.type == "str" else "numbers"
+                kind = "text" if self.type == "str" else "whole numbers" if self.type.startswith("int") else "numbers"
                 raise ValueError(f"allowed values of a {self.type} column must be {kind}, not {wrong[:3]}")
         return self
 

@@ -193,7 +193,7 @@ class FeatureModule:
         if clash:
             raise FeatureCodeError(f"{self.name}.build_features output reuses key/target column names: {clash}")
         # LightGBM reads numbers: a text column was written to Delta and failed only at training, with a cast error
-        unusable = {c: str(t) for c, t in out.schema.items() if not (t.is_numeric() or t == pl.Boolean or t == pl.Null)}
+        unusable = {c: str(t) for c, t in out.schema.items() if not (t.is_numeric() or t.is_temporal() or t in (pl.Boolean, pl.Null))}
         if unusable:
             raise FeatureCodeError(
                 f"{self.name} outputs columns a model cannot read: {unusable}; encode them as numbers "

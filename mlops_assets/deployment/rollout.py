@@ -10,6 +10,7 @@ Every change is written to the audit log before it is made, and a run with nothi
 current step's share on Serve (what the sensor asks for when a run failed between the two).
 """
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -37,11 +38,29 @@ def _metadata(state: rollouts.Rollout, signals: rollouts.StepSignals, verdict: r
     }
 
 
+def share_after(state: rollouts.Rollout, verdict: rollouts.Verdict) -> float | None:
+    """The canary share Serve must have once the verdict is written: the next step's, none after a rollback, the
+    current step's while it bakes (put back after a run that recorded it failed before applying it); None when the
+    champion sensor's redeploy sets it (a completed or aborted rollout)."""
+    if verdict.action == "advance":
+        return state.steps[state.step + 1]
+    if verdict.action == "rollback":
+        return 0.0
+    return state.share if verdict.action == "wait" else None
+
+
 def judge(
-    decl: PipelineDeclaration, spec: RolloutSpec, delta: DeltaLakeResource, registry: MlflowRegistryResource, actor: str, run_id: str
+    decl: PipelineDeclaration,
+    spec: RolloutSpec,
+    delta: DeltaLakeResource,
+    registry: MlflowRegistryResource,
+    actor: str,
+    run_id: str,
+    apply_share: Callable[[float], None] | None = None,
 ) -> tuple[rollouts.Rollout | None, rollouts.Verdict, dict]:
-    """Read the rollout and its signals, decide, and write the decision (audit row first, then the registry).
-    Returns what serving must do next through the verdict; Serve itself is changed by the caller."""
+    """Read the rollout and its signals, decide, and write the decision (audit row first, then the registry), then
+    hand Serve's share to `apply_share`, still under the lease: a concurrent run (one materialized by hand) cannot
+    put an older step's share back between another's audit row and its apply."""
     with promotion_lease(delta, decl.name), registry.writing() as client:
         state = rollouts.current(history(delta, decl.name))
         if state is None:
@@ -164,6 +183,10 @@ def judge(
             drop_challenger(client, decl.name, state.version)
             client.set_model_version_tag(decl.name, str(state.version), STATUS_TAG, "rolled_back")
             client.set_model_version_tag(decl.name, str(state.version), ROLLOUT_GUARD_TAG, verdict.reason[:5000])
+        share = share_after(state, verdict)
+        if apply_share is not None and share is not None:
+            apply_share(share)
+            metadata["applied_share"] = share
     return state, verdict, metadata
 
 
@@ -180,21 +203,15 @@ def build_rollout_asset(decl: PipelineDeclaration, spec: RolloutSpec) -> dg.Asse
         context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource, serving: ServingResource
     ) -> dg.MaterializeResult:
         run_id = context.run.run_id
-        state, verdict, metadata = judge(decl, spec, delta, mlflow, f"dagster:{run_id}", run_id)
-        context.log.info(verdict.reason if state is None else f"{state.describe()}: {verdict.action}: {verdict.reason}")
-        if state is not None and verdict.action in ("advance", "rollback", "wait"):
+
+        def apply_share(share: float) -> None:  # a rollback also removed the alias: the champion sensor redeploys too
             from serving import control
 
-            # the audit row is written: Serve gets its share (a `wait` puts the current step's share back,
-            # after a run that recorded the step failed before applying it)
-            share = state.share
-            if verdict.action == "advance":
-                share = state.steps[state.step + 1]
-            elif verdict.action == "rollback":
-                share = 0.0
             control.connect(serving.ray_address)
-            control.apply_rollout_share(decl.name, share)  # a rollback moved the alias: the champion sensor redeploys too
-            metadata["applied_share"] = share
+            control.apply_rollout_share(decl.name, share)
+
+        state, verdict, metadata = judge(decl, spec, delta, mlflow, f"dagster:{run_id}", run_id, apply_share)
+        context.log.info(verdict.reason if state is None else f"{state.describe()}: {verdict.action}: {verdict.reason}")
         if verdict.action == "rollback":
             raise dg.Failure(
                 description=f"rollout of {decl.name} v{state.version} rolled back: {verdict.reason}",  # type: ignore[union-attr]

@@ -80,7 +80,7 @@ def record_evaluation(
         # against the new one are what lets it be approved
         client.set_model_version_tag(name, version, GATES_CHAMPION_TAG, str(evaluation.champion_version or "none"))
         client.set_model_version_tag(name, version, GATES_TAG, "passed" if evaluation.passed else "failed: " + ",".join(evaluation.failed))
-        if mv.aliases:
+        if mv.aliases or mv.tags.get(STATUS_TAG) == "rolled_back":  # a rollout's guards judged it on live traffic: that stays
             return
         client.set_model_version_tag(name, version, STATUS_TAG, "passed" if evaluation.passed else "rejected")
         if not evaluation.passed:
@@ -100,6 +100,28 @@ def record_evaluation(
                     mlflow_run_id=mv.run_id or "",
                 ),
             )
+
+
+def await_approval_after_regate(
+    delta: DeltaLakeResource, registry: MlflowRegistryResource, evaluation: Evaluation, actor: str
+) -> Decision | None:
+    """Gates run again by hand (`mlops gate`) that passed a version holding no alias: it waits for approval, on record
+    in the audit log as a passing promotion under policy manual is (an approval reads the log, not the tag). None
+    when nothing waits: the gates failed, the version holds an alias, or a rollout's guards rolled it back."""
+    name, version = evaluation.pipeline, evaluation.version
+    if not evaluation.passed:
+        return None
+    with promotion_lease(delta, name), registry.writing() as client:
+        mv = get_version(client, name, version)
+        if mv.aliases or mv.tags.get(STATUS_TAG) == "rolled_back":
+            return None
+        champion = _int(evaluation.champion_version)
+        why = f"gates passed again against {f'champion v{champion}' if champion else 'no champion'}: waiting for approval"
+        metrics = {"validation": metrics_of(mv), "holdout": metrics_of(mv, "holdout.")}
+        event = AuditEvent("await_approval", int(version), actor=actor, reason=why, from_version=champion, metrics=metrics)
+        record(delta, name, event)
+        client.set_model_version_tag(name, mv.version, STATUS_TAG, "awaiting_approval")
+    return Decision("await_approval", int(version), champion, f"v{version} waits for approval ({why})")
 
 
 class StaleGates(ValueError):

@@ -10,8 +10,8 @@ one pass over the current data:
   distance for numerical columns with more than 5 distinct values, Jensen-Shannon
   distance otherwise (threshold 0.1); smaller references -> Kolmogorov-Smirnov,
   chi-square or a two-proportion z-test (p-value below 0.05 means drift);
-- a column the reference had values of and the current data has none of (all null, NaN or
-  infinite) counts as drifted (``all values missing``); Evidently would skip it;
+- a column present in at least half the reference rows and in none of the current data (all
+  null, NaN or infinite) counts as drifted (``all values missing``); Evidently would skip it;
 - the Wasserstein distance is computed from quantile functions
   (W1 = integral of |Q_ref(u) - Q_cur(u)| du) on a fine grid, so the reference is
   a few thousand numbers, not the training data.
@@ -34,6 +34,7 @@ SMALL_REFERENCE = 1000  # Evidently switches tests at this many reference rows
 DISTANCE_THRESHOLD = 0.1
 P_VALUE_THRESHOLD = 0.05
 ALL_MISSING = "all values missing"  # the method of a column with no finite current value: its score is the share missing
+MOSTLY_PRESENT = 0.5  # a column missing from at most this share of reference rows is drifted when it is missing entirely
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ColumnProfile:
     counts: dict[str, int] = field(default_factory=dict)  # categorical or few distinct values
     values: list[float] = field(default_factory=list)  # kept only for small references (KS test)
     distinct: int = 0
+    missing: float = 0.0  # share of reference rows without a (finite) value
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,13 @@ def profile(frame: pl.DataFrame, numerical: list[str], categorical: list[str]) -
             counts=_key_counts(pl.Series(values)) if distinct <= 20 else {},
             values=values.tolist() if values.size <= SMALL_REFERENCE else [],
             distinct=distinct,
+            missing=1 - values.size / frame.height if frame.height else 0.0,
         )
     for name in categorical:
         counts = _key_counts(frame.get_column(name))
-        columns[name] = ColumnProfile(name=name, kind="categorical", rows=sum(counts.values()), counts=counts, distinct=len(counts))
+        present = sum(counts.values())
+        missing = 1 - present / frame.height if frame.height else 0.0
+        columns[name] = ColumnProfile(name=name, kind="categorical", rows=present, counts=counts, distinct=len(counts), missing=missing)
     return ReferenceProfile(columns)
 
 
@@ -203,9 +208,11 @@ def detect(reference: ReferenceProfile, current: pl.DataFrame, share_threshold: 
             continue  # nothing to compare
         present = _numeric(values).size if ref.kind == "numerical" else values.drop_nulls().len()
         if present == 0:
-            # Evidently skips an empty column; here a feature the reference had and the current data lost entirely
-            # (a broken upstream join, say) is drift: the model sees nothing of it
-            rows.append((name, ALL_MISSING, 1.0, 1.0, True))
+            # Evidently skips an empty column; here a feature mostly present in the reference and lost entirely now (a
+            # broken upstream join, say) is drift: the model sees nothing of it. One mostly missing already (wind gusts,
+            # absent on whole days) is skipped, as Evidently does
+            if ref.missing <= MOSTLY_PRESENT:
+                rows.append((name, ALL_MISSING, 1.0, 1.0, True))
             continue
         method, score, threshold, drifted = _column(ref, values)
         rows.append((name, method, score, threshold, drifted))

@@ -57,7 +57,8 @@ def test_packaged_flights_declaration_loads():
         (lambda d: d["landing"].update(uri="s3://bucket/flights"), "landing", "landing.uri is not a declaration setting"),
         (lambda d: d.update(name="mlops"), "name", "the serving gateway's Ray Serve application"),
         # a YAML quoting slip loaded, then failed every ingest; a number against a datetime passed every row
-        (lambda d: d["schema"]["columns"]["month"].update(allowed=["1", "2"]), "schema.columns.month", "must be numbers"),
+        (lambda d: d["schema"]["columns"]["month"].update(allowed=["1", "2"]), "schema.columns.month", "must be whole numbers"),
+        (lambda d: d["schema"]["columns"]["month"].update(allowed=[1.5]), "schema.columns.month", "must be whole numbers"),
         (lambda d: d["schema"]["columns"]["carrier"].update(allowed=[1, 2]), "schema.columns.carrier", "must be text"),
         (lambda d: d["schema"]["columns"]["time_hour"].update(min=0), "schema.columns.time_hour", "do not apply to a datetime"),
     ],
@@ -71,6 +72,12 @@ def test_bad_field_is_named(mutate, field, message):
     assert "flights.yaml" in text
     assert field in text
     assert message in text
+
+
+def test_a_float_column_may_list_allowed_fractions():
+    data = flights_dict()
+    data["schema"]["columns"]["dep_delay"].update(allowed=[0.5, 1.5, 2])
+    assert parse_declaration(data).table_schema.columns["dep_delay"].allowed == [0.5, 1.5, 2]
 
 
 def test_a_csv_pipeline_without_a_file_pattern_expects_csv_files():

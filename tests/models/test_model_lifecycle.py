@@ -202,22 +202,22 @@ def test_the_window_end_is_configurable_and_must_be_a_featurized_day(model_home)
 def test_a_feature_column_without_a_value_in_the_window_is_no_model_input(model_home, monkeypatch):
     """A renamed feature leaves its old column in the features table (merge_schema), null from the rebuild on: it
     became a model input, and serving refused the model. A misspelt CATEGORICAL_FEATURES name trained as a number."""
-    from deltalake import write_deltalake
-
     from mlops_assets.core.feature_contract import load_feature_module
     from mlops_assets.core.names import FEATURES, PARTITION_COLUMN
 
     decl = flights_variant()
     delta = model_home.platform(decl).delta
     table = delta.scan("flights", FEATURES).collect()
-    last = table.get_column(PARTITION_COLUMN).max()
-    table = table.with_columns(
-        pl.lit(None, pl.Float64).alias("renamed_away"),
-        pl.when(pl.col(PARTITION_COLUMN) == last).then(pl.lit(1.0)).alias("sparse"),  # values on one day of the window: kept
-    )
-    write_deltalake(
-        delta.table_uri("flights", FEATURES), table.to_arrow(), mode="overwrite", schema_mode="merge", partition_by=[PARTITION_COLUMN]
-    )
+    days = sorted(table.get_column(PARTITION_COLUMN).unique().to_list())
+    last = days[-1]
+
+    def rebuild(frame: pl.DataFrame) -> None:  # every day, as the features asset writes them
+        delta.write_partition_stream("flights", FEATURES, days, [frame], "test", merge_schema=True)
+
+    rebuild(table.with_columns(pl.lit(1.0).alias("renamed_away")))  # the feature under its old name
+    # renamed: the rebuilt files do not hold the old column at all (so no statistics for it); a new column has
+    # values on one day of the window only
+    rebuild(table.with_columns(pl.when(pl.col(PARTITION_COLUMN) == last).then(pl.lit(1.0)).alias("sparse")))
     plan = training.plan_training(decl, delta, end=last)
     assert "renamed_away" not in plan.feature_columns and {"temp", "sparse"} <= set(plan.feature_columns)
 

@@ -359,3 +359,22 @@ def test_a_waiting_challengers_gates_run_again_against_the_new_champion_let_it_b
     code, out, err = model_home.mlops("approve", "flights", "3", "--by", "dave", "--reason", "re-gated", capsys=capsys)
     assert code == 0, err
     assert aliases(model_home) == (3, None)
+
+
+def test_a_version_rejected_at_training_and_passed_by_gates_run_again_waits_for_approval(model_home, capsys):
+    """The team relaxed a gate and ran v2's gates again: they passed, but approval reads the audit log, where v2 had
+    only its rejection, so `mlops approve` refused it however often the gates ran. Now the passing run is on record."""
+    model_home.declare(flights_variant(policy="manual"))
+    assert model_home.platform(flights_variant(policy="manual")).run("flights_train").success
+    assert model_home.mlops("approve", "flights", "1", "--by", "carol", "--reason", "first", capsys=capsys)[0] == 0
+    assert not model_home.platform(flights_variant(policy="manual", training=WORSE)).run("flights_train", raise_on_error=False).success
+    assert model_home.registry.client().get_model_version("flights", "2").tags["mlops.status"] == "rejected"
+    model_home.declare(flights_variant(policy="manual", training=WORSE, gates={"max_regression": 100.0}))
+    code, out, _ = model_home.mlops("gate", "flights", "2", "--by", "dave", capsys=capsys)
+    assert code == 0 and "v2 waits for approval" in out and "`mlops approve flights 2`" in out, out
+    plat = model_home.platform(flights_variant(policy="manual"))
+    waiting = history(plat.delta, "flights").tail(1).row(0, named=True)
+    assert (waiting["action"], waiting["model_version"], waiting["actor"]) == ("await_approval", 2, "cli:dave")
+    code, out, err = model_home.mlops("approve", "flights", "2", "--by", "dave", "--reason", "relaxed gate", capsys=capsys)
+    assert code == 0 and "champion -> v2" in out, err
+    assert aliases(model_home) == (2, None)

@@ -98,3 +98,6 @@ def test_a_column_with_no_finite_current_value_is_drifted_not_skipped_or_a_crash
     assert result.columns.rows() == [("temp", "all values missing", 1.0, 1.0, True), ("flag", "all values missing", 1.0, 1.0, True)]
     assert result.dataset_drift and result.drifted() == ["temp", "flag"]
     assert detect(reference, current.head(0)).columns.height == 0  # no rows at all: nothing to compare
+    # a feature mostly missing in training already (wind gusts, absent on whole days) is skipped, as Evidently does
+    gusts = ref.with_columns(pl.when(pl.int_range(pl.len()) % 5 == 0).then(pl.col("temp")).alias("temp"))
+    assert detect(profile(gusts, ["temp", "flag"], []), current).drifted() == ["flag"]

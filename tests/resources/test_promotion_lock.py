@@ -91,6 +91,11 @@ def test_a_live_holder_renews_its_lease_past_the_ttl_and_learns_when_it_was_over
             time.sleep(0.5)
     rows = delta.table("p", PROMOTION_LOCK).to_pyarrow_table().to_pylist()
     assert rows[0]["holder"] == "took-it-after-expiry"  # the new holder's lease is left alone
+    # taken just before the block ends, with no renewal in between: the release finds it gone
+    write_deltalake(delta.table("p", PROMOTION_LOCK), _row("", 0.0), mode="overwrite")
+    with pytest.raises(LeaseLost, match="a-late-taker"):
+        with promotion_lease(delta, "p", ttl_s=60):
+            write_deltalake(delta.table("p", PROMOTION_LOCK), _row("a-late-taker", time.time() + 60), mode="overwrite")
 
 
 def test_a_promotion_waits_for_the_lease(tmp_path, monkeypatch):
