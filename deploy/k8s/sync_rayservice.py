@@ -2,7 +2,7 @@
 
 The RayService must serve exactly what `serving.config.serve_config` builds for the
 declared pipelines (the same config `serve run` uses on a laptop), so it is
-generated, never hand-edited. tests/test_deploy.py fails when it is out of date.
+generated, never hand-edited. tests/deploy/test_deploy.py fails when it is out of date.
 
     .venv/bin/python deploy/k8s/sync_rayservice.py
 """

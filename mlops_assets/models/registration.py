@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,11 @@ def run_pointer(instance: dg.DagsterInstance, key: dg.AssetKey, run_id: str) -> 
 
 
 def git_commit() -> tuple[str, bool]:
-    """(commit, dirty) of the code that trained; ('unknown', False) outside a git checkout."""
+    """(commit, dirty) of the code that trained: MLOPS_GIT_COMMIT where an image was built with it (an installed
+    package has no checkout), else the checkout's; ('unknown', False) without either."""
+    built = os.environ.get("MLOPS_GIT_COMMIT", "").strip()
+    if built:
+        return built, False
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
         dirty = subprocess.run(

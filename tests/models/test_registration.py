@@ -15,3 +15,16 @@ def test_a_features_table_at_version_0_stays_pinned_through_mlflows_json():
         logged = json.loads(delta_source("/home/delta/flights/features", version).to_json())
         assert logged == {"path": "/home/delta/flights/features", "delta_table_version": version}
         assert DeltaDatasetSource.from_dict(logged).delta_table_version == version
+
+
+def test_the_commit_an_image_was_built_from_is_recorded_where_no_checkout_is(monkeypatch):
+    """A cluster image holds the installed package, no git checkout: every model recorded mlops.git_commit unknown."""
+    import subprocess
+
+    from mlops_assets.models.registration import git_commit
+
+    monkeypatch.setenv("MLOPS_GIT_COMMIT", "0123abc")
+    assert git_commit() == ("0123abc", False)
+    monkeypatch.delenv("MLOPS_GIT_COMMIT")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert git_commit()[0] == head  # a checkout: its own commit
