@@ -146,7 +146,8 @@ def test_feature_code_breaking_the_contract_is_caught(monkeypatch):
     # text reached Delta and failed only at training, with a polars cast error
     monkeypatch.setattr(module.module, "build_features", lambda r, ref: r.select(pl.col("machine_id").alias("machine")))
     with pytest.raises(FeatureCodeError, match="outputs columns a model cannot read: {'machine': 'String'}"):
-        module.build(records, FeatureReference(categories={"machine_id": ["m1"]}))
+        ranged = records.with_columns(pl.lit("2024-03-01").alias("_partition"))  # where features are written
+        module.build_partitions(ranged, {"2024-03-01": FeatureReference(categories={"machine_id": ["m1"]})}, "_partition")
 
 
 def test_a_history_table_named_as_a_reference_table_is_refused():
