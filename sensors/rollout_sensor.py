@@ -25,6 +25,7 @@ from mlops_assets.core.names import (
     ROLLOUT_STEP_TAG,
     ROLLOUT_VERSION_TAG,
     rollout_job_name,
+    rollout_key,
     sensor_name,
 )
 from resources import rollouts
@@ -55,7 +56,7 @@ def build_rollout_sensor(decl: PipelineDeclaration, spec: RolloutSpec, job) -> d
         signals = rollouts.read_signals(delta, state, spec.guards, decl.target.task, decl.target.column)
         verdict = rollouts.decide(state, signals, spec)
         job_name = rollout_job_name(decl)
-        if verdict.action == "wait" and not _unapplied(context.instance, job_name, state):
+        if verdict.action == "wait" and not _unapplied(context.instance, job_name, state, rollout_key(decl)):
             return dg.SkipReason(verdict.reason)
         pending = context.instance.get_run_records(filters=dg.RunsFilter(job_name=job_name, statuses=UNFINISHED), limit=1)
         if pending:
@@ -87,13 +88,18 @@ def build_rollout_sensor(decl: PipelineDeclaration, spec: RolloutSpec, job) -> d
 APPLY = "apply"  # a run that puts the audit log's current share on Serve
 
 
-def _unapplied(instance: dg.DagsterInstance, job_name: str, state: rollouts.Rollout) -> bool:
+def _unapplied(instance: dg.DagsterInstance, job_name: str, state: rollouts.Rollout, asset: dg.AssetKey) -> bool:
     """Whether the latest rollout run of this version failed after recording the current step (or
-    while applying it), so Serve may not have its share."""
-    latest = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, tags={ROLLOUT_VERSION_TAG: str(state.version)}), limit=1)
-    if not latest or latest[0].status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+    while applying it), so Serve may not have its share, and no materialization of the rollout asset
+    since (one by hand, from the UI) applied it."""
+    records = instance.get_run_records(filters=dg.RunsFilter(job_name=job_name, tags={ROLLOUT_VERSION_TAG: str(state.version)}), limit=1)
+    if not records or records[0].dagster_run.status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
         return False
-    tags = latest[0].tags
+    since = instance.get_latest_materialization_event(asset)
+    failed_at = records[0].end_time or records[0].update_timestamp.timestamp()
+    if since is not None and since.timestamp > failed_at:
+        return False
+    tags = records[0].dagster_run.tags
     if tags.get(WILL_RETRY_TAG) == "true":
         return False  # Dagster's own run retry launches it again: that run judges and applies
     return tags.get(ROLLOUT_ACTION_TAG) == APPLY or int(tags.get(ROLLOUT_STEP_TAG, state.step)) < state.step

@@ -70,6 +70,10 @@ def test_a_step_recorded_by_a_failed_run_is_applied_again_a_bounded_number_of_ti
         given_up = tick()
         assert not given_up.run_requests
         assert "gave up" in given_up.skip_message and "materialize flights/rollout" in given_up.skip_message
+        # as the skip reason says: the rollout materialized by hand (from the UI) applied the share
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey(["flights", "rollout"])))
+        after = tick()
+        assert not after.run_requests and "gave up" not in after.skip_message and "step 3/3" in after.skip_message
 
         # a rollout that ended has nothing to repair
         record(delta, "flights", AuditEvent("rollout_abort", 2, actor="t", reason="t", alias="challenger"))
