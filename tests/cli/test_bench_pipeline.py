@@ -39,14 +39,14 @@ def test_pandas_baseline_agrees_with_platform(tmp_path: Path):
 
 def test_agreement_check_catches_a_different_feature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     pipeline_bench.generate(1_500, tmp_path, days=pipeline_bench.DAYS_2013[:3], seed=11)
-    linear = pandas_baseline.history_stats
+    combine = pandas_baseline.combine_history
 
-    def off_by_a_little(history):
-        stats = linear(history)
+    def off_by_a_little(partials):
+        stats = combine(partials)
         stats["carrier_stats"]["carrier_mean_arr_delay"] += 1e-3
         return stats
 
-    monkeypatch.setattr(pandas_baseline, "history_stats", off_by_a_little)
+    monkeypatch.setattr(pandas_baseline, "combine_history", off_by_a_little)
     with pytest.raises(AssertionError, match="carrier_mean_arr_delay differs"):
         pipeline_bench.compare(tmp_path)
 

@@ -125,20 +125,42 @@ def ingest_validate(frame: pd.DataFrame, schema: SchemaSpec) -> PandasResult:
     return PandasResult(clean=typed[~bad].reset_index(drop=True), quarantine=quarantine.reset_index(drop=True))
 
 
-def history_stats(history: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Route and carrier delay statistics over earlier days' completed flights."""
-    flown = history[history["arr_delay"].notna()]
-    delay = flown.groupby(["origin", "dest"], sort=False)["arr_delay"]
+def history_partial(day: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One day's share of the history statistics, computed once per day as the platform's feature module does:
+    completed flights per route and delay, and delay sums per carrier (the same algorithm on both sides)."""
+    flown = day[day["arr_delay"].notna()]
+    return {
+        "route_delays": flown.groupby(["origin", "dest", "arr_delay"], sort=False).size().rename("n").reset_index(),
+        "carrier_delays": flown.groupby("carrier", sort=False)["arr_delay"].agg(["sum", "count"]).reset_index(),
+    }
+
+
+def combine_history(partials: list[dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """Route and carrier delay statistics over the days whose partials are given: the mean from the delay counts,
+    the 75th percentile as polars' 'nearest' quantile read off the combined counts."""
+    routes = pd.concat([p["route_delays"] for p in partials], ignore_index=True)
+    routes = routes.groupby(["origin", "dest", "arr_delay"], sort=True)["n"].sum().reset_index()
+    routes["weighted"] = routes["arr_delay"] * routes["n"]
+    by_route = routes.groupby(["origin", "dest"], sort=False)
+    flights = by_route["n"].transform("sum")
+    position = np.floor((flights - 1) * 0.75 + 0.5)
+    p75 = routes[by_route["n"].cumsum() > position].groupby(["origin", "dest"], sort=False)["arr_delay"].first()
+    totals = by_route[["weighted", "n"]].sum()
     route = pd.DataFrame(
         {
-            "route_mean_arr_delay": delay.mean(),
-            # polars' default quantile interpolation is 'nearest'
-            "route_p75_arr_delay": delay.quantile(0.75, interpolation="nearest"),
-            "route_flights": delay.size().astype("int32"),
+            "route_mean_arr_delay": totals["weighted"] / totals["n"],
+            "route_p75_arr_delay": p75,
+            "route_flights": totals["n"].astype("int32"),
         }
     ).reset_index()
-    carrier = flown.groupby("carrier", sort=False)["arr_delay"].mean().rename("carrier_mean_arr_delay").reset_index()
+    carriers = pd.concat([p["carrier_delays"] for p in partials], ignore_index=True).groupby("carrier", sort=False)[["sum", "count"]].sum()
+    carrier = (carriers["sum"] / carriers["count"]).rename("carrier_mean_arr_delay").reset_index()
     return {"route_stats": route, "carrier_stats": carrier}
+
+
+def history_stats(history: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Route and carrier delay statistics over earlier days' completed flights."""
+    return combine_history([history_partial(history)])
 
 
 def prepare_reference(weather: pd.DataFrame, planes: pd.DataFrame) -> dict[str, pd.DataFrame]:
