@@ -163,25 +163,37 @@ class ModelServer:
         )
 
     def reconfigure(self, config: dict) -> None:
-        """Apply the traffic shares; load the configured version (None: whatever the role's alias points at) and swap it in."""
+        """Load the configured version (None: whatever the role's alias points at), swap it in, then apply the
+        traffic shares: a load that fails changes nothing, shares included (they were set before the load, so a
+        refused version's canary share went to whatever challenger was held)."""
         config = config or {}
         traffic = self.decl.serving.traffic
-        self.canary_share = float(config.get("canary_share", traffic.canary_share))
-        self.shadow = bool(config.get("shadow", traffic.shadow))
+        shares = float(config.get("canary_share", traffic.canary_share)), bool(config.get("shadow", traffic.shadow))
         uri = self.settings.resolved_tracking_uri()
         version = config.get("model_version")
         if version is None and config.get("follow_alias", True):  # False: deployed with no version on purpose
             version = resolve_alias(uri, self.decl.name, CHAMPION if self.role == CHAMPION else CHALLENGER)
         if version is None:
-            # nothing registered under the alias yet: stay up, report not ready
-            self.loaded = None
+            # nothing registered under the alias yet, or withdrawn: stay up, report not ready, and free its folder
+            previous, self.loaded = self.loaded, None
+            if previous is not None and previous.model.local_dir:
+                shutil.rmtree(previous.model.local_dir, ignore_errors=True)
+            self.canary_share, self.shadow = shares
             return
         if self.loaded is not None and self.loaded.model.version == int(version):
+            self.canary_share, self.shadow = shares
             return  # Serve also reconfigures on rank changes (surge rollouts): nothing to load then
         model = self._load(uri, int(version), config.get("model_source"))
-        model.batch_threads = self.group.batch_threads
-        reference, info = serving_reference(self.decl, self.module, self.settings.delta())
-        previous, self.loaded = self.loaded, Loaded(model, reference, self.module.lookup_index(reference), info)
+        try:
+            model.batch_threads = self.group.batch_threads
+            reference, info = serving_reference(self.decl, self.module, self.settings.delta())
+            loaded = Loaded(model, reference, self.module.lookup_index(reference), info)
+        except BaseException:
+            if model.local_dir:  # the downloaded copy of a version that never served
+                shutil.rmtree(model.local_dir, ignore_errors=True)
+            raise
+        previous, self.loaded = self.loaded, loaded
+        self.canary_share, self.shadow = shares
         self.loads += 1
         if self.device != "cpu":
             model.single_row_note = f"{self.device} replicas predict every request on the {self.device}"

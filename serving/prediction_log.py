@@ -181,9 +181,11 @@ class PredictionLogger:
         return sorted(self.spill_dir.glob("*.parquet"))
 
     def _drain_spill(self) -> int:
-        """Append spilled batches, oldest first, until the store refuses one. Each file is claimed by an atomic
-        rename first, so replicas sharing the folder never append one batch twice."""
-        written = 0
+        """Append spilled batches, oldest first, until the store refuses two in a row (it is down: the next flush tries
+        again). One refused file alone (a batch the table will never take) stays for a person to look at and no longer
+        holds back the files after it. Each file is claimed by an atomic rename first, so replicas sharing the folder
+        never append one batch twice."""
+        written, refused = 0, 0
         try:
             self._reclaim()
             files = self.spill_files()
@@ -206,7 +208,11 @@ class PredictionLogger:
                     claimed.rename(path)  # back for the next flush
                 except OSError as err:
                     log.error("prediction log: cannot return %s to the spill folder: %s", claimed, err)
-                break
+                refused += 1
+                if refused >= 2:
+                    break
+                continue
+            refused = 0
             claimed.unlink(missing_ok=True)
             self.respilled_rows += batch.height
             written += batch.height

@@ -232,3 +232,42 @@ def test_a_queue_half_full_is_flushed_before_its_time_so_large_requests_do_not_o
     finally:
         logger.close()
     assert delta.scan("flights", PREDICTION_LOG).select(pl.len()).collect().item() == sent
+
+
+def test_a_spill_file_the_store_never_takes_does_not_hold_back_the_ones_after_it(tmp_path):
+    """Spilled batches were appended oldest first until one was refused: a batch the table will never take (a
+    column whose type cannot merge) kept every later spilled batch out of the log, for good."""
+    delta = DeltaLakeResource(root=str(tmp_path / "delta"))
+    logger = PredictionLogger(delta, "flights", max_rows=1000, flush_seconds=3600, spill_dir=tmp_path / "spill")
+
+    def rows(request_id: str, codes: pl.Series) -> pl.DataFrame:
+        features = pl.DataFrame({"dep_delay": [1.0] * codes.len(), "carrier_code": codes})
+        result = {"predictions": [0.5] * codes.len()}
+        return log_rows(
+            features=features,
+            result=result,
+            pipeline="flights",
+            model_version=3,
+            role="champion",
+            served=True,
+            request_id=request_id,
+            received_at=time.time(),
+        )
+
+    try:
+        logger.log(rows("first", pl.Series([1, 2], dtype=pl.Int16)))
+        assert logger.flush() == 2
+        logger.log(rows("never-takes", pl.Series(["x", "y"], dtype=pl.String)))  # spilled, and refused for good
+        logger.flush()
+        append = logger._appender.append
+        logger._appender.append = lambda *a, **k: (_ for _ in ()).throw(OSError("store down"))
+        logger.log(rows("spilled-in-an-outage", pl.Series([3, 4], dtype=pl.Int16)))
+        logger.flush()
+        logger._appender.append = append  # the store is back
+        logger.log(rows("later", pl.Series([5], dtype=pl.Int16)))
+        logger.flush()
+    finally:
+        logger.close()
+    logged = set(delta.scan("flights", PREDICTION_LOG).collect()["request_id"])
+    assert logged == {"first", "spilled-in-an-outage", "later"}
+    assert len(logger.spill_files()) == 1 and logger.respilled_rows == 2  # the refused one stays for a person

@@ -274,3 +274,35 @@ def test_a_replica_loads_the_handed_source_without_the_registry_and_names_a_bad_
         assert s.status()["model_version"] == serving_registry.champion  # a refused load changes nothing
     finally:
         s.close()
+
+
+def test_a_refused_or_failed_load_changes_nothing_and_a_withdrawn_version_frees_its_folder(serving_registry, monkeypatch):
+    """A refused version's canary share and shadow switch applied all the same (routing by them to whatever
+    challenger was held); a load that failed after its download left the copy behind, one per try; a withdrawn
+    version's folder stayed for the replica's life."""
+    import serving.deployments as deployments
+    from serving.loaded_model import ModelLoadError
+
+    reg = serving_registry
+    settings = ServeSettings(pipeline="flights", tracking_uri=reg.tracking_uri, delta_root=reg.delta.root).model_dump()
+    s = Server(settings, "challenger")
+    try:
+        s.reconfigure({"model_version": reg.champion})
+        with pytest.raises(ModelLoadError, match="no version 999"):
+            s.reconfigure({"model_version": 999, "canary_share": 1.0, "shadow": True})
+        assert (s.status()["model_version"], s.canary_share, s.shadow) == (reg.champion, 0.0, False)
+
+        def unreachable(*args, **kwargs):
+            raise OSError("delta store unreachable")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(deployments, "serving_reference", unreachable)
+            for _ in range(3):
+                with pytest.raises(OSError, match="unreachable"):
+                    s.reconfigure({"model_version": reg.challenger})
+        assert len(os.listdir(s.cache_dir)) == 1 and s.status()["model_version"] == reg.champion  # only the one serving
+
+        s.reconfigure({"model_version": None, "follow_alias": False, "canary_share": 0.0})  # the challenger withdrawn
+        assert s.loaded is None and os.listdir(s.cache_dir) == []
+    finally:
+        s.close()
