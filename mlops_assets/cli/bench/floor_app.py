@@ -22,13 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--pipeline", default="flights")
+    p.add_argument("--proxy", choices=["haproxy", "serve"], default="haproxy", help="the ingress ours runs behind")
     args = p.parse_args(argv)
 
     from mlops_assets.cli.ingress_janitor import ingress_folder
     from mlops_assets.cli.serve_commands import ingress_env
 
     with ingress_folder("mlops-fl-") as folder:  # short: HAProxy caps its socket paths at 97 characters
-        os.environ.update(ingress_env("haproxy", folder))  # before Ray and Serve read their settings
+        os.environ.update(ingress_env(args.proxy, folder))  # before Ray and Serve read their settings
         return _serve(args)
 
 

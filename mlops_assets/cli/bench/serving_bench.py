@@ -471,7 +471,8 @@ def mlflow_server(home: Home, port: int, logs: Path) -> Server:
     return Server("mlflow", argv, env, (f"http://127.0.0.1:{port}/ping",), logs / "mlflow.log")
 
 
-def floor_server(home: Home, port: int, logs: Path, num_cpus: int = 2) -> Server:
+def floor_server(home: Home, port: int, logs: Path, num_cpus: int = 2, proxy: str = "haproxy") -> Server:
+    """The floor behind the ingress ours runs behind (`proxy`): the same ingress on both sides."""
     env = {**os.environ, **home.env}
     env.pop("RAY_ADDRESS", None)
     argv = [
@@ -484,6 +485,8 @@ def floor_server(home: Home, port: int, logs: Path, num_cpus: int = 2) -> Server
         str(num_cpus),
         "--pipeline",
         PIPELINE,
+        "--proxy",
+        proxy,
     ]
     # both applications: V1 deploys after V2 (a V1 case once ran into 1,742 HAProxy errors when only V2 was asked)
     routes = (f"http://127.0.0.1:{port}/v2/models/{PIPELINE}/infer", f"http://127.0.0.1:{port}/v1/models/{PIPELINE}:predict")
@@ -777,7 +780,7 @@ def bench(
                 }
                 urls = {k: v for k, v in urls.items() if k in protocols}
             elif side == "floor":
-                server = floor_server(home, ports["floor"], logs, num_cpus)
+                server = floor_server(home, ports["floor"], logs, num_cpus, proxy)
                 urls = {
                     "v1": f"http://127.0.0.1:{ports['floor']}/v1/models/{PIPELINE}:predict",
                     "v2": f"http://127.0.0.1:{ports['floor']}/v2/models/{PIPELINE}/infer",
