@@ -547,8 +547,10 @@ class ModelServer:
         return answer
 
     async def _pinned(self, frame: CheckedRows | pl.DataFrame, request_id: str, received_at: float, version: int) -> dict:
-        """A request for one version (`/v2/models/{name}/versions/{v}/infer`): whichever role holds it answers."""
-        holders = [(CHAMPION, self._champion)]
+        """A request for one version (`/v2/models/{name}/versions/{v}/infer`): whichever role holds it answers. This
+        replica, not the GPU group: during a swap the group may still hold the version before, and the request then
+        fell through to the challenger and a 404 although this replica held the version asked for."""
+        holders = [(CHAMPION, self._here)]
         if self.challenger is not None:
             holders.append((CHALLENGER, self.challenger.infer.remote))
         for role, answer in holders:
