@@ -106,6 +106,15 @@ def bench_declaration(folder: Path) -> Path:
     return path
 
 
+def _trained_through(version: str) -> str:
+    """The last day the version's training window read (its plan in the registry): any newer version answering
+    is not yet one trained on the landed day."""
+    from resources.mlflow_registry import MlflowRegistryResource
+    from resources.registered_models import get_version, plan_of
+
+    return plan_of(get_version(MlflowRegistryResource().client(), "flights", version)).partition_end
+
+
 def _served_version(url: str, body: bytes) -> str | None:
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     try:
@@ -226,7 +235,7 @@ def bench(
         land_days(decl, landing, trigger_day, 1)
         landed_at = time.time()
         after = _wait(
-            lambda: (v := _served_version(url, body)) and v != before and v,
+            lambda: (v := _served_version(url, body)) and v != before and _trained_through(v) >= trigger_day.isoformat() and v,
             timeout,
             f"a model trained on {trigger_day} to answer",
         )
