@@ -828,6 +828,8 @@ def bench(
                                 else ""
                             )
                         )
+                if side == "ours":  # idle means idle: the last case's rows written first, not being written
+                    wait_for_written_log(ports["ours"], replicas)
                 idle_cores = settled_idle_cores(server.proc.pid)
                 result.setdefault("idle_cpu_cores", {})[side] = idle_cores
                 log(f"  {side}: {idle_cores:.3f} cores busy while idle (its whole process session, settled)")
