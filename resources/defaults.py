@@ -18,8 +18,7 @@ from resources.serving import ServingResource
 
 def serving_resources(home: MlopsHome | None = None) -> dict:
     if home is None:  # where clients reach the endpoints, for the deployment's metadata (the cluster's ingress)
-        public = {"public_url": dg.EnvVar("MLOPS_SERVE_PUBLIC_URL")} if os.environ.get("MLOPS_SERVE_PUBLIC_URL") else {}
-        return {"serving": ServingResource(**public)}
+        return {"serving": ServingResource(public_url=_env_or_default("MLOPS_SERVE_PUBLIC_URL"))}
     return {"serving": ServingResource(tracking_uri=home.mlflow_tracking_uri, delta_root=str(home.delta))}
 
 

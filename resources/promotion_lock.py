@@ -79,16 +79,17 @@ def _try_take(delta: DeltaLakeResource, pipeline: str, holder: str, ttl_s: float
     return None
 
 
-def _renew(delta: DeltaLakeResource, pipeline: str, holder: str, ttl_s: float) -> str | None:
-    """Push the lease's expiry on; returns who holds it instead when it was overtaken."""
+def _while_ours(delta: DeltaLakeResource, pipeline: str, holder: str, row) -> str | None:
+    """Overwrite the lease with `row()` while `holder` holds it (a renewal, a release); returns who holds it
+    instead when it was overtaken (None: written)."""
     table = delta.table(pipeline, PROMOTION_LOCK)
     holders = [r["holder"] for r in table.to_pyarrow_table().to_pylist()] if table is not None else []
     if holders != [holder]:
         return next((h for h in holders if h), "nobody (the lease was released)")
     try:
-        write_deltalake(table, _row(holder, time.time() + ttl_s), mode="overwrite")
+        write_deltalake(table, row(), mode="overwrite")
     except CommitFailedError:
-        return _renew(delta, pipeline, holder, ttl_s)  # someone wrote meanwhile: read who
+        return _while_ours(delta, pipeline, holder, row)  # someone wrote meanwhile: read who
     return None
 
 
@@ -104,27 +105,12 @@ class _Renewal(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(self.ttl_s / 4):
             try:
-                self.taken_by = _renew(self.delta, self.pipeline, self.holder, self.ttl_s)
+                self.taken_by = _while_ours(self.delta, self.pipeline, self.holder, lambda: _row(self.holder, time.time() + self.ttl_s))
             except Exception as err:  # noqa: BLE001 - a storage hiccup: the next renewal tries again before the TTL runs out
                 log.warning("%s: renewing the promotion lease failed (%s); trying again", self.pipeline, err)
                 continue
             if self.taken_by is not None:
                 return
-
-
-def _release(delta: DeltaLakeResource, pipeline: str, holder: str) -> str | None:
-    """Free the lease while it is still ours; returns who holds it instead when it was taken (None: released)."""
-    table = delta.table(pipeline, PROMOTION_LOCK)
-    if table is None:
-        return "nobody (the lease table is gone)"
-    holders = [r["holder"] for r in table.to_pyarrow_table().to_pylist()]
-    if holders != [holder]:
-        return next((h for h in holders if h), "nobody (the lease was released)")
-    try:
-        write_deltalake(table, _row("", 0.0), mode="overwrite")
-    except CommitFailedError:
-        return _release(delta, pipeline, holder)  # someone wrote meanwhile: read who
-    return None
 
 
 @contextmanager
@@ -145,7 +131,7 @@ def promotion_lease(delta: DeltaLakeResource, pipeline: str, wait_s: float | Non
     finally:
         renewal.stopped.set()
         renewal.join()
-        taken_by = _release(delta, pipeline, holder)  # only while it is still ours: else the decision overlapped another
+        taken_by = _while_ours(delta, pipeline, holder, lambda: _row("", 0.0))  # a release; not ours: the decisions overlapped
         renewal.taken_by = renewal.taken_by or taken_by
     if renewal.taken_by is not None:
         raise LeaseLost(

@@ -80,7 +80,7 @@ def record_evaluation(
         # against the new one are what lets it be approved
         client.set_model_version_tag(name, version, GATES_CHAMPION_TAG, str(evaluation.champion_version or "none"))
         client.set_model_version_tag(name, version, GATES_TAG, "passed" if evaluation.passed else "failed: " + ",".join(evaluation.failed))
-        if mv.aliases or mv.tags.get(STATUS_TAG) == "rolled_back":  # a rollout's guards judged it on live traffic: that stays
+        if _status_stays(mv):
             return
         client.set_model_version_tag(name, version, STATUS_TAG, "passed" if evaluation.passed else "rejected")
         if not evaluation.passed:
@@ -102,6 +102,12 @@ def record_evaluation(
             )
 
 
+def _status_stays(mv) -> bool:
+    """A version whose status gates run again leave as it is: it holds an alias (its status is that decision's), or a
+    rollout's guards rolled it back on live traffic."""
+    return bool(mv.aliases) or mv.tags.get(STATUS_TAG) == "rolled_back"
+
+
 def await_approval_after_regate(
     delta: DeltaLakeResource, registry: MlflowRegistryResource, evaluation: Evaluation, actor: str
 ) -> Decision | None:
@@ -113,7 +119,7 @@ def await_approval_after_regate(
         return None
     with promotion_lease(delta, name), registry.writing() as client:
         mv = get_version(client, name, version)
-        if mv.aliases or mv.tags.get(STATUS_TAG) == "rolled_back":
+        if _status_stays(mv):
             return None
         champion = _int(evaluation.champion_version)
         why = f"gates passed again against {f'champion v{champion}' if champion else 'no champion'}: waiting for approval"

@@ -158,11 +158,6 @@ def combine_history(partials: list[dict[str, pd.DataFrame]]) -> dict[str, pd.Dat
     return {"route_stats": route, "carrier_stats": carrier}
 
 
-def history_stats(history: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Route and carrier delay statistics over earlier days' completed flights."""
-    return combine_history([history_partial(history)])
-
-
 def prepare_reference(weather: pd.DataFrame, planes: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Weather and planes as the joins need them (once, not per day)."""
     w = weather[["origin", "time_hour", *WEATHER_COLUMNS]].copy()
