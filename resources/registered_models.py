@@ -73,10 +73,20 @@ def _download(registry: MlflowRegistryResource, name: str, version: str | int, d
         return mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=dst)
 
 
+class UnplannedVersion(LookupError):
+    """A registered version without the training plan the platform records: registered by hand, not trained
+    here. There is no window to compare, monitor or retrain against."""
+
+
 def plan_of(version: ModelVersion) -> TrainingPlan:
     text = version.tags.get(PLAN_TAG)
     if not text:
-        raise LookupError(f"model {version.name} version {version.version} records no training plan ({PLAN_TAG})")
+        aliases = f" (it holds {', '.join(f'`{a}`' for a in version.aliases)})" if getattr(version, "aliases", None) else ""
+        raise UnplannedVersion(
+            f"model {version.name} version {version.version}{aliases} records no training plan ({PLAN_TAG}): "
+            "the platform did not train it, so nothing can be compared, monitored or retrained against it; "
+            "point the alias at a version the platform trained (in MLflow)"
+        )
     return TrainingPlan.from_json(text)
 
 

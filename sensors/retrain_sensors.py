@@ -67,6 +67,15 @@ def retrain_blocker(instance: dg.DagsterInstance, decl: PipelineDeclaration, tra
     return None
 
 
+def _champion(decl: PipelineDeclaration, mlflow: MlflowRegistryResource) -> tuple[registered_models.Champion | None, str | None]:
+    """The champion, or why there is none to work against: a `champion` alias moved by hand onto a version the
+    platform did not train is said on every tick, not raised as a failed tick with a traceback."""
+    try:
+        return registered_models.champion(decl.name, mlflow), None
+    except registered_models.UnplannedVersion as err:
+        return None, str(err)
+
+
 def _retrain_request(train_job: str, run_key: str, trigger: str, reason: str) -> dg.RunRequest:
     return dg.RunRequest(run_key=run_key, job_name=train_job, tags={TRIGGER_TAG: trigger, REASON_TAG: reason[:1000]})
 
@@ -84,7 +93,9 @@ def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.Senso
     )
     def new_data_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         cursor = json.loads(context.cursor) if context.cursor else {}
-        champ = registered_models.champion(decl.name, mlflow)
+        champ, unplanned = _champion(decl, mlflow)
+        if unplanned:
+            return dg.SkipReason(unplanned)
         if champ and champ.erased and cursor.get("erasure") != champ.erased:
             # the champion learned from rows that were erased: replace it now (no cooldown), once per erasure
             busy = training_in_flight(context.instance, train_job)
@@ -126,7 +137,9 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
     )
     def drift_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         cursor = json.loads(context.cursor) if context.cursor else {}
-        champ = registered_models.champion(decl.name, mlflow)
+        champ, unplanned = _champion(decl, mlflow)
+        if unplanned:
+            return dg.SkipReason(unplanned)
         if champ is None:
             return dg.SkipReason("no champion yet")
         reports = pipeline_tables.drift_reports(delta, decl.name)
@@ -173,7 +186,9 @@ def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job:
         description=f"Checks drift and batch-scores each {decl.name} feature day that arrives after the champion's training window.",
     )
     def monitor_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
-        champ = registered_models.champion(decl.name, mlflow)
+        champ, unplanned = _champion(decl, mlflow)
+        if unplanned:
+            return dg.SkipReason(unplanned)
         if champ is None:
             return dg.SkipReason("no champion yet")
         version = str(champ.version)

@@ -66,6 +66,11 @@ def status(args: argparse.Namespace) -> int:
             if d is None:
                 print(f"  {alias}: none")
                 continue
+            if not d["trained_here"]:
+                print(
+                    f"  {alias}: v{d['version']}, not trained by the platform (no training plan): point `{alias}` at a version it trained"
+                )
+                continue
             print(f"  {alias}: v{d['version']} ({d['status']})")
             print(f"    validation: {_fmt_metrics(d['validation_metrics'])}")
             print(f"    hold-out:   {_fmt_metrics(d['holdout_metrics'])}")

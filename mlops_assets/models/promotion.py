@@ -20,6 +20,7 @@ from mlops_assets.core.names import (
     GATES_ARTIFACT,
     GATES_CHAMPION_TAG,
     GATES_TAG,
+    PLAN_TAG,
     STATUS_TAG,
 )
 from mlops_assets.models.gates import Evaluation
@@ -429,6 +430,7 @@ def describe(registry: MlflowRegistryResource, pipeline: str, alias: str) -> dic
         "alias": alias,
         "version": int(mv.version),
         "status": t.get(STATUS_TAG, ""),
+        "trained_here": PLAN_TAG in t,  # False: registered by hand, outside the platform
         "validation_metrics": metrics_of(mv),
         "holdout_metrics": metrics_of(mv, "holdout."),
         "partitions": f"{t.get('mlops.partition_start', '?')}..{t.get('mlops.partition_end', '?')}",

@@ -40,7 +40,10 @@ from resources.mlflow_registry import MlflowRegistryResource
 
 
 def _require_champion(decl: PipelineDeclaration, mlflow: MlflowRegistryResource) -> registered_models.Champion:
-    champ = registered_models.champion(decl.name, mlflow)
+    try:
+        champ = registered_models.champion(decl.name, mlflow)
+    except registered_models.UnplannedVersion as err:
+        raise dg.Failure(str(err), allow_retries=False) from None
     if champ is None:
         raise dg.Failure(
             f"{decl.name} has no champion model yet: drift and scores are measured against the champion",
