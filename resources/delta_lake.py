@@ -13,10 +13,10 @@ file, in the run config or in the Dagster UI.
 
 Concurrent writers on S3: delta-rs 1.x commits a version by creating
 ``_delta_log/<version>.json`` with a conditional PUT (``If-None-Match: *``), so
-two writers can never both create the same version; the loser gets a
-CommitFailedError when its change conflicts (the same partition), and is
-rebased otherwise. ``_commit`` re-runs a conflicting write against the new
-snapshot, so the partition is replaced, never duplicated. The unsafe
+two writers can never both create the same version. A partition write is
+never rebased by delta-rs (its conflict check does not see the partition
+filter): the loser gets a CommitFailedError and ``_commit`` rebuilds the write
+on the new snapshot, so the partition is replaced, never duplicated. The unsafe
 alternatives (``AWS_S3_ALLOW_UNSAFE_RENAME``, conditional put disabled) are
 refused rather than silently accepted.
 """

@@ -80,7 +80,7 @@ INGEST_TAG = "mlops/ingest"
 TRAINING_TAG = "mlops/training"
 DEPLOY_TAG = "mlops/deploy"
 QUEUE_TAGS = (INGEST_TAG, TRAINING_TAG, DEPLOY_TAG)
-# ingestion and monitoring runs (the backlog) may hold every run slot but one: training and
+# ingestion and monitoring runs (the backlog) may hold all but one or two run slots: training and
 # rollouts always find one free instead of waiting for a backlog run to finish
 BACKLOG_TAG = "mlops/backlog"
 BACKLOG = {BACKLOG_TAG: "true"}
