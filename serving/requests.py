@@ -150,13 +150,24 @@ class Decoded:
     """A request body turned into raw records (V1) or columns (V2), with what the answer must look like."""
 
     records: list[dict] | Columns
-    request_id: str | None = None  # the body's own id (V2 `id`), if it has one
+    request_id: str | None = None  # the body's own id (V2 `id`, V1 `request_id`), if it has one
     outputs: tuple[tuple[str, bool], ...] = field(default=())  # V2: (output name, in binary), in the order asked
+
+
+def body_id(body: Any, key: str) -> str | None:
+    """The body's own request id (V2 `id`, V1 `request_id`), answered in the X-Request-Id header: a value HTTP
+    cannot carry is refused here, not found after the prediction when the answer fails."""
+    request_id = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(request_id, str):
+        return None
+    if not header_safe(request_id):
+        raise RequestError(f"{key} must be printable Latin-1 text of at most {MAX_ID_CHARS} characters, got {request_id[:40]!r}", field=key)
+    return request_id
 
 
 def decode_v1(raw: bytes, headers: Any, schema: RequestSchema) -> Decoded:
     body = parse_json(raw)
-    return Decoded(records_from_v1(body, schema))
+    return Decoded(records_from_v1(body, schema), body_id(body, "request_id"))
 
 
 def decode_v2(raw: bytes, headers: Any, schema: RequestSchema) -> Decoded:
@@ -167,11 +178,7 @@ def decode_v2(raw: bytes, headers: Any, schema: RequestSchema) -> Decoded:
     elif tail:
         raise RequestError(f"the body has {len(tail)} bytes of binary data after its JSON header, but no inputs to take them")
     columns = columns_from_v2(body, schema)
-    request_id = body["id"] if isinstance(body.get("id"), str) else None
-    if request_id is not None and not header_safe(request_id):
-        # it is answered in the X-Request-Id header: a value HTTP cannot carry failed the answer after the prediction
-        raise RequestError(f"id must be printable Latin-1 text of at most {MAX_ID_CHARS} characters, got {request_id[:40]!r}", field="id")
-    return Decoded(columns, request_id, requested_outputs(body, schema.outputs))
+    return Decoded(columns, body_id(body, "id"), requested_outputs(body, schema.outputs))
 
 
 MAX_ID_CHARS = 256
@@ -273,6 +280,12 @@ def requested_outputs(body: dict, known: tuple[str, ...]) -> tuple[tuple[str, bo
         own = out.get("parameters")
         if own is not None and not isinstance(own, dict):
             raise RequestError(f"outputs[{k}].parameters must be an object", field="outputs")
+        if "classification" in (own or {}):  # answered as plain outputs, a client reading top-k classes misreads them
+            raise RequestError(
+                f"outputs[{k}].parameters.classification: Triton's classification extension is not served; "
+                f"ask for the outputs as they are ({', '.join(known)})",
+                field="outputs",
+            )
         binary = (own or {}).get("binary_data", every)
         if not isinstance(binary, bool):
             raise RequestError(f"outputs[{k}].parameters.binary_data must be true or false", field="outputs")

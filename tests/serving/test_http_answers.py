@@ -39,6 +39,31 @@ def test_a_refused_request_is_one_log_line_and_a_400(caplog, monkeypatch):
     assert len(records) == 1 and records[0].exc_info is None and "refused (400)" in records[0].getMessage()
 
 
+def test_a_v1_bodys_request_id_is_the_requests_id(monkeypatch):
+    """KServe V1 bodies may carry `request_id`: it names the request in the answer and the prediction log, as V2's
+    `id` does (it was accepted and ignored: the answer carried a generated id), and one HTTP cannot carry is a 400."""
+    from tests.support.serving import request_records
+
+    monkeypatch.delenv("MLOPS_SERVE_TOKEN", raising=False)
+    decl = flights_variant()
+    schema = RequestSchema.of(decl, load_feature_module(decl).input_columns(decl))
+    routed = []
+
+    async def route(records, request_id, received):
+        routed.append(request_id)
+        return {"predictions": [1.0] * len(records), "model_version": 1, "role": "champion"}
+
+    def answer(body: dict):
+        return asyncio.run(answer_prediction(_request(json.dumps(body).encode()), decl, schema, decode_v1, route))
+
+    records = request_records(2)
+    assert answer({"instances": records, "request_id": "order-17"})[1] == "order-17"
+    bad = answer({"instances": records, "request_id": "a\r\nSet-Cookie: x=1"})
+    assert bad.status_code == 400 and json.loads(bad.body)["error"].startswith("request_id must be printable Latin-1 text")
+    assert answer({"instances": records})[1] not in ("", "order-17")  # none: the header's, else a generated one
+    assert routed[0] == "order-17" and len(routed) == 2
+
+
 def _v2_request(body: bytes, headers: dict | None = None) -> Request:
     chunks = [{"type": "http.request", "body": body, "more_body": False}]
 
@@ -89,6 +114,8 @@ def test_v2_mistakes_that_were_answered_500_or_worse_are_400s(monkeypatch):
     assert answer(json.dumps(_v2_body(schema, id="caf\u00e9-7")).encode())[1] == "caf\u00e9-7"  # Latin-1 travels
     twice = _v2_body(schema, outputs=[{"name": "predictions"}] * 2000)
     assert refused(json.dumps(twice).encode()) == "output 'predictions' is asked for twice"
+    top2 = _v2_body(schema, outputs=[{"name": "predictions", "parameters": {"classification": 2}}])
+    assert refused(json.dumps(top2).encode()).startswith("outputs[0].parameters.classification: Triton's classification extension")
     assert refused(good, {"Inference-Header-Content-Length": "9" * 5000}).startswith("Inference-Header-Content-Length must be a byte count")
     assert routed == ["caf\u00e9-7"], "no refused request was routed"
 
