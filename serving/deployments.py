@@ -58,7 +58,7 @@ from serving.exact_predictions import checked
 from serving.http_answers import NotReady, answer_prediction, error, post_only, v1_predict_response, v2_infer_response
 from serving.loaded_model import LoadedModel, ModelLoadError, load_source, load_version, usable_cores
 from serving.prediction_log import Answered, PredictionLogger, log_rows
-from serving.reference import serving_reference
+from serving.reference import ReferenceRefresher, reference_sources, serving_reference
 from serving.replica_files import model_folder
 from serving.requests import (
     CheckedRows,
@@ -161,6 +161,8 @@ class ModelServer:
         self.logger = PredictionLogger(
             self.settings.delta(), self.decl.name, self.decl.serving.log_queue_rows, flush, spill_dir=self.settings.spill_dir()
         )
+        self._swap = threading.Lock()  # a version's load and a reference's refresh replace `loaded` one at a time
+        self.refresher = ReferenceRefresher(self.refresh_reference, serving.reference_refresh_seconds, f"{self.decl.name}-{role}")
 
     def reconfigure(self, config: dict) -> None:
         """Load the configured version (None: whatever the role's alias points at), swap it in, then apply the
@@ -175,7 +177,8 @@ class ModelServer:
             version = resolve_alias(uri, self.decl.name, CHAMPION if self.role == CHAMPION else CHALLENGER)
         if version is None:
             # nothing registered under the alias yet, or withdrawn: stay up, report not ready, and free its folder
-            previous, self.loaded = self.loaded, None
+            with self._swap:
+                previous, self.loaded = self.loaded, None
             if previous is not None and previous.model.local_dir:
                 shutil.rmtree(previous.model.local_dir, ignore_errors=True)
             self.canary_share, self.shadow = shares
@@ -192,7 +195,8 @@ class ModelServer:
             if model.local_dir:  # the downloaded copy of a version that never served
                 shutil.rmtree(model.local_dir, ignore_errors=True)
             raise
-        previous, self.loaded = self.loaded, loaded
+        with self._swap:
+            previous, self.loaded = self.loaded, loaded
         self.canary_share, self.shadow = shares
         self.loads += 1
         if self.device != "cpu":
@@ -205,6 +209,25 @@ class ModelServer:
             shutil.rmtree(previous.model.local_dir, ignore_errors=True)
         del previous
         freeze_heap()
+
+    def refresh_reference(self) -> bool:
+        """Rebuild the loaded version's feature reference when a table it was built from has moved (a day ingested
+        or landed again, a reference table replaced), and swap it in as a version is: requests then look up the
+        history the features asset would use for the next day, not the history as of the version's load."""
+        loaded = self.loaded
+        if loaded is None:
+            return False
+        delta = self.settings.delta()
+        if reference_sources(self.decl, delta) == loaded.info.get("sources"):
+            return False
+        reference, info = serving_reference(self.decl, self.module, delta)
+        fresh = Loaded(loaded.model, reference, self.module.lookup_index(reference), info)
+        with self._swap:
+            if self.loaded is not loaded:  # a version loaded meanwhile, with a reference of its own
+                return False
+            self.loaded = fresh
+        log.info("%s/%s: feature reference rebuilt, history %s", self.decl.name, self.role, info["history_range"])
+        return True
 
     def _load(self, tracking_uri: str, version: int, source: dict | None) -> LoadedModel:
         """The version from the source its deployment handed over (no MLflow client in this replica), else
@@ -414,6 +437,7 @@ class ModelServer:
             "task": loaded.model.task if loaded else None,
             "feature_columns": loaded.model.feature_columns if loaded else [],
             "reference": loaded.info if loaded else {},
+            "reference_refresh": self.refresher.status(),
             "loads": self.loads,
             "polars_threads": pl.thread_pool_size(),
             "batch_threads": (loaded.model.batch_threads or usable_cores()) if loaded else None,  # LightGBM's, for large requests
@@ -639,6 +663,9 @@ class ModelServer:
         calls `__del__`; a server built in-process (the bench, tests) is closed by its owner: a loaded
         replica's heap is frozen out of the garbage collector (`freeze_heap`), so it is never collected and
         its model folder under the temp directory would outlive the process."""
+        refresher = getattr(self, "refresher", None)
+        if refresher is not None:
+            refresher.close()
         logger = getattr(self, "logger", None)
         if logger is not None:
             logger.close()

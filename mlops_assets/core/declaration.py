@@ -411,6 +411,13 @@ class ServingSpec(_Strict):
     admin_token_env: str = Field("MLOPS_SERVE_ADMIN_TOKEN", description="Env var with the token admin endpoints require.")
     log_queue_rows: int = Field(100_000, ge=1, description="Prediction-log rows buffered before overflow is counted.")
     log_flush_seconds: float = Field(2.0, gt=0)
+    reference_refresh_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How often a replica checks the tables its feature reference was built from (raw, reference "
+        "tables) and rebuilds it when one has moved, so requests use the history the features asset would use for the "
+        "next day, not the history as of the version's load; 0: only when a version loads.",
+    )
 
     @model_validator(mode="after")
     def _groups(self) -> "ServingSpec":

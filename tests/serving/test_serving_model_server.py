@@ -9,22 +9,30 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
 
 from mlops_assets.core.feature_contract import load_feature_module
+from mlops_assets.defs.flights.upstream import land_days
+from resources.delta_lake import DeltaLakeResource
 from resources.serving import ServeSettings
 from serving.config import CHALLENGER_DEPLOYMENT
 from serving.deployments import ModelServer, NotReady
 from serving.requests import RequestError, RequestSchema, typed_frame
+from tests.support.platform import Platform
 from tests.support.serving import (
+    SERVE_DAY,
     offline_features,
     request_records,
 )
@@ -64,6 +72,46 @@ def test_follows_the_alias_and_predicts_like_offline(server, serving_registry):
     features = offline_features(serving_registry, request_records(12))
     expected = booster.predict(features.select(booster.feature_name()).cast(pl.Float64).to_numpy())
     np.testing.assert_allclose(result["predictions"], expected, rtol=0, atol=1e-9)
+
+
+def test_a_replicas_feature_reference_follows_the_days_ingested_after_its_load(serving_registry, tmp_path):
+    """A replica built its history statistics once per version load: a day ingested afterwards never reached
+    the features of requests until the next model. It now rebuilds them when raw (or a reference table) moves,
+    and answers as the features asset would featurize the next day."""
+    shutil.copytree(serving_registry.delta.root, tmp_path / "delta")
+    here = replace(serving_registry, delta=DeltaLakeResource(root=str(tmp_path / "delta")))
+    settings = ServeSettings(pipeline="flights", tracking_uri=here.tracking_uri, delta_root=here.delta.root)
+    s = Server(settings.model_dump(), "champion")
+    booster = here.boosters[here.champion]
+
+    def answers_like_offline(day: date) -> None:
+        records = request_records(12, day)
+        frame = typed_frame(records, RequestSchema.of(here.decl, load_feature_module(here.decl).input_columns(here.decl)))
+        served = s.predict(frame, f"r-{day}", 0.0, "champion", True)["predictions"]
+        features = offline_features(here, records, day)
+        expected = booster.predict(features.select(booster.feature_name()).cast(pl.Float64).to_numpy())
+        np.testing.assert_allclose(served, expected, rtol=0, atol=1e-9)
+
+    try:
+        s.reconfigure({"model_version": here.champion})
+        assert s.status()["reference"]["history_range"] == "2013-01-08 .. 2013-02-04"
+        assert s.status()["reference_refresh"] == {"every_s": 60.0, "rebuilt": 0, "last_error": None}
+        assert not s.refresh_reference()  # nothing moved: nothing rebuilt
+        answers_like_offline(SERVE_DAY)
+
+        (tmp_path / "dagster").mkdir()
+        with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+            plat = Platform(tmp_path, [here.decl], instance)
+            land_days(here.decl, plat.landing, SERVE_DAY, 1)
+            plat.ingest("flights", [SERVE_DAY.isoformat()])
+        loaded = s.loaded
+        assert s.refresh_reference()
+        assert s.loaded.model is loaded.model and s.loaded.reference is not loaded.reference  # the model stays
+        assert s.status()["reference"]["history_range"] == "2013-01-09 .. 2013-02-05"
+        answers_like_offline(date(2013, 2, 6))
+        assert not s.refresh_reference()
+    finally:
+        s.close()
 
 
 def test_close_writes_the_log_and_removes_the_downloaded_model(serving_registry):
