@@ -39,19 +39,26 @@ def test_a_refused_request_is_one_log_line_and_a_400(caplog, monkeypatch):
     assert len(records) == 1 and records[0].exc_info is None and "refused (400)" in records[0].getMessage()
 
 
+def _answering(monkeypatch):
+    """The flights declaration, its request schema, and a route that notes the id of each request it is handed."""
+    monkeypatch.delenv("MLOPS_SERVE_TOKEN", raising=False)  # the session's Serve sets one; these requests carry none
+    decl = flights_variant()
+    schema = RequestSchema.of(decl, load_feature_module(decl).input_columns(decl))
+    routed: list[str] = []
+
+    async def route(records, request_id, received):
+        routed.append(request_id)
+        return {"predictions": [1.0] * len(records), "model_version": 1, "role": "champion"}
+
+    return decl, schema, route, routed
+
+
 def test_a_v1_bodys_request_id_is_the_requests_id(monkeypatch):
     """KServe V1 bodies may carry `request_id`: it names the request in the answer and the prediction log, as V2's
     `id` does (it was accepted and ignored: the answer carried a generated id), and one HTTP cannot carry is a 400."""
     from tests.support.serving import request_records
 
-    monkeypatch.delenv("MLOPS_SERVE_TOKEN", raising=False)
-    decl = flights_variant()
-    schema = RequestSchema.of(decl, load_feature_module(decl).input_columns(decl))
-    routed = []
-
-    async def route(records, request_id, received):
-        routed.append(request_id)
-        return {"predictions": [1.0] * len(records), "model_version": 1, "role": "champion"}
+    decl, schema, route, routed = _answering(monkeypatch)
 
     def answer(body: dict):
         return asyncio.run(answer_prediction(_request(json.dumps(body).encode()), decl, schema, decode_v1, route))
@@ -91,14 +98,7 @@ def test_v2_mistakes_that_were_answered_500_or_worse_are_400s(monkeypatch):
     5,000 digits, data after a gzip stream (dropped)."""
     import gzip
 
-    monkeypatch.delenv("MLOPS_SERVE_TOKEN", raising=False)
-    decl = flights_variant()
-    schema = RequestSchema.of(decl, load_feature_module(decl).input_columns(decl))
-    routed = []
-
-    async def route(records, request_id, received):
-        routed.append(request_id)
-        return {"predictions": [1.0] * len(records), "model_version": 1, "role": "champion"}
+    decl, schema, route, routed = _answering(monkeypatch)
 
     def answer(body: bytes, headers: dict | None = None):
         return asyncio.run(answer_prediction(_v2_request(body, headers), decl, schema, decode_v2, route))
