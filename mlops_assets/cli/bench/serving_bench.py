@@ -40,6 +40,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -594,7 +595,10 @@ def run_wrk(
     tag: str,
     warmup_s: float = 1.0,
     server_sid: int | None = None,
+    after_warmup: Callable[[], None] | None = None,
 ) -> dict:
+    """One wrk run of `duration_s` after a warm-up of `warmup_s`; `after_warmup` is called between the two (where a
+    reading taken before the timed run must not count the warm-up's requests)."""
     body_file = workdir / f"{tag}.json"
     body_file.write_bytes(body)
     script = workdir / f"{tag}.lua"
@@ -607,6 +611,8 @@ def run_wrk(
         if warm.returncode == 0:
             w = parse_wrk(warm.stdout)
             warm_answered = w["requests"] - w["non2xx"]
+    if after_warmup is not None:
+        after_warmup()
     cpu = session_cpu_s(server_sid) if server_sid else None
     done = subprocess.run([*base, f"-d{max(1, round(duration_s))}s", url], capture_output=True, text=True, timeout=duration_s + 180)
     if done.returncode != 0:
@@ -812,10 +818,24 @@ def bench(
                         if side == "ours":
                             wait_for_written_log(ports["ours"], replicas)
                         group = protocol if protocol in replicas else "v2"  # the replicas that answer this protocol
-                        stages = replica_stage_times(ports["ours"], replicas[group], group) if side == "ours" else None
-                        w = run_wrk(url, bodies[n][protocol], c, duration_s, logs, f"{side}-{protocol}-{n}-{c}", warmup_s, server.proc.pid)
+                        stages: dict = {}  # read after the warm-up: the timed requests' work only
+
+                        def read_stages(group=group, stages=stages) -> None:
+                            stages.update(replica_stage_times(ports["ours"], replicas[group], group))
+
+                        w = run_wrk(
+                            url,
+                            bodies[n][protocol],
+                            c,
+                            duration_s,
+                            logs,
+                            f"{side}-{protocol}-{n}-{c}",
+                            warmup_s,
+                            server.proc.pid,
+                            read_stages if side == "ours" else None,
+                        )
                         row = {"side": side, "protocol": protocol, "case": case, "rows": n, "concurrency": c, **w, "rows_s": w["req_s"] * n}
-                        if stages is not None:  # the champion's own work in this case, per request, as served
+                        if side == "ours":  # the champion's own work in this case, per request, as served
                             row["served_ms"] = served_split(stages, replica_stage_times(ports["ours"], replicas[group], group))
                         result["results"].append(row)
                         log(
