@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from mlops_assets.core.declaration import derive_declaration
+from mlops_assets.core.declaration import PromotionSpec, RolloutSpec, derive_declaration
 from mlops_assets.core.partitions import backfill_policy, runs_of
 from mlops_assets.defs.flights.upstream import day_frame, encode, land_days
 from tests.support.platform import Platform, days
@@ -216,11 +216,15 @@ def test_a_time_column_that_is_not_a_date_is_refused_naming_the_field(flights_de
 
 
 def test_rollouts_and_training_go_ahead_of_ingestion_and_monitoring_in_the_run_queue(platform: Platform):
-    priority = {
-        name: int(platform.defs.resolve_job_def(f"flights_{name}").tags.get("dagster/priority", "0"))
-        for name in ("deploy", "train", "ingest", "monitor")
-    }
-    assert priority["deploy"] > priority["train"] > priority["ingest"] > priority["monitor"]
+    """A rollout's next step or rollback must not queue behind anything (a bad canary keeps serving meanwhile):
+    its runs rank above every other job's, then deployment, training, ingestion, monitoring."""
+    decl = platform.declarations["flights"]
+    with_rollout = decl.model_copy(update={"promotion": PromotionSpec(policy="auto", rollout=RolloutSpec(steps=[0.5, 1.0]))})
+    defs = Platform(platform.root, [with_rollout], platform.instance).defs
+    priority = {job.name: int((job.tags or {}).get("dagster/priority", "0")) for job in defs.resolve_all_job_defs()}
+    named = {name: priority[f"flights_{name}"] for name in ("rollout", "deploy", "train", "ingest", "monitor")}
+    assert named["rollout"] > named["deploy"] > named["train"] > named["ingest"] > named["monitor"]
+    assert named["rollout"] > max(p for job, p in priority.items() if job != "flights_rollout")
 
 
 def _with_bad_carriers(day: str, share_every: int = 5) -> pl.DataFrame:

@@ -816,6 +816,22 @@ def test_cluster_readme_names_settings_the_code_reads():
         assert f'"{name}"' in source, f"the README sets {name}, which no code reads"
 
 
+def test_only_ingestion_and_monitoring_jobs_carry_the_backlog_tag():
+    """The run queues' `mlops/backlog` limit leaves a slot free only if backlog runs carry the tag, and only they:
+    a year-long backfill must not hold every slot, and training, deployment and rollouts must never be held back
+    by that limit."""
+    from mlops_assets.core.declaration import PACKAGED_PIPELINES, PromotionSpec, RolloutSpec, load_declaration
+    from mlops_assets.definitions import build_definitions, defs
+
+    backlog = {job.name for job in defs.resolve_all_job_defs() if (job.tags or {}).get("mlops/backlog") == "true"}
+    assert backlog == {"flights_ingest", "flights_monitor", "flights_serving_drift", "flights_delivery_metrics"}
+    decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
+    rollout = PromotionSpec(policy="auto", rollout=RolloutSpec(steps=[0.5, 1.0]))
+    with_rollout = build_definitions([decl.model_copy(update={"promotion": rollout})])
+    for name in ("flights_train", "flights_deploy", "flights_rollout"):
+        assert "mlops/backlog" not in (with_rollout.resolve_job_def(name).tags or {}), name
+
+
 def test_every_queue_tag_the_jobs_carry_is_limited_in_every_run_queue_config():
     """One ingestion, one training and one rollout per pipeline at a time: laptop, VM and Helm agree."""
     from mlops_assets.cli.data_commands import DAGSTER_YAML

@@ -6,7 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mlops_assets.core.declaration import DeclarationError
+from mlops_assets.core.declaration import DeclarationError, parse_declaration
+from mlops_assets.core.metrics import RATE_METRICS
 from mlops_assets.models.gates import fairness_gate
 from tests.support.models import aliases, flights_variant
 
@@ -65,3 +66,34 @@ def test_fairness_declarations_are_checked_when_loaded():
     for metric in ("tpr", "r2"):  # a rate of classifiers; a metric that can be negative (the gap is relative)
         with pytest.raises(DeclarationError, match=f"gates.fairness.metric '{metric}' is not a fairness metric of a regression model"):
             flights_variant(gates={"fairness": {"groups": ["origin"], "metric": metric, "max_gap": 0.1}})
+
+
+def test_binary_rates_are_the_models_positive_rate_and_true_positive_rate():
+    """A binary model's fairness gate compares rates of what the model predicts (threshold 0.5), not of the truth:
+    positive_rate over every row, tpr over the rows whose truth is positive."""
+    y = np.array([0, 0, 1, 1])
+    assert RATE_METRICS["positive_rate"].fn(y, np.array([0.9, 0.9, 0.9, 0.1])) == 0.75
+    assert RATE_METRICS["tpr"].fn(np.array([1, 1, 0, 0]), np.array([0.9, 0.1, 0.9, 0.9])) == 0.5
+
+
+def test_a_binary_rate_gap_is_one_minus_the_four_fifths_ratio():
+    """Groups predicted positive at rates 0.5 and 0.25 (the truth's rates the same in both): the gap is
+    1 - 0.25/0.5, passing a max_gap of 0.5 and failing one just under it."""
+    from tests.pipelines.classifier_features import declaration
+
+    def binary(metric: str, max_gap: float):
+        data = declaration("binary").model_dump(mode="json", by_alias=True)
+        data["gates"]["fairness"] = {"groups": ["color"], "metric": metric, "max_gap": max_gap, "min_group_rows": 3}
+        return parse_declaration(data, "binary (test)")
+
+    groups = pl.DataFrame({"color": ["red"] * 4 + ["blue"] * 4})
+    y = np.array([1, 1, 0, 0] * 2)
+    p = np.array([0.9, 0.9, 0.1, 0.1] + [0.9, 0.1, 0.1, 0.1])
+    result = fairness_gate(binary("positive_rate", 0.5), groups, y, p)
+    assert result.passed and result.metadata["largest_gap"] == pytest.approx(1 - 0.25 / 0.5)
+    assert {r["group"]: r["positive_rate"] for r in result.metadata["groups"]} == {"blue": 0.25, "red": 0.5}
+    assert not fairness_gate(binary("positive_rate", 0.49), groups, y, p).passed
+    # the same predictions by true positive rate: red finds both positives, blue one of two
+    tpr = fairness_gate(binary("tpr", 0.49), groups, y, p)
+    assert {r["group"]: r["tpr"] for r in tpr.metadata["groups"]} == {"blue": 0.5, "red": 1.0}
+    assert not tpr.passed and tpr.metadata["largest_gap"] == pytest.approx(0.5)

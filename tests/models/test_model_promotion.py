@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightgbm as lgb
 import mlflow
+import pytest
 
 from mlops_assets.core.names import CHAMPION
 from resources.audit_log import history
@@ -378,3 +379,41 @@ def test_a_version_rejected_at_training_and_passed_by_gates_run_again_waits_for_
     code, out, err = model_home.mlops("approve", "flights", "2", "--by", "dave", "--reason", "relaxed gate", capsys=capsys)
     assert code == 0 and "champion -> v2" in out, err
     assert aliases(model_home) == (2, None)
+
+
+def test_policy_auto_refuses_gates_compared_with_another_champion_or_with_none_recorded(model_home):
+    """Two racing promotions: a version gated before the winner became champion was never compared with it, so
+    policy auto refuses it (a `reject` for `stale_comparison`, status `stale`) and the champion stays; a verdict
+    that recorded no comparison at all counts as stale too."""
+    from mlops_assets.core.names import GATES_CHAMPION_TAG, GATES_TAG, STATUS_TAG
+    from mlops_assets.models.promotion import StaleGates, promote_after_gates
+
+    decl = flights_variant()
+    plat = model_home.platform(decl)
+    assert plat.run("flights_train").success  # v1, champion
+    registry = model_home.registry
+    with registry.writing() as client:
+        v1 = client.get_model_version("flights", "1")
+        # v2 and v3: the same model registered again, with passed gates that compared them with no champion (v2)
+        # and with nothing on record (v3), as if gated while v1 was being promoted
+        for gates_champion in ("none", None):
+            mv = client.create_model_version("flights", v1.source, v1.run_id)
+            client.set_model_version_tag("flights", mv.version, GATES_TAG, "passed")
+            if gates_champion is not None:
+                client.set_model_version_tag("flights", mv.version, GATES_CHAMPION_TAG, gates_champion)
+
+    for version, was in (("2", "champion none"), ("3", "no recorded champion")):
+        before = history(plat.delta, "flights").height
+        with pytest.raises(StaleGates, match=f"gates compared v{version} with {was}, but the champion is now v1"):
+            promote_after_gates(decl, plat.delta, registry, version, actor="t")
+        assert aliases(model_home) == (1, None)
+        events = history(plat.delta, "flights")
+        assert events.height == before + 1
+        row = events.tail(1).row(0, named=True)
+        assert (row["action"], row["model_version"], row["from_version"], row["failed_gates"]) == (
+            "reject",
+            int(version),
+            1,
+            "stale_comparison",
+        )
+        assert registry.client().get_model_version("flights", version).tags[STATUS_TAG] == "stale"

@@ -203,3 +203,42 @@ def test_rows_a_replica_commits_after_a_check_are_read_by_the_next_one(model_hom
             logger.close()
     assert first.metadata["rows"].value == plat.delta.read_partitions("flights", "features", ["2013-01-30"]).height
     assert second.metadata["rows"].value == late
+
+
+def test_serving_drift_reads_rows_only_once_they_are_serving_settle_seconds_old(model_home):
+    """Rows appended in the last `drift.serving_settle_seconds` may sit beside commits still landing: neither the
+    sensor nor the check reads them yet (a watermark past them would skip those commits for good). Rows appended
+    longer ago than that are read, and only they."""
+    from datetime import datetime, timedelta
+
+    from mlops_assets.core.names import APPENDED_AT
+
+    decl = flights_variant(drift={"serving_window_rows": 1, "html_report": False, "cooldown_minutes": 0, "serving_settle_seconds": 3600})
+    plat = model_home.platform(decl)
+    assert train(plat).success
+    champ = registered_models.champion("flights", plat.resources()["mlflow"])
+
+    def appended(day: str, at: datetime) -> pl.DataFrame:
+        rows = served_log(plat, day, champ.version, champ.plan)
+        return rows.with_columns(pl.lit(at, dtype=pl.Datetime("us", "UTC")).alias(APPENDED_AT))
+
+    now = datetime.now(UTC)
+    plat.delta.append("flights", "prediction_log", appended("2013-01-29", now))  # just appended: not settled
+    tick = sensor_tick(plat, "flights_serving_drift_sensor")
+    assert not tick.run_requests and "0 served predictions" in tick.skip_message
+    unsettled = plat.defs.resolve_job_def("__ASSET_JOB").execute_in_process(
+        instance=plat.instance, asset_selection=[dg.AssetKey(["flights", "serving_drift"])], raise_on_error=False
+    )
+    assert not unsettled.success
+    assert any(
+        "no served predictions appended to the log" in (e.step_failure_data.user_failure_data.description or "")
+        and "(up to 3600 s ago)" in (e.step_failure_data.user_failure_data.description or "")
+        for e in unsettled.all_events
+        if e.is_step_failure and e.step_failure_data.user_failure_data
+    )
+
+    plat.delta.append("flights", "prediction_log", appended("2013-01-30", now - timedelta(hours=2)))  # settled
+    settled = plat.delta.read_partitions("flights", "features", ["2013-01-30"]).height
+    assert sensor_tick(plat, "flights_serving_drift_sensor").run_requests
+    meta = materialize(plat, ["flights", "serving_drift"]).asset_materializations_for_node("flights__serving_drift")[0].metadata
+    assert meta["rows"].value == settled

@@ -142,6 +142,27 @@ def test_each_guard_rolls_back_at_once_without_waiting_for_the_bake(delta, case,
     assert f"guard {guard} = " in verdict.reason
 
 
+def test_latency_and_shift_are_not_judged_until_each_side_has_min_rows_answers(delta):
+    """A p99 latency or a KS distance over a handful of answers is noise: a new version's first slow, shifted
+    answers neither roll it back nor count as readings until both sides have `min_rows`; then they do."""
+    spec = RolloutSpec(steps=[0.1, 1.0], bake_minutes=60.0, min_requests=1000, guards=RolloutGuardsSpec(min_rows=30))
+    state = start(delta, steps=(0.1, 1.0))
+    rng = np.random.default_rng(2)
+    log(delta, "champion", 1, rng.normal(10, 3, 200), latency_ms=2.0)
+    log(delta, "canary", 2, rng.normal(25, 3, 10), latency_ms=9.0)  # slow and shifted, but only 10 answers
+    signals = rollouts.read_signals(delta, state, spec.guards)
+    readings = {r.name: r for r in signals.readings}
+    for name in ("p99_latency_ratio", "prediction_shift"):
+        assert readings[name].value is None and "needs 30 answers per side (new 10, champion 200)" in readings[name].detail
+    assert rollouts.decide(state, signals, spec).action == "wait"
+
+    log(delta, "canary", 2, rng.normal(25, 3, 25), latency_ms=9.0)  # 35 answers: now both are judged
+    signals = rollouts.read_signals(delta, state, spec.guards)
+    assert {r.name for r in signals.readings if r.breached} == {"p99_latency_ratio", "prediction_shift"}
+    verdict = rollouts.decide(state, signals, spec)
+    assert verdict.action == "rollback" and verdict.guard is not None and verdict.guard.name == "p99_latency_ratio"
+
+
 def test_only_failures_are_enough_to_roll_back(delta):
     """A version whose every answer fails has no latency or predictions to compare: its error rate decides."""
     spec = RolloutSpec(steps=[0.1, 1.0])

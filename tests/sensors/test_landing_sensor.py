@@ -168,6 +168,21 @@ def test_a_file_named_for_an_impossible_day_is_reported_once_and_never_stalls_th
     assert partitions_of(second) == ["2013-01-04"]
 
 
+def test_the_warning_about_a_file_for_an_impossible_day_is_logged_on_the_first_tick_only(ready: Platform, capsys):
+    """A sensor ticks every few seconds: a file it cannot ingest is named once (the cursor remembers it), not in a
+    warning on every tick for as long as the file stays in the folder. (The tick's log is Dagster's console logger,
+    detached from Python's logging tree: read from the stream it writes to.)"""
+    land_days(ready.declarations["flights"], ready.landing, date(2013, 1, 3), 1)
+    with open(os.path.join(ready.landing.uri("flights"), "flights_2013-02-30.parquet"), "wb") as f:
+        f.write(b"x")
+    capsys.readouterr()
+    first = evaluate(ready)
+    evaluate(ready, first.cursor)
+    logged = capsys.readouterr()
+    warnings = [line for line in (logged.out + logged.err).splitlines() if "flights_2013-02-30.parquet" in line]
+    assert len(warnings) == 1 and "WARNING - ignoring flights_2013-02-30.parquet: " in warnings[0], warnings
+
+
 def test_a_failed_range_is_asked_for_again_one_partition_per_run_so_a_bad_file_holds_back_only_itself(ready: Platform):
     land_days(ready.declarations["flights"], ready.landing, date(2013, 1, 1), 3)
     with open(ready.landing.uri("flights", "flights_2013-01-02.parquet"), "wb") as f:

@@ -6,7 +6,15 @@ from __future__ import annotations
 import dagster as dg
 
 from mlops_assets.core.declaration import PACKAGED_PIPELINES, PromotionSpec, RolloutSpec, load_declaration
-from mlops_assets.core.names import REASON_TAG, ROLLOUT_ACTION_TAG, ROLLOUT_STEP_TAG, ROLLOUT_VERSION_TAG, RUN_KEY_TAG
+from mlops_assets.core.names import (
+    PRIORITY,
+    PRIORITY_TAG,
+    REASON_TAG,
+    ROLLOUT_ACTION_TAG,
+    ROLLOUT_STEP_TAG,
+    ROLLOUT_VERSION_TAG,
+    RUN_KEY_TAG,
+)
 from mlops_assets.deployment import build as build_serving_definitions
 from resources import rollouts
 from resources.audit_log import AuditEvent, history, record
@@ -52,6 +60,9 @@ def test_a_step_recorded_by_a_failed_run_is_applied_again_a_bounded_number_of_ti
         ran(advance, dg.DagsterRunStatus.FAILURE)
         (request,) = tick().run_requests
         assert request.tags[ROLLOUT_ACTION_TAG] == "apply" and request.tags[ROLLOUT_STEP_TAG] == "1"
+        # the run goes ahead of every other in the queue: the job's priority, above every other kind of run's
+        assert request.tags[PRIORITY_TAG] == job.tags[PRIORITY_TAG]
+        assert int(request.tags[PRIORITY_TAG]) > max(int(p) for kind, p in PRIORITY.items() if kind != "rollout")
         assert request.run_key == "rollout:v2:step1:apply"
         ran({**request.tags, RUN_KEY_TAG: request.run_key}, dg.DagsterRunStatus.SUCCESS)
         assert "step 2/3" in tick().skip_message and not tick().run_requests  # applied: baking again

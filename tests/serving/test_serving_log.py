@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import polars as pl
+import pytest
 
 from mlops_assets.core.names import PREDICTION_LOG
 from resources.delta_lake import DeltaLakeResource
@@ -27,14 +32,16 @@ def _rows(request_id: str, n: int) -> pl.DataFrame:
     )
 
 
-def test_full_queue_counts_overflow_and_flush_writes_the_rest(tmp_path):
+def test_full_queue_counts_overflow_and_flush_writes_the_rest(tmp_path, monkeypatch):
     delta = DeltaLakeResource(root=str(tmp_path / "delta"))
     logger = PredictionLogger(delta, "flights", max_rows=5, flush_seconds=3600, flush_rows=100)  # flushed when asked only
     try:
         assert logger.log(_rows("a", 2)) and logger.log(_rows("b", 3))
-        started = time.perf_counter()
-        assert not logger.log(_rows("c", 1))  # full: dropped at once, not waited for
-        assert time.perf_counter() - started < 0.05
+        with monkeypatch.context() as m:  # full: dropped at once, nothing waits for room (no clock: no flaky bound)
+            for waits in ("put", "put_nowait"):
+                m.setattr(logger._queue, waits, lambda *a, **k: pytest.fail("a request waited on the full queue"))
+            m.setattr(prediction_log.time, "sleep", lambda *a, **k: pytest.fail("a request slept on the full queue"))
+            assert not logger.log(_rows("c", 1))
         assert logger.stats()["overflow_rows"] == 1
         assert logger.flush() == 5
         assert logger.log(_rows("d", 4))  # room again after the flush
@@ -271,3 +278,71 @@ def test_a_spill_file_the_store_never_takes_does_not_hold_back_the_ones_after_it
     logged = set(delta.scan("flights", PREDICTION_LOG).collect()["request_id"])
     assert logged == {"first", "spilled-in-an-outage", "later"}
     assert len(logger.spill_files()) == 1 and logger.respilled_rows == 2  # the refused one stays for a person
+
+
+def _spill_while_the_store_is_down(spill: Path, delta_root: Path, requests: int) -> None:
+    """A replica that went away while the store was down: each request's rows in a spill file of their own."""
+    FLAKY["down"] = True
+    gone = PredictionLogger(FlakyStore(root=str(delta_root)), "flights", max_rows=1000, flush_seconds=3600, spill_dir=spill)
+    try:
+        for i in range(requests):
+            gone.log(_rows(f"spilled{i}", 2))
+            gone.flush()
+    finally:
+        gone.close()
+        FLAKY["down"] = False
+    assert len(list(spill.glob("*.parquet"))) == requests
+
+
+def test_two_replicas_draining_one_spill_folder_append_each_spilled_batch_once(tmp_path, monkeypatch):
+    """Replicas share the spill folder, and each claims a file by an atomic rename before appending it: a replica
+    that lists the folder while another is part-way through a batch leaves that batch alone, so no row is logged
+    twice (which would skew serving drift, the live metric and the rollout's request counts)."""
+    monkeypatch.setitem(FLAKY, "down", False)
+    spill, root = tmp_path / "spill", tmp_path / "delta"
+    spill.mkdir()
+    first = PredictionLogger(DeltaLakeResource(root=str(root)), "flights", max_rows=1000, flush_seconds=3600, spill_dir=spill)
+    second = PredictionLogger(DeltaLakeResource(root=str(root)), "flights", max_rows=1000, flush_seconds=3600, spill_dir=spill)
+    # their writer threads found the folder empty as they started; stopped, so the drains below are the only ones
+    first.close()
+    second.close()
+    _spill_while_the_store_is_down(spill, root, requests=4)
+
+    append = first._appender.append
+    meanwhile: list[tuple[int, int]] = []  # (files claimed, rows the second replica appended)
+
+    def second_drains_meanwhile(*args, **kwargs):  # the first replica's first append, before it commits
+        first._appender.append = append
+        meanwhile.append((len(list(spill.glob("*.draining"))), second.flush()))
+        return append(*args, **kwargs)
+
+    first._appender.append = second_drains_meanwhile
+    assert first.flush() == 2
+    table = DeltaLakeResource(root=str(root)).scan("flights", PREDICTION_LOG).collect()  # type: ignore[union-attr]
+    assert table.height == 8 and table.group_by("request_id", "record").len()["len"].max() == 1
+    assert sorted(set(table["request_id"])) == [f"spilled{i}" for i in range(4)]
+    assert first.respilled_rows + second.respilled_rows == 8
+    assert meanwhile == [(1, 6)]  # the batch the first replica had claimed, and the other three files
+    assert not list(spill.iterdir())
+
+
+def test_a_dead_replicas_claimed_spill_file_is_reclaimed_and_a_live_ones_is_left_alone(tmp_path):
+    """A replica killed while appending a spill file leaves it renamed `<file>.<pid>.draining`: once that process
+    is gone, the next replica puts the file back and appends its rows (else they stay out of the log for good,
+    counted nowhere). A file a live replica is draining is its own to finish."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _rows("dead", 3).write_parquet(spill / f"{time.time_ns()}-aaaaaaaa.parquet.{dead.pid}.draining")
+    live = spill / f"{time.time_ns()}-bbbbbbbb.parquet.{os.getpid()}.draining"
+    _rows("live", 2).write_parquet(live)
+    delta = DeltaLakeResource(root=str(tmp_path / "delta"))
+    logger = PredictionLogger(delta, "flights", max_rows=1000, flush_seconds=3600, spill_dir=spill)
+    try:
+        logger.flush()  # whichever drains first, the writer thread starting or this flush: claimed, once
+    finally:
+        logger.close()
+    table = delta.scan("flights", PREDICTION_LOG).collect()  # type: ignore[union-attr]
+    assert table["request_id"].to_list() == ["dead"] * 3 and logger.respilled_rows == 3
+    assert list(spill.iterdir()) == [live]
