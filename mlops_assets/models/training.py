@@ -26,7 +26,6 @@ from mlops_assets.core.feature_contract import load_feature_module
 from mlops_assets.core.lineage import TrainingPlan
 from mlops_assets.core.metrics import score
 from mlops_assets.core.names import FEATURES, PARTITION_COLUMN, RAW, SOURCE_ROW
-from mlops_assets.core.partitions import shift
 from resources.delta_lake import DeltaLakeResource
 from serving.single_row import lightgbm_library
 
@@ -144,12 +143,17 @@ def plan_training(decl: PipelineDeclaration, delta: DeltaLakeResource, end: str 
     if end is not None and end not in available:
         raise TrainingDataError(f"pipeline {decl.name}: day {end} has no features; the window must end on a featurized day")
     last = end or available[-1]
-    first = shift(decl, last, -(decl.training.window_days - 1))
-    window = [p for p in available if first <= p <= last]
-    if not window:
-        raise TrainingDataError(f"pipeline {decl.name}: no featurized partitions between {first} and {last}")
-    holdout_start = shift(decl, last, -(decl.gates.holdout_days - 1))
-    validation_start = shift(decl, holdout_start, -decl.training.validation_days)
+    # the last window_days featurized days, not calendar days: a gap in the data (summer days landed after a
+    # spring) left the validation days in the gap, and the retraining the drift asked for failed
+    window = [p for p in available if p <= last][-decl.training.window_days :]
+    holdout_days, validation_days = decl.gates.holdout_days, decl.training.validation_days
+    if len(window) <= holdout_days + validation_days:
+        raise TrainingDataError(
+            f"pipeline {decl.name}: {len(window)} featurized days up to {last}; training needs more than "
+            f"{holdout_days} hold-out + {validation_days} validation days (gates.holdout_days, training.validation_days)"
+        )
+    holdout_start = window[-holdout_days]
+    validation_start = window[-(holdout_days + validation_days)]
     columns = delta.scan(decl.name, FEATURES, version).collect_schema().names()  # type: ignore[union-attr]
     module = load_feature_module(decl)
     features = feature_columns(decl, columns)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import numpy as np
 import polars as pl
 import pytest
 
 from mlops_assets.core.declaration import DeclarationError
 from mlops_assets.definitions import build_definitions
+from mlops_assets.defs.flights.upstream import land_days
 from mlops_assets.models import gates, training
 from mlops_assets.models.reproduce import compare_predictions
 from resources.audit_log import history
@@ -17,6 +20,7 @@ from tests.support.models import (
     actions,
     aliases,
     flights_variant,
+    train,
 )
 
 
@@ -197,6 +201,27 @@ def test_the_window_end_is_configurable_and_must_be_a_featurized_day(model_home)
         "2013-02-01",
         "2013-01-29",
     )
+
+
+def test_the_window_and_its_splits_are_featurized_days_across_a_gap_in_the_data(model_home):
+    """The README's walk-away lands July into a platform holding January: counted in calendar days, the window
+    ending on July 3 held only July, its validation days fell in the gap, and the retraining the drift sensor
+    asked for failed ("the validation part of the window ... has no rows with a target")."""
+    plat = model_home.platform(flights_variant())
+    land_days(plat.declarations["flights"], plat.landing, date(2013, 7, 1), 3)
+    plat.ingest_range("flights", "2013-07-01", "2013-07-03")
+    plan = training.plan_training(plat.declarations["flights"], plat.delta)
+    # 21 featurized days: 2013-01-18 .. 02-04 and 07-01 .. 07-03; hold-out the last 4, validation the 4 before
+    assert (plan.partition_start, plan.validation_start, plan.holdout_start, plan.partition_end) == (
+        "2013-01-18",
+        "2013-01-31",
+        "2013-02-04",
+        "2013-07-03",
+    )
+    assert train(plat).success
+
+    with pytest.raises(training.TrainingDataError, match="8 featurized days up to 2013-01-08; training needs more than 4 hold-out"):
+        training.plan_training(plat.declarations["flights"], plat.delta, end="2013-01-08")
 
 
 def test_a_feature_column_without_a_value_in_the_window_is_no_model_input(model_home, monkeypatch):
