@@ -8,8 +8,9 @@
   (share of drifted columns, or a key column) -> training.
 - ``<pipeline>_weekly_retrain``: the fallback schedule.
 
-Retraining requests share a cooldown and are skipped while a training run is
-queued or running; the cause is on the run's tags (``mlops/trigger``,
+Retraining requests wait out a cooldown (the drift sensor's after the last
+drift-triggered training, the new-data sensor's after any) and are skipped while
+a training run is queued or running; the cause is on the run's tags (``mlops/trigger``,
 ``mlops/reason``). Gates and the promotion policy then decide.
 """
 
@@ -53,17 +54,21 @@ def training_in_flight(instance: dg.DagsterInstance, train_job: str) -> str | No
     return None
 
 
-def retrain_blocker(instance: dg.DagsterInstance, decl: PipelineDeclaration, train_job: str) -> str | None:
-    """Why a retraining must not be requested now (a run in flight, or the cooldown), else None."""
+def retrain_blocker(instance: dg.DagsterInstance, decl: PipelineDeclaration, train_job: str, trigger: str | None = None) -> str | None:
+    """Why a retraining must not be requested now (a run in flight, or the cooldown), else None. `trigger`: the
+    cooldown counts only trainings of that trigger (the drift sensor's own: counted from any training, the demo's
+    first model held the walk-away's drift retraining back for half an hour)."""
     busy = training_in_flight(instance, train_job)
     if busy:
         return busy
-    records = instance.get_run_records(filters=dg.RunsFilter(job_name=train_job), limit=1)
+    tags = {TRIGGER_TAG: trigger} if trigger else None
+    records = instance.get_run_records(filters=dg.RunsFilter(job_name=train_job, tags=tags), limit=1)
     if records:
         age = time.time() - records[0].create_timestamp.timestamp()
         cooldown = decl.drift.cooldown_minutes * 60
         if age < cooldown:
-            return f"cooldown: the last {train_job} run started {age / 60:.1f} min ago (cooldown {decl.drift.cooldown_minutes} min)"
+            which = f"{trigger}-triggered {train_job}" if trigger else train_job
+            return f"cooldown: the last {which} run started {age / 60:.1f} min ago (cooldown {decl.drift.cooldown_minutes} min)"
     return None
 
 
@@ -154,7 +159,7 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
                 skip_reason=dg.SkipReason(f"no new drift alert for champion v{champ.version}"),
                 cursor=json.dumps({"after_us": latest}),
             )
-        blocker = retrain_blocker(context.instance, decl, train_job)
+        blocker = retrain_blocker(context.instance, decl, train_job, "drift")
         if blocker:
             return dg.SkipReason(f"drift alert waiting: {blocker}")
         last = alerts.tail(1).to_dicts()[0]

@@ -14,6 +14,7 @@ from mlops_assets.core.names import PROFILES
 from mlops_assets.defs.flights.upstream import land_days
 from mlops_assets.models import training
 from resources import registered_models
+from sensors.retrain_sensors import retrain_blocker
 from tests.support.models import (
     TRAIN_END,
     flights_variant,
@@ -94,11 +95,18 @@ def test_drift_scores_and_retraining_requests(model_home):
     assert request.run_key == "drift:v1:features:2013-07-01"
     assert "key columns drifted: temp" in request.tags["mlops/reason"]
 
-    # a training run just started: a declared cooldown holds the next request back
-    assert train(plat, tags={"mlops/trigger": "drift"}).success
+    # the drift sensor's cooldown counts drift-triggered trainings only: counted from any, the first model (the
+    # new-data sensor's, minutes before) held the README's walk-away retraining back for half an hour
     cooling = model_home.platform(flights_variant(drift={**drift, "cooldown_minutes": 60}))
+    assert sensor_tick(cooling, "flights_drift_sensor").run_requests
+    assert "cooldown: the last flights_train run started" in sensor_tick(cooling, "flights_new_data_sensor").skip_message
+
+    # a drift-triggered training just started: a declared cooldown holds the next requests back
+    assert train(plat, tags={"mlops/trigger": "drift"}).success
     blocked = sensor_tick(cooling, "flights_new_data_sensor")
     assert "cooldown: the last flights_train run started" in blocked.skip_message
+    drift_blocker = retrain_blocker(cooling.instance, cooling.declarations["flights"], "flights_train", "drift")
+    assert drift_blocker.startswith("cooldown: the last drift-triggered flights_train run started")  # type: ignore[union-attr]
 
     perf = plat.defs.resolve_job_def("__ASSET_JOB").execute_in_process(
         instance=plat.instance, asset_selection=[dg.AssetKey(["flights", "live_performance"])]
