@@ -9,6 +9,7 @@ instead: plain declaration files or component files, built by the same component
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +34,12 @@ def location() -> dg.Definitions:
     load_declarations()  # the defs folder's pipelines checked together first: unique names, no derived name twice
     # the package's parent is the project root, installed editable or not
     tree = dg.ComponentTree.from_module(defs_module=defs_folder, project_root=Path(defs_folder.__file__).parents[2])
-    return dg.Definitions.merge(tree.build_defs(), platform_resources())
+    with warnings.catch_warnings():
+        # Dagster's own loader marks its code references beta, twice per load in every code server and run
+        # process: dozens of console lines at a demo's start that no user of the platform can act on
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        built = tree.build_defs()
+    return dg.Definitions.merge(built, platform_resources())
 
 
 defs = location()

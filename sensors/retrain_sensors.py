@@ -207,7 +207,7 @@ def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job:
             context.log.warning(f"monitoring of {asked[gave_up.run_key]} not done: {gave_up.why}")
         kept = {version: sorted(done | set(new)), "asked_for": version, "asked": followed.watching}
         if not new and not followed.again:
-            why = f"no feature days after champion v{champ.version}'s window ({champ.plan.partition_end})"
+            why = f"no new feature days to check after champion v{champ.version}'s window ({champ.plan.partition_end}); {len(done)} checked"
             return dg.SensorResult(skip_reason=dg.SkipReason(why), cursor=json.dumps(kept))
         busy = training_in_flight(context.instance, train_job)
         if busy:

@@ -239,8 +239,11 @@ def start_local_platform(
     if mlflow_port is not None:
         home = MlopsHome(Path(env["MLOPS_HOME"]))
         home.mlflow.mkdir(parents=True, exist_ok=True)
+        # one worker and no job runner: MLflow's defaults (4 workers, 7 job consumers) took 2.5 GB, more than Dagster
         cmd = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", home.mlflow_tracking_uri, "--host", host, "--port", str(mlflow_port)]
-        processes.append(subprocess.Popen(cmd, cwd=home.mlflow, env=env, start_new_session=True))
+        cmd += ["--workers", "1"]
+        ui_env = dict(env, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        processes.append(subprocess.Popen(cmd, cwd=home.mlflow, env=ui_env, start_new_session=True))
     return processes
 
 

@@ -29,12 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a reader gone (`| head -1`) is met here, not in the interpreter's exit
+        return code
     except (KeyError, IndexError):
         raise  # lookups inside the code failing are bugs, not bad input
     except (CommandError, DeclarationError, LookupError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
         print(f"mlops {args.command}: error: {_one_line(err)}", file=sys.stderr)  # the input was wrong
         return 2
+    except BrokenPipeError:
+        # the reader went away (`mlops status | head -1`): what it read is what it wanted, no error to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush of stdout must not fail again
+        return 0
     except Terminated:
         return 143  # 128 + SIGTERM, as the shell reports a process that SIGTERM ended
     except KeyboardInterrupt:

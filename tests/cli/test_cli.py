@@ -135,6 +135,15 @@ def test_demo_reset_deletes_only_a_platform_home(tmp_path, monkeypatch, capsys):
     assert MlopsHome.from_env().root == mine / ".mlops"  # empty is unset: ./.mlops, never the folder itself
 
 
+def test_output_piped_into_a_reader_that_stops_early_is_no_error():
+    """`mlops status | head -1` printed "error: BrokenPipeError" and exited 1."""
+    mlops = Path(sys.executable).parent / "mlops"
+    proc = subprocess.Popen([str(mlops), "pipelines"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written  # type: ignore[union-attr]
+    err = proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert proc.wait(timeout=120) == 0 and err == "", err
+
+
 class _Exited:
     """The demo's Dagster process, gone at once: the demo then stops (what it lands is under test, not Dagster)."""
 
