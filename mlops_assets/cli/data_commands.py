@@ -87,7 +87,8 @@ def land(args: argparse.Namespace) -> int:
 def _land_file(decl: PipelineDeclaration, landing: LandingZoneResource, source: Path, partition: str | None) -> int:
     """One file as the partition it holds, refused before anything is written where the landing sensor would skip
     it (a key that is no partition of the declaration: the wrong form for its kind, not aligned, out of range) or
-    ingestion could not read it (a file that is not Parquet for a Parquet pipeline)."""
+    ingestion could not read it (a file that is not Parquet for a Parquet pipeline, without a declared column, or
+    with one the declaration does not know where it says `extra_columns: fail`)."""
     from mlops_assets.core.partitions import KEY_FORMATS, partition_problem
 
     kind = decl.partitioning.kind
@@ -109,6 +110,10 @@ def _land_file(decl: PipelineDeclaration, landing: LandingZoneResource, source: 
             pq.read_metadata(pa.BufferReader(data))
         except (pa.ArrowException, OSError) as err:
             raise ValueError(f"--file {source} is not a Parquet file ({err})") from None
+    # read as ingestion reads it: a file without the declared columns was landed, and its ingestion run failed
+    from mlops_assets.core.records import checked_columns, read_landed
+
+    checked_columns(read_landed(data, str(source), decl.landing.format), decl.table_schema, str(source))
     uri = landing.write_bytes(decl.name, decl.landing.file_name(partition), data)
     print(f"landed {uri}")
     if partition_problem(decl, partition) is not None:

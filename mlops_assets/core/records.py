@@ -131,7 +131,7 @@ def conform(frame: pl.DataFrame, schema: SchemaSpec, file: str) -> ConformedFile
     return conform_files([frame], schema, [file])[0]
 
 
-def _checked_columns(frame: pl.DataFrame, schema: SchemaSpec, file: str) -> list[str]:
+def checked_columns(frame: pl.DataFrame, schema: SchemaSpec, file: str) -> list[str]:
     """The file's columns the declaration does not know (dropped); a missing declared column, or an unknown
     one where the declaration says fail, fails the file."""
     missing = [c for c in schema.columns if c not in frame.columns]
@@ -151,7 +151,7 @@ def conform_files(frames: list[pl.DataFrame], schema: SchemaSpec, files: list[st
     together, in one polars call instead of one per file (at 2,700 rows a file its fixed cost was most of
     the time), and split back, each with its own source rows and cast failures."""
     declared = list(schema.columns)
-    extras = [_checked_columns(frame, schema, file) for frame, file in zip(frames, files)]
+    extras = [checked_columns(frame, schema, file) for frame, file in zip(frames, files)]
     landed = [frame.select(declared) for frame in frames]
     same_types: dict[tuple, list[int]] = {}
     for i, frame in enumerate(landed):

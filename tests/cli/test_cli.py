@@ -5,7 +5,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from mlops_assets.cli.main import main
+from mlops_assets.defs.flights.upstream import day_frame
 
 
 def test_land_flights_days(tmp_path, monkeypatch, capsys):
@@ -27,7 +28,7 @@ def test_land_flights_days(tmp_path, monkeypatch, capsys):
 def test_land_a_given_file(tmp_path, monkeypatch):
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
     src = tmp_path / "day.parquet"
-    pl.DataFrame({"year": [2013]}).write_parquet(src)  # its columns are ingestion's business, not landing's
+    day_frame(date(2013, 5, 5)).write_parquet(src)
     assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-05"]) == 0
     assert (tmp_path / "landing" / "flights" / "flights_2013-05-05.parquet").read_bytes() == src.read_bytes()
 
@@ -41,6 +42,8 @@ def test_land_a_given_file(tmp_path, monkeypatch):
         ("2012-12-31", "parquet", "--partition 2012-12-31 is outside the declared partitions (2013-01-01 .. 2014-01-01)"),
         (None, "parquet", "--file needs --partition, the daily partition the file holds (%Y-%m-%d)"),
         ("2013-01-05", "text", "is not a Parquet file"),
+        # it was landed, and its ingestion run failed
+        ("2013-01-05", "parquet", "day.parquet: missing declared columns: month, day, dep_time"),
     ],
 )
 def test_a_file_the_platform_would_not_ingest_is_refused_before_landing(tmp_path, monkeypatch, capsys, partition, content, message):
@@ -65,7 +68,7 @@ def test_an_hourly_pipeline_lands_a_file_under_its_own_key(tmp_path, monkeypatch
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
     monkeypatch.setenv("MLOPS_PIPELINES", str(declaration))
     src = tmp_path / "readings.csv"
-    src.write_text("machine_id,reading_time,temperature,vibration,failure\n")
+    src.write_text("machine_id,reading_time,temperature,vibration,failure\nm1,2024-03-03T05:10:00,71.5,0.2,0\n")
     assert main(["land", "telemetry", "--file", str(src), "--partition", "2024-03-03-05:00"]) == 0
     assert (tmp_path / "landing" / "telemetry" / "readings-2024-03-03-05:00.csv").read_text() == src.read_text()
     assert main(["land", "telemetry", "--file", str(src), "--partition", "2024-03-03-05:30"]) == 2
