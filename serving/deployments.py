@@ -493,6 +493,26 @@ class ModelServer:
         finally:
             self._requests -= 1
 
+    async def route_answer(
+        self, records: list[dict] | Columns, request_id: str, received_at: float, version: int | None = None
+    ) -> dict | RequestError | NotReady:
+        """`route` for the gateway's handle: a refusal (a client's mistake, a version not served) comes back as the
+        answer. Raised across the handle, Serve logged each as a failed request, tracebacks and all."""
+        try:
+            return await self.route(records, request_id, received_at, version)
+        except (RequestError, NotReady) as refusal:
+            return refusal
+
+    async def infer_if_held(
+        self, typed: CheckedRows | pl.DataFrame, request_id: str, received_at: float, role: str, served: bool, version: int
+    ) -> dict | VersionNotHere | NotReady:
+        """`infer` for a pinned request asked of each role in turn: "not here" is an answer, not a failure (Serve
+        logged each as a failed request in the replica asked)."""
+        try:
+            return await self.infer(typed, request_id, received_at, role, served, version)
+        except (VersionNotHere, NotReady) as elsewhere:
+            return elsewhere
+
     async def _route(self, records: list[dict] | Columns, request_id: str, received_at: float, version: int | None = None) -> dict:
         """Type the records (V1) or columns (V2), pick who answers (champion, canary or a pinned version), mirror to the shadow."""
         # small requests are typed inline (the fast path takes ~0.2 ms, less than a hop to a worker thread);
@@ -576,11 +596,13 @@ class ModelServer:
         fell through to the challenger and a 404 although this replica held the version asked for."""
         holders = [(CHAMPION, self._here)]
         if self.challenger is not None:
-            holders.append((CHALLENGER, self.challenger.infer.remote))
+            holders.append((CHALLENGER, self.challenger.infer_if_held.remote))
         for role, answer in holders:
             try:
                 result = await answer(frame, request_id, received_at, role, True, version)
             except (VersionNotHere, NotReady):
+                continue
+            if isinstance(result, (VersionNotHere, NotReady)):
                 continue
             self.counts[f"pinned_{role}"] += 1
             result["role"] = role

@@ -177,10 +177,13 @@ class Gateway:
         async def route(records: list[dict] | Columns, request_id: str, received_at: float) -> dict:
             handle = self._app(name)
             try:
-                return await handle.route.remote(records, request_id, received_at, version)
+                answer = await handle.route_answer.remote(records, request_id, received_at, version)
             except (ActorDiedError, ActorUnavailableError):  # its replica died under it: a prediction is safe to ask again
                 log.warning("request %s to %s: the replica died; asking another", request_id, name)
-                return await handle.route.remote(records, request_id, received_at, version)
+                answer = await handle.route_answer.remote(records, request_id, received_at, version)
+            if isinstance(answer, BaseException):  # a refusal, answered as such here (4xx, 503)
+                raise answer
+            return answer
 
         return await answer_prediction(request, self.decls[name], self.schemas[name], decode, route)
 

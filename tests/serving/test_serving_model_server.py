@@ -251,6 +251,9 @@ def test_route_types_records_and_answers_champion_and_pinned_versions(server, se
         pinned = await server.route(records, "p", 0.0, serving_registry.champion)
         with pytest.raises(RequestError) as missing:
             await server.route(records, "q", 0.0, 999)
+        # through the gateway's handle the refusal is the answer, not an exception Serve logs as a failed request
+        refusal = await server.route_answer(records, "q", 0.0, 999)
+        assert isinstance(refusal, RequestError) and (refusal.status, refusal.message) == (missing.value.status, missing.value.message)
         return answer, pinned, missing.value
 
     answer, pinned, missing = asyncio.run(requests())
@@ -258,8 +261,8 @@ def test_route_types_records_and_answers_champion_and_pinned_versions(server, se
     np.testing.assert_array_equal(np.asarray(answer["predictions"]), expected)
     assert pinned["role"] == "champion" and pinned["predictions"] == answer["predictions"]
     assert missing.status == 404 and "version 999" in missing.message
-    # each came alone through `route` (the gateway's V1 handle): answered without the batch queue, as lone HTTP requests are
-    assert server.counts == {"champion": 1, "pinned_champion": 1, "alone": 3}
+    # each came alone through `route` (the gateway's handle): answered without the batch queue, as lone HTTP requests are
+    assert server.counts == {"champion": 1, "pinned_champion": 1, "alone": 4}  # the refused version asked twice
 
 
 def test_shadow_mirrors_are_bounded_and_the_overflow_counted(server, serving_registry):
