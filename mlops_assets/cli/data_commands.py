@@ -221,7 +221,7 @@ def _run_demo(args: argparse.Namespace, home: MlopsHome, start: date) -> int:
         stop_local_platform(processes)
 
 
-def _landed(decl, landing, day: date) -> bool:
+def _landed(decl: PipelineDeclaration, landing: LandingZoneResource, day: date) -> bool:
     return landing.stat(decl.name, decl.landing.file_name(day.isoformat())) is not None
 
 
