@@ -9,8 +9,9 @@
 - ``<pipeline>_weekly_retrain``: the fallback schedule.
 
 Retraining requests wait out a cooldown (the drift sensor's after the last
-drift-triggered training, the new-data sensor's after any) and are skipped while
-a training run is queued or running; the cause is on the run's tags (``mlops/trigger``,
+drift-triggered training that succeeded, the new-data sensor's after any that
+succeeded) and are skipped while a training run is queued or running; a failed
+drift retraining is asked for again (sensors/run_attempts.py); the cause is on the run's tags (``mlops/trigger``,
 ``mlops/reason``). Gates and the promotion policy then decide.
 """
 
@@ -62,7 +63,9 @@ def retrain_blocker(instance: dg.DagsterInstance, decl: PipelineDeclaration, tra
     if busy:
         return busy
     tags = {TRIGGER_TAG: trigger} if trigger else None
-    records = instance.get_run_records(filters=dg.RunsFilter(job_name=train_job, tags=tags), limit=1)
+    # a training that failed is no retraining to cool down from: its request is asked for again (run_attempts)
+    done = dg.RunsFilter(job_name=train_job, tags=tags, statuses=[dg.DagsterRunStatus.SUCCESS])
+    records = instance.get_run_records(filters=done, limit=1)
     if records:
         age = time.time() - records[0].create_timestamp.timestamp()
         cooldown = decl.drift.cooldown_minutes * 60
@@ -147,8 +150,24 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
             return dg.SkipReason(unplanned)
         if champ is None:
             return dg.SkipReason("no champion yet")
-        reports = pipeline_tables.drift_reports(delta, decl.name)
+        # the retrainings asked for against this champion, until one succeeds: a failed one is asked for again (the
+        # walk-away's failed retraining was dropped, and with no day landing after it no alert asked again)
+        asked = {k: why for k, why in cursor.get("asked", {}).items() if k.startswith(f"drift:v{champ.version}:")}
+        followed = follow_up(context.instance, train_job, asked)
+        for gave_up in followed.given_up:
+            context.log.warning(f"drift retraining not done: {gave_up.why}")
         after = int(cursor.get("after_us", 0))
+        if followed.again:
+            busy = training_in_flight(context.instance, train_job)
+            if busy:
+                return dg.SkipReason(f"a failed drift retraining waits to be asked for again: {busy}")
+            attempt, why = followed.again[-1]  # the newest alert's; an older one is superseded by it
+            base = attempt.run_key.split("~retry-")[0]
+            return dg.SensorResult(
+                run_requests=[with_attempt(_retrain_request(train_job, base, "drift", str(why)), attempt, REASON_TAG)],
+                cursor=json.dumps({"after_us": after, "asked": {base: why}}),
+            )
+        reports = pipeline_tables.drift_reports(delta, decl.name)
         fresh = reports.with_columns(pl.col("computed_at").dt.epoch("us").alias("_us")).filter(
             (pl.col("model_version") == champ.version) & (pl.col("_us") > after)
         )
@@ -157,16 +176,17 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
         if alerts.height == 0:
             return dg.SensorResult(
                 skip_reason=dg.SkipReason(f"no new drift alert for champion v{champ.version}"),
-                cursor=json.dumps({"after_us": latest}),
+                cursor=json.dumps({"after_us": latest, "asked": followed.watching}),
             )
         blocker = retrain_blocker(context.instance, decl, train_job, "drift")
         if blocker:
             return dg.SkipReason(f"drift alert waiting: {blocker}")
         last = alerts.tail(1).to_dicts()[0]
         reason = f"{last['source']} drift on {last['window']} against champion v{champ.version}: {last['alert_reason']}"
+        key = f"drift:v{champ.version}:{last['source']}:{last['window']}"
         return dg.SensorResult(
-            run_requests=[_retrain_request(train_job, f"drift:v{champ.version}:{last['source']}:{last['window']}", "drift", reason)],
-            cursor=json.dumps({"after_us": latest}),
+            run_requests=[_retrain_request(train_job, key, "drift", reason)],
+            cursor=json.dumps({"after_us": latest, "asked": {**followed.watching, key: reason}}),
         )
 
     return drift_sensor

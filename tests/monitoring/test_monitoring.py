@@ -95,6 +95,12 @@ def test_drift_scores_and_retraining_requests(model_home):
     assert request.tags["mlops/trigger"] == "drift"
     assert request.run_key == "drift:v1:features:2013-07-01"
     assert "key columns drifted: temp" in request.tags["mlops/reason"]
+    # a drift retraining that failed is asked for again, under a new run key (it was dropped: with no later day
+    # landing, no new alert asked again), and it holds back no cooldown (the failed one is no retraining)
+    failed = plat.failed(request)
+    (retry,) = sensor_tick(plat, "flights_drift_sensor", tick.cursor).run_requests
+    assert retry.run_key == f"{request.run_key}~retry-1" and retry.tags["mlops/trigger"] == "drift"
+    assert retry.tags["mlops/reason"] == f"retry 1 of 3: run {failed.run_id} failure"
 
     # the drift sensor's cooldown counts drift-triggered trainings only: counted from any, the first model (the
     # new-data sensor's, minutes before) held the README's walk-away retraining back for half an hour
