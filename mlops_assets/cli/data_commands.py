@@ -68,6 +68,10 @@ def landing_zone() -> LandingZoneResource:
 def land(args: argparse.Namespace) -> int:
     decl = pipeline_by_name(args.pipeline)
     landing = landing_zone()
+    home = MlopsHome.from_env()
+    if not os.environ.get("MLOPS_LANDING_URI") and not home.is_platform():
+        # landing starts a platform home where there was none: said, since a mistyped MLOPS_HOME lands unseen there
+        print(f"MLOPS_HOME {home.root} held no platform: landing starts one there", file=sys.stderr)
     if args.file:
         if args.start is not None or args.days is not None:
             raise ValueError("--start and --days choose demo days to land; a --file lands as its --partition")

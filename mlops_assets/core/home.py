@@ -28,10 +28,13 @@ class MlopsHome:
         # an empty MLOPS_HOME is unset: read as a path it was the current folder, which `demo --reset` deleted
         return cls(Path(os.environ.get("MLOPS_HOME") or ".mlops").expanduser().resolve())
 
+    def is_platform(self) -> bool:
+        return self.root.is_dir() and any((self.root / folder).is_dir() for folder in PLATFORM_FOLDERS)
+
     def require_platform(self) -> "MlopsHome":
         """For commands that read or change what a platform holds: a mistyped $MLOPS_HOME read as an empty
         platform (an erasure that found nothing reported as done, a status of no champion)."""
-        if not self.root.is_dir() or not any((self.root / folder).is_dir() for folder in PLATFORM_FOLDERS):
+        if not self.is_platform():
             raise ValueError(
                 f"MLOPS_HOME {self.root} is not a platform home (it has none of {', '.join(PLATFORM_FOLDERS)}): "
                 "set MLOPS_HOME to your platform's folder, or start one with `mlops demo`"

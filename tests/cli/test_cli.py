@@ -25,12 +25,16 @@ def test_land_flights_days(tmp_path, monkeypatch, capsys):
     assert "landed" in capsys.readouterr().out
 
 
-def test_land_a_given_file(tmp_path, monkeypatch):
+def test_land_a_given_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
     src = tmp_path / "day.parquet"
     day_frame(date(2013, 5, 5)).write_parquet(src)
     assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-05"]) == 0
     assert (tmp_path / "landing" / "flights" / "flights_2013-05-05.parquet").read_bytes() == src.read_bytes()
+    # a mistyped MLOPS_HOME landed unseen into a new folder: the first landing says it starts a platform there
+    assert f"MLOPS_HOME {tmp_path} held no platform: landing starts one there" in capsys.readouterr().err
+    assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-06"]) == 0
+    assert "held no platform" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
