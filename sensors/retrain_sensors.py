@@ -161,7 +161,7 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
             busy = training_in_flight(context.instance, train_job)
             if busy:
                 return dg.SkipReason(f"a failed drift retraining waits to be asked for again: {busy}")
-            attempt, why = followed.again[-1]  # the newest alert's; an older one is superseded by it
+            ((attempt, why),) = followed.again  # one at most: a new request supersedes the one before (below)
             base = attempt.run_key.split("~retry-")[0]
             return dg.SensorResult(
                 run_requests=[with_attempt(_retrain_request(train_job, base, "drift", str(why)), attempt, REASON_TAG)],
@@ -186,7 +186,7 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
         key = f"drift:v{champ.version}:{last['source']}:{last['window']}"
         return dg.SensorResult(
             run_requests=[_retrain_request(train_job, key, "drift", reason)],
-            cursor=json.dumps({"after_us": latest, "asked": {**followed.watching, key: reason}}),
+            cursor=json.dumps({"after_us": latest, "asked": {key: reason}}),  # the newest alert's retraining only
         )
 
     return drift_sensor

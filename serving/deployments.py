@@ -218,9 +218,10 @@ class ModelServer:
         if loaded is None:
             return False
         delta = self.settings.delta()
-        if reference_sources(self.decl, delta) == loaded.info.get("sources"):
+        sources = reference_sources(self.decl, delta)
+        if sources == loaded.info.get("sources"):
             return False
-        reference, info = serving_reference(self.decl, self.module, delta)
+        reference, info = serving_reference(self.decl, self.module, delta, sources)
         fresh = Loaded(loaded.model, reference, self.module.lookup_index(reference), info)
         with self._swap:
             if self.loaded is not loaded:  # a version loaded meanwhile, with a reference of its own

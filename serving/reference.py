@@ -31,9 +31,13 @@ def reference_sources(decl: PipelineDeclaration, delta: DeltaLakeResource) -> di
     return {t: delta.version(decl.name, t) for t in tables}
 
 
-def serving_reference(decl: PipelineDeclaration, module: FeatureModule, delta: DeltaLakeResource) -> tuple[FeatureReference, dict]:
-    """The reference and what it was built from (for status, lineage and the refresh check)."""
-    sources = reference_sources(decl, delta)  # before reading: a commit meanwhile means one more rebuild, never a missed one
+def serving_reference(
+    decl: PipelineDeclaration, module: FeatureModule, delta: DeltaLakeResource, sources: dict[str, int | None] | None = None
+) -> tuple[FeatureReference, dict]:
+    """The reference and what it was built from (for status, lineage and the refresh check). `sources`: the table
+    versions already read (the refresh check's), else read here."""
+    # read before the tables: a commit meanwhile means one more rebuild, never a missed one
+    sources = reference_sources(decl, delta) if sources is None else sources
     ingested = delta.partitions(decl.name, RAW)
     next_day = shift(decl, ingested[-1], 1) if ingested else first_partition(decl)
     reference, lineage = reference_as_of(delta, decl, module, next_day)
