@@ -14,15 +14,20 @@ pytest_plugins = ["tests.support.platform", "tests.support.models", "tests.suppo
 
 @pytest.fixture(scope="session", autouse=True)
 def session_home(tmp_path_factory) -> Iterator[Path]:
-    """Tests that set no platform home of their own write into a temporary one, never ./.mlops."""
+    """Tests that set no platform home of their own write into a temporary one, never ./.mlops; and no test
+    leaves MLflow's default ./mlruns in the working folder (a run logged outside the home's experiments)."""
     home = tmp_path_factory.mktemp("mlops-home")
     saved = os.environ.get("MLOPS_HOME")
+    strays = [Path.cwd() / name for name in ("mlruns", ".mlops")]
+    before = {path for path in strays if path.exists()}
     os.environ["MLOPS_HOME"] = str(home)
     yield home
     if saved is None:
         os.environ.pop("MLOPS_HOME", None)
     else:
         os.environ["MLOPS_HOME"] = saved
+    left = [str(path) for path in strays if path.exists() and path not in before]
+    assert not left, f"tests wrote into the working folder: {left}"
 
 
 # The modules whose tests run on Ray: the session's one instance (the `local_ray` fixture) or one of their own

@@ -15,8 +15,8 @@ def register_by_hand(registry, tmp_path: Path) -> int:
     client = registry.client()
     model = tmp_path / "model.txt"
     model.write_text("a model trained elsewhere")
-    with registry.writing(), mlflow.start_run() as run:
-        mlflow.log_artifact(str(model), "model")
+    with registry.writing() as writing, mlflow.start_run(experiment_id=registry.experiment_id(writing, "flights")) as run:
+        mlflow.log_artifact(str(model), "model")  # under the home's artifact root, not the working folder's mlruns/
     client.create_registered_model("flights")
     version = client.create_model_version("flights", f"{run.info.artifact_uri}/model", run.info.run_id)
     client.set_registered_model_alias("flights", "champion", version.version)
