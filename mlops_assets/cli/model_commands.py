@@ -11,6 +11,7 @@ import argparse
 import getpass
 import json
 import os
+from pathlib import Path
 
 import polars as pl
 
@@ -38,6 +39,12 @@ def mlflow_registry() -> MlflowRegistryResource:
     )
 
 
+def dagster_folder() -> Path | None:
+    """The platform's Dagster instance folder ($DAGSTER_HOME, else the home's dagster/); None where none was made."""
+    folder = Path(os.environ.get("DAGSTER_HOME") or MlopsHome.from_env().dagster)
+    return folder if folder.is_dir() else None
+
+
 def version_number(text: str) -> int:
     try:
         value = int(text)
@@ -58,6 +65,7 @@ def status(args: argparse.Namespace) -> int:
 
     names = [pipeline_by_name(args.pipeline).name] if args.pipeline else [d.name for d in load_declarations()]
     registry = mlflow_registry()
+    folder = dagster_folder()
     for name in names:
         decl = pipeline_by_name(name)
         print(f"{name} (policy {decl.promotion.policy}, {decl.target.task} on {decl.target.column})")
@@ -78,7 +86,20 @@ def status(args: argparse.Namespace) -> int:
             print(f"    lineage:    git {d['git_commit']}, dagster run {d['dagster_run_id']}, {d['feature_columns']} features")
         for line in rollout_lines(decl, delta_lake()):
             print(line)
+        if folder is not None:
+            print(training_line(folder, decl))
     return 0
+
+
+def training_line(folder: Path, decl) -> str:
+    """The latest training run, failed ones with their reason: they leave nothing in the registry or audit log."""
+    import dagster as dg
+
+    from mlops_assets.models.training_runs import last_training
+
+    with dg.DagsterInstance.from_config(str(folder)) as instance:
+        run = last_training(instance, decl)
+    return f"  last training: {run.describe()}" if run else "  last training: none"
 
 
 def rollout_lines(decl, delta: DeltaLakeResource) -> list[str]:

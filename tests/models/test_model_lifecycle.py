@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import date
 
+import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
 
 from mlops_assets.core.declaration import DeclarationError
+from mlops_assets.core.names import TRIGGER_TAG
 from mlops_assets.definitions import build_definitions
 from mlops_assets.defs.flights.upstream import land_days
 from mlops_assets.models import gates, training
@@ -178,11 +180,20 @@ def test_training_before_any_data_fails_clearly(platform):
     assert "no featurized partitions yet: ingest some days first" in failure.step_failure_data.error.message
 
 
-def test_training_with_too_few_rows_fails_clearly_and_registers_nothing(model_home):
-    result = model_home.platform(flights_variant(training={"min_rows": 10**7})).run("flights_train", raise_on_error=False)
+def test_training_with_too_few_rows_fails_clearly_and_registers_nothing(model_home, capsys):
+    code, out, _ = model_home.mlops("status", "flights", capsys=capsys)
+    assert code == 0 and "last training: none" in out
+    plat = model_home.platform(flights_variant(training={"min_rows": 10**7}))
+    result = plat.launch(dg.RunRequest(run_key="drift-1", job_name="flights_train", tags={TRIGGER_TAG: "drift"}))
     failure = [e for e in result.all_events if e.is_step_failure][0]
     assert "fewer than training.min_rows=10000000" in failure.step_failure_data.error.message
     assert model_home.registry.client().search_registered_models() == []
+    # nothing in the registry or the audit log: `mlops status` says the attempt failed, and why
+    code, out, _ = model_home.mlops("status", "flights", capsys=capsys)
+    assert code == 0 and "champion: none" in out
+    line = next(line for line in out.splitlines() if "last training:" in line)
+    assert line.startswith("  last training: failed (started ") and f", drift; dagster run {result.run_id}): " in line
+    assert "fewer than training.min_rows=10000000" in line
 
 
 def test_the_window_end_is_configurable_and_must_be_a_featurized_day(model_home):

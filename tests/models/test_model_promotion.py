@@ -165,6 +165,7 @@ def test_manual_policy_waits_for_approval_in_dagster_and_on_the_command_line(mod
     code, out, _ = model_home.mlops("status", "flights", capsys=capsys)
     assert code == 0
     assert "champion: v2" in out and "challenger: none" in out and "mae=" in out and "2013-01-14..2013-02-04" in out
+    assert "last training: succeeded (started " in out
     code, out, _ = model_home.mlops("history", "flights", capsys=capsys)
     assert code == 0 and "approve" in out and "by dave" in out and "ticket 42" in out
 
