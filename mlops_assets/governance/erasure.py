@@ -125,7 +125,16 @@ def parse_predicate(text: str, decl: PipelineDeclaration) -> Predicate:
                 raise PredicateError(f"--where: {column} is a {spec.type} column; compare it with a quoted value, not {value}")
             if "." in value and spec.type.startswith("int"):
                 raise PredicateError(f"--where: {column} is an {spec.type} column; {value} is not an integer")
-            return float(value) if "." in value or spec.type.startswith("float") else int(value)  # one type per list
+            if spec.type.startswith("float"):
+                return float(value)  # one type per list
+            number, bits = int(value), int(spec.type[3:])
+            if not -(2 ** (bits - 1)) <= number < 2 ** (bits - 1):
+                # Delta cannot cast it to the column's type: its delete of raw failed after the other tables' deletes
+                raise PredicateError(
+                    f"--where: {column} is an {spec.type} column; {value} is outside its range "
+                    f"({-(2 ** (bits - 1))} .. {2 ** (bits - 1) - 1})"
+                )
+            return number
         if kind == "word" and spec.type in ("str", "date", "datetime"):  # carrier = UA
             raise PredicateError(f'--where: {column} is a {spec.type} column; quote its value, as in {column} = "{value}"')
         raise PredicateError(f"--where: expected a value after {column}, found {value or 'the end'}")

@@ -150,6 +150,10 @@ def test_erasure_leaves_no_row_in_any_table_or_version_audits_tags_and_retrains(
         ('tailnum = "N1" or origin = "EWR"', "expected `and` between conditions"),
         ("", "needs a condition"),
         ('tailnum in ("N1", "N2"', "is not closed"),
+        # Delta cannot cast these to the column's type: the raw delete failed after features and batch scores lost their rows
+        ('month < 300 and tailnum = "N1"', r"month is an int8 column; 300 is outside its range \(-128 \.\. 127\)"),
+        ("year in (2013, -40000)", "year is an int16 column; -40000 is outside its range"),
+        ("flight = 99999999999999999999", "flight is an int32 column; 99999999999999999999 is outside its range"),
     ],
 )
 def test_bad_predicates_are_refused_naming_the_problem(where, message):
