@@ -174,14 +174,26 @@ def history(args: argparse.Namespace) -> int:
         print(f"{decl.name}: no promotions, rejections, approvals or rollbacks yet")
         return 0
     for e in events.iter_rows(named=True):
-        moved = f" {e['alias']} v{e['from_version'] or '-'} -> v{e['model_version']}" if e["alias"] else f" v{e['model_version']}"
+        if e["alias"]:
+            moved = f" {e['alias']} v{e['from_version'] or '-'} -> v{e['model_version']}"
+        else:  # an erasure is about data, not a version: it printed as "vNone"
+            moved = f" v{e['model_version']}" if e["model_version"] is not None else ""
         gates = f" failed gates: {e['failed_gates']};" if e["failed_gates"] else ""
         print(f"{e['at']:%Y-%m-%d %H:%M:%S} UTC  {e['action']:<14}{moved}  by {e['actor']}:{gates} {e['reason']}")
         metrics = json.loads(e["metrics"] or "{}")
         holdout = metrics.get("holdout") or {}
         if holdout:
             print(f"{'':25}hold-out: {_fmt_metrics(holdout)}")
+        if e["action"] == "erase":  # `mlops reproduce` of a tagged version names its erasure and points here
+            print(f"{'':25}{_erasure_line(metrics)}")
     return 0
+
+
+def _erasure_line(metrics: dict) -> str:
+    """An erase row's id, rows deleted per table and tagged versions (the predicate, which names the subject: --json)."""
+    rows = ", ".join(f"{table} {n}" for table, n in (metrics.get("rows_deleted") or {}).items()) or "none"
+    tagged = ", ".join(f"v{v}" for v in metrics.get("tagged_versions") or [])
+    return f"erasure {metrics.get('erasure_id', '?')}: rows deleted {rows}" + (f"; trained on them: {tagged}" if tagged else "")
 
 
 def reproduce(args: argparse.Namespace) -> int:
