@@ -126,7 +126,7 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
         metadata = {
             "partition": partition,
             "champion_version": champ.version,
-            "reference_window": f"{champ.plan.partition_start} .. {champ.plan.partition_end} (features v{champ.plan.features_version})",
+            "reference_window": drift_metrics.describe_reference(champ),  # after an erasure: not the recorded version
             "rows": current.height,
             "drift_share": result.share,
             "share_threshold": decl.drift.share_threshold,

@@ -30,6 +30,14 @@ def reference_window(delta: DeltaLakeResource, model: Champion) -> pl.DataFrame:
     return training.read_window(model.plan, delta, as_now=model.erased is not None)
 
 
+def describe_reference(model: Champion) -> str:
+    """The reference window as `reference_window` reads it: an erased version's is no longer its recorded Delta version."""
+    window = f"{model.plan.partition_start} .. {model.plan.partition_end}"
+    if model.erased is not None:
+        return f"{window} (features as they are now, without the rows erasure {model.erased} removed; trained on v{model.plan.features_version})"
+    return f"{window} (features v{model.plan.features_version})"
+
+
 def reference_profile(delta: DeltaLakeResource, model: Champion, run_id: str = "") -> ReferenceProfile:
     """The training-window profile of a model version, computed once and cached."""
     cached = delta.scan(model.plan.pipeline, PROFILES)
