@@ -84,6 +84,11 @@ def status(args: argparse.Namespace) -> int:
             print(f"    hold-out:   {_fmt_metrics(d['holdout_metrics'])}")
             print(f"    data:       partitions {d['partitions']} (hold-out from {d['holdout_from']}), {d['features']}")
             print(f"    lineage:    git {d['git_commit']}, dagster run {d['dagster_run_id']}, {d['feature_columns']} features")
+            if d["erased"]:  # its data line names a Delta version the erasure's vacuum may have removed
+                print(
+                    f"    erased:     rows it trained on were erased (erasure {d['erased']}, see `mlops history {name}`): "
+                    "it cannot be reproduced, and a retraining on the current data replaces it"
+                )
         for line in rollout_lines(decl, delta_lake()):
             print(line)
         if folder is not None:

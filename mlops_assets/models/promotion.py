@@ -16,6 +16,7 @@ from mlops_assets.core.declaration import PipelineDeclaration, RolloutSpec
 from mlops_assets.core.names import (
     CHALLENGER,
     CHAMPION,
+    ERASED_TAG,
     FEATURE_COLUMNS_TAG,
     GATES_ARTIFACT,
     GATES_CHAMPION_TAG,
@@ -439,4 +440,5 @@ def describe(registry: MlflowRegistryResource, pipeline: str, alias: str) -> dic
         "git_commit": t.get("mlops.git_commit", "?")[:12],
         "dagster_run_id": t.get("mlops.dagster_run_id", ""),
         "feature_columns": len(json.loads(t.get(FEATURE_COLUMNS_TAG, "[]"))),
+        "erased": t.get(ERASED_TAG),  # the erasure that removed rows it trained on
     }

@@ -1,7 +1,12 @@
-"""`mlops` commands about models, on a platform home's audit log."""
+"""`mlops` commands about models: status and history of a platform home."""
+
+import shutil
 
 from mlops_assets.cli.main import main
+from mlops_assets.core.home import MlopsHome
+from mlops_assets.core.names import CHAMPION, ERASED_TAG, PLAN_TAG
 from resources.audit_log import AuditEvent, record
+from resources.defaults import model_resources
 from resources.delta_lake import DeltaLakeResource
 
 
@@ -29,3 +34,23 @@ def test_history_shows_an_erasure_by_its_id_not_as_a_version(tmp_path, monkeypat
     assert "erase           by dpo: request 2026-118" in out
     assert "erasure 3efe8c8dd02d: rows deleted features 12, raw 12; trained on them: v1, v2" in out
     assert "N24211" not in out  # the predicate names the subject: only in --json
+
+
+def test_status_says_the_champion_was_trained_on_erased_rows(tmp_path, monkeypatch, capsys, empty_mlflow_store):
+    """Status showed an erased champion as any other, its data line naming a Delta version the vacuum removed."""
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    for variable in ("MLOPS_DELTA_URI", "MLOPS_MLFLOW_TRACKING_URI", "DAGSTER_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    (tmp_path / "mlflow").mkdir()
+    shutil.copy(empty_mlflow_store, tmp_path / "mlflow" / "mlflow.db")
+    client = model_resources(MlopsHome(tmp_path))["mlflow"].client()
+    client.create_registered_model("flights")
+    version = client.create_model_version("flights", source=str(tmp_path / "model"), tags={PLAN_TAG: "{}"}).version
+    client.set_registered_model_alias("flights", CHAMPION, version)
+    assert main(["status", "flights"]) == 0
+    assert "erased" not in capsys.readouterr().out
+    client.set_model_version_tag("flights", version, ERASED_TAG, "3efe8c8dd02d")
+    assert main(["status", "flights"]) == 0
+    out = capsys.readouterr().out
+    assert "  champion: v1 (" in out
+    assert "erased:     rows it trained on were erased (erasure 3efe8c8dd02d, see `mlops history flights`)" in out
