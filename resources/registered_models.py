@@ -78,6 +78,18 @@ class UnplannedVersion(LookupError):
     here. There is no window to compare, monitor or retrain against."""
 
 
+def require_unerased(version: ModelVersion, cannot: str) -> None:
+    """Refuses work that reads a version's recorded training data (`cannot`: what it cannot do) once an erasure
+    removed rows of it: the Delta versions the plan names no longer hold them, or are vacuumed away."""
+    erasure = version.tags.get(ERASED_TAG)
+    if erasure:
+        raise LookupError(
+            f"model {version.name} v{version.version} {cannot}: rows of its training data were erased "
+            f"(erasure {erasure}, see `mlops history {version.name}`), so the Delta versions it recorded no longer "
+            "hold the data it learned from; a retraining on the current data replaces it"
+        )
+
+
 def plan_of(version: ModelVersion) -> TrainingPlan:
     text = version.tags.get(PLAN_TAG)
     if not text:

@@ -35,6 +35,7 @@ from resources.registered_models import (
     get_version,
     load_booster,
     plan_of,
+    require_unerased,
 )
 
 GATE_NAMES = (FLOORS, NO_REGRESSION, DATA_CHECKS, FAIRNESS)
@@ -211,6 +212,8 @@ def fairness_gate(decl: PipelineDeclaration, groups: pl.DataFrame, y, prediction
 def evaluate(decl: PipelineDeclaration, delta: DeltaLakeResource, registry: MlflowRegistryResource, version: str) -> Evaluation:
     client = registry.client()
     challenger_version = get_version(client, decl.name, version)
+    # its hold-out is read at the recorded Delta version: after an erasure, a missing-file error from polars
+    require_unerased(challenger_version, "cannot be gated again")
     plan = plan_of(challenger_version)
     holdout = holdout_frame(plan, delta)
     if holdout.height == 0:

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlops_assets.core.names import ERASED_TAG
 from mlops_assets.models.engine import train_as_planned
 from mlops_assets.models.training import predict, prepare, read_window
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
-from resources.registered_models import get_version, load_booster, plan_of
+from resources.registered_models import get_version, load_booster, plan_of, require_unerased
 
 
 @dataclass(frozen=True)
@@ -69,12 +68,7 @@ class Reproduction:
 
 def reproduce(pipeline: str, version: str | int, delta: DeltaLakeResource, registry: MlflowRegistryResource) -> Reproduction:
     mv = get_version(registry.client(), pipeline, version)
-    if mv.tags.get(ERASED_TAG):
-        raise LookupError(
-            f"model {pipeline} v{mv.version} cannot be reproduced: rows of its training data were erased "
-            f"(erasure {mv.tags[ERASED_TAG]}, see `mlops history {pipeline}`), so the Delta versions it recorded no longer "
-            "hold the data it learned from; a retraining on the current data replaces it"
-        )
+    require_unerased(mv, "cannot be reproduced")
     plan = plan_of(mv)
     data = prepare(read_window(plan, delta), plan)
     retrained = train_as_planned(plan, data, delta)

@@ -136,6 +136,8 @@ def test_erasure_leaves_no_row_in_any_table_or_version_audits_tags_and_retrains(
 
     code, _, err = model_home.mlops("reproduce", "flights", "2", capsys=capsys)
     assert code == 2 and "cannot be reproduced: rows of its training data were erased" in err
+    code, _, err = model_home.mlops("gate", "flights", "2", "--by", "dpo", capsys=capsys)  # was polars' missing file
+    assert code == 2 and f"model flights v2 cannot be gated again: rows of its training data were erased (erasure {tag}" in err
 
 
 @pytest.mark.parametrize(
