@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from mlops_assets.core.declaration import PipelineDeclaration
-from mlops_assets.core.names import TRIGGER_TAG, train_job_name
+from mlops_assets.core.names import TRIGGER_TAG, model_key, train_job_name
 
 _STATES = {
     dg.DagsterRunStatus.SUCCESS: "succeeded",
@@ -41,13 +41,21 @@ class TrainingRun:
 
 
 def last_training(instance: dg.DagsterInstance, decl: PipelineDeclaration) -> TrainingRun | None:
-    records = instance.get_run_records(filters=dg.RunsFilter(job_name=train_job_name(decl)), limit=1)
+    """The newest run of the training job or any other run that set out to materialize the model (the UI's
+    Materialize on `<pipeline>/model`, `dagster asset materialize`): those train and register versions too."""
+    records = list(instance.get_run_records(filters=dg.RunsFilter(job_name=train_job_name(decl)), limit=1))
+    planned = instance.get_latest_planned_materialization_info(model_key(decl))
+    if planned is not None and not any(r.dagster_run.run_id == planned.run_id for r in records):
+        other = instance.get_run_record_by_id(planned.run_id)
+        if other is not None:
+            records.append(other)
     if not records:
         return None
-    run = records[0].dagster_run
+    record = max(records, key=lambda r: r.create_timestamp)
+    run = record.dagster_run
     state = _STATES.get(run.status, "running")
     reason = failure_reason(instance, run.run_id) if state == "failed" else None
-    return TrainingRun(run.run_id, state, records[0].create_timestamp, run.tags.get(TRIGGER_TAG), reason)
+    return TrainingRun(run.run_id, state, record.create_timestamp, run.tags.get(TRIGGER_TAG), reason)
 
 
 def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str | None:
