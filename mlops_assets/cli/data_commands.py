@@ -130,6 +130,19 @@ def pipelines(args: argparse.Namespace) -> int:
     if not decls:
         where = os.environ.get("MLOPS_PIPELINES") or "the packaged pipelines"
         raise ValueError(f"no pipeline is declared in {where} (MLOPS_PIPELINES): no {MLPIPELINE_TYPE} component or declaration")
+    import warnings
+
+    import dagster as dg
+
+    from mlops_assets.pipeline import build_pipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # Dagster's own notes on its APIs, not the user's to act on
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        for decl in decls:
+            # built as the code location builds it: a features.module that cannot be imported, a lookup of a table nothing
+            # provides or a gate metric of another task was listed as valid here and then failed the code location's load
+            build_pipeline(decl)
     for decl in decls:
         print(
             f"{decl.name}: {decl.target.task} on {decl.target.column}, {decl.landing.format} files "

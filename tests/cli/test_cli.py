@@ -239,6 +239,24 @@ def test_declarations_that_would_be_dropped_silently_are_reported(tmp_path, monk
     assert f"pipeline declaration {tmp_path / 'defs.yaml'} is not UTF-8 text" in err and "Traceback" not in err
 
 
+def test_pipelines_refuses_what_the_code_location_would_refuse(tmp_path, monkeypatch, capsys):
+    """`mlops pipelines` validates the declarations: a features.module that cannot be imported, or a gate metric the
+    model's task does not have, was listed as valid, and then the code location failed to load."""
+    raw = yaml.safe_load((Path(__file__).parents[1] / "pipelines" / "telemetry.yaml").read_text())
+    monkeypatch.setenv("MLOPS_PIPELINES", str(tmp_path / "telemetry.yaml"))
+    (tmp_path / "telemetry.yaml").write_text(yaml.safe_dump({**raw, "features": {**raw["features"], "module": "tests.pipelines.no_such"}}))
+    assert main(["pipelines"]) == 2
+    err = capsys.readouterr().err
+    assert "features.module 'tests.pipelines.no_such' cannot be imported" in err and err.count("\n") == 1
+    (tmp_path / "telemetry.yaml").write_text(yaml.safe_dump({**raw, "gates": {"floors": {"mae": 1.0}}}))
+    assert main(["pipelines"]) == 2
+    assert "gates.floors names metrics ['mae'] that a binary model does not have" in capsys.readouterr().err
+    (tmp_path / "telemetry.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["pipelines"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("telemetry: binary on failure") and err == ""
+
+
 def test_console_script_lists_pipelines(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mlops_assets.cli", "pipelines"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("flights: regression on arr_delay")
