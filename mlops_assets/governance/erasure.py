@@ -76,6 +76,8 @@ class Predicate:
 
     def sql(self, prefix: str = "") -> str:
         def lit(v) -> str:
+            if isinstance(v, bool):  # before repr: Python's True is no SQL literal
+                return "true" if v else "false"
             if isinstance(v, date):  # dates and datetimes as ISO text, which Delta casts to the column's type
                 v = v.isoformat()
             return "'" + v.replace("'", "''") + "'" if isinstance(v, str) else repr(v)
@@ -120,8 +122,8 @@ def parse_predicate(text: str, decl: PipelineDeclaration) -> Predicate:
             except ValueError:
                 raise PredicateError(f"--where: {column} is a {spec.type} column; {value} is not an ISO {spec.type}") from None
             return text
-        if kind == "num":
-            if spec.type in ("str", "bool", "date", "datetime"):
+        if kind == "num" and spec.type != "bool":
+            if spec.type in ("str", "date", "datetime"):
                 raise PredicateError(f"--where: {column} is a {spec.type} column; compare it with a quoted value, not {value}")
             if "." in value and spec.type.startswith("int"):
                 raise PredicateError(f"--where: {column} is an {spec.type} column; {value} is not an integer")
@@ -135,6 +137,10 @@ def parse_predicate(text: str, decl: PipelineDeclaration) -> Predicate:
                     f"({-(2 ** (bits - 1))} .. {2 ** (bits - 1) - 1})"
                 )
             return number
+        if kind == "word" and spec.type == "bool" and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if spec.type == "bool":  # it had no literal: a bool column could not be named at all
+            raise PredicateError(f"--where: {column} is a bool column; compare it with true or false, not {value or 'nothing'}")
         if kind == "word" and spec.type in ("str", "date", "datetime"):  # carrier = UA
             raise PredicateError(f'--where: {column} is a {spec.type} column; quote its value, as in {column} = "{value}"')
         raise PredicateError(f"--where: expected a value after {column}, found {value or 'the end'}")

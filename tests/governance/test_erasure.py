@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.declaration import PACKAGED_PIPELINES, PipelineDeclaration, declaration_attributes
 from mlops_assets.core.feature_contract import load_feature_module
 from mlops_assets.core.names import (
     ERASED_TAG,
@@ -161,6 +161,27 @@ def test_erasure_leaves_no_row_in_any_table_or_version_audits_tags_and_retrains(
 def test_bad_predicates_are_refused_naming_the_problem(where, message):
     with pytest.raises(PredicateError, match=message):
         parse_predicate(where, flights_variant())
+
+
+def test_a_bool_column_is_compared_with_true_or_false(tmp_path):
+    """A bool column had no literal (`cancelled = true` was "expected a value"): the same rows match in polars and in
+    Delta's delete."""
+    from deltalake import DeltaTable, write_deltalake
+
+    attributes = declaration_attributes(PACKAGED_PIPELINES / "flights" / "defs.yaml")[0]["schema"]
+    schema = {**attributes, "columns": {**attributes["columns"], "cancelled": {"type": "bool", "nullable": True}}}
+    decl = flights_variant(schema=schema)
+    predicate = parse_predicate('cancelled = TRUE and carrier = "UA"', decl)
+    assert predicate.sql() == """"cancelled" = true AND "carrier" = 'UA'"""
+    frame = pl.DataFrame({"cancelled": [True, False, None, True], "carrier": ["UA", "UA", "UA", "AA"]})
+    assert frame.filter(predicate.expr()).height == 1
+    write_deltalake(str(tmp_path / "t"), frame.to_arrow())
+    table = DeltaTable(str(tmp_path / "t"))
+    assert table.delete(predicate.sql())["num_deleted_rows"] == 1
+    assert pl.from_arrow(table.to_pyarrow_table()).sort("carrier").rows() == [(True, "AA"), (False, "UA"), (None, "UA")]
+    for where in ("cancelled = 1", "cancelled = yes", "cancelled ="):
+        with pytest.raises(PredicateError, match="cancelled is a bool column; compare it with true or false"):
+            parse_predicate(where, decl)
 
 
 def test_an_erasure_the_prediction_log_cannot_reach_is_refused_before_anything_changes(model_home, capsys):
