@@ -9,7 +9,8 @@ file runs once; a corrected file landed again has a new signature and runs
 again. Run keys (partition + signature) make a repeated request a no-op.
 A range run that fails (one unreadable file fails the whole range) is asked for again one
 partition per run, once: every other file of the burst is ingested, and the bad one fails alone,
-naming its problem, until a corrected file is landed.
+naming its problem, until a corrected file is landed. Partitions the failed run featurized (it failed
+because another day's features were held back) are not asked for again.
 Partial files (hidden or temporary names) are never listed. When the pipeline
 has reference tables, partitions wait until the reference asset has been
 materialized from the reference files as they are now.
@@ -27,7 +28,9 @@ from mlops_assets.core.names import (
     ASSET_PARTITION_RANGE_START_TAG,
     FILE_TAG,
     REASON_TAG,
+    RUN_KEY_TAG,
     TRIGGER_TAG,
+    features_key,
     reference_key,
     sensor_name,
 )
@@ -79,11 +82,20 @@ def _ingest_request(job_name: str, partitions: list[str], landed: dict[str, tupl
     )
 
 
-def _ended_ranges(instance: dg.DagsterInstance, job_name: str, ranges: dict[str, list[str]]) -> tuple[dict[str, list[str]], list[str]]:
+def _ended_ranges(
+    instance: dg.DagsterInstance, decl: PipelineDeclaration, job_name: str, ranges: dict[str, list[str]]
+) -> tuple[dict[str, list[str]], list[str]]:
     """Of the range runs asked for, those still to watch (not launched, queued or running), and the partitions of
-    those that failed or were canceled (asked for again one per run, not as a retry of the range)."""
+    those that failed or were canceled (asked for again one per run, not as a retry of the range), less those the
+    failed run featurized: a range that failed only because a day's features were held back (over the validation
+    limit) wrote every day, and asking for each of them again re-ingested the whole range one day per run."""
     followed = follow_up(instance, job_name, ranges, retries=0)
-    failed = [partition for attempt in followed.given_up for partition in ranges[attempt.run_key]]
+    failed = []
+    for attempt in followed.given_up:
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, tags={RUN_KEY_TAG: attempt.run_key}), limit=1)
+        done = instance.get_asset_partitions_for_run(runs[0].run_id, dg.DagsterEventType.ASSET_MATERIALIZATION) if runs else {}
+        featurized = done.get(features_key(decl), set())
+        failed.extend(partition for partition in ranges[attempt.run_key] if partition not in featurized)
     return followed.watching, failed  # type: ignore[return-value]
 
 
@@ -132,7 +144,7 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
             seen[landed.name] = landed.signature
         groups = runs_of(decl, list(landed_now))
         requests = [_ingest_request(ingest_job.name, group, landed_now) for group in groups]
-        watching, failed = _ended_ranges(context.instance, ingest_job.name, cursor.get("ranges", {}))
+        watching, failed = _ended_ranges(context.instance, decl, ingest_job.name, cursor.get("ranges", {}))
         watching.update({request.run_key: group for request, group in zip(requests, groups) if len(group) > 1})
         for partition in failed:
             if partition in landed_now or partition not in present:

@@ -5,9 +5,10 @@ import os
 from datetime import date
 
 import dagster as dg
+import polars as pl
 import pytest
 
-from mlops_assets.defs.flights.upstream import land_days, land_reference
+from mlops_assets.defs.flights.upstream import encode, land_days, land_reference
 from sensors.run_attempts import RETRIES
 from tests.support.platform import Platform, days
 
@@ -201,6 +202,22 @@ def test_a_failed_range_is_asked_for_again_one_partition_per_run_so_a_bad_file_h
     assert "empty" in failure.step_failure_data.error.message  # the bad file's own run names its problem
     assert ready.delta.partitions("flights", "features") == ["2013-01-01", "2013-01-03"]
     assert not evaluate(ready, again.cursor).run_requests  # once: the bad file waits for a corrected one
+
+
+def test_a_range_failed_only_by_a_held_back_day_asks_again_for_that_day_alone(ready: Platform):
+    decl = ready.declarations["flights"]
+    land_days(decl, ready.landing, date(2013, 1, 1), 3)
+    day = pl.read_parquet(ready.landing.uri("flights", "flights_2013-01-02.parquet"))
+    over_limit = day.with_columns(
+        pl.when(pl.int_range(pl.len()) < day.height // 10).then(None).otherwise(pl.col("carrier")).alias("carrier")
+    )
+    ready.landing.write_bytes("flights", "flights_2013-01-02.parquet", encode(over_limit, "parquet"))
+    first = evaluate(ready)
+    (burst,) = first.run_requests
+    assert not ready.launch(burst).success  # every day written; 2013-01-02's features held back
+    assert ready.delta.partitions("flights", "features") == ["2013-01-01", "2013-01-03"]
+    again = evaluate(ready, first.cursor)
+    assert [r.partition_key for r in again.run_requests] == ["2013-01-02"]  # not the two featurized days again
 
 
 def test_sensor_runs_through_the_daemon_path_and_ingests(ready: Platform):
