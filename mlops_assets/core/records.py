@@ -136,7 +136,11 @@ def checked_columns(frame: pl.DataFrame, schema: SchemaSpec, file: str) -> list[
     one where the declaration says fail, fails the file."""
     missing = [c for c in schema.columns if c not in frame.columns]
     if missing:
-        raise LandedFileError(file, f"missing declared columns: {', '.join(missing)}")
+        # a column landed as `Year` for `year` is missing too (names are matched exactly): say which it is
+        by_case = {c.lower(): c for c in frame.columns if c not in schema.columns}
+        cased = [f"{by_case[c.lower()]} for {c}" for c in missing if c.lower() in by_case]
+        hint = f" (the file has {', '.join(cased)}: column names are case-sensitive)" if cased else ""
+        raise LandedFileError(file, f"missing declared columns: {', '.join(missing)}{hint}")
     extra = [c for c in frame.columns if c not in schema.columns]
     if extra and schema.extra_columns == "fail":
         raise LandedFileError(
