@@ -11,6 +11,9 @@ A range run that fails (one unreadable file fails the whole range) is asked for 
 partition per run, once: every other file of the burst is ingested, and the bad one fails alone,
 naming its problem, until a corrected file is landed. Partitions the failed run featurized (it failed
 because another day's features were held back) are not asked for again.
+A late or replaced file runs with the partitions ingested before that its history reaches (the
+`features.history_days` after it): their stored features were computed without it, while serving
+reads the new history.
 Partial files (hidden or temporary names) are never listed. When the pipeline
 has reference tables, partitions wait until the reference asset has been
 materialized from the reference files as they are now.
@@ -34,7 +37,7 @@ from mlops_assets.core.names import (
     reference_key,
     sensor_name,
 )
-from mlops_assets.core.partitions import partition_problem, runs_of
+from mlops_assets.core.partitions import partition_problem, runs_of, shift
 from resources.landing_zone import LandingZoneResource, reference_signature
 from sensors.run_attempts import follow_up, next_attempt, with_attempt
 
@@ -80,6 +83,27 @@ def _ingest_request(job_name: str, partitions: list[str], landed: dict[str, tupl
             ASSET_PARTITION_RANGE_END_TAG: partitions[-1],
         },
     )
+
+
+def history_followers(decl: PipelineDeclaration, landed_now: dict, present: dict) -> list[str]:
+    """Partitions ingested before whose features a new or replaced earlier partition changes: those within
+    `features.history_days` after it, whose history statistics include it. Run alone, a late file left their
+    stored features computed without it, unequal to what serving (reading the new history) and an in-order
+    backfill compute."""
+    earlier = [key for key in present if key not in landed_now]
+    if not decl.features.history_days or not earlier:
+        return []
+    latest = max(earlier)  # keys of one kind sort as their times
+    followers: set[str] = set()
+    for key in landed_now:
+        after = key
+        for _ in range(decl.features.history_days):
+            after = shift(decl, after, 1)
+            if after > latest:
+                break
+            if after in present and after not in landed_now:
+                followers.add(after)
+    return sorted(followers)
 
 
 def _ended_ranges(
@@ -142,8 +166,11 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
                 continue
             landed_now[partition] = (landed.name, landed.signature)  # type: ignore[index]
             seen[landed.name] = landed.signature
-        groups = runs_of(decl, list(landed_now))
-        requests = [_ingest_request(ingest_job.name, group, landed_now) for group in groups]
+        followers = history_followers(decl, landed_now, present)
+        if followers:
+            context.log.info(f"{len(followers)} partitions ingested before run again: their history includes a late or replaced file")
+        groups = runs_of(decl, [*landed_now, *followers])
+        requests = [_ingest_request(ingest_job.name, group, present) for group in groups]
         watching, failed = _ended_ranges(context.instance, decl, ingest_job.name, cursor.get("ranges", {}))
         watching.update({request.run_key: group for request, group in zip(requests, groups) if len(group) > 1})
         for partition in failed:

@@ -220,6 +220,40 @@ def test_a_range_failed_only_by_a_held_back_day_asks_again_for_that_day_alone(re
     assert [r.partition_key for r in again.run_requests] == ["2013-01-02"]  # not the two featurized days again
 
 
+def test_a_late_file_runs_with_the_days_its_history_reaches_so_their_features_equal_an_in_order_backfill(
+    ready: Platform, flights_ingested: Platform
+):
+    """A late day ran alone: the stored features of the days after it kept a history without it (serving, reading
+    the new history, then computed other values for them)."""
+    decl = ready.declarations["flights"]
+    land_days(decl, ready.landing, date(2013, 1, 1), 4)
+    land_days(decl, ready.landing, date(2013, 1, 6), 3)
+    first = evaluate(ready)
+    bursts = sorted(first.run_requests, key=lambda r: r.partition_key_range.start)
+    assert [(r.partition_key_range.start, r.partition_key_range.end) for r in bursts] == [
+        ("2013-01-01", "2013-01-04"),
+        ("2013-01-06", "2013-01-08"),
+    ]
+    assert all(ready.launch(r).success for r in bursts)
+    after = days("2013-01-05", 4)
+    stale = ready.delta.read_partitions("flights", "features", after[1:]).sort("_partition", "_source_row")
+
+    land_days(decl, ready.landing, date(2013, 1, 5), 1)
+    late = evaluate(ready, first.cursor)
+    (request,) = late.run_requests  # the late day with the days whose history it is part of
+    assert (request.partition_key_range.start, request.partition_key_range.end) == ("2013-01-05", "2013-01-08")
+    assert ready.launch(request).success
+    ours = ready.delta.read_partitions("flights", "features", after).sort("_partition", "_source_row")
+    in_order = flights_ingested.delta.read_partitions("flights", "features", after).sort("_partition", "_source_row")
+    assert ours.equals(in_order.select(ours.columns))
+    assert not stale.equals(ours.filter(pl.col("_partition") != "2013-01-05"))  # they had been computed without it
+    assert not evaluate(ready, late.cursor).run_requests
+
+    # a new day at the end runs alone: nothing ingested before has it in its history
+    land_days(decl, ready.landing, date(2013, 1, 9), 1)
+    assert [r.partition_key for r in evaluate(ready, late.cursor).run_requests] == ["2013-01-09"]
+
+
 def test_sensor_runs_through_the_daemon_path_and_ingests(ready: Platform):
     """Requests launched as real runs ingest exactly the landed partitions."""
     decl = ready.declarations["flights"]
