@@ -117,12 +117,36 @@ def _land_file(decl: PipelineDeclaration, landing: LandingZoneResource, source: 
     # read as ingestion reads it: a file without the declared columns was landed, and its ingestion run failed
     from mlops_assets.core.records import checked_columns, read_landed
 
-    checked_columns(read_landed(data, str(source), decl.landing.format), decl.table_schema, str(source))
+    frame = read_landed(data, str(source), decl.landing.format)
+    checked_columns(frame, decl.table_schema, str(source))
+    outside = _rows_outside(decl, frame, source, partition)
     uri = landing.write_bytes(decl.name, decl.landing.file_name(partition), data)
     print(f"landed {uri}")
+    if outside:
+        print(f"  {outside} of its rows lie outside {partition} (partitioning.time_column): ingestion quarantines them", flush=True)
     if partition_problem(decl, partition) is not None:
         print(f"  {partition} has not ended yet: the landing sensor ingests it once it has", flush=True)
     return 0
+
+
+def _rows_outside(decl: PipelineDeclaration, frame, source: Path, partition: str) -> int:
+    """How many rows lie outside `partition` by the declared `partitioning.time_column` (0 without one). A file
+    whose every row does is refused: landed under another partition's key (a typo in --partition), it was
+    quarantined whole at ingestion and its partition's features held back."""
+    if decl.partitioning.time_column is None:
+        return 0
+    from mlops_assets.core.names import SOURCE_ROW
+    from mlops_assets.core.partitions import misplaced_in_files
+    from mlops_assets.core.records import conform
+
+    conformed = conform(frame, decl.table_schema, str(source))
+    (outside,) = misplaced_in_files(decl, [conformed.frame], [partition], SOURCE_ROW)
+    if outside.height and outside.height == frame.height:
+        raise ValueError(
+            f"--file {source}: none of its {frame.height} rows lies in partition {partition} "
+            f"(the first row's {outside['reason'][0]}): is --partition the file's own?"
+        )
+    return outside.height
 
 
 def pipelines(args: argparse.Namespace) -> int:

@@ -33,8 +33,16 @@ def test_land_a_given_file(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "landing" / "flights" / "flights_2013-05-05.parquet").read_bytes() == src.read_bytes()
     # a mistyped MLOPS_HOME landed unseen into a new folder: the first landing says it starts a platform there
     assert f"MLOPS_HOME {tmp_path} held no platform: landing starts one there" in capsys.readouterr().err
-    assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-06"]) == 0
-    assert "held no platform" not in capsys.readouterr().err
+    assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-04"]) == 2  # every row a day later
+    err = capsys.readouterr().err
+    assert "held no platform" not in err and f"--file {src}: none of its {day_frame(date(2013, 5, 5)).height} rows lies in partition" in err
+    assert "year/month/day: 2013-05-05 is outside partition 2013-05-04): is --partition the file's own?" in err
+    assert not (tmp_path / "landing" / "flights" / "flights_2013-05-04.parquet").exists()  # quarantined whole, before
+    day_frame(date(2013, 5, 5)).with_columns(
+        pl.when(pl.int_range(pl.len()) < 3).then(6).otherwise(pl.col("day")).alias("day")
+    ).write_parquet(src)
+    assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-05"]) == 0  # a few rows of another day
+    assert "3 of its rows lie outside 2013-05-05 (partitioning.time_column): ingestion quarantines them" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
