@@ -199,7 +199,12 @@ def split_binary(raw: bytes, header_length: str | None) -> tuple[Any, bytes]:
     n = int(text)
     if n > len(raw):
         raise RequestError(f"Inference-Header-Content-Length is {n}, but the body has only {len(raw)} bytes")
-    return parse_json(raw[:n]), raw[n:]
+    try:
+        return parse_json(raw[:n]), raw[n:]
+    except RequestError as err:  # most often a length that does not end where the JSON header does: say so
+        raise RequestError(
+            f"the first {n} bytes (Inference-Header-Content-Length) are not the JSON request header: {err.message}"
+        ) from None
 
 
 def fill_binary_inputs(inputs: list, tail: bytes) -> None:

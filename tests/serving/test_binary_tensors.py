@@ -97,6 +97,11 @@ def test_malformed_binary_bodies_are_400_naming_the_problem(schema):
     assert "must be a byte count" in _refused(schema, body, {"inference-header-content-length": "\u00b2"})  # isdigit(), not int()
     assert "but the body has only" in _refused(schema, body, {"inference-header-content-length": str(len(body) + 1)})
     assert "goes past the end of the body" in _refused(schema, body[:-3], headers)
+    # a length that lies, inside the body: the JSON header is cut short or runs into the binary data; the answer
+    # said only "request body is not valid JSON", which a client whose JSON is valid cannot act on
+    for wrong in (size - 5, size + 5, 0):
+        message = _refused(schema, body, {"inference-header-content-length": str(wrong)})
+        assert message.startswith(f"the first {wrong} bytes (Inference-Header-Content-Length) are not the JSON request header")
     assert "bytes after the binary inputs" in _refused(schema, body + b"\0\0", headers)
 
     both = dict(header, inputs=[dict(header["inputs"][0], data=[2013, 2013])] + header["inputs"][1:])
