@@ -360,7 +360,7 @@ def columns_from_v2(body: Any, schema: RequestSchema) -> Columns:
                 field=name,
             )
         shape, data = tensor["shape"], tensor["data"]
-        if not isinstance(data, list) or not isinstance(shape, list) or not all(isinstance(s, int) for s in shape):
+        if not isinstance(data, list) or not isinstance(shape, list) or not all(type(s) is int for s in shape):  # true is no 1
             raise RequestError(f"input '{name}': shape must be a list of integers and data a list", field=name)
         if data and isinstance(data[0], list):  # nested row-major data is allowed by the protocol
             data = [v for row in data for v in (row if isinstance(row, list) else [row])]
