@@ -55,7 +55,7 @@ from resources.serving import ServeSettings
 from serving.compiled_trees import CompileError, compile_forest
 from serving.config import CHALLENGER_DEPLOYMENT, CHAMPION_GPU_DEPLOYMENT, infer_route, predict_route, v1_app_name
 from serving.exact_predictions import checked
-from serving.http_answers import NotReady, answer_prediction, error, post_only, v1_predict_response, v2_infer_response
+from serving.http_answers import NotReady, answer_prediction, error, one_request_id, post_only, v1_predict_response, v2_infer_response
 from serving.loaded_model import LoadedModel, ModelLoadError, load_source, load_version, usable_cores
 from serving.prediction_log import Answered, PredictionLogger, log_rows
 from serving.reference import ReferenceRefresher, reference_sources, serving_reference
@@ -642,7 +642,7 @@ class ModelServer:
         started = time.perf_counter()
         response = v1_predict_response(self.decl.name, *answer[:2]) if v1 else v2_infer_response(self.decl.name, *answer)
         self.stage_times.record("encode", started)
-        return response
+        return one_request_id(response, request)
 
     async def pipeline_status(self) -> dict:
         """The application's status as the ingress sees it: this champion replica, the challenger, the GPU group, traffic."""

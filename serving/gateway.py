@@ -28,6 +28,7 @@ from serving.http_answers import (
     NotReady,
     answer_prediction,
     error,
+    one_request_id,
     post_only,
     prediction_datatype,
     read_body,
@@ -291,7 +292,7 @@ class Gateway:
         answer = await self._predict(request, name, decode_v2, version)
         if isinstance(answer, JSONResponse):
             return answer
-        return v2_infer_response(name, *answer)
+        return one_request_id(v2_infer_response(name, *answer), request)
 
     # --- TF-Serving style V1 -------------------------------------------------------------------
 
@@ -314,7 +315,7 @@ class Gateway:
         answer = await self._predict(request, name, decode_v1)
         if isinstance(answer, JSONResponse):
             return answer
-        return v1_predict_response(name, *answer[:2])
+        return one_request_id(v1_predict_response(name, *answer[:2]), request)
 
     # --- admin (token required) ----------------------------------------------------------------
 

@@ -52,6 +52,18 @@ def error(status: int, message: str, field: str | None = None, request_id: str |
     return JSONAnswer(body, status_code=status, headers=headers)
 
 
+def one_request_id(response: Response, request: Request) -> Response:
+    """The answer without an X-Request-Id equal to the request's own: Serve's ingress (Ray's `RequestIdMiddleware`,
+    in its proxy and in each direct-ingress replica) answers every request with the X-Request-Id it arrived with,
+    or writes the one it generates into the request's headers and answers that. A second, equal header made
+    every client read the id twice (`requests` and `httpx` join them: `"<id>, <id>"`). An id of the request's
+    body (V2 `id`, V1 `request_id`) other than the header's is still answered here, beside Serve's."""
+    inbound = request.headers.get("x-request-id")
+    if inbound is not None and response.headers.get("x-request-id") == inbound:
+        del response.headers["x-request-id"]
+    return response
+
+
 def post_only(method: str, path: str, what: str) -> JSONResponse:
     """405 for a prediction route asked with another method, with the `Allow` header HTTP requires."""
     answer = error(405, f"{method} {path}: {what} takes POST")
@@ -132,13 +144,13 @@ async def answer_prediction(
         result = await route(decoded.records, request_id, received_at)
     except RequestError as err:  # the client's mistake: one line in the replica's log, never a traceback
         log.info("request %s to %s refused (%d): %s", request_id, decl.name, err.status, err.message[:200])
-        return error(err.status, err.message, err.field, request_id)
+        return one_request_id(error(err.status, err.message, err.field, request_id), request)
     except NotReady as err:
-        return error(503, str(err).splitlines()[-1], request_id=request_id)
+        return one_request_id(error(503, str(err).splitlines()[-1], request_id=request_id), request)
     except Exception as err:  # a bug or an unavailable backend: answered as a 500 with its reason, never a dead replica
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         log.exception("request %s to %s failed", request_id, decl.name)
-        return error(500, f"prediction failed: {reason}", request_id=request_id)
+        return one_request_id(error(500, f"prediction failed: {reason}", request_id=request_id), request)
     return result, request_id, decoded
 
 

@@ -213,3 +213,37 @@ def test_a_request_mixing_valid_time_forms_is_answered_whatever_its_size():
         records[-1] = {**records[-1], "time_hour": records[-1]["time_hour"].replace("T", " ").removesuffix("Z")}
         frame = request_frame([typed_request(records, schema)], schema)
         assert frame.get_column("time_hour").null_count() == 0 and frame.height == size
+
+
+def test_an_answer_carries_the_request_id_once_behind_serves_ingress(monkeypatch):
+    """Serve's ingress (Ray's RequestIdMiddleware, in its proxy and in each direct-ingress replica) answers every
+    request with the X-Request-Id it came with, or one it generated and wrote into the request: answers that set
+    the same header again reached clients as `"<id>, <id>"` (what `requests` and `httpx` read from two headers)."""
+    import httpx
+    from ray.serve._private.http_util import RequestIdMiddleware
+    from starlette.responses import Response
+
+    from serving.http_answers import one_request_id, v1_predict_response
+    from tests.support.serving import request_records
+
+    decl, schema, route, _ = _answering(monkeypatch)
+
+    async def app(scope, receive, send):  # as a champion replica answers POST /v1/models/{name}:predict
+        request = Request(scope, receive)
+        answer = await answer_prediction(request, decl, schema, decode_v1, route)
+        response = answer if isinstance(answer, Response) else one_request_id(v1_predict_response(decl.name, *answer[:2]), request)
+        await response(scope, receive, send)
+
+    async def post(body: dict, headers: dict) -> httpx.Response:
+        transport = httpx.ASGITransport(app=RequestIdMiddleware(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+            return await client.post("/v1/models/flights:predict", json=body, headers=headers)
+
+    records = request_records(1)
+    for body, headers in (({"instances": records}, {}), ({"instances": records}, {"X-Request-Id": "h-1"}), ({"instances": []}, {})):
+        answer = asyncio.run(post(body, headers))
+        ids = answer.headers.get_list("x-request-id")
+        assert len(ids) == 1, (answer.status_code, ids)
+        assert ids[0] == (answer.json()["request_id"] if answer.status_code == 200 else ids[0]) == headers.get("X-Request-Id", ids[0])
+    own = asyncio.run(post({"instances": records, "request_id": "order-9"}, {"X-Request-Id": "h-2"}))
+    assert own.json()["request_id"] == "order-9" and "order-9" in own.headers.get_list("x-request-id")
