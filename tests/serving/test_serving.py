@@ -297,9 +297,10 @@ def test_shadow_is_logged_never_returned_and_log_rows_match_requests(served, ser
         for n in (1, 3, 7):
             rid = f"shadow-{uuid.uuid4().hex}"
             records = request_records(n)
-            body = predict(base, records, request_id=rid).json()
+            answer = predict(base, records, request_id=rid)
+            body = answer.json()
             assert body["model_version"] == str(serving_registry.champion) and body["role"] == "champion"
-            assert body["request_id"] == rid
+            assert body["request_id"] == rid and answer.headers["X-Request-Id"] == rid  # once: requests joins repeats
             sent[rid] = (records, body["predictions"])
     finally:
         set_traffic(base, shadow=False)
