@@ -72,9 +72,10 @@ def post_only(method: str, path: str, what: str) -> JSONResponse:
 
 
 def token_ok(request: Request, env_name: str) -> bool:
+    """`Authorization: Bearer <token>`, the scheme in any case (RFC 7235: `bearer` was refused)."""
     expected = os.environ.get(env_name, "")
-    given = request.headers.get("authorization", "")
-    return bool(expected) and hmac.compare_digest(given.encode(), f"Bearer {expected}".encode())
+    scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+    return bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode())
 
 
 def prediction_auth(request: Request, decl: PipelineDeclaration) -> JSONResponse | None:

@@ -9,7 +9,7 @@ import logging
 from starlette.requests import Request
 
 from mlops_assets.core.feature_contract import load_feature_module
-from serving.http_answers import answer_prediction, inflated
+from serving.http_answers import answer_prediction, inflated, token_ok
 from serving.requests import RequestError, RequestSchema, decode_v1, decode_v2
 from tests.support.models import flights_variant
 
@@ -247,3 +247,17 @@ def test_an_answer_carries_the_request_id_once_behind_serves_ingress(monkeypatch
         assert ids[0] == (answer.json()["request_id"] if answer.status_code == 200 else ids[0]) == headers.get("X-Request-Id", ids[0])
     own = asyncio.run(post({"instances": records, "request_id": "order-9"}, {"X-Request-Id": "h-2"}))
     assert own.json()["request_id"] == "order-9" and "order-9" in own.headers.get_list("x-request-id")
+
+
+def test_the_bearer_scheme_is_read_in_any_case_and_the_token_exactly(monkeypatch):
+    monkeypatch.setenv("TEST_TOKEN", "s3cret")
+
+    def given(value: str | None) -> bool:
+        headers = [(b"authorization", value.encode())] if value is not None else []
+        return token_ok(Request({"type": "http", "method": "POST", "path": "/", "headers": headers}), "TEST_TOKEN")
+
+    assert [given(v) for v in ("Bearer s3cret", "bearer s3cret", "BEARER  s3cret")] == [True, True, True]  # RFC 7235
+    refused = ("Bearer s3cre", "Bearer S3CRET", "Basic s3cret", "s3cret", "Bearers3cret", "Bearer", "", None)
+    assert not any(given(v) for v in refused)
+    monkeypatch.setenv("TEST_TOKEN", "")
+    assert not given("Bearer ")  # no token set: nothing matches (the routes then ask for none)
