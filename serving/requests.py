@@ -158,8 +158,10 @@ def body_id(body: Any, key: str) -> str | None:
     """The body's own request id (V2 `id`, V1 `request_id`), answered in the X-Request-Id header: a value HTTP
     cannot carry is refused here, not found after the prediction when the answer fails."""
     request_id = body.get(key) if isinstance(body, dict) else None
-    if not isinstance(request_id, str):
+    if request_id is None:
         return None
+    if not isinstance(request_id, str):  # `"id": 5` was ignored and another id answered
+        raise RequestError(f"{key} must be a string, got {type(request_id).__name__}", field=key)
     if not header_safe(request_id):
         raise RequestError(f"{key} must be printable Latin-1 text of at most {MAX_ID_CHARS} characters, got {request_id[:40]!r}", field=key)
     return request_id

@@ -7,20 +7,36 @@ import json
 import pytest
 
 from mlops_assets.core.feature_contract import load_feature_module
-from serving.requests import RequestError, RequestSchema, decode_v2
+from serving.requests import RequestError, RequestSchema, decode_v1, decode_v2
 from tests.support.models import flights_variant
 from tests.support.serving import request_records
+
+DECL = flights_variant()
+SCHEMA = RequestSchema.of(DECL, load_feature_module(DECL).input_columns(DECL))
+DATATYPES = {"str": "BYTES", "datetime": "BYTES", "float64": "FP64"}
+
+
+def v2_inputs(record: dict) -> list[dict]:
+    """One record as V2 JSON tensors of one element each."""
+    return [{"name": c, "shape": [1], "datatype": DATATYPES.get(s.type, "INT64"), "data": [record[c]]} for c, s in SCHEMA.columns.items()]
 
 
 def test_a_v2_shape_of_booleans_is_refused():
     """`"shape": [true]` was read as `[1]` (a bool is an int to isinstance) and the request answered."""
-    decl = flights_variant()
-    schema = RequestSchema.of(decl, load_feature_module(decl).input_columns(decl))
-    (record,) = request_records(1)
-    datatype = {"str": "BYTES", "datetime": "BYTES", "float64": "FP64"}
-    inputs = [{"name": c, "shape": [1], "datatype": datatype.get(s.type, "INT64"), "data": [record[c]]} for c, s in schema.columns.items()]
-    assert len(decode_v2(json.dumps({"inputs": inputs}).encode(), {}, schema).records) == 1
+    inputs = v2_inputs(request_records(1)[0])
+    assert len(decode_v2(json.dumps({"inputs": inputs}).encode(), {}, SCHEMA).records) == 1
     inputs[0]["shape"] = [True]
     with pytest.raises(RequestError) as err:
-        decode_v2(json.dumps({"inputs": inputs}).encode(), {}, schema)
+        decode_v2(json.dumps({"inputs": inputs}).encode(), {}, SCHEMA)
     assert err.value.status == 400 and "shape must be a list of integers" in err.value.message and err.value.field == "year"
+
+
+def test_a_body_id_that_is_no_string_is_refused():
+    """A V2 `"id": 5` (the protocol's id is a string) was ignored and a generated id answered in its place."""
+    records = request_records(1)
+    assert decode_v1(json.dumps({"instances": records, "request_id": None}).encode(), {}, SCHEMA).request_id is None
+    assert decode_v1(json.dumps({"instances": records, "request_id": "order-9"}).encode(), {}, SCHEMA).request_id == "order-9"
+    for decode, key, body in ((decode_v1, "request_id", {"instances": records}), (decode_v2, "id", {"inputs": v2_inputs(records[0])})):
+        with pytest.raises(RequestError) as err:
+            decode(json.dumps({**body, key: 5}).encode(), {}, SCHEMA)
+        assert err.value.status == 400 and err.value.message == f"{key} must be a string, got int" and err.value.field == key
