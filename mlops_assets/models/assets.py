@@ -57,8 +57,12 @@ def check_model_declaration(decl: PipelineDeclaration) -> None:
 
 
 class TrainConfig(dg.Config):
+    # no pattern: pydantic checked it only as the step started (a traceback, and `mlops status` named Dagster's
+    # wrapper), and a date pattern refused an hourly pipeline's keys; a key that is no featurized partition fails
+    # the step with one line naming it
     end_partition: str = Field(
-        default="", pattern=r"^(\d{4}-\d{2}-\d{2})?$", description="Last day of the window (YYYY-MM-DD); empty: the newest featurized day."
+        default="",
+        description="Last partition of the window, a partition key (2013-03-31; 2024-03-03-05:00 hourly); empty: the newest featurized one.",
     )
 
 
