@@ -110,7 +110,7 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
             plan = training.plan_training(decl, delta, config.end_partition or None)
             frame = training.read_window(plan, delta)
             data = training.prepare(frame, plan, t.min_rows)
-        except (training.TrainingDataError, LookupError) as err:
+        except (training.TrainingDataError, DeclarationError, LookupError) as err:  # DeclarationError: training.params
             raise dg.Failure(str(err), allow_retries=False) from None
         context.log.info(
             f"window {plan.partition_start}..{plan.partition_end} at features v{plan.features_version}: "
