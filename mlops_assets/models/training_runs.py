@@ -67,7 +67,10 @@ def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str | None:
         if data.user_failure_data is not None and data.user_failure_data.description:
             return _first_line(data.user_failure_data.description)
         if data.error is not None:
-            return _first_line(data.error.message)
+            error = data.error
+            if error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+                error = error.cause  # the step's own exception, under Dagster's "Error occurred while executing op"
+            return _one_line(error.message)
     for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE):
         message = entry.dagster_event.message if entry.dagster_event else None
         if message:
@@ -77,4 +80,14 @@ def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str | None:
 
 def _first_line(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
+    return _cut(line)
+
+
+def _one_line(text: str) -> str:
+    """An error message's lines as one: a failed gate's name is on the second line of Dagster's
+    "1 blocking asset check failed with ERROR severity:"."""
+    return _cut(" ".join(text.split()))
+
+
+def _cut(line: str) -> str:
     return line if len(line) <= _REASON_CHARS else line[: _REASON_CHARS - 1] + "…"

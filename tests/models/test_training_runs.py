@@ -40,3 +40,18 @@ def test_other_assets_runs_are_not_trainings(tmp_path):
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         dg.materialize([promotion], instance=instance)
         assert last_training(instance, flights_variant()) is None
+
+
+def test_a_training_its_gates_failed_names_the_gate(tmp_path):
+    """The reason was the first line of Dagster's message, "1 blocking asset check failed with ERROR severity:",
+    without the gate, which is on the next line."""
+
+    @dg.asset(key=["flights", "model"], check_specs=[dg.AssetCheckSpec("quality_floors", asset=["flights", "model"], blocking=True)])
+    def model():
+        yield dg.Output(None)
+        yield dg.AssetCheckResult(check_name="quality_floors", passed=False, severity=dg.AssetCheckSeverity.ERROR)
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        dg.materialize([model], instance=instance, raise_on_error=False)
+        reason = last_training(instance, flights_variant()).reason
+        assert "blocking asset check failed" in reason and "flights/model: quality_floors" in reason
