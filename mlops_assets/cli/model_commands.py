@@ -179,7 +179,9 @@ def history(args: argparse.Namespace) -> int:
         print(f"{decl.name}: no promotions, rejections, approvals or rollbacks yet")
         return 0
     for e in events.iter_rows(named=True):
-        if e["alias"]:
+        if e["alias"] and e["action"] == "alias_removed":  # printed as a move to the version: "challenger v- -> v4"
+            moved = f" {e['alias']} v{e['model_version']} -> -"
+        elif e["alias"]:
             moved = f" {e['alias']} v{e['from_version'] or '-'} -> v{e['model_version']}"
         else:  # an erasure is about data, not a version: it printed as "vNone"
             moved = f" v{e['model_version']}" if e["model_version"] is not None else ""

@@ -54,3 +54,20 @@ def test_status_says_the_champion_was_trained_on_erased_rows(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert "  champion: v1 (" in out
     assert "erased:     rows it trained on were erased (erasure 3efe8c8dd02d, see `mlops history flights`)" in out
+
+
+def test_history_shows_a_removed_alias_as_removed(tmp_path, monkeypatch, capsys):
+    """An approved challenger's `alias_removed` row printed "challenger v- -> v4", a move of the alias to v4."""
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    monkeypatch.delenv("MLOPS_DELTA_URI", raising=False)
+    delta = DeltaLakeResource(root=str(tmp_path / "delta"))
+    record(
+        delta,
+        "flights",
+        AuditEvent(action="approve", model_version=4, actor="dave", reason="t43", alias="champion", from_version=3),
+        AuditEvent(action="alias_removed", model_version=4, actor="dave", reason="v4 approved as champion", alias="challenger"),
+    )
+    assert main(["history", "flights"]) == 0
+    out = capsys.readouterr().out
+    assert "approve        champion v3 -> v4  by dave: t43" in out
+    assert "alias_removed  challenger v4 -> -  by dave: v4 approved as champion" in out
