@@ -146,6 +146,8 @@ def gate(args: argparse.Namespace) -> int:
     evaluation = evaluate(decl, delta, registry, str(version_number(args.version)))
     record_evaluation(delta, registry, evaluation, actor=f"cli:{args.by}", dagster_run_id="")
     against = f"champion v{evaluation.champion_version}" if evaluation.champion_version else "no champion"
+    if evaluation.is_champion:  # it said "against no champion" of the champion itself
+        against = "nothing: it is the champion"
     for g in evaluation.gates:
         print(f"  {g.name:<22}{'passed' if g.passed else 'FAILED'}  {g.description}")
     if not evaluation.passed:

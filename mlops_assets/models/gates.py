@@ -58,6 +58,7 @@ class Evaluation:
     challenger_metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
     gates: list[GateResult]
+    is_champion: bool = False  # the version gated is the champion itself (`mlops gate` of it)
 
     @property
     def passed(self) -> bool:
@@ -96,10 +97,15 @@ def regression_gate(
     champion: dict[str, float] | None,
     champion_version: str | None,
     champion_error: str | None = None,
+    is_champion: bool = False,
 ) -> GateResult:
     if champion_error is not None:
         return GateResult(
             NO_REGRESSION, False, f"cannot score champion v{champion_version}: {champion_error}", {"champion_version": champion_version}
+        )
+    if is_champion:  # `mlops gate` of the champion itself: it said "no champion yet"
+        return GateResult(
+            NO_REGRESSION, True, "it is the champion: nothing to compare it with, floors alone decide", {"champion_version": "itself"}
         )
     if champion is None:
         return GateResult(NO_REGRESSION, True, "no champion yet: the first model passes on floors alone", {"champion_version": "none"})
@@ -223,6 +229,7 @@ def evaluate(decl: PipelineDeclaration, delta: DeltaLakeResource, registry: Mlfl
     challenger = score(plan.task, y, predictions)
     champion_mv = alias_version(client, decl.name, CHAMPION)
     champion, champion_version, champion_error = None, None, None
+    is_champion = champion_mv is not None and str(champion_mv.version) == str(version)
     if champion_mv is not None and str(champion_mv.version) != str(version):
         champion_version = str(champion_mv.version)
         champion_plan = plan_of(champion_mv)
@@ -238,10 +245,10 @@ def evaluate(decl: PipelineDeclaration, delta: DeltaLakeResource, registry: Mlfl
                 champion = score(plan.task, y, predict(booster, X, plan.task))
     gates = [
         floors_gate(decl, challenger),
-        regression_gate(decl, challenger, champion, champion_version, champion_error),
+        regression_gate(decl, challenger, champion, champion_version, champion_error, is_champion=is_champion),
         data_checks_gate(decl, delta, plan),
     ]
     if decl.gates.fairness is not None:
         groups = group_columns(decl, delta, holdout, list(decl.gates.fairness.groups), plan.raw_version)
         gates.append(fairness_gate(decl, groups, y, predictions))
-    return Evaluation(decl.name, str(version), champion_version, holdout.height, challenger, champion, gates)
+    return Evaluation(decl.name, str(version), champion_version, holdout.height, challenger, champion, gates, is_champion)

@@ -205,7 +205,7 @@ def test_rollback_moves_champion_back_and_is_logged(model_home, capsys):
     assert aliases(model_home) == (1, None) and history(plat.delta, "flights").height == before
 
 
-def test_gates_rerun_alone_on_the_champion_decide_nothing(model_home):
+def test_gates_rerun_alone_on_the_champion_decide_nothing(model_home, capsys):
     import dagster as dg
 
     from mlops_assets.core.names import model_key
@@ -224,9 +224,15 @@ def test_gates_rerun_alone_on_the_champion_decide_nothing(model_home):
         "no_regression": True,
         "data_checks": True,
     }
+    (compared,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "no_regression"]
+    assert compared.description == "it is the champion: nothing to compare it with, floors alone decide"  # was "no champion yet"
     assert not result.asset_materializations_for_node("flights__model")  # the pointer was read, nothing retrained
     assert model_home.registry.client().get_model_version("flights", "1").tags["mlops.status"] == "promoted"
     assert aliases(model_home) == (1, None) and actions(plat) == [("promote", 1)]
+    model_home.declare(decl)
+    code, out, _ = model_home.mlops("gate", "flights", "1", "--by", "dave", capsys=capsys)
+    assert code == 0 and "flights: v1 passed its gates against nothing: it is the champion" in out, out
+    assert aliases(model_home) == (1, None)
 
 
 def test_no_alias_moves_without_its_audit_row(model_home, monkeypatch):
