@@ -92,6 +92,8 @@ def entry() -> int:
     in the environment before Ray is imported (so here, not in `main`, which tests call in a
     process whose Ray is already set up)."""
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # MLflow's download progress bars filled stderr of `mlops gate` and `reproduce` (a model file each)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return main()
 
 
