@@ -183,6 +183,10 @@ def history(args: argparse.Namespace) -> int:
     for e in events.iter_rows(named=True):
         if e["alias"] and e["action"] == "alias_removed":  # printed as a move to the version: "challenger v- -> v4"
             moved = f" {e['alias']} v{e['model_version']} -> -"
+        elif e["action"].startswith("rollout_") or e["action"] == "traffic":
+            # their from_version is the champion the version rolls out beside, not the alias's previous holder
+            beside = f" beside champion v{e['from_version']}" if e["from_version"] is not None else ""
+            moved = f" v{e['model_version']}{beside}"
         elif e["alias"]:
             moved = f" {e['alias']} v{e['from_version'] or '-'} -> v{e['model_version']}"
         else:  # an erasure is about data, not a version: it printed as "vNone"

@@ -71,3 +71,20 @@ def test_history_shows_a_removed_alias_as_removed(tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert "approve        champion v3 -> v4  by dave: t43" in out
     assert "alias_removed  challenger v4 -> -  by dave: v4 approved as champion" in out
+
+
+def test_history_shows_a_rollout_beside_its_champion(tmp_path, monkeypatch, capsys):
+    """A rollout row's from_version is the champion it rolls out beside: it printed as "challenger v1 -> v5"."""
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    monkeypatch.delenv("MLOPS_DELTA_URI", raising=False)
+    delta = DeltaLakeResource(root=str(tmp_path / "delta"))
+    record(
+        delta,
+        "flights",
+        AuditEvent(action="rollout_start", model_version=5, actor="dagster:r1", reason="gates passed", alias="challenger", from_version=1),
+        AuditEvent(action="rollout_abort", model_version=5, actor="dagster:r2", reason="champion moved", alias="challenger"),
+    )
+    assert main(["history", "flights"]) == 0
+    out = capsys.readouterr().out
+    assert "rollout_start  v5 beside champion v1  by dagster:r1: gates passed" in out
+    assert "rollout_abort  v5  by dagster:r2: champion moved" in out and "->" not in out
