@@ -177,7 +177,9 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
             busy = training_in_flight(context.instance, train_job)
             if busy:
                 return dg.SkipReason(f"a failed drift retraining waits to be asked for again: {busy}")
-            ((attempt, why),) = followed.again  # one at most: a new request supersedes the one before (below)
+            # one at most: a new request supersedes the one before (below); a cursor written before that (ad571d2
+            # kept every key asked for) may hold more, and the newest is followed (unpacking one was a failed tick)
+            attempt, why = followed.again[-1]
             base = attempt.run_key.split("~retry-")[0]
             return dg.SensorResult(
                 run_requests=[with_attempt(_retrain_request(train_job, base, "drift", str(why)), attempt, REASON_TAG)],

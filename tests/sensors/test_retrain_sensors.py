@@ -3,6 +3,7 @@ failed, with a real Dagster instance and a trained champion."""
 
 import json
 
+import dagster as dg
 import pytest
 
 from tests.support.models import flights_variant, sensor_tick, train
@@ -19,3 +20,16 @@ def test_an_unreadable_cursor_starts_over_not_a_failed_tick(model_home, cursor):
         tick = sensor_tick(plat, sensor, cursor)  # before: JSONDecodeError or AttributeError, a failed tick every time
         assert [r.run_key for r in tick.run_requests] == [r.run_key for r in fresh.run_requests], sensor
         assert tick.skip_message == fresh.skip_message and isinstance(json.loads(tick.cursor or "{}"), dict), sensor
+
+
+def test_a_drift_cursor_that_followed_every_request_retries_the_newest(model_home):
+    plat = model_home.platform(flights_variant(drift={"cooldown_minutes": 0}))
+    assert train(plat).success
+    # the cursor of ad571d2's drift sensor kept every retraining asked for against the champion; both failed
+    asked = {"drift:v1:features:2013-07-01": "temp drifted", "drift:v1:features:2013-07-02": "wind drifted"}
+    failed = [plat.failed(dg.RunRequest(run_key=key, job_name="flights_train", tags={"mlops/trigger": "drift"})) for key in asked]
+    tick = sensor_tick(plat, "flights_drift_sensor", json.dumps({"after_us": 0, "asked": asked}))  # before: ValueError
+    (retry,) = tick.run_requests
+    assert retry.run_key == "drift:v1:features:2013-07-02~retry-1"
+    assert retry.tags["mlops/reason"] == f"retry 1 of 3: run {failed[-1].run_id} failure"
+    assert json.loads(tick.cursor)["asked"] == {"drift:v1:features:2013-07-02": "wind drifted"}
