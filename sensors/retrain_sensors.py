@@ -11,7 +11,7 @@
 Retraining requests wait out a cooldown (the drift sensor's after the last
 drift-triggered training that succeeded, the new-data sensor's after any that
 succeeded) and are skipped while a training run is queued or running; a failed
-drift retraining is asked for again (sensors/run_attempts.py); the cause is on the run's tags (``mlops/trigger``,
+drift, new-data or erasure retraining is asked for again (sensors/run_attempts.py); the cause is on the run's tags (``mlops/trigger``,
 ``mlops/reason``). Gates and the promotion policy then decide.
 """
 
@@ -120,31 +120,51 @@ def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.Senso
         champ, unplanned = _champion(decl, mlflow)
         if unplanned:
             return dg.SkipReason(unplanned)
+        # the retraining asked for against this champion (key -> [champion version, reason]), until it succeeds: a
+        # failed one is asked for again (the cursor had moved past its days, so none was asked for until more landed)
+        mine = champ.version if champ else 0
+        asked = {k: what for k, what in cursor.get("asked", {}).items() if isinstance(what, list) and what[:1] == [mine]}
         if champ and champ.erased and cursor.get("erasure") != champ.erased:
             # the champion learned from rows that were erased: replace it now (no cooldown), once per erasure
             busy = training_in_flight(context.instance, train_job)
             if busy:
                 return dg.SkipReason(busy)
             reason = f"champion v{champ.version} was trained on rows removed by erasure {champ.erased}"
+            key = f"erasure:{champ.erased}"
             return dg.SensorResult(
-                run_requests=[_retrain_request(train_job, f"erasure:{champ.erased}", "erasure", reason)],
-                cursor=json.dumps({**cursor, "erasure": champ.erased}),
+                run_requests=[_retrain_request(train_job, key, "erasure", reason)],
+                cursor=json.dumps({**cursor, "erasure": champ.erased, "asked": {key: [mine, reason]}}),
             )
+        followed = follow_up(context.instance, train_job, asked)
+        for gave_up in followed.given_up:
+            context.log.warning(f"retraining not done: {gave_up.why}")
+        cursor = {**cursor, "asked": followed.watching}
+        if followed.again:
+            busy = training_in_flight(context.instance, train_job)
+            if busy:
+                return dg.SkipReason(f"a failed retraining waits to be asked for again: {busy}")
+            attempt, what = followed.again[-1]  # one at most: each request supersedes the one before
+            base = attempt.run_key.split("~retry-")[0]
+            trigger = "erasure" if base.startswith("erasure:") else "new_data"
+            request = with_attempt(_retrain_request(train_job, base, trigger, what[1]), attempt, REASON_TAG)
+            return dg.SensorResult(run_requests=[request], cursor=json.dumps({**cursor, "asked": {base: what}}))
         available = delta.partitions(decl.name, FEATURES)
         bases = [b for b in (champ.plan.partition_end if champ else None, cursor.get("requested_through")) if b]
         base = max(bases) if bases else None
         new = [p for p in available if base is None or p > base]
         needed = decl.drift.new_partitions_to_retrain if champ else first_model_needs
         if len(new) < needed:
-            return dg.SkipReason(f"{len(new)} new featurized days since {base or 'the start'}; {needed} needed")
+            why = f"{len(new)} new featurized days since {base or 'the start'}; {needed} needed"
+            return dg.SensorResult(skip_reason=dg.SkipReason(why), cursor=json.dumps(cursor))
         blocker = retrain_blocker(context.instance, decl, train_job)
         if blocker:
-            return dg.SkipReason(blocker)
+            return dg.SensorResult(skip_reason=dg.SkipReason(blocker), cursor=json.dumps(cursor))
         what = f"champion v{champ.version}'s window ended {champ.plan.partition_end}" if champ else "no champion yet"
         reason = f"{len(new)} new featurized days {new[0]}..{new[-1]} ({what})"
+        key = f"new-data:{new[-1]}:v{mine}"
         return dg.SensorResult(
-            run_requests=[_retrain_request(train_job, f"new-data:{new[-1]}:v{champ.version if champ else 0}", "new_data", reason)],
-            cursor=json.dumps({**cursor, "requested_through": new[-1]}),
+            run_requests=[_retrain_request(train_job, key, "new_data", reason)],
+            cursor=json.dumps({**cursor, "requested_through": new[-1], "asked": {key: [mine, reason]}}),
         )
 
     return new_data_sensor

@@ -61,7 +61,7 @@ def test_drift_scores_and_retraining_requests(model_home):
     (request,) = tick.run_requests
     assert request.job_name == "flights_train" and request.tags["mlops/trigger"] == "new_data"
     assert "7 new featurized days 2013-01-29..2013-02-04" in request.tags["mlops/reason"]
-    assert json.loads(tick.cursor) == {"requested_through": "2013-02-04"}
+    assert json.loads(tick.cursor) == {"requested_through": "2013-02-04", "asked": {request.run_key: [1, request.tags["mlops/reason"]]}}
     assert "0 new featurized days" in sensor_tick(plat, "flights_new_data_sensor", tick.cursor).skip_message
 
     # a winter day against the winter champion

@@ -33,3 +33,18 @@ def test_a_drift_cursor_that_followed_every_request_retries_the_newest(model_hom
     assert retry.run_key == "drift:v1:features:2013-07-02~retry-1"
     assert retry.tags["mlops/reason"] == f"retry 1 of 3: run {failed[-1].run_id} failure"
     assert json.loads(tick.cursor)["asked"] == {"drift:v1:features:2013-07-02": "wind drifted"}
+
+
+def test_a_failed_new_data_retraining_is_asked_for_again(model_home):
+    plat = model_home.platform(flights_variant(drift={"new_partitions_to_retrain": 5, "cooldown_minutes": 0}))
+    assert train(plat).success
+    (request,) = sensor_tick(plat, "flights_new_data_sensor").run_requests  # 7 days after the window (Jan 28)
+    cursor = sensor_tick(plat, "flights_new_data_sensor").cursor
+    failed = plat.failed(request)
+    # before: '0 new featurized days since 2013-02-04; 5 needed', until five more days landed
+    (retry,) = sensor_tick(plat, "flights_new_data_sensor", cursor).run_requests
+    assert retry.run_key == f"{request.run_key}~retry-1" and retry.tags["mlops/trigger"] == "new_data"
+    assert retry.tags["mlops/reason"] == f"retry 1 of 3: run {failed.run_id} failure"
+    assert plat.launch(retry).success
+    done = sensor_tick(plat, "flights_new_data_sensor", cursor)
+    assert not done.run_requests and json.loads(done.cursor)["asked"] == {}
