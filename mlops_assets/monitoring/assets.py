@@ -87,7 +87,10 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
     )
     def feature_drift(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         champ = _require_champion(decl, mlflow)
-        reference = drift_metrics.reference_profile(delta, champ, context.run.run_id)
+        try:
+            reference = drift_metrics.reference_profile(delta, champ, context.run.run_id)
+        except drift_metrics.EmptyReference as err:
+            raise dg.Failure(str(err), allow_retries=False) from None
         days = []
         for partition in sorted(context.partition_keys):  # one day, or a range in one run: a report per day
             current = _features(delta, decl, partition)

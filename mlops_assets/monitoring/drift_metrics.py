@@ -38,6 +38,10 @@ def describe_reference(model: Champion) -> str:
     return f"{window} (features v{model.plan.features_version})"
 
 
+class EmptyReference(LookupError):
+    """A version's training window holds no feature rows any more (an erasure took them all)."""
+
+
 def reference_profile(delta: DeltaLakeResource, model: Champion, run_id: str = "") -> ReferenceProfile:
     """The training-window profile of a model version, computed once and cached."""
     cached = delta.scan(model.plan.pipeline, PROFILES)
@@ -46,6 +50,11 @@ def reference_profile(delta: DeltaLakeResource, model: Champion, run_id: str = "
         if hit.height:
             return ReferenceProfile.from_json(hit.item())
     frame = reference_window(delta, model)
+    if frame.height == 0:  # Evidently's report divided by zero columns compared: a bare ZeroDivisionError
+        raise EmptyReference(
+            f"model {model.plan.pipeline} v{model.version}'s training window {describe_reference(model)} holds no feature "
+            "rows any more: drift cannot be measured against it" + (" (the retrain sensor replaces the champion)" if model.erased else "")
+        )
     result = profile(frame, model.numerical, model.categorical)
     row = pl.DataFrame(
         {

@@ -49,7 +49,10 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
         summary, alerts, reports = [], [], {}
         for (version,), served in logged.sort("model_version").group_by("model_version", maintain_order=True):
             model = registered_models.model_version(decl.name, mlflow, int(version))
-            reference = drift_metrics.reference_profile(delta, model, context.run.run_id)
+            try:
+                reference = drift_metrics.reference_profile(delta, model, context.run.run_id)
+            except drift_metrics.EmptyReference as err:
+                raise dg.Failure(str(err), allow_retries=False) from None
             result = detect(reference, served, decl.drift.share_threshold)
             html = reports[int(version)] = html_report(decl, delta, model, served, f"serving_drift_{through}_v{version}")
             written = drift_metrics.record(
