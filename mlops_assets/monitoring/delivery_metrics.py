@@ -125,12 +125,15 @@ def compute(
     rolled_back = events.filter(pl.col("action") == "rollout_rollback")
     rollout_restores = [json.loads(m).get("exposed_s") for m in rolled_back["metrics"]]
     rollout_restores = [r for r in rollout_restores if r is not None]
-    restores = []
-    for asked in drift_requests(instance, train_job):
+    # one restore per champion served, timed from the first drift request it answers: a failed retraining asked
+    # for again (`~retry-<n>`, or a later alert) counted as a restore of its own, with a shorter time
+    restored: dict[float, float] = {}
+    for asked in drift_requests(instance, train_job):  # oldest first
         before = [v for t, v in served if t <= asked]
         after = [(t, v) for t, v in served if t > asked and (not before or v != before[-1])]
         if after:
-            restores.append(after[0][0] - asked)
+            restored.setdefault(after[0][0], asked)
+    restores = [at - asked for at, asked in restored.items()]
     week_ago = (now - timedelta(days=7)).timestamp()
     recent = [t for t, _ in served if t >= week_ago]
     snapshot = {

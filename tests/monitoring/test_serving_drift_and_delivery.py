@@ -242,3 +242,41 @@ def test_serving_drift_reads_rows_only_once_they_are_serving_settle_seconds_old(
     assert sensor_tick(plat, "flights_serving_drift_sensor").run_requests
     meta = materialize(plat, ["flights", "serving_drift"]).asset_materializations_for_node("flights__serving_drift")[0].metadata
     assert meta["rows"].value == settled
+
+
+def test_a_drift_retraining_asked_for_again_is_one_restore_timed_from_the_first_request(tmp_path, monkeypatch):
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    from mlops_assets.monitoring import delivery_metrics
+    from resources.delta_lake import DeltaLakeResource
+
+    monkeypatch.setattr(
+        delivery_metrics.registered_models, "model_version", lambda *_: SimpleNamespace(plan=SimpleNamespace(partition_end="2013-01-28"))
+    )
+
+    @dg.job(name="flights_train")
+    def drift_retraining():
+        dg.op(name="noop")(lambda: None)()
+
+    deployment = dg.AssetKey(["flights", "deployment"])
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(deployment, metadata={"champion_version": 1}))
+        for _ in range(3):  # the drift retraining, and two retries of it (its runs' outcome does not matter here)
+            time.sleep(0.05)
+            drift_retraining.execute_in_process(instance=instance, tags={"mlops/trigger": "drift"})
+        time.sleep(0.05)
+        instance.report_runless_asset_event(dg.AssetMaterialization(deployment, metadata={"champion_version": 2}))
+        first = delivery_metrics.drift_requests(instance, "flights_train")[0]
+        served = delivery_metrics.served_versions(instance, deployment)[-1][0]
+        snapshot, _ = delivery_metrics.compute(
+            flights_variant(),
+            instance,
+            DeltaLakeResource(root=str(tmp_path / "delta")),
+            None,
+            deployment,
+            "flights_train",
+            datetime.now(UTC),
+        )
+    assert snapshot["restores"] == 1  # before: 3, one per request
+    assert snapshot["time_to_restore_median_s"] == served - first
