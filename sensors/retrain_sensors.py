@@ -263,9 +263,15 @@ def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job:
         followed = follow_up(context.instance, monitor_job, asked)
         for gave_up in followed.given_up:
             context.log.warning(f"monitoring of {asked[gave_up.run_key]} not done: {gave_up.why}")
-        kept = {version: sorted(done | set(new)), "asked_for": version, "asked": followed.watching}
+        # the runs it gave up on stay named in the skip message: it said the days were checked
+        gave_up = (cursor.get("gave_up", {}) if cursor.get("asked_for") == version else {}) | {g.run_key: g.why for g in followed.given_up}
+        kept = {version: sorted(done | set(new)), "asked_for": version, "asked": followed.watching, "gave_up": gave_up}
         if not new and not followed.again:
-            why = f"no new feature days to check after champion v{champ.version}'s window ({champ.plan.partition_end}); {len(done)} checked"
+            why = (
+                f"no new feature days to check after champion v{champ.version}'s window ({champ.plan.partition_end}); {len(done)} asked for"
+            )
+            if gave_up:
+                why += f"; not done: {'; '.join(gave_up.values())}"
             return dg.SensorResult(skip_reason=dg.SkipReason(why), cursor=json.dumps(kept))
         busy = training_in_flight(context.instance, train_job)
         if busy:

@@ -48,3 +48,23 @@ def test_a_failed_new_data_retraining_is_asked_for_again(model_home):
     assert plat.launch(retry).success
     done = sensor_tick(plat, "flights_new_data_sensor", cursor)
     assert not done.run_requests and json.loads(done.cursor)["asked"] == {}
+
+
+def test_the_monitor_sensor_names_the_days_it_gave_up_on_not_checked(model_home):
+    plat = model_home.platform(flights_variant())
+    assert train(plat).success
+    tick = sensor_tick(plat, "flights_monitor_sensor")
+    cursor, (request,) = tick.cursor, tick.run_requests
+    last = plat.failed(request)
+    for _ in range(3):  # each retry fails too
+        tick = sensor_tick(plat, "flights_monitor_sensor", cursor)
+        cursor, (retry,) = tick.cursor, tick.run_requests
+        last = plat.failed(retry)
+    for _ in range(2):  # the tick that gives up, and every one after it
+        tick = sensor_tick(plat, "flights_monitor_sensor", cursor)
+        cursor = tick.cursor
+        assert not tick.run_requests
+        assert tick.skip_message == (  # before: '...; 7 checked'
+            "no new feature days to check after champion v1's window (2013-01-28); 7 asked for; not done: "
+            f"gave up on {request.run_key} after 4 failed runs; the last: {last.run_id}"
+        )
