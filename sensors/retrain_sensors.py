@@ -29,6 +29,7 @@ from mlops_assets.core.names import (
     REASON_TAG,
     TRIGGER_TAG,
     WATERMARK,
+    model_key,
     retrain_schedule_name,
     sensor_name,
     serving_drift_key,
@@ -84,6 +85,20 @@ def _champion(decl: PipelineDeclaration, mlflow: MlflowRegistryResource) -> tupl
         return None, str(err)
 
 
+def gates_decided(instance: dg.DagsterInstance, decl: PipelineDeclaration):
+    """For `follow_up`: a failed training that registered its version failed at its gates, a verdict. Asked for
+    again, it trained the same model on the same window and registered it again, rejected each time."""
+    key = model_key(decl)
+
+    def decided(run: dg.DagsterRun) -> str | None:
+        for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+            if entry.dagster_event is not None and entry.dagster_event.asset_key == key:
+                return f"run {run.run_id} trained and registered a version that its gates rejected: not asked for again"
+        return None
+
+    return decided
+
+
 def _read_cursor(context: dg.SensorEvaluationContext) -> dict:
     """The sensor's cursor, or a fresh one where it is unreadable (not a JSON object: set by hand, or another
     version's): said in the log, not a failed tick on every evaluation. Starting over asks again only for what
@@ -135,7 +150,7 @@ def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.Senso
                 run_requests=[_retrain_request(train_job, key, "erasure", reason)],
                 cursor=json.dumps({**cursor, "erasure": champ.erased, "asked": {key: [mine, reason]}}),
             )
-        followed = follow_up(context.instance, train_job, asked)
+        followed = follow_up(context.instance, train_job, asked, decided=gates_decided(context.instance, decl))
         for gave_up in followed.given_up:
             context.log.warning(f"retraining not done: {gave_up.why}")
         cursor = {**cursor, "asked": followed.watching}
@@ -189,7 +204,7 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
         # the retrainings asked for against this champion, until one succeeds: a failed one is asked for again (the
         # walk-away's failed retraining was dropped, and with no day landing after it no alert asked again)
         asked = {k: why for k, why in cursor.get("asked", {}).items() if k.startswith(f"drift:v{champ.version}:")}
-        followed = follow_up(context.instance, train_job, asked)
+        followed = follow_up(context.instance, train_job, asked, decided=gates_decided(context.instance, decl))
         for gave_up in followed.given_up:
             context.log.warning(f"drift retraining not done: {gave_up.why}")
         after = int(cursor.get("after_us", 0))

@@ -10,6 +10,7 @@ failed runs stay in the run history.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,12 +42,18 @@ def attempt_key(run_key: str, attempt: int) -> str:
     return run_key if attempt == 0 else f"{run_key}~retry-{attempt}"
 
 
+# a failed run whose failure is a verdict, not a fault (a training its gates rejected): the reason, else None
+Decided = Callable[[dg.DagsterRun], str | None]
+
 WILL_RETRY_TAG = "dagster/will_retry"  # a failed run Dagster's own run retries will launch again (deploy/dagster/dagster.yaml)
 
 
-def next_attempt(instance: dg.DagsterInstance, job_name: str, run_key: str, retries: int = RETRIES) -> Attempt:
+def next_attempt(
+    instance: dg.DagsterInstance, job_name: str, run_key: str, retries: int = RETRIES, decided: Decided | None = None
+) -> Attempt:
     """The attempt to ask for now, or why none is: one run query per attempt made so far. Runs are looked up
-    within the job: run keys are the sensor's own (another pipeline's first serving-drift check has the same key)."""
+    within the job: run keys are the sensor's own (another pipeline's first serving-drift check has the same key).
+    A failed run that `decided` names a verdict for is done: asking again would only repeat it."""
     why = ""
     for attempt in range(retries + 1):
         key = attempt_key(run_key, attempt)
@@ -58,6 +65,9 @@ def next_attempt(instance: dg.DagsterInstance, job_name: str, run_key: str, retr
             return Attempt("waiting", key, f"run {run.run_id} for {key} is {run.status.value.lower()}")
         if run.status not in RETRY_STATUSES:
             return Attempt("succeeded", key, f"run {run.run_id} for {key} succeeded")
+        verdict = decided(run) if decided is not None and run.status == dg.DagsterRunStatus.FAILURE else None
+        if verdict:
+            return Attempt("succeeded", key, verdict)
         why = f"retry {attempt + 1} of {retries}: run {run.run_id} {run.status.value.lower()}"
     return Attempt("given_up", run_key, f"gave up on {run_key} after {retries + 1} failed runs; the last: {run.run_id}")
 
@@ -78,14 +88,16 @@ class FollowUp:
     given_up: list[Attempt]
 
 
-def follow_up(instance: dg.DagsterInstance, job_name: str, asked: dict[str, object], retries: int = RETRIES) -> FollowUp:
+def follow_up(
+    instance: dg.DagsterInstance, job_name: str, asked: dict[str, object], retries: int = RETRIES, decided: Decided | None = None
+) -> FollowUp:
     """For a sensor whose cursor marks work done when it asks for it: what it asked for (base run key -> what the
     run covers) sorted into still watched, asked for again, and given up; succeeded work drops out."""
     watching: dict[str, object] = {}
     again: list[tuple[Attempt, object]] = []
     given_up: list[Attempt] = []
     for key, what in asked.items():
-        attempt = next_attempt(instance, job_name, key, retries)
+        attempt = next_attempt(instance, job_name, key, retries, decided)
         if attempt.state == "given_up":
             given_up.append(attempt)
         elif attempt.state != "succeeded":

@@ -50,6 +50,22 @@ def test_a_failed_new_data_retraining_is_asked_for_again(model_home):
     assert not done.run_requests and json.loads(done.cursor)["asked"] == {}
 
 
+def test_a_retraining_its_gates_rejected_is_not_asked_for_again(model_home):
+    """A failed run that registered its version failed at its gates: asked for again, it trained the same model on the
+    same window and registered it again, rejected each time (three more versions)."""
+    drift = {"new_partitions_to_retrain": 5, "cooldown_minutes": 0}
+    plat = model_home.platform(flights_variant(drift=drift))
+    assert train(plat).success
+    tick = sensor_tick(plat, "flights_new_data_sensor")
+    (request,) = tick.run_requests
+    strict = model_home.platform(flights_variant(drift=drift, gates={"floors": {"mae": 1.0}}))
+    assert not strict.launch(request).success  # v2 trained, registered and rejected by its floors
+    assert model_home.registry.client().get_model_version("flights", "2").tags["mlops.status"] == "rejected"
+    after = sensor_tick(strict, "flights_new_data_sensor", tick.cursor)
+    assert not after.run_requests and json.loads(after.cursor)["asked"] == {}
+    assert len(model_home.registry.client().search_model_versions("name = 'flights'")) == 2
+
+
 def test_the_monitor_sensor_names_the_days_it_gave_up_on_not_checked(model_home):
     plat = model_home.platform(flights_variant())
     assert train(plat).success
