@@ -11,7 +11,7 @@ A range run that fails (one unreadable file fails the whole range) is asked for 
 partition per run, once: every other file of the burst is ingested, and the bad one fails alone,
 naming its problem, until a corrected file is landed. Partitions the failed run featurized (it failed
 because another day's features were held back) are not asked for again.
-A late or replaced file runs with the partitions ingested before that its history reaches (the
+A late or replaced file runs with the partitions featurized before that its history reaches (the
 `features.history_days` after it): their stored features were computed without it, while serving
 reads the new history.
 Partial files (hidden or temporary names) are never listed. When the pipeline
@@ -85,11 +85,12 @@ def _ingest_request(job_name: str, partitions: list[str], landed: dict[str, tupl
     )
 
 
-def history_followers(decl: PipelineDeclaration, landed_now: dict, present: dict) -> list[str]:
-    """Partitions ingested before whose features a new or replaced earlier partition changes: those within
+def history_followers(instance: dg.DagsterInstance, decl: PipelineDeclaration, landed_now: dict, present: dict) -> list[str]:
+    """Partitions featurized before whose features a new or replaced earlier partition changes: those within
     `features.history_days` after it, whose history statistics include it. Run alone, a late file left their
     stored features computed without it, unequal to what serving (reading the new history) and an in-order
-    backfill compute."""
+    backfill compute. Only featurized ones: a day whose file could not be read, or whose features were held
+    back, has none to correct, and in the range it failed every day of it."""
     earlier = [key for key in present if key not in landed_now]
     if not decl.features.history_days or not earlier:
         return []
@@ -103,6 +104,8 @@ def history_followers(decl: PipelineDeclaration, landed_now: dict, present: dict
                 break
             if after in present and after not in landed_now:
                 followers.add(after)
+    if followers:  # a late file only: the usual new day at the end costs no query
+        followers &= instance.get_materialized_partitions(features_key(decl))
     return sorted(followers)
 
 
@@ -166,7 +169,7 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
                 continue
             landed_now[partition] = (landed.name, landed.signature)  # type: ignore[index]
             seen[landed.name] = landed.signature
-        followers = history_followers(decl, landed_now, present)
+        followers = history_followers(context.instance, decl, landed_now, present)
         if followers:
             context.log.info(f"{len(followers)} partitions ingested before run again: their history includes a late or replaced file")
         groups = runs_of(decl, [*landed_now, *followers])

@@ -237,21 +237,26 @@ def test_a_late_file_runs_with_the_days_its_history_reaches_so_their_features_eq
     assert all(ready.launch(r).success for r in bursts)
     after = days("2013-01-05", 4)
     stale = ready.delta.read_partitions("flights", "features", after[1:]).sort("_partition", "_source_row")
+    ready.landing.write_bytes("flights", "flights_2013-01-09.parquet", b"")  # unreadable: 2013-01-09 is never featurized
+    bad = evaluate(ready, first.cursor)
+    assert not ready.launch(bad.run_requests[0]).success
 
     land_days(decl, ready.landing, date(2013, 1, 5), 1)
-    late = evaluate(ready, first.cursor)
-    (request,) = late.run_requests  # the late day with the days whose history it is part of
+    late = evaluate(ready, bad.cursor)
+    # the late day with the featurized days whose history it is part of; not 2013-01-09, which would fail the range
+    (request,) = late.run_requests
     assert (request.partition_key_range.start, request.partition_key_range.end) == ("2013-01-05", "2013-01-08")
     assert ready.launch(request).success
     ours = ready.delta.read_partitions("flights", "features", after).sort("_partition", "_source_row")
     in_order = flights_ingested.delta.read_partitions("flights", "features", after).sort("_partition", "_source_row")
     assert ours.equals(in_order.select(ours.columns))
     assert not stale.equals(ours.filter(pl.col("_partition") != "2013-01-05"))  # they had been computed without it
-    assert not evaluate(ready, late.cursor).run_requests
+    late = evaluate(ready, late.cursor)
+    assert not late.run_requests
 
     # a new day at the end runs alone: nothing ingested before has it in its history
-    land_days(decl, ready.landing, date(2013, 1, 9), 1)
-    assert [r.partition_key for r in evaluate(ready, late.cursor).run_requests] == ["2013-01-09"]
+    land_days(decl, ready.landing, date(2013, 1, 10), 1)
+    assert [r.partition_key for r in evaluate(ready, late.cursor).run_requests] == ["2013-01-10"]
 
 
 def test_sensor_runs_through_the_daemon_path_and_ingests(ready: Platform):
