@@ -39,7 +39,7 @@ from resources import pipeline_tables, registered_models
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.pipeline_tables import new_log_rows, settled_through_us
-from sensors.run_attempts import follow_up, next_attempt, with_attempt
+from sensors.run_attempts import FollowUp, follow_up, next_attempt, with_attempt
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -119,6 +119,26 @@ def _retrain_request(train_job: str, run_key: str, trigger: str, reason: str) ->
     return dg.RunRequest(run_key=run_key, job_name=train_job, tags={TRIGGER_TAG: trigger, REASON_TAG: reason[:1000]})
 
 
+def follow_retrainings(
+    context: dg.SensorEvaluationContext, decl: PipelineDeclaration, train_job: str, asked: dict, trigger_of, reason_of
+) -> tuple[FollowUp, str | tuple[str, object, dg.RunRequest] | None]:
+    """The retrainings a sensor asked for (base key -> what it covers), followed until they succeed or their gates
+    decide, and the retry to ask for now: (base key, what it covers, request), a reason to wait, or None. One at
+    most: each request supersedes the one before; an older cursor may hold more, and the newest is followed."""
+    followed = follow_up(context.instance, train_job, asked, decided=gates_decided(context.instance, decl))
+    for gave_up in followed.given_up:
+        context.log.warning(f"retraining not done: {gave_up.why}")
+    if not followed.again:
+        return followed, None
+    busy = training_in_flight(context.instance, train_job)
+    if busy:
+        return followed, f"a failed retraining waits to be asked for again: {busy}"
+    attempt, covers = followed.again[-1]
+    base = attempt.run_key.split("~retry-")[0]
+    request = with_attempt(_retrain_request(train_job, base, trigger_of(base), reason_of(covers)), attempt, REASON_TAG)
+    return followed, (base, covers, request)
+
+
 def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDefinition:
     first_model_needs = max(decl.drift.new_partitions_to_retrain, decl.training.validation_days + decl.gates.holdout_days + 1)
 
@@ -150,18 +170,13 @@ def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.Senso
                 run_requests=[_retrain_request(train_job, key, "erasure", reason)],
                 cursor=json.dumps({**cursor, "erasure": champ.erased, "asked": {key: [mine, reason]}}),
             )
-        followed = follow_up(context.instance, train_job, asked, decided=gates_decided(context.instance, decl))
-        for gave_up in followed.given_up:
-            context.log.warning(f"retraining not done: {gave_up.why}")
+        trigger_of = lambda base: "erasure" if base.startswith("erasure:") else "new_data"  # noqa: E731
+        followed, retry = follow_retrainings(context, decl, train_job, asked, trigger_of, lambda what: what[1])
         cursor = {**cursor, "asked": followed.watching}
-        if followed.again:
-            busy = training_in_flight(context.instance, train_job)
-            if busy:
-                return dg.SkipReason(f"a failed retraining waits to be asked for again: {busy}")
-            attempt, what = followed.again[-1]  # one at most: each request supersedes the one before
-            base = attempt.run_key.split("~retry-")[0]
-            trigger = "erasure" if base.startswith("erasure:") else "new_data"
-            request = with_attempt(_retrain_request(train_job, base, trigger, what[1]), attempt, REASON_TAG)
+        if isinstance(retry, str):
+            return dg.SkipReason(retry)
+        if retry is not None:
+            base, what, request = retry
             return dg.SensorResult(run_requests=[request], cursor=json.dumps({**cursor, "asked": {base: what}}))
         available = delta.partitions(decl.name, FEATURES)
         bases = [b for b in (champ.plan.partition_end if champ else None, cursor.get("requested_through")) if b]
@@ -204,22 +219,13 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
         # the retrainings asked for against this champion, until one succeeds: a failed one is asked for again (the
         # walk-away's failed retraining was dropped, and with no day landing after it no alert asked again)
         asked = {k: why for k, why in cursor.get("asked", {}).items() if k.startswith(f"drift:v{champ.version}:")}
-        followed = follow_up(context.instance, train_job, asked, decided=gates_decided(context.instance, decl))
-        for gave_up in followed.given_up:
-            context.log.warning(f"drift retraining not done: {gave_up.why}")
+        followed, retry = follow_retrainings(context, decl, train_job, asked, lambda base: "drift", str)
         after = int(cursor.get("after_us", 0))
-        if followed.again:
-            busy = training_in_flight(context.instance, train_job)
-            if busy:
-                return dg.SkipReason(f"a failed drift retraining waits to be asked for again: {busy}")
-            # one at most: a new request supersedes the one before (below); a cursor written before that (ad571d2
-            # kept every key asked for) may hold more, and the newest is followed (unpacking one was a failed tick)
-            attempt, why = followed.again[-1]
-            base = attempt.run_key.split("~retry-")[0]
-            return dg.SensorResult(
-                run_requests=[with_attempt(_retrain_request(train_job, base, "drift", str(why)), attempt, REASON_TAG)],
-                cursor=json.dumps({"after_us": after, "asked": {base: why}}),
-            )
+        if isinstance(retry, str):
+            return dg.SkipReason(retry)
+        if retry is not None:
+            base, why, request = retry
+            return dg.SensorResult(run_requests=[request], cursor=json.dumps({"after_us": after, "asked": {base: why}}))
         reports = pipeline_tables.drift_reports(delta, decl.name)
         fresh = reports.with_columns(pl.col("computed_at").dt.epoch("us").alias("_us")).filter(
             (pl.col("model_version") == champ.version) & (pl.col("_us") > after)
