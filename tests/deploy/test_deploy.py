@@ -617,6 +617,24 @@ def test_mlflow_manifests_validate_and_keep_credentials_in_secrets():
         k8s_validate({**deployment, "spec": {**deployment["spec"], "replica": 2}})
 
 
+def test_mlflow_server_accepts_the_hosts_the_platform_configmap_names():
+    """The server refuses a request whose Host header is not in --allowed-hosts (403, DNS-rebinding guard): every
+    MLflow URL the README's ConfigMap sets (clients' tracking URI, the UI links in Dagster) must be allowed."""
+    from urllib.parse import urlsplit
+
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "mlflow.yaml").read_text()) if d]
+    args = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    allowed = next(a.split("=", 1)[1] for a in args if a.startswith("--allowed-hosts=")).split(",")
+    readme = (DEPLOY / "README.md").read_text()
+    command = readme.split("create configmap mlops-platform", 1)[1].split("```", 1)[0]
+    configmap = dict(re.findall(r"--from-literal=([A-Z_][A-Z0-9_]*)=(\S+)", command))
+    for name in ("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_UI_URL"):
+        host = urlsplit(configmap[name]).netloc  # the Host header a client sends for this URL
+        assert is_allowed_host_header(allowed, host), f"{name}={configmap[name]}: the MLflow server refuses Host {host}"
+
+
 S3_CLIENT_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_PROFILE")
 
 
