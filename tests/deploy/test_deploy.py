@@ -834,6 +834,26 @@ def test_cluster_readme_names_settings_the_code_reads():
         assert f'"{name}"' in source, f"the README sets {name}, which no code reads"
 
 
+def test_ray_training_keeps_its_run_on_the_storage_the_configmap_names(monkeypatch):
+    """`training.engine: ray` on a cluster: the workers (Ray pods) and the Dagster run pod share no folder, so Ray Train
+    needs storage they all reach; the ConfigMap names an object store and the model asset's engine hands it on."""
+    from types import SimpleNamespace
+
+    from mlops_assets.models import engine
+
+    readme = (DEPLOY / "README.md").read_text()
+    command = readme.split("create configmap mlops-platform", 1)[1].split("```", 1)[0]
+    configmap = dict(re.findall(r"--from-literal=([A-Z_][A-Z0-9_]*)=(\S+)", command))
+    storage = configmap.get(engine.RAY_TRAIN_STORAGE_ENV, "")
+    assert storage.startswith("s3://"), f"{engine.RAY_TRAIN_STORAGE_ENV}={storage!r}: Ray Train's runs need shared storage"
+    calls: list[dict] = []
+    monkeypatch.setattr(engine, "train_on_ray", lambda *args, **kwargs: calls.append(kwargs) or "trained")
+    monkeypatch.setenv(engine.RAY_TRAIN_STORAGE_ENV, storage)
+    plan = SimpleNamespace(engine="ray", ray_workers=2, num_threads=1)
+    assert engine.train_as_planned(plan, None, None) == "trained"  # type: ignore[arg-type]
+    assert calls == [{"storage_path": storage}]
+
+
 def test_only_ingestion_and_monitoring_jobs_carry_the_backlog_tag():
     """The run queues' `mlops/backlog` limit leaves a slot free only if backlog runs carry the tag, and only they:
     a year-long backfill must not hold every slot, and training, deployment and rollouts must never be held back
