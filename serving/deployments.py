@@ -371,9 +371,13 @@ class ModelServer:
             result = loaded.model.predict(features)
             started = clock.record("predict", started)
         except Exception as err:
+            if len(take) > 1:  # one request's values broke the batch: alone, only that request fails
+                log.warning("a batch of %d requests failed (%s: %s); answering them one at a time", len(take), type(err).__name__, err)
+                for i in take:
+                    answers[i] = self._answer_one(loaded, items[i])
+                return answers
             self._log_failures(loaded, [items[i] for i in take], err)
-            for i in take:
-                answers[i] = err
+            answers[take[0]] = err
             return answers
         sizes = [len(t) for t in typed]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()

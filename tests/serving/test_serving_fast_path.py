@@ -208,6 +208,41 @@ def test_batched_requests_get_lightgbms_predictions_each(server, serving_registr
     assert "pinned" not in logged.get_column("request_id").to_list()
 
 
+class _PoisonedFeatures:
+    """The champion's feature module, failing any frame that holds `dep_delay == 1999` (a user's feature code
+    raising on one request's values)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def build(self, frame, reference, index=None):
+        if (frame.get_column("dep_delay") == 1999).any():
+            raise ValueError("poisoned dep_delay")
+        return self.inner.build(frame, reference, index)
+
+
+def test_one_requests_failure_fails_only_that_request_of_its_batch(server, serving_registry, schema, monkeypatch):
+    """A batch whose feature build fails is answered one request at a time: its batch-mates get their predictions
+    (they used to share the failure), and only the failing request is logged as failed."""
+    server.reconfigure({"model_version": None})
+    records = request_records(6)
+    poisoned = [{**r, "dep_delay": 1999} for r in records[2:4]]
+    ids = ["poison-batch-a", "poison-batch-bad", "poison-batch-b"]
+    items = [(typed_frame(rs, schema), i, 0.0, "champion", True, None) for rs, i in zip([records[:2], poisoned, records[4:]], ids)]
+    monkeypatch.setattr(server, "module", _PoisonedFeatures(server.module))
+    answers = server.predict_many(items)
+    assert isinstance(answers[1], ValueError) and "poisoned" in str(answers[1])
+    booster = serving_registry.boosters[serving_registry.champion]
+    expected = booster.predict(offline_features(serving_registry, records).select(booster.feature_name()).cast(pl.Float64).to_numpy())
+    np.testing.assert_array_equal(np.asarray(answers[0]["predictions"]), expected[:2])
+    np.testing.assert_array_equal(np.asarray(answers[2]["predictions"]), expected[4:])
+    server.flush_log()
+    logged = serving_registry.delta.scan("flights", "prediction_log").filter(pl.col("request_id").is_in(ids)).collect()  # type: ignore[union-attr]
+    failed = logged.filter(pl.col("error").is_not_null())
+    assert failed.get_column("request_id").to_list() == [ids[1]] and "poisoned" in failed.get_column("error")[0]
+    assert sorted(logged.filter(pl.col("served")).get_column("request_id").to_list()) == sorted([ids[0]] * 2 + [ids[2]] * 2)
+
+
 def test_batch_without_a_model_is_not_ready(serving_registry, schema, tmp_path):
     empty = ServeSettings(pipeline="flights", tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}", delta_root=serving_registry.delta.root)
     s = Server(empty.model_dump(), "champion")
