@@ -2,17 +2,25 @@
 
 LightGBM cannot predict on a GPU (LightGBM#2612); nvforest (pip `nvforest`, the
 successor of cuML FIL) loads LightGBM text models and predicts on CUDA. It is an
-optional dependency: the GPU replica group is only deployed where Ray sees a GPU,
-and this module is only imported there.
+optional dependency: the GPU replica group is only deployed where Ray sees a GPU (or
+where $MLOPS_SERVE_GPU_GROUP says `as_declared`), and nvforest is only imported there.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
 from mlops_assets.core.declaration import PipelineDeclaration
 
 GPU_PACKAGE = "nvforest"
+# when a declared GPU replica group is deployed: `when_seen` (the default), only where the connected Ray already
+# offers its GPUs (a laptop without one serves on CPUs alone); `as_declared`, always (a cluster whose GPU nodes
+# join later or are started by the autoscaler for the group's demand: KubeRay may build the applications before
+# its GPU workers join, and `when_seen` then served on CPUs alone until the next deployment)
+GPU_GROUP_ENV = "MLOPS_SERVE_GPU_GROUP"
+GPU_GROUP_MODES = ("when_seen", "as_declared")
 
 
 class GpuUnavailable(RuntimeError):
@@ -45,7 +53,18 @@ def gpu_predict(forest, x: np.ndarray, task: str) -> np.ndarray:
     return probs
 
 
+def gpu_group_mode() -> str:
+    """$MLOPS_SERVE_GPU_GROUP, checked: a misspelt value would silently serve on CPUs alone."""
+    mode = os.environ.get(GPU_GROUP_ENV, "").strip() or GPU_GROUP_MODES[0]
+    if mode not in GPU_GROUP_MODES:
+        raise ValueError(f"{GPU_GROUP_ENV}={mode!r}: expected one of {', '.join(GPU_GROUP_MODES)}")
+    return mode
+
+
 def gpu_group_enabled(decl: PipelineDeclaration) -> bool:
-    """GPU replicas only where Ray sees the GPUs they ask for; otherwise the CPU group serves alone."""
+    """GPU replicas where the declaration asks for them and, unless $MLOPS_SERVE_GPU_GROUP is `as_declared`,
+    Ray already sees the GPUs they ask for; otherwise the CPU group serves alone."""
     gpu = decl.serving.gpu
-    return bool(gpu and gpu.replicas > 0 and gpu.num_gpus > 0 and ray_gpus() >= gpu.num_gpus)
+    if not (gpu and gpu.replicas > 0 and gpu.num_gpus > 0):
+        return False
+    return gpu_group_mode() == "as_declared" or ray_gpus() >= gpu.num_gpus

@@ -73,6 +73,31 @@ def test_builders_build_apps_whose_deployments_match_the_overrides():
             assert CHAMPION_GPU_DEPLOYMENT not in deployed  # no Ray GPUs visible here: CPU replicas only
 
 
+def test_a_cluster_deploys_the_declared_gpu_group_before_its_gpus_are_seen(monkeypatch):
+    """KubeRay may build the applications before its GPU workers join (or the autoscaler starts one only for a
+    demand): with $MLOPS_SERVE_GPU_GROUP=as_declared the GPU group is built as declared, asking Ray for its GPU,
+    instead of serving on CPUs alone until the next deployment; a misspelt value is refused, naming the variable."""
+    from serving.app import build_app as build_pipeline_app
+    from serving.app import gpu_share
+    from serving.gpu import GPU_GROUP_ENV
+
+    decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
+    assert decl.serving.gpu is not None and decl.serving.gpu.num_gpus == 1
+
+    def deployments() -> dict:
+        return {d.name: d for d in build_app(build_pipeline_app({"pipeline": "flights"}), name="flights").deployments}
+
+    monkeypatch.delenv(GPU_GROUP_ENV, raising=False)
+    assert CHAMPION_GPU_DEPLOYMENT not in deployments() and gpu_share(decl) == 0.0  # no Ray GPUs here
+    monkeypatch.setenv(GPU_GROUP_ENV, "as_declared")
+    gpu = deployments()[CHAMPION_GPU_DEPLOYMENT]
+    assert gpu.num_replicas == 1 and gpu.ray_actor_options["num_gpus"] == 1
+    assert gpu_share(decl) == pytest.approx(1 / 3)  # one GPU replica beside the two CPU ones
+    monkeypatch.setenv(GPU_GROUP_ENV, "as-declared")
+    with pytest.raises(ValueError, match=f"{GPU_GROUP_ENV}='as-declared': expected one of when_seen, as_declared"):
+        deployments()
+
+
 def test_replica_groups_map_to_serve_options(monkeypatch):
     monkeypatch.delenv("POLARS_MAX_THREADS", raising=False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
