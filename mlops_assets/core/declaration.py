@@ -207,9 +207,18 @@ class LookupSpec(_Strict):
         return dict(self.columns) if isinstance(self.columns, dict) else {c: c for c in self.columns}
 
 
+HOURS_OF_A_YEAR = 366 * 24  # history_days of an hourly pipeline: a cap of 366 partitions held its history to 15 days
+
+
 class FeaturesSpec(_Strict):
     module: str = Field(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
-    history_days: int = Field(28, ge=0, le=366)
+    history_days: int = Field(
+        28,
+        ge=0,
+        le=HOURS_OF_A_YEAR,
+        description="Partitions of the declared kind before each one that its history statistics read (hours of an hourly "
+        "pipeline: at most a year's; at most 366 of the other kinds).",
+    )
     lookups: list[LookupSpec] = Field(
         default_factory=list, description="Joins the platform performs, in order; build_features then only transforms rows."
     )
@@ -503,6 +512,9 @@ class PipelineDeclaration(_Strict):
             raise ValueError(f"governance.subject_columns names columns that are not declared: {unknown}")
         self._check_time_column()
         self._check_lookups()
+        history, kind = self.features.history_days, self.partitioning.kind
+        if kind != "hourly" and history > 366:  # the field's own bound is an hourly pipeline's (a year of hours)
+            raise ValueError(f"features.history_days ({history}) counts {kind} partitions: at most 366")
         classes = self.target.classes or col.allowed or []
         if self.target.task == "binary" and classes and len(classes) != 2:
             raise ValueError("a binary target needs exactly two classes")

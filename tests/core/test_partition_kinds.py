@@ -125,3 +125,17 @@ def test_an_hourly_pipeline_needs_a_datetime_to_place_its_rows():
     flights = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")  # time_column: [year, month, day]
     with pytest.raises(DeclarationError, match="time_column of an hourly pipeline must be a datetime column"):
         derive_declaration(flights, "hourly flights", partitioning={"kind": "hourly"})
+
+
+def test_history_days_counts_partitions_of_the_kind_so_an_hourly_history_may_span_weeks():
+    """The cap of 366 was a year of days: an hourly pipeline could not look back more than 15 days."""
+    from mlops_assets.core.declaration import DeclarationError
+
+    month_of_hours = derive_declaration(telemetry("hourly"), "t", features={"history_days": 30 * 24})
+    assert month_of_hours.features.history_days == 720
+    assert partitions_before(month_of_hours, "2024-04-01-00:00", 720)[0] == "2024-03-02-00:00"
+    with pytest.raises(DeclarationError, match="less than or equal to 8784"):
+        derive_declaration(telemetry("hourly"), "t", features={"history_days": 366 * 24 + 1})
+    for kind in ("weekly", "monthly"):
+        with pytest.raises(DeclarationError, match=f"features.history_days \\(367\\) counts {kind} partitions: at most 366"):
+            derive_declaration(telemetry(kind), "t", features={"history_days": 367})
