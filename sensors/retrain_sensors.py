@@ -140,6 +140,7 @@ def follow_retrainings(
 
 
 def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDefinition:
+    unit = decl.partitioning.unit
     first_model_needs = max(decl.drift.new_partitions_to_retrain, decl.training.validation_days + decl.gates.holdout_days + 1)
 
     @dg.sensor(
@@ -147,7 +148,7 @@ def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.Senso
         job_name=train_job,
         minimum_interval_seconds=10,  # part of the landing-to-served lead time
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Retrains {decl.name} when {decl.drift.new_partitions_to_retrain} new featurized days have arrived "
+        description=f"Retrains {decl.name} when {decl.drift.new_partitions_to_retrain} new featurized {unit}s have arrived "
         "since the champion's training window ended, or when rows the champion trained on were erased (`mlops erase`).",
     )
     def new_data_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
@@ -184,13 +185,13 @@ def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.Senso
         new = [p for p in available if base is None or p > base]
         needed = decl.drift.new_partitions_to_retrain if champ else first_model_needs
         if len(new) < needed:
-            why = f"{len(new)} new featurized days since {base or 'the start'}; {needed} needed"
+            why = f"{len(new)} new featurized {unit}s since {base or 'the start'}; {needed} needed"
             return dg.SensorResult(skip_reason=dg.SkipReason(why), cursor=json.dumps(cursor))
         blocker = retrain_blocker(context.instance, decl, train_job)
         if blocker:
             return dg.SensorResult(skip_reason=dg.SkipReason(blocker), cursor=json.dumps(cursor))
         what = f"champion v{champ.version}'s window ended {champ.plan.partition_end}" if champ else "no champion yet"
-        reason = f"{len(new)} new featurized days {new[0]}..{new[-1]} ({what})"
+        reason = f"{len(new)} new featurized {unit}s {new[0]}..{new[-1]} ({what})"
         key = f"new-data:{new[-1]}:v{mine}"
         return dg.SensorResult(
             run_requests=[_retrain_request(train_job, key, "new_data", reason)],
@@ -262,12 +263,14 @@ def _monitor_request(job_name: str, days: list[str], version: int) -> dg.RunRequ
 
 
 def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job: str) -> dg.SensorDefinition:
+    unit = decl.partitioning.unit
+
     @dg.sensor(
         name=sensor_name(decl, "monitor"),
         job_name=monitor_job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Checks drift and batch-scores each {decl.name} feature day that arrives after the champion's training window.",
+        description=f"Checks drift and batch-scores each {decl.name} feature {unit} that arrives after the champion's training window.",
     )
     def monitor_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         champ, unplanned = _champion(decl, mlflow)
@@ -288,9 +291,7 @@ def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job:
         gave_up = (cursor.get("gave_up", {}) if cursor.get("asked_for") == version else {}) | {g.run_key: g.why for g in followed.given_up}
         kept = {version: sorted(done | set(new)), "asked_for": version, "asked": followed.watching, "gave_up": gave_up}
         if not new and not followed.again:
-            why = (
-                f"no new feature days to check after champion v{champ.version}'s window ({champ.plan.partition_end}); {len(done)} asked for"
-            )
+            why = f"no new feature {unit}s to check after champion v{champ.version}'s window ({champ.plan.partition_end}); {len(done)} asked for"
             if gave_up:
                 why += f"; not done: {'; '.join(gave_up.values())}"
             return dg.SensorResult(skip_reason=dg.SkipReason(why), cursor=json.dumps(kept))
@@ -299,7 +300,7 @@ def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job:
             # the new day's training is the path to a fresher model; on a small machine the drift report
             # beside it slowed the training step 4x (`mlops bench leadtime`). The days are checked next tick.
             retrying = f" and {len(followed.again)} failed run(s) to ask for again" if followed.again else ""
-            return dg.SkipReason(f"{len(new)} feature day(s){retrying} wait for monitoring: {busy}")
+            return dg.SkipReason(f"{len(new)} feature {unit}(s){retrying} wait for monitoring: {busy}")
         retries = [
             with_attempt(_monitor_request(monitor_job, days, champ.version), attempt, REASON_TAG) for attempt, days in followed.again
         ]
@@ -370,7 +371,7 @@ def build_retrain_schedule(decl: PipelineDeclaration, train_job: str) -> dg.Sche
     )
     def weekly_retrain(context: dg.ScheduleEvaluationContext, delta: DeltaLakeResource):
         if not delta.partitions(decl.name, FEATURES):
-            return dg.SkipReason("no featurized days yet")
+            return dg.SkipReason(f"no featurized {decl.partitioning.unit}s yet")
         return dg.RunRequest(tags={TRIGGER_TAG: "schedule", REASON_TAG: "weekly fallback retraining"})
 
     return weekly_retrain

@@ -164,6 +164,12 @@ class PartitioningSpec(_Strict):
         "Rows of a file whose time is outside the file's partition are quarantined.",
     )
 
+    @property
+    def unit(self) -> str:
+        """What one partition is called in messages and descriptions: those of an hourly pipeline said "4 new featurized
+        days" of four hours."""
+        return {"hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month"}[self.kind]
+
     @model_validator(mode="after")
     def _range(self) -> "PartitioningSpec":
         if self.end is not None and self.end <= self.start:

@@ -77,8 +77,8 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
         group_name=decl.name,
         kinds={"delta", "polars"},
         code_version=module.code_hash(),
-        description=f"Features from {module.name}.build_features over the day's clean rows "
-        f"(history statistics from the {decl.features.history_days} days before).",
+        description=f"Features from {module.name}.build_features over the {decl.partitioning.unit}'s clean rows "
+        f"(history statistics from the {decl.features.history_days} {decl.partitioning.unit}s before).",
     )
     def features(context: dg.AssetExecutionContext, delta: DeltaLakeResource):
         partitions = sorted(context.partition_keys)  # one, or a whole backfill range in one run

@@ -197,11 +197,16 @@ class Erasure:
     vacuumed_files: int = 0
     retention_hours: int = 0
     unsearchable_log_rows: int = 0  # prediction-log rows without a subject column the predicate reads
+    unit: str = "day"  # what a partition is called (the declaration's partitioning.unit)
 
     def report(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
         counts = ", ".join(f"{t} {n}" for t, n in self.rows.items())
-        days = f"{self.partitions[0]} .. {self.partitions[-1]} ({len(self.partitions)} days)" if self.partitions else "no days"
+        days = (
+            f"{self.partitions[0]} .. {self.partitions[-1]} ({len(self.partitions)} {self.unit}s)"
+            if self.partitions
+            else f"no {self.unit}s"
+        )
         lines = [f"erasure {self.erasure_id}: {verb} rows where {self.predicate}: {counts}; {days}"]
         if self.tagged_versions:
             lines.append(
@@ -272,7 +277,9 @@ def erase(
             f"--where uses {outside}, which the prediction log does not carry: it logs governance.subject_columns "
             f"({', '.join(sorted(subjects)) or 'none declared'}); declare them, or erase by those columns"
         )
-    result = Erasure(uuid.uuid4().hex[:12], predicate.text, dry_run, retention_hours=decl.governance.erasure_retention_hours)
+    result = Erasure(
+        uuid.uuid4().hex[:12], predicate.text, dry_run, retention_hours=decl.governance.erasure_retention_hours, unit=decl.partitioning.unit
+    )
     raw = delta.scan(decl.name, RAW)
     keys = (
         raw.filter(predicate.expr()).select(PARTITION_COLUMN, SOURCE_ROW).collect()

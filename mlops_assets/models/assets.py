@@ -99,7 +99,7 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
         group_name=decl.name,
         kinds={"lightgbm", "mlflow"},
         description=(
-            f"LightGBM {decl.target.task} model of {decl.target.column}, trained on the last {t.window_days} featurized days "
+            f"LightGBM {decl.target.task} model of {decl.target.column}, trained on the last {t.window_days} featurized {decl.partitioning.unit}s "
             f"(the newest {g.holdout_days} held out for the gates, the {t.validation_days} before for early stopping). "
             "Registered in MLflow; the value is a pointer (name, version, URI)."
         ),

@@ -144,10 +144,11 @@ def data_checks_gate(decl: PipelineDeclaration, delta: DeltaLakeResource, plan: 
     bad = failing.get_column(PARTITION_COLUMN).to_list()
     passed = not bad and not unvalidated
     worst = per_day.sort("failure_rate", descending=True).head(1)
+    unit = decl.partitioning.unit
     desc = (
-        f"{len(trained)} days validated; worst {worst[PARTITION_COLUMN][0]} at {worst['failure_rate'][0]:.2%} (limit {limit:.1%})"
+        f"{len(trained)} {unit}s validated; worst {worst[PARTITION_COLUMN][0]} at {worst['failure_rate'][0]:.2%} (limit {limit:.1%})"
         if passed and worst.height
-        else f"days over the {limit:.1%} quarantine limit: {bad or 'none'}; days with features but no raw data: {unvalidated or 'none'}"
+        else f"{unit}s over the {limit:.1%} quarantine limit: {bad or 'none'}; {unit}s with features but no raw data: {unvalidated or 'none'}"
     )
     return GateResult(
         DATA_CHECKS,

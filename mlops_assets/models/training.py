@@ -136,12 +136,13 @@ def plan_training(decl: PipelineDeclaration, delta: DeltaLakeResource, end: str 
     problems = platform_parameter_problems(decl.training.params)
     if problems:
         raise DeclarationError(f"pipeline {decl.name}: training.params: {'; '.join(problems)}")
+    unit = decl.partitioning.unit
     version = delta.version(decl.name, FEATURES)
     available = delta.partitions(decl.name, FEATURES)
     if version is None or not available:
-        raise TrainingDataError(f"pipeline {decl.name} has no featurized partitions yet: ingest some days first")
+        raise TrainingDataError(f"pipeline {decl.name} has no featurized partitions yet: ingest some {unit}s first")
     if end is not None and end not in available:
-        raise TrainingDataError(f"pipeline {decl.name}: day {end} has no features; the window must end on a featurized day")
+        raise TrainingDataError(f"pipeline {decl.name}: {unit} {end} has no features; the window must end on a featurized {unit}")
     last = end or available[-1]
     # the last window_days featurized days, not calendar days: a gap in the data (summer days landed after a
     # spring) left the validation days in the gap, and the retraining the drift asked for failed
@@ -149,8 +150,8 @@ def plan_training(decl: PipelineDeclaration, delta: DeltaLakeResource, end: str 
     holdout_days, validation_days = decl.gates.holdout_days, decl.training.validation_days
     if len(window) <= holdout_days + validation_days:
         raise TrainingDataError(
-            f"pipeline {decl.name}: {len(window)} featurized days up to {last}; training needs more than "
-            f"{holdout_days} hold-out + {validation_days} validation days (gates.holdout_days, training.validation_days)"
+            f"pipeline {decl.name}: {len(window)} featurized {unit}s up to {last}; training needs more than "
+            f"{holdout_days} hold-out + {validation_days} validation {unit}s (gates.holdout_days, training.validation_days)"
         )
     holdout_start = window[-holdout_days]
     validation_start = window[-(holdout_days + validation_days)]

@@ -82,7 +82,7 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
         backfill_policy=backfill_policy(decl),
         group_name=decl.name,
         kinds={"evidently", "delta"},
-        description="Drift of the day's features against the champion's training window: per-column scores "
+        description=f"Drift of the {decl.partitioning.unit}'s features against the champion's training window: per-column scores "
         f"in {decl.name}/drift_metrics and Evidently's HTML report.",
     )
     def feature_drift(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
@@ -150,7 +150,7 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
         backfill_policy=backfill_policy(decl),
         group_name=decl.name,
         kinds={"lightgbm", "delta"},
-        description="The champion's predictions for each day, with the model version on every row; during a "
+        description=f"The champion's predictions for each {decl.partitioning.unit}, with the model version on every row; during a "
         "rollout also the new version's, so its live metric is compared with the champion's on the same rows.",
     )
     def batch_scores(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
@@ -204,7 +204,7 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
         deps=[batch_scores_key(decl), features_key(decl)],
         group_name=decl.name,
         kinds={"delta"},
-        description="The live metric per model version and day, from batch scores joined with the labels that arrived.",
+        description=f"The live metric per model version and {decl.partitioning.unit} (its `day` column), from batch scores joined with the labels that arrived.",
     )
     def live_performance(context: dg.AssetExecutionContext, delta: DeltaLakeResource):
         scored = delta.scan(decl.name, BATCH_SCORES)

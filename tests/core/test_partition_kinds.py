@@ -13,6 +13,9 @@ import pytest
 
 from mlops_assets.core.declaration import derive_declaration, load_declaration
 from mlops_assets.core.partitions import key_time, partition_problem, partitions_before, partitions_def, shift
+from mlops_assets.governance.erasure import erase
+from mlops_assets.models.training import TrainingDataError, plan_training
+from tests.support.models import sensor_tick
 from tests.support.platform import TESTS, Platform
 
 KEYS = {
@@ -69,6 +72,18 @@ def test_a_pipeline_of_each_kind_ingests_a_burst_in_one_run_with_history_of_its_
         usual = features.select("machine_id", (pl.col("temperature") - pl.col("temperature_vs_usual")).alias("usual")).unique()
         expected = {f"m{m}": sum(t for k in keys[:2] for i, t in enumerate(temps[k]) if i % 4 + 1 == m) / 4 for m in range(1, 5)}
         assert {m: round(v, 6) for m, v in usual.iter_rows()} == {m: round(v, 6) for m, v in expected.items()}
+        # what is said about them counts partitions of the kind: an hourly pipeline's said "3 featurized days"
+        unit = {"hourly": "hour", "weekly": "week", "monthly": "month"}[kind]
+        with pytest.raises(TrainingDataError, match=f"3 featurized {unit}s up to {keys[2]}; .* 7 validation {unit}s"):
+            plan_training(decl, plat.delta)
+        with pytest.raises(TrainingDataError, match=f"{unit} {keys[2]}x has no features; the window must end on a featurized {unit}$"):
+            plan_training(decl, plat.delta, f"{keys[2]}x")
+        if kind != "hourly":
+            return  # the rest opens an MLflow store: once is enough
+        erased = erase(decl, plat.delta, plat.resources()["mlflow"], 'machine_id = "m1"', "dpo", "t", True)
+        assert f"; {keys[0]} .. {keys[2]} (3 {unit}s)" in erased.report()
+        skip = sensor_tick(plat, "telemetry_new_data_sensor").skip_message
+        assert skip == f"3 new featurized {unit}s since the start; 15 needed"
 
 
 def test_keys_that_are_not_partitions_of_the_kind_are_named():
