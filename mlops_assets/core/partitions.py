@@ -83,10 +83,14 @@ def partition_problem(decl: PipelineDeclaration, key: str, now: datetime | None 
     if kind == "hourly" and start.minute:
         return f"{key} is not the start of an hour"
     p = decl.partitioning
+    try:
+        ends = _step(kind, start, 1)
+    except (OverflowError, ValueError):  # 9999-12-31: its end is past what datetime holds (a landed name failed every tick)
+        ends = None
     # as Dagster's partitions: each one whole between start and end (a week running past `end` is none)
-    if start < datetime.combine(p.start, time()) or (p.end is not None and _step(kind, start, 1) > datetime.combine(p.end, time())):
+    if start < datetime.combine(p.start, time()) or ends is None or (p.end is not None and ends > datetime.combine(p.end, time())):
         return f"{key} is outside the declared partitions ({p.start} .. {p.end or 'open'})"
-    if _step(kind, start, 1) > (now or datetime.now(UTC)).replace(tzinfo=None):
+    if ends > (now or datetime.now(UTC)).replace(tzinfo=None):
         return f"{key} has not ended yet"
     return None
 

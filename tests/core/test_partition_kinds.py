@@ -96,6 +96,16 @@ def test_keys_that_are_not_partitions_of_the_kind_are_named():
     assert partition_problem(telemetry("weekly"), "2024-03-10", now) is None
 
 
+def test_a_key_whose_partition_ends_past_year_9999_is_outside_not_a_failed_landing_sensor_tick():
+    """Its end overflowed datetime: a file named for it failed every landing sensor tick (and every other file with it)."""
+    from sensors.landing_sensor import not_ingestible
+
+    for kind, key in (("hourly", "9999-12-31-23:00"), ("daily", "9999-12-31"), ("weekly", "9999-12-26"), ("monthly", "9999-12-01")):
+        open_ended = derive_declaration(telemetry(kind), "t", partitioning={"end": None})
+        for decl in (telemetry(kind), open_ended):
+            assert "is outside the declared partitions" in not_ingestible(decl, decl.landing.file_name(key)), (kind, decl.partitioning.end)
+
+
 def test_a_period_running_past_the_declared_end_is_no_partition_as_in_dagster():
     """A week that ends after `end` is not one of Dagster's partitions: a landed file for it was asked for in a range
     run that failed (taking the valid weeks with it), then alone, with an unknown-partition error."""
