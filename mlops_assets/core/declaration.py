@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import re
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -174,7 +174,24 @@ class PartitioningSpec(_Strict):
     def _range(self) -> "PartitioningSpec":
         if self.end is not None and self.end <= self.start:
             raise ValueError("end must be after start")
+        if self.end is not None and self.kind in ("weekly", "monthly"):
+            # Dagster still lists the first period when it runs past `end`, while every landed file of it is refused as
+            # outside the declared partitions: a pipeline that could ingest nothing
+            if self.kind == "weekly":
+                first = self.start + timedelta(days=(6 - self.start.weekday()) % 7)  # the first Sunday
+                ends = first + timedelta(weeks=1)
+            else:
+                first = self.start if self.start.day == 1 else _next_month(self.start)
+                ends = _next_month(first)
+            if ends > self.end:
+                raise ValueError(
+                    f"no whole {self.kind} partition between start and end: the first, {first}, ends {ends} (end is exclusive)"
+                )
         return self
+
+
+def _next_month(day: date) -> date:
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
 
 
 class SchemaSpec(_Strict):

@@ -118,6 +118,26 @@ def test_a_period_running_past_the_declared_end_is_no_partition_as_in_dagster():
         assert past not in keys and "outside the declared partitions" in partition_problem(decl, past, now)
 
 
+def test_a_declared_range_without_a_whole_week_or_month_is_refused():
+    """Dagster listed the first week or month though it ran past `end`, and every file of it was refused as outside."""
+    from mlops_assets.core.declaration import DeclarationError
+
+    for kind, start, end, first in (
+        ("weekly", "2024-03-01", "2024-03-05", "2024-03-03"),
+        ("monthly", "2024-03-15", "2024-04-10", "2024-04-01"),
+    ):
+        with pytest.raises(DeclarationError, match=f"no whole {kind} partition between start and end: the first, {first}, ends"):
+            derive_declaration(telemetry(kind), "t", partitioning={"start": start, "end": end})
+    for kind, start, end in (
+        ("weekly", "2024-03-01", "2024-03-10"),
+        ("monthly", "2024-03-15", "2024-05-01"),
+        ("monthly", "2024-12-01", "2025-01-01"),
+    ):
+        decl = derive_declaration(telemetry(kind), "t", partitioning={"start": start, "end": end})
+        (key,) = partitions_def(decl).get_partition_keys()
+        assert partition_problem(decl, key, datetime(2030, 1, 1)) is None
+
+
 def test_a_row_is_misplaced_only_when_its_date_parts_make_a_real_date_of_another_partition():
     from mlops_assets.core.declaration import PACKAGED_PIPELINES
     from mlops_assets.core.partitions import misplaced_in_files
