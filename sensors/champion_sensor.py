@@ -20,6 +20,7 @@ from mlops_assets.core.names import (
 )
 from resources.registered_models import no_registry_yet, resolve_alias
 from resources.serving import ServingResource
+from sensors.cursors import read_cursor
 
 ROLLOUT_RETRIES = 3
 
@@ -63,10 +64,13 @@ def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition
         now = {"champion": resolve_alias(uri, decl.name, CHAMPION), "challenger": resolve_alias(uri, decl.name, CHALLENGER)}
         if now["champion"] is None:
             return dg.SkipReason(f"model {decl.name} has no champion yet")
-        before = json.loads(context.cursor) if context.cursor else {"moves": 0}
+        before = read_cursor(context)
         if before.get("champion") == now["champion"] and before.get("challenger") == now["challenger"]:
             return _retry_failed_rollout(context, decl, before) or dg.SkipReason(f"aliases unchanged (champion v{now['champion']})")
-        moves = int(before.get("moves", 0)) + 1
+        # counted on from the rollouts already asked for too: a cursor started over would ask again under the
+        # run key of the first move, which Dagster drops as launched (the new champion would never be rolled out)
+        asked = context.instance.get_runs_count(filters=dg.RunsFilter(job_name=deploy_job_name(decl)))
+        moves = max(int(before.get("moves", 0)), asked) + 1
         context.update_cursor(json.dumps({**now, "moves": moves}))
         return dg.RunRequest(
             run_key=f"{decl.name}-aliases-{moves}",

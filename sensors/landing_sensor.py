@@ -39,6 +39,7 @@ from mlops_assets.core.names import (
 )
 from mlops_assets.core.partitions import partition_problem, runs_of, shift
 from resources.landing_zone import LandingZoneResource, reference_signature
+from sensors.cursors import read_cursor
 from sensors.run_attempts import follow_up, next_attempt, with_attempt
 
 # define_asset_job returns an unresolved job definition that dagster does not export by name
@@ -137,7 +138,7 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
         description=f"Starts ingestion of each new or replaced file in the {decl.name} landing zone.",
     )
     def landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
-        cursor = json.loads(context.cursor) if context.cursor else {}
+        cursor = read_cursor(context)
         seen: dict[str, str] = cursor.get("files", {})
         if reference_job is not None:
             wanted = reference_signature(decl, landing)

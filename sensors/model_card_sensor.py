@@ -16,6 +16,7 @@ from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.pipeline_tables import drift_reports
 from resources.registered_models import no_registry_yet
+from sensors.cursors import read_cursor
 from sensors.run_attempts import follow_up, with_attempt
 
 
@@ -49,7 +50,7 @@ def build_model_card_sensor(decl: PipelineDeclaration, job, versions: dg.Dynamic
         registered = [mv for mv in mlflow.client().search_model_versions(f"name='{decl.name}'") if mv.tags.get(GATES_TAG)]
         if not registered:
             return dg.SkipReason(f"no {decl.name} version has been through its gates yet")
-        before = json.loads(context.cursor) if context.cursor else {}
+        before = read_cursor(context)
         asked = before.pop(ASKED, {})  # card runs asked for, until they succeed: a failed one is asked for again
         audit, drift = history(delta, decl.name), drift_reports(delta, decl.name)
         now = {str(mv.version): story(mv, audit, drift) for mv in registered}

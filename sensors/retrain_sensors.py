@@ -39,6 +39,7 @@ from resources import pipeline_tables, registered_models
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.pipeline_tables import new_log_rows, settled_through_us
+from sensors.cursors import read_cursor
 from sensors.run_attempts import FollowUp, follow_up, next_attempt, with_attempt
 
 IN_FLIGHT = [
@@ -99,22 +100,6 @@ def gates_decided(instance: dg.DagsterInstance, decl: PipelineDeclaration):
     return decided
 
 
-def _read_cursor(context: dg.SensorEvaluationContext) -> dict:
-    """The sensor's cursor, or a fresh one where it is unreadable (not a JSON object: set by hand, or another
-    version's): said in the log, not a failed tick on every evaluation. Starting over asks again only for what
-    Dagster has not launched under the same run key."""
-    if not context.cursor:
-        return {}
-    try:
-        value = json.loads(context.cursor)
-    except ValueError:
-        value = None
-    if isinstance(value, dict):
-        return value
-    context.log.warning(f"unreadable sensor cursor {context.cursor[:200]!r}: starting over")
-    return {}
-
-
 def _retrain_request(train_job: str, run_key: str, trigger: str, reason: str) -> dg.RunRequest:
     return dg.RunRequest(run_key=run_key, job_name=train_job, tags={TRIGGER_TAG: trigger, REASON_TAG: reason[:1000]})
 
@@ -152,7 +137,7 @@ def build_new_data_sensor(decl: PipelineDeclaration, train_job: str) -> dg.Senso
         "since the champion's training window ended, or when rows the champion trained on were erased (`mlops erase`).",
     )
     def new_data_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
-        cursor = _read_cursor(context)
+        cursor = read_cursor(context)
         champ, unplanned = _champion(decl, mlflow)
         if unplanned:
             return dg.SkipReason(unplanned)
@@ -211,7 +196,7 @@ def build_drift_sensor(decl: PipelineDeclaration, train_job: str) -> dg.SensorDe
         f"(share >= {decl.drift.share_threshold} or a key column: {', '.join(decl.drift.key_columns) or 'none'}).",
     )
     def drift_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
-        cursor = _read_cursor(context)
+        cursor = read_cursor(context)
         champ, unplanned = _champion(decl, mlflow)
         if unplanned:
             return dg.SkipReason(unplanned)
@@ -279,7 +264,7 @@ def build_monitor_sensor(decl: PipelineDeclaration, monitor_job: str, train_job:
         if champ is None:
             return dg.SkipReason("no champion yet")
         version = str(champ.version)
-        cursor = _read_cursor(context)
+        cursor = read_cursor(context)
         done = set(cursor.get(version, []))  # days asked for against this champion
         # the runs asked for against this champion, until they succeed: a failed one is asked for again
         asked = cursor.get("asked", {}) if cursor.get("asked_for") == version else {}

@@ -105,3 +105,29 @@ def test_a_failed_rollout_is_requested_again_a_bounded_number_of_times(tmp_path)
         run_and_fail(request)
         assert "unchanged" in tick().skip_message, "retries are bounded"
         assert len(set(keys)) == ROLLOUT_RETRIES + 1
+
+
+def test_an_unreadable_cursor_starts_over_and_still_rolls_the_next_move_out(tmp_path):
+    """A cursor set by hand failed every tick; started over, the next move's run key must not be one Dagster
+    already launched (it drops such a request: the new champion would never be rolled out)."""
+    from mlflow import MlflowClient
+
+    decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    (tmp_path / "mlflow").mkdir()
+    resource = ServingResource(tracking_uri=uri)
+    defs = dg.Definitions.merge(build_serving_definitions(decl), dg.Definitions(resources={"serving": resource}))
+    sensor, job = defs.resolve_sensor_def("flights_champion_sensor"), defs.resolve_job_def("flights_deploy")
+    client = MlflowClient(uri, uri)
+    v1, v2 = _register(uri, tmp_path, "flights"), _register(uri, tmp_path, "flights")
+    client.set_registered_model_alias("flights", "champion", str(v1))
+
+    with dg.instance_for_test() as instance:
+        tick = Ticker(sensor, instance, resource)
+        (first,) = tick().run_requests
+        instance.create_run_for_job(job_def=job, tags={**first.tags, "dagster/run_key": first.run_key})  # launched
+        tick.cursor = "not json"  # before: JSONDecodeError on every tick
+        client.set_registered_model_alias("flights", "champion", str(v2))
+        (moved,) = tick().run_requests
+        assert moved.tags["mlops/champion_version"] == str(v2) and moved.run_key != first.run_key
+        assert json.loads(tick.cursor)["champion"] == v2

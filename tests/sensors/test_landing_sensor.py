@@ -116,6 +116,17 @@ def test_new_files_request_exactly_their_partitions_once(ready: Platform):
     assert partitions_of(third) == ["2013-01-04"] and third.run_requests[0].partition_key == "2013-01-04"  # a late file runs alone
 
 
+def test_an_unreadable_cursor_starts_over_instead_of_stopping_ingestion(ready: Platform):
+    """A cursor set by hand failed every tick, and with it all ingestion of the pipeline; started over, the sensor
+    asks again under the run keys Dagster already knows (it launches none twice)."""
+    land_days(ready.declarations["flights"], ready.landing, date(2013, 1, 1), 2)
+    fresh = evaluate(ready)
+    for cursor in ("not json", "[1, 2]"):
+        again = evaluate(ready, cursor)
+        assert [r.run_key for r in again.run_requests] == [r.run_key for r in fresh.run_requests], cursor
+        assert set(json.loads(again.cursor)["files"]) == {"flights_2013-01-01.parquet", "flights_2013-01-02.parquet"}
+
+
 def test_a_burst_with_gaps_becomes_one_run_per_contiguous_range(ready: Platform):
     decl = ready.declarations["flights"]
     land_days(decl, ready.landing, date(2013, 1, 1), 3)
