@@ -92,12 +92,15 @@ class RequestSchema:
     ignored: frozenset[str]  # declared columns a client may send but the model does not read
     max_batch_rows: int
     outputs: tuple[str, ...] = ("predictions",)  # the V2 outputs, by the pipeline's task
+    date_parts: tuple[str, str, str] | None = None  # a [year, month, day] time column among the inputs: they must make a date
 
     @classmethod
     def of(cls, decl: PipelineDeclaration, input_columns: list[str]) -> "RequestSchema":
         cols = {c: decl.table_schema.columns[c] for c in input_columns}
         ignored = frozenset(decl.table_schema.columns) - set(cols)
-        return cls(decl.name, cols, ignored, decl.serving.max_batch_rows, output_names(decl.target.task))
+        time = decl.partitioning.time_column
+        parts = (time[0], time[1], time[2]) if isinstance(time, list) and all(c in cols for c in time) else None
+        return cls(decl.name, cols, ignored, decl.serving.max_batch_rows, output_names(decl.target.task), parts)
 
     def spec(self) -> SchemaSpec:
         return SchemaSpec(columns=self.columns, unique=[], extra_columns="fail")
@@ -586,16 +589,45 @@ def typed_request(records: list[dict] | Columns, schema: RequestSchema) -> Check
     other requests answered alongside them (`request_frame`)."""
     _check_size(len(records), schema)
     rows = checked_rows(records, schema)
-    return rows if rows is not None else typed_frame(records, schema)
+    if rows is None:
+        return typed_frame(records, schema)
+    _check_dates(rows, schema)
+    return rows
 
 
 def typed_frame(records: list[dict] | Columns, schema: RequestSchema) -> pl.DataFrame:
     """Validated records (or V2 columns) as a frame of the declared types, or RequestError naming field and record."""
     _check_size(len(records), schema)
     fast = fast_typed_frame(records, schema)
-    if fast is not None:
-        return fast
-    return checked_frame(records.records() if isinstance(records, Columns) else records, schema)
+    frame = fast if fast is not None else checked_frame(records.records() if isinstance(records, Columns) else records, schema)
+    _check_dates(frame, schema)
+    return frame
+
+
+def _check_dates(typed: CheckedRows | pl.DataFrame, schema: RequestSchema) -> None:
+    """RequestError (422) for a record whose [year, month, day] time column makes no date (2013-02-31): each part
+    passes its own declared range, ingestion quarantines such a row, and featurizing it failed (a 500)."""
+    if schema.date_parts is None:
+        return
+    year, month, day = schema.date_parts
+    if isinstance(typed, CheckedRows):
+        at = [list(schema.columns).index(c) for c in schema.date_parts]
+        rows = [(i, *(row[j] for j in at)) for i, row in enumerate(typed.rows)]
+        parts = [(i, y, m, d) for i, y, m, d in rows if None not in (y, m, d) and d > 28]
+    else:  # only a day past the 28th may not exist: those rows, read as dates the way ingestion reads them
+        text = [pl.col(c).cast(pl.String).str.zfill(w) for c, w in ((year, 4), (month, 2), (day, 2))]
+        when = pl.format("{}-{}-{}", *text).str.to_date("%Y-%m-%d", strict=False)
+        later = (
+            typed.with_row_index("_row")
+            .filter(pl.col(day) > 28)
+            .filter(when.is_null() & pl.col(year).is_not_null() & pl.col(month).is_not_null())
+        )
+        parts = later.select("_row", year, month, day).head(1).rows()
+    for i, y, m, d in parts:
+        try:
+            datetime(y, m, d)
+        except ValueError:
+            raise RequestError(f"record {i}: {year}/{month}/{day} {y}-{m:02d}-{d:02d} is no date", status=422, field=day) from None
 
 
 def request_frame(requests: list[CheckedRows | pl.DataFrame], schema: RequestSchema) -> pl.DataFrame:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mlops_assets.core.feature_contract import load_feature_module
-from serving.requests import RequestError, RequestSchema, decode_v1, decode_v2
+from serving.requests import RequestError, RequestSchema, decode_v1, decode_v2, typed_frame, typed_request
 from tests.support.models import flights_variant
 from tests.support.serving import request_records
 
@@ -40,3 +40,18 @@ def test_a_body_id_that_is_no_string_is_refused():
         with pytest.raises(RequestError) as err:
             decode(json.dumps({**body, key: 5}).encode(), {}, SCHEMA)
         assert err.value.status == 400 and err.value.message == f"{key} must be a string, got int" and err.value.field == key
+
+
+@pytest.mark.parametrize("n", [1, 3, 40])  # a lone record (checked in Python), a few, and a frame
+def test_a_record_whose_year_month_day_make_no_date_is_a_422(n):
+    """2013-02-31 passes each part's declared range; featurizing it failed in the replica, a 500 for the client's
+    mistake (and a failure a rollout's error-rate guard counted against the version). Ingestion quarantines it."""
+    records = request_records(n)
+    assert len(typed_request([{**r, "month": 1, "day": 31} for r in records], SCHEMA)) == n  # a day that exists
+    assert len(typed_frame([{**records[0], "year": 2012, "month": 2, "day": 29}], SCHEMA)) == 1  # a leap day
+    bad = records[:-1] + [{**records[-1], "month": 2, "day": 31}]
+    for typed in (typed_request, typed_frame):
+        with pytest.raises(RequestError) as err:
+            typed(bad, SCHEMA)
+        assert err.value.status == 422 and err.value.field == "day"
+        assert err.value.message == f"record {n - 1}: year/month/day 2013-02-31 is no date"
