@@ -18,6 +18,7 @@ import dagster as dg
 
 from mlops_assets.core.declaration import PipelineDeclaration, RolloutSpec
 from mlops_assets.core.names import (
+    CHALLENGER,
     PRIORITY,
     PRIORITY_TAG,
     REASON_TAG,
@@ -31,6 +32,8 @@ from mlops_assets.core.names import (
 from resources import rollouts
 from resources.audit_log import history
 from resources.delta_lake import DeltaLakeResource
+from resources.mlflow_registry import MlflowRegistryResource
+from resources.registered_models import no_registry_yet, resolve_alias
 from sensors.run_attempts import WILL_RETRY_TAG, next_attempt, with_attempt
 
 UNFINISHED = [
@@ -49,13 +52,17 @@ def build_rollout_sensor(decl: PipelineDeclaration, spec: RolloutSpec, job) -> d
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Walks a new {decl.name} version through its rollout steps on live signals; rolls it back on a breach.",
     )
-    def rollout_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource):
+    def rollout_sensor(context: dg.SensorEvaluationContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         state = rollouts.current(history(delta, decl.name))
         if state is None:
             return dg.SkipReason(f"no rollout of {decl.name} in progress")
-        signals = rollouts.read_signals(delta, state, spec.guards, decl.target.task, decl.target.column)
-        verdict = rollouts.decide(state, signals, spec)
         job_name = rollout_job_name(decl)
+        moved = _challenger_moved(mlflow, decl.name, state)
+        if moved is not None:
+            verdict = rollouts.Verdict("abort", moved)
+        else:
+            signals = rollouts.read_signals(delta, state, spec.guards, decl.target.task, decl.target.column)
+            verdict = rollouts.decide(state, signals, spec)
         if verdict.action == "wait" and not _unapplied(context.instance, job_name, state, rollout_key(decl)):
             return dg.SkipReason(verdict.reason)
         pending = context.instance.get_run_records(filters=dg.RunsFilter(job_name=job_name, statuses=UNFINISHED), limit=1)
@@ -86,6 +93,18 @@ def build_rollout_sensor(decl: PipelineDeclaration, spec: RolloutSpec, job) -> d
 
 
 APPLY = "apply"  # a run that puts the audit log's current share on Serve
+
+
+def _challenger_moved(mlflow: MlflowRegistryResource, pipeline: str, state: rollouts.Rollout) -> str | None:
+    """Why the rollout must end now: the `challenger` alias no longer names its version (removed or moved by hand
+    in MLflow), so Serve, which follows the alias, gives it no traffic; None while it does (or no registry yet)."""
+    uri = mlflow.resolved_tracking_uri()
+    if no_registry_yet(uri):
+        return None
+    held = resolve_alias(uri, pipeline, CHALLENGER)
+    if held == state.version:
+        return None
+    return f"the challenger alias names {f'v{held}' if held is not None else 'no version'}, not v{state.version}: the rollout ends"
 
 
 def _unapplied(instance: dg.DagsterInstance, job_name: str, state: rollouts.Rollout, asset: dg.AssetKey) -> bool:

@@ -65,6 +65,20 @@ def judge(
         state = rollouts.current(history(delta, decl.name))
         if state is None:
             return None, rollouts.Verdict("none", "no rollout in progress"), {"verdict": "none"}
+        held = alias_version(client, decl.name, CHALLENGER)
+        if held is None or int(held.version) != state.version:
+            # moved outside the platform (the MLflow UI): Serve follows the alias, so the rollout has no traffic left,
+            # and while it stayed open it waited forever and refused every manual traffic change
+            why = (
+                f"the challenger alias names {f'v{held.version}' if held else 'no version'}, not v{state.version}: set outside the rollout"
+            )
+            record(
+                delta,
+                decl.name,
+                AuditEvent("rollout_abort", state.version, actor=actor, reason=why, alias=CHALLENGER, dagster_run_id=run_id),
+            )
+            client.set_model_version_tag(decl.name, str(state.version), STATUS_TAG, "aborted")
+            return state, rollouts.Verdict("abort", why), {"model_version": state.version, "verdict": "abort", "reason": why}
         signals = rollouts.read_signals(delta, state, spec.guards, decl.target.task, decl.target.column)
         verdict = rollouts.decide(state, signals, spec)
         metadata = _metadata(state, signals, verdict)

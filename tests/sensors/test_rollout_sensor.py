@@ -90,3 +90,40 @@ def test_a_step_recorded_by_a_failed_run_is_applied_again_a_bounded_number_of_ti
         record(delta, "flights", AuditEvent("rollout_abort", 2, actor="t", reason="t", alias="challenger"))
         assert rollouts.current(history(delta, "flights")) is None
         assert "no rollout" in tick().skip_message
+
+
+def test_a_rollout_whose_challenger_alias_was_moved_by_hand_is_aborted(tmp_path, empty_mlflow_store):
+    """The alias removed in the MLflow UI: Serve, following it, gave the version no traffic, yet the rollout stayed open
+    for ever (waiting for requests, `mlops status` showing its share, manual traffic refused). Now a run ends it."""
+    import shutil
+
+    base = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
+    spec = RolloutSpec(steps=list(STEPS), bake_minutes=60, min_requests=10_000, check_seconds=1)
+    decl = base.model_copy(update={"promotion": PromotionSpec(policy="auto", rollout=spec)})
+    shutil.copy(empty_mlflow_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = MlflowRegistryResource(tracking_uri=uri)
+    client = registry.client()
+    client.create_registered_model("flights")
+    for _ in range(2):
+        client.create_model_version("flights", source=str(tmp_path))
+    client.set_registered_model_alias("flights", "challenger", "2")
+    delta = DeltaLakeResource(root=str(tmp_path / "delta"))
+    resources = {"delta": delta, "mlflow": registry, "serving": ServingResource(tracking_uri=uri)}
+    defs = dg.Definitions.merge(build_serving_definitions(decl), dg.Definitions(resources=resources))
+    sensor, job = defs.resolve_sensor_def("flights_rollout_sensor"), defs.resolve_job_def("flights_rollout")
+    _recorded(delta, "rollout_start", 0)
+    with dg.instance_for_test() as instance:
+
+        def tick():
+            return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources))
+
+        assert "step 1/3" in tick().skip_message  # baking
+        client.delete_registered_model_alias("flights", "challenger")
+        (request,) = tick().run_requests
+        assert request.tags[ROLLOUT_ACTION_TAG] == "abort" and "names no version, not v2" in request.tags[REASON_TAG]
+        assert job.execute_in_process(instance=instance, tags=request.tags).success
+        last = history(delta, "flights").row(-1, named=True)
+        assert last["action"] == "rollout_abort" and last["model_version"] == 2
+        assert client.get_model_version("flights", "2").tags["mlops.status"] == "aborted"
+        assert rollouts.current(history(delta, "flights")) is None and "no rollout" in tick().skip_message
