@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -280,7 +281,7 @@ def test_shadow_mirrors_are_bounded_and_the_overflow_counted(server, serving_reg
     class StuckChallenger:  # the unit's edge: a challenger replica that never answers
         class infer:
             @staticmethod
-            async def remote(*args):
+            async def remote(*args, **kwargs):
                 await asyncio.Event().wait()
 
     server.infer = unbatched
@@ -357,3 +358,34 @@ def test_a_refused_or_failed_load_changes_nothing_and_a_withdrawn_version_frees_
         assert s.loaded is None and os.listdir(s.cache_dir) == []
     finally:
         s.close()
+
+
+def test_a_canarys_logged_latency_leaves_out_the_hop_from_the_ingress(server, serving_registry, monkeypatch):
+    """A rollout's p99 guard compares the canary's logged latency with the champion's. The canary's included the hop
+    from the champion's replica to the challenger's (p50 5-8 ms against 1 ms by hand), which the version does not pay
+    once it is champion: healthy versions were rolled back under the default ratio of 2."""
+    server.reconfigure({"model_version": serving_registry.champion, "canary_share": 1.0})
+    hop_s = 0.5
+
+    async def unbatched(item):  # @serve.batch needs a Serve replica
+        (answer,) = server.predict_many([item])
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    class SlowHop:  # the challenger's handle: the request arrives hop_s after it was handed over
+        class infer:
+            @staticmethod
+            async def remote(*args, **kwargs):
+                await asyncio.sleep(hop_s)
+                return await server.infer(*args, **kwargs)
+
+    answered = []
+    monkeypatch.setattr(server, "_batched", unbatched)
+    monkeypatch.setattr(server.logger, "log_answered", answered.append)
+    server._peers[CHALLENGER_DEPLOYMENT] = SlowHop()
+    answer = asyncio.run(server.route(request_records(1), "r", time.time()))
+    assert answer["role"] == "canary"
+    (batch,) = answered
+    (request,) = batch.requests
+    assert request[1] == "canary" and batch.answered_at - request[3] < hop_s / 2
