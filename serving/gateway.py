@@ -3,7 +3,7 @@
 One FastAPI ingress for every declared pipeline forwards to that pipeline's
 Serve application (its champion, which routes). It owns what is about HTTP: body and batch
 limits, JSON parsing, the bearer token for predictions, the admin token, error
-codes, request ids, and the OpenAPI document (`/openapi.json`, `/docs`).
+codes, request ids, and the OpenAPI document (`/openapi.json`, `/docs`, `/redoc`).
 Every answer names the model version that made it (body and `X-Model-Version`).
 """
 
@@ -12,8 +12,9 @@ import logging
 import os
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError
@@ -50,7 +51,9 @@ from serving.requests import (
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "mlops-serving"
-api = FastAPI(
+# `/docs` and `/redoc` with their scripts served from here (fastapi-offline): FastAPI's own pages load Swagger UI
+# from a CDN, a blank page on a cluster or laptop without the internet
+api = FastAPIOffline(
     title="MLOps model serving",
     description="Open Inference Protocol (KServe V2) and TF-Serving style V1 REST for every declared pipeline. "
     "V2 infer takes one input tensor per raw input column; V1 predict takes raw records as `instances`.",

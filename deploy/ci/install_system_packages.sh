@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CI: Debian packages some tests use: PostgreSQL's server (tests/deploy/test_deploy.py starts a real
-# cluster) and wrk (the load generator of `mlops bench serving`, tests/cli/test_bench_serving.py).
+# cluster), wrk (the load generator of `mlops bench serving`, tests/cli/test_bench_serving.py) and
+# chromium (a real browser renders the gateway's /docs, tests/serving/test_serving.py).
 # Idempotent; never fails the build: where it cannot install, those tests skip with a reason.
 set -uo pipefail
 
@@ -11,6 +12,7 @@ else
   PACKAGES+=(postgresql)
 fi
 command -v wrk >/dev/null && echo "install_system_packages: wrk already present" || PACKAGES+=(wrk)
+command -v chromium >/dev/null && echo "install_system_packages: chromium already present" || PACKAGES+=(chromium)
 if [ ${#PACKAGES[@]} -eq 0 ]; then
   exit 0
 fi

@@ -1,13 +1,16 @@
 """Serving on a real local Ray Serve: HTTP protocols, parity, errors, canary, shadow, prediction log, swaps.
 
 One Ray instance and one deployed flights application for the whole module
-(see tests/serving_fixtures.py); requests are real HTTP on loopback.
+(tests/support/serving.py); requests are real HTTP on loopback.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -122,6 +125,24 @@ def test_v2_protocol_endpoints_and_infer(served, serving_registry):
 
     spec = HTTP.get(f"{base}/openapi.json", timeout=10).json()
     assert {"/v2/models/{name}/infer", "/v1/models/{name}:predict", "/v2/health/ready"} <= set(spec["paths"])
+
+
+def test_the_api_docs_render_in_a_browser_from_the_gateway_alone(served):
+    """`/docs` (the demo prints it) is Swagger UI whose scripts the gateway serves itself: FastAPI's own page loads
+    them from a CDN, a blank page without the internet (as here). A real browser renders the operations."""
+    base = served.base_url
+    for page in ("/docs", "/redoc"):
+        html = HTTP.get(base + page, timeout=10).text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and all(a.startswith("/") for a in assets), assets  # nothing from another host
+        assert all(HTTP.get(base + a, timeout=10).status_code == 200 for a in assets)
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no chromium to render /docs (deploy/ci/install_system_packages.sh installs it)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=20000"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", base + "/docs"], capture_output=True, text=True, timeout=120).stdout
+    rendered = set(re.findall(r'data-path="([^"]+)"', dom))  # one per operation Swagger UI drew from /openapi.json
+    assert {"/v2/models/{name}/infer", "/v1/models/{name}:predict", "/v2/health/ready"} <= rendered, dom[:2000]
 
 
 def test_v2_version_pinned_endpoints(served, serving_registry):
