@@ -28,6 +28,16 @@ def _register(uri: str, tmp_path, name: str) -> int:
     return int(info.registered_model_version)
 
 
+def _deployment(tmp_path) -> tuple:
+    """A fresh MLflow store's URI, the serving resource on it, the champion sensor and the rollout job."""
+    decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    (tmp_path / "mlflow").mkdir()
+    resource = ServingResource(tracking_uri=uri)
+    defs = dg.Definitions.merge(build_serving_definitions(decl), dg.Definitions(resources={"serving": resource}))
+    return uri, resource, defs.resolve_sensor_def("flights_champion_sensor"), defs.resolve_job_def("flights_deploy")
+
+
 class Ticker:
     """Evaluates the sensor against a real instance, carrying its cursor from tick to tick."""
 
@@ -78,12 +88,7 @@ def test_a_failed_rollout_is_requested_again_a_bounded_number_of_times(tmp_path)
 
     from sensors.champion_sensor import ROLLOUT_RETRIES
 
-    decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
-    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-    (tmp_path / "mlflow").mkdir()
-    resource = ServingResource(tracking_uri=uri)
-    defs = dg.Definitions.merge(build_serving_definitions(decl), dg.Definitions(resources={"serving": resource}))
-    sensor, job = defs.resolve_sensor_def("flights_champion_sensor"), defs.resolve_job_def("flights_deploy")
+    uri, resource, sensor, job = _deployment(tmp_path)
     MlflowClient(uri, uri).set_registered_model_alias("flights", "champion", str(_register(uri, tmp_path, "flights")))
 
     with dg.instance_for_test() as instance:
@@ -112,12 +117,7 @@ def test_an_unreadable_cursor_starts_over_and_still_rolls_the_next_move_out(tmp_
     already launched (it drops such a request: the new champion would never be rolled out)."""
     from mlflow import MlflowClient
 
-    decl = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
-    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-    (tmp_path / "mlflow").mkdir()
-    resource = ServingResource(tracking_uri=uri)
-    defs = dg.Definitions.merge(build_serving_definitions(decl), dg.Definitions(resources={"serving": resource}))
-    sensor, job = defs.resolve_sensor_def("flights_champion_sensor"), defs.resolve_job_def("flights_deploy")
+    uri, resource, sensor, job = _deployment(tmp_path)
     client = MlflowClient(uri, uri)
     v1, v2 = _register(uri, tmp_path, "flights"), _register(uri, tmp_path, "flights")
     client.set_registered_model_alias("flights", "champion", str(v1))
