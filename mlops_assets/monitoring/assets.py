@@ -68,7 +68,15 @@ def html_report(
 
     reference = drift_metrics.reference_window(delta, champ)
     path = MlopsHome.from_env().reports / decl.name / f"{name}.html"
-    evidently_drift(reference, current, champ.numerical, champ.categorical, html_path=path, sample_rows=decl.drift.report_sample_rows)
+    evidently_drift(
+        reference,
+        current,
+        champ.numerical,
+        champ.categorical,
+        html_path=path,
+        sample_rows=decl.drift.report_sample_rows,
+        drift_share=decl.drift.share_threshold,  # the headline Evidently prints: the platform's threshold, not its 0.5
+    )
     return str(path)
 
 

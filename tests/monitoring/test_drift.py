@@ -101,3 +101,21 @@ def test_a_column_with_no_finite_current_value_is_drifted_not_skipped_or_a_crash
     # a feature mostly missing in training already (wind gusts, absent on whole days) is skipped, as Evidently does
     gusts = ref.with_columns(pl.when(pl.int_range(pl.len()) % 5 == 0).then(pl.col("temp")).alias("temp"))
     assert detect(profile(gusts, ["temp", "flag"], []), current).drifted() == ["flag"]
+
+
+def test_html_report_headline_uses_the_declared_share_threshold(monkeypatch):
+    """The report a person opens said 'Dataset drift detection threshold is 0.5' (Evidently's default) while the
+    platform alerts, and retrains, at the declaration's `drift.share_threshold` (0.3 in the demo): a share of 0.4
+    read 'not detected' on the page beside a drift alert."""
+    from types import SimpleNamespace
+
+    from mlops_assets.monitoring import assets as monitoring_assets
+    from tests.support.models import flights_variant
+
+    decl = flights_variant(drift={"share_threshold": 0.3, "report_sample_rows": 500})
+    monkeypatch.setattr(monitoring_assets.drift_metrics, "reference_window", lambda delta, champ: synthetic(600, 1, {}))
+    champ = SimpleNamespace(numerical=NUMERICAL, categorical=CATEGORICAL)
+    path = monitoring_assets.html_report(decl, None, champ, synthetic(600, 2, {"normal": 0.8}), "threshold_check")
+    page = open(path).read()
+    assert "Dataset drift detection threshold is 0.3" in page
+    assert "threshold is 0.5" not in page
