@@ -91,6 +91,10 @@ class MlflowRegistryResource(ConfigurableResource):
     def model_url(self, name: str, version: str) -> str:
         return f"{self.ui_url.rstrip('/')}/#/models/{name}/versions/{version}"
 
+    def artifact_url(self, experiment_id: str, run_id: str, path: str) -> str:
+        """A run's artifact in the MLflow UI, which renders an HTML file in place (and offline)."""
+        return f"{self.run_url(experiment_id, run_id)}/artifacts/{path}"
+
     def _sqlite_path(self) -> Path | None:
         uri = self.resolved_tracking_uri()
         return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None

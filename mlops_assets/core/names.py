@@ -55,6 +55,7 @@ CLASSES_TAG = "mlops.classes"  # classifiers' labels, in the model's order (JSON
 SERVING_TAGS = (TASK_TAG, FEATURE_COLUMNS_TAG, CLASSES_TAG)
 
 GATES_ARTIFACT = "gates/evaluation.json"  # on the version's MLflow run: every gate's full comparison
+DRIFT_REPORTS_ARTIFACT = "drift_reports"  # on the version's MLflow run: the Evidently reports against its window
 
 # --- Dagster: resource keys, check names, metadata keys -----------------------------------------
 MLFLOW_RESOURCE = "mlflow"

@@ -9,6 +9,7 @@
   the live metric per model version and day.
 """
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -19,6 +20,7 @@ from mlops_assets.core.home import MlopsHome
 from mlops_assets.core.metrics import live_metrics
 from mlops_assets.core.names import (
     BATCH_SCORES,
+    DRIFT_REPORTS_ARTIFACT,
     FEATURES,
     LIVE_PERFORMANCE,
     PARTITION_COLUMN,
@@ -37,6 +39,7 @@ from mlops_assets.monitoring.drift_report import evidently_drift
 from resources import audit_log, registered_models, rollouts
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
+from resources.registered_models import get_version
 
 
 def _require_champion(decl: PipelineDeclaration, mlflow: MlflowRegistryResource) -> registered_models.Champion:
@@ -59,12 +62,26 @@ def _features(delta: DeltaLakeResource, decl: PipelineDeclaration, partition: st
     return frame
 
 
+@dataclass(frozen=True)
+class HtmlReport:
+    path: str  # under $MLOPS_HOME/reports, on the machine that ran the step
+    url: str  # the copy logged on the model version's MLflow run, in the MLflow UI
+
+
 def html_report(
-    decl: PipelineDeclaration, delta: DeltaLakeResource, champ: registered_models.Champion, current: pl.DataFrame, name: str
-) -> str:
-    """Render Evidently's report on bounded samples; returns the file path ('' when switched off)."""
+    decl: PipelineDeclaration,
+    delta: DeltaLakeResource,
+    mlflow: MlflowRegistryResource,
+    champ: registered_models.Champion,
+    current: pl.DataFrame,
+    name: str,
+) -> HtmlReport | None:
+    """Render Evidently's report on bounded samples and log it on the version's MLflow run (None when switched off).
+
+    A browser opens no file:// link from the Dagster UI's page ("Not allowed to load local resource"), and on a
+    cluster the file is on the run's pod: the link a person follows is the MLflow UI's page of the logged copy."""
     if not decl.drift.html_report:
-        return ""
+        return None
 
     reference = drift_metrics.reference_window(delta, champ)
     path = MlopsHome.from_env().reports / decl.name / f"{name}.html"
@@ -77,7 +94,12 @@ def html_report(
         sample_rows=decl.drift.report_sample_rows,
         drift_share=decl.drift.share_threshold,  # the headline Evidently prints: the platform's threshold, not its 0.5
     )
-    return str(path)
+    client = mlflow.client()
+    run_id = get_version(client, decl.name, champ.version).run_id
+    with mlflow.writing() as writer:
+        writer.log_artifact(run_id, str(path), artifact_path=DRIFT_REPORTS_ARTIFACT)
+    url = mlflow.artifact_url(client.get_run(run_id).info.experiment_id, run_id, f"{DRIFT_REPORTS_ARTIFACT}/{path.name}")
+    return HtmlReport(str(path), url)
 
 
 def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinition) -> list:
@@ -103,7 +125,7 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
         for partition in sorted(context.partition_keys):  # one day, or a range in one run: a report per day
             current = _features(delta, decl, partition)
             result = detect(reference, current, decl.drift.share_threshold)
-            html = html_report(decl, delta, champ, current, f"feature_drift_{partition}_v{champ.version}")
+            html = html_report(decl, delta, mlflow, champ, current, f"feature_drift_{partition}_v{champ.version}")
             written = drift_metrics.record(
                 delta,
                 decl.name,
@@ -114,7 +136,7 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
                 rows=current.height,
                 key_columns=drift_metrics.checked_key_columns(decl.drift.key_columns, reference),
                 run_id=context.run.run_id,
-                html_report=html,
+                html_report=html.path if html else "",
             )
             days.append((partition, current, result, written.get_column("alert_reason")[0], html))
         if len(days) > 1:
@@ -147,8 +169,8 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
             "columns": preview(result.columns.sort("drifted", "score", descending=True), rows=result.columns.height, max_columns=5),
         }
         if html:
-            metadata["report"] = dg.MetadataValue.path(html)
-            metadata["report_url"] = dg.MetadataValue.url(f"file://{html}")
+            metadata["report"] = dg.MetadataValue.path(html.path)
+            metadata["report_url"] = dg.MetadataValue.url(html.url)
         return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset(

@@ -54,7 +54,7 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
             except drift_metrics.EmptyReference as err:
                 raise dg.Failure(str(err), allow_retries=False) from None
             result = detect(reference, served, decl.drift.share_threshold)
-            html = reports[int(version)] = html_report(decl, delta, model, served, f"serving_drift_{through}_v{version}")
+            html = reports[int(version)] = html_report(decl, delta, mlflow, model, served, f"serving_drift_{through}_v{version}")
             written = drift_metrics.record(
                 delta,
                 decl.name,
@@ -65,7 +65,7 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
                 rows=served.height,
                 key_columns=drift_metrics.checked_key_columns(decl.drift.key_columns, reference),
                 run_id=context.run.run_id,
-                html_report=html,
+                html_report=html.path if html else "",
             )
             reason = written.get_column("alert_reason")[0]
             if reason:
@@ -89,7 +89,8 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
         }
         for version, html in reports.items():  # one Evidently report per version that answered, against its own window
             if html:
-                metadata[f"report_v{version}"] = dg.MetadataValue.path(html)
+                metadata[f"report_v{version}"] = dg.MetadataValue.path(html.path)
+                metadata[f"report_url_v{version}"] = dg.MetadataValue.url(html.url)
         return dg.MaterializeResult(metadata=metadata)
 
     return serving_drift

@@ -103,19 +103,55 @@ def test_a_column_with_no_finite_current_value_is_drifted_not_skipped_or_a_crash
     assert detect(profile(gusts, ["temp", "flag"], []), current).drifted() == ["flag"]
 
 
-def test_html_report_headline_uses_the_declared_share_threshold(monkeypatch):
+@pytest.fixture
+def report_registry(tmp_path, empty_mlflow_store, monkeypatch):
+    """An MLflow store holding flights v1 on a run of its own, and the reference window html_report reads."""
+    import shutil
+    from types import SimpleNamespace
+
+    from mlops_assets.core.home import MlopsHome
+    from mlops_assets.monitoring import assets as monitoring_assets
+    from resources.mlflow_registry import MlflowRegistryResource, mlflow_resource_for
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    (tmp_path / "mlflow").mkdir()
+    shutil.copy(empty_mlflow_store, tmp_path / "mlflow" / "mlflow.db")
+    mlflow: MlflowRegistryResource = mlflow_resource_for(MlopsHome(tmp_path)).model_copy(update={"ui_url": "http://mlflow.test"})
+    with mlflow.writing() as client:
+        experiment = mlflow.experiment_id(client, "flights")
+        run = client.create_run(experiment)
+        client.create_registered_model("flights")
+        client.create_model_version("flights", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    monkeypatch.setattr(monitoring_assets.drift_metrics, "reference_window", lambda delta, champ: synthetic(600, 1, {}))
+    champ = SimpleNamespace(version=1, numerical=NUMERICAL, categorical=CATEGORICAL)
+    return SimpleNamespace(mlflow=mlflow, experiment=experiment, run_id=run.info.run_id, champ=champ, render=monitoring_assets.html_report)
+
+
+def test_html_report_headline_uses_the_declared_share_threshold(report_registry):
     """The report a person opens said 'Dataset drift detection threshold is 0.5' (Evidently's default) while the
     platform alerts, and retrains, at the declaration's `drift.share_threshold` (0.3 in the demo): a share of 0.4
     read 'not detected' on the page beside a drift alert."""
-    from types import SimpleNamespace
-
-    from mlops_assets.monitoring import assets as monitoring_assets
     from tests.support.models import flights_variant
 
+    r = report_registry
     decl = flights_variant(drift={"share_threshold": 0.3, "report_sample_rows": 500})
-    monkeypatch.setattr(monitoring_assets.drift_metrics, "reference_window", lambda delta, champ: synthetic(600, 1, {}))
-    champ = SimpleNamespace(numerical=NUMERICAL, categorical=CATEGORICAL)
-    path = monitoring_assets.html_report(decl, None, champ, synthetic(600, 2, {"normal": 0.8}), "threshold_check")
-    page = open(path).read()
+    report = r.render(decl, None, r.mlflow, r.champ, synthetic(600, 2, {"normal": 0.8}), "threshold_check")
+    page = open(report.path).read()
     assert "Dataset drift detection threshold is 0.3" in page
     assert "threshold is 0.5" not in page
+
+
+def test_html_report_link_opens_in_the_mlflow_ui(report_registry):
+    """The metadata's report_url was file:///...html: a browser refuses it from the Dagster UI's page ('Not allowed
+    to load local resource'), and on a cluster the file is on the run's pod. The report is logged on the version's
+    MLflow run and the link is that artifact's page in the MLflow UI, which renders it."""
+    from tests.support.models import flights_variant
+
+    r = report_registry
+    decl = flights_variant(drift={"share_threshold": 0.3, "report_sample_rows": 500})
+    report = r.render(decl, None, r.mlflow, r.champ, synthetic(600, 2, {}), "feature_drift_2013-01-21_v1")
+    assert report.url == (
+        f"http://mlflow.test/#/experiments/{r.experiment}/runs/{r.run_id}/artifacts/drift_reports/feature_drift_2013-01-21_v1.html"
+    )
+    logged = [a.path for a in r.mlflow.client().list_artifacts(r.run_id, "drift_reports")]
+    assert logged == ["drift_reports/feature_drift_2013-01-21_v1.html"]
