@@ -31,7 +31,7 @@ def build(decl: PipelineDeclaration) -> dg.Definitions:
         ingest_job_name(decl),
         selection=dg.AssetSelection.assets(raw_key(decl), quarantine_key(decl), features_key(decl)),
         partitions_def=partitions,
-        description="Ingest, validate and featurize one landed day.",
+        description=f"Ingest, validate and featurize landed {decl.partitioning.unit}s (one, or a range in one run).",
         # the run queue limits this tag to one run per pipeline (deploy/local, deploy/helm), so that
         # days are featurized in landing order and each sees the history before it
         tags={INGEST_TAG: decl.name, PRIORITY_TAG: PRIORITY["ingest"], **BACKLOG},

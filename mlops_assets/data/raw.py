@@ -183,7 +183,7 @@ def build_raw_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinit
             dg.AssetSpec(
                 raw_key(decl),
                 deps=[landing_key(decl)],
-                description="Every landed row, cast to the declared schema (daily Delta partition).",
+                description=f"Every landed row, cast to the declared schema, flagged `_valid` (a Delta partition per {decl.partitioning.unit}).",
                 group_name=decl.name,
                 kinds={"delta", "polars"},
             ),

@@ -167,7 +167,7 @@ def build_model_definitions(decl: PipelineDeclaration, partitions: dg.Partitions
             gates.DATA_CHECKS,
             asset=key,
             blocking=True,
-            description=f"Every day of the window passed raw validation (at most {decl.validation.max_failure_rate:.1%} quarantined).",
+            description=f"Every {decl.partitioning.unit} of the window passed raw validation (at most {decl.validation.max_failure_rate:.1%} quarantined).",
         ),
     ]
     if g.fairness is not None:

@@ -44,7 +44,7 @@ def build(decl: PipelineDeclaration) -> dg.Definitions:
         monitor_job_name(decl),
         selection=dg.AssetSelection.assets(feature_drift_key(decl), batch_scores_key(decl)),
         partitions_def=partitions,
-        description="Drift check and batch scores of featurized days, against the champion.",
+        description=f"Drift check and batch scores of featurized {decl.partitioning.unit}s, against the champion.",
         tags={PRIORITY_TAG: PRIORITY["monitor"], **BACKLOG},
     )
     train_job = train_job_name(decl)

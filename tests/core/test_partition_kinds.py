@@ -184,3 +184,23 @@ def test_history_days_counts_partitions_of_the_kind_so_an_hourly_history_may_spa
     for kind in ("weekly", "monthly"):
         with pytest.raises(DeclarationError, match=f"features.history_days \\(367\\) counts {kind} partitions: at most 366"):
             derive_declaration(telemetry(kind), "t", features={"history_days": 367})
+
+
+@pytest.mark.parametrize("kind", ["hourly", "weekly"])
+def test_what_the_dagster_ui_says_of_a_pipeline_counts_partitions_of_its_kind(kind):
+    """The raw asset said 'daily Delta partition', the ingest job 'one landed day', the monitor job 'featurized days'
+    and the data_checks gate 'Every day of the window' for an hourly or weekly pipeline too."""
+    import re
+
+    from mlops_assets.definitions import build_definitions
+
+    defs = build_definitions([telemetry(kind)])
+    repo = defs.get_repository_def()
+    every = repo.asset_graph.assets_defs  # assets and asset checks
+    said = {f"asset {'/'.join(k.path)}": d.descriptions_by_key.get(k) for d in every for k in d.keys}
+    said |= {f"check {s.name}": s.description for d in every for s in d.check_specs}
+    said |= {f"job {j.name}": j.description for j in repo.get_all_jobs()}
+    said |= {f"sensor {s.name}": s.description for s in repo.sensor_defs}
+    # a name in backticks is a column's (live_performance's `day`), not a count of partitions
+    wrong = {what: text for what, text in said.items() if text and re.search(r"\b(daily|days?)\b", re.sub(r"`[^`]*`", "", text))}
+    assert not wrong
