@@ -254,12 +254,22 @@ def _run_demo(args: argparse.Namespace, home: MlopsHome, start: date) -> int:
 
     threading.Thread(target=keep_landing, daemon=True).start()
     try:
-        return processes[0].wait()
+        return _wait_interruptibly(processes[0])
     except KeyboardInterrupt:
         return 0
     finally:
         stop.set()
         stop_local_platform(processes)
+
+
+def _wait_interruptibly(process: subprocess.Popen) -> int:
+    """`process.wait()`, polled: blocked in waitpid, the main thread never saw a Ctrl-C that the kernel handed to
+    another of the process's threads, so the demo went on until Dagster itself ended."""
+    while True:
+        try:
+            return process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _landed(decl: PipelineDeclaration, landing: LandingZoneResource, day: date) -> bool:
@@ -280,7 +290,10 @@ def start_local_platform(
     if mlflow_port is not None:
         env["MLOPS_MLFLOW_UI_URL"] = f"http://{host}:{mlflow_port}"
     bin_dir = Path(sys.executable).parent
-    server = subprocess.Popen([str(bin_dir / "dg"), "dev", "-h", host, "-p", str(port)], cwd=REPO_ROOT, env=env)
+    # every child in a session of its own: a terminal's Ctrl-C reaches only this process, which stops them in
+    # order (stop_local_platform); sent to the whole group, it also hit the runs in flight and their orphan
+    # watchers, which printed KeyboardInterrupt tracebacks and failed the runs as "interrupted unexpectedly"
+    server = subprocess.Popen([str(bin_dir / "dg"), "dev", "-h", host, "-p", str(port)], cwd=REPO_ROOT, env=env, start_new_session=True)
     processes = [server, serve_process(env, host, serve_port)]
     if mlflow_port is not None:
         home = MlopsHome(Path(env["MLOPS_HOME"]))
@@ -294,8 +307,9 @@ def start_local_platform(
 
 
 def stop_local_platform(processes: list[subprocess.Popen]) -> None:
-    """Stop what `start_local_platform` started, and only that: Dagster by SIGINT, serving and the
-    MLflow UI by SIGTERM."""
+    """Stop what `start_local_platform` started, and only that: Dagster by SIGINT (its own shutdown: webserver,
+    daemon, code server, runs), serving and the MLflow UI by SIGTERM; a process group still there a minute later
+    by SIGKILL."""
     server, serving, *others = processes
     for process, sig in ((serving, signal.SIGTERM), (server, signal.SIGINT)):
         if process.poll() is None:
@@ -307,10 +321,7 @@ def stop_local_platform(processes: list[subprocess.Popen]) -> None:
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            if process is not server:
-                os.killpg(process.pid, signal.SIGKILL)  # its own group: its Ray processes go with it
-            else:
-                process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # its own group: its Ray processes, or Dagster's, go with it
             process.wait()
 
 

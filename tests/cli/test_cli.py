@@ -380,3 +380,27 @@ def test_the_ingress_janitor_stops_its_own_haproxy_however_serve_start_ends(tmp_
         for proc in procs.values():
             proc.kill()
             proc.wait()
+
+
+def test_the_demo_sees_a_ctrl_c_that_another_of_its_threads_received():
+    """A terminal's Ctrl-C reaches the demo's process, whose kernel may hand it to any thread (Ray's, MLflow's, the
+    landing thread); blocked in waitpid, the main thread never ran Python's handler, and the demo went on until
+    Dagster ended by itself (with Dagster in its own session, never)."""
+    import threading
+
+    from mlops_assets.cli.data_commands import _wait_interruptibly
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a test runner may ignore it)
+    dagster = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    other = threading.Thread(target=lambda: (time.sleep(0.3), signal.pthread_kill(threading.get_ident(), signal.SIGINT)))
+    try:
+        other.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            _wait_interruptibly(dagster)
+        assert time.monotonic() - started < 3 and dagster.poll() is None
+    finally:
+        other.join()
+        dagster.kill()
+        dagster.wait()
+        signal.signal(signal.SIGINT, before)
