@@ -239,8 +239,10 @@ def _run_demo(args: argparse.Namespace, home: MlopsHome, start: date) -> int:
         flush=True,
     )
     stop = threading.Event()
-    # a SIGTERM (service manager, timeout) stops Dagster too, through the finally below
+    # a SIGTERM (service manager, timeout) or the terminal closing (SIGHUP) stops Dagster too, through the finally
+    # below: the children run in sessions of their own, which neither signal reaches
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
 
     def keep_landing() -> None:
         for i in range(first, args.days):
