@@ -48,6 +48,11 @@ def _retry_failed_rollout(context: dg.SensorEvaluationContext, decl: PipelineDec
     )
 
 
+def _named(version: int | None, prefix: str = "v") -> str:
+    """A version as the run's tags and reason show it: `v3`, or `none` (Python's `None` read as a version name)."""
+    return "none" if version is None else f"{prefix}{version}"
+
+
 def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition:
     @dg.sensor(
         name=sensor_name(decl, "champion"),
@@ -76,9 +81,9 @@ def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition
             run_key=f"{decl.name}-aliases-{moves}",
             tags={
                 CHAMPION_VERSION_TAG: str(now["champion"]),
-                CHALLENGER_VERSION_TAG: str(now["challenger"]),
-                REASON_TAG: f"champion {before.get('champion')} -> {now['champion']}, "
-                f"challenger {before.get('challenger')} -> {now['challenger']}",
+                CHALLENGER_VERSION_TAG: _named(now["challenger"], ""),
+                REASON_TAG: f"champion {_named(before.get('champion'))} -> {_named(now['champion'])}, "
+                f"challenger {_named(before.get('challenger'))} -> {_named(now['challenger'])}",
             },
         )
 

@@ -74,9 +74,11 @@ def test_sensor_follows_promotions_and_rollbacks(tmp_path):
             client.set_registered_model_alias("flights", "champion", str(version))
             requests = tick().run_requests
             assert len(requests) == 1 and requests[0].tags["mlops/champion_version"] == str(version)
+            assert requests[0].tags["mlops/challenger_version"] == "none"  # not Python's "None"
             keys.append(requests[0].run_key)
             assert "unchanged" in tick().skip_message
         assert len(set(keys)) == 3  # a rollback is a new run, not a duplicate run key
+        assert requests[0].tags["mlops/reason"] == f"champion v{v2} -> v{v1}, challenger none -> none"
         client.set_registered_model_alias("flights", "challenger", str(v2))
         requests = tick().run_requests
         assert len(requests) == 1 and requests[0].tags["mlops/challenger_version"] == str(v2)
