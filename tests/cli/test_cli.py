@@ -162,7 +162,7 @@ def test_output_piped_into_a_reader_that_stops_early_is_no_error():
 class _Exited:
     """The demo's Dagster process, gone at once: the demo then stops (what it lands is under test, not Dagster)."""
 
-    def wait(self) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         return 0
 
 
