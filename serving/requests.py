@@ -614,14 +614,14 @@ def _check_dates(typed: CheckedRows | pl.DataFrame, schema: RequestSchema) -> No
         at = [list(schema.columns).index(c) for c in schema.date_parts]
         rows = [(i, *(row[j] for j in at)) for i, row in enumerate(typed.rows)]
         parts = [(i, y, m, d) for i, y, m, d in rows if None not in (y, m, d) and d > 28]
-    else:  # only a day past the 28th may not exist: those rows, read as dates the way ingestion reads them
-        text = [pl.col(c).cast(pl.String).str.zfill(w) for c, w in ((year, 4), (month, 2), (day, 2))]
-        when = pl.format("{}-{}-{}", *text).str.to_date("%Y-%m-%d", strict=False)
-        later = (
-            typed.with_row_index("_row")
-            .filter(pl.col(day) > 28)
-            .filter(when.is_null() & pl.col(year).is_not_null() & pl.col(month).is_not_null())
-        )
+    else:  # only a day past the 28th may not exist: those rows, against their month's length in integers (formatting
+        # and parsing dates cost 2 ms of a 10,000-row request, and 0.2 ms of a small frame with no such day)
+        if (typed.get_column(day).max() or 0) <= 28:
+            return
+        y, m = pl.col(year).cast(pl.Int32), pl.col(month)
+        leap = ((y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))).cast(pl.Int8)
+        length = pl.when(m == 2).then(28 + leap).when(m.is_in([4, 6, 9, 11])).then(30).otherwise(31)
+        later = typed.with_row_index("_row").filter(pl.col(day) > 28).filter(pl.col(day) > length)
         parts = later.select("_row", year, month, day).head(1).rows()
     for i, y, m, d in parts:
         try:

@@ -55,3 +55,6 @@ def test_a_record_whose_year_month_day_make_no_date_is_a_422(n):
             typed(bad, SCHEMA)
         assert err.value.status == 422 and err.value.field == "day"
         assert err.value.message == f"record {n - 1}: year/month/day 2013-02-31 is no date"
+    for month, day in ((2, 29), (4, 31)):  # not a leap year; a 30-day month
+        with pytest.raises(RequestError, match=f"2013-{month:02d}-{day} is no date"):
+            typed_frame(records[:-1] + [{**records[-1], "month": month, "day": day}], SCHEMA)
