@@ -254,7 +254,7 @@ def set_traffic(
         if (rollout := rollouts.current(events)) is not None:
             raise RolloutInProgress(
                 f"{pipeline}: the rollout of {rollout.describe()} sets the canary share; it ends by itself "
-                "(complete or rolled back by its guards)"
+                f"(complete or rolled back by its guards), or `mlops abort {pipeline} --reason ...` ends it now"
             )
         audit_log.record(
             delta,

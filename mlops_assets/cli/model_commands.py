@@ -1,4 +1,4 @@
-"""`mlops` commands about models: status, gate, approve, rollback, history, reproduce.
+"""`mlops` commands about models: status, gate, approve, rollback, abort, history, reproduce.
 
 They act on the same registry and audit log as the Dagster assets, through the
 same functions, configured from the environment ($MLOPS_HOME, MLOPS_DELTA_URI,
@@ -169,6 +169,15 @@ def rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def abort(args: argparse.Namespace) -> int:
+    from mlops_assets.models.promotion import abort_rollout
+
+    decl = pipeline_by_name(args.pipeline)
+    decision = abort_rollout(decl.name, delta_lake(), mlflow_registry(), args.by, args.reason)
+    print(f"{decl.name}: {decision.message}")
+    return 0
+
+
 def history(args: argparse.Namespace) -> int:
     decl = pipeline_by_name(args.pipeline)
     events = audit_history(delta_lake(), decl.name)
@@ -256,6 +265,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--by", default=_who(), help="who rolls back (default: the current user)")
     p.add_argument("--reason", default="rollback to the previous champion", help="why")
     p.set_defaults(handler=rollback)
+
+    p = commands.add_parser("abort", help="end the rollout in progress: the champion stays and answers alone")
+    p.add_argument("pipeline")
+    p.add_argument("--by", default=_who(), help="who aborts (default: the current user)")
+    p.add_argument("--reason", required=True, help="why")
+    p.set_defaults(handler=abort)
 
     p = commands.add_parser("history", help="the audit log of a model: promotions, rejections, approvals, rollbacks")
     p.add_argument("pipeline")

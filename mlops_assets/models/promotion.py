@@ -421,6 +421,30 @@ def rollback(pipeline: str, delta: DeltaLakeResource, registry: MlflowRegistryRe
     )
 
 
+def abort_rollout(pipeline: str, delta: DeltaLakeResource, registry: MlflowRegistryResource, by: str, reason: str) -> Decision:
+    """A person ends the rollout in progress: the champion stays, `challenger` is removed (the champion sensor's
+    redeploy then gives the version no traffic), the version is tagged aborted. Before, only a rollback (which also
+    moves the champion) or approving another version ended a rollout by hand."""
+    if not by.strip():
+        raise ValueError("an abort needs who asks for it (--by)")
+    if not reason.strip():
+        raise ValueError("an abort needs a reason (--reason)")
+    with promotion_lease(delta, pipeline), registry.writing() as client:
+        ongoing = current_rollout(history(delta, pipeline))
+        if ongoing is None:
+            raise LookupError(f"model {pipeline} has no rollout in progress")
+        event = AuditEvent("rollout_abort", ongoing.version, actor=by, reason=reason, alias=CHALLENGER, from_version=ongoing.from_version)
+        record(delta, pipeline, event)  # before the alias moves: no move without its history
+        drop_challenger(client, pipeline, ongoing.version)
+        client.set_model_version_tag(pipeline, str(ongoing.version), STATUS_TAG, "aborted")
+    return Decision(
+        "rollout_abort",
+        ongoing.version,
+        ongoing.from_version,
+        f"rollout of v{ongoing.version} aborted at {ongoing.share:.0%} of traffic; champion v{ongoing.from_version} answers alone",
+    )
+
+
 def describe(registry: MlflowRegistryResource, pipeline: str, alias: str) -> dict | None:
     """What `mlops status` shows of an alias: version, metrics, data range, lineage."""
     mv = alias_version(registry.client(), pipeline, alias)

@@ -424,3 +424,21 @@ def test_policy_auto_refuses_gates_compared_with_another_champion_or_with_none_r
             "stale_comparison",
         )
         assert registry.client().get_model_version("flights", version).tags[STATUS_TAG] == "stale"
+
+
+def test_a_person_aborts_a_rollout_and_the_champion_stays(model_home, capsys):
+    """Only a rollback (which also moves the champion) or approving another version ended a rollout by hand."""
+    assert model_home.platform(flights_variant(training={"window_days": 21})).run("flights_train").success  # v1
+    rollout = {"policy": "auto", "rollout": {"steps": [0.1, 1.0], "bake_minutes": 1.0, "min_requests": 10}}
+    plat = model_home.platform(flights_variant(training={"window_days": 22}, promotion=rollout))
+    assert plat.run("flights_train").success
+    assert aliases(model_home) == (1, 2) and actions(plat)[-1] == ("rollout_start", 2)
+    code, out, err = model_home.mlops("abort", "flights", "--by", "erin", "--reason", "latency in region b", capsys=capsys)
+    assert code == 0, err
+    assert "rollout of v2 aborted at 10% of traffic; champion v1 answers alone" in out
+    assert aliases(model_home) == (1, None) and actions(plat)[-1] == ("rollout_abort", 2)
+    abort = history(plat.delta, "flights").tail(1).row(0, named=True)
+    assert (abort["actor"], abort["reason"]) == ("erin", "latency in region b")
+    assert model_home.registry.client().get_model_version("flights", "2").tags["mlops.status"] == "aborted"
+    code, _, err = model_home.mlops("abort", "flights", "--reason", "again", capsys=capsys)
+    assert code == 2 and "model flights has no rollout in progress" in err
