@@ -11,6 +11,7 @@
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 import dagster as dg
 import polars as pl
@@ -68,38 +69,46 @@ class HtmlReport:
     url: str  # the copy logged on the model version's MLflow run, in the MLflow UI
 
 
-def html_report(
-    decl: PipelineDeclaration,
-    delta: DeltaLakeResource,
-    mlflow: MlflowRegistryResource,
-    champ: registered_models.Champion,
-    current: pl.DataFrame,
-    name: str,
-) -> HtmlReport | None:
-    """Render Evidently's report on bounded samples and log it on the version's MLflow run (None when switched off).
+class HtmlReports:
+    """Evidently's HTML reports of one model version's drift checks in one run, on bounded samples (none when the
+    declaration switches them off). Its training window is read once and its MLflow run looked up once, not per
+    report (a range run writes one report per partition). Each report is logged on that run: a browser opens no
+    file:// link from the Dagster UI's page ("Not allowed to load local resource"), and on a cluster the file is on
+    the run's pod, so the link a person follows is the MLflow UI's page of the logged copy."""
 
-    A browser opens no file:// link from the Dagster UI's page ("Not allowed to load local resource"), and on a
-    cluster the file is on the run's pod: the link a person follows is the MLflow UI's page of the logged copy."""
-    if not decl.drift.html_report:
-        return None
+    def __init__(
+        self, decl: PipelineDeclaration, delta: DeltaLakeResource, mlflow: MlflowRegistryResource, model: registered_models.Champion
+    ):
+        self.decl, self.delta, self.mlflow, self.model = decl, delta, mlflow, model
 
-    reference = drift_metrics.reference_window(delta, champ)
-    path = MlopsHome.from_env().reports / decl.name / f"{name}.html"
-    evidently_drift(
-        reference,
-        current,
-        champ.numerical,
-        champ.categorical,
-        html_path=path,
-        sample_rows=decl.drift.report_sample_rows,
-        drift_share=decl.drift.share_threshold,  # the headline Evidently prints: the platform's threshold, not its 0.5
-    )
-    client = mlflow.client()
-    run_id = get_version(client, decl.name, champ.version).run_id
-    with mlflow.writing() as writer:
-        writer.log_artifact(run_id, str(path), artifact_path=DRIFT_REPORTS_ARTIFACT)
-    url = mlflow.artifact_url(client.get_run(run_id).info.experiment_id, run_id, f"{DRIFT_REPORTS_ARTIFACT}/{path.name}")
-    return HtmlReport(str(path), url)
+    @cached_property
+    def _reference(self) -> pl.DataFrame:
+        return drift_metrics.reference_window(self.delta, self.model)
+
+    @cached_property
+    def _run(self) -> tuple[str, str]:
+        """The version's MLflow run: (experiment id, run id)."""
+        client = self.mlflow.client()
+        run_id = get_version(client, self.decl.name, self.model.version).run_id
+        return client.get_run(run_id).info.experiment_id, run_id
+
+    def render(self, current: pl.DataFrame, name: str) -> HtmlReport | None:
+        if not self.decl.drift.html_report:
+            return None
+        path = MlopsHome.from_env().reports / self.decl.name / f"{name}.html"
+        evidently_drift(
+            self._reference,
+            current,
+            self.model.numerical,
+            self.model.categorical,
+            html_path=path,
+            sample_rows=self.decl.drift.report_sample_rows,
+            drift_share=self.decl.drift.share_threshold,  # the headline Evidently prints: the platform's threshold, not its 0.5
+        )
+        experiment_id, run_id = self._run
+        with self.mlflow.writing() as writer:
+            writer.log_artifact(run_id, str(path), artifact_path=DRIFT_REPORTS_ARTIFACT)
+        return HtmlReport(str(path), self.mlflow.artifact_url(experiment_id, run_id, f"{DRIFT_REPORTS_ARTIFACT}/{path.name}"))
 
 
 def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinition) -> list:
@@ -121,11 +130,11 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
             reference = drift_metrics.reference_profile(delta, champ, context.run.run_id)
         except drift_metrics.EmptyReference as err:
             raise dg.Failure(str(err), allow_retries=False) from None
-        days = []
+        days, reports = [], HtmlReports(decl, delta, mlflow, champ)
         for partition in sorted(context.partition_keys):  # one day, or a range in one run: a report per day
             current = _features(delta, decl, partition)
             result = detect(reference, current, decl.drift.share_threshold)
-            html = html_report(decl, delta, mlflow, champ, current, f"feature_drift_{partition}_v{champ.version}")
+            html = reports.render(current, f"feature_drift_{partition}_v{champ.version}")
             written = drift_metrics.record(
                 delta,
                 decl.name,

@@ -16,7 +16,7 @@ from mlops_assets.core.declaration import PipelineDeclaration
 from mlops_assets.core.names import WATERMARK, serving_drift_key
 from mlops_assets.metadata import preview
 from mlops_assets.monitoring import drift_metrics
-from mlops_assets.monitoring.assets import html_report
+from mlops_assets.monitoring.assets import HtmlReports
 from mlops_assets.monitoring.drift import detect
 from resources import registered_models
 from resources.delta_lake import DeltaLakeResource
@@ -54,7 +54,7 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
             except drift_metrics.EmptyReference as err:
                 raise dg.Failure(str(err), allow_retries=False) from None
             result = detect(reference, served, decl.drift.share_threshold)
-            html = reports[int(version)] = html_report(decl, delta, mlflow, model, served, f"serving_drift_{through}_v{version}")
+            html = reports[int(version)] = HtmlReports(decl, delta, mlflow, model).render(served, f"serving_drift_{through}_v{version}")
             written = drift_metrics.record(
                 delta,
                 decl.name,

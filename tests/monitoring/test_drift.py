@@ -105,7 +105,7 @@ def test_a_column_with_no_finite_current_value_is_drifted_not_skipped_or_a_crash
 
 @pytest.fixture
 def report_registry(tmp_path, empty_mlflow_store, monkeypatch):
-    """An MLflow store holding flights v1 on a run of its own, and the reference window html_report reads."""
+    """An MLflow store holding flights v1 on a run of its own, and the reference window HtmlReports reads (counted)."""
     import shutil
     from types import SimpleNamespace
 
@@ -122,9 +122,14 @@ def report_registry(tmp_path, empty_mlflow_store, monkeypatch):
         run = client.create_run(experiment)
         client.create_registered_model("flights")
         client.create_model_version("flights", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
-    monkeypatch.setattr(monitoring_assets.drift_metrics, "reference_window", lambda delta, champ: synthetic(600, 1, {}))
+    reads = []
+    monkeypatch.setattr(monitoring_assets.drift_metrics, "reference_window", lambda delta, champ: reads.append(1) or synthetic(600, 1, {}))
     champ = SimpleNamespace(version=1, numerical=NUMERICAL, categorical=CATEGORICAL)
-    return SimpleNamespace(mlflow=mlflow, experiment=experiment, run_id=run.info.run_id, champ=champ, render=monitoring_assets.html_report)
+
+    def reports(decl):
+        return monitoring_assets.HtmlReports(decl, None, mlflow, champ)  # type: ignore[arg-type]
+
+    return SimpleNamespace(mlflow=mlflow, experiment=experiment, run_id=run.info.run_id, reports=reports, reads=reads)
 
 
 def test_html_report_headline_uses_the_declared_share_threshold(report_registry):
@@ -135,7 +140,7 @@ def test_html_report_headline_uses_the_declared_share_threshold(report_registry)
 
     r = report_registry
     decl = flights_variant(drift={"share_threshold": 0.3, "report_sample_rows": 500})
-    report = r.render(decl, None, r.mlflow, r.champ, synthetic(600, 2, {"normal": 0.8}), "threshold_check")
+    report = r.reports(decl).render(synthetic(600, 2, {"normal": 0.8}), "threshold_check")
     page = open(report.path).read()
     assert "Dataset drift detection threshold is 0.3" in page
     assert "threshold is 0.5" not in page
@@ -149,9 +154,12 @@ def test_html_report_link_opens_in_the_mlflow_ui(report_registry):
 
     r = report_registry
     decl = flights_variant(drift={"share_threshold": 0.3, "report_sample_rows": 500})
-    report = r.render(decl, None, r.mlflow, r.champ, synthetic(600, 2, {}), "feature_drift_2013-01-21_v1")
+    reports = r.reports(decl)
+    report = reports.render(synthetic(600, 2, {}), "feature_drift_2013-01-21_v1")
     assert report.url == (
         f"http://mlflow.test/#/experiments/{r.experiment}/runs/{r.run_id}/artifacts/drift_reports/feature_drift_2013-01-21_v1.html"
     )
+    reports.render(synthetic(600, 3, {}), "feature_drift_2013-01-22_v1")  # a range run: the next partition's report
     logged = [a.path for a in r.mlflow.client().list_artifacts(r.run_id, "drift_reports")]
-    assert logged == ["drift_reports/feature_drift_2013-01-21_v1.html"]
+    assert logged == ["drift_reports/feature_drift_2013-01-21_v1.html", "drift_reports/feature_drift_2013-01-22_v1.html"]
+    assert len(r.reads) == 1  # the training window read once for the run, not once per report
