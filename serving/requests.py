@@ -102,6 +102,12 @@ class RequestSchema:
         parts = (time[0], time[1], time[2]) if isinstance(time, list) and all(c in cols for c in time) else None
         return cls(decl.name, cols, ignored, decl.serving.max_batch_rows, output_names(decl.target.task), parts)
 
+    @functools.cached_property
+    def date_positions(self) -> tuple[int, ...]:
+        """Where the date parts sit in a checked row (the columns' order): found once, not per request."""
+        names = list(self.columns)
+        return tuple(names.index(c) for c in self.date_parts or ())
+
     def spec(self) -> SchemaSpec:
         return SchemaSpec(columns=self.columns, unique=[], extra_columns="fail")
 
@@ -611,7 +617,7 @@ def _check_dates(typed: CheckedRows | pl.DataFrame, schema: RequestSchema) -> No
         return
     year, month, day = schema.date_parts
     if isinstance(typed, CheckedRows):
-        at = [list(schema.columns).index(c) for c in schema.date_parts]
+        at = schema.date_positions
         rows = [(i, *(row[j] for j in at)) for i, row in enumerate(typed.rows)]
         parts = [(i, y, m, d) for i, y, m, d in rows if None not in (y, m, d) and d > 28]
     else:  # only a day past the 28th may not exist: those rows, against their month's length in integers (formatting
