@@ -321,14 +321,21 @@ def test_a_re_execution_gates_and_promotes_the_model_its_parent_run_trained(mode
     assert run_pointer(plat.instance, key, alone.run_id).version == "2"  # started alone: the latest model
 
 
+def _rolling_out(model_home, champions: tuple[int, ...], window: int):
+    """Champions trained on these windows (each promoted at once), then a version of `window` rolling out beside the
+    last: its platform."""
+    for days in champions:
+        assert model_home.platform(flights_variant(training={"window_days": days})).run("flights_train").success
+    rollout = {"policy": "auto", "rollout": {"steps": [0.1, 1.0], "bake_minutes": 1.0, "min_requests": 10}}
+    plat = model_home.platform(flights_variant(training={"window_days": window}, promotion=rollout))
+    assert plat.run("flights_train").success
+    return plat
+
+
 def test_a_rollback_ends_the_rollout_beside_the_champion_it_rolls_back(model_home, capsys):
     """The rollout of v3 was judged beside champion v2: rolled back to v1, it waited for signals of a champion no
     longer served. It is aborted with the rollback, in the same audit commit, and `challenger` is removed."""
-    for window in (21, 22):  # v1, then v2 promoted at once
-        assert model_home.platform(flights_variant(training={"window_days": window})).run("flights_train").success
-    rollout = {"policy": "auto", "rollout": {"steps": [0.1, 1.0], "bake_minutes": 1.0, "min_requests": 10}}
-    plat = model_home.platform(flights_variant(training={"window_days": 23}, promotion=rollout))
-    assert plat.run("flights_train").success
+    plat = _rolling_out(model_home, champions=(21, 22), window=23)  # v1, v2 promoted at once, v3 rolling out
     assert aliases(model_home) == (2, 3) and actions(plat)[-1] == ("rollout_start", 3)
     code, out, err = model_home.mlops("rollback", "flights", "--by", "erin", "--reason", "v2 misbehaves", capsys=capsys)
     assert code == 0, err
@@ -428,10 +435,7 @@ def test_policy_auto_refuses_gates_compared_with_another_champion_or_with_none_r
 
 def test_a_person_aborts_a_rollout_and_the_champion_stays(model_home, capsys):
     """Only a rollback (which also moves the champion) or approving another version ended a rollout by hand."""
-    assert model_home.platform(flights_variant(training={"window_days": 21})).run("flights_train").success  # v1
-    rollout = {"policy": "auto", "rollout": {"steps": [0.1, 1.0], "bake_minutes": 1.0, "min_requests": 10}}
-    plat = model_home.platform(flights_variant(training={"window_days": 22}, promotion=rollout))
-    assert plat.run("flights_train").success
+    plat = _rolling_out(model_home, champions=(21,), window=22)  # v1 champion, v2 rolling out
     assert aliases(model_home) == (1, 2) and actions(plat)[-1] == ("rollout_start", 2)
     code, out, err = model_home.mlops("abort", "flights", "--by", "erin", "--reason", "latency in region b", capsys=capsys)
     assert code == 0, err
