@@ -34,6 +34,7 @@ from mlops_assets.core.names import (
     RUN_KEY_TAG,
     TRIGGER_TAG,
     features_key,
+    raw_key,
     reference_key,
     sensor_name,
 )
@@ -84,6 +85,31 @@ def _ingest_request(job_name: str, partitions: list[str], landed: dict[str, tupl
             ASSET_PARTITION_RANGE_END_TAG: partitions[-1],
         },
     )
+
+
+def already_ingested(instance: dg.DagsterInstance, decl: PipelineDeclaration, landed_now: dict[str, tuple[str, str]]) -> set[str]:
+    """Partitions whose raw partition was last ingested from this very file (the signature its event records),
+    with features made after it. A cursor that never saw the files (a backfill launched headless with `dg
+    launch`, a cursor started over) ingested the whole landing zone again, and every sensor downstream saw new
+    data; lineage, not the cursor alone, says what is done. A replaced file, or a partition whose run stopped
+    before its features, still runs."""
+    candidates = set(landed_now) & instance.get_materialized_partitions(raw_key(decl)) if landed_now else set()
+    if not candidates:  # the usual new day: one query
+        return set()
+    materialization = dg.DagsterEventType.ASSET_MATERIALIZATION
+    raw_ids = instance.get_latest_storage_id_by_partition(raw_key(decl), materialization, partitions=candidates)
+    featurized = instance.get_latest_storage_id_by_partition(features_key(decl), materialization, partitions=candidates)
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=raw_key(decl), storage_ids=list(raw_ids.values())), limit=len(raw_ids)
+    ).records
+    done = set()
+    for record in records:
+        event = record.asset_materialization
+        signature = event.metadata.get("source_signature") if event is not None else None
+        partition = record.partition_key
+        if signature is not None and signature.value == landed_now[partition][1] and featurized.get(partition, -1) > record.storage_id:
+            done.add(partition)
+    return done
 
 
 def history_followers(instance: dg.DagsterInstance, decl: PipelineDeclaration, landed_now: dict, present: dict) -> list[str]:
@@ -170,6 +196,10 @@ def build_landing_sensor(decl: PipelineDeclaration, ingest_job: JobTarget, refer
                 continue
             landed_now[partition] = (landed.name, landed.signature)  # type: ignore[index]
             seen[landed.name] = landed.signature
+        done = already_ingested(context.instance, decl, landed_now)
+        if done:
+            context.log.info(f"{len(done)} files not asked for again: their partitions were ingested from these very files")
+            landed_now = {partition: landed for partition, landed in landed_now.items() if partition not in done}
         followers = history_followers(context.instance, decl, landed_now, present)
         if followers:
             context.log.info(f"{len(followers)} partitions ingested before run again: their history includes a late or replaced file")

@@ -127,6 +127,31 @@ def test_an_unreadable_cursor_starts_over_instead_of_stopping_ingestion(ready: P
         assert set(json.loads(again.cursor)["files"]) == {"flights_2013-01-01.parquet", "flights_2013-01-02.parquet"}
 
 
+def test_files_already_ingested_from_these_very_files_are_not_asked_for_again(ready: Platform):
+    """After a headless backfill (`dg launch`) the sensor's cursor had never seen the files, so its first tick
+    ingested the whole landing zone again, and every sensor downstream saw new data. The raw partitions' lineage
+    (the signature of the file each was ingested from) says which are done; a replaced file, or a partition
+    whose features were never made, still runs."""
+    decl = ready.declarations["flights"]
+    land_days(decl, ready.landing, date(2013, 1, 1), 4)
+    ready.ingest_range("flights", "2013-01-01", "2013-01-03")  # as `dg launch --partition-range` runs it
+    path = ready.landing.uri("flights", "flights_2013-01-03.parquet")
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # replaced since it was ingested
+
+    first = evaluate(ready)
+    assert partitions_of(first) == ["2013-01-03", "2013-01-04"]  # 01-04 was never ingested
+    assert set(json.loads(first.cursor)["files"]) == {f"flights_2013-01-0{i}.parquet" for i in (1, 2, 3, 4)}
+
+    # raw ingested again without its features (as a run that stopped between them leaves it): not done
+    ready.defs.resolve_job_def("flights_ingest").execute_in_process(
+        instance=ready.instance,
+        partition_key="2013-01-02",
+        asset_selection=[dg.AssetKey(["flights", "raw"]), dg.AssetKey(["flights", "quarantine"])],
+    )
+    assert partitions_of(evaluate(ready)) == ["2013-01-02", "2013-01-03", "2013-01-04"]
+
+
 def test_a_burst_with_gaps_becomes_one_run_per_contiguous_range(ready: Platform):
     decl = ready.declarations["flights"]
     land_days(decl, ready.landing, date(2013, 1, 1), 3)
