@@ -14,7 +14,7 @@ import dagster as dg
 import polars as pl
 
 from mlops_assets.core.declaration import PipelineDeclaration
-from mlops_assets.core.feature_contract import load_feature_module
+from mlops_assets.core.feature_contract import FeatureModule, load_feature_module
 from mlops_assets.core.names import (
     FEATURES,
     PARTITION_COLUMN,
@@ -82,35 +82,11 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
     )
     def features(context: dg.AssetExecutionContext, delta: DeltaLakeResource):
         partitions = sorted(context.partition_keys)  # one, or a whole backfill range in one run
-        limit = decl.validation.max_failure_rate
-        shares = {
-            row[PARTITION_COLUMN]: row
-            for row in quarantined_share(delta, decl.name, pl.col(PARTITION_COLUMN).is_in(partitions)).iter_rows(named=True)
-        }
-        held = {
-            p: f"{shares[p]['failure_rate']:.2%} of its rows failed validation (limit {limit:.1%})"
-            for p in partitions
-            if p in shares and shares[p]["failure_rate"] > limit
-        }
-        clean_rows = {p: shares[p]["rows"] - shares[p]["quarantined"] for p in partitions if p in shares}
-        held.update({p: "no clean rows: ingest it first" for p in partitions if p not in held and clean_rows.get(p, 0) <= 0})
-        good = [p for p in partitions if p not in held]
-        built = _BuiltRange()
-        # the held-back days are emptied in the same commit: features built from an earlier file of a day no longer
-        # match its raw rows (re-landed), and rows keyed by (day, source row) then name other flights, so an erasure
-        # deleted the wrong rows
-        if good or delta.table(decl.name, FEATURES) is not None:
-            try:
-                version = delta.write_partition_stream(
-                    decl.name,
-                    FEATURES,
-                    partitions,
-                    built.chunks(delta, decl, module, _chunks(good, clean_rows)),
-                    context.run.run_id,
-                    merge_schema=True,  # a feature the module adds reaches the table (earlier days read it as null)
-                )
-            except LookupError as err:
-                raise dg.Failure(str(err)) from None
+        try:
+            done = featurize(delta, decl, module, partitions, context.run.run_id)
+        except LookupError as err:
+            raise dg.Failure(str(err)) from None
+        good, held, built, version = done.good, done.held, done.built, done.version
         if not good:
             raise dg.Failure(
                 f"no features computed: {_held_back(held)}", metadata={"held_back": dg.MetadataValue.json(held)}, allow_retries=False
@@ -132,6 +108,50 @@ def build_features_asset(decl: PipelineDeclaration, partitions: dg.PartitionsDef
         return dg.MaterializeResult(metadata=built.metadata(decl, module, delta, good, version))
 
     return features
+
+
+@dataclass
+class Featurized:
+    """What one featurization of partitions wrote: the partitions computed, those held back (and why), the commit."""
+
+    good: list[str]
+    held: dict[str, str]
+    built: "_BuiltRange"
+    version: int | None  # None when nothing was written: no partition computed and no features table yet
+
+
+def featurize(delta: DeltaLakeResource, decl: PipelineDeclaration, module: FeatureModule, partitions: list[str], run_id: str) -> Featurized:
+    """Features of `partitions` (sorted) from raw's clean rows as they are now, each seeing the history before it,
+    written in one commit. The features asset's work, and an erasure's recomputation of the partitions it changed.
+    LookupError when raw is gone."""
+    limit = decl.validation.max_failure_rate
+    shares = {
+        row[PARTITION_COLUMN]: row
+        for row in quarantined_share(delta, decl.name, pl.col(PARTITION_COLUMN).is_in(partitions)).iter_rows(named=True)
+    }
+    held = {
+        p: f"{shares[p]['failure_rate']:.2%} of its rows failed validation (limit {limit:.1%})"
+        for p in partitions
+        if p in shares and shares[p]["failure_rate"] > limit
+    }
+    clean_rows = {p: shares[p]["rows"] - shares[p]["quarantined"] for p in partitions if p in shares}
+    held.update({p: "no clean rows: ingest it first" for p in partitions if p not in held and clean_rows.get(p, 0) <= 0})
+    good = [p for p in partitions if p not in held]
+    built = _BuiltRange()
+    version = None
+    # the held-back days are emptied in the same commit: features built from an earlier file of a day no longer
+    # match its raw rows (re-landed), and rows keyed by (day, source row) then name other flights, so an erasure
+    # deleted the wrong rows
+    if good or delta.table(decl.name, FEATURES) is not None:
+        version = delta.write_partition_stream(
+            decl.name,
+            FEATURES,
+            partitions,
+            built.chunks(delta, decl, module, _chunks(good, clean_rows)),
+            run_id,
+            merge_schema=True,  # a feature the module adds reaches the table (earlier days read it as null)
+        )
+    return Featurized(good, held, built, version)
 
 
 def _held_back(held: dict[str, str]) -> str:

@@ -1,7 +1,9 @@
 """Erasure of a data subject (GDPR art. 17): every row a predicate matches leaves raw, quarantine,
-features, batch scores and the prediction log, old Delta versions are vacuumed after the declared
-retention, the erasure is audited (counts per table and the predicate, never the values), and every
-model version whose training window held those rows is tagged, so the retrain sensor replaces it.
+features, batch scores and the prediction log, the features its rows shaped (their days', and those of
+the days whose history statistics counted them) are computed again without them, old Delta versions are
+vacuumed after the declared retention, the erasure is audited (counts per table and the predicate, never
+the values), and every model version whose training window held those rows is tagged, so the retrain
+sensor replaces it.
 
 The predicate is a small language over declared columns, `tailnum = "N24211" and origin in ("EWR",
 "JFK")`, parsed here and never passed through as SQL: columns are checked against the declaration,
@@ -18,6 +20,7 @@ from datetime import UTC, date, datetime
 import polars as pl
 
 from mlops_assets.core.declaration import PipelineDeclaration
+from mlops_assets.core.feature_contract import load_feature_module
 from mlops_assets.core.names import (
     BATCH_SCORES,
     ERASED_TAG,
@@ -30,6 +33,8 @@ from mlops_assets.core.names import (
     SOURCE_ROW,
     SUBJECT_PREFIX,
 )
+from mlops_assets.core.partitions import shift
+from mlops_assets.data.features import featurize
 from resources.audit_log import AuditEvent, record
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
@@ -193,6 +198,9 @@ class Erasure:
     dry_run: bool
     rows: dict[str, int] = field(default_factory=dict)  # table -> rows matched (deleted unless a dry run)
     partitions: list[str] = field(default_factory=list)
+    recomputed: list[str] = field(default_factory=list)  # partitions whose features were computed again without the rows
+    held_back: dict[str, str] = field(default_factory=dict)  # of those, the ones the features asset holds back, and why
+    features_version: int | None = None  # the commit of the recomputed features
     tagged_versions: list[int] = field(default_factory=list)
     vacuumed_files: int = 0
     retention_hours: int = 0
@@ -208,6 +216,14 @@ class Erasure:
             else f"no {self.unit}s"
         )
         lines = [f"erasure {self.erasure_id}: {verb} rows where {self.predicate}: {counts}; {days}"]
+        if self.recomputed:
+            lines.append(
+                f"{'would recompute' if self.dry_run else 'recomputed'} the features of {len(self.recomputed)} {self.unit}s "
+                f"({self.recomputed[0]} .. {self.recomputed[-1]}): the erased rows' {self.unit}s and the later ones whose "
+                "history statistics counted them"
+            )
+        for partition, why in self.held_back.items():
+            lines.append(f"features of {partition} held back: {why}")
         if self.tagged_versions:
             lines.append(
                 f"model versions trained on them: {', '.join(f'v{v}' for v in self.tagged_versions)}"
@@ -239,6 +255,22 @@ def _key_predicates(keys: pl.DataFrame) -> list[str]:
         " OR ".join(f"({PARTITION_COLUMN} = '{day}' AND {SOURCE_ROW} IN ({', '.join(str(r) for r in rows)}))" for day, rows in chunk)
         for chunk in (per_day[i : i + DAYS_PER_DELETE] for i in range(0, len(per_day), DAYS_PER_DELETE))
     ]
+
+
+def _shaped_by(delta: DeltaLakeResource, decl: PipelineDeclaration, partitions: list[str]) -> list[str]:
+    """The partitions whose features rows of `partitions` shaped: those partitions, and the featurized ones within
+    `features.history_days` after one, whose history statistics counted them (the window the features asset reads)."""
+    if not partitions:
+        return []
+    featurized = set(delta.partitions(decl.name, FEATURES))
+    shaped = set(partitions)
+    for key in partitions:
+        after = key
+        for _ in range(decl.features.history_days):
+            after = shift(decl, after, 1)
+            if after in featurized:
+                shaped.add(after)
+    return sorted(shaped)
 
 
 def _trained_on(mlflow: MlflowRegistryResource, pipeline: str, partitions: list[str]) -> list[int]:
@@ -308,6 +340,7 @@ def erase(
         )
     else:
         result.rows[PREDICTION_LOG] = 0
+    result.recomputed = _shaped_by(delta, decl, result.partitions)
     result.tagged_versions = _trained_on(mlflow, decl.name, result.partitions)
     if dry_run:
         return result
@@ -330,6 +363,7 @@ def erase(
                 "predicate": predicate.text,
                 "rows_deleted": result.rows,
                 "days": len(result.partitions),
+                "recomputed_partitions": len(result.recomputed),
                 "tagged_versions": result.tagged_versions,
                 "unsearchable_log_rows": result.unsearchable_log_rows,
                 "retention_hours": decl.governance.erasure_retention_hours,
@@ -349,6 +383,9 @@ def erase(
         delta.delete(decl.name, PROFILES, f"model_version IN ({', '.join(map(str, result.tagged_versions))})", dagster_run_id, why)
     if keys.height:
         delta.delete(decl.name, RAW, predicate.sql(), dagster_run_id, why)
+    if result.recomputed:  # from raw without the rows, in order, as the features asset computes them; before the vacuum takes the old files
+        featurized = featurize(delta, decl, load_feature_module(decl), result.recomputed, dagster_run_id)
+        result.held_back, result.features_version = featurized.held, featurized.version
     for table in (RAW, *KEYED_TABLES, PREDICTION_LOG, PROFILES):  # every table, every time: a re-run completes an interrupted vacuum
         result.vacuumed_files += len(delta.vacuum(decl.name, table, decl.governance.erasure_retention_hours))
     return result

@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from mlops_assets.core.declaration import PipelineDeclaration
-from mlops_assets.core.names import erase_job_name, step_name
+from mlops_assets.core.names import INGEST_TAG, erase_job_name, features_key, step_name
 from mlops_assets.governance.erasure import PredicateError, erase
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
@@ -27,6 +27,16 @@ def build_erase_job(decl: PipelineDeclaration) -> dg.JobDefinition:
         except PredicateError as err:
             raise dg.Failure(str(err), allow_retries=False) from None
         context.log.info(result.report())
+        for partition in result.recomputed:  # the features asset's history shows the erasure that rewrote each partition
+            if partition not in result.held_back:
+                context.log_event(
+                    dg.AssetMaterialization(
+                        asset_key=features_key(decl),
+                        partition=partition,
+                        description=f"recomputed by erasure {result.erasure_id} without the erased rows",
+                        metadata={"erasure_id": result.erasure_id, "delta_version": result.features_version},
+                    )
+                )
         return dg.Output(
             None,
             metadata={
@@ -34,12 +44,18 @@ def build_erase_job(decl: PipelineDeclaration) -> dg.JobDefinition:
                 "dry_run": result.dry_run,
                 "rows": dg.MetadataValue.json(result.rows),
                 "days": len(result.partitions),
+                "recomputed_partitions": len(result.recomputed),
                 "tagged_versions": dg.MetadataValue.json(result.tagged_versions),
                 "vacuumed_files": result.vacuumed_files,
             },
         )
 
-    @dg.job(name=erase_job_name(decl), description=f"Erase a data subject from {decl.name}: run config where, by, reason.")
+    # in the ingest queue (one run per pipeline): an ingest run beside it could write features from the rows it erases
+    @dg.job(
+        name=erase_job_name(decl),
+        description=f"Erase a data subject from {decl.name}: run config where, by, reason.",
+        tags={INGEST_TAG: decl.name},
+    )
     def erase_job():
         erase_op()
 

@@ -8,10 +8,13 @@ from datetime import UTC, datetime
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from mlops_assets.core.declaration import PACKAGED_PIPELINES, PipelineDeclaration, declaration_attributes
 from mlops_assets.core.feature_contract import load_feature_module
 from mlops_assets.core.names import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
     ERASED_TAG,
     FEATURES,
     PARTITION_COLUMN,
@@ -21,7 +24,9 @@ from mlops_assets.core.names import (
     RAW,
     SOURCE_ROW,
     SUBJECT_PREFIX,
+    features_key,
 )
+from mlops_assets.core.partitions import partitions_before
 from mlops_assets.governance.erasure import PredicateError, parse_predicate
 from mlops_assets.monitoring import drift_metrics
 from resources.audit_log import history
@@ -95,6 +100,9 @@ def test_erasure_leaves_no_row_in_any_table_or_version_audits_tags_and_retrains(
     assert result.success
     outputs = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
     assert outputs[0].event_specific_data.metadata["vacuumed_files"].value > 0  # the vacuum removed the old files
+    recomputed = outputs[0].event_specific_data.metadata["recomputed_partitions"].value
+    rewritten = [e.partition for e in result.get_asset_materialization_events() if e.asset_key == features_key(decl)]
+    assert recomputed > 0 and len(rewritten) == recomputed  # the features asset's history names the erasure's run
     assert all(_matches(plat, t, predicate, keys) == 0 for t in tables)
     assert plat.delta.scan("flights", PREDICTION_LOG).select(pl.len()).collect().item() == 2  # other people's rows stay
     unreadable = 0
@@ -138,6 +146,51 @@ def test_erasure_leaves_no_row_in_any_table_or_version_audits_tags_and_retrains(
     assert code == 2 and "cannot be reproduced: rows of its training data were erased" in err
     code, _, err = model_home.mlops("gate", "flights", "2", "--by", "dpo", capsys=capsys)  # was polars' missing file
     assert code == 2 and f"model flights v2 cannot be gated again: rows of its training data were erased (erasure {tag}" in err
+
+
+def test_erasure_recomputes_the_features_whose_history_held_the_erased_rows(model_home, capsys):
+    """The features of the days after an erased row (within features.history_days) were computed from history
+    statistics that counted it: the erasure recomputes them, so the table equals an in-order featurization of
+    the data without the subject."""
+    decl = flights_variant(**GOVERNED)
+    model_home.declare(decl)
+    plat = model_home.platform(decl)
+    featurized = plat.delta.partitions("flights", FEATURES)
+    raw = plat.delta.scan("flights", RAW).collect()
+    # a plane that flew (and landed: its delays enter the history statistics) only in the first days
+    flown = raw.filter(pl.col("arr_delay").is_not_null()).group_by("tailnum").agg(pl.col(PARTITION_COLUMN).max().alias("last"), pl.len())
+    subject = flown.filter(pl.col("last") <= "2013-01-05").sort("len", "tailnum", descending=[True, False]).row(0)[0]
+    where = f'tailnum = "{subject}"'
+    erased_days = set(raw.filter(pl.col("tailnum") == subject)[PARTITION_COLUMN])
+    followers = [
+        p for p in featurized if p not in erased_days and erased_days & set(partitions_before(decl, p, decl.features.history_days))
+    ]
+    assert followers and followers[-1] < featurized[-1]  # days after the window stay as they were
+
+    code, out, err = model_home.mlops("erase", "flights", "--where", where, "--by", "dpo", "--reason", "r", "--dry-run", capsys=capsys)
+    assert code == 0, err
+    recomputed = sorted(erased_days | set(followers))
+    line = f"would recompute the features of {len(recomputed)} days ({recomputed[0]} .. {recomputed[-1]})"
+    assert line in out, out
+    untouched = plat.delta.version("flights", FEATURES)
+    code, out, err = model_home.mlops("erase", "flights", "--where", where, "--by", "dpo", "--reason", "r", capsys=capsys)
+    assert code == 0, err
+    assert f"recomputed the features of {len(recomputed)} days ({recomputed[0]} .. {recomputed[-1]})" in out, out
+    details = json.loads(history(plat.delta, "flights").filter(pl.col("action") == "erase")["metrics"][-1])
+    assert details["recomputed_partitions"] == len(recomputed)
+    after_erasure = plat.delta.scan("flights", FEATURES).collect()
+    assert plat.delta.version("flights", FEATURES) > untouched
+
+    # a fresh in-order featurization of every day from the data as it is now, without the subject
+    in_order = plat.defs.resolve_job_def("flights_ingest").execute_in_process(
+        instance=plat.instance,
+        asset_selection=[features_key(decl)],
+        tags={ASSET_PARTITION_RANGE_START_TAG: featurized[0], ASSET_PARTITION_RANGE_END_TAG: featurized[-1]},
+    )
+    assert in_order.success
+    fresh = plat.delta.scan("flights", FEATURES).collect()
+    order = [PARTITION_COLUMN, SOURCE_ROW]
+    assert_frame_equal(after_erasure.sort(order), fresh.sort(order).select(after_erasure.columns))
 
 
 @pytest.mark.parametrize(
