@@ -29,15 +29,21 @@ def build_model_card_asset(decl: PipelineDeclaration, versions: dg.DynamicPartit
             card = build_card(decl, delta, mlflow, version)
         except (ValueError, LookupError) as err:
             raise dg.Failure(f"model card of {decl.name} v{context.partition_key}: {err}", allow_retries=False) from None
-        run_id = get_version(mlflow.client(), decl.name, version).run_id
+        client = mlflow.client()
+        run_id = get_version(client, decl.name, version).run_id
         md_path, html_path = write_card(card, mlflow, run_id)
+        run_link = (  # a link where the platform knows the MLflow UI's address, as on the card
+            dg.MetadataValue.url(mlflow.run_url(client.get_run(run_id).info.experiment_id, run_id))
+            if run_id and mlflow.ui_url
+            else run_id or "none"
+        )
         return dg.MaterializeResult(
             metadata={
                 "model_version": version,
                 "card": dg.MetadataValue.md(card.markdown),
                 "html": dg.MetadataValue.path(str(html_path)),
                 "markdown": dg.MetadataValue.path(str(md_path)),
-                "mlflow_run": run_id or "none",
+                "mlflow_run": run_link,
             }
         )
 

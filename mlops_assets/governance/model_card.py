@@ -57,6 +57,13 @@ def _table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _run_link(mlflow: MlflowRegistryResource, run) -> str:
+    """The run's id, linked to its page in the MLflow UI where the platform knows the UI's address (ui_url)."""
+    if not mlflow.ui_url:
+        return run.info.run_id
+    return f"[{run.info.run_id}]({mlflow.run_url(run.info.experiment_id, run.info.run_id)})"
+
+
 def gate_evaluation(mlflow: MlflowRegistryResource, run_id: str) -> dict | None:
     """The gates' full evaluation as logged on the version's run, or None before the gates ran."""
     import mlflow as mlflow_module
@@ -122,7 +129,7 @@ def build_card(decl: PipelineDeclaration, delta: DeltaLakeResource, mlflow: Mlfl
         )
         if k in tags
     ]
-    lineage.append({"what": "mlflow run", "value": mv.run_id or "none"})
+    lineage.append({"what": "mlflow run", "value": _run_link(mlflow, run) if run else "none"})
     md.append(_table(lineage, ["what", "value"]))
 
     md.append("## Features and their importance\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mlops_assets.core.names import model_versions_partitions
+from mlops_assets.governance.model_card import build_card
 from resources.registered_models import plan_of
 from tests.support.models import flights_variant, sensor_tick
 
@@ -34,6 +35,16 @@ def test_the_champions_card_names_its_delta_versions_gates_and_history_and_is_re
     run_id = model_home.registry.client().get_model_version("flights", "1").run_id
     logged = {a.path for a in model_home.registry.client().list_artifacts(run_id, "model_card")}
     assert logged == {"model_card/v1.md", "model_card/v1.html"}
+    # the MLflow run is a link to its page in the MLflow UI (it was a bare id), at the UI's configured address
+    experiment_id = model_home.registry.client().get_run(run_id).info.experiment_id
+    assert meta["mlflow_run"].value == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
+    elsewhere = model_home.registry.model_copy(update={"ui_url": "https://mlflow.example.com/"})
+    linked = build_card(decl, plat.delta, elsewhere, 1)
+    url = f"https://mlflow.example.com/#/experiments/{experiment_id}/runs/{run_id}"
+    assert f"| mlflow run | [{run_id}]({url}) |" in linked.markdown
+    assert f'<a href="{url}">{run_id}</a>' in linked.html()
+    unknown = build_card(decl, plat.delta, model_home.registry.model_copy(update={"ui_url": ""}), 1)
+    assert f"| mlflow run | {run_id} |" in unknown.markdown  # no address: the id, not a link to nowhere
 
     assert not sensor_tick(plat, "flights_model_card_sensor", cursor=tick.cursor).run_requests  # nothing changed
     # a card run that failed is asked for again while the story stays the same
