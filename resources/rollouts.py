@@ -6,7 +6,9 @@ picks the rollout up where the log says it is. The signals come from the predict
 log: during a rollout the new version (role `canary`) and the champion answer the same
 live traffic, so their error rates, latencies and prediction distributions are
 compared directly, without a reference window: the new version's answers of the
-current step against the champion's since the rollout began.
+current step against the champion's since the rollout began. A step bakes from the new version's first
+answer in it, not from its audit row: the first step is recorded before the deploy run puts the version
+on Serve, and the time that takes is no exposure.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class StepSignals:
     canary_requests: int
     champion_requests: int
     readings: list[GuardReading] = field(default_factory=list)
+    serving_since: datetime | None = None  # the new version's first answer (or failure) in the step: its bake starts
 
     def breach(self) -> GuardReading | None:
         return next((r for r in self.readings if r.breached), None)
@@ -117,7 +120,15 @@ def _step_log(delta: DeltaLakeResource, rollout: Rollout) -> pl.DataFrame:
     """One row per request and role (answer or failure): the new version's in this step, the champion's
     since the rollout began (at the last step, 100%, the champion answers nothing new)."""
     lf = delta.scan(rollout.pipeline, PREDICTION_LOG)
-    empty = pl.DataFrame(schema={"role": pl.String, "request_id": pl.String, "failed": pl.Boolean, "latency_ms": pl.Float64})
+    empty = pl.DataFrame(
+        schema={
+            "role": pl.String,
+            "request_id": pl.String,
+            "failed": pl.Boolean,
+            "latency_ms": pl.Float64,
+            "logged_at": pl.Datetime("us", "UTC"),
+        }
+    )
     if lf is None:
         return empty.with_columns(pl.lit(None, pl.List(pl.Float64)).alias("predictions"))
     names = lf.collect_schema().names()
@@ -129,7 +140,12 @@ def _step_log(delta: DeltaLakeResource, rollout: Rollout) -> pl.DataFrame:
         .with_columns(failed.alias("failed"))
         .filter(pl.col("served") | pl.col("failed"))  # a failed canary answer is logged unserved; the champion answered instead
         .group_by("role", "request_id")
-        .agg(pl.col("failed").any(), pl.col("latency_ms").max(), pl.col("prediction").filter(~pl.col("failed")).alias("predictions"))
+        .agg(
+            pl.col("failed").any(),
+            pl.col("latency_ms").max(),
+            pl.col("logged_at").min(),
+            pl.col("prediction").filter(~pl.col("failed")).alias("predictions"),
+        )
         .collect()
     )
 
@@ -215,7 +231,8 @@ def read_signals(
         readings.append(GuardReading("prediction_shift", None, guards.max_prediction_shift, short))
     if target:
         readings.append(_live_metric(delta, rollout, guards, task, target))
-    return StepSignals(requests[CANARY], requests[CHAMPION], readings)
+    since = sides[CANARY]["logged_at"].min() if requests[CANARY] else None
+    return StepSignals(requests[CANARY], requests[CHAMPION], readings, serving_since=since)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -226,15 +243,18 @@ class Verdict:
 
 
 def decide(rollout: Rollout, signals: StepSignals, spec: RolloutSpec, now: datetime | None = None) -> Verdict:
-    """Roll back on any breach at once; otherwise the step ends when it baked long enough with enough traffic."""
+    """Roll back on any breach at once; otherwise the step ends when it baked long enough with enough traffic,
+    its bake counted from the new version's first answer in the step (`signals.serving_since`)."""
     breach = signals.breach()
     values = "; ".join(r.describe() for r in signals.readings)
     if breach is not None:
         return Verdict("rollback", f"guard {breach.name} = {breach.value:.4g} > {breach.threshold:g} ({breach.detail})", breach)
     now = now or datetime.now(UTC)
-    baked = (now - rollout.step_started_at).total_seconds()
+    baked = 0.0 if signals.serving_since is None else (now - signals.serving_since).total_seconds()
     waiting = []
-    if baked < spec.bake_minutes * 60:
+    if signals.serving_since is None:
+        waiting.append("no answer of the new version yet: the bake starts at its first")
+    elif baked < spec.bake_minutes * 60:
         waiting.append(f"baking {baked:.0f}/{spec.bake_minutes * 60:.0f} s")
     if signals.canary_requests < spec.min_requests:
         waiting.append(f"{signals.canary_requests}/{spec.min_requests} requests")

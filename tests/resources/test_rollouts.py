@@ -44,9 +44,11 @@ def start(delta: DeltaLakeResource, version: int = 2, steps=(0.25, 1.0)) -> roll
     return state
 
 
-def log(delta: DeltaLakeResource, role: str, version: int, predictions, latency_ms: float = 2.0, failed: int = 0) -> None:
-    """Prediction-log rows as replicas write them: answers, then failed answers (unserved, `error` set)."""
-    now = datetime.now(UTC)
+def log(
+    delta: DeltaLakeResource, role: str, version: int, predictions, latency_ms: float = 2.0, failed: int = 0, at: datetime | None = None
+) -> None:
+    """Prediction-log rows as replicas write them (at `at`, else now): answers, then failed answers (unserved, `error` set)."""
+    now = at or datetime.now(UTC)
     n = len(predictions)
     answers = pl.DataFrame(
         {
@@ -119,6 +121,23 @@ def test_healthy_step_waits_for_bake_and_traffic_then_advances(delta):
     assert verdict.action == "wait" and "baking" in verdict.reason
     later = datetime.now(UTC) + timedelta(minutes=6)
     assert rollouts.decide(state, rollouts.read_signals(delta, state, spec.guards), baking, now=later).action == "advance"
+
+
+def test_a_step_bakes_from_the_new_versions_first_answer_not_from_its_audit_row(delta):
+    """The first step is recorded before the deploy run puts the version on Serve: a slow deploy ate into the
+    bake, and the step was judged after less exposure than declared. Its bake counts from the first answer."""
+    spec = RolloutSpec(steps=[0.5, 1.0], bake_minutes=5.0, min_requests=20, guards=RolloutGuardsSpec(min_rows=20))
+    state = start(delta, steps=(0.5, 1.0))
+    rng = np.random.default_rng(4)
+    assert "no answer of the new version yet" in rollouts.decide(state, rollouts.read_signals(delta, state, spec.guards), spec).reason
+    served = state.step_started_at + timedelta(minutes=4)  # the deploy took four minutes
+    log(delta, "champion", 1, rng.normal(10, 3, 40), at=served)
+    log(delta, "canary", 2, rng.normal(10, 3, 40), at=served)
+    signals = rollouts.read_signals(delta, state, spec.guards)
+    assert signals.serving_since == served
+    verdict = rollouts.decide(state, signals, spec, now=state.step_started_at + timedelta(minutes=6))
+    assert verdict.action == "wait" and "baking 120/300 s" in verdict.reason
+    assert rollouts.decide(state, signals, spec, now=served + timedelta(minutes=5)).action == "advance"
 
 
 @pytest.mark.parametrize(
