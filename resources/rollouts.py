@@ -81,6 +81,25 @@ def current(events: pl.DataFrame) -> Rollout | None:
     )
 
 
+def moved_aliases(rollout: Rollout, challenger: int | None, champion: int | None) -> str | None:
+    """Why a rollout ends when the aliases (as the registry holds them) no longer name its two versions, moved by hand
+    in MLflow: the challenger's gets no traffic from Serve, and a new champion is not the baseline its guards compare
+    with; None while both do. The reason names the alias, what it holds and what the rollout expected."""
+    if challenger != rollout.version:
+        return f"the challenger alias names {_named(challenger)}, not v{rollout.version}: set outside the rollout"
+    if champion != rollout.from_version:
+        return (
+            f"the champion alias names {_named(champion)}, not v{rollout.from_version}, which the rollout compares "
+            f"v{rollout.version} with: set outside the rollout; re-run v{rollout.version}'s gates against it "
+            f"(`mlops gate {rollout.pipeline} {rollout.version}`) to roll it out again"
+        )
+    return None
+
+
+def _named(version: int | None) -> str:
+    return "no version" if version is None else f"v{version}"
+
+
 @dataclass(frozen=True)
 class GuardReading:
     name: str

@@ -19,6 +19,7 @@ import dagster as dg
 from mlops_assets.core.declaration import PipelineDeclaration, RolloutSpec
 from mlops_assets.core.names import (
     CHALLENGER,
+    CHAMPION,
     PRIORITY,
     PRIORITY_TAG,
     REASON_TAG,
@@ -57,7 +58,7 @@ def build_rollout_sensor(decl: PipelineDeclaration, spec: RolloutSpec, job) -> d
         if state is None:
             return dg.SkipReason(f"no rollout of {decl.name} in progress")
         job_name = rollout_job_name(decl)
-        moved = _challenger_moved(mlflow, decl.name, state)
+        moved = _aliases_moved(mlflow, decl.name, state)
         if moved is not None:
             verdict = rollouts.Verdict("abort", moved)
         else:
@@ -95,16 +96,14 @@ def build_rollout_sensor(decl: PipelineDeclaration, spec: RolloutSpec, job) -> d
 APPLY = "apply"  # a run that puts the audit log's current share on Serve
 
 
-def _challenger_moved(mlflow: MlflowRegistryResource, pipeline: str, state: rollouts.Rollout) -> str | None:
-    """Why the rollout must end now: the `challenger` alias no longer names its version (removed or moved by hand
-    in MLflow), so Serve, which follows the alias, gives it no traffic; None while it does (or no registry yet)."""
+def _aliases_moved(mlflow: MlflowRegistryResource, pipeline: str, state: rollouts.Rollout) -> str | None:
+    """Why the rollout must end now, where an alias was moved by hand in MLflow: `challenger` no longer names its
+    version (Serve, which follows the alias, gives it no traffic) or `champion` no longer names the version it is
+    compared with; None while both do (or no registry yet). The run checks again under the promotion lease."""
     uri = mlflow.resolved_tracking_uri()
     if no_registry_yet(uri):
         return None
-    held = resolve_alias(uri, pipeline, CHALLENGER)
-    if held == state.version:
-        return None
-    return f"the challenger alias names {f'v{held}' if held is not None else 'no version'}, not v{state.version}: the rollout ends"
+    return rollouts.moved_aliases(state, resolve_alias(uri, pipeline, CHALLENGER), resolve_alias(uri, pipeline, CHAMPION))
 
 
 def _unapplied(instance: dg.DagsterInstance, job_name: str, state: rollouts.Rollout, asset: dg.AssetKey) -> bool:

@@ -5,7 +5,8 @@ judges again on the newest signals (a person materializing the asset from the UI
 gets the same judgement) and then advances the share, promotes the new version
 (`champion` moves; the champion sensor rolls serving to it) or rolls back on a
 breached guard: traffic back to the champion, the `challenger` alias removed, the
-version tagged, and the run failed naming the guard, its value and the threshold.
+version tagged, and the run failed naming the guard, its value and the threshold. An alias moved by hand
+in MLflow (`challenger` off the version, `champion` off the one it is compared with) aborts it.
 Every change is written to the audit log before it is made, and a run with nothing due puts the
 current step's share on Serve (what the sensor asks for when a run failed between the two).
 """
@@ -17,6 +18,7 @@ import dagster as dg
 
 from mlops_assets.core.declaration import PipelineDeclaration, RolloutSpec
 from mlops_assets.core.names import CHALLENGER, CHAMPION, ROLLOUT_GUARD_TAG, STATUS_TAG, rollout_key
+from mlops_assets.models.promotion import end_rollout
 from resources import rollouts
 from resources.audit_log import AuditEvent, history, record
 from resources.delta_lake import DeltaLakeResource
@@ -24,6 +26,11 @@ from resources.mlflow_registry import MlflowRegistryResource
 from resources.promotion_lock import promotion_lease
 from resources.registered_models import alias_version, drop_challenger, get_version, metrics_of
 from resources.serving import ServingResource
+
+
+def _version(client, pipeline: str, alias: str) -> int | None:
+    held = alias_version(client, pipeline, alias)
+    return None if held is None else int(held.version)
 
 
 def _metadata(state: rollouts.Rollout, signals: rollouts.StepSignals, verdict: rollouts.Verdict) -> dict:
@@ -65,19 +72,12 @@ def judge(
         state = rollouts.current(history(delta, decl.name))
         if state is None:
             return None, rollouts.Verdict("none", "no rollout in progress"), {"verdict": "none"}
-        held = alias_version(client, decl.name, CHALLENGER)
-        if held is None or int(held.version) != state.version:
-            # moved outside the platform (the MLflow UI): Serve follows the alias, so the rollout has no traffic left,
-            # and while it stayed open it waited forever and refused every manual traffic change
-            why = (
-                f"the challenger alias names {f'v{held.version}' if held else 'no version'}, not v{state.version}: set outside the rollout"
-            )
-            record(
-                delta,
-                decl.name,
-                AuditEvent("rollout_abort", state.version, actor=actor, reason=why, alias=CHALLENGER, dagster_run_id=run_id),
-            )
-            client.set_model_version_tag(decl.name, str(state.version), STATUS_TAG, "aborted")
+        # an alias moved outside the platform (the MLflow UI) ends the rollout: Serve, following `challenger`, gives
+        # its version no traffic (left open, it waited for ever and refused every manual traffic change), and a new
+        # `champion` is not the baseline its guards compare with
+        why = rollouts.moved_aliases(state, _version(client, decl.name, CHALLENGER), _version(client, decl.name, CHAMPION))
+        if why is not None:
+            end_rollout(delta, client, state, actor, why, dagster_run_id=run_id)
             return state, rollouts.Verdict("abort", why), {"model_version": state.version, "verdict": "abort", "reason": why}
         signals = rollouts.read_signals(delta, state, spec.guards, decl.target.task, decl.target.column)
         verdict = rollouts.decide(state, signals, spec)
@@ -99,20 +99,6 @@ def judge(
                 ),
             )
         elif verdict.action == "complete":
-            champion = alias_version(client, decl.name, CHAMPION)
-            if champion is None or int(champion.version) != state.from_version:
-                why = (
-                    f"the champion moved to v{champion.version if champion else 'none'} during the rollout "
-                    f"(it began beside v{state.from_version}): its comparison is stale"
-                )
-                record(
-                    delta,
-                    decl.name,
-                    AuditEvent("rollout_abort", state.version, actor=actor, reason=why, alias=CHALLENGER, dagster_run_id=run_id),
-                )
-                drop_challenger(client, decl.name, state.version)
-                client.set_model_version_tag(decl.name, str(state.version), STATUS_TAG, "stale")
-                return state, rollouts.Verdict("abort", why), {**metadata, "verdict": "abort"}
             mv = get_version(client, decl.name, state.version)
             record(
                 delta,

@@ -10,6 +10,7 @@ for approval (policy ``manual``).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mlops_assets.core.declaration import PipelineDeclaration, RolloutSpec
@@ -30,8 +31,8 @@ from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.promotion_lock import promotion_lease
 from resources.registered_models import alias_version, drop_challenger, get_version, metrics_of
+from resources.rollouts import Rollout, step_metrics
 from resources.rollouts import current as current_rollout
-from resources.rollouts import step_metrics
 
 
 @dataclass(frozen=True)
@@ -401,21 +402,17 @@ def rollback(pipeline: str, delta: DeltaLakeResource, registry: MlflowRegistryRe
                 mlflow_run_id=target.run_id or "",
             )
         ]
-        # a rollout in progress was judged beside the champion rolled back: it ends with it (else it waited for
-        # signals of a champion no longer served)
+        # a rollout in progress was judged beside the champion rolled back: it ends with it, in the rollback's audit
+        # commit (else it waited for signals of a champion no longer served)
         ongoing = current_rollout(history(delta, pipeline))
-        if ongoing is not None:
+        if ongoing is None:
+            record(delta, pipeline, *events)  # before the aliases move: no move without its history
+        else:
             why = f"champion v{current.version}, which it rolled out beside, was rolled back to v{target.version}"
-            events.append(
-                AuditEvent("rollout_abort", ongoing.version, actor=by, reason=why, alias=CHALLENGER, from_version=ongoing.from_version)
-            )
-        record(delta, pipeline, *events)  # before the aliases move: no move without its history
+            end_rollout(delta, client, ongoing, by, why, along=events)
         client.set_registered_model_alias(pipeline, CHAMPION, target.version)
         client.set_model_version_tag(pipeline, current.version, STATUS_TAG, "rolled_back")
         client.set_model_version_tag(pipeline, target.version, STATUS_TAG, "promoted")
-        if ongoing is not None:
-            drop_challenger(client, pipeline, ongoing.version)
-            client.set_model_version_tag(pipeline, str(ongoing.version), STATUS_TAG, "aborted")
     return Decision(
         "rollback", int(target.version), int(current.version), f"champion -> v{target.version} (rolled back from v{current.version})"
     )
@@ -433,16 +430,40 @@ def abort_rollout(pipeline: str, delta: DeltaLakeResource, registry: MlflowRegis
         ongoing = current_rollout(history(delta, pipeline))
         if ongoing is None:
             raise LookupError(f"model {pipeline} has no rollout in progress")
-        event = AuditEvent("rollout_abort", ongoing.version, actor=by, reason=reason, alias=CHALLENGER, from_version=ongoing.from_version)
-        record(delta, pipeline, event)  # before the alias moves: no move without its history
-        drop_challenger(client, pipeline, ongoing.version)
-        client.set_model_version_tag(pipeline, str(ongoing.version), STATUS_TAG, "aborted")
+        end_rollout(delta, client, ongoing, by, reason)
     return Decision(
         "rollout_abort",
         ongoing.version,
         ongoing.from_version,
         f"rollout of v{ongoing.version} aborted at {ongoing.share:.0%} of traffic; champion v{ongoing.from_version} answers alone",
     )
+
+
+def end_rollout(
+    delta: DeltaLakeResource,
+    client,
+    rollout: Rollout,
+    actor: str,
+    reason: str,
+    dagster_run_id: str = "",
+    along: Sequence[AuditEvent] = (),
+) -> None:
+    """Abort the rollout, the champion staying: `rollout_abort` on record first (with `along`, the decision's own
+    rows, in the same commit), then `challenger` removed where it still names the version (the champion sensor's
+    redeploy gives it no traffic) and the version tagged aborted. The caller holds the promotion lease. Every end
+    of a rollout but its own verdicts and a newer version superseding it (which takes the alias) comes here."""
+    abort = AuditEvent(
+        "rollout_abort",
+        rollout.version,
+        actor=actor,
+        reason=reason,
+        alias=CHALLENGER,
+        from_version=rollout.from_version,
+        dagster_run_id=dagster_run_id,
+    )
+    record(delta, rollout.pipeline, *along, abort)  # before the alias moves: no move without its history
+    drop_challenger(client, rollout.pipeline, rollout.version)
+    client.set_model_version_tag(rollout.pipeline, str(rollout.version), STATUS_TAG, "aborted")
 
 
 def describe(registry: MlflowRegistryResource, pipeline: str, alias: str) -> dict | None:

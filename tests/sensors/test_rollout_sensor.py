@@ -92,9 +92,9 @@ def test_a_step_recorded_by_a_failed_run_is_applied_again_a_bounded_number_of_ti
         assert "no rollout" in tick().skip_message
 
 
-def test_a_rollout_whose_challenger_alias_was_moved_by_hand_is_aborted(tmp_path, empty_mlflow_store):
-    """The alias removed in the MLflow UI: Serve, following it, gave the version no traffic, yet the rollout stayed open
-    for ever (waiting for requests, `mlops status` showing its share, manual traffic refused). Now a run ends it."""
+def _moved_by_hand(tmp_path, empty_mlflow_store, move) -> tuple[dg.RunRequest, dict, object]:
+    """v2 rolling out beside champion v1 (v3 registered too), an alias moved by `move(client)` while the first step
+    bakes: the run the next tick asks for, run, and the audit log's last row after it. The rollout ended."""
     import shutil
 
     base = load_declaration(PACKAGED_PIPELINES / "flights" / "defs.yaml")
@@ -105,8 +105,9 @@ def test_a_rollout_whose_challenger_alias_was_moved_by_hand_is_aborted(tmp_path,
     registry = MlflowRegistryResource(tracking_uri=uri)
     client = registry.client()
     client.create_registered_model("flights")
-    for _ in range(2):
+    for _ in range(3):
         client.create_model_version("flights", source=str(tmp_path))
+    client.set_registered_model_alias("flights", "champion", "1")
     client.set_registered_model_alias("flights", "challenger", "2")
     delta = DeltaLakeResource(root=str(tmp_path / "delta"))
     resources = {"delta": delta, "mlflow": registry, "serving": ServingResource(tracking_uri=uri)}
@@ -119,11 +120,29 @@ def test_a_rollout_whose_challenger_alias_was_moved_by_hand_is_aborted(tmp_path,
             return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources))
 
         assert "step 1/3" in tick().skip_message  # baking
-        client.delete_registered_model_alias("flights", "challenger")
+        move(client)
         (request,) = tick().run_requests
-        assert request.tags[ROLLOUT_ACTION_TAG] == "abort" and "names no version, not v2" in request.tags[REASON_TAG]
+        assert request.tags[ROLLOUT_ACTION_TAG] == "abort"
         assert job.execute_in_process(instance=instance, tags=request.tags).success
         last = history(delta, "flights").row(-1, named=True)
-        assert last["action"] == "rollout_abort" and last["model_version"] == 2
+        assert (last["action"], last["model_version"], last["from_version"]) == ("rollout_abort", 2, 1)
         assert client.get_model_version("flights", "2").tags["mlops.status"] == "aborted"
         assert rollouts.current(history(delta, "flights")) is None and "no rollout" in tick().skip_message
+    return request, last, client
+
+
+def test_a_rollout_whose_challenger_alias_was_moved_by_hand_is_aborted(tmp_path, empty_mlflow_store):
+    """The alias removed in the MLflow UI: Serve, following it, gave the version no traffic, yet the rollout stayed open
+    for ever (waiting for requests, `mlops status` showing its share, manual traffic refused). Now a run ends it."""
+    request, last, _ = _moved_by_hand(tmp_path, empty_mlflow_store, lambda c: c.delete_registered_model_alias("flights", "challenger"))
+    assert "names no version, not v2" in request.tags[REASON_TAG] and "names no version, not v2" in last["reason"]
+
+
+def test_a_rollout_whose_champion_was_moved_by_hand_is_aborted_at_once(tmp_path, empty_mlflow_store):
+    """The champion alias moved in the MLflow UI: the rollout went on judging v2 against v1, no longer served, and was
+    caught only when its last step completed. Now the next tick asks for a run that ends it, naming the move."""
+    request, last, client = _moved_by_hand(tmp_path, empty_mlflow_store, lambda c: c.set_registered_model_alias("flights", "champion", "3"))
+    for reason in (request.tags[REASON_TAG], last["reason"]):
+        assert "the champion alias names v3, not v1, which the rollout compares v2 with" in reason
+        assert "mlops gate flights 2" in reason
+    assert "challenger" not in client.get_registered_model("flights").aliases  # the redeploy gives v2 no more traffic
