@@ -1,6 +1,11 @@
 """`<pipeline>_champion_sensor`: requests the rollout whenever the `champion` or
-`challenger` alias moves (promotion, rollback, new challenger), and again, a few
-times, when the rollout for the current aliases failed."""
+`challenger` alias moves (promotion, rollback, new challenger) or a progressive rollout starts
+or ends (the audit log's), and again, a few times, when the rollout for the current aliases failed.
+
+A rollout can start without an alias move: a version waiting for approval (policy manual) already
+holds `challenger`, at no share of traffic, and its approval starts the rollout. Only a deployment
+puts the first step's share on Serve, so without one the new version got no traffic and the rollout
+waited for its answers for ever."""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from mlops_assets.core.names import (
     deploy_job_name,
     sensor_name,
 )
+from resources import rollouts
+from resources.audit_log import history
 from resources.registered_models import no_registry_yet, resolve_alias
 from resources.serving import ServingResource
 from sensors.cursors import read_cursor
@@ -59,7 +66,7 @@ def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition
         job=job,
         minimum_interval_seconds=10,  # a new champion waits at most this long for its rollout
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Redeploys {decl.name} when its `champion` or `challenger` alias moves.",
+        description=f"Redeploys {decl.name} when its `champion` or `challenger` alias moves, or a rollout starts or ends.",
     )
     def champion_sensor(context: dg.SensorEvaluationContext, serving: ServingResource):
         uri = serving.settings(decl.name).resolved_tracking_uri()
@@ -69,8 +76,11 @@ def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition
         now = {"champion": resolve_alias(uri, decl.name, CHAMPION), "challenger": resolve_alias(uri, decl.name, CHALLENGER)}
         if now["champion"] is None:
             return dg.SkipReason(f"model {decl.name} has no champion yet")
+        if decl.promotion.rollout is not None:
+            rolling_out = rollouts.current(history(serving.settings(decl.name).delta(), decl.name))
+            now["rolling_out"] = rolling_out.version if rolling_out is not None else None
         before = read_cursor(context)
-        if before.get("champion") == now["champion"] and before.get("challenger") == now["challenger"]:
+        if all(before.get(k) == v for k, v in now.items()):
             return _retry_failed_rollout(context, decl, before) or dg.SkipReason(f"aliases unchanged (champion v{now['champion']})")
         # counted on from the rollouts already asked for too: a cursor started over would ask again under the
         # run key of the first move, which Dagster drops as launched (the new champion would never be rolled out)
@@ -83,7 +93,12 @@ def build_champion_sensor(decl: PipelineDeclaration, job) -> dg.SensorDefinition
                 CHAMPION_VERSION_TAG: str(now["champion"]),
                 CHALLENGER_VERSION_TAG: _named(now["challenger"], ""),
                 REASON_TAG: f"champion {_named(before.get('champion'))} -> {_named(now['champion'])}, "
-                f"challenger {_named(before.get('challenger'))} -> {_named(now['challenger'])}",
+                f"challenger {_named(before.get('challenger'))} -> {_named(now['challenger'])}"
+                + (
+                    f", rollout {_named(before.get('rolling_out'))} -> {_named(now['rolling_out'])}"
+                    if before.get("rolling_out") != now.get("rolling_out")
+                    else ""
+                ),
             },
         )
 

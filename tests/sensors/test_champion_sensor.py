@@ -133,3 +133,42 @@ def test_an_unreadable_cursor_starts_over_and_still_rolls_the_next_move_out(tmp_
         (moved,) = tick().run_requests
         assert moved.tags["mlops/champion_version"] == str(v2) and moved.run_key != first.run_key
         assert json.loads(tick.cursor)["champion"] == v2
+
+
+def test_a_rollout_that_starts_without_an_alias_move_is_deployed(tmp_path):
+    """Policy manual: the version waiting for approval already holds `challenger` (no share of traffic), so its
+    approval starts the rollout without an alias move. Only a deployment puts the first step's share on Serve: the
+    sensor asked for none, the new version got no traffic and the rollout waited for its answers for ever."""
+    from mlops_assets.core.names import GATES_CHAMPION_TAG, GATES_TAG
+    from mlops_assets.models.promotion import approve, promote_after_gates
+    from resources.delta_lake import DeltaLakeResource
+    from resources.mlflow_registry import MlflowRegistryResource
+    from tests.support.models import flights_variant
+
+    rollout = {"steps": [0.1, 1.0], "bake_minutes": 1.0, "min_requests": 10}
+    decl = flights_variant(promotion={"policy": "manual", "rollout": rollout})
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    (tmp_path / "mlflow").mkdir()
+    delta, registry = DeltaLakeResource(root=str(tmp_path / "delta")), MlflowRegistryResource(tracking_uri=uri)
+    resource = ServingResource(tracking_uri=uri, delta_root=delta.root)
+    resources = {"serving": resource, "delta": delta, "mlflow": registry}
+    sensor = dg.Definitions.merge(build_serving_definitions(decl), dg.Definitions(resources=resources))
+    v1, v2 = _register(uri, tmp_path, "flights"), _register(uri, tmp_path, "flights")
+    client = registry.client()
+    client.set_registered_model_alias("flights", "champion", str(v1))
+    client.set_model_version_tag("flights", str(v2), GATES_TAG, "passed")
+    client.set_model_version_tag("flights", str(v2), GATES_CHAMPION_TAG, str(v1))
+
+    with dg.instance_for_test() as instance:
+        tick = Ticker(sensor.resolve_sensor_def("flights_champion_sensor"), instance, resource)
+        assert len(tick().run_requests) == 1  # the champion
+        promote_after_gates(decl, delta, registry, str(v2), actor="gates")  # waits for approval as the challenger
+        (waiting,) = tick().run_requests
+        assert waiting.tags["mlops/challenger_version"] == str(v2)
+        assert "unchanged" in tick().skip_message
+
+        approve("flights", delta, registry, v2, "carol", "looks good", rollout=decl.promotion.rollout)
+        (rolling_out,) = tick().run_requests
+        assert rolling_out.tags["mlops/reason"] == f"champion v{v1} -> v{v1}, challenger v{v2} -> v{v2}, rollout none -> v{v2}"
+        assert rolling_out.run_key != waiting.run_key
+        assert "unchanged" in tick().skip_message
