@@ -268,7 +268,7 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
         latest = table.tail(1).to_dicts()[0] if table.height else {}
         return dg.MaterializeResult(
             metadata={
-                "days": table.height,
+                "days": table.get_column("day").n_unique(),  # not rows: during a rollout two versions score each day
                 "delta_version": version,
                 "by_version_and_day": preview(table.tail(30), rows=30),
                 **{f"latest_{n}": float(latest[n]) for n in ("mae", "rmse", "accuracy") if n in latest},

@@ -160,3 +160,20 @@ def test_monitoring_without_a_champion_fails_clearly(model_home):
         if e.is_step_failure and e.step_failure_data.user_failure_data
     ]
     assert any("has no champion model yet" in m for m in messages)
+
+
+def test_live_performance_counts_days_not_version_days(model_home):
+    """During a rollout two versions score each day: `days` counted the table's version x day rows, so two days
+    scored by two versions read as four."""
+    plat = model_home.platform(flights_variant())
+    scored = {}
+    for day in ("2013-01-29", "2013-01-30"):
+        rows = plat.delta.read_partitions("flights", "features", [day]).select("_partition", "_source_row")
+        scored[day] = pl.concat([rows.with_columns(pl.lit(v).alias("model_version"), pl.lit(10.0).alias("prediction")) for v in (1, 2)])
+    plat.delta.write_partitions("flights", "batch_scores", scored, "test")
+    result = plat.defs.resolve_job_def("__ASSET_JOB").execute_in_process(
+        instance=plat.instance, asset_selection=[dg.AssetKey(["flights", "live_performance"])]
+    )
+    table = plat.delta.scan("flights", "live_performance").collect()
+    assert table.height == 4
+    assert result.asset_materializations_for_node("flights__live_performance")[0].metadata["days"].value == 2
