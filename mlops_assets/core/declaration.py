@@ -371,6 +371,12 @@ class DriftSpec(_Strict):
     html_report: bool = Field(True, description="Render Evidently's HTML report for each drift check.")
     report_sample_rows: int = Field(5000, ge=100, description="Rows per side given to Evidently's HTML report.")
     serving_window_rows: int = Field(1000, ge=1, description="Logged predictions that make a serving drift window.")
+    serving_min_rows: int = Field(
+        500,
+        ge=1,
+        description="Logged rows a model version needs in a serving drift window to be judged: fewer (a canary's share) "
+        "are too few to tell drift from sampling noise, and raise no alert.",
+    )
     serving_settle_seconds: int = Field(
         30,
         ge=0,
@@ -378,6 +384,15 @@ class DriftSpec(_Strict):
         description="How long after its append a logged row is read by serving drift: rows appended in the last seconds may "
         "still be committing, and a check that read past them would never read them.",
     )
+
+    @model_validator(mode="after")
+    def _judgeable_window(self) -> "DriftSpec":
+        if self.serving_min_rows > self.serving_window_rows:
+            raise ValueError(
+                f"serving_min_rows ({self.serving_min_rows}) is above serving_window_rows ({self.serving_window_rows}): "
+                "a version that answered a whole window would not be judged"
+            )
+        return self
 
 
 class ReplicaGroupSpec(_Strict):

@@ -2,9 +2,11 @@
 
 Each materialization takes the prediction-log rows appended since the previous
 one, up to `drift.serving_settle_seconds` ago (served traffic; shadow rows are the challenger's and are left out) and,
-per model version that answered, compares the logged features with that
-version's exact training snapshot: training-serving skew, reported per column
-like feature drift, into ``drift_metrics`` (source ``serving``).
+per model version that answered at least `drift.serving_min_rows` of them, compares the
+logged features with that version's exact training snapshot: training-serving skew,
+reported per column like feature drift, into ``drift_metrics`` (source ``serving``). A
+version with fewer rows (a canary's share) is named as not judged: on a few dozen rows
+every column reads as drifted.
 """
 
 from datetime import UTC, datetime
@@ -32,7 +34,8 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
         group_name=decl.name,
         kinds={"evidently", "delta"},
         description="Logged serving features since the last check against the training snapshot of the version "
-        "that served them (training-serving skew), per column, into drift_metrics.",
+        f"that served them (training-serving skew), per column, into drift_metrics; a version with fewer than "
+        f"{decl.drift.serving_min_rows} rows in the window is not judged.",
     )
     def serving_drift(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         after, through = last_watermark(context.instance, decl), settled_through_us(decl)
@@ -46,8 +49,14 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
             )
         # the watermark is the settled point, not the newest row read: every row appended up to it has been read
         window = f"log {datetime.fromtimestamp(after / 1e6, UTC):%Y-%m-%dT%H:%M:%S}..{datetime.fromtimestamp(through / 1e6, UTC):%Y-%m-%dT%H:%M:%S}"
-        summary, alerts, reports = [], [], {}
+        summary, alerts, unjudged, reports = [], [], [], {}
+        least = decl.drift.serving_min_rows
         for (version,), served in logged.sort("model_version").group_by("model_version", maintain_order=True):
+            if served.height < least:  # a canary's few rows: any drift they show is sampling noise, not the traffic
+                verdict = f"not enough rows ({served.height} of {least})"
+                unjudged.append(f"v{version}: {verdict}")
+                summary.append({"model_version": int(version), "rows": served.height, "drift_share": None, "drifted": verdict})
+                continue
             model = registered_models.model_version(decl.name, mlflow, int(version))
             try:
                 reference = drift_metrics.reference_profile(delta, model, context.run.run_id)
@@ -78,16 +87,18 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
                     "drifted": ", ".join(result.drifted()) or "none",
                 }
             )
+        judged = [s["drift_share"] for s in summary if s["drift_share"] is not None]
         metadata = {
             WATERMARK: through,
             "window": window,
             "rows": logged.height,
             "by_version": preview(pl.DataFrame(summary), rows=len(summary)),
-            "max_drift_share": max(s["drift_share"] for s in summary),
+            **({"max_drift_share": max(judged)} if judged else {}),
             "alert": bool(alerts),
             "alert_reason": "; ".join(alerts) or "none",
+            "not_judged": "; ".join(unjudged) or "none",
         }
-        for version, html in reports.items():  # one Evidently report per version that answered, against its own window
+        for version, html in reports.items():  # one Evidently report per version judged, against its own window
             if html:
                 metadata[f"report_v{version}"] = dg.MetadataValue.path(html.path)
                 metadata[f"report_url_v{version}"] = dg.MetadataValue.url(html.url)

@@ -5,8 +5,10 @@ from datetime import UTC, date
 
 import dagster as dg
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
+from mlops_assets.core.declaration import DeclarationError
 from mlops_assets.core.names import PREDICTION_LOG_PROPERTIES
 from mlops_assets.defs.flights.upstream import land_days
 from resources import registered_models
@@ -20,16 +22,19 @@ from tests.support.models import (
 
 def served_log(plat, day: str, version: int, plan) -> pl.DataFrame:
     """What the serving layer logs for a day of requests (its own row builder; Ray is not under test here)."""
-    features = plat.delta.read_partitions("flights", "features", [day]).select(plan.feature_columns)
-    preds = {"predictions": [0.0] * features.height}
+    return logged(plat.delta.read_partitions("flights", "features", [day]), version, plan, f"req-{day}")
+
+
+def logged(features: pl.DataFrame, version: int, plan, request_id: str) -> pl.DataFrame:
+    """What the serving layer logs for these rows, answered by `version`."""
     return log_rows(
-        features=features,
-        result=preds,
+        features=features.select(plan.feature_columns),
+        result={"predictions": [0.0] * features.height},
         pipeline="flights",
         model_version=version,
         role="champion",
         served=True,
-        request_id=f"req-{day}",
+        request_id=request_id,
         received_at=time.time(),
     )
 
@@ -162,7 +167,14 @@ def test_rollouts_count_in_delivery_metrics_and_a_rollback_is_a_failed_change_wi
 def test_each_version_that_answered_gets_its_own_html_report(model_home):
     """A canary window holds two versions' answers: each is compared with its own training window, in its own
     Evidently report (they all linked the first version's report)."""
-    drift = {"serving_window_rows": 10, "html_report": True, "report_sample_rows": 500, "cooldown_minutes": 0, "serving_settle_seconds": 0}
+    drift = {
+        "serving_window_rows": 10,
+        "serving_min_rows": 10,
+        "html_report": True,
+        "report_sample_rows": 500,
+        "cooldown_minutes": 0,
+        "serving_settle_seconds": 0,
+    }
     decl = flights_variant(drift=drift)
     plat = model_home.platform(decl)
     assert train(plat, end="2013-01-20").success and train(plat).success
@@ -178,12 +190,45 @@ def test_each_version_that_answered_gets_its_own_html_report(model_home):
     assert linked == reports
 
 
+def test_a_version_with_too_few_logged_rows_is_not_judged(model_home):
+    """A canary's 18 logged rows were judged like a full window: on a sample that small nearly every column reads as
+    drifted (rows drawn from the version's own training window raised an alert), so noise asked for a retraining.
+    Below `drift.serving_min_rows` the version is named as not judged, and raises no alert."""
+    drift = {"key_columns": [], "html_report": False, "cooldown_minutes": 0, "serving_settle_seconds": 0}
+    decl = flights_variant(drift=drift)
+    assert decl.drift.serving_min_rows == 500
+    plat = model_home.platform(decl)
+    assert train(plat, end="2013-01-20").success and train(plat).success
+    models = {v: registered_models.model_version("flights", plat.resources()["mlflow"], v) for v in (1, 2)}
+
+    def own_window(version: int, rows: int) -> pl.DataFrame:  # no drift at all: rows the version trained on
+        plan = models[version].plan
+        window = pl.date_range(date.fromisoformat(plan.partition_start), date.fromisoformat(plan.partition_end), eager=True)
+        features = plat.delta.read_partitions("flights", "features", [d.isoformat() for d in window])
+        return logged(features.sample(rows, seed=1), version, plan, f"req-v{version}")
+
+    plat.delta.append("flights", "prediction_log", own_window(1, 800))  # the champion's share of the window
+    plat.delta.append("flights", "prediction_log", own_window(2, 18))  # the canary's
+    meta = materialize(plat, ["flights", "serving_drift"]).asset_materializations_for_node("flights__serving_drift")[0].metadata
+    assert meta["alert"].value is False, meta["alert_reason"].value
+    assert meta["not_judged"].value == "v2: not enough rows (18 of 500)"
+    assert "| 2 | 18 |  | not enough rows (18 of 500) |" in meta["by_version"].value
+    judged = plat.delta.scan("flights", "drift_metrics").filter(pl.col("source") == "serving").collect()
+    assert judged.get_column("model_version").unique().to_list() == [1] and not judged.get_column("alert").any()
+    assert "no new drift alert" in sensor_tick(plat, "flights_drift_sensor").skip_message
+
+    with pytest.raises(DeclarationError, match=r"serving_min_rows \(500\) is above serving_window_rows \(100\)"):
+        flights_variant(drift={"serving_window_rows": 100})
+
+
 def test_rows_a_replica_commits_after_a_check_are_read_by_the_next_one(model_home):
     """Replica B answered first but flushed after replica A, and after a check had read A's rows: by answer time the
     check's watermark was past B's rows, and no check ever read them. By append time the next check reads them."""
     from serving.prediction_log import PredictionLogger
 
-    decl = flights_variant(drift={"serving_window_rows": 1, "html_report": False, "cooldown_minutes": 0, "serving_settle_seconds": 0})
+    decl = flights_variant(
+        drift={"serving_window_rows": 1, "serving_min_rows": 1, "html_report": False, "cooldown_minutes": 0, "serving_settle_seconds": 0}
+    )
     plat = model_home.platform(decl)
     assert train(plat).success
     champ = registered_models.champion("flights", plat.resources()["mlflow"])
@@ -213,7 +258,9 @@ def test_serving_drift_reads_rows_only_once_they_are_serving_settle_seconds_old(
 
     from mlops_assets.core.names import APPENDED_AT
 
-    decl = flights_variant(drift={"serving_window_rows": 1, "html_report": False, "cooldown_minutes": 0, "serving_settle_seconds": 3600})
+    decl = flights_variant(
+        drift={"serving_window_rows": 1, "serving_min_rows": 1, "html_report": False, "cooldown_minutes": 0, "serving_settle_seconds": 3600}
+    )
     plat = model_home.platform(decl)
     assert train(plat).success
     champ = registered_models.champion("flights", plat.resources()["mlflow"])
