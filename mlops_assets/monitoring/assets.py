@@ -9,15 +9,16 @@
   the live metric per model version and day.
 """
 
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from mlops_assets.core.declaration import PipelineDeclaration
-from mlops_assets.core.home import MlopsHome
 from mlops_assets.core.metrics import live_metrics
 from mlops_assets.core.names import (
     BATCH_SCORES,
@@ -65,16 +66,17 @@ def _features(delta: DeltaLakeResource, decl: PipelineDeclaration, partition: st
 
 @dataclass(frozen=True)
 class HtmlReport:
-    path: str  # under $MLOPS_HOME/reports, on the machine that ran the step
-    url: str  # the copy logged on the model version's MLflow run, in the MLflow UI
+    artifact: str  # runs:/<run id>/drift_reports/<name>.html: the one copy, on the model version's MLflow run
+    url: str  # that copy's page in the MLflow UI
 
 
 class HtmlReports:
     """Evidently's HTML reports of one model version's drift checks in one run, on bounded samples (none when the
     declaration switches them off). Its training window is read once and its MLflow run looked up once, not per
-    report (a range run writes one report per partition). Each report is logged on that run: a browser opens no
-    file:// link from the Dagster UI's page ("Not allowed to load local resource"), and on a cluster the file is on
-    the run's pod, so the link a person follows is the MLflow UI's page of the logged copy."""
+    report (a range run writes one report per partition). Each report is logged on that run and kept nowhere else
+    (about 5 MB a report): a browser opens no file:// link from the Dagster UI's page ("Not allowed to load local
+    resource"), and on a cluster a file would be on the run's pod, so the link a person follows is the MLflow UI's
+    page of the logged copy."""
 
     def __init__(
         self, decl: PipelineDeclaration, delta: DeltaLakeResource, mlflow: MlflowRegistryResource, model: registered_models.Champion
@@ -95,20 +97,22 @@ class HtmlReports:
     def render(self, current: pl.DataFrame, name: str) -> HtmlReport | None:
         if not self.decl.drift.html_report:
             return None
-        path = MlopsHome.from_env().reports / self.decl.name / f"{name}.html"
-        evidently_drift(
-            self._reference,
-            current,
-            self.model.numerical,
-            self.model.categorical,
-            html_path=path,
-            sample_rows=self.decl.drift.report_sample_rows,
-            drift_share=self.decl.drift.share_threshold,  # the headline Evidently prints: the platform's threshold, not its 0.5
-        )
         experiment_id, run_id = self._run
-        with self.mlflow.writing() as writer:
-            writer.log_artifact(run_id, str(path), artifact_path=DRIFT_REPORTS_ARTIFACT)
-        return HtmlReport(str(path), self.mlflow.artifact_url(experiment_id, run_id, f"{DRIFT_REPORTS_ARTIFACT}/{path.name}"))
+        with tempfile.TemporaryDirectory(prefix="drift_report_") as folder:
+            path = Path(folder) / f"{name}.html"
+            evidently_drift(
+                self._reference,
+                current,
+                self.model.numerical,
+                self.model.categorical,
+                html_path=path,
+                sample_rows=self.decl.drift.report_sample_rows,
+                drift_share=self.decl.drift.share_threshold,  # the headline Evidently prints: the platform's threshold, not its 0.5
+            )
+            with self.mlflow.writing() as writer:
+                writer.log_artifact(run_id, str(path), artifact_path=DRIFT_REPORTS_ARTIFACT)
+        logged = f"{DRIFT_REPORTS_ARTIFACT}/{path.name}"
+        return HtmlReport(f"runs:/{run_id}/{logged}", self.mlflow.artifact_url(experiment_id, run_id, logged))
 
 
 def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinition) -> list:
@@ -145,7 +149,7 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
                 rows=current.height,
                 key_columns=drift_metrics.checked_key_columns(decl.drift.key_columns, reference),
                 run_id=context.run.run_id,
-                html_report=html.path if html else "",
+                html_report=html.artifact if html else "",
             )
             days.append((partition, current, result, written.get_column("alert_reason")[0], html))
         if len(days) > 1:
@@ -178,7 +182,6 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
             "columns": preview(result.columns.sort("drifted", "score", descending=True), rows=result.columns.height, max_columns=5),
         }
         if html:
-            metadata["report"] = dg.MetadataValue.path(html.path)
             metadata["report_url"] = dg.MetadataValue.url(html.url)
         return dg.MaterializeResult(metadata=metadata)
 

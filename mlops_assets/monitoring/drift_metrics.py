@@ -109,6 +109,8 @@ def record(
     run_id: str,
     html_report: str = "",
 ) -> pl.DataFrame:
+    """Append a check's per-column scores; `html_report` is where its Evidently report is (runs:/<run id>/drift_reports/...,
+    the model version's MLflow run; older rows hold a path under $MLOPS_HOME/reports), '' for none."""
     reason = alert_reason(result, key_columns)
     frame = result.columns.with_columns(
         pl.lit(uuid.uuid4().hex).alias("report_id"),

@@ -74,7 +74,7 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
                 rows=served.height,
                 key_columns=drift_metrics.checked_key_columns(decl.drift.key_columns, reference),
                 run_id=context.run.run_id,
-                html_report=html.path if html else "",
+                html_report=html.artifact if html else "",
             )
             reason = written.get_column("alert_reason")[0]
             if reason:
@@ -100,7 +100,6 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
         }
         for version, html in reports.items():  # one Evidently report per version judged, against its own window
             if html:
-                metadata[f"report_v{version}"] = dg.MetadataValue.path(html.path)
                 metadata[f"report_url_v{version}"] = dg.MetadataValue.url(html.url)
         return dg.MaterializeResult(metadata=metadata)
 

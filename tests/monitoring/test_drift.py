@@ -1,5 +1,8 @@
 """The fast drift decision agrees with Evidently's on the same data."""
 
+import uuid
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -129,7 +132,14 @@ def report_registry(tmp_path, empty_mlflow_store, monkeypatch):
     def reports(decl):
         return monitoring_assets.HtmlReports(decl, None, mlflow, champ)  # type: ignore[arg-type]
 
-    return SimpleNamespace(mlflow=mlflow, experiment=experiment, run_id=run.info.run_id, reports=reports, reads=reads)
+    def page(report) -> str:
+        """The report as a reader of drift_metrics.html_report gets it: downloaded from the MLflow run."""
+        from mlflow.artifacts import download_artifacts
+
+        dst = tmp_path / "downloaded" / uuid.uuid4().hex
+        return Path(download_artifacts(report.artifact, dst_path=str(dst), tracking_uri=mlflow.resolved_tracking_uri())).read_text()
+
+    return SimpleNamespace(mlflow=mlflow, experiment=experiment, run_id=run.info.run_id, reports=reports, reads=reads, page=page)
 
 
 def test_html_report_headline_uses_the_declared_share_threshold(report_registry):
@@ -141,7 +151,7 @@ def test_html_report_headline_uses_the_declared_share_threshold(report_registry)
     r = report_registry
     decl = flights_variant(drift={"share_threshold": 0.3, "report_sample_rows": 500})
     report = r.reports(decl).render(synthetic(600, 2, {"normal": 0.8}), "threshold_check")
-    page = open(report.path).read()
+    page = r.page(report)
     assert "Dataset drift detection threshold is 0.3" in page
     assert "threshold is 0.5" not in page
 
@@ -163,3 +173,16 @@ def test_html_report_link_opens_in_the_mlflow_ui(report_registry):
     logged = [a.path for a in r.mlflow.client().list_artifacts(r.run_id, "drift_reports")]
     assert logged == ["drift_reports/feature_drift_2013-01-21_v1.html", "drift_reports/feature_drift_2013-01-22_v1.html"]
     assert len(r.reads) == 1  # the training window read once for the run, not once per report
+
+
+def test_a_drift_report_is_kept_once_on_the_mlflow_run(report_registry, tmp_path):
+    """Each report was written under $MLOPS_HOME/reports and logged on the run too: about 5 MB twice per monitored
+    partition. The logged copy is the one kept; drift_metrics.html_report names it (runs:/...), and a reader gets
+    the page from there."""
+    from tests.support.models import flights_variant
+
+    r = report_registry
+    report = r.reports(flights_variant(drift={"report_sample_rows": 500})).render(synthetic(600, 2, {}), "feature_drift_2013-01-21_v1")
+    assert report.artifact == f"runs:/{r.run_id}/drift_reports/feature_drift_2013-01-21_v1.html"
+    assert "<html" in r.page(report)
+    assert not list((tmp_path / "reports").rglob("*.html")), "no copy under $MLOPS_HOME/reports"

@@ -183,11 +183,14 @@ def test_each_version_that_answered_gets_its_own_html_report(model_home):
         plat.delta.append("flights", "prediction_log", served_log(plat, day, version, models[version].plan))
     result = materialize(plat, ["flights", "serving_drift"])
     meta = result.asset_materializations_for_node("flights__serving_drift")[0].metadata
-    reports = {v: meta[f"report_v{v}"].value for v in (1, 2)}
-    assert reports[1] != reports[2] and reports[1].endswith("_v1.html") and reports[2].endswith("_v2.html")
+    urls = {v: meta[f"report_url_v{v}"].value for v in (1, 2)}
+    assert urls[1] != urls[2] and urls[1].endswith("_v1.html") and urls[2].endswith("_v2.html")
+    client = plat.resources()["mlflow"].client()
+    runs = {v: client.get_model_version("flights", str(v)).run_id for v in (1, 2)}
+    assert all(f"/runs/{runs[v]}/artifacts/drift_reports/" in urls[v] for v in (1, 2)), "each on its own version's run"
     rows = plat.delta.scan("flights", "drift_metrics").filter(pl.col("source") == "serving").collect()
     linked = dict(rows.select("model_version", "html_report").unique().iter_rows())
-    assert linked == reports
+    assert linked == {v: f"runs:/{runs[v]}/drift_reports/{urls[v].rsplit('/', 1)[1]}" for v in (1, 2)}
 
 
 def test_a_version_with_too_few_logged_rows_is_not_judged(model_home):
