@@ -34,9 +34,9 @@ from mlops_assets.core.names import (
     model_key,
 )
 from mlops_assets.core.partitions import backfill_policy
-from mlops_assets.metadata import preview
+from mlops_assets.metadata import add_partition_metadata, preview
 from mlops_assets.monitoring import batch_scoring, drift_metrics
-from mlops_assets.monitoring.drift import detect
+from mlops_assets.monitoring.drift import DriftResult, detect
 from mlops_assets.monitoring.drift_report import evidently_drift
 from resources import audit_log, registered_models, rollouts
 from resources.delta_lake import DeltaLakeResource
@@ -115,6 +115,19 @@ class HtmlReports:
         return HtmlReport(f"runs:/{run_id}/{logged}", self.mlflow.artifact_url(experiment_id, run_id, logged))
 
 
+def _partition_figures(partition: str, current: pl.DataFrame, result: DriftResult, reason: str, html: HtmlReport | None) -> dict:
+    """A partition's own drift figures: its event's metadata, in a range run as in a run of that partition alone."""
+    figures = {
+        "partition": partition,
+        "rows": current.height,
+        "drift_share": result.share,
+        "drifted_columns": ", ".join(result.drifted()) or "none",
+        "alert": bool(reason),
+        "alert_reason": reason or "none",
+    }
+    return figures | ({"report_url": dg.MetadataValue.url(html.url)} if html else {})
+
+
 def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.PartitionsDefinition) -> list:
     target = decl.target.column
 
@@ -153,6 +166,7 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
             )
             days.append((partition, current, result, written.get_column("alert_reason")[0], html))
         if len(days) > 1:
+            add_partition_metadata(context, feature_drift_key(decl), {d[0]: _partition_figures(*d) for d in days})
             summary = pl.DataFrame(
                 [{"partition": p, "rows": c.height, "drift_share": r.share, "alert": reason or ""} for p, c, r, reason, _ in days]
             )
@@ -162,27 +176,19 @@ def build_monitoring_assets(decl: PipelineDeclaration, partitions: dg.Partitions
                     "partitions": len(days),
                     "range": f"{days[0][0]} .. {days[-1][0]}",
                     "champion_version": champ.version,
-                    "rows": sum(c.height for _, c, _, _, _ in days),
-                    "alert": bool(alerts),
+                    "range_rows": sum(c.height for _, c, _, _, _ in days),
                     "alert_partitions": ", ".join(alerts) or "none",
                     "days": preview(summary, rows=summary.height),
                 }
             )
         partition, current, result, reason, html = days[0]
         metadata = {
-            "partition": partition,
+            **_partition_figures(partition, current, result, reason, html),
             "champion_version": champ.version,
             "reference_window": drift_metrics.describe_reference(champ),  # after an erasure: not the recorded version
-            "rows": current.height,
-            "drift_share": result.share,
             "share_threshold": decl.drift.share_threshold,
-            "drifted_columns": ", ".join(result.drifted()) or "none",
-            "alert": bool(reason),
-            "alert_reason": reason or "none",
             "columns": preview(result.columns.sort("drifted", "score", descending=True), rows=result.columns.height, max_columns=5),
         }
-        if html:
-            metadata["report_url"] = dg.MetadataValue.url(html.url)
         return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset(

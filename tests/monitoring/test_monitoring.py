@@ -170,6 +170,28 @@ def test_monitoring_without_a_champion_fails_clearly(model_home):
     assert any("has no champion model yet" in m for m in messages)
 
 
+def test_a_range_run_links_each_partitions_drift_report(model_home):
+    """A drift run over one partition linked its report (report_url); a run over a range linked none, though it
+    rendered and logged one report per partition. Each partition's event now carries its own figures and link."""
+    from mlops_assets.core.names import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    plat = model_home.platform(flights_variant(drift={"report_sample_rows": 500}))
+    assert train(plat).success
+    run_id = plat.resources()["mlflow"].client().get_model_version("flights", "1").run_id
+    result = plat.defs.resolve_job_def("flights_monitor").execute_in_process(
+        instance=plat.instance, tags={ASSET_PARTITION_RANGE_START_TAG: "2013-01-29", ASSET_PARTITION_RANGE_END_TAG: "2013-01-30"}
+    )
+    events = {m.partition: m.metadata for m in result.asset_materializations_for_node("flights__feature_drift")}
+    assert set(events) == {"2013-01-29", "2013-01-30"}
+    reports = dict(plat.delta.scan("flights", "drift_metrics").select("window", "html_report").unique().collect().iter_rows())
+    for day, meta in events.items():
+        assert meta["partition"].value == day
+        assert meta["rows"].value == plat.delta.read_partitions("flights", "features", [day]).height
+        assert meta["report_url"].value.endswith(f"/runs/{run_id}/artifacts/drift_reports/feature_drift_{day}_v1.html")
+        assert reports[day] == f"runs:/{run_id}/drift_reports/feature_drift_{day}_v1.html"
+    assert events["2013-01-29"]["range_rows"].value == sum(m["rows"].value for m in events.values())
+
+
 def test_live_performance_counts_days_not_version_days(model_home):
     """During a rollout two versions score each day: `days` counted the table's version x day rows, so two days
     scored by two versions read as four."""
