@@ -231,6 +231,21 @@ def new_log_rows(delta: DeltaLakeResource, decl: PipelineDeclaration, after_us: 
     log = delta.scan(decl.name, PREDICTION_LOG)
     if log is None:
         return None
-    stamp = pl.coalesce(APPENDED_AT, "logged_at") if APPENDED_AT in log.collect_schema() else pl.col("logged_at")
-    us = stamp.dt.epoch("us")
+    us = _appended_us(log)
     return log.filter(pl.col("served") & (us > after_us) & (us <= through_us))
+
+
+def newest_log_rows(delta: DeltaLakeResource, decl: PipelineDeclaration, version: int, through_us: int, rows: int) -> pl.DataFrame:
+    """A version's newest `rows` served rows appended up to `through_us`, in a window or before it: a canary's share of
+    one window is too small to judge, and its rows of the windows before are what it served since."""
+    log = delta.scan(decl.name, PREDICTION_LOG)
+    if log is None:
+        return pl.DataFrame()
+    us = _appended_us(log)
+    served = log.filter(pl.col("served") & (pl.col("model_version") == version) & (us <= through_us))
+    return served.with_columns(us.alias("_appended_us")).top_k(rows, by="_appended_us").drop("_appended_us").collect()
+
+
+def _appended_us(log: pl.LazyFrame) -> pl.Expr:
+    stamp = pl.coalesce(APPENDED_AT, "logged_at") if APPENDED_AT in log.collect_schema() else pl.col("logged_at")
+    return stamp.dt.epoch("us")

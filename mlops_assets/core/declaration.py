@@ -374,8 +374,9 @@ class DriftSpec(_Strict):
     serving_min_rows: int = Field(
         500,
         ge=1,
-        description="Logged rows a model version needs in a serving drift window to be judged: fewer (a canary's share) "
-        "are too few to tell drift from sampling noise, and raise no alert.",
+        description="Logged rows a model version is judged on by serving drift: with fewer in a window (a canary's share) "
+        "its newest this many are judged, earlier windows' too; a version that has served fewer is not judged (too few "
+        "to tell drift from sampling noise) and raises no alert.",
     )
     serving_settle_seconds: int = Field(
         30,

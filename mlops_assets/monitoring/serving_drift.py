@@ -2,11 +2,12 @@
 
 Each materialization takes the prediction-log rows appended since the previous
 one, up to `drift.serving_settle_seconds` ago (served traffic; shadow rows are the challenger's and are left out) and,
-per model version that answered at least `drift.serving_min_rows` of them, compares the
-logged features with that version's exact training snapshot: training-serving skew,
-reported per column like feature drift, into ``drift_metrics`` (source ``serving``). A
-version with fewer rows (a canary's share) is named as not judged: on a few dozen rows
-every column reads as drifted.
+per model version that answered them, compares the logged features with that version's
+exact training snapshot: training-serving skew, reported per column like feature drift, into
+``drift_metrics`` (source ``serving``). A version with fewer than `drift.serving_min_rows` rows
+in the window (a canary's share) is judged on its newest that many, from the windows before
+too; one that has not served that many yet is named as not judged: on a few dozen rows every
+column reads as drifted.
 """
 
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from mlops_assets.monitoring.drift import detect
 from resources import registered_models
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
-from resources.pipeline_tables import new_log_rows, settled_through_us
+from resources.pipeline_tables import new_log_rows, newest_log_rows, settled_through_us
 from sensors.retrain_sensors import last_watermark
 
 
@@ -35,7 +36,8 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
         kinds={"evidently", "delta"},
         description="Logged serving features since the last check against the training snapshot of the version "
         f"that served them (training-serving skew), per column, into drift_metrics; a version with fewer than "
-        f"{decl.drift.serving_min_rows} rows in the window is not judged.",
+        f"{decl.drift.serving_min_rows} rows in the window is judged on its newest {decl.drift.serving_min_rows} (from earlier "
+        "windows too), and not judged before it has served that many.",
     )
     def serving_drift(context: dg.AssetExecutionContext, delta: DeltaLakeResource, mlflow: MlflowRegistryResource):
         after, through = last_watermark(context.instance, decl), settled_through_us(decl)
@@ -52,7 +54,11 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
         summary, alerts, unjudged, reports = [], [], [], {}
         least = decl.drift.serving_min_rows
         for (version,), served in logged.sort("model_version").group_by("model_version", maintain_order=True):
+            span = window
             if served.height < least:  # a canary's few rows: any drift they show is sampling noise, not the traffic
+                served = newest_log_rows(delta, decl, int(version), through, least)  # with what it served before
+                span = f"{window}, with earlier rows: its newest {least}"
+            if served.height < least:
                 verdict = f"not enough rows ({served.height} of {least})"
                 unjudged.append(f"v{version}: {verdict}")
                 summary.append({"model_version": int(version), "rows": served.height, "drift_share": None, "drifted": verdict})
@@ -69,7 +75,7 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
                 decl.name,
                 result,
                 source="serving",
-                window=window,
+                window=span,
                 model_version=int(version),
                 rows=served.height,
                 key_columns=drift_metrics.checked_key_columns(decl.drift.key_columns, reference),

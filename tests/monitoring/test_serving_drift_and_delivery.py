@@ -220,6 +220,16 @@ def test_a_version_with_too_few_logged_rows_is_not_judged(model_home):
     assert judged.get_column("model_version").unique().to_list() == [1] and not judged.get_column("alert").any()
     assert "no new drift alert" in sensor_tick(plat, "flights_drift_sensor").skip_message
 
+    # the canary's share of the next window is small again: it is judged on its newest 500 rows, earlier ones too
+    plat.delta.append("flights", "prediction_log", own_window(1, 800))
+    plat.delta.append("flights", "prediction_log", own_window(2, 490))
+    meta = materialize(plat, ["flights", "serving_drift"]).asset_materializations_for_node("flights__serving_drift")[0].metadata
+    assert meta["not_judged"].value == "none" and meta["rows"].value == 1290
+    assert "| 2 | 500 |" in meta["by_version"].value
+    canary = plat.delta.scan("flights", "drift_metrics").filter(pl.col("model_version") == 2).collect()
+    assert canary.get_column("rows").unique().to_list() == [500]  # a row per column checked
+    assert canary.get_column("window").unique().str.ends_with("with earlier rows: its newest 500").to_list() == [True]
+
     with pytest.raises(DeclarationError, match=r"serving_min_rows \(500\) is above serving_window_rows \(100\)"):
         flights_variant(drift={"serving_window_rows": 100})
 
