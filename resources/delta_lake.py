@@ -423,6 +423,20 @@ class DeltaLakeResource(ConfigurableResource):
         self._commit(run, f"deleting from {table}")
         return int(deleted.get("num_deleted_rows", 0))
 
+    def update(self, pipeline: str, table: str, values: Mapping[str, str], predicate: str, run_id: str = "", reason: str = "") -> int:
+        """Set columns to these values in the rows matching a SQL predicate (one commit, retried on a lost race);
+        returns how many rows changed."""
+        if self.table(pipeline, table) is None:
+            return 0
+        updated: dict = {}
+
+        def run() -> None:
+            properties = CommitProperties(custom_metadata={"dagster_run_id": run_id, "reason": reason})
+            updated.update(self._fresh(pipeline, table).update(new_values=dict(values), predicate=predicate, commit_properties=properties))
+
+        self._commit(run, f"updating {table}")
+        return int(updated.get("num_updated_rows", 0))
+
     def vacuum(self, pipeline: str, table: str, retention_hours: int) -> list[str]:
         """Remove data files no version within `retention_hours` still needs: rows deleted before then are
         gone from time travel too. Returns the files removed."""

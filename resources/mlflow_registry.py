@@ -95,6 +95,14 @@ class MlflowRegistryResource(ConfigurableResource):
         """A run's artifact in the MLflow UI, which renders an HTML file in place (and offline)."""
         return f"{self.run_url(experiment_id, run_id)}/artifacts/{path}"
 
+    def delete_artifact(self, run_id: str, path: str) -> None:
+        """Delete a run's artifact through MLflow's artifact repository for that run (a folder, or the tracking
+        server's mlflow-artifacts proxy, which deletes it from the store behind it); one already gone is no error."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        root = self.client().get_run(run_id).info.artifact_uri
+        get_artifact_repository(root, tracking_uri=self.resolved_tracking_uri()).delete_artifacts(path)
+
     def _sqlite_path(self) -> Path | None:
         uri = self.resolved_tracking_uri()
         return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None

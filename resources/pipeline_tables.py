@@ -231,7 +231,7 @@ def new_log_rows(delta: DeltaLakeResource, decl: PipelineDeclaration, after_us: 
     log = delta.scan(decl.name, PREDICTION_LOG)
     if log is None:
         return None
-    us = _appended_us(log)
+    us = appended_us(log)
     return log.filter(pl.col("served") & (us > after_us) & (us <= through_us))
 
 
@@ -241,11 +241,12 @@ def newest_log_rows(delta: DeltaLakeResource, decl: PipelineDeclaration, version
     log = delta.scan(decl.name, PREDICTION_LOG)
     if log is None:
         return pl.DataFrame()
-    us = _appended_us(log)
+    us = appended_us(log)
     served = log.filter(pl.col("served") & (pl.col("model_version") == version) & (us <= through_us))
     return served.with_columns(us.alias("_appended_us")).top_k(rows, by="_appended_us").drop("_appended_us").collect()
 
 
-def _appended_us(log: pl.LazyFrame) -> pl.Expr:
+def appended_us(log: pl.LazyFrame) -> pl.Expr:
+    """When a log row was appended, in µs since the epoch: what serving drift reads the log by."""
     stamp = pl.coalesce(APPENDED_AT, "logged_at") if APPENDED_AT in log.collect_schema() else pl.col("logged_at")
     return stamp.dt.epoch("us")

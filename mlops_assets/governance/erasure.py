@@ -1,9 +1,9 @@
 """Erasure of a data subject (GDPR art. 17): every row a predicate matches leaves raw, quarantine,
 features, batch scores and the prediction log, the features its rows shaped (their days', and those of
-the days whose history statistics counted them) are computed again without them, old Delta versions are
-vacuumed after the declared retention, the erasure is audited (counts per table and the predicate, never
-the values), and every model version whose training window held those rows is tagged, so the retrain
-sensor replaces it.
+the days whose history statistics counted them) are computed again without them, the Evidently drift reports
+rendered from them are deleted, old Delta versions are vacuumed after the declared retention, the erasure is
+audited (counts per table and the predicate, never the values), and every model version whose training window
+held those rows is tagged, so the retrain sensor replaces it.
 
 The predicate is a small language over declared columns, `tailnum = "N24211" and origin in ("EWR",
 "JFK")`, parsed here and never passed through as SQL: columns are checked against the declaration,
@@ -35,9 +35,11 @@ from mlops_assets.core.names import (
 )
 from mlops_assets.core.partitions import shift
 from mlops_assets.data.features import featurize
+from mlops_assets.governance import erased_reports
 from resources.audit_log import AuditEvent, record
 from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
+from resources.pipeline_tables import appended_us
 from resources.registered_models import plan_of
 
 KEYED_TABLES = (QUARANTINE, FEATURES, BATCH_SCORES)  # rows found by the raw rows they came from
@@ -202,6 +204,7 @@ class Erasure:
     held_back: dict[str, str] = field(default_factory=dict)  # of those, the ones the features asset holds back, and why
     features_version: int | None = None  # the commit of the recomputed features
     tagged_versions: list[int] = field(default_factory=list)
+    drift_reports: int = 0  # Evidently drift reports rendered from the rows (removed unless a dry run)
     vacuumed_files: int = 0
     retention_hours: int = 0
     unsearchable_log_rows: int = 0  # prediction-log rows without a subject column the predicate reads
@@ -228,6 +231,11 @@ class Erasure:
             lines.append(
                 f"model versions trained on them: {', '.join(f'v{v}' for v in self.tagged_versions)}"
                 + (" (would be tagged)" if self.dry_run else f" (tagged {ERASED_TAG}; the retrain sensor replaces the champion)")
+            )
+        if self.drift_reports:
+            lines.append(
+                f"{'would remove' if self.dry_run else 'removed'} {self.drift_reports} Evidently drift reports rendered from "
+                "them (from the versions' MLflow runs; drift_metrics keeps their scores)"
             )
         if self.unsearchable_log_rows:
             lines.append(
@@ -326,10 +334,14 @@ def erase(
             result.rows[table] = 0
             continue
         result.rows[table] = lf.join(keys.lazy(), on=[PARTITION_COLUMN, SOURCE_ROW], how="semi").select(pl.len()).collect().item()
+    erased_log = pl.DataFrame(schema={"model_version": pl.Int64, "appended_us": pl.Int64})  # served rows: what serving drift read
     if logged is not None:
         carried = logged.collect_schema()
         present = all(SUBJECT_PREFIX + c in carried for c in predicate.columns)
         result.rows[PREDICTION_LOG] = logged.filter(predicate.expr(SUBJECT_PREFIX)).select(pl.len()).collect().item() if present else 0
+        if result.rows[PREDICTION_LOG]:
+            matched = logged.filter(predicate.expr(SUBJECT_PREFIX) & pl.col("served"))
+            erased_log = matched.select(pl.col("model_version").cast(pl.Int64), appended_us(logged).alias("appended_us")).collect()
         # rows logged without a subject column the predicate reads (before it was declared, or a request without
         # it) cannot be matched: counted, so the report and the audit row say what this erasure could not search
         unmarked = [pl.col(SUBJECT_PREFIX + c).is_null() for c in predicate.columns if SUBJECT_PREFIX + c in carried]
@@ -342,6 +354,8 @@ def erase(
         result.rows[PREDICTION_LOG] = 0
     result.recomputed = _shaped_by(delta, decl, result.partitions)
     result.tagged_versions = _trained_on(mlflow, decl.name, result.partitions)
+    reports = erased_reports.rendered_from(delta, decl.name, result.partitions, erased_log)
+    result.drift_reports = reports.height
     if dry_run:
         return result
 
@@ -365,6 +379,7 @@ def erase(
                 "days": len(result.partitions),
                 "recomputed_partitions": len(result.recomputed),
                 "tagged_versions": result.tagged_versions,
+                "drift_reports_removed": result.drift_reports,
                 "unsearchable_log_rows": result.unsearchable_log_rows,
                 "retention_hours": decl.governance.erasure_retention_hours,
                 "at": datetime.now(UTC).isoformat(),
@@ -373,6 +388,8 @@ def erase(
         ),
     )
     why = f"erasure {result.erasure_id} by {by}: {reason}"
+    # before the rows go: a re-run finds the same rows, so the same reports, until the deletes are done
+    erased_reports.remove(delta, mlflow, decl.name, reports, result.erasure_id, dagster_run_id, why)
     for table in KEYED_TABLES:
         if result.rows[table]:
             for where_keys in _key_predicates(keys):

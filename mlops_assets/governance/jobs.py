@@ -46,6 +46,7 @@ def build_erase_job(decl: PipelineDeclaration) -> dg.JobDefinition:
                 "days": len(result.partitions),
                 "recomputed_partitions": len(result.recomputed),
                 "tagged_versions": dg.MetadataValue.json(result.tagged_versions),
+                "drift_reports": result.drift_reports,
                 "vacuumed_files": result.vacuumed_files,
             },
         )

@@ -10,6 +10,7 @@ too; one that has not served that many yet is named as not judged: on a few doze
 column reads as drifted.
 """
 
+import re
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -26,6 +27,30 @@ from resources.delta_lake import DeltaLakeResource
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.pipeline_tables import new_log_rows, newest_log_rows, settled_through_us
 from sensors.retrain_sensors import last_watermark
+
+STAMP = "%Y-%m-%dT%H:%M:%S"  # a window's bounds, to the second
+_WINDOW = re.compile(r"log (?P<after>[0-9T:-]+)\.\.(?P<through>[0-9T:-]+)(?P<earlier>, with earlier rows: its newest \d+)?")
+
+
+def log_window(after_us: int, through_us: int) -> str:
+    """A check's `window` in drift_metrics: the append times it read, after `after_us` and up to `through_us`."""
+    return f"log {datetime.fromtimestamp(after_us / 1e6, UTC):{STAMP}}..{datetime.fromtimestamp(through_us / 1e6, UTC):{STAMP}}"
+
+
+def with_earlier_rows(window: str, rows: int) -> str:
+    """The window of a version judged on its newest `rows` rows, from the checks before too."""
+    return f"{window}, with earlier rows: its newest {rows}"
+
+
+def appended_bounds(window: str) -> tuple[int, int]:
+    """The append times (µs since the epoch, from inclusive, to exclusive) a check's rows can have, read back from
+    its window: widened to the window's whole seconds (a row appended in the second one check ended may be counted
+    for the next one too), and from the log's start when the version was judged with earlier rows."""
+    m = _WINDOW.fullmatch(window)
+    if m is None:
+        raise ValueError(f"{window!r} is not a serving drift window (log <after>..<through>)")
+    after, through = (int(datetime.strptime(m[k], STAMP).replace(tzinfo=UTC).timestamp()) * 1_000_000 for k in ("after", "through"))
+    return (0 if m["earlier"] else after), through + 1_000_000
 
 
 def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.AssetKey) -> dg.AssetsDefinition:
@@ -50,14 +75,14 @@ def build_serving_drift_asset(decl: PipelineDeclaration, deployment_key: dg.Asse
                 allow_retries=False,
             )
         # the watermark is the settled point, not the newest row read: every row appended up to it has been read
-        window = f"log {datetime.fromtimestamp(after / 1e6, UTC):%Y-%m-%dT%H:%M:%S}..{datetime.fromtimestamp(through / 1e6, UTC):%Y-%m-%dT%H:%M:%S}"
+        window = log_window(after, through)
         summary, alerts, unjudged, reports = [], [], [], {}
         least = decl.drift.serving_min_rows
         for (version,), served in logged.sort("model_version").group_by("model_version", maintain_order=True):
             span = window
             if served.height < least:  # a canary's few rows: any drift they show is sampling noise, not the traffic
                 served = newest_log_rows(delta, decl, int(version), through, least)  # with what it served before
-                span = f"{window}, with earlier rows: its newest {least}"
+                span = with_earlier_rows(window, least)
             if served.height < least:
                 verdict = f"not enough rows ({served.height} of {least})"
                 unjudged.append(f"v{version}: {verdict}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -13,8 +14,11 @@ from polars.testing import assert_frame_equal
 from mlops_assets.core.declaration import PACKAGED_PIPELINES, PipelineDeclaration, declaration_attributes
 from mlops_assets.core.feature_contract import load_feature_module
 from mlops_assets.core.names import (
+    APPENDED_AT,
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
+    DRIFT_METRICS,
+    DRIFT_REPORTS_ARTIFACT,
     ERASED_TAG,
     FEATURES,
     PARTITION_COLUMN,
@@ -24,7 +28,9 @@ from mlops_assets.core.names import (
     RAW,
     SOURCE_ROW,
     SUBJECT_PREFIX,
+    feature_drift_key,
     features_key,
+    serving_drift_key,
 )
 from mlops_assets.core.partitions import partitions_before
 from mlops_assets.governance.erasure import PredicateError, parse_predicate
@@ -38,8 +44,9 @@ from tests.support.models import flights_variant, sensor_tick, train
 GOVERNED = {"governance": {"subject_columns": ["tailnum"], "erasure_retention_hours": 0}}
 
 
-def _log_predictions(plat, decl: PipelineDeclaration, records: pl.DataFrame) -> None:
-    """Prediction-log rows as a model server writes them: features, then the declared subject columns."""
+def _log_predictions(plat, decl: PipelineDeclaration, records: pl.DataFrame, appended_at: datetime | None = None) -> None:
+    """Prediction-log rows as a model server writes them: features, then the declared subject columns (and when their
+    batch was appended, where given)."""
     module = load_feature_module(decl)
     reference, _ = reference_as_of(plat.delta, decl, module, "2013-01-30")
     features = module.build(records.select(list(decl.table_schema.columns)), reference)
@@ -55,6 +62,8 @@ def _log_predictions(plat, decl: PipelineDeclaration, records: pl.DataFrame) -> 
         request_id="r1",
         received_at=time.time(),
     )
+    if appended_at is not None:
+        rows = rows.with_columns(pl.lit(appended_at, dtype=pl.Datetime("us", "UTC")).alias(APPENDED_AT))
     plat.delta.append("flights", PREDICTION_LOG, rows, merge_schema=True)
 
 
@@ -191,6 +200,67 @@ def test_erasure_recomputes_the_features_whose_history_held_the_erased_rows(mode
     fresh = plat.delta.scan("flights", FEATURES).collect()
     order = [PARTITION_COLUMN, SOURCE_ROW]
     assert_frame_equal(after_erasure.sort(order), fresh.sort(order).select(after_erasure.columns))
+
+
+def test_erasure_removes_the_drift_reports_rendered_from_the_erased_rows(model_home, capsys):
+    """An Evidently report holds rows of its sample (each column's minimum and maximum, its categories with their
+    counts, the mean and spread of 150 bins of rows in order), and its one copy, on the version's MLflow run, stayed
+    after the erasure. The feature reports of the erased days and the serving reports whose rows held an erased log
+    row are deleted, their drift_metrics rows say by which erasure; the other reports stay."""
+    drift = {"html_report": True, "report_sample_rows": 500, "serving_min_rows": 3, "serving_window_rows": 1000, "cooldown_minutes": 0}
+    decl = flights_variant(drift={**drift, "serving_settle_seconds": 0}, **GOVERNED)
+    model_home.declare(decl)
+    plat = model_home.platform(decl)
+    assert train(plat).success  # v1, the champion
+    raw = plat.delta.scan("flights", RAW).collect()
+    subject = raw.group_by("tailnum").len().filter(pl.col("len") >= 5).sort("len", "tailnum").row(0)[0]
+    flown = sorted(set(raw.filter(pl.col("tailnum") == subject)[PARTITION_COLUMN]))
+    affected = flown[0]
+    unaffected = next(p for p in plat.delta.partitions("flights", FEATURES) if p not in flown)
+    for day in (affected, unaffected):
+        run = plat.defs.resolve_job_def("__ASSET_JOB").execute_in_process(
+            instance=plat.instance, asset_selection=[feature_drift_key(decl)], partition_key=day
+        )
+        assert run.success
+    # two serving checks: the first (reading up to a minute ago) reads other people's rows, the second the subject's
+    now = datetime.now(UTC)
+    _log_predictions(plat, decl, raw.filter(pl.col("tailnum") != subject).head(20), now - timedelta(seconds=120))
+    _log_predictions(plat, decl, raw.filter(pl.col("tailnum") == subject).head(5), now - timedelta(seconds=10))
+    settled = model_home.platform(flights_variant(drift={**drift, "serving_settle_seconds": 60}, **GOVERNED))
+    for checking in (settled, plat):
+        run = checking.defs.resolve_job_def("__ASSET_JOB").execute_in_process(
+            instance=plat.instance, asset_selection=[serving_drift_key(decl)]
+        )
+        assert run.success
+    reports = (
+        plat.delta.scan("flights", DRIFT_METRICS).group_by("report_id").agg(pl.col("source", "window", "html_report").first()).collect()
+    )
+    assert reports.height == 4 and (reports["html_report"] != "").all()
+    linked = {(r["source"], r["window"]): r["html_report"] for r in reports.iter_rows(named=True)}
+    mlflow = plat.resources()["mlflow"]
+    run_id = mlflow.client().get_model_version("flights", "1").run_id
+
+    def logged() -> set[str]:
+        return {f"runs:/{run_id}/{a.path}" for a in mlflow.client().list_artifacts(run_id, DRIFT_REPORTS_ARTIFACT)}
+
+    assert logged() == set(linked.values())
+    removed = {linked[("features", affected)], linked[("serving", max(w for source, w in linked if source == "serving"))]}
+    kept = set(linked.values()) - removed
+
+    where = f'tailnum = "{subject}"'
+    code, out, err = model_home.mlops("erase", "flights", "--where", where, "--by", "dpo", "--reason", "r", "--dry-run", capsys=capsys)
+    assert code == 0 and "would remove 2 Evidently drift reports" in out, out + err
+    assert logged() == set(linked.values())
+    # an interrupted erasure had deleted one report already: the one already gone is no failure
+    local = Path(mlflow.client().get_run(run_id).info.artifact_uri.removeprefix("file://"))
+    (local / linked[("features", affected)].split("/", 2)[2]).unlink()
+    code, out, err = model_home.mlops("erase", "flights", "--where", where, "--by", "dpo", "--reason", "r", capsys=capsys)
+    assert code == 0 and "removed 2 Evidently drift reports" in out, out + err
+    assert logged() == kept
+    details = json.loads(history(plat.delta, "flights").filter(pl.col("action") == "erase")["metrics"][-1])
+    assert details["drift_reports_removed"] == 2
+    rows = plat.delta.scan("flights", DRIFT_METRICS).select("report_id", "html_report").unique().collect()
+    assert sorted(rows["html_report"]) == sorted([*kept, *[f"erased by erasure {details['erasure_id']}"] * 2])
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from polars.testing import assert_frame_equal
 from mlops_assets.core.declaration import DeclarationError
 from mlops_assets.core.names import PREDICTION_LOG_PROPERTIES
 from mlops_assets.defs.flights.upstream import land_days
+from mlops_assets.monitoring.serving_drift import appended_bounds, log_window, with_earlier_rows
 from resources import registered_models
 from serving.prediction_log import log_rows
 from tests.support.models import (
@@ -340,3 +341,17 @@ def test_a_drift_retraining_asked_for_again_is_one_restore_timed_from_the_first_
         )
     assert snapshot["restores"] == 1  # before: 3, one per request
     assert snapshot["time_to_restore_median_s"] == served - first
+
+
+def test_a_serving_checks_window_reads_back_as_the_append_times_it_held():
+    """An erasure finds the serving reports that held an erased log row by the window the check wrote: to the second,
+    so the range read back is widened to whole seconds, and a version judged with earlier rows held any row before."""
+    after, through = 1_767_225_600_250_000, 1_767_225_660_750_000  # 2026-01-01T00:00:00.25 .. 00:01:00.75
+    window = log_window(after, through)
+    assert window == "log 2026-01-01T00:00:00..2026-01-01T00:01:00"
+    assert appended_bounds(window) == (1_767_225_600_000_000, 1_767_225_661_000_000)
+    lo, hi = appended_bounds(window)
+    assert lo <= after + 1 and through < hi
+    assert appended_bounds(with_earlier_rows(window, 500)) == (0, hi)
+    with pytest.raises(ValueError, match="not a serving drift window"):
+        appended_bounds("2013-01-21")
