@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import traceback
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -267,11 +268,27 @@ def categories(decl: PipelineDeclaration) -> dict[str, list[Any]]:
     return {n: list(c.allowed) for n, c in decl.table_schema.columns.items() if c.allowed is not None}
 
 
+def _raised_at(err: Exception) -> str:
+    """file:line for the user to fix: a SyntaxError's own, else the line of the imported code that raised (the frame
+    after the import machinery's last, so a library failing under it names the module's line that called it)."""
+    if isinstance(err, SyntaxError):
+        return f"{err.filename}:{err.lineno}"
+    frames = traceback.extract_tb(err.__traceback__)
+    machinery = [i for i, frame in enumerate(frames) if frame.filename.startswith("<frozen importlib")]
+    frame = frames[min(machinery[-1] + 1, len(frames) - 1)] if machinery else frames[-1]
+    return f"{frame.filename}:{frame.lineno}"
+
+
 def load_feature_module(decl: PipelineDeclaration) -> FeatureModule:
     try:
         module = importlib.import_module(decl.features.module)
     except ImportError as err:
         raise DeclarationError(f"pipeline {decl.name}: features.module '{decl.features.module}' cannot be imported ({err})") from None
+    except Exception as err:  # a SyntaxError, or the module's own code raising as it loads: `mlops` printed a traceback
+        raise DeclarationError(
+            f"pipeline {decl.name}: features.module '{decl.features.module}' failed as it was imported, at {_raised_at(err)}: "
+            f"{type(err).__name__}: {err.msg if isinstance(err, SyntaxError) else err}"
+        ) from err
     if not callable(getattr(module, "build_features", None)) and not callable(getattr(module, "feature_expressions", None)):
         raise DeclarationError(
             f"pipeline {decl.name}: features.module '{decl.features.module}' has no build_features(records, reference) "

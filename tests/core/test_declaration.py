@@ -125,6 +125,28 @@ def test_feature_module_errors_name_the_module():
         load_feature_module(parse_declaration(data))
 
 
+@pytest.mark.parametrize(
+    ("source", "line", "error"),
+    [
+        ('import polars as pl\n\nraise RuntimeError("no such setting")\n', 3, "RuntimeError: no such setting"),
+        ("import polars as pl\n\ndef feature_expressions(reference)\n    return []\n", 3, "SyntaxError: expected ':'"),
+        ('import polars as pl\n\nX = pl.DataFrame({"a": [1]}).select(pl.col("b"))\n', 3, "ColumnNotFoundError"),
+    ],
+    ids=["raises", "syntax", "library-under-it"],
+)
+def test_feature_module_failing_as_it_loads_is_named_with_its_line(tmp_path, monkeypatch, source, line, error):
+    """A module that does not compile, or whose top-level code raises, was a traceback from `mlops pipelines`: the error and
+    the module's own line (not the library's under it) say what to fix."""
+    name = f"features_failing_{tmp_path.name}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = flights_dict()
+    data["features"]["module"] = name
+    with pytest.raises(DeclarationError) as caught:
+        load_feature_module(parse_declaration(data))
+    assert f"features.module '{name}' failed as it was imported, at {tmp_path / name}.py:{line}: {error}" in str(caught.value)
+
+
 def test_feature_code_breaking_the_contract_is_caught(monkeypatch):
     import polars as pl
 
