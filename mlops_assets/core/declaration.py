@@ -609,7 +609,13 @@ class PipelineDeclaration(_Strict):
 
 def field_errors(err: ValidationError) -> list[str]:
     """Each problem pydantic found, as `field.path: message`: what a user fixes, without pydantic's URLs."""
-    return [f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()]
+    lines = []
+    for e in err.errors():
+        # a validator's own message, which names its fields: pydantic's "Value error, " and a "(top level)" place said nothing
+        message = e["msg"].removeprefix("Value error, ")
+        where = ".".join(str(p) for p in e["loc"])
+        lines.append(f"{where}: {message}" if where else message)
+    return lines
 
 
 def _describe(err: ValidationError, source: str) -> str:

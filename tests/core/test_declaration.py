@@ -74,6 +74,22 @@ def test_bad_field_is_named(mutate, field, message):
     assert message in text
 
 
+def test_a_validators_message_is_printed_as_it_reads():
+    """A check over several fields was printed `(top level): Value error, target.column ...`: pydantic's framing, not the
+    user's field."""
+    data = flights_dict()
+    data["target"]["column"] = "delay"
+    data["landing"]["file_pattern"] = "flights.parquet"
+    with pytest.raises(DeclarationError) as err:
+        parse_declaration(data, "flights.yaml")
+    assert str(err.value) == "invalid pipeline declaration flights.yaml:\n  landing: file_pattern must contain '{partition}' exactly once"
+    data = flights_dict()
+    data["target"]["column"] = "delay"
+    with pytest.raises(DeclarationError) as err:
+        parse_declaration(data, "flights.yaml")
+    assert str(err.value) == "invalid pipeline declaration flights.yaml:\n  target.column 'delay' is not a declared schema column"
+
+
 def test_a_float_column_may_list_allowed_fractions():
     data = flights_dict()
     data["schema"]["columns"]["dep_delay"].update(allowed=[0.5, 1.5, 2])
