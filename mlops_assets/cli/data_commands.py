@@ -93,11 +93,11 @@ def _land_file(decl: PipelineDeclaration, landing: LandingZoneResource, source: 
     it (a key that is no partition of the declaration: the wrong form for its kind, not aligned, out of range) or
     ingestion could not read it (a file that is not Parquet for a Parquet pipeline, without a declared column, or
     with one the declaration does not know where it says `extra_columns: fail`)."""
-    from mlops_assets.core.partitions import KEY_FORMATS, partition_problem
+    from mlops_assets.core.partitions import KEY_FORMS, partition_problem
 
     kind = decl.partitioning.kind
     if not partition:
-        raise ValueError(f"--file needs --partition, the {kind} partition the file holds ({KEY_FORMATS[kind]})")
+        raise ValueError(f"--file needs --partition, the {kind} partition the file holds ({KEY_FORMS[kind]})")
     if source.is_dir():
         raise ValueError(f"--file {source} is a folder: land one file per partition")
     if not source.is_file():

@@ -14,6 +14,8 @@ from mlops_assets.core.declaration import PipelineDeclaration
 
 # Dagster's key formats: an hourly key carries the hour; weekly (from Sunday) and monthly keys are their first day
 KEY_FORMATS = {"hourly": "%Y-%m-%d-%H:%M", "daily": "%Y-%m-%d", "weekly": "%Y-%m-%d", "monthly": "%Y-%m-%d"}
+# the same, as messages show them to a person (who read "(%Y-%m-%d)" and had to know strftime)
+KEY_FORMS = {"hourly": "YYYY-MM-DD-HH:MM", "daily": "YYYY-MM-DD", "weekly": "YYYY-MM-DD, a Sunday", "monthly": "YYYY-MM-01"}
 DEFINITIONS = {
     "hourly": dg.HourlyPartitionsDefinition,
     "daily": dg.DailyPartitionsDefinition,
@@ -75,7 +77,7 @@ def partition_problem(decl: PipelineDeclaration, key: str, now: datetime | None 
     except ValueError:
         start = None
     if start is None or key_at(decl, start) != key:  # strptime also reads 2013-1-5 and other scripts' digits
-        return f"{key} is not a {kind} partition key ({KEY_FORMATS[kind]})"
+        return f"{key} is not a {kind} partition key ({KEY_FORMS[kind]})"
     if kind == "weekly" and start.weekday() != calendar.SUNDAY:
         return f"{key} is not the first day of a week (weekly partitions start on Sunday)"
     if kind == "monthly" and start.day != 1:

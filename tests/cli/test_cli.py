@@ -48,11 +48,11 @@ def test_land_a_given_file(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     ("partition", "content", "message"),
     [
-        ("2013-02-30", "parquet", "--partition 2013-02-30 is not a daily partition key (%Y-%m-%d)"),
+        ("2013-02-30", "parquet", "--partition 2013-02-30 is not a daily partition key (YYYY-MM-DD)"),
         ("20130105", "parquet", "--partition 20130105 is not a daily partition key"),
         ("2013-1-5", "parquet", "--partition 2013-1-5 is not a daily partition key"),  # strptime reads it; Dagster has no such key
         ("2012-12-31", "parquet", "--partition 2012-12-31 is outside the declared partitions (2013-01-01 .. 2014-01-01)"),
-        (None, "parquet", "--file needs --partition, the daily partition the file holds (%Y-%m-%d)"),
+        (None, "parquet", "--file needs --partition, the daily partition the file holds (YYYY-MM-DD)"),
         ("2013-01-05", "text", "is not a Parquet file"),
         # it was landed, and its ingestion run failed
         ("2013-01-05", "parquet", "day.parquet: missing declared columns: month, day, dep_time"),

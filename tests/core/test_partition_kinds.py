@@ -91,7 +91,9 @@ def test_keys_that_are_not_partitions_of_the_kind_are_named():
     assert "not the first day of a week" in partition_problem(telemetry("weekly"), "2024-03-04", now)
     assert "not the first day of a month" in partition_problem(telemetry("monthly"), "2024-03-02", now)
     assert "not the start of an hour" in partition_problem(telemetry("hourly"), "2024-03-03-05:30", now)
-    assert "is not a hourly partition key" in partition_problem(telemetry("hourly"), "2024-03-03", now)
+    # the form a person writes, not strftime's %Y-%m-%d-%H:%M
+    assert "is not a hourly partition key (YYYY-MM-DD-HH:MM)" in partition_problem(telemetry("hourly"), "2024-03-03", now)
+    assert "is not a weekly partition key (YYYY-MM-DD, a Sunday)" in partition_problem(telemetry("weekly"), "2024-3-3", now)
     assert "has not ended yet" in partition_problem(telemetry("monthly"), "2024-06-01", datetime(2024, 6, 15))
     assert partition_problem(telemetry("weekly"), "2024-03-10", now) is None
 
