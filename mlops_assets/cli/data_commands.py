@@ -115,13 +115,17 @@ def _land_file(decl: PipelineDeclaration, landing: LandingZoneResource, source: 
         except (pa.ArrowException, OSError) as err:
             raise ValueError(f"--file {source} is not a Parquet file ({err})") from None
     # read as ingestion reads it: a file without the declared columns was landed, and its ingestion run failed
-    from mlops_assets.core.records import checked_columns, read_landed
+    from mlops_assets.core.records import checked_columns, conform, read_landed
 
     frame = read_landed(data, str(source), decl.landing.format)
     checked_columns(frame, decl.table_schema, str(source))
-    outside = _rows_outside(decl, frame, source, partition)
+    conformed = conform(frame, decl.table_schema, str(source))
+    unreadable = _rows_unreadable(conformed.cast_failures, frame.height, source)
+    outside = _rows_outside(decl, conformed.frame, source, partition)
     uri = landing.write_bytes(decl.name, decl.landing.file_name(partition), data)
     print(f"landed {uri}")
+    if unreadable:
+        print(f"  {unreadable} of its rows hold values that cannot be read as declared: ingestion quarantines them", flush=True)
     if outside:
         print(f"  {outside} of its rows lie outside {partition} (partitioning.time_column): ingestion quarantines them", flush=True)
     if partition_problem(decl, partition) is not None:
@@ -129,18 +133,28 @@ def _land_file(decl: PipelineDeclaration, landing: LandingZoneResource, source: 
     return 0
 
 
+def _rows_unreadable(failures, rows: int, source: Path) -> int:
+    """How many rows hold a value that cannot be read as its column's declared type. A file in which every row does
+    (a column of text for a number, epoch seconds for a datetime) is refused: it was landed, quarantined whole at
+    ingestion, and its partition's features held back with no word of the cause."""
+    from mlops_assets.core.names import SOURCE_ROW
+
+    count = failures.get_column(SOURCE_ROW).n_unique() if failures.height else 0
+    if count == rows:
+        raise ValueError(f"--file {source}: none of its {rows} rows can be read as declared (first: {failures['reason'][0]})")
+    return count
+
+
 def _rows_outside(decl: PipelineDeclaration, frame, source: Path, partition: str) -> int:
-    """How many rows lie outside `partition` by the declared `partitioning.time_column` (0 without one). A file
-    whose every row does is refused: landed under another partition's key (a typo in --partition), it was
-    quarantined whole at ingestion and its partition's features held back."""
+    """How many rows of the conformed `frame` lie outside `partition` by the declared `partitioning.time_column` (0
+    without one). A file whose every row does is refused: landed under another partition's key (a typo in --partition),
+    it was quarantined whole at ingestion and its partition's features held back."""
     if decl.partitioning.time_column is None:
         return 0
     from mlops_assets.core.names import SOURCE_ROW
     from mlops_assets.core.partitions import misplaced_in_files
-    from mlops_assets.core.records import conform
 
-    conformed = conform(frame, decl.table_schema, str(source))
-    (outside,) = misplaced_in_files(decl, [conformed.frame], [partition], SOURCE_ROW)
+    (outside,) = misplaced_in_files(decl, [frame], [partition], SOURCE_ROW)
     if outside.height and outside.height == frame.height:
         raise ValueError(
             f"--file {source}: none of its {frame.height} rows lies in partition {partition} "

@@ -45,6 +45,22 @@ def test_land_a_given_file(tmp_path, monkeypatch, capsys):
     assert "3 of its rows lie outside 2013-05-05 (partitioning.time_column): ingestion quarantines them" in capsys.readouterr().out
 
 
+def test_a_file_whose_values_cannot_be_read_as_declared_is_refused_or_counted(tmp_path, monkeypatch, capsys):
+    """A column of text for a number was landed without a word; ingestion then quarantined every row and held the day's
+    features back, its run failing with a failure rate and no cause."""
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    src = tmp_path / "day.parquet"
+    day = day_frame(date(2013, 5, 5)).with_columns(pl.col("distance").cast(pl.String))
+    day.with_columns(pl.lit("far").alias("distance")).write_parquet(src)
+    assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-05"]) == 2
+    err = capsys.readouterr().err
+    assert f"--file {src}: none of its {day.height} rows can be read as declared (first: distance: cannot read 'far' as int32)" in err
+    assert not (tmp_path / "landing" / "flights" / "flights_2013-05-05.parquet").exists()
+    day.with_columns(pl.when(pl.int_range(pl.len()) < 3).then(pl.lit("far")).otherwise("distance").alias("distance")).write_parquet(src)
+    assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-05"]) == 0
+    assert "3 of its rows hold values that cannot be read as declared: ingestion quarantines them" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("partition", "content", "message"),
     [
