@@ -29,15 +29,17 @@ def build_definitions(declarations: Sequence[PipelineDeclaration], resources: di
 
 
 def location() -> dg.Definitions:
-    if os.environ.get("MLOPS_PIPELINES"):
-        return build_definitions(load_declarations())
-    load_declarations()  # the defs folder's pipelines checked together first: unique names, no derived name twice
-    # the package's parent is the project root, installed editable or not
-    tree = dg.ComponentTree.from_module(defs_module=defs_folder, project_root=Path(defs_folder.__file__).parents[2])
     with warnings.catch_warnings():
-        # Dagster's own loader marks its code references beta, twice per load in every code server and run
-        # process: dozens of console lines at a demo's start that no user of the platform can act on
+        # Dagster marks its code references and the assets' backfill_policy beta, several times per load in every code
+        # server and run process: dozens of console lines at a demo's start that no user of the platform can act on
+        # (declarations through MLOPS_PIPELINES printed three per load as well), and its defs loader preview
         warnings.simplefilter("ignore", dg.BetaWarning)
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        if os.environ.get("MLOPS_PIPELINES"):
+            return build_definitions(load_declarations())
+        load_declarations()  # the defs folder's pipelines checked together first: unique names, no derived name twice
+        # the package's parent is the project root, installed editable or not
+        tree = dg.ComponentTree.from_module(defs_module=defs_folder, project_root=Path(defs_folder.__file__).parents[2])
         built = tree.build_defs()
     return dg.Definitions.merge(built, platform_resources())
 
