@@ -72,6 +72,10 @@ def land(args: argparse.Namespace) -> int:
     if not os.environ.get("MLOPS_LANDING_URI") and not home.is_platform():
         # landing starts a platform home where there was none: said, since a mistyped MLOPS_HOME lands unseen there
         print(f"MLOPS_HOME {home.root} held no platform: landing starts one there", file=sys.stderr)
+    if args.reference is not None:
+        if not args.file or args.partition is not None or args.start is not None or args.days is not None:
+            raise ValueError("--reference lands one --file as that reference table; it takes no --partition, --start or --days")
+        return _land_reference(decl, landing, Path(args.file), args.reference)
     if args.file:
         if args.start is not None or args.days is not None:
             raise ValueError("--start and --days choose demo days to land; a --file lands as its --partition")
@@ -97,6 +101,9 @@ def _land_file(decl: PipelineDeclaration, landing: LandingZoneResource, source: 
 
     kind = decl.partitioning.kind
     if not partition:
+        tables = [name for name, file_name in decl.landing.reference_tables.items() if file_name == source.name]
+        if tables:  # the one kind of file --partition cannot land: the README said to copy it by hand
+            raise ValueError(f"--file {source} is the file of reference table '{tables[0]}': land it with --reference {tables[0]}")
         raise ValueError(f"--file needs --partition, the {kind} partition the file holds ({KEY_FORMS[kind]})")
     if source.is_dir():
         raise ValueError(f"--file {source} is a folder: land one file per partition")
@@ -130,6 +137,23 @@ def _land_file(decl: PipelineDeclaration, landing: LandingZoneResource, source: 
         print(f"  {outside} of its rows lie outside {partition} (partitioning.time_column): ingestion quarantines them", flush=True)
     if partition_problem(decl, partition) is not None:
         print(f"  {partition} has not ended yet: the landing sensor ingests it once it has", flush=True)
+    return 0
+
+
+def _land_reference(decl: PipelineDeclaration, landing: LandingZoneResource, source: Path, table: str) -> int:
+    """A reference table's file, under its declared name in the reference/ folder, written then renamed (a copy by hand
+    could be read half-written by the reference asset), once it reads as the reference asset reads it."""
+    file_name = decl.landing.reference_tables.get(table)
+    if file_name is None:
+        declared = ", ".join(sorted(decl.landing.reference_tables)) or "none (landing.reference_tables)"
+        raise ValueError(f"--reference {table}: {decl.name} declares no such reference table; declared: {declared}")
+    if not source.is_file():
+        raise ValueError(f"--file {source} does not exist" + (" (it is a folder)" if source.is_dir() else ""))
+    from mlops_assets.core.records import read_landed
+
+    data = source.read_bytes()
+    read_landed(data, str(source), decl.landing.reference_format(file_name), infer_types=True)
+    print(f"landed {landing.write_bytes(decl.name, file_name, data, folder='reference')}")
     return 0
 
 
@@ -348,6 +372,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=positive_int, help="number of days (flights demo; default 1)")
     p.add_argument("--file", help="land this file instead of demo data")
     p.add_argument("--partition", help="the partition the --file holds: YYYY-MM-DD (hourly: YYYY-MM-DD-HH:MM)")
+    p.add_argument("--reference", metavar="TABLE", help="land the --file as this reference table (landing.reference_tables)")
     p.set_defaults(handler=land)
 
     p = commands.add_parser("pipelines", help="list the declared pipelines (validates every declaration)")

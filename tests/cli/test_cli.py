@@ -61,6 +61,25 @@ def test_a_file_whose_values_cannot_be_read_as_declared_is_refused_or_counted(tm
     assert "3 of its rows hold values that cannot be read as declared: ingestion quarantines them" in capsys.readouterr().out
 
 
+def test_land_a_reference_table(tmp_path, monkeypatch, capsys):
+    """Reference tables had no command: the README said to copy them into the landing zone by hand, where the reference
+    asset could read a half-copied file, and `land --file planes.parquet` asked for a --partition."""
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    src = tmp_path / "planes.parquet"
+    pl.DataFrame({"tailnum": ["N1"], "year": [2001], "seats": [180]}).write_parquet(src)
+    assert main(["land", "flights", "--file", str(src)]) == 2
+    assert f"--file {src} is the file of reference table 'planes': land it with --reference planes" in capsys.readouterr().err
+    assert main(["land", "flights", "--file", str(src), "--reference", "plane"]) == 2
+    assert "--reference plane: flights declares no such reference table; declared: planes, weather" in capsys.readouterr().err
+    assert main(["land", "flights", "--file", str(tmp_path / "nope.parquet"), "--reference", "planes"]) == 2
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    assert main(["land", "flights", "--file", str(tmp_path / "empty.parquet"), "--reference", "planes"]) == 2
+    assert "empty.parquet: file is empty (0 bytes)" in capsys.readouterr().err
+    assert not (tmp_path / "landing" / "flights" / "reference").exists()
+    assert main(["land", "flights", "--file", str(src), "--reference", "planes"]) == 0
+    assert (tmp_path / "landing" / "flights" / "reference" / "planes.parquet").read_bytes() == src.read_bytes()
+
+
 @pytest.mark.parametrize(
     ("partition", "content", "message"),
     [
