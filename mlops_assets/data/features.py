@@ -18,6 +18,7 @@ from mlops_assets.core.feature_contract import FeatureModule, load_feature_modul
 from mlops_assets.core.names import (
     FEATURES,
     PARTITION_COLUMN,
+    QUARANTINE,
     SOURCE_ROW,
     features_key,
     raw_key,
@@ -26,6 +27,7 @@ from mlops_assets.core.names import (
 )
 from mlops_assets.core.partitions import backfill_policy
 from mlops_assets.core.records import LandedFileError, read_landed
+from mlops_assets.core.validation import REASON
 from mlops_assets.metadata import add_partition_metadata, preview, table_schema
 from resources.delta_lake import DeltaLakeResource
 from resources.landing_zone import LandingZoneResource, reference_signature
@@ -134,6 +136,9 @@ def featurize(delta: DeltaLakeResource, decl: PipelineDeclaration, module: Featu
         for p in partitions
         if p in shares and shares[p]["failure_rate"] > limit
     }
+    if held:  # the rate alone sent the user to the quarantine table to learn which column of the file was wrong
+        for p, reason in _first_reasons(delta, decl.name, list(held)).items():
+            held[p] += f", such as: {reason}"
     clean_rows = {p: shares[p]["rows"] - shares[p]["quarantined"] for p in partitions if p in shares}
     held.update({p: "no clean rows: ingest it first" for p in partitions if p not in held and clean_rows.get(p, 0) <= 0})
     good = [p for p in partitions if p not in held]
@@ -152,6 +157,20 @@ def featurize(delta: DeltaLakeResource, decl: PipelineDeclaration, module: Featu
             merge_schema=True,  # a feature the module adds reaches the table (earlier days read it as null)
         )
     return Featurized(good, held, built, version)
+
+
+def _first_reasons(delta: DeltaLakeResource, pipeline: str, partitions: list[str]) -> dict[str, str]:
+    """The first quarantined row's reason in each of `partitions` (those with none are left out)."""
+    quarantine = delta.scan(pipeline, QUARANTINE)
+    if quarantine is None:
+        return {}
+    first = (
+        quarantine.filter(pl.col(PARTITION_COLUMN).is_in(partitions))
+        .group_by(PARTITION_COLUMN)
+        .agg(pl.col(REASON).sort_by(SOURCE_ROW).first())
+        .collect()
+    )
+    return dict(first.iter_rows())
 
 
 def _held_back(held: dict[str, str]) -> str:

@@ -105,6 +105,7 @@ def test_a_bad_day_in_a_range_is_held_back_alone(landed: Platform):
     assert not check.passed and bad in check.description
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.user_failure_data
     assert f"{bad}: 20.0" in failure.description and "held back" in failure.description
+    assert "(limit 5.0%), such as: carrier: unknown category 'ZZ'" in failure.description  # what was wrong, not only how much
     assert landed.delta.partitions("flights", "raw") == RANGE  # the data is kept
     assert landed.delta.partitions("flights", "features") == [d for d in RANGE if d != bad]
     # the days computed are materialized in Dagster, each for itself; the held-back day is not
