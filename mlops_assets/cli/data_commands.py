@@ -21,7 +21,7 @@ from resources.landing_zone import LandingZoneResource
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGSTER_YAML = (
     """\
-# Written by `mlops demo`: embedded defaults (SQLite storage under this folder).
+# Written by `mlops demo` or `mlops land`: embedded defaults (SQLite storage under this folder).
 telemetry:
   enabled: false
 run_coordinator:
@@ -67,11 +67,30 @@ def landing_zone() -> LandingZoneResource:
 
 def land(args: argparse.Namespace) -> int:
     decl = pipeline_by_name(args.pipeline)
-    landing = landing_zone()
     home = MlopsHome.from_env()
-    if not os.environ.get("MLOPS_LANDING_URI") and not home.is_platform():
-        # landing starts a platform home where there was none: said, since a mistyped MLOPS_HOME lands unseen there
-        print(f"MLOPS_HOME {home.root} held no platform: landing starts one there", file=sys.stderr)
+    starts = not os.environ.get("MLOPS_LANDING_URI") and not home.is_platform()
+    landed = _land(args, decl, landing_zone())
+    if starts:  # said once landed (a refused file starts nothing): a mistyped MLOPS_HOME lands unseen in a new folder
+        print(f"MLOPS_HOME {home.root} held no platform: landing started one there", file=sys.stderr)
+    if not os.environ.get("MLOPS_LANDING_URI"):
+        _instance_settings(home)
+    return landed
+
+
+def _instance_settings(home: MlopsHome) -> None:
+    """The home's Dagster instance settings, where it has none: `dg dev` or `dg launch` on a home only landed into (the
+    README's way without the demo) ran on Dagster's defaults, without the run queue's limits, so two ingestion runs of
+    a pipeline could run at once (days featurized out of landing order, and two writes of one partition conflicting).
+    One already there is the user's or the demo's, and stays."""
+    settings = home.dagster / "dagster.yaml"
+    if settings.exists():
+        return
+    home.dagster.mkdir(parents=True, exist_ok=True)
+    settings.write_text(DAGSTER_YAML)
+    print(f"wrote {settings}: the run queue's limits for Dagster on this home (DAGSTER_HOME={home.dagster})", file=sys.stderr)
+
+
+def _land(args: argparse.Namespace, decl: PipelineDeclaration, landing: LandingZoneResource) -> int:
     if args.reference is not None:
         if not args.file or args.partition is not None or args.start is not None or args.days is not None:
             raise ValueError("--reference lands one --file as that reference table; it takes no --partition, --start or --days")
@@ -207,10 +226,23 @@ def pipelines(args: argparse.Namespace) -> int:
             build_pipeline(decl)
     for decl in decls:
         print(
-            f"{decl.name}: {decl.target.task} on {decl.target.column}, {decl.landing.format} files "
+            f"{decl.name}: {decl.target.task} on {decl.target.column}, {_partitions(decl)}, {decl.landing.format} files "
             f"'{decl.landing.file_pattern}', features {decl.features.module}, declaration {decl.fingerprint()}"
         )
     return 0
+
+
+def _partitions(decl: PipelineDeclaration) -> str:
+    """The partitions a declaration makes, from the first: a weekly `start` on a Monday (or a monthly one on the 15th)
+    loaded without a word, and the period holding it, which is no partition, could not be landed."""
+    from mlops_assets.core.partitions import partitions_def
+
+    spec = decl.partitioning
+    first = partitions_def(decl).get_first_partition_key()
+    said = f"{spec.kind} partitions from {first}" if first else f"no {spec.kind} partition yet"
+    if first and spec.kind in ("weekly", "monthly") and first != spec.start.isoformat():
+        said += f" (partitioning.start {spec.start} begins no {spec.unit}: the {spec.unit} that holds it is not a partition)"
+    return said
 
 
 def _prepare_home(home: MlopsHome) -> dict[str, str]:

@@ -29,10 +29,19 @@ def test_land_a_given_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
     src = tmp_path / "day.parquet"
     day_frame(date(2013, 5, 5)).write_parquet(src)
+    assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-04"]) == 2  # refused: nothing started
+    assert "held no platform" not in capsys.readouterr().err and not (tmp_path / "landing").exists()
     assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-05"]) == 0
     assert (tmp_path / "landing" / "flights" / "flights_2013-05-05.parquet").read_bytes() == src.read_bytes()
-    # a mistyped MLOPS_HOME landed unseen into a new folder: the first landing says it starts a platform there
-    assert f"MLOPS_HOME {tmp_path} held no platform: landing starts one there" in capsys.readouterr().err
+    # a mistyped MLOPS_HOME landed unseen into a new folder: the first landing says it started a platform there
+    err = capsys.readouterr().err
+    assert f"MLOPS_HOME {tmp_path} held no platform: landing started one there" in err
+    # with the run queue's limits for `dg dev` / `dg launch` on this home (Dagster's defaults ran ingestions at once)
+    settings = tmp_path / "dagster" / "dagster.yaml"
+    assert f"wrote {settings}" in err and "QueuedRunCoordinator" in settings.read_text()
+    settings.write_text("telemetry: {enabled: false}\n")  # the user's own: kept
+    assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-05"]) == 0
+    assert settings.read_text() == "telemetry: {enabled: false}\n" and "wrote" not in capsys.readouterr().err
     assert main(["land", "flights", "--file", str(src), "--partition", "2013-05-04"]) == 2  # every row a day later
     err = capsys.readouterr().err
     assert "held no platform" not in err and f"--file {src}: none of its {day_frame(date(2013, 5, 5)).height} rows lies in partition" in err
@@ -297,7 +306,14 @@ def test_pipelines_refuses_what_the_code_location_would_refuse(tmp_path, monkeyp
     (tmp_path / "telemetry.yaml").write_text(yaml.safe_dump(raw))
     assert main(["pipelines"]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("telemetry: binary on failure") and err == ""
+    assert out.startswith(f"telemetry: binary on failure, daily partitions from {raw['partitioning']['start']}") and err == ""
+    # a weekly start on a Friday loaded without a word, and the week holding it could not be landed
+    (tmp_path / "telemetry.yaml").write_text(yaml.safe_dump({**raw, "partitioning": {"kind": "weekly", "start": "2024-03-01"}}))
+    assert main(["pipelines"]) == 0
+    assert (
+        "weekly partitions from 2024-03-03 (partitioning.start 2024-03-01 begins no week: the week that holds it is not a partition)"
+        in capsys.readouterr().out
+    )
 
 
 def test_console_script_lists_pipelines(tmp_path):
