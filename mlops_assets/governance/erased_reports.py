@@ -37,13 +37,14 @@ def rendered_from(delta: DeltaLakeResource, pipeline: str, partitions: list[str]
     appended: dict[int, list[int]] = {}
     for version, us in log_rows.select("model_version", "appended_us").iter_rows():
         appended.setdefault(version, []).append(us)
-    held = [
-        report_id
-        for report_id, version, window in reports.filter(pl.col("source") == "serving")
-        .select("report_id", "model_version", "window")
-        .iter_rows()
-        if version in appended and any(lo <= us < hi for lo, hi in [appended_bounds(window)] for us in appended[version])
-    ]
+    held = []
+    for report_id, version, window in (
+        reports.filter(pl.col("source") == "serving").select("report_id", "model_version", "window").iter_rows()
+    ):
+        if version in appended:
+            lo, hi = appended_bounds(window)
+            if any(lo <= us < hi for us in appended[version]):
+                held.append(report_id)
     serving = reports.filter(pl.col("report_id").is_in(held))
     return pl.concat([features, serving]).select("report_id", "model_version", "html_report").sort("report_id")
 
